@@ -1,0 +1,358 @@
+//! `rewire.toml`: what the user wrote, checked and turned into types.
+//!
+//! Parsing happens in two stages (ripgrep's habit): `parse` walks the spanned TOML tree that
+//! the `toml` crate gives us and collects *every* problem with its file:line:col, then hands
+//! back the typed [`Config`] the rest of rewire sees. Durations, modes, signals and commands
+//! become types here, so nothing downstream parses strings from the config again.
+
+mod interpolate;
+mod parse;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use nix::sys::signal::Signal;
+
+use crate::catalog::Status;
+
+pub use interpolate::interpolate;
+pub use parse::{ConfigError, ConfigErrors, load, parse_str};
+
+/// The whole, validated configuration.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Absolute path of the file this came from (children get it as `REWIRE_CONFIG`).
+    pub path: PathBuf,
+    pub catalog: CatalogConfig,
+    pub control: ControlConfig,
+    pub defaults: Defaults,
+    pub templates: Vec<TemplateConfig>,
+    pub services: Vec<ServiceConfig>,
+    pub watches: Vec<WatchConfig>,
+    pub tasks: Vec<TaskConfig>,
+    pub main: Option<MainConfig>,
+}
+
+impl Config {
+    /// The directory relative paths were resolved against.
+    pub fn dir(&self) -> &Path {
+        self.path.parent().unwrap_or(Path::new("/"))
+    }
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct CatalogConfig {
+    pub backend: Backend,
+    /// How long one blocking query / watch round may hold.
+    pub block_wait: Duration,
+    pub retry: Retry,
+    /// How long a critical/expired self-registration may linger before the catalog drops it.
+    pub deregister_after: Duration,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Retry {
+    pub base: Duration,
+    pub max: Duration,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum Backend {
+    Dir(DirSettings),
+    Consul(ConsulSettings),
+    Etcd(EtcdSettings),
+}
+
+impl Backend {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Backend::Dir(_) => "dir",
+            Backend::Consul(_) => "consul",
+            Backend::Etcd(_) => "etcd",
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct DirSettings {
+    pub path: PathBuf,
+}
+
+/// Consul connection settings as written in the config. Unset fields fall back to Consul's
+/// own environment variables (`CONSUL_HTTP_ADDR`, `CONSUL_HTTP_TOKEN`, ...) in the backend;
+/// the config wins over the environment.
+#[derive(Clone, Debug, PartialEq, Default)]
+pub struct ConsulSettings {
+    /// `http://host:port` or `https://host:port`.
+    pub address: Option<String>,
+    pub token: Option<Secret>,
+    pub token_file: Option<PathBuf>,
+    pub datacenter: Option<String>,
+    /// Allow any server to answer reads (`?stale`).
+    pub stale: bool,
+    pub tls: TlsSettings,
+}
+
+#[derive(Clone, Debug, PartialEq, Default)]
+pub struct EtcdSettings {
+    /// `http://host:port` URLs; empty means `ETCDCTL_ENDPOINTS` or `http://127.0.0.1:2379`.
+    pub endpoints: Vec<String>,
+    /// Key prefix, e.g. `/rewire` (no trailing slash).
+    pub prefix: String,
+    pub username: Option<String>,
+    pub password: Option<Secret>,
+    pub tls: TlsSettings,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct TlsSettings {
+    pub ca: Option<PathBuf>,
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+    pub server_name: Option<String>,
+    /// `None`: not set in the config (the backend may consult the environment).
+    pub verify: Option<bool>,
+}
+
+impl Default for TlsSettings {
+    fn default() -> Self {
+        TlsSettings {
+            ca: None,
+            cert: None,
+            key: None,
+            server_name: None,
+            verify: None,
+        }
+    }
+}
+
+/// A secret (token, password) whose `Debug` and `Display` never show it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(s: impl Into<String>) -> Secret {
+        Secret(s.into())
+    }
+    /// The secret itself: only for putting it on the wire.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct ControlConfig {
+    pub socket: PathBuf,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Defaults {
+    pub wait: Wait,
+}
+
+/// Quiescence: settle for `min` after the last change, never delay past `max`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Wait {
+    pub min: Duration,
+    pub max: Duration,
+}
+
+/// A command to run: an argv array, or a shell string only when the user asked for one.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Program {
+    Argv(Vec<String>),
+    Shell(String),
+}
+
+impl Program {
+    /// The name used in logs: the program, without its arguments.
+    pub fn name(&self) -> String {
+        match self {
+            Program::Argv(argv) => argv
+                .first()
+                .map(|p| {
+                    Path::new(p)
+                        .file_name()
+                        .map(|n| n.to_string_lossy().into_owned())
+                        .unwrap_or_else(|| p.clone())
+                })
+                .unwrap_or_default(),
+            Program::Shell(_) => "sh".to_string(),
+        }
+    }
+
+    /// Replaces `{file}` in every argument (argv) or in the script (shell, quoted).
+    pub fn with_file(&self, file: &Path) -> Program {
+        let f = file.to_string_lossy();
+        match self {
+            Program::Argv(argv) => {
+                Program::Argv(argv.iter().map(|a| a.replace("{file}", &f)).collect())
+            }
+            Program::Shell(s) => Program::Shell(s.replace("{file}", &shell_quote(&f))),
+        }
+    }
+
+    pub fn mentions_file(&self) -> bool {
+        match self {
+            Program::Argv(argv) => argv.iter().any(|a| a.contains("{file}")),
+            Program::Shell(s) => s.contains("{file}"),
+        }
+    }
+}
+
+impl fmt::Display for Program {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Program::Argv(argv) => write!(f, "{argv:?}"),
+            Program::Shell(s) => write!(f, "sh -c {s:?}"),
+        }
+    }
+}
+
+/// Single-quotes a string for `/bin/sh`.
+pub fn shell_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', r"'\''"))
+}
+
+/// A program with its timeout.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CommandSpec {
+    pub program: Program,
+    pub timeout: Duration,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Reload {
+    Command(CommandSpec),
+    Signal { signal: Signal, target: SignalTarget },
+}
+
+impl Reload {
+    /// Identifies a reload so templates sharing one run it once.
+    pub fn key(&self) -> String {
+        match self {
+            Reload::Command(c) => format!("cmd:{}", c.program),
+            Reload::Signal { signal, target } => format!("sig:{signal}:{target:?}"),
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SignalTarget {
+    Pidfile(PathBuf),
+    /// The supervised main process.
+    Main,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CheckMode {
+    /// Check the rendered temp file before it replaces the destination.
+    Temp,
+    /// Put the new file in place, check the real config, restore the old file on failure.
+    Swap,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WriteMode {
+    /// Temp file + rename.
+    Atomic,
+    /// Truncate and write the destination itself (bind-mounted files can't be renamed over).
+    InPlace,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct TemplateConfig {
+    /// For `--template NAME`, logs and `rewire status`.
+    pub name: String,
+    pub source: PathBuf,
+    pub destination: PathBuf,
+    pub perms: Option<u32>,
+    pub check: Option<CommandSpec>,
+    pub check_mode: CheckMode,
+    pub reload: Option<Reload>,
+    pub wait: Wait,
+    pub write: WriteMode,
+    /// Keep the previous content as `<destination>.bak`.
+    pub backup: bool,
+}
+
+/// Where a registered service's address comes from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AddressSpec {
+    /// The first non-loopback IPv4 address of this machine.
+    Auto,
+    /// An interface name such as `eth0`.
+    Interface(String),
+    /// An IP address or hostname written in the config.
+    Literal(String),
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct ServiceConfig {
+    pub name: String,
+    /// Defaults to `<name>-<hostname>-<port>`.
+    pub id: Option<String>,
+    pub port: u16,
+    pub address: AddressSpec,
+    pub tags: Vec<String>,
+    pub meta: BTreeMap<String, String>,
+    pub health: Option<CommandSpec>,
+    pub interval: Duration,
+    pub ttl: Duration,
+    /// Register at once with this status instead of waiting for the first passing check.
+    pub initial_status: Option<Status>,
+    pub deregister_after: Duration,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct WatchConfig {
+    pub service: String,
+    pub tag: Option<String>,
+    pub on_change: CommandSpec,
+    pub wait: Wait,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct TaskConfig {
+    pub name: String,
+    pub every: Duration,
+    pub exec: CommandSpec,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Restart {
+    Never,
+    OnFailure,
+    Always,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct MainConfig {
+    pub pre_start: Option<CommandSpec>,
+    pub exec: Option<Program>,
+    pub pre_stop: Option<CommandSpec>,
+    pub post_stop: Option<CommandSpec>,
+    pub stop_timeout: Duration,
+    /// Incoming signals that stop rewire.
+    pub stop_signals: Vec<Signal>,
+    /// Sent to main on stop.
+    pub stop_signal: Signal,
+    pub drain: Duration,
+    pub forward_signals: Vec<Signal>,
+    pub restart: Restart,
+    pub wait_for_templates: Duration,
+}

@@ -1,0 +1,193 @@
+//! The latest catalog data per query, published as immutable snapshots.
+//!
+//! Watchers write here; the runner and the template functions only read. Every update is
+//! normalized and compared with what the store already holds, so a catalog answer that changes
+//! nothing (a Consul index that moved with identical data, a file rewritten with the same bytes)
+//! never wakes a template. A snapshot is an `Arc`: readers clone it and let go of the lock at once.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock};
+
+use tokio::sync::watch;
+
+use crate::catalog::{Data, Query};
+
+/// One query's answer and the store version at which it last changed.
+#[derive(Debug)]
+pub struct Entry {
+    pub data: Data,
+    pub version: u64,
+    /// The template engine's view of `data`, built at most once per entry (see `template`).
+    pub value: OnceLock<tera::Value>,
+}
+
+/// Whether the catalog is reachable, as the watchers last saw it.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub enum Health {
+    #[default]
+    Unknown,
+    Healthy,
+    Unreachable(String),
+}
+
+/// An immutable view of the store.
+#[derive(Debug, Default)]
+pub struct Snapshot {
+    /// Bumped on every change of data.
+    pub version: u64,
+    pub entries: HashMap<Query, Arc<Entry>>,
+    pub health: Health,
+}
+
+impl Snapshot {
+    pub fn get(&self, q: &Query) -> Option<&Arc<Entry>> {
+        self.entries.get(q)
+    }
+}
+
+pub struct Store {
+    current: Mutex<Arc<Snapshot>>,
+    tx: watch::Sender<Arc<Snapshot>>,
+}
+
+impl Default for Store {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Store {
+    pub fn new() -> Store {
+        let first = Arc::new(Snapshot::default());
+        let (tx, _) = watch::channel(first.clone());
+        Store {
+            current: Mutex::new(first),
+            tx,
+        }
+    }
+
+    /// The latest snapshot.
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.lock().clone()
+    }
+
+    /// A receiver that sees every new snapshot (latest value semantics).
+    pub fn subscribe(&self) -> watch::Receiver<Arc<Snapshot>> {
+        self.tx.subscribe()
+    }
+
+    /// Records one answer. Returns whether anything changed.
+    pub fn update(&self, query: Query, data: Data) -> bool {
+        self.update_many(std::iter::once((query, data)))
+    }
+
+    /// Records several answers and publishes once. Returns whether anything changed.
+    pub fn update_many(&self, items: impl IntoIterator<Item = (Query, Data)>) -> bool {
+        let mut current = self.lock();
+        let version = current.version + 1;
+        let mut changed: Vec<(Query, Arc<Entry>)> = Vec::new();
+        for (query, data) in items {
+            let data = data.normalize();
+            if current.entries.get(&query).is_some_and(|e| e.data == data) {
+                continue;
+            }
+            if let Some(pos) = changed.iter().position(|(q, _)| *q == query) {
+                changed.remove(pos);
+            }
+            let entry = Arc::new(Entry {
+                data,
+                version,
+                value: OnceLock::new(),
+            });
+            changed.push((query, entry));
+        }
+        if changed.is_empty() {
+            return false;
+        }
+        let mut entries = current.entries.clone();
+        entries.extend(changed);
+        let next = Arc::new(Snapshot {
+            version,
+            entries,
+            health: current.health.clone(),
+        });
+        *current = next.clone();
+        self.tx.send_replace(next);
+        true
+    }
+
+    /// Drops queries nobody uses any more.
+    pub fn forget(&self, queries: &[Query]) {
+        let mut current = self.lock();
+        if !queries.iter().any(|q| current.entries.contains_key(q)) {
+            return;
+        }
+        let mut entries = current.entries.clone();
+        for q in queries {
+            entries.remove(q);
+        }
+        let next = Arc::new(Snapshot {
+            version: current.version + 1,
+            entries,
+            health: current.health.clone(),
+        });
+        *current = next.clone();
+        self.tx.send_replace(next);
+    }
+
+    /// Records whether the catalog is reachable. Returns whether that is news, so callers log
+    /// once per change of state rather than once per retry.
+    pub fn set_health(&self, health: Health) -> bool {
+        let mut current = self.lock();
+        if current.health == health {
+            return false;
+        }
+        let next = Arc::new(Snapshot {
+            version: current.version,
+            entries: current.entries.clone(),
+            health,
+        });
+        *current = next.clone();
+        self.tx.send_replace(next);
+        true
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Arc<Snapshot>> {
+        // A panic while holding this lock leaves a valid Arc behind: keep going.
+        self.current.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn equal_data_is_not_a_change() {
+        let store = Store::new();
+        let q = Query::Key("a".into());
+        assert!(store.update(q.clone(), Data::Key(Some("1".into()))));
+        let v = store.snapshot().version;
+        assert!(!store.update(q.clone(), Data::Key(Some("1".into()))));
+        assert_eq!(store.snapshot().version, v);
+        assert!(store.update(q.clone(), Data::Key(Some("2".into()))));
+        assert_eq!(store.snapshot().get(&q).unwrap().version, v + 1);
+    }
+
+    #[test]
+    fn health_is_reported_once_per_state() {
+        let store = Store::new();
+        assert!(store.set_health(Health::Unreachable("down".into())));
+        assert!(!store.set_health(Health::Unreachable("down".into())));
+        assert!(store.set_health(Health::Healthy));
+    }
+
+    #[test]
+    fn forget_removes_entries() {
+        let store = Store::new();
+        let q = Query::Services;
+        store.update(q.clone(), Data::Services(vec![]));
+        store.forget(std::slice::from_ref(&q));
+        assert!(store.snapshot().get(&q).is_none());
+    }
+}
