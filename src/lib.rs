@@ -19,3 +19,6 @@ pub mod backoff;
 pub mod catalog;
 pub mod config;
 pub mod store;
+pub mod command;
+pub mod output;
+pub mod template;

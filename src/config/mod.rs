@@ -18,7 +18,7 @@ use nix::sys::signal::Signal;
 use crate::catalog::Status;
 
 pub use interpolate::interpolate;
-pub use parse::{ConfigError, ConfigErrors, load, parse_str};
+pub use parse::{ConfigError, ConfigErrors, DEFAULT_WAIT, default_socket, load, parse_duration, parse_signal, parse_str};
 
 /// The whole, validated configuration.
 #[derive(Clone, Debug)]

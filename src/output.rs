@@ -1,0 +1,264 @@
+//! Putting a rendered file in place: atomic write, check, in-place fallback, diff.
+//!
+//! The rules (DESIGN.md, "Reliability"): never a torn file, never a broken config in place.
+//! A render is staged as `.<dest>.rewire-XXXXXX` in the destination's directory (leading dot
+//! and no `.conf` suffix, so `include *.conf` and `haproxy -f DIR` never load it), created
+//! with the final mode, fsynced, checked, renamed over the destination, and the directory is
+//! fsynced. A symlinked destination is written through (the link stays a link).
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use rand::Rng;
+
+/// A staged file: written and fsynced next to its destination, not yet in place.
+/// Dropping it without [`Staged::commit`] removes it.
+#[derive(Debug)]
+pub struct Staged {
+    temp: PathBuf,
+    dest: PathBuf,
+    committed: bool,
+}
+
+impl Staged {
+    /// The temp file, for `{file}` in a check.
+    pub fn path(&self) -> &Path {
+        &self.temp
+    }
+
+    /// Renames the staged file over the destination and fsyncs the directory.
+    pub fn commit(mut self) -> io::Result<()> {
+        std::fs::rename(&self.temp, &self.dest).map_err(|e| {
+            if e.raw_os_error() == Some(libc::EBUSY) {
+                io::Error::new(
+                    e.kind(),
+                    format!(
+                        "{} cannot be replaced by rename (it is probably a bind-mounted file): set write = \"in-place\" for this template",
+                        self.dest.display()
+                    ),
+                )
+            } else {
+                io::Error::new(e.kind(), format!("cannot rename into {}: {e}", self.dest.display()))
+            }
+        })?;
+        self.committed = true;
+        if let Some(dir) = self.dest.parent() {
+            // The file is visible now; the directory fsync makes the rename durable.
+            File::open(dir)?.sync_all()?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Staged {
+    fn drop(&mut self) {
+        if !self.committed {
+            let _ = std::fs::remove_file(&self.temp);
+        }
+    }
+}
+
+/// Where writes really go: a symlink's target, so the link survives.
+pub fn real_destination(dest: &Path) -> PathBuf {
+    match std::fs::symlink_metadata(dest) {
+        Ok(m) if m.file_type().is_symlink() => std::fs::canonicalize(dest).unwrap_or_else(|_| dest.to_path_buf()),
+        _ => dest.to_path_buf(),
+    }
+}
+
+/// Writes `bytes` into a temp file beside `dest`. Mode: `perms`, else the existing file's, else
+/// 0644; the existing file's owner is kept when we may set it (as root).
+pub fn stage(dest: &Path, bytes: &[u8], perms: Option<u32>) -> io::Result<Staged> {
+    let dest = real_destination(dest);
+    let dir = dest
+        .parent()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "destination has no directory"))?;
+    std::fs::create_dir_all(dir)
+        .map_err(|e| io::Error::new(e.kind(), format!("cannot create {}: {e}", dir.display())))?;
+    let existing = std::fs::metadata(&dest).ok();
+    let mode = perms
+        .or_else(|| existing.as_ref().map(|m| m.permissions().mode() & 0o7777))
+        .unwrap_or(0o644);
+    let name = dest
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let mut rng = rand::rng();
+    for _ in 0..16 {
+        let suffix: u32 = rng.random_range(0..0x100_0000);
+        let temp = dir.join(format!(".{name}.rewire-{suffix:06x}"));
+        let file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(mode)
+            .open(&temp);
+        let mut file = match file {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+            Err(e) => {
+                return Err(io::Error::new(
+                    e.kind(),
+                    format!("cannot create a temp file in {}: {e}", dir.display()),
+                ));
+            }
+        };
+        let staged = Staged {
+            temp,
+            dest: dest.clone(),
+            committed: false,
+        };
+        // The umask may have narrowed the mode given to open().
+        file.set_permissions(std::fs::Permissions::from_mode(mode))?;
+        if let Some(m) = &existing {
+            // Keep the owner; only root may give files away, so ignore EPERM.
+            let _ = std::os::unix::fs::fchown(&file, Some(m.uid()), Some(m.gid()));
+        }
+        file.write_all(bytes)?;
+        file.sync_all()?;
+        return Ok(staged);
+    }
+    Err(io::Error::new(
+        io::ErrorKind::AlreadyExists,
+        format!("cannot find a free temp file name in {}", dir.display()),
+    ))
+}
+
+/// Stage and commit in one go.
+pub fn write_atomic(dest: &Path, bytes: &[u8], perms: Option<u32>, _create_dirs: bool) -> io::Result<()> {
+    stage(dest, bytes, perms)?.commit()
+}
+
+/// Truncates and rewrites the destination itself: for bind-mounted files, which cannot be
+/// renamed over. Not atomic: a reader may see a short file for a moment.
+pub fn write_in_place(dest: &Path, bytes: &[u8], perms: Option<u32>) -> io::Result<()> {
+    let dest = real_destination(dest);
+    if let Some(dir) = dest.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let mut f = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(perms.unwrap_or(0o644))
+        .open(&dest)?;
+    f.write_all(bytes)?;
+    if let Some(p) = perms {
+        f.set_permissions(std::fs::Permissions::from_mode(p))?;
+    }
+    f.sync_all()
+}
+
+/// The destination's current bytes, or None if it does not exist.
+pub fn read_current(dest: &Path) -> io::Result<Option<Vec<u8>>> {
+    match std::fs::read(dest) {
+        Ok(b) => Ok(Some(b)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(io::Error::new(e.kind(), format!("cannot read {}: {e}", dest.display()))),
+    }
+}
+
+/// A unified diff from `old` (None: the file does not exist) to `new`.
+/// Empty when they are equal.
+pub fn unified_diff(dest: &Path, old: Option<&[u8]>, new: &[u8], color: bool) -> String {
+    let old_text = old.map(String::from_utf8_lossy).unwrap_or_default();
+    let new_text = String::from_utf8_lossy(new);
+    if old.is_some() && old_text == new_text {
+        return String::new();
+    }
+    let name = dest.display().to_string();
+    let old_name = if old.is_some() { name.clone() } else { "/dev/null".to_string() };
+    let diff = similar::TextDiff::from_lines(old_text.as_ref(), new_text.as_ref());
+    let text = diff
+        .unified_diff()
+        .context_radius(3)
+        .header(&old_name, &name)
+        .to_string();
+    if !color {
+        return text;
+    }
+    let mut out = String::with_capacity(text.len() + 256);
+    for line in text.split_inclusive('\n') {
+        let (start, end) = if line.starts_with("+++") || line.starts_with("---") {
+            ("\x1b[1m", "\x1b[0m")
+        } else if line.starts_with('+') {
+            ("\x1b[32m", "\x1b[0m")
+        } else if line.starts_with('-') {
+            ("\x1b[31m", "\x1b[0m")
+        } else if line.starts_with("@@") {
+            ("\x1b[36m", "\x1b[0m")
+        } else {
+            ("", "")
+        };
+        let body = line.strip_suffix('\n');
+        out.push_str(start);
+        out.push_str(body.unwrap_or(line));
+        out.push_str(end);
+        if body.is_some() {
+            out.push('\n');
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn atomic_write_keeps_mode_and_leaves_no_temp_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let dest = dir.path().join("sub/out.conf");
+        write_atomic(&dest, b"one\n", None, true).unwrap();
+        assert_eq!(std::fs::metadata(&dest).unwrap().permissions().mode() & 0o777, 0o644);
+        std::fs::set_permissions(&dest, std::fs::Permissions::from_mode(0o600)).unwrap();
+        write_atomic(&dest, b"two\n", None, true).unwrap();
+        assert_eq!(std::fs::read(&dest).unwrap(), b"two\n");
+        assert_eq!(std::fs::metadata(&dest).unwrap().permissions().mode() & 0o777, 0o600);
+        write_atomic(&dest, b"three\n", Some(0o640), true).unwrap();
+        assert_eq!(std::fs::metadata(&dest).unwrap().permissions().mode() & 0o777, 0o640);
+        let names: Vec<_> = std::fs::read_dir(dest.parent().unwrap())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, vec![std::ffi::OsString::from("out.conf")]);
+    }
+
+    #[test]
+    fn staged_file_is_hidden_and_removed_when_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let dest = dir.path().join("haproxy.cfg");
+        let staged = stage(&dest, b"x", Some(0o600)).unwrap();
+        let name = staged.path().file_name().unwrap().to_string_lossy().into_owned();
+        assert!(name.starts_with(".haproxy.cfg.rewire-"), "{name}");
+        assert!(!name.ends_with(".cfg"));
+        assert_eq!(std::fs::metadata(staged.path()).unwrap().permissions().mode() & 0o777, 0o600);
+        let temp = staged.path().to_path_buf();
+        drop(staged);
+        assert!(!temp.exists());
+        assert!(!dest.exists());
+    }
+
+    #[test]
+    fn symlinked_destination_is_written_through() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("real.conf");
+        std::fs::write(&target, "old").unwrap();
+        let link = dir.path().join("link.conf");
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        write_atomic(&link, b"new", None, true).unwrap();
+        assert!(std::fs::symlink_metadata(&link).unwrap().file_type().is_symlink());
+        assert_eq!(std::fs::read(&target).unwrap(), b"new");
+    }
+
+    #[test]
+    fn diff_is_unified_and_empty_when_equal() {
+        let d = unified_diff(Path::new("/x.conf"), Some(b"a\nb\n"), b"a\nc\n", false);
+        assert!(d.contains("--- /x.conf\n+++ /x.conf\n"), "{d}");
+        assert!(d.contains("-b\n+c\n"), "{d}");
+        assert_eq!(unified_diff(Path::new("/x"), Some(b"a\n"), b"a\n", false), "");
+        let d = unified_diff(Path::new("/x"), None, b"a\n", false);
+        assert!(d.starts_with("--- /dev/null"));
+    }
+}
