@@ -147,7 +147,9 @@ pub async fn run(
             if let Some(pgid) = pgid {
                 let _ = killpg(pgid, Signal::SIGKILL);
             }
-            String::from("(output not collected: the command left children holding its output open)")
+            String::from(
+                "(output not collected: the command left children holding its output open)",
+            )
         }
     };
     Ok(Outcome {
@@ -210,9 +212,13 @@ mod tests {
 
     #[tokio::test]
     async fn captures_output_and_status() {
-        let o = run(&spec(&["sh", "-c", "echo out; echo err >&2; exit 3"], 5000), &BTreeMap::new(), None)
-            .await
-            .unwrap();
+        let o = run(
+            &spec(&["sh", "-c", "echo out; echo err >&2; exit 3"], 5000),
+            &BTreeMap::new(),
+            None,
+        )
+        .await
+        .unwrap();
         assert_eq!(o.status, RunStatus::Exited(3));
         assert_eq!(o.output, "out\nerr");
     }
@@ -230,16 +236,23 @@ mod tests {
         // The grandchild was in the same group and died with it: give it time to have
         // touched the file had it survived.
         tokio::time::sleep(Duration::from_millis(2500)).await;
-        assert!(!marker.exists(), "a child of the timed-out command survived");
+        assert!(
+            !marker.exists(),
+            "a child of the timed-out command survived"
+        );
     }
 
     #[tokio::test]
     async fn stdin_and_env_reach_the_command() {
         let mut env = BTreeMap::new();
         env.insert("REWIRE_TEST".to_string(), "yes".to_string());
-        let o = run(&spec(&["sh", "-c", "cat; echo $REWIRE_TEST"], 5000), &env, Some(b"hello\n"))
-            .await
-            .unwrap();
+        let o = run(
+            &spec(&["sh", "-c", "cat; echo $REWIRE_TEST"], 5000),
+            &env,
+            Some(b"hello\n"),
+        )
+        .await
+        .unwrap();
         assert!(o.success());
         assert_eq!(o.output, "hello\nyes");
     }

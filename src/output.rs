@@ -63,7 +63,9 @@ impl Drop for Staged {
 /// Where writes really go: a symlink's target, so the link survives.
 pub fn real_destination(dest: &Path) -> PathBuf {
     match std::fs::symlink_metadata(dest) {
-        Ok(m) if m.file_type().is_symlink() => std::fs::canonicalize(dest).unwrap_or_else(|_| dest.to_path_buf()),
+        Ok(m) if m.file_type().is_symlink() => {
+            std::fs::canonicalize(dest).unwrap_or_else(|_| dest.to_path_buf())
+        }
         _ => dest.to_path_buf(),
     }
 }
@@ -72,9 +74,9 @@ pub fn real_destination(dest: &Path) -> PathBuf {
 /// 0644; the existing file's owner is kept when we may set it (as root).
 pub fn stage(dest: &Path, bytes: &[u8], perms: Option<u32>) -> io::Result<Staged> {
     let dest = real_destination(dest);
-    let dir = dest
-        .parent()
-        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "destination has no directory"))?;
+    let dir = dest.parent().ok_or_else(|| {
+        io::Error::new(io::ErrorKind::InvalidInput, "destination has no directory")
+    })?;
     std::fs::create_dir_all(dir)
         .map_err(|e| io::Error::new(e.kind(), format!("cannot create {}: {e}", dir.display())))?;
     let existing = std::fs::metadata(&dest).ok();
@@ -126,7 +128,12 @@ pub fn stage(dest: &Path, bytes: &[u8], perms: Option<u32>) -> io::Result<Staged
 }
 
 /// Stage and commit in one go.
-pub fn write_atomic(dest: &Path, bytes: &[u8], perms: Option<u32>, _create_dirs: bool) -> io::Result<()> {
+pub fn write_atomic(
+    dest: &Path,
+    bytes: &[u8],
+    perms: Option<u32>,
+    _create_dirs: bool,
+) -> io::Result<()> {
     stage(dest, bytes, perms)?.commit()
 }
 
@@ -155,7 +162,10 @@ pub fn read_current(dest: &Path) -> io::Result<Option<Vec<u8>>> {
     match std::fs::read(dest) {
         Ok(b) => Ok(Some(b)),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(io::Error::new(e.kind(), format!("cannot read {}: {e}", dest.display()))),
+        Err(e) => Err(io::Error::new(
+            e.kind(),
+            format!("cannot read {}: {e}", dest.display()),
+        )),
     }
 }
 
@@ -168,7 +178,11 @@ pub fn unified_diff(dest: &Path, old: Option<&[u8]>, new: &[u8], color: bool) ->
         return String::new();
     }
     let name = dest.display().to_string();
-    let old_name = if old.is_some() { name.clone() } else { "/dev/null".to_string() };
+    let old_name = if old.is_some() {
+        name.clone()
+    } else {
+        "/dev/null".to_string()
+    };
     let diff = similar::TextDiff::from_lines(old_text.as_ref(), new_text.as_ref());
     let text = diff
         .unified_diff()
@@ -211,13 +225,22 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let dest = dir.path().join("sub/out.conf");
         write_atomic(&dest, b"one\n", None, true).unwrap();
-        assert_eq!(std::fs::metadata(&dest).unwrap().permissions().mode() & 0o777, 0o644);
+        assert_eq!(
+            std::fs::metadata(&dest).unwrap().permissions().mode() & 0o777,
+            0o644
+        );
         std::fs::set_permissions(&dest, std::fs::Permissions::from_mode(0o600)).unwrap();
         write_atomic(&dest, b"two\n", None, true).unwrap();
         assert_eq!(std::fs::read(&dest).unwrap(), b"two\n");
-        assert_eq!(std::fs::metadata(&dest).unwrap().permissions().mode() & 0o777, 0o600);
+        assert_eq!(
+            std::fs::metadata(&dest).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
         write_atomic(&dest, b"three\n", Some(0o640), true).unwrap();
-        assert_eq!(std::fs::metadata(&dest).unwrap().permissions().mode() & 0o777, 0o640);
+        assert_eq!(
+            std::fs::metadata(&dest).unwrap().permissions().mode() & 0o777,
+            0o640
+        );
         let names: Vec<_> = std::fs::read_dir(dest.parent().unwrap())
             .unwrap()
             .map(|e| e.unwrap().file_name())
@@ -230,10 +253,22 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let dest = dir.path().join("haproxy.cfg");
         let staged = stage(&dest, b"x", Some(0o600)).unwrap();
-        let name = staged.path().file_name().unwrap().to_string_lossy().into_owned();
+        let name = staged
+            .path()
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .into_owned();
         assert!(name.starts_with(".haproxy.cfg.rewire-"), "{name}");
         assert!(!name.ends_with(".cfg"));
-        assert_eq!(std::fs::metadata(staged.path()).unwrap().permissions().mode() & 0o777, 0o600);
+        assert_eq!(
+            std::fs::metadata(staged.path())
+                .unwrap()
+                .permissions()
+                .mode()
+                & 0o777,
+            0o600
+        );
         let temp = staged.path().to_path_buf();
         drop(staged);
         assert!(!temp.exists());
@@ -248,7 +283,12 @@ mod tests {
         let link = dir.path().join("link.conf");
         std::os::unix::fs::symlink(&target, &link).unwrap();
         write_atomic(&link, b"new", None, true).unwrap();
-        assert!(std::fs::symlink_metadata(&link).unwrap().file_type().is_symlink());
+        assert!(
+            std::fs::symlink_metadata(&link)
+                .unwrap()
+                .file_type()
+                .is_symlink()
+        );
         assert_eq!(std::fs::read(&target).unwrap(), b"new");
     }
 
@@ -257,7 +297,10 @@ mod tests {
         let d = unified_diff(Path::new("/x.conf"), Some(b"a\nb\n"), b"a\nc\n", false);
         assert!(d.contains("--- /x.conf\n+++ /x.conf\n"), "{d}");
         assert!(d.contains("-b\n+c\n"), "{d}");
-        assert_eq!(unified_diff(Path::new("/x"), Some(b"a\n"), b"a\n", false), "");
+        assert_eq!(
+            unified_diff(Path::new("/x"), Some(b"a\n"), b"a\n", false),
+            ""
+        );
         let d = unified_diff(Path::new("/x"), None, b"a\n", false);
         assert!(d.starts_with("--- /dev/null"));
     }

@@ -155,11 +155,15 @@ impl Engine {
             }
         }
         if errors.is_empty()
-            && let Err(e) = tera.add_raw_templates(sources.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            && let Err(e) =
+                tera.add_raw_templates(sources.iter().map(|(k, v)| (k.as_str(), v.as_str())))
         {
             errors.push(LoadError {
                 source_path: PathBuf::from(
-                    templates.first().map(|t| t.source.clone()).unwrap_or_default(),
+                    templates
+                        .first()
+                        .map(|t| t.source.clone())
+                        .unwrap_or_default(),
                 ),
                 message: tera_error_text(&e),
             });
@@ -236,8 +240,14 @@ fn register(tera: &mut Tera) {
     tera.register_filter("b64_encode", tera_contrib::base64::b64_encode);
     tera.register_filter("b64_decode", tera_contrib::base64::b64_decode);
     tera.register_filter("urlencode", tera_contrib::urlencode::urlencode);
-    tera.register_filter("urlencode_strict", tera_contrib::urlencode::urlencode_strict);
-    tera.register_filter("regex_replace", tera_contrib::regex::RegexReplace::default());
+    tera.register_filter(
+        "urlencode_strict",
+        tera_contrib::urlencode::urlencode_strict,
+    );
+    tera.register_filter(
+        "regex_replace",
+        tera_contrib::regex::RegexReplace::default(),
+    );
     tera.register_filter("striptags", tera_contrib::regex::striptags);
     tera.register_test("matching", tera_contrib::regex::Matching::default());
 }
@@ -280,7 +290,12 @@ pub fn data_value(data: &Data) -> Value {
                     m.insert("name".to_string(), Value::from(s.name.as_str()));
                     m.insert(
                         "tags".to_string(),
-                        Value::from(s.tags.iter().map(|t| Value::from(t.as_str())).collect::<Vec<_>>()),
+                        Value::from(
+                            s.tags
+                                .iter()
+                                .map(|t| Value::from(t.as_str()))
+                                .collect::<Vec<_>>(),
+                        ),
                     );
                     Value::from(m)
                 })
@@ -309,7 +324,12 @@ fn instance_value(i: &Instance) -> Value {
     m.insert("port".into(), Value::from(i.port));
     m.insert(
         "tags".into(),
-        Value::from(i.tags.iter().map(|t| Value::from(t.as_str())).collect::<Vec<_>>()),
+        Value::from(
+            i.tags
+                .iter()
+                .map(|t| Value::from(t.as_str()))
+                .collect::<Vec<_>>(),
+        ),
     );
     let meta: BTreeMap<String, Value> = i
         .meta
@@ -377,7 +397,9 @@ fn fn_key(kwargs: Kwargs, _: &State) -> TeraResult<Value> {
             (Data::Key(Some(v)), _) => Ok(Value::from(v.as_str())),
             (_, Some(d)) => Ok(d),
             (_, None) => {
-                wait_for(format!("key {path:?} does not exist (give key() a default to render without it)"));
+                wait_for(format!(
+                    "key {path:?} does not exist (give key() a default to render without it)"
+                ));
                 Ok(Value::from(""))
             }
         },
@@ -480,14 +502,20 @@ fn filter_addr_port(v: &Value, kwargs: Kwargs, _: &State) -> TeraResult<Value> {
     let port_kw: Option<u64> = kwargs.get("port")?;
     if let Some(addr) = v.as_str() {
         let port = port_kw.ok_or_else(|| {
-            tera::Error::message("addr_port on a string needs port=..., e.g. \"::1\" | addr_port(port=80)")
+            tera::Error::message(
+                "addr_port on a string needs port=..., e.g. \"::1\" | addr_port(port=80)",
+            )
         })?;
         return Ok(Value::from(addr_port(addr, port)));
     }
     let addr = v
         .get_from_path("address")
         .and_then(|a| a.as_str())
-        .ok_or_else(|| tera::Error::message("addr_port needs an instance (with address and port) or an address string"))?;
+        .ok_or_else(|| {
+            tera::Error::message(
+                "addr_port needs an instance (with address and port) or an address string",
+            )
+        })?;
     let port = port_kw
         .or_else(|| v.get_from_path("port").and_then(|p| p.as_u64()))
         .ok_or_else(|| tera::Error::message("addr_port: the instance has no port"))?;
@@ -577,7 +605,10 @@ mod tests {
         let engine = engine_for(dir.path(), &[("t", "{{ key(path=\"a\") }}")]).unwrap();
         let store = Store::new();
         store.update(Query::Key("a".into()), Data::Key(None));
-        let Rendered::Pending { waiting, missing, .. } = engine.render("t", &store.snapshot()) else {
+        let Rendered::Pending {
+            waiting, missing, ..
+        } = engine.render("t", &store.snapshot())
+        else {
             panic!()
         };
         assert!(missing.is_empty());
@@ -614,12 +645,18 @@ mod tests {
     #[test]
     fn syntax_errors_name_file_and_line_for_every_template() {
         let dir = tempfile::tempdir().unwrap();
-        let errs = engine_for(dir.path(), &[("a", "ok\n{% if %}"), ("b", "{{ x"), ("c", "fine")])
-            .err()
-            .expect("broken templates are rejected");
+        let errs = engine_for(
+            dir.path(),
+            &[("a", "ok\n{% if %}"), ("b", "{{ x"), ("c", "fine")],
+        )
+        .err()
+        .expect("broken templates are rejected");
         assert_eq!(errs.len(), 2, "{errs:?}");
         let a = errs[0].to_string();
-        assert!(a.contains(&dir.path().join("a").display().to_string()), "{a}");
+        assert!(
+            a.contains(&dir.path().join("a").display().to_string()),
+            "{a}"
+        );
         assert!(a.contains(":2:"), "{a}");
     }
 
@@ -659,7 +696,13 @@ mod tests {
         let mk = |order: &[usize]| {
             let mut list: Vec<Instance> = (0..20)
                 .map(|n| {
-                    let mut i = inst(&format!("i{n}"), &format!("10.0.0.{n}"), 80, &[], Status::Passing);
+                    let mut i = inst(
+                        &format!("i{n}"),
+                        &format!("10.0.0.{n}"),
+                        80,
+                        &[],
+                        Status::Passing,
+                    );
                     i.meta = (0..5).map(|m| (format!("k{m}"), format!("v{m}"))).collect();
                     i
                 })

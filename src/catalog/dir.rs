@@ -245,17 +245,27 @@ impl DirCatalog {
                     && fresh.expiry.is_some_and(|x| x + deregister_after <= now)
                 {
                     match std::fs::remove_file(&path) {
-                        Ok(()) => info!(file = %path.display(), "removed an instance expired for longer than deregister_after"),
+                        Ok(()) => {
+                            info!(file = %path.display(), "removed an instance expired for longer than deregister_after")
+                        }
                         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                        Err(e) => warn!(file = %path.display(), error = %e, "cannot remove expired instance"),
+                        Err(e) => {
+                            warn!(file = %path.display(), error = %e, "cannot remove expired instance")
+                        }
                     }
                 }
             }
         }
     }
 
-    fn write_record(&self, reg: &Registration, status: Status, note: &str) -> Result<(), CatalogError> {
-        check_name(&reg.name).map_err(|e| CatalogError::Unsupported(format!("service name {e}")))?;
+    fn write_record(
+        &self,
+        reg: &Registration,
+        status: Status,
+        note: &str,
+    ) -> Result<(), CatalogError> {
+        check_name(&reg.name)
+            .map_err(|e| CatalogError::Unsupported(format!("service name {e}")))?;
         check_name(&reg.id).map_err(|e| CatalogError::Unsupported(format!("service id {e}")))?;
         let mut record = Record::from_registration(reg, status, &self.node);
         let expires = (self.clock)() + reg.ttl;
@@ -266,9 +276,11 @@ impl DirCatalog {
         let mut bytes = serde_json::to_vec_pretty(&record).expect("a Record always serializes");
         bytes.push(b'\n');
         let path = self.instance_path(&reg.name, &reg.id);
-        crate::output::write_atomic(&path, &bytes, Some(0o644), true).map_err(|e| CatalogError::Io {
-            path: path.display().to_string(),
-            source: e,
+        crate::output::write_atomic(&path, &bytes, Some(0o644), true).map_err(|e| {
+            CatalogError::Io {
+                path: path.display().to_string(),
+                source: e,
+            }
         })
     }
 }
@@ -306,9 +318,11 @@ fn answer(tree: &Tree, q: &Query, now: SystemTime) -> Data {
                 .map(|list| list.values().map(|e| instance_at(e, now)).collect())
                 .unwrap_or_default(),
         ),
-        Query::Services => {
-            Data::services_from(tree.services.values().flat_map(|l| l.values().map(|e| &e.instance)))
-        }
+        Query::Services => Data::services_from(
+            tree.services
+                .values()
+                .flat_map(|l| l.values().map(|e| &e.instance)),
+        ),
         Query::Key(path) => Data::Key(tree.kv.get(path.trim_matches('/')).cloned()),
         Query::Keys(prefix) => {
             let prefix = prefix.trim_start_matches('/');
@@ -353,7 +367,9 @@ impl Catalog for DirCatalog {
 
     async fn fetch(&self, query: &Query) -> Result<Data, CatalogError> {
         let mut all = self.fetch_many(std::slice::from_ref(query)).await;
-        all.pop().map(|(_, r)| r).unwrap_or_else(|| Ok(Data::empty_for(query)))
+        all.pop()
+            .map(|(_, r)| r)
+            .unwrap_or_else(|| Ok(Data::empty_for(query)))
     }
 
     async fn fetch_many(&self, queries: &[Query]) -> Vec<(Query, Result<Data, CatalogError>)> {
@@ -531,7 +547,12 @@ impl Catalog for DirCatalog {
         }
     }
 
-    async fn update_ttl(&self, reg: &Registration, status: Status, note: &str) -> Result<(), CatalogError> {
+    async fn update_ttl(
+        &self,
+        reg: &Registration,
+        status: Status,
+        note: &str,
+    ) -> Result<(), CatalogError> {
         let path = self.instance_path(&reg.name, &reg.id);
         if !path.exists() {
             return Err(CatalogError::NotRegistered {
@@ -576,7 +597,9 @@ fn inotify_hint(e: notify::Error) -> String {
         || text.contains("No space left")
         || text.contains("Too many open files")
     {
-        format!("{text}: the system ran out of inotify watches or instances; raise fs.inotify.max_user_watches / fs.inotify.max_user_instances (sysctl)")
+        format!(
+            "{text}: the system ran out of inotify watches or instances; raise fs.inotify.max_user_watches / fs.inotify.max_user_instances (sysctl)"
+        )
     } else {
         text
     }
@@ -729,12 +752,32 @@ mod tests {
     async fn reads_instances_and_keys_and_skips_malformed_files() {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path();
-        write(root, "services/web/a.json", r#"{"address":"10.0.0.2","port":80,"tags":["v2"]}"#);
-        write(root, "services/web/b.json", r#"{"address":"10.0.0.1","port":80}"#);
-        write(root, "services/web/bad.json", r#"{"address":"10.0.0.3","port":"#);
-        write(root, "services/web/evil.json", r#"{"address":"x; rm -rf /","port":80}"#);
+        write(
+            root,
+            "services/web/a.json",
+            r#"{"address":"10.0.0.2","port":80,"tags":["v2"]}"#,
+        );
+        write(
+            root,
+            "services/web/b.json",
+            r#"{"address":"10.0.0.1","port":80}"#,
+        );
+        write(
+            root,
+            "services/web/bad.json",
+            r#"{"address":"10.0.0.3","port":"#,
+        );
+        write(
+            root,
+            "services/web/evil.json",
+            r#"{"address":"x; rm -rf /","port":80}"#,
+        );
         write(root, "services/web/.a.json.rewire-1234", "junk");
-        write(root, "services/db/x.json", r#"{"address":"10.0.1.1","port":5432,"status":"critical"}"#);
+        write(
+            root,
+            "services/db/x.json",
+            r#"{"address":"10.0.1.1","port":5432,"status":"critical"}"#,
+        );
         write(root, "kv/app/name", "shop");
         write(root, "kv/app/db/url", "pg://");
         let cat = DirCatalog::new(root);
@@ -747,16 +790,31 @@ mod tests {
                 Query::Keys("app/".into()),
             ])
             .await;
-        let Ok(Data::Instances(web)) = &got[0].1 else { panic!("{got:?}") };
+        let Ok(Data::Instances(web)) = &got[0].1 else {
+            panic!("{got:?}")
+        };
         let web = Data::Instances(web.clone()).normalize();
         let Data::Instances(web) = web else { panic!() };
-        assert_eq!(web.iter().map(|i| i.id.as_str()).collect::<Vec<_>>(), ["b", "a"]);
-        let Ok(Data::Services(s)) = &got[1].1 else { panic!() };
-        assert_eq!(s.iter().map(|s| s.name.as_str()).collect::<Vec<_>>(), ["db", "web"]);
+        assert_eq!(
+            web.iter().map(|i| i.id.as_str()).collect::<Vec<_>>(),
+            ["b", "a"]
+        );
+        let Ok(Data::Services(s)) = &got[1].1 else {
+            panic!()
+        };
+        assert_eq!(
+            s.iter().map(|s| s.name.as_str()).collect::<Vec<_>>(),
+            ["db", "web"]
+        );
         assert_eq!(got[2].1.as_ref().unwrap(), &Data::Key(Some("shop".into())));
         assert_eq!(got[3].1.as_ref().unwrap(), &Data::Key(None));
-        let Ok(Data::Keys(k)) = &got[4].1 else { panic!() };
-        assert_eq!(k.iter().map(|k| k.path.as_str()).collect::<Vec<_>>(), ["app/db/url", "app/name"]);
+        let Ok(Data::Keys(k)) = &got[4].1 else {
+            panic!()
+        };
+        assert_eq!(
+            k.iter().map(|k| k.path.as_str()).collect::<Vec<_>>(),
+            ["app/db/url", "app/name"]
+        );
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -785,13 +843,19 @@ mod tests {
         };
         cat.register(&reg).await.unwrap();
         let q = Query::Service("web".into());
-        let Data::Instances(l) = cat.fetch(&q).await.unwrap() else { panic!() };
+        let Data::Instances(l) = cat.fetch(&q).await.unwrap() else {
+            panic!()
+        };
         assert_eq!(l[0].status, Status::Passing);
         *now.lock().unwrap() += Duration::from_secs(11);
-        let Data::Instances(l) = cat.fetch(&q).await.unwrap() else { panic!() };
+        let Data::Instances(l) = cat.fetch(&q).await.unwrap() else {
+            panic!()
+        };
         assert_eq!(l[0].status, Status::Critical);
         cat.update_ttl(&reg, Status::Passing, "ok").await.unwrap();
-        let Data::Instances(l) = cat.fetch(&q).await.unwrap() else { panic!() };
+        let Data::Instances(l) = cat.fetch(&q).await.unwrap() else {
+            panic!()
+        };
         assert_eq!(l[0].status, Status::Passing);
         cat.deregister(&reg).await.unwrap();
         assert!(matches!(

@@ -417,3 +417,19 @@ mod tests {
         assert_eq!(list[0].tags, ["a", "b"]);
     }
 }
+
+/// Opens the configured catalog.
+pub fn open(cfg: &crate::config::CatalogConfig) -> Result<Arc<dyn Catalog>, CatalogError> {
+    use crate::config::Backend;
+    match &cfg.backend {
+        Backend::Dir(s) => Ok(Arc::new(
+            dir::DirCatalog::new(&s.path).with_deregister_after(cfg.deregister_after),
+        )),
+        Backend::Consul(_) => Err(CatalogError::Unsupported(
+            "the consul backend is not built yet".into(),
+        )),
+        Backend::Etcd(_) => Err(CatalogError::Unsupported(
+            "the etcd backend is not built yet".into(),
+        )),
+    }
+}

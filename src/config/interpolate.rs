@@ -34,9 +34,7 @@ pub fn interpolate(input: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<
             None => (body, None),
         };
         if name.is_empty()
-            || !name
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'_')
+            || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
             || name.as_bytes()[0].is_ascii_digit()
         {
             return Err(format!(

@@ -18,7 +18,10 @@ use nix::sys::signal::Signal;
 use crate::catalog::Status;
 
 pub use interpolate::interpolate;
-pub use parse::{ConfigError, ConfigErrors, DEFAULT_WAIT, default_socket, load, parse_duration, parse_signal, parse_str};
+pub use parse::{
+    ConfigError, ConfigErrors, DEFAULT_WAIT, default_socket, load, parse_duration, parse_signal,
+    parse_str,
+};
 
 /// The whole, validated configuration.
 #[derive(Clone, Debug)]
@@ -238,7 +241,10 @@ pub struct CommandSpec {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Reload {
     Command(CommandSpec),
-    Signal { signal: Signal, target: SignalTarget },
+    Signal {
+        signal: Signal,
+        target: SignalTarget,
+    },
 }
 
 impl Reload {
@@ -355,4 +361,35 @@ pub struct MainConfig {
     pub forward_signals: Vec<Signal>,
     pub restart: Restart,
     pub wait_for_templates: Duration,
+}
+
+/// Applies `--catalog URL`, keeping the config's settings (token, TLS) for the same backend.
+pub fn override_catalog(config: &mut Config, url: &str) -> Result<(), String> {
+    use crate::catalog::CatalogUrl;
+    let backend = match CatalogUrl::parse(url)? {
+        CatalogUrl::Dir(p) => Backend::Dir(DirSettings {
+            path: parse::normalize(&std::env::current_dir().unwrap_or_default().join(p)),
+        }),
+        CatalogUrl::Consul(address) => {
+            let mut s = match &config.catalog.backend {
+                Backend::Consul(s) => s.clone(),
+                _ => ConsulSettings::default(),
+            };
+            s.address = Some(address);
+            Backend::Consul(s)
+        }
+        CatalogUrl::Etcd(endpoints) => {
+            let mut s = match &config.catalog.backend {
+                Backend::Etcd(s) => s.clone(),
+                _ => EtcdSettings {
+                    prefix: "/rewire".into(),
+                    ..EtcdSettings::default()
+                },
+            };
+            s.endpoints = endpoints;
+            Backend::Etcd(s)
+        }
+    };
+    config.catalog.backend = backend;
+    Ok(())
 }

@@ -228,10 +228,18 @@ impl Walker<'_> {
             }
             let key = k.get_ref().to_string();
             let hint = match suggest(&key, known) {
-                Some(s) => format!("did you mean `{s}`? {} accepts: {}", t.section(), known.join(", ")),
+                Some(s) => format!(
+                    "did you mean `{s}`? {} accepts: {}",
+                    t.section(),
+                    known.join(", ")
+                ),
                 None => format!("{} accepts: {}", t.section(), known.join(", ")),
             };
-            self.error(k.span(), format!("unknown key `{key}` in {}", t.section()), hint);
+            self.error(
+                k.span(),
+                format!("unknown key `{key}` in {}", t.section()),
+                hint,
+            );
         }
     }
 
@@ -650,7 +658,9 @@ impl Walker<'_> {
             return default;
         };
         let backend_name = self.string(&t, "backend");
-        let block_wait = self.duration(&t, "block_wait").unwrap_or(default.block_wait);
+        let block_wait = self
+            .duration(&t, "block_wait")
+            .unwrap_or(default.block_wait);
         if block_wait > Duration::from_secs(600) || block_wait < Duration::from_secs(1) {
             let span = t.key_span("block_wait").unwrap_or(t.span.clone());
             self.error(
@@ -664,7 +674,11 @@ impl Walker<'_> {
                 let base = self.duration(&r, "base").unwrap_or(default.retry.base);
                 let max = self.duration(&r, "max").unwrap_or(default.retry.max);
                 if let Err(e) = crate::backoff::Backoff::new(base, max) {
-                    self.error(r.span.clone(), format!("`retry`: {e}"), "e.g. retry = { base = \"250ms\", max = \"30s\" }");
+                    self.error(
+                        r.span.clone(),
+                        format!("`retry`: {e}"),
+                        "e.g. retry = { base = \"250ms\", max = \"30s\" }",
+                    );
                 }
                 self.finish(&r, &["base", "max"]);
                 Retry { base, max }
@@ -732,12 +746,19 @@ impl Walker<'_> {
                     tls,
                 };
                 if settings.username.is_some() != settings.password.is_some() {
-                    self.error(t.span.clone(), "[catalog] needs both `username` and `password`, or neither", "");
+                    self.error(
+                        t.span.clone(),
+                        "[catalog] needs both `username` and `password`, or neither",
+                        "",
+                    );
                 }
                 (Backend::Etcd(settings), ETCD_KEYS)
             }
             other => {
-                let span = backend_name.as_ref().map(|s| s.span()).unwrap_or(t.span.clone());
+                let span = backend_name
+                    .as_ref()
+                    .map(|s| s.span())
+                    .unwrap_or(t.span.clone());
                 self.error(
                     span,
                     format!("unknown catalog backend {other:?}"),
@@ -748,7 +769,11 @@ impl Walker<'_> {
         };
         if matches!(backend, Backend::Dir(_)) && t.map.get("tls").is_some() {
             let span = t.key_span("tls").unwrap_or(t.span.clone());
-            self.error(span, "[catalog.tls] does not apply to the dir backend", "remove it, or set backend = \"consul\" or \"etcd\"");
+            self.error(
+                span,
+                "[catalog.tls] does not apply to the dir backend",
+                "remove it, or set backend = \"consul\" or \"etcd\"",
+            );
         }
         self.finish(&t, keys);
         CatalogConfig {
@@ -788,10 +813,16 @@ impl Walker<'_> {
         let mut out: Vec<TemplateConfig> = Vec::new();
         let mut dests: Vec<(PathBuf, Range<usize>)> = Vec::new();
         for t in self.tables(root, "template") {
-            let source_s = self.required_string(&t, "source", "source = \"templates/nginx.conf.tera\"");
-            let dest_s = self.required_string(&t, "destination", "destination = \"/etc/nginx/nginx.conf\"");
-            let source = source_s.as_ref().map(|s| normalize(&self.dir.join(s.get_ref())));
-            let destination = dest_s.as_ref().map(|s| normalize(&self.dir.join(s.get_ref())));
+            let source_s =
+                self.required_string(&t, "source", "source = \"templates/nginx.conf.tera\"");
+            let dest_s =
+                self.required_string(&t, "destination", "destination = \"/etc/nginx/nginx.conf\"");
+            let source = source_s
+                .as_ref()
+                .map(|s| normalize(&self.dir.join(s.get_ref())));
+            let destination = dest_s
+                .as_ref()
+                .map(|s| normalize(&self.dir.join(s.get_ref())));
             if let (Some(s), Some(src)) = (&source_s, &source)
                 && !src.is_file()
             {
@@ -801,14 +832,17 @@ impl Walker<'_> {
                     "paths are relative to the config file's directory",
                 );
             }
-            let name = self.string(&t, "name").map(Spanned::into_inner).or_else(|| {
-                source.as_ref().and_then(|s| {
-                    s.file_name().map(|n| {
-                        let n = n.to_string_lossy();
-                        n.strip_suffix(".tera").unwrap_or(&n).to_string()
+            let name = self
+                .string(&t, "name")
+                .map(Spanned::into_inner)
+                .or_else(|| {
+                    source.as_ref().and_then(|s| {
+                        s.file_name().map(|n| {
+                            let n = n.to_string_lossy();
+                            n.strip_suffix(".tera").unwrap_or(&n).to_string()
+                        })
                     })
-                })
-            });
+                });
             let perms = self.perms(&t);
             let check_mode = match self.string(&t, "check_mode") {
                 None => CheckMode::Temp,
@@ -863,7 +897,11 @@ impl Walker<'_> {
                 continue;
             };
             if out.iter().any(|o| o.name == name) {
-                self.error(t.span.clone(), format!("two templates are named {name:?}"), "give one of them `name = \"...\"` (used by `rewire render --template NAME`)");
+                self.error(
+                    t.span.clone(),
+                    format!("two templates are named {name:?}"),
+                    "give one of them `name = \"...\"` (used by `rewire render --template NAME`)",
+                );
             }
             out.push(TemplateConfig {
                 name,
@@ -888,7 +926,11 @@ impl Walker<'_> {
             DeValue::String(s) => u32::from_str_radix(s.trim_start_matches("0o"), 8).ok(),
             DeValue::Integer(i) if i.radix() == 8 => u32::from_str_radix(i.as_str(), 8).ok(),
             DeValue::Integer(_) => {
-                self.error(v.span(), "`perms` is a decimal number, which is almost never what is meant", hint);
+                self.error(
+                    v.span(),
+                    "`perms` is a decimal number, which is almost never what is meant",
+                    hint,
+                );
                 return None;
             }
             other => {
@@ -924,11 +966,19 @@ impl Walker<'_> {
                     SignalTarget::Main
                 }
                 (None, Some(tg)) => {
-                    self.error(tg.span(), format!("unknown reload target {:?}", tg.get_ref()), "use target = \"main\" (the supervised process) or pidfile = \"...\"");
+                    self.error(
+                        tg.span(),
+                        format!("unknown reload target {:?}", tg.get_ref()),
+                        "use target = \"main\" (the supervised process) or pidfile = \"...\"",
+                    );
                     return None;
                 }
                 _ => {
-                    self.error(v.span(), "a signal reload needs exactly one of `pidfile` or `target = \"main\"`", "e.g. reload = { signal = \"HUP\", pidfile = \"/run/nginx.pid\" }");
+                    self.error(
+                        v.span(),
+                        "a signal reload needs exactly one of `pidfile` or `target = \"main\"`",
+                        "e.g. reload = { signal = \"HUP\", pidfile = \"/run/nginx.pid\" }",
+                    );
                     return None;
                 }
             };
@@ -954,13 +1004,21 @@ impl Walker<'_> {
                 Some(p) => match u16::try_from(*p.get_ref()) {
                     Ok(v) if v > 0 => Some(v),
                     _ => {
-                        self.error(p.span(), format!("port {} is outside 1-65535", p.get_ref()), "");
+                        self.error(
+                            p.span(),
+                            format!("port {} is outside 1-65535", p.get_ref()),
+                            "",
+                        );
                         None
                     }
                 },
                 None => {
                     if t.map.get("port").is_none() {
-                        self.error(t.span.clone(), format!("{} needs `port`", t.section()), "port = 8080");
+                        self.error(
+                            t.span.clone(),
+                            format!("{} needs `port`", t.section()),
+                            "port = 8080",
+                        );
                     }
                     None
                 }
@@ -989,12 +1047,22 @@ impl Walker<'_> {
             };
             let tags = self.strings(&t, "tags").unwrap_or_default();
             let meta = self.string_map(&t, "meta").unwrap_or_default();
-            let interval = self.duration(&t, "interval").unwrap_or(Duration::from_secs(10));
+            let interval = self
+                .duration(&t, "interval")
+                .unwrap_or(Duration::from_secs(10));
             let health = self.command(&t, "health", interval);
             let ttl = self.duration(&t, "ttl").unwrap_or(interval * 5 / 2);
             if ttl <= interval {
                 let span = t.key_span("ttl").unwrap_or(t.span.clone());
-                self.error(span, format!("`ttl` ({}) must be longer than `interval` ({})", humantime::format_duration(ttl), humantime::format_duration(interval)), "a pass must arrive before the TTL runs out: use ttl of about 2-3 x interval");
+                self.error(
+                    span,
+                    format!(
+                        "`ttl` ({}) must be longer than `interval` ({})",
+                        humantime::format_duration(ttl),
+                        humantime::format_duration(interval)
+                    ),
+                    "a pass must arrive before the TTL runs out: use ttl of about 2-3 x interval",
+                );
             }
             let initial_status = match self.string(&t, "initial_status") {
                 Some(s) => match s.get_ref().parse() {
@@ -1006,7 +1074,9 @@ impl Walker<'_> {
                 },
                 None => None,
             };
-            let deregister_after = self.duration(&t, "deregister_after").unwrap_or(default_deregister);
+            let deregister_after = self
+                .duration(&t, "deregister_after")
+                .unwrap_or(default_deregister);
             self.finish(&t, SERVICE_KEYS);
             let (Some(name), Some(port)) = (name, port) else {
                 continue;
@@ -1035,7 +1105,11 @@ impl Walker<'_> {
             let tag = self.string(&t, "tag").map(Spanned::into_inner);
             let on_change = self.command(&t, "on_change", Duration::from_secs(60));
             if t.map.get("on_change").is_none() {
-                self.error(t.span.clone(), format!("{} needs `on_change`", t.section()), "on_change = [\"/usr/local/bin/refresh\"]");
+                self.error(
+                    t.span.clone(),
+                    format!("{} needs `on_change`", t.section()),
+                    "on_change = [\"/usr/local/bin/refresh\"]",
+                );
             }
             let wait = self.wait(&t, "wait", default_wait);
             self.finish(&t, &["service", "tag", "on_change", "wait"]);
@@ -1056,16 +1130,28 @@ impl Walker<'_> {
         for (i, t) in self.tables(root, "task").into_iter().enumerate() {
             let every = self.duration(&t, "every");
             if t.map.get("every").is_none() {
-                self.error(t.span.clone(), format!("{} needs `every`", t.section()), "every = \"5m\"");
+                self.error(
+                    t.span.clone(),
+                    format!("{} needs `every`", t.section()),
+                    "every = \"5m\"",
+                );
             }
             if every.is_some_and(|e| e.is_zero()) {
                 let span = t.key_span("every").unwrap_or(t.span.clone());
                 self.error(span, "`every` must be more than 0", "");
             }
             let timeout = self.duration(&t, "timeout");
-            let exec = self.command(&t, "exec", timeout.or(every).unwrap_or(Duration::from_secs(60)));
+            let exec = self.command(
+                &t,
+                "exec",
+                timeout.or(every).unwrap_or(Duration::from_secs(60)),
+            );
             if t.map.get("exec").is_none() {
-                self.error(t.span.clone(), format!("{} needs `exec`", t.section()), "exec = [\"/usr/local/bin/backup\"]");
+                self.error(
+                    t.span.clone(),
+                    format!("{} needs `exec`", t.section()),
+                    "exec = [\"/usr/local/bin/backup\"]",
+                );
             }
             let name = self.string(&t, "name").map(Spanned::into_inner);
             self.finish(&t, &["every", "exec", "timeout", "name"]);
@@ -1084,12 +1170,12 @@ impl Walker<'_> {
         let t = self.table(root, "main")?;
         let hook_timeout = Duration::from_secs(600);
         let pre_start = self.command(&t, "pre_start", hook_timeout);
-        let exec = self
-            .command(&t, "exec", Duration::MAX)
-            .map(|c| c.program);
+        let exec = self.command(&t, "exec", Duration::MAX).map(|c| c.program);
         let pre_stop = self.command(&t, "pre_stop", Duration::from_secs(60));
         let post_stop = self.command(&t, "post_stop", Duration::from_secs(60));
-        let stop_timeout = self.duration(&t, "stop_timeout").unwrap_or(Duration::from_secs(10));
+        let stop_timeout = self
+            .duration(&t, "stop_timeout")
+            .unwrap_or(Duration::from_secs(10));
         let stop_signals = self
             .signals(&t, "stop_signals")
             .unwrap_or_else(|| vec![Signal::SIGTERM, Signal::SIGINT]);
@@ -1101,12 +1187,20 @@ impl Walker<'_> {
         for s in &forward_signals {
             if stop_signals.contains(s) {
                 let span = t.key_span("forward_signals").unwrap_or(t.span.clone());
-                self.error(span, format!("{s} is both forwarded and a stop signal"), "remove it from one of forward_signals and stop_signals");
+                self.error(
+                    span,
+                    format!("{s} is both forwarded and a stop signal"),
+                    "remove it from one of forward_signals and stop_signals",
+                );
             }
         }
         for s in stop_signals.iter().chain(&forward_signals) {
             if matches!(s, Signal::SIGKILL | Signal::SIGSTOP | Signal::SIGCHLD) {
-                self.error(t.span.clone(), format!("{s} cannot be caught or forwarded"), "");
+                self.error(
+                    t.span.clone(),
+                    format!("{s} cannot be caught or forwarded"),
+                    "",
+                );
             }
         }
         let restart = match self.string(&t, "restart") {
@@ -1116,7 +1210,11 @@ impl Walker<'_> {
                 "on-failure" => Restart::OnFailure,
                 "always" => Restart::Always,
                 other => {
-                    self.error(s.span(), format!("unknown restart policy {other:?}"), "use \"never\", \"on-failure\" or \"always\"");
+                    self.error(
+                        s.span(),
+                        format!("unknown restart policy {other:?}"),
+                        "use \"never\", \"on-failure\" or \"always\"",
+                    );
                     Restart::Never
                 }
             },
@@ -1143,28 +1241,83 @@ impl Walker<'_> {
 
 const DIR_KEYS: &[&str] = &["backend", "path", "block_wait", "retry", "deregister_after"];
 const CONSUL_KEYS: &[&str] = &[
-    "backend", "address", "token", "token_file", "datacenter", "stale", "block_wait", "retry",
-    "deregister_after", "tls",
+    "backend",
+    "address",
+    "token",
+    "token_file",
+    "datacenter",
+    "stale",
+    "block_wait",
+    "retry",
+    "deregister_after",
+    "tls",
 ];
 const ETCD_KEYS: &[&str] = &[
-    "backend", "endpoints", "prefix", "username", "password", "block_wait", "retry",
-    "deregister_after", "tls",
+    "backend",
+    "endpoints",
+    "prefix",
+    "username",
+    "password",
+    "block_wait",
+    "retry",
+    "deregister_after",
+    "tls",
 ];
 const ALL_CATALOG_KEYS: &[&str] = &[
-    "backend", "path", "address", "token", "token_file", "datacenter", "stale", "endpoints",
-    "prefix", "username", "password", "block_wait", "retry", "deregister_after", "tls",
+    "backend",
+    "path",
+    "address",
+    "token",
+    "token_file",
+    "datacenter",
+    "stale",
+    "endpoints",
+    "prefix",
+    "username",
+    "password",
+    "block_wait",
+    "retry",
+    "deregister_after",
+    "tls",
 ];
 const TEMPLATE_KEYS: &[&str] = &[
-    "name", "source", "destination", "perms", "check", "check_mode", "reload", "wait", "write",
+    "name",
+    "source",
+    "destination",
+    "perms",
+    "check",
+    "check_mode",
+    "reload",
+    "wait",
+    "write",
     "backup",
 ];
 const SERVICE_KEYS: &[&str] = &[
-    "name", "id", "port", "address", "interface", "tags", "meta", "health", "interval", "ttl",
-    "initial_status", "deregister_after",
+    "name",
+    "id",
+    "port",
+    "address",
+    "interface",
+    "tags",
+    "meta",
+    "health",
+    "interval",
+    "ttl",
+    "initial_status",
+    "deregister_after",
 ];
 const MAIN_KEYS: &[&str] = &[
-    "pre_start", "exec", "pre_stop", "post_stop", "stop_timeout", "stop_signals", "stop_signal",
-    "drain", "forward_signals", "restart", "wait_for_templates",
+    "pre_start",
+    "exec",
+    "pre_stop",
+    "post_stop",
+    "stop_timeout",
+    "stop_signals",
+    "stop_signal",
+    "drain",
+    "forward_signals",
+    "restart",
+    "wait_for_templates",
 ];
 
 /// Used when neither `[defaults] wait` nor a template's `wait` is set: long enough to fold a
@@ -1357,7 +1510,10 @@ mod tests {
         assert!(errs[1].starts_with("/etc/rewire/rewire.toml:6:16: `min`"));
         assert!(errs[1].contains("hint: write a number with a unit"));
         assert!(errs.iter().any(|e| e.contains("needs `destination`")));
-        assert!(errs.iter().any(|e| e.contains(":9:10: `source` in [template[1]] must be a string")));
+        assert!(
+            errs.iter()
+                .any(|e| e.contains(":9:10: `source` in [template[1]] must be a string"))
+        );
     }
 
     #[test]
@@ -1374,7 +1530,10 @@ mod tests {
         assert_eq!(s.address.as_deref(), Some("http://127.0.0.1:8500"));
         assert_eq!(c.services[0].port, 8080);
         let errs = errors("[catalog]\nbackend = \"consul\"\ntoken = \"${NOPE}\"\n");
-        assert!(errs[0].contains(":3:9:") && errs[0].contains("NOPE is not set"), "{errs:?}");
+        assert!(
+            errs[0].contains(":3:9:") && errs[0].contains("NOPE is not set"),
+            "{errs:?}"
+        );
     }
 
     #[test]
@@ -1390,7 +1549,10 @@ mod tests {
             .collect();
         assert_eq!(errs.len(), 2, "{errs:#?}");
         assert!(errs[0].contains(":4:1:") && errs[0].contains("{file}"));
-        assert!(errs[1].contains(":9:15:") && errs[1].contains("already written by the template at line 3"));
+        assert!(
+            errs[1].contains(":9:15:")
+                && errs[1].contains("already written by the template at line 3")
+        );
     }
 
     #[test]
@@ -1409,9 +1571,21 @@ mod tests {
                 timeout: Duration::from_secs(30)
             }))
         );
-        let c = parse_str(&cfg("{ shell = \"kill -HUP $(cat /run/x.pid)\", timeout = \"5s\" }"), &path, &env).unwrap();
-        assert!(matches!(&c.templates[0].reload, Some(Reload::Command(CommandSpec { program: Program::Shell(_), timeout })) if *timeout == Duration::from_secs(5)));
-        let c = parse_str(&cfg("{ signal = \"hup\", pidfile = \"/run/nginx.pid\" }"), &path, &env).unwrap();
+        let c = parse_str(
+            &cfg("{ shell = \"kill -HUP $(cat /run/x.pid)\", timeout = \"5s\" }"),
+            &path,
+            &env,
+        )
+        .unwrap();
+        assert!(
+            matches!(&c.templates[0].reload, Some(Reload::Command(CommandSpec { program: Program::Shell(_), timeout })) if *timeout == Duration::from_secs(5))
+        );
+        let c = parse_str(
+            &cfg("{ signal = \"hup\", pidfile = \"/run/nginx.pid\" }"),
+            &path,
+            &env,
+        )
+        .unwrap();
         assert_eq!(
             c.templates[0].reload,
             Some(Reload::Signal {
@@ -1421,7 +1595,8 @@ mod tests {
         );
         let e = parse_str(&cfg("\"nginx -s reload\""), &path, &env).unwrap_err();
         assert!(e.to_string().contains("commands are argv arrays"));
-        let e = parse_str(&cfg("{ signal = \"HUP\", target = \"main\" }"), &path, &env).unwrap_err();
+        let e =
+            parse_str(&cfg("{ signal = \"HUP\", target = \"main\" }"), &path, &env).unwrap_err();
         assert!(e.to_string().contains("needs a [main] section"));
     }
 
@@ -1430,8 +1605,17 @@ mod tests {
         let c = parse("[defaults]\nwait = { min = \"2s\" }\n").unwrap();
         assert_eq!(c.defaults.wait.max, Duration::from_secs(8));
         let c = parse("[defaults]\nwait = \"1s:3s\"\n").unwrap();
-        assert_eq!(c.defaults.wait, Wait { min: Duration::from_secs(1), max: Duration::from_secs(3) });
-        assert!(errors("[defaults]\nwait = { min = \"5s\", max = \"1s\" }\n")[0].contains("less than min"));
+        assert_eq!(
+            c.defaults.wait,
+            Wait {
+                min: Duration::from_secs(1),
+                max: Duration::from_secs(3)
+            }
+        );
+        assert!(
+            errors("[defaults]\nwait = { min = \"5s\", max = \"1s\" }\n")[0]
+                .contains("less than min")
+        );
     }
 
     #[test]

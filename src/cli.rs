@@ -1,0 +1,148 @@
+//! The command line (clap). `main.rs` parses it; `lib.rs` runs the chosen command.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "rewire",
+    version,
+    about = "Keeps an app wired to the services around it: watch a catalog, render configs, reload, register, supervise.",
+    after_help = "Examples:\n  rewire check                     validate rewire.toml and its templates\n  rewire diff                      show what a render would change\n  rewire render --reload           render once (preStart) and reload what changed\n  rewire run -c /etc/rewire.toml   the daemon\n\nExit status: 0 ok; 1 the command found problems (see each command); 2 usage error or unusable config."
+)]
+pub struct Cli {
+    /// The config file.
+    #[arg(
+        short = 'c',
+        long,
+        global = true,
+        env = "REWIRE_CONFIG",
+        default_value = "rewire.toml"
+    )]
+    pub config: PathBuf,
+
+    /// Use this catalog instead of the config's: dir:PATH, consul://HOST:PORT, etcd://HOST:PORT[,HOST:PORT...]
+    #[arg(long, global = true, value_name = "URL")]
+    pub catalog: Option<String>,
+
+    /// Log level or filter (error, warn, info, debug, trace; or e.g. "rewire=debug").
+    #[arg(long, global = true, env = "REWIRE_LOG", default_value = "info")]
+    pub log_level: String,
+
+    /// Log format.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// The daemon: supervise, register, watch, render, reload, until a stop signal.
+    #[command(
+        after_help = "Example:\n  rewire run -c /etc/rewire/rewire.toml\n\nSIGHUP re-reads the config; SIGTERM/SIGINT stop (deregister first, then pre_stop, then main).\nExit status: main's status when supervising (128+N if it died of signal N), else 0."
+    )]
+    Run(RunArgs),
+
+    /// Render once: wait for data, render, check, write, exit (for preStart).
+    #[command(
+        after_help = "Examples:\n  rewire render                      render every template\n  rewire render --template nginx     just one\n  rewire render --reload --timeout 30s\n\nExit status: 0 all written or unchanged; 1 any template failed (render error, check rejected, data still missing at the timeout); 2 usage or config error."
+    )]
+    Render(RenderArgs),
+
+    /// Render everything, write nothing, print a unified diff per destination.
+    #[command(
+        after_help = "Examples:\n  rewire diff\n  rewire diff --template haproxy | less -R\n\nExit status (like diff(1)): 0 no change; 1 changes; 2 error."
+    )]
+    Diff(DiffArgs),
+
+    /// Validate the config and template syntax (no catalog needed).
+    #[command(
+        after_help = "Example:\n  rewire check -c /etc/rewire/rewire.toml\n\nExit status: 0 ok; 1 problems (all listed); 2 the config cannot be read."
+    )]
+    Check,
+
+    /// Ask the running daemon for its state (registrations, watches, templates, main).
+    #[command(
+        after_help = "Example (container health check):\n  rewire status\n\nExit status: 0 ok; 1 the daemon is unreachable."
+    )]
+    Status(StatusArgs),
+
+    /// Deregister (on) or re-register (off) this container's services; main keeps running.
+    #[command(
+        after_help = "Examples:\n  rewire maintenance on\n  rewire maintenance off\n\nExit status: 0 ok; 1 the daemon is unreachable."
+    )]
+    Maintenance(MaintenanceArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct RunArgs {
+    /// Reap orphaned processes as a child subreaper (automatic when running as PID 1).
+    #[arg(long)]
+    pub subreaper: bool,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct RenderArgs {
+    /// Run each changed template's reload.
+    #[arg(long)]
+    pub reload: bool,
+    /// Render only this template (by name; repeatable).
+    #[arg(long = "template", value_name = "NAME")]
+    pub templates: Vec<String>,
+    /// How long to wait for catalog data.
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    pub timeout: Duration,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct DiffArgs {
+    /// Diff only this template (by name; repeatable).
+    #[arg(long = "template", value_name = "NAME")]
+    pub templates: Vec<String>,
+    /// How long to wait for catalog data.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    pub timeout: Duration,
+    /// Colour: auto (when stdout is a terminal), always, never.
+    #[arg(long, value_enum, default_value_t = ColorChoice::Auto)]
+    pub color: ColorChoice,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ColorChoice {
+    Auto,
+    Always,
+    Never,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct StatusArgs {
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct MaintenanceArgs {
+    #[arg(value_enum)]
+    pub state: OnOff,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OnOff {
+    On,
+    Off,
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    crate::config::parse_duration(s)
+}

@@ -1,0 +1,340 @@
+//! The one-shot commands: `render`, `diff` and `check`.
+//!
+//! `render` and `diff` share discovery: render every template against the store, fetch
+//! whatever the renders found missing, and render again until nothing is missing or the
+//! timeout passes. They then go through the same pipeline as the daemon.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{IsTerminal, Write};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::time::Instant;
+use tracing::{error, info, warn};
+
+use crate::catalog::{Catalog, Query};
+use crate::cli::{ColorChoice, DiffArgs, RenderArgs};
+use crate::config::{Config, TemplateConfig};
+use crate::output;
+use crate::pipeline::{self, Applied};
+use crate::store::Store;
+use crate::template::{Engine, Rendered};
+
+/// Exit statuses.
+pub const OK: u8 = 0;
+pub const PROBLEMS: u8 = 1;
+pub const ERROR: u8 = 2;
+
+/// Picks the templates named on the command line (all when none is named).
+pub fn select<'c>(config: &'c Config, names: &[String]) -> Result<Vec<&'c TemplateConfig>, String> {
+    if names.is_empty() {
+        return Ok(config.templates.iter().collect());
+    }
+    let mut out = Vec::new();
+    for n in names {
+        match config.templates.iter().find(|t| &t.name == n) {
+            Some(t) => out.push(t),
+            None => {
+                let known: Vec<&str> = config.templates.iter().map(|t| t.name.as_str()).collect();
+                return Err(format!(
+                    "no template named {n:?}; the config has: {}",
+                    if known.is_empty() {
+                        "none".to_string()
+                    } else {
+                        known.join(", ")
+                    }
+                ));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Renders `templates` until every query they use has data, or the deadline passes.
+/// Returns each template's last render and the last catalog error seen, if any.
+pub async fn render_until_ready(
+    engine: &Engine,
+    templates: &[&TemplateConfig],
+    catalog: &dyn Catalog,
+    store: &Store,
+    timeout: Duration,
+) -> (BTreeMap<String, Rendered>, Option<String>) {
+    let deadline = Instant::now() + timeout;
+    let mut last_error = None;
+    let mut pause = Duration::from_millis(50);
+    loop {
+        let snap = store.snapshot();
+        let results: BTreeMap<String, Rendered> = templates
+            .iter()
+            .map(|t| (t.name.clone(), engine.render(&t.name, &snap)))
+            .collect();
+        // Every dependency the snapshot lacks, including keys with a default (which do not
+        // block a render but must show their real value when they exist).
+        let mut to_fetch: BTreeSet<Query> = results
+            .values()
+            .flat_map(|r| r.deps().iter())
+            .filter(|q| snap.get(q).is_none())
+            .cloned()
+            .collect();
+        let mut waiting_on_keys = false;
+        for r in results.values() {
+            if let Rendered::Pending { waiting, deps, .. } = r {
+                if !waiting.is_empty() {
+                    // A key that does not exist yet: ask again until it appears.
+                    waiting_on_keys = true;
+                    to_fetch.extend(deps.iter().filter(|q| matches!(q, Query::Key(_))).cloned());
+                }
+            }
+        }
+        if to_fetch.is_empty() || Instant::now() >= deadline {
+            return (results, last_error);
+        }
+        let queries: Vec<Query> = to_fetch.into_iter().collect();
+        let mut progressed = false;
+        for (q, r) in catalog.fetch_many(&queries).await {
+            match r {
+                Ok(data) => {
+                    progressed |= snap.get(&q).is_none();
+                    store.update(q, data);
+                }
+                Err(e) => last_error = Some(e.to_string()),
+            }
+        }
+        if !progressed || waiting_on_keys {
+            let left = deadline.saturating_duration_since(Instant::now());
+            tokio::time::sleep(pause.min(left)).await;
+            pause = (pause * 2).min(Duration::from_secs(1));
+        }
+    }
+}
+
+/// Why a pending template was not written, for the user.
+pub fn pending_reason(
+    missing: &BTreeSet<Query>,
+    waiting: &[String],
+    last_error: Option<&str>,
+) -> String {
+    let mut parts: Vec<String> = waiting.to_vec();
+    if !missing.is_empty() {
+        let qs: Vec<String> = missing.iter().map(|q| q.to_string()).collect();
+        parts.push(format!("no data yet for {}", qs.join(", ")));
+    }
+    if let Some(e) = last_error {
+        parts.push(format!("last catalog error: {e}"));
+    }
+    parts.join("; ")
+}
+
+pub async fn render(
+    config: &Config,
+    catalog: Arc<dyn Catalog>,
+    args: &RenderArgs,
+    env: &BTreeMap<String, String>,
+) -> u8 {
+    let templates = match select(config, &args.templates) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("rewire render: {e}");
+            return ERROR;
+        }
+    };
+    let engine = match Engine::load(&config.templates) {
+        Ok(e) => e,
+        Err(errors) => {
+            for e in &errors {
+                eprintln!("{e}");
+            }
+            eprintln!(
+                "rewire render: {} template problem(s); nothing written",
+                errors.len()
+            );
+            return PROBLEMS;
+        }
+    };
+    let store = Store::new();
+    let (results, last_error) =
+        render_until_ready(&engine, &templates, catalog.as_ref(), &store, args.timeout).await;
+
+    let mut failures: Vec<(String, String)> = Vec::new();
+    let mut written: Vec<(&TemplateConfig, Option<Vec<u8>>)> = Vec::new();
+    for t in &templates {
+        match &results[&t.name] {
+            Rendered::Done { text, .. } => match pipeline::apply(t, text.as_bytes(), env).await {
+                Ok(Applied::Unchanged) => {
+                    info!(template = %t.name, dest = %t.destination.display(), "unchanged");
+                }
+                Ok(Applied::Written { previous }) => {
+                    info!(template = %t.name, dest = %t.destination.display(), bytes = text.len(), "written");
+                    written.push((t, previous));
+                }
+                Err(e) => failures.push((t.name.clone(), e.to_string())),
+            },
+            Rendered::Pending {
+                missing, waiting, ..
+            } => failures.push((
+                t.name.clone(),
+                format!(
+                    "not written after {}: {}",
+                    humantime::format_duration(args.timeout),
+                    pending_reason(missing, waiting, last_error.as_deref())
+                ),
+            )),
+            Rendered::Failed { error, .. } => failures.push((t.name.clone(), error.clone())),
+        }
+    }
+
+    if args.reload {
+        // Templates sharing a reload run it once; if it fails, all of them are rolled back.
+        let mut groups: BTreeMap<String, Vec<(&TemplateConfig, Option<Vec<u8>>)>> = BTreeMap::new();
+        for (t, prev) in written {
+            if let Some(r) = &t.reload {
+                groups.entry(r.key()).or_default().push((t, prev));
+            }
+        }
+        for (_, group) in groups {
+            let reload = group[0].0.reload.as_ref().expect("grouped by reload");
+            if let Err(e) = pipeline::reload(reload, None, env).await {
+                for (t, prev) in &group {
+                    if let Err(re) = pipeline::restore(t, prev.as_deref()) {
+                        error!(template = %t.name, error = %re, "cannot restore the previous file");
+                    }
+                    failures.push((
+                        t.name.clone(),
+                        format!("{e}; the previous file was restored"),
+                    ));
+                }
+            }
+        }
+    }
+
+    if failures.is_empty() {
+        return OK;
+    }
+    for (name, why) in &failures {
+        error!(template = %name, "{why}");
+    }
+    eprintln!(
+        "rewire render: {} of {} template(s) failed:",
+        failures.len(),
+        templates.len()
+    );
+    for (name, why) in &failures {
+        eprintln!("  {name}: {}", why.replace('\n', "\n    "));
+    }
+    PROBLEMS
+}
+
+pub async fn diff(config: &Config, catalog: Arc<dyn Catalog>, args: &DiffArgs) -> u8 {
+    let templates = match select(config, &args.templates) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("rewire diff: {e}");
+            return ERROR;
+        }
+    };
+    let engine = match Engine::load(&config.templates) {
+        Ok(e) => e,
+        Err(errors) => {
+            for e in &errors {
+                eprintln!("{e}");
+            }
+            return ERROR;
+        }
+    };
+    let store = Store::new();
+    let (results, last_error) =
+        render_until_ready(&engine, &templates, catalog.as_ref(), &store, args.timeout).await;
+    let color = match args.color {
+        ColorChoice::Always => true,
+        ColorChoice::Never => false,
+        ColorChoice::Auto => {
+            std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none()
+        }
+    };
+    let mut changed = false;
+    let mut failed = false;
+    let mut stdout = std::io::stdout().lock();
+    for t in &templates {
+        match &results[&t.name] {
+            Rendered::Done { text, .. } => {
+                let current = match output::read_current(&output::real_destination(&t.destination))
+                {
+                    Ok(c) => c,
+                    Err(e) => {
+                        eprintln!("rewire diff: {}: {e}", t.name);
+                        failed = true;
+                        continue;
+                    }
+                };
+                let d = output::unified_diff(
+                    &t.destination,
+                    current.as_deref(),
+                    text.as_bytes(),
+                    color,
+                );
+                if !d.is_empty() {
+                    changed = true;
+                    // A closed pipe (`rewire diff | head`) is not an error.
+                    if stdout.write_all(d.as_bytes()).is_err() {
+                        return if failed { ERROR } else { PROBLEMS };
+                    }
+                }
+            }
+            Rendered::Pending {
+                missing, waiting, ..
+            } => {
+                failed = true;
+                eprintln!(
+                    "rewire diff: {}: cannot render after {}: {}",
+                    t.name,
+                    humantime::format_duration(args.timeout),
+                    pending_reason(missing, waiting, last_error.as_deref())
+                );
+            }
+            Rendered::Failed { error, .. } => {
+                failed = true;
+                eprintln!("rewire diff: {}: {error}", t.name);
+            }
+        }
+    }
+    let _ = stdout.flush();
+    if failed {
+        ERROR
+    } else if changed {
+        PROBLEMS
+    } else {
+        OK
+    }
+}
+
+/// `rewire check`: the config is already parsed; check the templates' syntax.
+pub fn check(config: &Config) -> u8 {
+    match Engine::load(&config.templates) {
+        Ok(_) => {
+            println!(
+                "{}: ok ({} template(s), {} service(s), {} watch(es), {} task(s){})",
+                config.path.display(),
+                config.templates.len(),
+                config.services.len(),
+                config.watches.len(),
+                config.tasks.len(),
+                if config.main.is_some() { ", main" } else { "" }
+            );
+            for t in &config.templates {
+                if let Some(dir) = t.destination.parent()
+                    && !dir.exists()
+                {
+                    warn!(template = %t.name, dir = %dir.display(), "the destination directory does not exist yet; it will be created");
+                }
+            }
+            OK
+        }
+        Err(errors) => {
+            for e in &errors {
+                eprintln!("{e}");
+            }
+            eprintln!("{} problem(s) in the templates", errors.len());
+            PROBLEMS
+        }
+    }
+}

@@ -1,0 +1,245 @@
+//! The steps after a render, shared by `rewire render` and `rewire run`:
+//! compare → check → write, then reload, and restore when a reload fails.
+//!
+//! One function per step keeps the one-shot path and the daemon identical: the daemon only
+//! adds debounce, remembering rejected bytes, and running shared reloads once.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use tracing::{info, warn};
+
+use crate::command::{self, Outcome};
+use crate::config::{CheckMode, CommandSpec, Reload, SignalTarget, TemplateConfig, WriteMode};
+use crate::output;
+
+/// What `apply` did.
+#[derive(Debug)]
+pub enum Applied {
+    /// The destination already held these bytes: nothing written, nothing to reload.
+    Unchanged,
+    /// Written; `previous` is what was there before (None: the file did not exist), kept for
+    /// a rollback if the reload fails.
+    Written { previous: Option<Vec<u8>> },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    #[error("check {program} rejected the new {dest}: it {how}{}", indent_output(.output))]
+    Rejected {
+        program: String,
+        dest: PathBuf,
+        how: String,
+        output: String,
+    },
+    #[error("{0}")]
+    CheckSpawn(#[from] command::SpawnError),
+    #[error("cannot write {dest}: {source}")]
+    Write {
+        dest: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    #[error("reload {program} {how}{}", indent_output(.output))]
+    Failed {
+        program: String,
+        how: String,
+        output: String,
+    },
+    #[error("{0}")]
+    Spawn(#[from] command::SpawnError),
+    #[error("cannot signal {what}: {detail}")]
+    Signal { what: String, detail: String },
+}
+
+fn indent_output(output: &str) -> String {
+    if output.trim().is_empty() {
+        return String::new();
+    }
+    let body: Vec<String> = output.lines().map(|l| format!("    {l}")).collect();
+    format!(":\n{}", body.join("\n"))
+}
+
+/// Checks and writes one rendered template. Returns `Unchanged` without touching anything
+/// when the destination already holds `bytes`.
+pub async fn apply(
+    t: &TemplateConfig,
+    bytes: &[u8],
+    env: &BTreeMap<String, String>,
+) -> Result<Applied, ApplyError> {
+    let dest = output::real_destination(&t.destination);
+    let write_err = |source| ApplyError::Write {
+        dest: t.destination.clone(),
+        source,
+    };
+    let previous = output::read_current(&dest).map_err(write_err)?;
+    if previous.as_deref() == Some(bytes) && perms_ok(t, &dest) {
+        return Ok(Applied::Unchanged);
+    }
+    let staged = output::stage(&dest, bytes, t.perms).map_err(write_err)?;
+    match (t.check_mode, &t.check) {
+        (CheckMode::Temp, Some(check)) => {
+            run_check(check, staged.path(), &t.destination, env).await?;
+        }
+        (CheckMode::Swap, Some(check)) => {
+            // The check needs the file in place (a fragment checked as part of the real
+            // config): swap, check, and put the old file back if it fails.
+            commit(t, staged, bytes, &dest).map_err(write_err)?;
+            if let Err(e) = run_check(check, &dest, &t.destination, env).await {
+                if let Err(re) = restore(t, previous.as_deref()) {
+                    warn!(template = %t.name, error = %re, "cannot restore the previous file after a failed check");
+                }
+                return Err(e);
+            }
+            backup(t, previous.as_deref());
+            return Ok(Applied::Written { previous });
+        }
+        (_, None) => {}
+    }
+    commit(t, staged, bytes, &dest).map_err(write_err)?;
+    backup(t, previous.as_deref());
+    Ok(Applied::Written { previous })
+}
+
+/// An existing file whose mode differs from `perms` is rewritten even with equal bytes.
+fn perms_ok(t: &TemplateConfig, dest: &std::path::Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    match t.perms {
+        None => true,
+        Some(p) => std::fs::metadata(dest).is_ok_and(|m| m.permissions().mode() & 0o7777 == p),
+    }
+}
+
+fn commit(
+    t: &TemplateConfig,
+    staged: output::Staged,
+    bytes: &[u8],
+    dest: &std::path::Path,
+) -> std::io::Result<()> {
+    match t.write {
+        WriteMode::Atomic => staged.commit(),
+        WriteMode::InPlace => {
+            drop(staged);
+            output::write_in_place(dest, bytes, t.perms)
+        }
+    }
+}
+
+fn backup(t: &TemplateConfig, previous: Option<&[u8]>) {
+    if !t.backup {
+        return;
+    }
+    if let Some(old) = previous {
+        let mut name = t.destination.as_os_str().to_os_string();
+        name.push(".bak");
+        if let Err(e) = output::write_atomic(&PathBuf::from(name), old, t.perms, true) {
+            warn!(template = %t.name, error = %e, "cannot write the backup file");
+        }
+    }
+}
+
+async fn run_check(
+    check: &CommandSpec,
+    file: &std::path::Path,
+    dest: &std::path::Path,
+    env: &BTreeMap<String, String>,
+) -> Result<(), ApplyError> {
+    let spec = CommandSpec {
+        program: check.program.with_file(file),
+        timeout: check.timeout,
+    };
+    let outcome = command::run(&spec, env, None).await?;
+    if outcome.success() {
+        return Ok(());
+    }
+    Err(ApplyError::Rejected {
+        program: check.program.name(),
+        dest: dest.to_path_buf(),
+        how: outcome.describe(check.timeout),
+        output: outcome.output,
+    })
+}
+
+/// Puts the previous content back (atomically), or removes a file that did not exist before.
+pub fn restore(t: &TemplateConfig, previous: Option<&[u8]>) -> std::io::Result<()> {
+    match previous {
+        Some(old) => match t.write {
+            WriteMode::Atomic => output::write_atomic(&t.destination, old, t.perms, true),
+            WriteMode::InPlace => output::write_in_place(&t.destination, old, t.perms),
+        },
+        None => match std::fs::remove_file(output::real_destination(&t.destination)) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        },
+    }
+}
+
+/// Runs a reload: a command, or a signal to a pidfile's process or to the supervised main.
+pub async fn reload(
+    r: &Reload,
+    main_pid: Option<Pid>,
+    env: &BTreeMap<String, String>,
+) -> Result<(), ReloadError> {
+    match r {
+        Reload::Command(spec) => {
+            let outcome: Outcome = command::run(spec, env, None).await?;
+            if outcome.success() {
+                if !outcome.output.is_empty() {
+                    info!(command = %spec.program.name(), output = %outcome.output, "reload output");
+                }
+                Ok(())
+            } else {
+                Err(ReloadError::Failed {
+                    program: spec.program.name(),
+                    how: outcome.describe(spec.timeout),
+                    output: outcome.output,
+                })
+            }
+        }
+        Reload::Signal { signal, target } => {
+            let (pid, what) = match target {
+                SignalTarget::Pidfile(path) => (
+                    read_pidfile(path)?,
+                    format!("the process in {}", path.display()),
+                ),
+                SignalTarget::Main => (
+                    main_pid.ok_or_else(|| ReloadError::Signal {
+                        what: "main".into(),
+                        detail: "the main process is not running".into(),
+                    })?,
+                    "the main process".to_string(),
+                ),
+            };
+            send(pid, *signal).map_err(|detail| ReloadError::Signal { what, detail })
+        }
+    }
+}
+
+fn read_pidfile(path: &std::path::Path) -> Result<Pid, ReloadError> {
+    let err = |detail: String| ReloadError::Signal {
+        what: format!("the process in {}", path.display()),
+        detail,
+    };
+    let text =
+        std::fs::read_to_string(path).map_err(|e| err(format!("cannot read the pidfile: {e}")))?;
+    let pid: i32 = text.trim().parse().map_err(|_| {
+        err(format!(
+            "the pidfile holds {:?}, not a process id",
+            text.trim()
+        ))
+    })?;
+    if pid <= 1 {
+        return Err(err(format!("refusing to signal pid {pid}")));
+    }
+    Ok(Pid::from_raw(pid))
+}
+
+fn send(pid: Pid, signal: Signal) -> Result<(), String> {
+    kill(pid, signal).map_err(|e| format!("kill({pid}, {signal}): {e}"))
+}

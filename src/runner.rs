@@ -1,0 +1,500 @@
+//! The daemon's template loop: debounce → render → check → write → reload, per group.
+//!
+//! Templates that share a reload form one group and one task: they render together after a
+//! change, and the reload runs once for all of them; if it fails, every file the group wrote
+//! in that round is put back (nginx is never left half-updated). Groups are independent
+//! tasks, so a hanging check or reload in one never delays another.
+//!
+//! A group wakes only when a query it used in its last render has a new answer (per-entry
+//! versions in the snapshot), so a change to `service("db")` does not re-render a template
+//! that only reads `service("web")` (consul-template re-runs every template, #1365).
+//!
+//! [`Deps`] collects every group's queries into the set the catalog watches. A query that no
+//! template uses any more lingers for a few seconds before its watch stops, so a SIGHUP that
+//! swaps every runner does not drop and re-open the watches the new runners need.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use nix::unistd::Pid;
+use sha2::{Digest, Sha256};
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, debug, error, info, info_span, warn};
+
+use crate::catalog::Query;
+use crate::config::{Reload, TemplateConfig, Wait};
+use crate::debounce::{self, Debounce};
+use crate::pipeline::{self, Applied, ApplyError};
+use crate::status::{Board, TemplateState};
+use crate::store::{Snapshot, Store};
+use crate::template::{Engine, Rendered};
+
+/// Templates that share a reload (or one template on its own).
+#[derive(Clone, Debug)]
+pub struct Group {
+    pub templates: Vec<TemplateConfig>,
+    pub reload: Option<Reload>,
+}
+
+/// Splits templates into groups by their reload.
+pub fn groups(templates: &[TemplateConfig]) -> Vec<Group> {
+    let mut out: Vec<Group> = Vec::new();
+    for t in templates {
+        if let Some(r) = &t.reload
+            && let Some(g) = out
+                .iter_mut()
+                .find(|g| g.reload.as_ref().is_some_and(|gr| gr.key() == r.key()))
+        {
+            g.templates.push(t.clone());
+            continue;
+        }
+        out.push(Group {
+            templates: vec![t.clone()],
+            reload: t.reload.clone(),
+        });
+    }
+    out
+}
+
+impl Group {
+    /// A group settles as quickly as its quickest member asks.
+    fn wait(&self) -> Wait {
+        let min = self
+            .templates
+            .iter()
+            .map(|t| t.wait.min)
+            .min()
+            .unwrap_or_default();
+        let max = self
+            .templates
+            .iter()
+            .map(|t| t.wait.max)
+            .min()
+            .unwrap_or_default();
+        Wait {
+            min,
+            max: max.max(min),
+        }
+    }
+
+    fn name(&self) -> String {
+        self.templates
+            .iter()
+            .map(|t| t.name.as_str())
+            .collect::<Vec<_>>()
+            .join("+")
+    }
+}
+
+/// What every group needs from the daemon.
+#[derive(Clone)]
+pub struct Shared {
+    pub engine: Arc<Engine>,
+    pub store: Arc<Store>,
+    pub deps: Deps,
+    pub board: Arc<Board>,
+    pub env: BTreeMap<String, String>,
+    pub main_pid: watch::Receiver<Option<Pid>>,
+}
+
+/// How often a template that waits for data says so again.
+const PENDING_LOG_EVERY: Duration = Duration::from_secs(60);
+
+pub async fn run_group(owner: u64, group: Group, shared: Shared, stop: CancellationToken) {
+    let span = info_span!("group", templates = %group.name());
+    async move {
+        let mut snaps = shared.store.subscribe();
+        let mut debounce = Debounce::new(group.wait());
+        // Query → entry version at the last render (None: no answer yet).
+        let mut seen: BTreeMap<Query, Option<u64>> = BTreeMap::new();
+        let mut state = GroupState::default();
+        let mut render_now = true;
+        loop {
+            if render_now {
+                render_now = false;
+                debounce.take();
+                let snap = shared.store.snapshot();
+                seen = render_round(&group, &shared, &snap, &mut state).await;
+                shared.deps.set(owner, seen.keys().cloned().collect());
+                continue;
+            }
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                changed = snaps.changed() => {
+                    if changed.is_err() {
+                        break;
+                    }
+                    let snap = snaps.borrow_and_update().clone();
+                    if touches(&seen, &snap) {
+                        debounce.poke();
+                        // Discovery (data arriving for queries the last render found missing)
+                        // renders at once: nothing was written, so there is nothing to settle.
+                        if debounce.is_due() || state.discovering {
+                            render_now = true;
+                        }
+                    }
+                }
+                _ = debounce::due(&debounce) => render_now = true,
+                _ = tokio::time::sleep(state.pending_recheck()), if state.pending_since.is_some() => {
+                    // Re-render now and then while waiting, so the "still waiting" log repeats.
+                    render_now = true;
+                }
+            }
+        }
+        shared.deps.set(owner, BTreeSet::new());
+    }
+    .instrument(span)
+    .await
+}
+
+/// Whether any query the group used has a different answer in `snap`.
+fn touches(seen: &BTreeMap<Query, Option<u64>>, snap: &Snapshot) -> bool {
+    seen.iter()
+        .any(|(q, v)| snap.get(q).map(|e| e.version) != *v)
+}
+
+#[derive(Default)]
+struct GroupState {
+    /// Per template: the hash of bytes that a check or reload rejected; not tried again.
+    rejected: HashMap<String, [u8; 32]>,
+    /// Per template: the last message logged, and when (log once, then every 60 s).
+    logged: HashMap<String, (String, Instant)>,
+    /// Since when some template of the group has been waiting for data.
+    pending_since: Option<Instant>,
+    /// The last round found queries without data: render as soon as they arrive.
+    discovering: bool,
+}
+
+/// Discovery normally takes a few milliseconds; only a wait longer than this is worth a warning.
+const PENDING_QUIET: Duration = Duration::from_secs(3);
+
+impl GroupState {
+    /// When to render again while waiting, so that the "still waiting" warning is said.
+    fn pending_recheck(&self) -> Duration {
+        match self.pending_since {
+            Some(at) if at.elapsed() < PENDING_QUIET => PENDING_QUIET - at.elapsed(),
+            _ => PENDING_LOG_EVERY,
+        }
+    }
+
+    /// Logs `msg` for `template` unless it was just said.
+    fn should_log(&mut self, template: &str, msg: &str) -> bool {
+        let now = Instant::now();
+        match self.logged.get(template) {
+            Some((m, at)) if m == msg && now.duration_since(*at) < PENDING_LOG_EVERY => false,
+            _ => {
+                self.logged
+                    .insert(template.to_string(), (msg.to_string(), now));
+                true
+            }
+        }
+    }
+}
+
+fn hash(bytes: &[u8]) -> [u8; 32] {
+    Sha256::digest(bytes).into()
+}
+
+/// Renders, applies and reloads every template of the group once. Returns the versions of
+/// every query the renders used.
+async fn render_round(
+    group: &Group,
+    shared: &Shared,
+    snap: &Arc<Snapshot>,
+    state: &mut GroupState,
+) -> BTreeMap<Query, Option<u64>> {
+    let mut seen = BTreeMap::new();
+    let mut written: Vec<(&TemplateConfig, Option<Vec<u8>>, [u8; 32])> = Vec::new();
+    let mut any_pending = false;
+    state.discovering = false;
+    for t in &group.templates {
+        let dest = t.destination.display().to_string();
+        let rendered = {
+            let engine = shared.engine.clone();
+            let name = t.name.clone();
+            let snap = snap.clone();
+            // Rendering is CPU work: keep it off the async workers' hot path.
+            tokio::task::spawn_blocking(move || engine.render(&name, &snap))
+                .await
+                .unwrap_or_else(|e| Rendered::Failed {
+                    deps: BTreeSet::new(),
+                    error: format!("render panicked: {e}"),
+                })
+        };
+        for q in rendered.deps() {
+            seen.insert(q.clone(), snap.get(q).map(|e| e.version));
+        }
+        let now = SystemTime::now();
+        match rendered {
+            Rendered::Done { text, .. } => {
+                let h = hash(text.as_bytes());
+                if state.rejected.get(&t.name) == Some(&h) {
+                    debug!(template = %t.name, "same bytes as the last rejected render; not trying again");
+                    continue;
+                }
+                match pipeline::apply(t, text.as_bytes(), &shared.env).await {
+                    Ok(Applied::Unchanged) => {
+                        state.rejected.remove(&t.name);
+                        state.logged.remove(&t.name);
+                        shared.board.template(&t.name, &dest, |s| {
+                            s.state = TemplateState::Ok;
+                            s.detail.clear();
+                            s.last_render = Some(now);
+                            s.renders += 1;
+                            s.ready = true;
+                        });
+                        debug!(template = %t.name, "unchanged");
+                    }
+                    Ok(Applied::Written { previous }) => {
+                        state.logged.remove(&t.name);
+                        info!(template = %t.name, dest = %dest, bytes = text.len(), "written");
+                        written.push((t, previous, h));
+                    }
+                    Err(e) => {
+                        if matches!(e, ApplyError::Rejected { .. }) {
+                            state.rejected.insert(t.name.clone(), h);
+                        }
+                        error!(template = %t.name, "{e}; the destination was left as it was");
+                        shared.board.template(&t.name, &dest, |s| {
+                            s.state = TemplateState::Error;
+                            s.detail = e.to_string();
+                            s.last_render = Some(now);
+                            s.renders += 1;
+                        });
+                    }
+                }
+            }
+            Rendered::Pending {
+                missing, waiting, ..
+            } => {
+                any_pending = true;
+                state.discovering |= !missing.is_empty();
+                let since = *state.pending_since.get_or_insert_with(Instant::now);
+                let reason = crate::oneshot::pending_reason(&missing, &waiting, None);
+                if since.elapsed() >= PENDING_QUIET && state.should_log(&t.name, &reason) {
+                    warn!(template = %t.name, "not written yet: {reason}");
+                } else {
+                    debug!(template = %t.name, "waiting: {reason}");
+                }
+                shared.board.template(&t.name, &dest, |s| {
+                    s.state = TemplateState::Pending;
+                    s.detail = reason;
+                });
+            }
+            Rendered::Failed { error, .. } => {
+                if state.should_log(&t.name, &error) {
+                    error!(template = %t.name, "render failed; the destination was left as it was:\n{error}");
+                }
+                shared.board.template(&t.name, &dest, |s| {
+                    s.state = TemplateState::Error;
+                    s.detail = error;
+                    s.last_render = Some(now);
+                    s.renders += 1;
+                });
+            }
+        }
+    }
+    if !any_pending {
+        state.pending_since = None;
+    }
+    if written.is_empty() {
+        return seen;
+    }
+    let reload_result = match &group.reload {
+        Some(r) => {
+            let main_pid = *shared.main_pid.borrow();
+            pipeline::reload(r, main_pid, &shared.env).await
+        }
+        None => Ok(()),
+    };
+    let now = SystemTime::now();
+    match reload_result {
+        Ok(()) => {
+            if group.reload.is_some() {
+                info!(templates = %group.name(), "reloaded");
+            }
+            for (t, _, _) in &written {
+                state.rejected.remove(&t.name);
+                shared
+                    .board
+                    .template(&t.name, &t.destination.display().to_string(), |s| {
+                        s.state = TemplateState::Ok;
+                        s.detail.clear();
+                        s.last_render = Some(now);
+                        s.last_written = Some(now);
+                        s.renders += 1;
+                        s.writes += 1;
+                        s.ready = true;
+                    });
+            }
+        }
+        Err(e) => {
+            error!(templates = %group.name(), "{e}; restoring the previous files");
+            for (t, previous, h) in written {
+                if let Err(re) = pipeline::restore(t, previous.as_deref()) {
+                    error!(template = %t.name, error = %re, "cannot restore the previous file");
+                }
+                state.rejected.insert(t.name.clone(), h);
+                shared
+                    .board
+                    .template(&t.name, &t.destination.display().to_string(), |s| {
+                        s.state = TemplateState::Error;
+                        s.detail = format!("{e}; the previous file was restored");
+                        s.last_render = Some(now);
+                        s.renders += 1;
+                    });
+            }
+        }
+    }
+    seen
+}
+
+/// Collects the queries every owner (template group, `[[watch]]`) uses into the set the
+/// catalog watches.
+#[derive(Clone)]
+pub struct Deps {
+    tx: mpsc::UnboundedSender<(u64, BTreeSet<Query>)>,
+}
+
+/// How long a query nobody uses keeps its watch.
+const LINGER: Duration = Duration::from_secs(5);
+
+impl Deps {
+    /// Starts the collector. `wanted` receives the union; queries dropped from it are also
+    /// forgotten by the store.
+    pub fn start(
+        wanted: watch::Sender<BTreeSet<Query>>,
+        store: Arc<Store>,
+        stop: CancellationToken,
+    ) -> (Deps, tokio::task::JoinHandle<()>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let task = tokio::spawn(collect(rx, wanted, store, stop));
+        (Deps { tx }, task)
+    }
+
+    pub fn set(&self, owner: u64, queries: BTreeSet<Query>) {
+        let _ = self.tx.send((owner, queries));
+    }
+}
+
+async fn collect(
+    mut rx: mpsc::UnboundedReceiver<(u64, BTreeSet<Query>)>,
+    wanted: watch::Sender<BTreeSet<Query>>,
+    store: Arc<Store>,
+    stop: CancellationToken,
+) {
+    let mut by_owner: HashMap<u64, BTreeSet<Query>> = HashMap::new();
+    let mut lingering: HashMap<Query, Instant> = HashMap::new();
+    loop {
+        let next_expiry = lingering.values().min().map(|at| *at + LINGER);
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            msg = rx.recv() => {
+                let Some((owner, queries)) = msg else { return };
+                // Apply everything queued, so a burst of renders publishes once.
+                let mut batch = vec![(owner, queries)];
+                while let Ok(more) = rx.try_recv() {
+                    batch.push(more);
+                }
+                for (owner, queries) in batch {
+                    if queries.is_empty() {
+                        by_owner.remove(&owner);
+                    } else {
+                        by_owner.insert(owner, queries);
+                    }
+                }
+            }
+            _ = async { tokio::time::sleep_until(next_expiry.expect("guarded")).await }, if next_expiry.is_some() => {}
+        }
+        let used: BTreeSet<Query> = by_owner.values().flatten().cloned().collect();
+        let now = Instant::now();
+        for q in wanted.borrow().iter() {
+            if !used.contains(q) {
+                lingering.entry(q.clone()).or_insert(now);
+            }
+        }
+        lingering.retain(|q, _| !used.contains(q));
+        let expired: Vec<Query> = lingering
+            .iter()
+            .filter(|(_, at)| now.duration_since(**at) >= LINGER)
+            .map(|(q, _)| q.clone())
+            .collect();
+        for q in &expired {
+            lingering.remove(q);
+        }
+        let mut next: BTreeSet<Query> = used;
+        next.extend(lingering.keys().cloned());
+        if *wanted.borrow() != next {
+            debug!(queries = next.len(), "watch set changed");
+            wanted.send_replace(next);
+        }
+        if !expired.is_empty() {
+            debug!(
+                count = expired.len(),
+                "stopped watching queries no template uses"
+            );
+            store.forget(&expired);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn unused_queries_linger_then_leave_the_watch_set() {
+        let store = Arc::new(Store::new());
+        let (wtx, mut wrx) = watch::channel(BTreeSet::new());
+        let stop = CancellationToken::new();
+        let (deps, _task) = Deps::start(wtx, store, stop.clone());
+        let web = Query::Service("web".into());
+        let db = Query::Service("db".into());
+        deps.set(1, BTreeSet::from([web.clone()]));
+        deps.set(2, BTreeSet::from([web.clone(), db.clone()]));
+        wrx.changed().await.unwrap();
+        assert_eq!(
+            *wrx.borrow_and_update(),
+            BTreeSet::from([web.clone(), db.clone()])
+        );
+        deps.set(2, BTreeSet::new());
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert!(wrx.borrow().contains(&db), "db lingers");
+        tokio::time::sleep(LINGER).await;
+        assert_eq!(*wrx.borrow(), BTreeSet::from([web.clone()]));
+        stop.cancel();
+    }
+
+    #[test]
+    fn templates_sharing_a_reload_form_one_group() {
+        use crate::config::{CheckMode, CommandSpec, DEFAULT_WAIT, Program, WriteMode};
+        let mk = |name: &str, reload: Option<&str>| TemplateConfig {
+            name: name.into(),
+            source: "/s".into(),
+            destination: format!("/d/{name}").into(),
+            perms: None,
+            check: None,
+            check_mode: CheckMode::Temp,
+            reload: reload.map(|r| {
+                Reload::Command(CommandSpec {
+                    program: Program::Argv(vec![r.into()]),
+                    timeout: Duration::from_secs(1),
+                })
+            }),
+            wait: DEFAULT_WAIT,
+            write: WriteMode::Atomic,
+            backup: false,
+        };
+        let g = groups(&[
+            mk("a", Some("x")),
+            mk("b", None),
+            mk("c", Some("x")),
+            mk("d", None),
+        ]);
+        let names: Vec<String> = g.iter().map(|g| g.name()).collect();
+        assert_eq!(names, ["a+c", "b", "d"]);
+    }
+}

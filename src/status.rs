@@ -1,0 +1,161 @@
+//! What the daemon is doing, for `rewire status`, the supervisor and the logs.
+//!
+//! Runners, the registrar and the supervisor write here; the control socket reads. It is a
+//! plain mutex-guarded record: writes are rare (once per render or health check).
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+use std::time::SystemTime;
+
+use serde::Serialize;
+use tokio::sync::watch;
+
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum TemplateState {
+    /// Not rendered yet, or waiting for data.
+    Pending,
+    /// The destination holds the latest render.
+    Ok,
+    /// The last attempt failed (render error, check rejected, reload failed).
+    Error,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct TemplateStatus {
+    pub destination: String,
+    pub state: TemplateState,
+    /// What it waits for, or the last error.
+    pub detail: String,
+    #[serde(with = "opt_time")]
+    pub last_render: Option<SystemTime>,
+    #[serde(with = "opt_time")]
+    pub last_written: Option<SystemTime>,
+    pub renders: u64,
+    pub writes: u64,
+    /// The destination has held a complete render at least once since start.
+    pub ready: bool,
+}
+
+#[derive(Clone, Debug, Serialize, Default)]
+pub struct ServiceStatus {
+    pub id: String,
+    pub name: String,
+    pub address: String,
+    pub port: u16,
+    pub status: String,
+    pub registered: bool,
+    pub detail: String,
+}
+
+#[derive(Clone, Debug, Serialize, Default)]
+pub struct MainStatus {
+    pub state: String,
+    pub pid: Option<i32>,
+    pub restarts: u32,
+    pub last_exit: Option<String>,
+}
+
+#[derive(Clone, Debug, Serialize, Default)]
+pub struct TaskStatus {
+    pub runs: u64,
+    pub failures: u64,
+    pub last_error: String,
+}
+
+#[derive(Clone, Debug, Serialize, Default)]
+pub struct Report {
+    pub pid: u32,
+    pub config: String,
+    pub catalog: String,
+    pub catalog_health: String,
+    pub maintenance: bool,
+    pub templates: BTreeMap<String, TemplateStatus>,
+    pub services: BTreeMap<String, ServiceStatus>,
+    pub watches: Vec<String>,
+    pub tasks: BTreeMap<String, TaskStatus>,
+    pub main: Option<MainStatus>,
+}
+
+pub struct Board {
+    report: Mutex<Report>,
+    /// Bumped whenever a template becomes ready, so the supervisor can wait for all.
+    ready_tx: watch::Sender<u64>,
+}
+
+impl Board {
+    pub fn new(pid: u32, config: String, catalog: String) -> Board {
+        let (ready_tx, _) = watch::channel(0);
+        Board {
+            report: Mutex::new(Report {
+                pid,
+                config,
+                catalog,
+                ..Report::default()
+            }),
+            ready_tx,
+        }
+    }
+
+    pub fn update(&self, f: impl FnOnce(&mut Report)) {
+        let mut r = self.report.lock().unwrap_or_else(|e| e.into_inner());
+        f(&mut r);
+    }
+
+    pub fn report(&self) -> Report {
+        self.report
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Records one template's new state.
+    pub fn template(&self, name: &str, dest: &str, f: impl FnOnce(&mut TemplateStatus)) {
+        let mut became_ready = false;
+        self.update(|r| {
+            let t = r
+                .templates
+                .entry(name.to_string())
+                .or_insert_with(|| TemplateStatus {
+                    destination: dest.to_string(),
+                    state: TemplateState::Pending,
+                    detail: String::new(),
+                    last_render: None,
+                    last_written: None,
+                    renders: 0,
+                    writes: 0,
+                    ready: false,
+                });
+            let was = t.ready;
+            f(t);
+            became_ready = !was && t.ready;
+        });
+        if became_ready {
+            self.ready_tx.send_modify(|n| *n += 1);
+        }
+    }
+
+    /// Whether every named template has been ready at least once.
+    pub fn all_ready(&self, names: &[String]) -> bool {
+        let r = self.report.lock().unwrap_or_else(|e| e.into_inner());
+        names
+            .iter()
+            .all(|n| r.templates.get(n).is_some_and(|t| t.ready))
+    }
+
+    pub fn subscribe_ready(&self) -> watch::Receiver<u64> {
+        self.ready_tx.subscribe()
+    }
+}
+
+mod opt_time {
+    use serde::Serializer;
+    use std::time::SystemTime;
+
+    pub fn serialize<S: Serializer>(t: &Option<SystemTime>, s: S) -> Result<S::Ok, S::Error> {
+        match t {
+            Some(t) => s.serialize_str(&humantime::format_rfc3339_millis(*t).to_string()),
+            None => s.serialize_none(),
+        }
+    }
+}
