@@ -1422,6 +1422,9 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         let unit_len = rest
             .find(|c: char| !c.is_ascii_alphabetic())
             .unwrap_or(rest.len());
+        if rest.starts_with(char::is_whitespace) {
+            return Err(format!("{s:?} has a space between the number and its unit"));
+        }
         let unit = &rest[..unit_len];
         rest = &rest[unit_len..];
         let scale = match unit {

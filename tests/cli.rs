@@ -1,0 +1,338 @@
+//! `rewire render`, `diff` and `check` through the real binary, on temp dirs.
+
+mod project;
+
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::time::Duration;
+
+use project::{Project, UPSTREAM, code, stderr, stdout};
+
+fn basic() -> Project {
+    let p = Project::new();
+    p.file("web.tera", UPSTREAM)
+        .config("[[template]]\nsource = \"web.tera\"\ndestination = \"out/web.conf\"\n")
+        .instance("web", "b", "10.0.0.2", 80)
+        .instance("web", "a", "10.0.0.1", 80);
+    p
+}
+
+#[test]
+fn render_writes_the_file_in_stable_order() {
+    let p = basic();
+    let o = p.rewire(&["render"]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert_eq!(
+        p.read("out/web.conf"),
+        "upstream web {\n  server 10.0.0.1:80;\n  server 10.0.0.2:80;\n}\n"
+    );
+}
+
+#[test]
+fn unchanged_output_is_not_rewritten() {
+    let p = basic();
+    assert_eq!(code(&p.rewire(&["render"])), 0);
+    let before = std::fs::metadata(p.path("out/web.conf")).unwrap();
+    let o = p.rewire(&["render"]);
+    assert_eq!(code(&o), 0);
+    let after = std::fs::metadata(p.path("out/web.conf")).unwrap();
+    assert_eq!(before.ino(), after.ino(), "the file was replaced");
+    assert_eq!(before.mtime_nsec(), after.mtime_nsec());
+    assert_eq!(before.mtime(), after.mtime());
+}
+
+#[test]
+fn existing_mode_is_kept_and_perms_overrides_it() {
+    let p = basic();
+    assert_eq!(code(&p.rewire(&["render"])), 0);
+    let dest = p.path("out/web.conf");
+    std::fs::set_permissions(&dest, std::fs::Permissions::from_mode(0o600)).unwrap();
+    p.instance("web", "c", "10.0.0.3", 80);
+    assert_eq!(code(&p.rewire(&["render"])), 0);
+    assert!(p.read("out/web.conf").contains("10.0.0.3"));
+    assert_eq!(
+        std::fs::metadata(&dest).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    p.config(
+        "[[template]]\nsource = \"web.tera\"\ndestination = \"out/web.conf\"\nperms = \"0640\"\n",
+    );
+    assert_eq!(code(&p.rewire(&["render"])), 0);
+    assert_eq!(
+        std::fs::metadata(&dest).unwrap().permissions().mode() & 0o777,
+        0o640
+    );
+}
+
+#[test]
+fn malformed_catalog_file_is_skipped_with_a_warning_naming_it() {
+    let p = basic();
+    p.instance_json("web", "broken", "{\"address\": \"10.0.0.9\", ");
+    p.instance_json(
+        "web",
+        "evil",
+        "{\"address\": \"1.2.3.4; include /etc/passwd\", \"port\": 80}",
+    );
+    let o = p.rewire(&["render"]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let out = p.read("out/web.conf");
+    assert!(out.contains("10.0.0.1:80") && out.contains("10.0.0.2:80"));
+    assert!(!out.contains("10.0.0.9") && !out.contains("passwd"));
+    let err = stderr(&o);
+    assert!(err.contains("broken.json"), "{err}");
+    assert!(err.contains("evil.json"), "{err}");
+}
+
+#[test]
+fn failing_check_keeps_the_old_file_and_reports_the_output() {
+    let p = basic();
+    assert_eq!(code(&p.rewire(&["render"])), 0);
+    let old = p.read("out/web.conf");
+    p.config(
+        "[[template]]\nsource = \"web.tera\"\ndestination = \"out/web.conf\"\ncheck = [\"sh\", \"-c\", \"grep -q 10.0.0.3 {file} && echo 'bad backend 10.0.0.3' >&2 && exit 1 || exit 0\"]\n",
+    );
+    p.instance("web", "c", "10.0.0.3", 80);
+    let o = p.rewire(&["render"]);
+    assert_eq!(code(&o), 1);
+    assert_eq!(p.read("out/web.conf"), old);
+    assert!(
+        stderr(&o).contains("bad backend 10.0.0.3"),
+        "{}",
+        stderr(&o)
+    );
+    // No temp file left behind.
+    let names: Vec<String> = std::fs::read_dir(p.path("out"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(names, ["web.conf"]);
+}
+
+#[test]
+fn diff_exit_codes_follow_diff1() {
+    let p = basic();
+    let o = p.rewire(&["diff"]);
+    assert_eq!(code(&o), 1, "{}", stderr(&o));
+    assert!(
+        stdout(&o).contains("+  server 10.0.0.1:80;"),
+        "{}",
+        stdout(&o)
+    );
+    assert!(!p.path("out/web.conf").exists(), "diff wrote the file");
+    assert_eq!(code(&p.rewire(&["render"])), 0);
+    let o = p.rewire(&["diff"]);
+    assert_eq!(code(&o), 0, "{}", stdout(&o));
+    assert_eq!(stdout(&o), "");
+    p.remove_instance("web", "a");
+    let o = p.rewire(&["diff"]);
+    assert_eq!(code(&o), 1);
+    assert!(stdout(&o).contains("-  server 10.0.0.1:80;"));
+    p.file("web.tera", "{{ nope(");
+    assert_eq!(code(&p.rewire(&["diff"])), 2);
+}
+
+#[test]
+fn check_lists_every_problem_with_its_location() {
+    let p = Project::new();
+    p.file("t.tera", "{% if %}").config(
+        "[catalog]\nbackend = \"dir\"\nblock_wiat = \"10s\"\n\n[[template]]\nsource = \"t.tera\"\ndestination = \"a\"\nwait = { min = \"10 sec\" }\ncheck = [\"nginx\", \"-t\"]\n\n[[template]]\nsource = \"missing.tera\"\ndestination = \"a\"\n",
+    );
+    let o = p.rewire(&["check"]);
+    assert_eq!(code(&o), 1);
+    let err = stderr(&o);
+    let cfg = p.path("rewire.toml").display().to_string();
+    for want in [
+        format!("{cfg}:3:1: unknown key `block_wiat` in [catalog]"),
+        format!("{cfg}:8:16: `min`: \"10 sec\" has a space between the number and its unit"),
+        format!("{cfg}:9:1: `check` does not mention {{file}}"),
+        format!("{cfg}:12:10: template source"),
+        format!("{cfg}:13:15: destination"),
+    ] {
+        assert!(err.contains(&want), "missing {want:?} in:\n{err}");
+    }
+    assert!(err.contains("5 problems in the config"), "{err}");
+}
+
+#[test]
+fn check_reports_template_syntax_errors_with_file_and_line() {
+    let p = Project::new();
+    p.file("t.tera", "line one\n{% for x in %}\n")
+        .config("[[template]]\nsource = \"t.tera\"\ndestination = \"a\"\n");
+    let o = p.rewire(&["check"]);
+    assert_eq!(code(&o), 1);
+    let err = stderr(&o);
+    assert!(
+        err.contains(&format!("{}:2:", p.path("t.tera").display())),
+        "{err}"
+    );
+    p.file("t.tera", "fine {{ service(name=\"web\") | length }}");
+    let o = p.rewire(&["check"]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+}
+
+#[test]
+fn check_accepts_the_design_sketch_and_the_shipped_examples() {
+    let p = Project::new();
+    p.file("templates/nginx.conf.tera", "x")
+        .config(include_str!("data/design-sketch.toml"));
+    let o = p.rewire(&["check"]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let root = env!("CARGO_MANIFEST_DIR");
+    for example in ["examples/quickstart/rewire.toml"] {
+        let o = std::process::Command::new(env!("CARGO_BIN_EXE_rewire"))
+            .args(["check", "-c", &format!("{root}/{example}")])
+            .output()
+            .unwrap();
+        assert_eq!(code(&o), 0, "{example}: {}", stderr(&o));
+    }
+}
+
+#[test]
+fn unreadable_config_is_exit_2() {
+    let p = Project::new();
+    let o = p.rewire(&["render"]);
+    assert_eq!(code(&o), 2);
+    assert!(stderr(&o).contains("cannot read the config"));
+    let o = p.rewire(&["check"]);
+    assert_eq!(code(&o), 2);
+    p.config("[[template]]\nsource = 1\n");
+    assert_eq!(code(&p.rewire(&["render"])), 2);
+    assert_eq!(code(&p.rewire(&["check"])), 1);
+}
+
+#[test]
+fn render_waits_for_missing_data_then_names_it() {
+    let p = Project::new();
+    p.file(
+        "t.tera",
+        "{{ key(path=\"app/port\") }} {% for s in service(name=\"db\") %}{{ s.port }}{% endfor %}",
+    )
+    .config("[[template]]\nsource = \"t.tera\"\ndestination = \"out/t\"\n");
+    let o = p.rewire(&["render", "--timeout", "300ms"]);
+    assert_eq!(code(&o), 1);
+    assert!(
+        stderr(&o).contains("key \"app/port\" does not exist"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(!p.path("out/t").exists());
+    // The key appears while render waits: it is picked up.
+    let path = p.path("catalog/kv/app/port");
+    let writer = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(300));
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, "5432").unwrap();
+    });
+    let o = p.rewire(&["render", "--timeout", "20s"]);
+    writer.join().unwrap();
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert_eq!(p.read("out/t"), "5432 ");
+}
+
+#[test]
+fn missing_catalog_directory_is_named_at_the_timeout() {
+    let p = basic();
+    std::fs::remove_dir_all(p.path("catalog")).unwrap();
+    let o = p.rewire(&["render", "--timeout", "200ms"]);
+    assert_eq!(code(&o), 1);
+    assert!(
+        stderr(&o).contains("catalog directory does not exist"),
+        "{}",
+        stderr(&o)
+    );
+}
+
+#[test]
+fn template_flag_and_catalog_override() {
+    let p = basic();
+    p.file("other.tera", "other {{ services() | length }}")
+        .config("[[template]]\nsource = \"web.tera\"\ndestination = \"out/web.conf\"\n\n[[template]]\nname = \"other\"\nsource = \"other.tera\"\ndestination = \"out/other\"\n");
+    let o = p.rewire(&["render", "--template", "other"]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert_eq!(p.read("out/other"), "other 1");
+    assert!(!p.path("out/web.conf").exists());
+    assert_eq!(code(&p.rewire(&["render", "--template", "nope"])), 2);
+    let alt = Project::new();
+    alt.instance("web", "z", "10.9.9.9", 80)
+        .instance("db", "d", "10.9.9.8", 5432);
+    let cat = format!("dir:{}", alt.path("catalog").display());
+    let o = p.rewire(&["--catalog", &cat, "render"]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert!(p.read("out/web.conf").contains("10.9.9.9:80"));
+    assert_eq!(p.read("out/other"), "other 2");
+}
+
+#[test]
+fn render_reload_runs_once_for_templates_sharing_it_and_rolls_back_on_failure() {
+    let p = basic();
+    p.file("b.tera", "b {{ service(name=\"web\") | length }}").config(
+        "[[template]]\nsource = \"web.tera\"\ndestination = \"out/web.conf\"\nreload = [\"sh\", \"-c\", \"echo x >> reloads\"]\n\n[[template]]\nsource = \"b.tera\"\ndestination = \"out/b\"\nreload = [\"sh\", \"-c\", \"echo x >> reloads\"]\n",
+    );
+    let o = p.rewire(&["render", "--reload"]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert_eq!(p.read("reloads"), "x\n");
+    // Without --reload nothing is reloaded.
+    p.instance("web", "c", "10.0.0.3", 80);
+    assert_eq!(code(&p.rewire(&["render"])), 0);
+    assert_eq!(p.read("reloads"), "x\n");
+    // A failing reload restores both files.
+    let web_before = p.read("out/web.conf");
+    let b_before = p.read("out/b");
+    p.config(
+        "[[template]]\nsource = \"web.tera\"\ndestination = \"out/web.conf\"\nreload = [\"sh\", \"-c\", \"echo reload broke; exit 3\"]\n\n[[template]]\nsource = \"b.tera\"\ndestination = \"out/b\"\nreload = [\"sh\", \"-c\", \"echo reload broke; exit 3\"]\n",
+    );
+    p.instance("web", "d", "10.0.0.4", 80);
+    let o = p.rewire(&["render", "--reload"]);
+    assert_eq!(code(&o), 1);
+    assert!(stderr(&o).contains("reload broke"), "{}", stderr(&o));
+    assert_eq!(p.read("out/web.conf"), web_before);
+    assert_eq!(p.read("out/b"), b_before);
+}
+
+/// kill -9 of `rewire render` at random moments never leaves a torn destination.
+#[test]
+fn kill_9_mid_write_never_leaves_a_partial_file() {
+    let p = Project::new();
+    // A big render (~2 MB) so the write takes a while.
+    p.file("big.tera", "{% for i in range(end=40000) %}{% for s in service(name=\"web\") %}line {{ i }} {{ s.address }}\n{% endfor %}{% endfor %}END\n")
+        .config("[[template]]\nsource = \"big.tera\"\ndestination = \"out/big\"\n");
+    // How long one whole render takes here, so kills land before, during and after it.
+    p.instance("web", "a", "10.0.0.1", 80);
+    let started = std::time::Instant::now();
+    assert_eq!(code(&p.rewire(&["render"])), 0);
+    let full = started.elapsed();
+    let mut torn = 0;
+    let mut complete = 0;
+    let mut killed_while_running = 0;
+    let rounds = 40u32;
+    for round in 0..rounds {
+        // Alternate the content so every round really writes.
+        let addr = format!("10.0.{}.{}", round % 2 + 1, round % 7);
+        p.instance("web", "a", &addr, 80);
+        let mut child = p
+            .command(&["render"])
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let delay = full.mul_f64(f64::from(round) / f64::from(rounds) * 1.2);
+        std::thread::sleep(delay);
+        if child.try_wait().unwrap().is_none() {
+            killed_while_running += 1;
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        match std::fs::read_to_string(p.path("out/big")) {
+            Ok(text) if text.ends_with("END\n") => complete += 1,
+            _ => torn += 1,
+        }
+    }
+    assert!(
+        killed_while_running >= rounds / 2,
+        "only {killed_while_running} kills hit a running render"
+    );
+    assert_eq!(torn, 0, "torn files seen ({complete} complete)");
+    // Temp files from killed runs are hidden (never loaded by include *.conf).
+    for e in std::fs::read_dir(p.path("out")).unwrap() {
+        let name = e.unwrap().file_name().to_string_lossy().into_owned();
+        assert!(name == "big" || name.starts_with(".big.rewire-"), "{name}");
+    }
+}
