@@ -100,3 +100,77 @@ pub fn stdout(o: &Output) -> String {
 
 /// The web upstream template used by most tests: one `server` line per passing instance.
 pub const UPSTREAM: &str = "upstream web {\n{% for s in service(name=\"web\") %}  server {{ s | addr_port }};\n{% endfor %}}\n";
+
+/// A running `rewire run`, stopped (SIGTERM, then SIGKILL) when dropped.
+pub struct Running {
+    pub child: std::process::Child,
+    pub log: PathBuf,
+}
+
+impl Project {
+    /// Starts `rewire run` with its log in `rewire.log`.
+    pub fn run(&self) -> Running {
+        let log = self.path("rewire.log");
+        let f = std::fs::File::create(&log).unwrap();
+        let child = self
+            .command(&["run"])
+            .stdout(f.try_clone().unwrap())
+            .stderr(f)
+            .spawn()
+            .expect("start rewire run");
+        Running { child, log }
+    }
+
+    /// A config line for a private control socket.
+    pub fn control(&self) -> String {
+        format!(
+            "[control]\nsocket = \"{}\"\n",
+            self.path("rewire.sock").display()
+        )
+    }
+}
+
+impl Running {
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe {
+            libc_kill(self.child.id() as i32, sig);
+        }
+    }
+
+    /// Sends SIGTERM and waits for the exit status (SIGKILL after 20 s).
+    pub fn stop(&mut self) -> Option<i32> {
+        self.signal(15);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while std::time::Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status.code();
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        None
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+unsafe extern "C" {
+    #[link_name = "kill"]
+    fn libc_kill(pid: i32, sig: i32) -> i32;
+}
+
+pub const SIGHUP: i32 = 1;
+pub const SIGTERM: i32 = 15;

@@ -1,0 +1,275 @@
+//! `rewire run` as a daemon against a temp directory catalog, real processes only.
+
+mod project;
+mod support;
+
+use std::time::{Duration, SystemTime};
+
+use project::{Project, SIGHUP, UPSTREAM};
+use support::{TIMEOUT, wait_for};
+
+fn config(p: &Project, extra: &str) -> String {
+    format!(
+        "{}\n[defaults]\nwait = {{ min = \"0s\", max = \"0s\" }}\n\n[[template]]\nsource = \"web.tera\"\ndestination = \"out/web.conf\"\n{extra}",
+        p.control()
+    )
+}
+
+fn started(p: &Project) -> project::Running {
+    let r = p.run();
+    wait_for("first render", TIMEOUT, || p.path("out/web.conf").exists());
+    r
+}
+
+#[test]
+fn follows_added_removed_and_expired_instances() {
+    let p = Project::new();
+    p.file("web.tera", UPSTREAM).config(&config(&p, ""));
+    p.instance("web", "a", "10.0.0.1", 80);
+    let mut r = started(&p);
+    assert!(p.read("out/web.conf").contains("10.0.0.1:80"));
+
+    p.instance("web", "b", "10.0.0.2", 80);
+    wait_for("added instance", TIMEOUT, || {
+        p.read("out/web.conf").contains("10.0.0.2:80")
+    });
+
+    p.remove_instance("web", "a");
+    wait_for("removed instance", TIMEOUT, || {
+        !p.read("out/web.conf").contains("10.0.0.1:80")
+    });
+
+    // An instance whose registration expires in 2 s leaves the passing set by itself.
+    let expires = humantime::format_rfc3339(SystemTime::now() + Duration::from_secs(2));
+    p.instance_json(
+        "web",
+        "c",
+        &format!(r#"{{"address": "10.0.0.3", "port": 80, "expires_at": "{expires}"}}"#),
+    );
+    wait_for("instance with a TTL", TIMEOUT, || {
+        p.read("out/web.conf").contains("10.0.0.3:80")
+    });
+    wait_for("expired instance dropped", TIMEOUT, || {
+        !p.read("out/web.conf").contains("10.0.0.3:80")
+    });
+    assert!(p.read("out/web.conf").contains("10.0.0.2:80"));
+    // A new service directory created after start is followed too.
+    p.file("web.tera", UPSTREAM);
+    assert_eq!(r.stop(), Some(0), "{}", r.log());
+}
+
+#[test]
+fn failing_check_keeps_the_old_file_and_new_data_tries_again() {
+    let p = Project::new();
+    p.file("web.tera", UPSTREAM).config(&config(
+        &p,
+        "check = [\"sh\", \"-c\", \"if grep -q 10.0.0.66 {file}; then echo 'rejected: bad backend' >&2; exit 1; fi\"]\n",
+    ));
+    p.instance("web", "a", "10.0.0.1", 80);
+    let mut r = started(&p);
+    p.instance("web", "bad", "10.0.0.66", 80);
+    wait_for("check rejection logged", TIMEOUT, || {
+        r.log().contains("rejected: bad backend")
+    });
+    assert!(!p.read("out/web.conf").contains("10.0.0.66"));
+    assert!(p.read("out/web.conf").contains("10.0.0.1:80"));
+    p.remove_instance("web", "bad");
+    p.instance("web", "b", "10.0.0.2", 80);
+    wait_for("new data written", TIMEOUT, || {
+        p.read("out/web.conf").contains("10.0.0.2:80")
+    });
+    assert_eq!(r.stop(), Some(0));
+}
+
+#[test]
+fn failing_reload_restores_the_previous_file() {
+    let p = Project::new();
+    p.file("web.tera", UPSTREAM).config(&config(
+        &p,
+        "reload = [\"sh\", \"-c\", \"echo reloaded >> reloads; if grep -q 10.0.0.66 out/web.conf; then echo 'reload failed: bad upstream' >&2; exit 1; fi\"]\n",
+    ));
+    p.instance("web", "a", "10.0.0.1", 80);
+    let mut r = started(&p);
+    wait_for("first reload", TIMEOUT, || {
+        p.read("reloads").lines().count() == 1
+    });
+    let good = p.read("out/web.conf");
+    p.instance("web", "bad", "10.0.0.66", 80);
+    wait_for("failed reload logged", TIMEOUT, || {
+        r.log().contains("reload failed: bad upstream")
+    });
+    wait_for("rollback", TIMEOUT, || p.read("out/web.conf") == good);
+    assert!(
+        r.log().contains("restoring the previous files"),
+        "{}",
+        r.log()
+    );
+    // Still running, and new data is applied.
+    p.remove_instance("web", "bad");
+    p.instance("web", "b", "10.0.0.2", 80);
+    wait_for("recovered", TIMEOUT, || {
+        p.read("out/web.conf").contains("10.0.0.2:80")
+    });
+    assert_eq!(r.stop(), Some(0));
+}
+
+#[test]
+fn catalog_directory_deleted_and_recreated() {
+    let p = Project::new();
+    p.file("web.tera", UPSTREAM).config(&config(&p, ""));
+    p.instance("web", "a", "10.0.0.1", 80);
+    let mut r = started(&p);
+    // Moved away in one step: an outage, and the last good file stays.
+    std::fs::rename(p.path("catalog"), p.path("catalog.old")).unwrap();
+    wait_for("outage logged", TIMEOUT, || {
+        r.log().contains("keeping the last good data")
+    });
+    assert!(p.read("out/web.conf").contains("10.0.0.1:80"));
+    std::fs::create_dir_all(p.path("catalog/services")).unwrap();
+    p.instance("web", "b", "10.0.0.2", 80);
+    wait_for("recreated catalog followed", TIMEOUT, || {
+        let t = p.read("out/web.conf");
+        t.contains("10.0.0.2:80") && !t.contains("10.0.0.1:80")
+    });
+    // Deleted file by file (rm -rf) and created again: rewire survives and follows.
+    std::fs::remove_dir_all(p.path("catalog")).unwrap();
+    std::fs::create_dir_all(p.path("catalog/services")).unwrap();
+    p.instance("web", "c", "10.0.0.3", 80);
+    wait_for("catalog created again followed", TIMEOUT, || {
+        let t = p.read("out/web.conf");
+        t.contains("10.0.0.3:80") && !t.contains("10.0.0.2:80")
+    });
+    assert_eq!(r.stop(), Some(0));
+}
+
+#[test]
+fn sighup_with_a_broken_config_keeps_the_old_one_running() {
+    let p = Project::new();
+    p.file("web.tera", UPSTREAM).config(&config(&p, ""));
+    p.instance("web", "a", "10.0.0.1", 80);
+    let mut r = started(&p);
+    let good = std::fs::read_to_string(p.path("rewire.toml")).unwrap();
+    p.config(&format!("{good}\nbogus_key = 1\n"));
+    r.signal(SIGHUP);
+    wait_for("rejection logged", TIMEOUT, || {
+        r.log().contains("new config rejected")
+    });
+    assert!(r.log().contains("unknown key `bogus_key`"), "{}", r.log());
+    // The old config still runs.
+    p.instance("web", "b", "10.0.0.2", 80);
+    wait_for("still following", TIMEOUT, || {
+        p.read("out/web.conf").contains("10.0.0.2:80")
+    });
+    // A broken template is rejected too.
+    p.config(&good);
+    p.file("web.tera", "{% for %}");
+    r.signal(SIGHUP);
+    wait_for("template rejection", TIMEOUT, || {
+        r.log().matches("new config rejected").count() == 2
+    });
+    // A valid change is applied.
+    p.file("web.tera", "v2 {{ service(name=\"web\") | length }}\n");
+    r.signal(SIGHUP);
+    wait_for("new template applied", TIMEOUT, || {
+        p.read("out/web.conf") == "v2 2\n"
+    });
+    assert!(r.log().contains("new config applied"));
+    assert_eq!(r.stop(), Some(0));
+}
+
+#[test]
+fn burst_of_changes_is_coalesced_by_the_wait() {
+    let p = Project::new();
+    p.file("web.tera", UPSTREAM).config(&format!(
+        "{}\n[[template]]\nsource = \"web.tera\"\ndestination = \"out/web.conf\"\nwait = {{ min = \"1s\", max = \"5s\" }}\nreload = [\"sh\", \"-c\", \"echo x >> reloads\"]\n",
+        p.control()
+    ));
+    p.instance("web", "a", "10.0.0.1", 80);
+    let mut r = p.run();
+    wait_for("first render", TIMEOUT, || {
+        p.read("reloads").lines().count() == 1
+    });
+    for i in 2..22 {
+        p.instance("web", &format!("i{i}"), &format!("10.0.0.{i}"), 80);
+    }
+    wait_for("burst rendered", TIMEOUT, || {
+        p.read("out/web.conf").contains("10.0.0.21:80")
+    });
+    // 20 changes in well under a second: one render, one reload (plus the first).
+    let reloads = p.read("reloads").lines().count();
+    assert!(reloads <= 3, "{reloads} reloads for one burst");
+    assert_eq!(r.stop(), Some(0));
+}
+
+#[test]
+fn real_nginx_is_reloaded_and_serves_the_new_upstream_set() {
+    let p = Project::new();
+    let (pa, pb) = (support::free_port(), support::free_port());
+    // nginx needs the included upstream file to exist and be valid before it starts.
+    let upstreams = p.path("upstreams.conf");
+    std::fs::write(
+        &upstreams,
+        format!("upstream web {{ server 127.0.0.1:{pa}; }}\n"),
+    )
+    .unwrap();
+    let body = format!(
+        r#"
+    server {{ listen 127.0.0.1:@PORT@; location / {{ proxy_pass http://web; }} }}
+    server {{ listen 127.0.0.1:{pa}; location / {{ return 200 "backend-a\n"; }} }}
+    server {{ listen 127.0.0.1:{pb}; location / {{ return 200 "backend-b\n"; }} }}
+    include {};
+"#,
+        upstreams.display()
+    );
+    let Some(nginx) = support::Nginx::try_start(&body) else {
+        return;
+    };
+    let quoted: Vec<String> = nginx.cli_args().iter().map(|a| format!("{a:?}")).collect();
+    p.file(
+        "web.tera",
+        "upstream web {\n{% for s in service(name=\"web\") %}  server {{ s | addr_port }};\n{% endfor %}{% if service(name=\"web\") | length == 0 %}  server 127.0.0.1:1 down;\n{% endif %}}\n",
+    )
+    .config(&format!(
+        "{}\n[defaults]\nwait = {{ min = \"0s\", max = \"0s\" }}\n\n[[template]]\nsource = \"web.tera\"\ndestination = \"upstreams.conf\"\ncheck_mode = \"swap\"\ncheck = [\"nginx\", {}, \"-t\", \"-q\"]\nreload = [\"nginx\", {}, \"-s\", \"reload\"]\n",
+        p.control(),
+        quoted.join(", "),
+        quoted.join(", "),
+    ));
+    let get = || {
+        support::http::request(
+            &format!("127.0.0.1:{}", nginx.port()),
+            "GET",
+            "/",
+            &[],
+            None,
+            Duration::from_secs(2),
+        )
+        .map(|resp| String::from_utf8_lossy(&resp.body).into_owned())
+        .unwrap_or_default()
+    };
+    assert_eq!(get(), "backend-a\n");
+    p.instance("web", "b", "127.0.0.1", pb);
+    let mut r = p.run();
+    wait_for("nginx serves backend b", TIMEOUT, || get() == "backend-b\n");
+    p.remove_instance("web", "b");
+    p.instance("web", "a", "127.0.0.1", pa);
+    wait_for("nginx serves backend a", TIMEOUT, || get() == "backend-a\n");
+    // No backend at all: the placeholder keeps nginx's config valid.
+    p.remove_instance("web", "a");
+    wait_for("placeholder written", TIMEOUT, || {
+        p.read("upstreams.conf").contains("127.0.0.1:1 down")
+    });
+    assert!(
+        nginx.test_config().0,
+        "nginx -t fails on the rendered config"
+    );
+    // A config nginx rejects never reaches it: the swap is undone and nginx keeps serving.
+    p.file("web.tera", "upstream web { this is not nginx; }\n");
+    r.signal(SIGHUP);
+    wait_for("rejected by nginx -t", TIMEOUT, || {
+        r.log().contains("rejected the new")
+    });
+    assert!(p.read("upstreams.conf").contains("127.0.0.1:1 down"));
+    assert!(nginx.test_config().0);
+    assert_eq!(r.stop(), Some(0), "{}", r.log());
+}
