@@ -78,8 +78,10 @@ pub async fn render_until_ready(
             .collect();
         let mut waiting_on_keys = false;
         for r in results.values() {
-            if let Rendered::Pending { waiting, deps, .. } = r {
-                if !waiting.is_empty() {
+            if let Rendered::Pending { waiting, deps, .. } = r
+                && !waiting.is_empty()
+            {
+                {
                     // A key that does not exist yet: ask again until it appears.
                     waiting_on_keys = true;
                     to_fetch.extend(deps.iter().filter(|q| matches!(q, Query::Key(_))).cloned());
@@ -125,6 +127,9 @@ pub fn pending_reason(
     parts.join("; ")
 }
 
+/// A template written in this run, with what its destination held before.
+type Written<'c> = (&'c TemplateConfig, Option<Vec<u8>>);
+
 pub async fn render(
     config: &Config,
     catalog: Arc<dyn Catalog>,
@@ -156,7 +161,7 @@ pub async fn render(
         render_until_ready(&engine, &templates, catalog.as_ref(), &store, args.timeout).await;
 
     let mut failures: Vec<(String, String)> = Vec::new();
-    let mut written: Vec<(&TemplateConfig, Option<Vec<u8>>)> = Vec::new();
+    let mut written: Vec<Written> = Vec::new();
     for t in &templates {
         match &results[&t.name] {
             Rendered::Done { text, .. } => match pipeline::apply(t, text.as_bytes(), env).await {
@@ -185,7 +190,7 @@ pub async fn render(
 
     if args.reload {
         // Templates sharing a reload run it once; if it fails, all of them are rolled back.
-        let mut groups: BTreeMap<String, Vec<(&TemplateConfig, Option<Vec<u8>>)>> = BTreeMap::new();
+        let mut groups: BTreeMap<String, Vec<Written>> = BTreeMap::new();
         for (t, prev) in written {
             if let Some(r) = &t.reload {
                 groups.entry(r.key()).or_default().push((t, prev));

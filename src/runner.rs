@@ -198,6 +198,8 @@ fn hash(bytes: &[u8]) -> [u8; 32] {
     Sha256::digest(bytes).into()
 }
 
+type WrittenFile<'g> = (&'g TemplateConfig, Option<Vec<u8>>, [u8; 32]);
+
 /// Renders, applies and reloads every template of the group once. Returns the versions of
 /// every query the renders used.
 async fn render_round(
@@ -207,7 +209,8 @@ async fn render_round(
     state: &mut GroupState,
 ) -> BTreeMap<Query, Option<u64>> {
     let mut seen = BTreeMap::new();
-    let mut written: Vec<(&TemplateConfig, Option<Vec<u8>>, [u8; 32])> = Vec::new();
+    // Written this round: the template, what its destination held before, the new bytes' hash.
+    let mut written: Vec<WrittenFile> = Vec::new();
     let mut any_pending = false;
     state.discovering = false;
     for t in &group.templates {

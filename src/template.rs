@@ -159,12 +159,7 @@ impl Engine {
                 tera.add_raw_templates(sources.iter().map(|(k, v)| (k.as_str(), v.as_str())))
         {
             errors.push(LoadError {
-                source_path: PathBuf::from(
-                    templates
-                        .first()
-                        .map(|t| t.source.clone())
-                        .unwrap_or_default(),
-                ),
+                source_path: templates.first().map(|t| t.source.clone()).unwrap_or_default(),
                 message: tera_error_text(&e),
             });
         }
@@ -316,29 +311,33 @@ pub fn data_value(data: &Data) -> Value {
 }
 
 fn instance_value(i: &Instance) -> Value {
-    let mut m: BTreeMap<String, Value> = BTreeMap::new();
-    m.insert("id".into(), Value::from(i.id.as_str()));
-    m.insert("name".into(), Value::from(i.name.as_str()));
-    m.insert("node".into(), Value::from(i.node.as_str()));
-    m.insert("address".into(), Value::from(i.address.as_str()));
-    m.insert("port".into(), Value::from(i.port));
-    m.insert(
-        "tags".into(),
-        Value::from(
-            i.tags
-                .iter()
-                .map(|t| Value::from(t.as_str()))
-                .collect::<Vec<_>>(),
-        ),
-    );
-    let meta: BTreeMap<String, Value> = i
+    // Built as an IndexMap with static keys: this runs once per instance per change, and
+    // with 10 000 instances the naive String-keyed map costs more than the render itself.
+    let mut m: indexmap::IndexMap<&'static str, Value> = indexmap::IndexMap::with_capacity(10);
+    m.insert("address", Value::from(i.address.as_str()));
+    m.insert("addr_port", Value::from(addr_port(&i.address, u64::from(i.port))));
+    m.insert("id", Value::from(i.id.as_str()));
+    let meta: indexmap::IndexMap<&str, Value> = i
         .meta
         .iter()
-        .map(|(k, v)| (k.clone(), Value::from(v.as_str())))
+        .map(|(k, v)| (k.as_str(), Value::from(v.as_str())))
         .collect();
-    m.insert("meta".into(), Value::from(meta));
-    m.insert("status".into(), Value::from(i.status.as_str()));
+    m.insert("meta", value_map(meta));
+    m.insert("name", Value::from(i.name.as_str()));
+    m.insert("node", Value::from(i.node.as_str()));
+    m.insert("port", Value::from(i.port));
+    m.insert("status", Value::from(i.status.as_str()));
+    m.insert(
+        "tags",
+        Value::from(i.tags.iter().map(|t| Value::from(t.as_str())).collect::<Vec<_>>()),
+    );
     Value::from(m)
+}
+
+fn value_map(m: indexmap::IndexMap<&str, Value>) -> Value {
+    let owned: indexmap::IndexMap<String, Value> =
+        m.into_iter().map(|(k, v)| (k.to_string(), v)).collect();
+    Value::from(owned)
 }
 
 /// `status="passing"` (default), `"any"`, or a comma list such as `"passing,warning"`.
@@ -507,6 +506,11 @@ fn filter_addr_port(v: &Value, kwargs: Kwargs, _: &State) -> TeraResult<Value> {
             )
         })?;
         return Ok(Value::from(addr_port(addr, port)));
+    }
+    if port_kw.is_none()
+        && let Some(precomputed) = v.as_map().and_then(|m| m.get(&tera::value::Key::from("addr_port")))
+    {
+        return Ok(precomputed.clone());
     }
     let addr = v
         .get_from_path("address")

@@ -371,6 +371,20 @@ impl CatalogUrl {
     }
 }
 
+/// Opens the configured catalog.
+pub fn open(cfg: &crate::config::CatalogConfig) -> Result<Arc<dyn Catalog>, CatalogError> {
+    use crate::config::Backend;
+    match &cfg.backend {
+        Backend::Dir(s) => Ok(Arc::new(
+            dir::DirCatalog::new(&s.path).with_deregister_after(cfg.deregister_after),
+        )),
+        Backend::Consul(s) => Ok(Arc::new(consul::ConsulCatalog::new(s, cfg)?)),
+        Backend::Etcd(_) => Err(CatalogError::Unsupported(
+            "the etcd backend is not built yet".into(),
+        )),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -415,21 +429,5 @@ mod tests {
         let ids: Vec<_> = list.iter().map(|i| i.id.as_str()).collect();
         assert_eq!(ids, ["x", "y", "z"]);
         assert_eq!(list[0].tags, ["a", "b"]);
-    }
-}
-
-/// Opens the configured catalog.
-pub fn open(cfg: &crate::config::CatalogConfig) -> Result<Arc<dyn Catalog>, CatalogError> {
-    use crate::config::Backend;
-    match &cfg.backend {
-        Backend::Dir(s) => Ok(Arc::new(
-            dir::DirCatalog::new(&s.path).with_deregister_after(cfg.deregister_after),
-        )),
-        Backend::Consul(_) => Err(CatalogError::Unsupported(
-            "the consul backend is not built yet".into(),
-        )),
-        Backend::Etcd(_) => Err(CatalogError::Unsupported(
-            "the etcd backend is not built yet".into(),
-        )),
     }
 }

@@ -173,7 +173,9 @@ mod tests {
             r#"{"address":"10.0.0.1","port":80,"expires_at":"2020-01-01T00:00:00Z"}"#,
         )
         .unwrap();
-        let i = r.into_instance("web", "w1", "host", SystemTime::now()).unwrap();
+        let i = r
+            .into_instance("web", "w1", "host", SystemTime::now())
+            .unwrap();
         assert_eq!(i.status, Status::Critical);
     }
 

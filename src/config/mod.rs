@@ -109,7 +109,7 @@ pub struct EtcdSettings {
     pub tls: TlsSettings,
 }
 
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Default)]
 pub struct TlsSettings {
     pub ca: Option<PathBuf>,
     pub cert: Option<PathBuf>,
@@ -117,18 +117,6 @@ pub struct TlsSettings {
     pub server_name: Option<String>,
     /// `None`: not set in the config (the backend may consult the environment).
     pub verify: Option<bool>,
-}
-
-impl Default for TlsSettings {
-    fn default() -> Self {
-        TlsSettings {
-            ca: None,
-            cert: None,
-            key: None,
-            server_name: None,
-            verify: None,
-        }
-    }
 }
 
 /// A secret (token, password) whose `Debug` and `Display` never show it.

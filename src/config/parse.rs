@@ -118,8 +118,7 @@ pub fn parse_str(
     match config {
         Some(c) if w.errors.is_empty() => Ok(c),
         _ => {
-            w.errors
-                .sort_by(|a, b| (a.line, a.col).cmp(&(b.line, b.col)));
+            w.errors.sort_by_key(|e| (e.line, e.col));
             w.errors.dedup();
             Err(ConfigErrors(w.errors))
         }

@@ -1,0 +1,89 @@
+//! Render cost of the shipped nginx template with 10, 1 000 and 10 000 healthy instances.
+//!
+//! Measures a render against a fresh snapshot's cached template values (what the daemon does
+//! after every change) and the first render after a change (which also converts the changed
+//! query's data once).
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
+use rewire::catalog::{Data, Instance, Query, Status};
+use rewire::config::{CheckMode, DEFAULT_WAIT, TemplateConfig, WriteMode};
+use rewire::store::Store;
+use rewire::template::{Engine, Rendered};
+
+fn instances(n: usize) -> Vec<Instance> {
+    (0..n)
+        .map(|i| Instance {
+            id: format!("web-{i}"),
+            name: "web".into(),
+            node: format!("node-{}", i % 50),
+            address: format!("10.{}.{}.{}", i / 65536, (i / 256) % 256, i % 256),
+            port: 8080,
+            tags: vec!["v1".into()],
+            meta: BTreeMap::from([("zone".to_string(), format!("z{}", i % 3))]),
+            status: Status::Passing,
+        })
+        .collect()
+}
+
+fn engine() -> Engine {
+    let source = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("templates/nginx.conf.tera");
+    Engine::load(&[TemplateConfig {
+        name: "nginx".into(),
+        source,
+        destination: "/dev/null".into(),
+        perms: None,
+        check: None,
+        check_mode: CheckMode::Temp,
+        reload: None,
+        wait: DEFAULT_WAIT,
+        write: WriteMode::Atomic,
+        backup: false,
+    }])
+    .expect("the shipped template parses")
+}
+
+fn store_with(n: usize) -> Store {
+    let store = Store::new();
+    let list = instances(n);
+    store.update_many([
+        (Query::Services, Data::services_from(list.iter())),
+        (Query::Service("web".into()), Data::Instances(list)),
+        (Query::Key("nginx/pid".into()), Data::Key(None)),
+        (Query::Key("nginx/worker_connections".into()), Data::Key(None)),
+        (Query::Key("nginx/listen".into()), Data::Key(Some("8080".into()))),
+    ]);
+    store
+}
+
+fn bench(c: &mut Criterion) {
+    let engine = engine();
+    let mut g = c.benchmark_group("render nginx.conf");
+    for n in [10usize, 1_000, 10_000] {
+        let store = store_with(n);
+        let snap = store.snapshot();
+        // Warm the per-snapshot value cache, as the daemon's first render after a change does.
+        assert!(matches!(engine.render("nginx", &snap), Rendered::Done { .. }));
+        g.bench_with_input(BenchmarkId::new("cached", n), &n, |b, _| {
+            b.iter(|| engine.render("nginx", &snap))
+        });
+        g.bench_with_input(BenchmarkId::new("after change", n), &n, |b, _| {
+            b.iter_batched(
+                || {
+                    // A new snapshot whose web entry has not been converted yet.
+                    let store = store_with(n);
+                    store.snapshot()
+                },
+                |snap: Arc<_>| engine.render("nginx", &snap),
+                criterion::BatchSize::LargeInput,
+            )
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);

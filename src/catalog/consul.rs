@@ -1,1 +1,0 @@
-//! Consul backend (being written).

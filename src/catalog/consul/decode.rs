@@ -1,0 +1,507 @@
+//! Turning Consul's HTTP answers into catalog [`Data`], as plain functions.
+//!
+//! Everything here is pure (status, headers and body in; data or a typed error out), so the
+//! rules Consul's documentation and 1.8.7's behaviour impose are unit-tested on fixtures of
+//! real responses: a 404 from the KV store is an answer ("no such key"), not a failure; a
+//! `false` known-leader header means the data may be arbitrarily old; a missing
+//! `X-Consul-Index` makes blocking impossible. Decoding is tolerant: unknown fields are
+//! ignored and `null` lists count as empty, because users run Consul 1.1x through 1.2x.
+//! Every instance is validated before a template can see it; a bad one is skipped with a
+//! warning naming its service and id.
+
+use std::collections::BTreeMap;
+
+use base64::Engine;
+use serde::Deserialize;
+use tracing::warn;
+
+use crate::catalog::record::{check_address, check_name, check_port};
+use crate::catalog::{CatalogError, Data, Instance, KeyValue, Query, ServiceSummary, Status};
+
+pub const BACKEND: &str = "consul";
+
+/// What one HTTP exchange returned, before interpretation.
+#[derive(Clone, Copy, Debug)]
+pub struct Answer<'a> {
+    pub status: u16,
+    /// `X-Consul-Index`.
+    pub index: Option<&'a str>,
+    /// `X-Consul-KnownLeader`.
+    pub known_leader: Option<&'a str>,
+    pub body: &'a [u8],
+}
+
+/// A successful read: the data and the index to block on next.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Reply {
+    pub index: u64,
+    pub data: Data,
+}
+
+/// What to tell a user whose token the agent refused.
+pub fn token_hint(token_set: bool) -> String {
+    if token_set {
+        "the agent rejected the ACL token (wrong, expired or deleted?): set a valid one in \
+         [catalog] token / token_file or CONSUL_HTTP_TOKEN / CONSUL_HTTP_TOKEN_FILE"
+            .to_string()
+    } else {
+        "the agent has ACLs enabled and no token is set: put a token with read access in \
+         [catalog] token / token_file or CONSUL_HTTP_TOKEN / CONSUL_HTTP_TOKEN_FILE"
+            .to_string()
+    }
+}
+
+/// The start of a response body, fit for an error message.
+pub fn snippet(body: &[u8]) -> String {
+    const MAX: usize = 200;
+    let text = String::from_utf8_lossy(body);
+    let text = text.trim();
+    match text.char_indices().nth(MAX) {
+        Some((cut, _)) => format!("{}...", &text[..cut]),
+        None => text.to_string(),
+    }
+}
+
+/// Maps a non-success status to an error, sorted by what the caller does next: 5xx and 429
+/// (an agent without a leader, a server restarting, a rate limit) are worth retrying; 401/403
+/// mean the token is wrong; any other 4xx means the request itself is wrong.
+pub fn status_error(what: &str, status: u16, body: &[u8], token_set: bool) -> CatalogError {
+    let detail = format!("{what} answered {status}: {}", snippet(body));
+    match status {
+        401 | 403 => CatalogError::Denied {
+            backend: BACKEND.into(),
+            detail,
+            hint: token_hint(token_set),
+        },
+        429 | 500..=599 => CatalogError::Unreachable {
+            backend: BACKEND.into(),
+            detail,
+        },
+        _ => CatalogError::Denied {
+            backend: BACKEND.into(),
+            detail,
+            hint: "the agent did not accept rewire's request; if the agent is older than \
+                   Consul 1.1, upgrade it, otherwise please report this as a rewire bug"
+                .into(),
+        },
+    }
+}
+
+/// Interprets the answer to a read of `query`.
+pub fn interpret(
+    query: &Query,
+    what: &str,
+    a: Answer<'_>,
+    token_set: bool,
+) -> Result<Reply, CatalogError> {
+    let is_kv = matches!(query, Query::Key(_) | Query::Keys(_));
+    let found = match a.status {
+        200..=299 => true,
+        // A missing key or prefix: 404, empty body, and an index that still blocks.
+        404 if is_kv => false,
+        status => return Err(status_error(what, status, a.body, token_set)),
+    };
+    if a.known_leader
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case("false"))
+    {
+        return Err(CatalogError::Unreachable {
+            backend: BACKEND.into(),
+            detail: format!(
+                "{what}: the agent knows no cluster leader (X-Consul-KnownLeader: false)"
+            ),
+        });
+    }
+    let index = parse_index(a.index).map_err(|detail| CatalogError::Malformed {
+        backend: BACKEND.into(),
+        detail: format!("{what}: {detail}"),
+    })?;
+    let malformed = |detail: String| CatalogError::Malformed {
+        backend: BACKEND.into(),
+        detail: format!("{what}: {detail}"),
+    };
+    let data = match query {
+        Query::Service(name) => Data::Instances(health_service(name, a.body).map_err(malformed)?),
+        Query::Services => Data::Services(catalog_services(a.body).map_err(malformed)?),
+        Query::Key(path) if found => Data::Key(kv_key(path, a.body).map_err(malformed)?),
+        Query::Key(_) => Data::Key(None),
+        Query::Keys(_) if found => Data::Keys(kv_keys(a.body).map_err(malformed)?),
+        Query::Keys(_) => Data::Keys(Vec::new()),
+    };
+    Ok(Reply { index, data })
+}
+
+/// `X-Consul-Index`: required (without it nothing can block). Consul documents that an
+/// index of 0 must be treated as 1, or every following request returns at once.
+pub fn parse_index(header: Option<&str>) -> Result<u64, String> {
+    let raw = header.ok_or("the X-Consul-Index header is missing")?;
+    let index: u64 = raw
+        .trim()
+        .parse()
+        .map_err(|_| format!("X-Consul-Index {raw:?} is not a number"))?;
+    Ok(index.max(1))
+}
+
+#[derive(Deserialize)]
+struct HealthEntry {
+    #[serde(rename = "Node")]
+    node: NodeJson,
+    #[serde(rename = "Service")]
+    service: ServiceJson,
+    #[serde(rename = "Checks", default)]
+    checks: Option<Vec<CheckJson>>,
+}
+
+#[derive(Deserialize)]
+struct NodeJson {
+    #[serde(rename = "Node", default)]
+    node: String,
+    #[serde(rename = "Address", default)]
+    address: String,
+}
+
+#[derive(Deserialize)]
+struct ServiceJson {
+    #[serde(rename = "ID", default)]
+    id: String,
+    #[serde(rename = "Service", default)]
+    service: String,
+    #[serde(rename = "Tags", default)]
+    tags: Option<Vec<String>>,
+    #[serde(rename = "Address", default)]
+    address: String,
+    #[serde(rename = "Meta", default)]
+    meta: Option<BTreeMap<String, String>>,
+    #[serde(rename = "Port", default)]
+    port: i64,
+}
+
+#[derive(Deserialize)]
+struct CheckJson {
+    #[serde(rename = "Status", default)]
+    status: String,
+}
+
+/// Consul's check states; anything unknown counts as critical (never route to what we can't read).
+fn check_status(s: &str) -> Status {
+    match s {
+        "passing" => Status::Passing,
+        "warning" => Status::Warning,
+        _ => Status::Critical,
+    }
+}
+
+/// `/v1/health/service/<name>` (without `?passing`): every instance with the worst status of
+/// its checks, the node's own (`serfHealth`, maintenance) included, as `?passing` counts them.
+pub fn health_service(service: &str, body: &[u8]) -> Result<Vec<Instance>, String> {
+    let entries: Option<Vec<HealthEntry>> =
+        serde_json::from_slice(body).map_err(|e| format!("health entries: {e}"))?;
+    let mut out = Vec::new();
+    for e in entries.unwrap_or_default() {
+        let status = e
+            .checks
+            .iter()
+            .flatten()
+            .map(|c| check_status(&c.status))
+            .fold(Status::Passing, Status::worst);
+        let s = e.service;
+        // An empty service address means "the node's address" (Consul's own rule).
+        let address = if s.address.is_empty() {
+            e.node.address
+        } else {
+            s.address
+        };
+        let name = if s.service.is_empty() {
+            service.to_string()
+        } else {
+            s.service
+        };
+        let checked = check_name(&name)
+            .map_err(|e| format!("service name {e}"))
+            .and_then(|()| check_name(&s.id).map_err(|e| format!("instance id {e}")))
+            .and_then(|()| check_address(&address))
+            .and_then(|()| check_port(s.port));
+        match checked {
+            Ok(port) => out.push(Instance {
+                id: s.id,
+                name,
+                node: e.node.node,
+                address,
+                port,
+                tags: s.tags.unwrap_or_default(),
+                meta: s.meta.unwrap_or_default(),
+                status,
+            }),
+            Err(error) => {
+                warn!(service = %name, id = %s.id, %error, "skipping a Consul instance with invalid data");
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// `/v1/catalog/services`: `{"name": ["tag", ...]}`.
+pub fn catalog_services(body: &[u8]) -> Result<Vec<ServiceSummary>, String> {
+    let map: Option<BTreeMap<String, Option<Vec<String>>>> =
+        serde_json::from_slice(body).map_err(|e| format!("service list: {e}"))?;
+    let mut out = Vec::new();
+    for (name, tags) in map.unwrap_or_default() {
+        if let Err(error) = check_name(&name) {
+            warn!(service = %name, %error, "skipping a Consul service with an invalid name");
+            continue;
+        }
+        out.push(ServiceSummary {
+            name,
+            tags: tags.unwrap_or_default(),
+        });
+    }
+    Ok(out)
+}
+
+#[derive(Deserialize)]
+struct KvPair {
+    #[serde(rename = "Key")]
+    key: String,
+    #[serde(rename = "Value", default)]
+    value: Option<String>,
+}
+
+/// A KV value: base64 in JSON, `null` for an empty value. Templates want text: invalid UTF-8
+/// is replaced (with a warning) rather than failing the whole read.
+fn kv_value(key: &str, value: Option<&str>) -> Result<String, String> {
+    let Some(b64) = value else {
+        return Ok(String::new());
+    };
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(b64)
+        .map_err(|e| format!("key {key:?}: value is not base64: {e}"))?;
+    match String::from_utf8(bytes) {
+        Ok(s) => Ok(s),
+        Err(e) => {
+            warn!(key, "Consul value is not UTF-8; invalid bytes replaced");
+            Ok(String::from_utf8_lossy(e.as_bytes()).into_owned())
+        }
+    }
+}
+
+/// `/v1/kv/<path>` (200): a one-element list.
+pub fn kv_key(path: &str, body: &[u8]) -> Result<Option<String>, String> {
+    let pairs: Option<Vec<KvPair>> =
+        serde_json::from_slice(body).map_err(|e| format!("key {path:?}: {e}"))?;
+    let pairs = pairs.unwrap_or_default();
+    let wanted = path.trim_start_matches('/');
+    let pair = pairs
+        .iter()
+        .find(|p| p.key == wanted)
+        .or_else(|| pairs.first());
+    pair.map(|p| kv_value(&p.key, p.value.as_deref()))
+        .transpose()
+}
+
+/// `/v1/kv/<prefix>?recurse` (200): every key under the prefix. Folders (a key ending in `/`
+/// with no value, as the UI creates them) are structure, not data, and are skipped.
+pub fn kv_keys(body: &[u8]) -> Result<Vec<KeyValue>, String> {
+    let pairs: Option<Vec<KvPair>> =
+        serde_json::from_slice(body).map_err(|e| format!("key list: {e}"))?;
+    pairs
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|p| !(p.key.ends_with('/') && p.value.is_none()))
+        .map(|p| {
+            Ok(KeyValue {
+                value: kv_value(&p.key, p.value.as_deref())?,
+                path: p.key,
+            })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `GET /v1/health/service/web` from Consul 1.8.7 (dev agent), one instance with an empty
+    /// service address and a TTL check that has not passed yet.
+    const HEALTH_WEB: &str = r#"[{"Node":{"ID":"5cf85b96-a5e5-ccb5-4606-131faa9ab327","Node":"vm","Address":"127.0.0.1","Datacenter":"dc1","TaggedAddresses":{"lan":"127.0.0.1","lan_ipv4":"127.0.0.1","wan":"127.0.0.1","wan_ipv4":"127.0.0.1"},"Meta":{"consul-network-segment":""},"CreateIndex":10,"ModifyIndex":12},"Service":{"ID":"web1","Service":"web","Tags":["a","b"],"Address":"","Meta":{"v":"1"},"Port":8080,"Weights":{"Passing":1,"Warning":1},"EnableTagOverride":false,"Proxy":{"MeshGateway":{},"Expose":{}},"Connect":{},"CreateIndex":13,"ModifyIndex":13},"Checks":[{"Node":"vm","CheckID":"serfHealth","Name":"Serf Health Status","Status":"passing","Notes":"","Output":"Agent alive and reachable","ServiceID":"","ServiceName":"","ServiceTags":[],"Type":"","Definition":{},"CreateIndex":10,"ModifyIndex":10},{"Node":"vm","CheckID":"service:web1","Name":"ttl","Status":"critical","Notes":"","Output":"","ServiceID":"web1","ServiceName":"web","ServiceTags":["a","b"],"Type":"ttl","Definition":{},"CreateIndex":13,"ModifyIndex":13}]},
+      {"Node":{"Node":"n2","Address":"10.0.0.2"},"Service":{"ID":"web2","Service":"web","Tags":null,"Address":"10.1.0.2","Meta":null,"Port":81},"Checks":[{"CheckID":"serfHealth","Status":"passing"},{"CheckID":"c1","Status":"warning"}]},
+      {"Node":{"Node":"n3","Address":"10.0.0.3"},"Service":{"ID":"web3","Service":"web","Address":"10.1.0.3","Port":82},"Checks":null}]"#;
+
+    #[test]
+    fn health_entries_become_instances() {
+        let list = health_service("web", HEALTH_WEB.as_bytes()).unwrap();
+        assert_eq!(list.len(), 3);
+        let w1 = &list[0];
+        assert_eq!(w1.id, "web1");
+        assert_eq!(w1.name, "web");
+        assert_eq!(w1.node, "vm");
+        assert_eq!(
+            w1.address, "127.0.0.1",
+            "empty Service.Address means Node.Address"
+        );
+        assert_eq!(w1.port, 8080);
+        assert_eq!(w1.tags, ["a", "b"]);
+        assert_eq!(w1.meta.get("v").map(String::as_str), Some("1"));
+        assert_eq!(
+            w1.status,
+            Status::Critical,
+            "worst of serfHealth and the TTL check"
+        );
+        assert_eq!(list[1].address, "10.1.0.2");
+        assert!(list[1].tags.is_empty() && list[1].meta.is_empty());
+        assert_eq!(list[1].status, Status::Warning);
+        assert_eq!(list[2].status, Status::Passing, "no checks: passing");
+    }
+
+    #[test]
+    fn node_checks_count_towards_an_instance_status() {
+        let body = r#"[{"Node":{"Node":"n","Address":"10.0.0.1"},"Service":{"ID":"a","Service":"web","Port":80},
+            "Checks":[{"CheckID":"serfHealth","Status":"critical"},{"CheckID":"service:a","Status":"passing"}]}]"#;
+        let list = health_service("web", body.as_bytes()).unwrap();
+        assert_eq!(list[0].status, Status::Critical);
+        let body = r#"[{"Node":{"Node":"n","Address":"10.0.0.1"},"Service":{"ID":"a","Service":"web","Port":80},
+            "Checks":[{"CheckID":"_node_maintenance","Status":"maintenance"}]}]"#;
+        let list = health_service("web", body.as_bytes()).unwrap();
+        assert_eq!(
+            list[0].status,
+            Status::Critical,
+            "unknown states are critical"
+        );
+    }
+
+    #[test]
+    fn invalid_instances_are_skipped_and_the_rest_kept() {
+        let body = r#"[
+            {"Node":{"Node":"n","Address":"10.0.0.1"},"Service":{"ID":"ok","Service":"web","Port":80},"Checks":[]},
+            {"Node":{"Node":"n","Address":"10.0.0.1"},"Service":{"ID":"noport","Service":"web","Port":0},"Checks":[]},
+            {"Node":{"Node":"n","Address":"10.0.0.1"},"Service":{"ID":"evil","Service":"web","Address":"1.2.3.4; include /etc/passwd","Port":80},"Checks":[]},
+            {"Node":{"Node":"n","Address":""},"Service":{"ID":"noaddr","Service":"web","Port":80},"Checks":[]},
+            {"Node":{"Node":"n","Address":"10.0.0.1"},"Service":{"ID":"bad id }","Service":"web","Port":80},"Checks":[]}
+        ]"#;
+        let list = health_service("web", body.as_bytes()).unwrap();
+        let ids: Vec<_> = list.iter().map(|i| i.id.as_str()).collect();
+        assert_eq!(ids, ["ok"]);
+    }
+
+    #[test]
+    fn unknown_service_is_an_empty_list() {
+        assert!(health_service("nope", b"[]").unwrap().is_empty());
+        assert!(health_service("nope", b"null").unwrap().is_empty());
+        assert!(health_service("web", b"{not json").is_err());
+    }
+
+    #[test]
+    fn catalog_services_tolerate_null_tags() {
+        let body = br#"{"consul":[],"web":["a","b"],"legacy":null,"bad name!":[]}"#;
+        let list = catalog_services(body).unwrap();
+        let names: Vec<_> = list.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(names, ["consul", "legacy", "web"]);
+        assert_eq!(list[2].tags, ["a", "b"]);
+        assert!(list[1].tags.is_empty());
+    }
+
+    /// `GET /v1/kv/app/?recurse` from Consul 1.8.7.
+    const KV_RECURSE: &str = r#"[{"LockIndex":0,"Key":"app/a","Flags":0,"Value":"aGVsbG8=","CreateIndex":14,"ModifyIndex":14},{"LockIndex":0,"Key":"app/empty","Flags":0,"Value":null,"CreateIndex":17,"ModifyIndex":17},{"LockIndex":0,"Key":"app/folder/","Flags":0,"Value":null,"CreateIndex":16,"ModifyIndex":16},{"LockIndex":0,"Key":"app/sub/b","Flags":0,"Value":"eA==","CreateIndex":15,"ModifyIndex":15}]"#;
+
+    #[test]
+    fn kv_recurse_decodes_values_and_skips_folders() {
+        let list = kv_keys(KV_RECURSE.as_bytes()).unwrap();
+        let pairs: Vec<_> = list
+            .iter()
+            .map(|kv| (kv.path.as_str(), kv.value.as_str()))
+            .collect();
+        assert_eq!(
+            pairs,
+            [("app/a", "hello"), ("app/empty", ""), ("app/sub/b", "x")]
+        );
+    }
+
+    #[test]
+    fn kv_single_key_decodes() {
+        let body = br#"[{"LockIndex":0,"Key":"app/a","Flags":0,"Value":"aGVsbG8=","CreateIndex":14,"ModifyIndex":14}]"#;
+        assert_eq!(kv_key("app/a", body).unwrap().as_deref(), Some("hello"));
+        let body = br#"[{"Key":"app/e","Value":null}]"#;
+        assert_eq!(kv_key("app/e", body).unwrap().as_deref(), Some(""));
+        assert_eq!(kv_key("app/e", b"[]").unwrap(), None);
+        assert!(kv_key("k", br#"[{"Key":"k","Value":"***"}]"#).is_err());
+        let latin1 = br#"[{"Key":"k","Value":"/w=="}]"#;
+        assert_eq!(kv_key("k", latin1).unwrap().as_deref(), Some("\u{fffd}"));
+    }
+
+    fn answer(status: u16, index: Option<&'static str>, body: &'static str) -> Answer<'static> {
+        Answer {
+            status,
+            index,
+            known_leader: Some("true"),
+            body: body.as_bytes(),
+        }
+    }
+
+    #[test]
+    fn missing_kv_is_an_answer_with_an_index() {
+        let key = Query::Key("missing".into());
+        let r = interpret(&key, "GET", answer(404, Some("17"), ""), false).unwrap();
+        assert_eq!(
+            r,
+            Reply {
+                index: 17,
+                data: Data::Key(None)
+            }
+        );
+        let keys = Query::Keys("missing/".into());
+        let r = interpret(&keys, "GET", answer(404, Some("17"), ""), false).unwrap();
+        assert_eq!(
+            r,
+            Reply {
+                index: 17,
+                data: Data::Keys(vec![])
+            }
+        );
+        // A 404 elsewhere is not "missing".
+        let svc = Query::Service("web".into());
+        assert!(interpret(&svc, "GET", answer(404, Some("17"), ""), false).is_err());
+    }
+
+    #[test]
+    fn index_header_is_required_and_zero_counts_as_one() {
+        let q = Query::Services;
+        let err = interpret(&q, "GET", answer(200, None, "{}"), false).unwrap_err();
+        assert!(matches!(err, CatalogError::Malformed { .. }), "{err}");
+        let err = interpret(&q, "GET", answer(200, Some("x1"), "{}"), false).unwrap_err();
+        assert!(matches!(err, CatalogError::Malformed { .. }), "{err}");
+        let r = interpret(&q, "GET", answer(200, Some("0"), "{}"), false).unwrap();
+        assert_eq!(r.index, 1);
+    }
+
+    #[test]
+    fn no_leader_is_an_outage() {
+        let q = Query::Services;
+        let mut a = answer(200, Some("5"), "{}");
+        a.known_leader = Some("false");
+        let err = interpret(&q, "GET", a, false).unwrap_err();
+        assert!(matches!(err, CatalogError::Unreachable { .. }), "{err}");
+        let err = interpret(&q, "GET", answer(500, None, "No cluster leader"), false).unwrap_err();
+        assert!(matches!(err, CatalogError::Unreachable { .. }), "{err}");
+        assert!(err.to_string().contains("No cluster leader"), "{err}");
+    }
+
+    #[test]
+    fn acl_refusals_are_denied_with_a_hint() {
+        let q = Query::Key("k".into());
+        let mut a = answer(403, Some("1"), "ACL not found");
+        a.known_leader = Some("false"); // 1.8.7 sends this with a bad token
+        let err = interpret(&q, "GET /v1/kv/k", a, true).unwrap_err();
+        let CatalogError::Denied { detail, hint, .. } = &err else {
+            panic!("{err}")
+        };
+        assert!(detail.contains("ACL not found"), "{detail}");
+        assert!(hint.contains("CONSUL_HTTP_TOKEN"), "{hint}");
+        assert!(!err.is_transient());
+    }
+
+    #[test]
+    fn long_bodies_are_cut_in_errors() {
+        let long = "é".repeat(1000);
+        let s = snippet(long.as_bytes());
+        assert!(s.chars().count() <= 203, "{}", s.len());
+        assert!(s.ends_with("..."));
+    }
+}

@@ -1,0 +1,725 @@
+//! The Consul backend: blocking queries against a Consul agent's HTTP API, and the agent's
+//! service registration with TTL checks.
+//!
+//! Most of rewire's users come from consul-template and ContainerPilot, so this backend
+//! follows Consul's documented contract to the letter, as 1.8.7 implements it:
+//!
+//! - `service(name)` reads `/v1/health/service/<name>` without `?passing`: every instance
+//!   with the worst status of its checks (the node's `serfHealth` included), so templates can
+//!   filter by status on one shared watch. `services()` reads `/v1/catalog/services`,
+//!   `key`/`keys` read `/v1/kv/<path>` (`?recurse`); `dc` and `stale` apply to every read.
+//! - Each distinct query holds one long poll (see [`poll`]); one HTTP/1.1 client with TCP
+//!   keepalive serves them all. Read timeouts exceed `wait` plus Consul's wait/16 jitter.
+//! - ACLs can't be detected from query results (a bad token reads as "no services"), so
+//!   [`Catalog::preflight`] asks `/v1/acl/token/self` before anything is rendered.
+//! - The token travels only in the `X-Consul-Token` header, marked sensitive; URLs, errors,
+//!   logs and `Debug` never contain it. Redirects are not followed (they would carry it).
+//!
+//! Decoding lives in [`decode`] and connection settings in [`settings`], both pure and
+//! unit-tested; `tests/consul.rs` runs everything against a real agent.
+
+mod decode;
+mod poll;
+mod settings;
+
+use std::borrow::Cow;
+use std::collections::BTreeSet;
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use reqwest::header::{HeaderMap, HeaderValue};
+use reqwest::{Method, Url};
+use serde_json::json;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tracing::debug;
+
+use self::decode::{Answer, BACKEND, Reply};
+use self::poll::{Pace, Source};
+use crate::catalog::{Catalog, CatalogError, Data, Query, Registration, Status};
+use crate::config::{CatalogConfig, ConsulSettings};
+use crate::store::Store;
+
+/// Consul caps `wait` at 10 minutes; below a second, blocking makes no sense.
+const MAX_WAIT: Duration = Duration::from_secs(600);
+const MIN_WAIT: Duration = Duration::from_secs(1);
+
+/// Added to `wait + wait/16` for a blocking read's timeout: the agent may hold the request
+/// that long, plus the time to forward it to a server and send a large answer.
+const BLOCK_MARGIN: Duration = Duration::from_secs(15);
+
+/// Timeout of a non-blocking read.
+const READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Timeout of agent writes (register, deregister, TTL updates) and of the preflight check.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Check output sent with TTL updates; Consul keeps 4 KiB (`check_output_max_size`).
+pub const MAX_CHECK_OUTPUT: usize = 4096;
+
+/// Answers bigger than this are decoded off the async workers (1 000 instances is ~1.5 MB).
+const BIG_BODY: usize = 256 * 1024;
+
+/// How many reads [`Catalog::fetch_many`] runs at once (each needs a connection).
+const FETCH_CONCURRENCY: usize = 16;
+
+/// A Consul agent as a [`Catalog`].
+pub struct ConsulCatalog {
+    agent: Arc<Agent>,
+    pace: Pace,
+}
+
+/// The HTTP side: one client, the agent's address, the token as a ready header.
+struct Agent {
+    http: reqwest::Client,
+    /// Requests go here (the address, or the TLS server name; see `settings::build_client`).
+    base: Url,
+    /// The address as configured, for messages.
+    address: Url,
+    /// `X-Consul-Token`, marked sensitive so that no `Debug` shows it.
+    token: Option<HeaderValue>,
+    datacenter: Option<String>,
+    stale: bool,
+    wait: Duration,
+}
+
+impl ConsulCatalog {
+    /// Connects (lazily: nothing is sent yet) to the agent described by `settings`, falling
+    /// back to Consul's environment variables for what the config leaves unset.
+    pub fn new(
+        settings: &ConsulSettings,
+        catalog: &CatalogConfig,
+    ) -> Result<ConsulCatalog, CatalogError> {
+        Self::with_env(settings, catalog, &|name| std::env::var(name).ok())
+    }
+
+    /// [`ConsulCatalog::new`] with the environment given as a lookup function (tests).
+    pub fn with_env(
+        settings: &ConsulSettings,
+        catalog: &CatalogConfig,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<ConsulCatalog, CatalogError> {
+        let resolved = settings::resolve(settings, env)?;
+        let (http, base) = settings::build_client(&resolved)?;
+        let token = match &resolved.token {
+            None => None,
+            Some(secret) => {
+                let mut value = HeaderValue::from_str(secret.expose()).map_err(|_| {
+                    CatalogError::Unsupported(
+                        "consul settings: the ACL token holds characters that cannot be sent in \
+                         an HTTP header"
+                            .into(),
+                    )
+                })?;
+                value.set_sensitive(true);
+                Some(value)
+            }
+        };
+        let wait = catalog.block_wait.clamp(MIN_WAIT, MAX_WAIT);
+        let agent = Agent {
+            http,
+            base,
+            address: resolved.address,
+            token,
+            datacenter: resolved.datacenter,
+            stale: resolved.stale,
+            wait,
+        };
+        Ok(ConsulCatalog {
+            agent: Arc::new(agent),
+            pace: Pace {
+                wait,
+                retry: catalog.retry.clone(),
+            },
+        })
+    }
+}
+
+impl fmt::Debug for ConsulCatalog {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ConsulCatalog")
+            .field("address", &self.agent.address.as_str())
+            .field("datacenter", &self.agent.datacenter)
+            .field("stale", &self.agent.stale)
+            .field("token", &self.agent.token.as_ref().map(|_| "<redacted>"))
+            .field("wait", &self.agent.wait)
+            .finish()
+    }
+}
+
+impl Agent {
+    fn describe(&self) -> String {
+        let mut s = format!("consul at {}", self.address.as_str().trim_end_matches('/'));
+        let mut extras = Vec::new();
+        if let Some(dc) = &self.datacenter {
+            extras.push(format!("datacenter {dc}"));
+        }
+        if self.stale {
+            extras.push("stale reads".to_string());
+        }
+        if self.token.is_some() {
+            extras.push("ACL token set".to_string());
+        }
+        if !extras.is_empty() {
+            s.push_str(&format!(" ({})", extras.join(", ")));
+        }
+        s
+    }
+
+    /// `<base>/v1/<segments...>`, each segment percent-encoded.
+    fn url<'a>(&self, segments: impl IntoIterator<Item = &'a str>) -> Url {
+        let mut url = self.base.clone();
+        url.path_segments_mut()
+            .expect("http(s) URLs always have a path")
+            .pop_if_empty()
+            .push("v1")
+            .extend(segments);
+        url
+    }
+
+    /// The URL of one read of `query`; `index` > 0 makes it a blocking query.
+    fn read_url(&self, query: &Query, index: u64) -> Url {
+        let mut url = match query {
+            Query::Service(name) => self.url(["health", "service", name.as_str()]),
+            Query::Services => self.url(["catalog", "services"]),
+            Query::Key(path) | Query::Keys(path) => {
+                self.url(std::iter::once("kv").chain(path.trim_start_matches('/').split('/')))
+            }
+        };
+        {
+            let mut q = url.query_pairs_mut();
+            if let Some(dc) = &self.datacenter {
+                q.append_pair("dc", dc);
+            }
+            if self.stale {
+                q.append_key_only("stale");
+            }
+            if matches!(query, Query::Keys(_)) {
+                q.append_key_only("recurse");
+            }
+            if index > 0 {
+                q.append_pair("index", &index.to_string());
+                q.append_pair("wait", &go_duration(self.wait));
+            }
+        }
+        if url.query() == Some("") {
+            url.set_query(None);
+        }
+        url
+    }
+
+    fn request(&self, method: Method, url: Url) -> reqwest::RequestBuilder {
+        let req = self.http.request(method, url);
+        match &self.token {
+            Some(token) => req.header("X-Consul-Token", token.clone()),
+            None => req,
+        }
+    }
+
+    /// Sends a request and reads the whole answer; transport failures are `Unreachable`.
+    async fn exchange(
+        &self,
+        what: &str,
+        req: reqwest::RequestBuilder,
+        timeout: Duration,
+    ) -> Result<(u16, HeaderMap, Vec<u8>), CatalogError> {
+        let resp = req
+            .timeout(timeout)
+            .send()
+            .await
+            .map_err(|e| transport(what, &e))?;
+        let status = resp.status().as_u16();
+        let headers = resp.headers().clone();
+        let body = Vec::from(resp.bytes().await.map_err(|e| transport(what, &e))?);
+        Ok((status, headers, body))
+    }
+
+    async fn read_once(&self, query: &Query, index: u64) -> Result<Reply, CatalogError> {
+        let url = self.read_url(query, index);
+        let what = format!("GET {}", url.path());
+        let timeout = if index > 0 {
+            self.wait + self.wait / 16 + BLOCK_MARGIN
+        } else {
+            READ_TIMEOUT
+        };
+        let req = self.request(Method::GET, url);
+        let (status, headers, body) = self.exchange(&what, req, timeout).await?;
+        let index = header(&headers, "x-consul-index").map(str::to_owned);
+        let leader = header(&headers, "x-consul-knownleader").map(str::to_owned);
+        let token_set = self.token.is_some();
+        let big = body.len() > BIG_BODY;
+        let interpret = move |query: &Query| {
+            decode::interpret(
+                query,
+                &what,
+                Answer {
+                    status,
+                    index: index.as_deref(),
+                    known_leader: leader.as_deref(),
+                    body: &body,
+                },
+                token_set,
+            )
+        };
+        if big {
+            let query = query.clone();
+            tokio::task::spawn_blocking(move || interpret(&query))
+                .await
+                .map_err(|e| CatalogError::Malformed {
+                    backend: BACKEND.into(),
+                    detail: format!("decoding failed: {e}"),
+                })?
+        } else {
+            interpret(query)
+        }
+    }
+
+    async fn put(
+        &self,
+        what: &str,
+        url: Url,
+        body: Option<serde_json::Value>,
+    ) -> Result<(u16, Vec<u8>), CatalogError> {
+        let mut req = self.request(Method::PUT, url);
+        if let Some(body) = body {
+            req = req.json(&body);
+        }
+        let (status, _, body) = self.exchange(what, req, WRITE_TIMEOUT).await?;
+        Ok((status, body))
+    }
+}
+
+fn header<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
+    headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+impl Source for Agent {
+    async fn read(&self, query: &Query, index: u64) -> Result<Reply, CatalogError> {
+        self.read_once(query, index).await
+    }
+}
+
+/// A transport failure, described by its causes: reqwest's own message holds the URL, which
+/// adds nothing to `what` (method and path).
+fn transport(what: &str, e: &reqwest::Error) -> CatalogError {
+    let mut detail = String::from(if e.is_timeout() {
+        "timed out"
+    } else if e.is_connect() {
+        "cannot connect"
+    } else {
+        "request failed"
+    });
+    let mut source = std::error::Error::source(e);
+    while let Some(cause) = source {
+        detail.push_str(": ");
+        detail.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    let detail = format!("{what}: {detail}");
+    match tls_hint(&detail) {
+        // A TLS setup problem: retrying will not help, the settings must change.
+        Some(hint) => CatalogError::Denied {
+            backend: BACKEND.into(),
+            detail,
+            hint: hint.into(),
+        },
+        None => CatalogError::Unreachable {
+            backend: BACKEND.into(),
+            detail,
+        },
+    }
+}
+
+/// Recognises TLS setup mistakes in a transport error (rustls's messages, as reqwest passes
+/// them on) and names the setting that fixes each.
+fn tls_hint(detail: &str) -> Option<&'static str> {
+    if detail.contains("invalid peer certificate") {
+        Some(
+            "the agent's TLS certificate was not accepted: give its CA in [catalog.tls] ca or              CONSUL_CACERT and the name it was issued for in server_name or              CONSUL_TLS_SERVER_NAME (verify = false / CONSUL_HTTP_SSL_VERIFY=false turns              checking off; for tests only)",
+        )
+    } else if [
+        "BadCertificate",
+        "CertificateRequired",
+        "UnknownCA",
+        "HandshakeFailure",
+    ]
+    .iter()
+    .any(|alert| detail.contains(&format!("fatal alert: {alert}")))
+    {
+        Some(
+            "the agent refused the TLS handshake; it probably requires a client certificate              (verify_incoming): set [catalog.tls] cert and key or CONSUL_CLIENT_CERT and              CONSUL_CLIENT_KEY",
+        )
+    } else if detail.contains("InvalidContentType") || detail.contains("corrupt message") {
+        Some("the agent does not speak TLS on this port: use http:// or the agent's https port")
+    } else {
+        None
+    }
+}
+
+/// A Go duration string, which is what Consul parses (`60000ms`).
+fn go_duration(d: Duration) -> String {
+    format!("{}ms", d.as_millis().max(1))
+}
+
+/// The id of the one TTL check each registration carries (Consul's own default for a
+/// service's single check).
+pub fn check_id(service_id: &str) -> String {
+    format!("service:{service_id}")
+}
+
+/// The body of `PUT /v1/agent/service/register`.
+fn registration_body(reg: &Registration) -> serde_json::Value {
+    json!({
+        "ID": reg.id,
+        "Name": reg.name,
+        "Address": reg.address,
+        "Port": reg.port,
+        "Tags": reg.tags,
+        "Meta": reg.meta,
+        "Check": {
+            "CheckID": check_id(&reg.id),
+            "Name": format!("{} health (rewire)", reg.name),
+            "TTL": go_duration(reg.ttl),
+            "DeregisterCriticalServiceAfter": go_duration(reg.deregister_after),
+            "Status": reg.status.as_str(),
+        },
+    })
+}
+
+/// Cuts check output to what Consul keeps, on a character boundary, saying so.
+pub fn truncate_output(note: &str, max: usize) -> Cow<'_, str> {
+    const MARK: &str = "\n... (output truncated by rewire)";
+    if note.len() <= max {
+        return Cow::Borrowed(note);
+    }
+    let mut cut = max.saturating_sub(MARK.len());
+    while !note.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    Cow::Owned(format!("{}{MARK}", &note[..cut]))
+}
+
+/// The verdict on `GET /v1/acl/token/self`.
+fn preflight_verdict(status: u16, body: &[u8], token_set: bool) -> Result<(), CatalogError> {
+    const WHAT: &str = "GET /v1/acl/token/self";
+    let text = String::from_utf8_lossy(body);
+    // 1.8.7 answers 401 with this body when ACLs are off: nothing to check then.
+    if text.contains("ACL support disabled") || (200..300).contains(&status) {
+        return Ok(());
+    }
+    if matches!(status, 401 | 403)
+        || text.contains("ACL not found")
+        || text.contains("Permission denied")
+    {
+        return Err(CatalogError::Denied {
+            backend: BACKEND.into(),
+            detail: format!("{WHAT} answered {status}: {}", decode::snippet(body)),
+            hint: decode::token_hint(token_set),
+        });
+    }
+    Err(decode::status_error(WHAT, status, body, token_set))
+}
+
+#[async_trait]
+impl Catalog for ConsulCatalog {
+    fn describe(&self) -> String {
+        self.agent.describe()
+    }
+
+    async fn preflight(&self) -> Result<(), CatalogError> {
+        let req = self
+            .agent
+            .request(Method::GET, self.agent.url(["acl", "token", "self"]));
+        let (status, _, body) = self
+            .agent
+            .exchange("GET /v1/acl/token/self", req, WRITE_TIMEOUT)
+            .await?;
+        preflight_verdict(status, &body, self.agent.token.is_some())
+    }
+
+    async fn fetch(&self, query: &Query) -> Result<Data, CatalogError> {
+        self.agent.read_once(query, 0).await.map(|r| r.data)
+    }
+
+    async fn fetch_many(&self, queries: &[Query]) -> Vec<(Query, Result<Data, CatalogError>)> {
+        let mut results: Vec<Option<Result<Data, CatalogError>>> =
+            queries.iter().map(|_| None).collect();
+        let mut tasks = tokio::task::JoinSet::new();
+        let mut next = 0;
+        loop {
+            while next < queries.len() && tasks.len() < FETCH_CONCURRENCY {
+                let agent = self.agent.clone();
+                let query = queries[next].clone();
+                let i = next;
+                tasks.spawn(async move { (i, agent.read_once(&query, 0).await.map(|r| r.data)) });
+                next += 1;
+            }
+            match tasks.join_next().await {
+                Some(Ok((i, result))) => results[i] = Some(result),
+                Some(Err(e)) => debug!(error = %e, "consul fetch task failed"),
+                None => break,
+            }
+        }
+        queries
+            .iter()
+            .zip(results)
+            .map(|(q, r)| {
+                let r = r.unwrap_or_else(|| {
+                    Err(CatalogError::Unreachable {
+                        backend: BACKEND.into(),
+                        detail: format!("reading {q} was interrupted"),
+                    })
+                });
+                (q.clone(), r)
+            })
+            .collect()
+    }
+
+    async fn watch(
+        &self,
+        wanted: watch::Receiver<BTreeSet<Query>>,
+        store: Arc<Store>,
+        stop: CancellationToken,
+    ) {
+        poll::reconcile(
+            self.agent.clone(),
+            wanted,
+            store,
+            stop,
+            self.pace.clone(),
+            self.describe(),
+        )
+        .await;
+    }
+
+    async fn register(&self, reg: &Registration) -> Result<(), CatalogError> {
+        const WHAT: &str = "PUT /v1/agent/service/register";
+        let url = self.agent.url(["agent", "service", "register"]);
+        let (status, body) = self
+            .agent
+            .put(WHAT, url, Some(registration_body(reg)))
+            .await?;
+        match status {
+            200..=299 => Ok(()),
+            400 => Err(CatalogError::Denied {
+                backend: BACKEND.into(),
+                detail: format!("{WHAT} answered 400: {}", decode::snippet(&body)),
+                hint: format!(
+                    "Consul rejected the definition of service {:?}: check its [[service]] block",
+                    reg.name
+                ),
+            }),
+            _ => Err(decode::status_error(
+                WHAT,
+                status,
+                &body,
+                self.agent.token.is_some(),
+            )),
+        }
+    }
+
+    async fn deregister(&self, reg: &Registration) -> Result<(), CatalogError> {
+        let url = self
+            .agent
+            .url(["agent", "service", "deregister", reg.id.as_str()]);
+        let what = format!("PUT {}", url.path());
+        let (status, body) = self.agent.put(&what, url, None).await?;
+        // 1.8.7 answers 200 for an unknown id; later versions 404 "Unknown service ID".
+        if (200..300).contains(&status)
+            || status == 404
+            || String::from_utf8_lossy(&body).contains("Unknown service")
+        {
+            return Ok(());
+        }
+        Err(decode::status_error(
+            &what,
+            status,
+            &body,
+            self.agent.token.is_some(),
+        ))
+    }
+
+    async fn update_ttl(
+        &self,
+        reg: &Registration,
+        status: Status,
+        note: &str,
+    ) -> Result<(), CatalogError> {
+        let check = check_id(&reg.id);
+        let url = self.agent.url(["agent", "check", "update", check.as_str()]);
+        let what = format!("PUT {}", url.path());
+        let body = json!({
+            "Status": status.as_str(),
+            "Output": truncate_output(note, MAX_CHECK_OUTPUT),
+        });
+        let (code, answer) = self.agent.put(&what, url, Some(body)).await?;
+        match code {
+            200..=299 => Ok(()),
+            401 | 403 => Err(decode::status_error(
+                &what,
+                code,
+                &answer,
+                self.agent.token.is_some(),
+            )),
+            // 1.8.7: 500 "CheckID ... does not have associated TTL" once the agent forgot the
+            // check (restart); later versions 404 "Unknown check ID". Any other refusal is
+            // also best answered by registering again.
+            _ => Err(CatalogError::NotRegistered {
+                backend: BACKEND.into(),
+                id: reg.id.clone(),
+                detail: format!("{what} answered {code}: {}", decode::snippet(&answer)),
+            }),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::config::{Backend, Retry, Secret};
+
+    fn catalog_config(settings: &ConsulSettings) -> CatalogConfig {
+        CatalogConfig {
+            backend: Backend::Consul(settings.clone()),
+            block_wait: Duration::from_secs(60),
+            retry: Retry {
+                base: Duration::from_millis(250),
+                max: Duration::from_secs(30),
+            },
+            deregister_after: Duration::from_secs(600),
+        }
+    }
+
+    fn catalog(settings: ConsulSettings) -> ConsulCatalog {
+        let cfg = catalog_config(&settings);
+        ConsulCatalog::with_env(&settings, &cfg, &|_| None).unwrap()
+    }
+
+    #[test]
+    fn read_urls_carry_blocking_params_dc_and_stale() {
+        let c = catalog(ConsulSettings {
+            address: Some("http://127.0.0.1:8500".into()),
+            datacenter: Some("dc2".into()),
+            stale: true,
+            ..ConsulSettings::default()
+        });
+        let a = &c.agent;
+        assert_eq!(
+            a.read_url(&Query::Service("web".into()), 0).as_str(),
+            "http://127.0.0.1:8500/v1/health/service/web?dc=dc2&stale"
+        );
+        assert_eq!(
+            a.read_url(&Query::Keys("app/".into()), 42).as_str(),
+            "http://127.0.0.1:8500/v1/kv/app/?dc=dc2&stale&recurse&index=42&wait=60000ms"
+        );
+    }
+
+    #[test]
+    fn path_segments_are_escaped() {
+        let c = catalog(ConsulSettings {
+            address: Some("https://proxy.example/consul/".into()),
+            ..ConsulSettings::default()
+        });
+        let a = &c.agent;
+        assert_eq!(
+            a.read_url(&Query::Key("/app/a b?c#d%".into()), 0).as_str(),
+            "https://proxy.example/consul/v1/kv/app/a%20b%3Fc%23d%25"
+        );
+        assert_eq!(
+            a.read_url(&Query::Services, 0).as_str(),
+            "https://proxy.example/consul/v1/catalog/services"
+        );
+        assert_eq!(
+            a.read_url(&Query::Keys(String::new()), 0).as_str(),
+            "https://proxy.example/consul/v1/kv/?recurse"
+        );
+    }
+
+    #[test]
+    fn blocking_wait_is_clamped_to_consul_maximum() {
+        let settings = ConsulSettings::default();
+        let mut cfg = catalog_config(&settings);
+        cfg.block_wait = Duration::from_secs(3600);
+        let c = ConsulCatalog::with_env(&settings, &cfg, &|_| None).unwrap();
+        assert_eq!(c.agent.wait, MAX_WAIT);
+    }
+
+    #[test]
+    fn token_is_never_shown() {
+        let c = catalog(ConsulSettings {
+            token: Some(Secret::new("s3cr3t-token")),
+            ..ConsulSettings::default()
+        });
+        let shown = format!("{c:?} {}", c.describe());
+        assert!(!shown.contains("s3cr3t"), "{shown}");
+        assert!(shown.contains("ACL token set"), "{shown}");
+        let req = c
+            .agent
+            .request(Method::GET, c.agent.url(["agent", "self"]))
+            .build()
+            .unwrap();
+        let value = req.headers().get("X-Consul-Token").unwrap();
+        assert!(value.is_sensitive());
+        assert!(!format!("{req:?}").contains("s3cr3t"));
+        assert!(!req.url().as_str().contains("s3cr3t"));
+    }
+
+    #[test]
+    fn registration_has_one_ttl_check() {
+        let reg = Registration {
+            id: "web-h-80".into(),
+            name: "web".into(),
+            address: "10.0.0.5".into(),
+            port: 80,
+            tags: vec!["edge".into()],
+            meta: BTreeMap::from([("v".to_string(), "1".to_string())]),
+            ttl: Duration::from_secs(25),
+            deregister_after: Duration::from_secs(600),
+            status: Status::Critical,
+        };
+        assert_eq!(
+            registration_body(&reg),
+            json!({
+                "ID": "web-h-80", "Name": "web", "Address": "10.0.0.5", "Port": 80,
+                "Tags": ["edge"], "Meta": {"v": "1"},
+                "Check": {
+                    "CheckID": "service:web-h-80", "Name": "web health (rewire)",
+                    "TTL": "25000ms", "DeregisterCriticalServiceAfter": "600000ms",
+                    "Status": "critical",
+                },
+            })
+        );
+    }
+
+    #[test]
+    fn check_output_is_cut_on_a_char_boundary() {
+        assert_eq!(truncate_output("short", 4096), "short");
+        let long = "é".repeat(5000);
+        let cut = truncate_output(&long, 4096);
+        assert!(cut.len() <= 4096, "{}", cut.len());
+        assert!(cut.ends_with("(output truncated by rewire)"));
+    }
+
+    #[test]
+    fn preflight_verdicts_follow_real_agent_answers() {
+        // ACLs off (1.8.7: 401 with this body).
+        assert!(preflight_verdict(401, b"ACL support disabled", false).is_ok());
+        assert!(preflight_verdict(200, br#"{"AccessorID":"x"}"#, true).is_ok());
+        for (status, body, token_set) in [
+            (403, &b"ACL not found"[..], false),
+            (403, b"ACL not found", true),
+            (403, b"Permission denied", true),
+            (500, b"rpc error: ACL not found", true),
+        ] {
+            let err = preflight_verdict(status, body, token_set).unwrap_err();
+            assert!(matches!(err, CatalogError::Denied { .. }), "{err}");
+            assert!(err.to_string().contains("CONSUL_HTTP_TOKEN"), "{err}");
+        }
+        let err = preflight_verdict(500, b"No cluster leader", true).unwrap_err();
+        assert!(matches!(err, CatalogError::Unreachable { .. }), "{err}");
+    }
+}

@@ -1,0 +1,366 @@
+//! A real Consul agent (`consul agent -dev`, 1.8.7 from Debian bullseye via scripts/get-consul)
+//! on free loopback ports. `-dev` keeps the catalog in memory: `restart()` (same ports, same data
+//! dir, so the same node id) starts from an empty state with the raft index reset.
+
+use super::http::{self, Response};
+use super::ports::{addr, free_port_tcp_udp};
+use super::process::{Daemon, temp_dir};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+/// How long a start or restart may take before it counts as failed.
+pub const READY_TIMEOUT: Duration = Duration::from_secs(60);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConsulPorts {
+    pub http: u16,
+    pub dns: u16,
+    pub serf_lan: u16,
+    pub serf_wan: u16,
+    pub server: u16,
+    pub grpc: u16,
+}
+
+impl ConsulPorts {
+    fn pick() -> ConsulPorts {
+        ConsulPorts {
+            http: free_port_tcp_udp(),
+            dns: free_port_tcp_udp(),
+            serf_lan: free_port_tcp_udp(),
+            serf_wan: free_port_tcp_udp(),
+            server: free_port_tcp_udp(),
+            grpc: free_port_tcp_udp(),
+        }
+    }
+}
+
+pub struct Consul {
+    bin: PathBuf,
+    ports: ConsulPorts,
+    acl_master: Option<String>,
+    extra_hcl: Vec<String>,
+    daemon: Option<Daemon>,
+    dir: tempfile::TempDir,
+}
+
+impl Consul {
+    /// The consul binary: `$REWIRE_CONSUL_BIN`, else
+    /// `${REWIRE_TEST_CACHE:-$HOME/.cache/rewire-test}/bin/consul`, else `consul` on PATH.
+    pub fn binary() -> Option<PathBuf> {
+        let cache = std::env::var_os("REWIRE_TEST_CACHE")
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+            .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".cache/rewire-test")));
+        let extra: Vec<PathBuf> = cache.into_iter().map(|c| c.join("bin/consul")).collect();
+        super::find_binary("consul", Some("REWIRE_CONSUL_BIN"), &extra)
+    }
+
+    /// Starts a dev agent, or returns `None` after a loud SKIPPED message when Consul is not
+    /// available (panics instead under `REWIRE_REQUIRE_COMPONENTS=1`, except when
+    /// `REWIRE_SKIP_CONSUL=1` says the archive holding Consul was unreachable).
+    #[track_caller]
+    pub fn try_start() -> Option<Consul> {
+        Self::try_start_with(None, &[])
+    }
+
+    /// Like [`Consul::try_start`] with ACLs on: default policy deny, `master_token` as the
+    /// bootstrap (master) token, also used as the agent token.
+    #[track_caller]
+    pub fn try_start_with_acl(master_token: &str) -> Option<Consul> {
+        Self::try_start_with(Some(master_token), &[])
+    }
+
+    /// The general form: optional ACL master token and extra `-hcl` snippets.
+    #[track_caller]
+    pub fn try_start_with(acl_master: Option<&str>, extra_hcl: &[&str]) -> Option<Consul> {
+        if super::env_flag("REWIRE_SKIP_CONSUL") {
+            return super::skip(
+                "consul",
+                "skipped by REWIRE_SKIP_CONSUL=1 (the Debian archive holding Consul was unreachable)",
+                true,
+            );
+        }
+        let Some(bin) = Self::binary() else {
+            return super::skip(
+                "consul",
+                "binary not found (set REWIRE_CONSUL_BIN or run scripts/get-consul)",
+                false,
+            );
+        };
+        let extra: Vec<String> = extra_hcl.iter().map(|s| s.to_string()).collect();
+        Some(super::start_with_retries("consul agent -dev", |_| {
+            let mut c = Consul {
+                bin: bin.clone(),
+                ports: ConsulPorts::pick(),
+                acl_master: acl_master.map(str::to_string),
+                extra_hcl: extra.clone(),
+                daemon: None,
+                dir: temp_dir("consul"),
+            };
+            c.spawn_and_wait().map(|()| c)
+        }))
+    }
+
+    /// Starts a dev agent; panics when Consul is unavailable (prefer `try_start` in tests).
+    #[track_caller]
+    pub fn start() -> Consul {
+        Self::try_start().expect("consul is not available")
+    }
+
+    /// Starts a dev agent with ACLs (see [`Consul::try_start_with_acl`]); panics when unavailable.
+    #[track_caller]
+    pub fn start_with_acl(master_token: &str) -> Consul {
+        Self::try_start_with_acl(master_token).expect("consul is not available")
+    }
+
+    fn args(&self) -> Vec<String> {
+        let p = &self.ports;
+        let mut hcl = vec![
+            format!(
+                "ports {{ http = {} dns = {} serf_lan = {} serf_wan = {} server = {} grpc = {} https = -1 }}",
+                p.http, p.dns, p.serf_lan, p.serf_wan, p.server, p.grpc
+            ),
+            r#"check_update_interval = "0s""#.to_string(),
+            "disable_update_check = true".to_string(),
+        ];
+        if let Some(t) = &self.acl_master {
+            hcl.push(format!(
+                r#"acl {{ enabled = true default_policy = "deny" down_policy = "extend-cache" enable_token_persistence = false tokens {{ master = "{t}" agent = "{t}" }} }}"#
+            ));
+        }
+        hcl.extend(self.extra_hcl.iter().cloned());
+        let mut args: Vec<String> = [
+            "agent",
+            "-dev",
+            "-bind",
+            "127.0.0.1",
+            "-client",
+            "127.0.0.1",
+            "-node",
+            "rewire-test",
+            "-log-level",
+            "debug",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        args.push("-data-dir".into());
+        args.push(self.data_dir().display().to_string());
+        for h in hcl {
+            args.push("-hcl".into());
+            args.push(h);
+        }
+        args
+    }
+
+    fn spawn_and_wait(&mut self) -> Result<(), String> {
+        std::fs::create_dir_all(self.data_dir()).map_err(|e| format!("create data dir: {e}"))?;
+        let mut cmd = Command::new(&self.bin);
+        cmd.args(self.args()).current_dir(self.dir.path());
+        let log = self.log_path();
+        let mut d = Daemon::spawn("consul", cmd, &log)
+            .map_err(|e| format!("spawn {}: {e}", self.bin.display()))?;
+        let http_addr = self.http_addr();
+        let token = self.acl_master.clone();
+        let res = d.wait_ready(READY_TIMEOUT, || ready(&http_addr, token.as_deref()));
+        self.daemon = Some(d);
+        if res.is_err() {
+            self.kill();
+        }
+        res
+    }
+
+    /// "127.0.0.1:PORT" of the HTTP API (what `CONSUL_HTTP_ADDR` takes).
+    pub fn http_addr(&self) -> String {
+        addr(self.ports.http)
+    }
+
+    /// "http://127.0.0.1:PORT".
+    pub fn http_url(&self) -> String {
+        format!("http://{}", self.http_addr())
+    }
+
+    pub fn ports(&self) -> ConsulPorts {
+        self.ports
+    }
+
+    /// The ACL master token, when started with ACLs.
+    pub fn token(&self) -> Option<&str> {
+        self.acl_master.as_deref()
+    }
+
+    /// The harness's temp dir (holds `consul.log` and `data/`).
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.path().join("consul.log")
+    }
+
+    pub fn log_tail(&self, n: usize) -> String {
+        super::process::tail(&self.log_path(), n)
+    }
+
+    /// PID of the running agent.
+    pub fn pid(&self) -> Option<u32> {
+        self.daemon.as_ref().map(Daemon::pid)
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        self.daemon.as_mut().is_some_and(Daemon::is_running)
+    }
+
+    /// SIGKILLs the agent (no graceful leave). Idempotent.
+    pub fn kill(&mut self) {
+        if let Some(mut d) = self.daemon.take() {
+            d.kill();
+        }
+    }
+
+    /// Kills the agent if running and starts it again on the same ports and data dir; waits
+    /// until it has a leader again. `-dev` state is in memory: everything registered is gone and
+    /// the index starts over. Panics (with the log) when it does not come back.
+    #[track_caller]
+    pub fn restart(&mut self) {
+        self.kill();
+        let mut last = String::new();
+        for _ in 0..super::START_ATTEMPTS {
+            match self.spawn_and_wait() {
+                Ok(()) => return,
+                Err(report) => last = report,
+            }
+        }
+        panic!("consul did not come back after restart:\n{last}");
+    }
+
+    fn headers(&self) -> Vec<(&str, &str)> {
+        self.acl_master
+            .as_deref()
+            .map(|t| ("X-Consul-Token", t))
+            .into_iter()
+            .collect()
+    }
+
+    /// GET against the agent (with the master token when ACLs are on); panics on I/O errors.
+    #[track_caller]
+    pub fn get(&self, path: &str) -> Response {
+        http::get_with(&self.http_addr(), path, &self.headers())
+    }
+
+    /// PUT against the agent (with the master token when ACLs are on); panics on I/O errors.
+    #[track_caller]
+    pub fn put(&self, path: &str, body: impl AsRef<[u8]>) -> Response {
+        http::put_with(&self.http_addr(), path, &self.headers(), body)
+    }
+
+    /// PUT that must answer 200; returns the body.
+    #[track_caller]
+    pub fn put_ok(&self, path: &str, body: impl AsRef<[u8]>) -> String {
+        let r = self.put(path, body);
+        assert_eq!(r.status, 200, "PUT {path} -> {} {}", r.status, r.text());
+        r.text()
+    }
+
+    /// Registers a service with the agent (`/v1/agent/service/register`, JSON body).
+    #[track_caller]
+    pub fn register_service(&self, json: &str) {
+        self.put_ok("/v1/agent/service/register", json);
+    }
+
+    /// Deregisters a service by id.
+    #[track_caller]
+    pub fn deregister_service(&self, id: &str) {
+        self.put_ok(
+            &format!("/v1/agent/service/deregister/{}", http::urlencode(id)),
+            "",
+        );
+    }
+
+    /// Sets a TTL check's status: `status` is "pass", "warn" or "fail".
+    #[track_caller]
+    pub fn ttl_update(&self, check_id: &str, status: &str, output: &str) {
+        self.put_ok(
+            &format!(
+                "/v1/agent/check/{status}/{}?note={}",
+                http::urlencode(check_id),
+                http::urlencode(output)
+            ),
+            "",
+        );
+    }
+
+    /// Writes a KV pair.
+    #[track_caller]
+    pub fn kv_put(&self, key: &str, value: impl AsRef<[u8]>) {
+        let out = self.put_ok(&format!("/v1/kv/{key}"), value);
+        assert_eq!(out.trim(), "true", "KV put {key} -> {out}");
+    }
+
+    /// Deletes a KV key (`recurse` deletes the prefix).
+    #[track_caller]
+    pub fn kv_delete(&self, key: &str, recurse: bool) {
+        let q = if recurse { "?recurse" } else { "" };
+        let r = http::request(
+            &self.http_addr(),
+            "DELETE",
+            &format!("/v1/kv/{key}{q}"),
+            &self.headers(),
+            None,
+            http::DEFAULT_TIMEOUT,
+        )
+        .expect("KV delete");
+        assert_eq!(
+            r.status,
+            200,
+            "KV delete {key} -> {} {}",
+            r.status,
+            r.text()
+        );
+    }
+
+    /// `X-Consul-Index` of a GET (panics when absent).
+    #[track_caller]
+    pub fn index_of(&self, path: &str) -> u64 {
+        let r = self.get(path);
+        r.header("X-Consul-Index")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("GET {path}: no X-Consul-Index ({} {})", r.status, r.text()))
+    }
+}
+
+/// Readiness: a leader is known (non-empty quoted string), the agent's node is in the catalog,
+/// and with ACLs the master token resolves.
+fn ready(http_addr: &str, token: Option<&str>) -> bool {
+    let t = Duration::from_secs(2);
+    let leader = match http::request(http_addr, "GET", "/v1/status/leader", &[], None, t) {
+        Ok(r) if r.status == 200 => r.text(),
+        _ => return false,
+    };
+    let leader = leader.trim();
+    if leader.len() <= 2 || !leader.starts_with('"') {
+        return false;
+    }
+    let headers: Vec<(&str, &str)> = token.map(|t| ("X-Consul-Token", t)).into_iter().collect();
+    if token.is_some() {
+        match http::request(http_addr, "GET", "/v1/acl/token/self", &headers, None, t) {
+            Ok(r) if r.status == 200 => {}
+            _ => return false,
+        }
+    }
+    match http::request(http_addr, "GET", "/v1/catalog/nodes", &headers, None, t) {
+        Ok(r) if r.status == 200 => r.text().contains("\"Node\""),
+        _ => false,
+    }
+}
+
+impl Drop for Consul {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
