@@ -19,6 +19,20 @@ pub struct Entry {
     pub version: u64,
     /// The template engine's view of `data`, built at most once per entry (see `template`).
     pub value: OnceLock<tera::Value>,
+    /// The entry this one replaced, while its converted value may still be reused: when one
+    /// of 1 000 instances changes, the other 999 keep their converted values. Taken (and so
+    /// dropped) by the first conversion; never longer than one link.
+    pub previous: Mutex<Option<Arc<Entry>>>,
+}
+
+impl Entry {
+    /// Takes the previous entry for value reuse (see `previous`).
+    pub fn take_previous(&self) -> Option<Arc<Entry>> {
+        self.previous
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+    }
 }
 
 /// Whether the catalog is reachable, as the watchers last saw it.
@@ -94,10 +108,18 @@ impl Store {
             if let Some(pos) = changed.iter().position(|(q, _)| *q == query) {
                 changed.remove(pos);
             }
+            let previous = current.entries.get(&query).and_then(|old| {
+                if old.value.get().is_some() {
+                    Some(old.clone())
+                } else {
+                    old.take_previous()
+                }
+            });
             let entry = Arc::new(Entry {
                 data,
                 version,
                 value: OnceLock::new(),
+                previous: Mutex::new(previous),
             });
             changed.push((query, entry));
         }

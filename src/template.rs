@@ -159,7 +159,10 @@ impl Engine {
                 tera.add_raw_templates(sources.iter().map(|(k, v)| (k.as_str(), v.as_str())))
         {
             errors.push(LoadError {
-                source_path: templates.first().map(|t| t.source.clone()).unwrap_or_default(),
+                source_path: templates
+                    .first()
+                    .map(|t| t.source.clone())
+                    .unwrap_or_default(),
                 message: tera_error_text(&e),
             });
         }
@@ -272,7 +275,41 @@ fn wait_for(reason: String) {
 
 /// The template view of an entry, converted once per entry and cached in it.
 fn entry_value(entry: &Entry) -> &Value {
-    entry.value.get_or_init(|| data_value(&entry.data))
+    entry.value.get_or_init(|| {
+        let previous = entry.take_previous();
+        match (
+            &entry.data,
+            previous
+                .as_ref()
+                .and_then(|p| Some((&p.data, p.value.get()?))),
+        ) {
+            (Data::Instances(list), Some((Data::Instances(old), old_values))) => {
+                instances_value_reusing(list, old, old_values)
+            }
+            _ => data_value(&entry.data),
+        }
+    })
+}
+
+/// Converts instances, reusing the converted value of every instance equal to one in the
+/// previous answer (same id, same data).
+fn instances_value_reusing(list: &[Instance], old: &[Instance], old_values: &Value) -> Value {
+    let Some(old_values) = old_values.as_array() else {
+        return Value::from(list.iter().map(instance_value).collect::<Vec<_>>());
+    };
+    let by_id: std::collections::HashMap<&str, usize> = old
+        .iter()
+        .enumerate()
+        .map(|(i, inst)| (inst.id.as_str(), i))
+        .collect();
+    Value::from(
+        list.iter()
+            .map(|inst| match by_id.get(inst.id.as_str()) {
+                Some(&i) if old[i] == *inst && i < old_values.len() => old_values[i].clone(),
+                _ => instance_value(inst),
+            })
+            .collect::<Vec<_>>(),
+    )
 }
 
 pub fn data_value(data: &Data) -> Value {
@@ -315,7 +352,10 @@ fn instance_value(i: &Instance) -> Value {
     // with 10 000 instances the naive String-keyed map costs more than the render itself.
     let mut m: indexmap::IndexMap<&'static str, Value> = indexmap::IndexMap::with_capacity(10);
     m.insert("address", Value::from(i.address.as_str()));
-    m.insert("addr_port", Value::from(addr_port(&i.address, u64::from(i.port))));
+    m.insert(
+        "addr_port",
+        Value::from(addr_port(&i.address, u64::from(i.port))),
+    );
     m.insert("id", Value::from(i.id.as_str()));
     let meta: indexmap::IndexMap<&str, Value> = i
         .meta
@@ -329,7 +369,12 @@ fn instance_value(i: &Instance) -> Value {
     m.insert("status", Value::from(i.status.as_str()));
     m.insert(
         "tags",
-        Value::from(i.tags.iter().map(|t| Value::from(t.as_str())).collect::<Vec<_>>()),
+        Value::from(
+            i.tags
+                .iter()
+                .map(|t| Value::from(t.as_str()))
+                .collect::<Vec<_>>(),
+        ),
     );
     Value::from(m)
 }
@@ -508,7 +553,9 @@ fn filter_addr_port(v: &Value, kwargs: Kwargs, _: &State) -> TeraResult<Value> {
         return Ok(Value::from(addr_port(addr, port)));
     }
     if port_kw.is_none()
-        && let Some(precomputed) = v.as_map().and_then(|m| m.get(&tera::value::Key::from("addr_port")))
+        && let Some(precomputed) = v
+            .as_map()
+            .and_then(|m| m.get(&tera::value::Key::from("addr_port")))
     {
         return Ok(precomputed.clone());
     }
@@ -722,5 +769,37 @@ mod tests {
         let forward: Vec<usize> = (0..20).collect();
         let backward: Vec<usize> = (0..20).rev().collect();
         assert_eq!(mk(&forward), mk(&backward));
+    }
+
+    #[test]
+    fn unchanged_instances_keep_their_converted_values_across_changes() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = engine_for(dir.path(), &[("t", "{% for s in service(name=\"web\") %}{{ s | addr_port }} {{ s.status }};{% endfor %}")]).unwrap();
+        let store = Store::new();
+        let q = Query::Service("web".into());
+        let list = vec![
+            inst("a", "10.0.0.1", 80, &[], Status::Passing),
+            inst("b", "10.0.0.2", 80, &[], Status::Passing),
+        ];
+        store.update(q.clone(), Data::Instances(list.clone()));
+        assert!(matches!(
+            engine.render("t", &store.snapshot()),
+            Rendered::Done { .. }
+        ));
+        let mut changed = list.clone();
+        changed[1].status = Status::Warning;
+        changed.push(inst("c", "10.0.0.3", 80, &[], Status::Passing));
+        store.update(q.clone(), Data::Instances(changed));
+        let Rendered::Done { text, .. } = engine.render("t", &store.snapshot()) else {
+            panic!()
+        };
+        // b is now warning (filtered out), c is new: reused and fresh values mix correctly.
+        assert_eq!(text, "10.0.0.1:80 passing;10.0.0.3:80 passing;");
+        let snap = store.snapshot();
+        let e = snap.get(&q).unwrap();
+        assert!(
+            e.take_previous().is_none(),
+            "the previous link is dropped after conversion"
+        );
     }
 }
