@@ -12,7 +12,6 @@
 //! machine. Run by `cargo test --all-targets` (no `--bench`), it only does a short smoke run.
 
 #[path = "../tests/support/mod.rs"]
-#[allow(dead_code, unused_imports)]
 mod support;
 
 use std::path::{Path, PathBuf};
@@ -221,10 +220,7 @@ fn run_one(backend: &str, instances: usize, a: &Args) -> Option<Row> {
     })
     .unwrap();
     watcher
-        .watch(
-            &dest.parent().unwrap().to_path_buf(),
-            RecursiveMode::NonRecursive,
-        )
+        .watch(dest.parent().unwrap(), RecursiveMode::NonRecursive)
         .unwrap();
 
     let mut samples = Vec::with_capacity(a.changes);

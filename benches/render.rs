@@ -53,8 +53,14 @@ fn store_with(n: usize) -> Store {
         (Query::Services, Data::services_from(list.iter())),
         (Query::Service("web".into()), Data::Instances(list)),
         (Query::Key("nginx/pid".into()), Data::Key(None)),
-        (Query::Key("nginx/worker_connections".into()), Data::Key(None)),
-        (Query::Key("nginx/listen".into()), Data::Key(Some("8080".into()))),
+        (
+            Query::Key("nginx/worker_connections".into()),
+            Data::Key(None),
+        ),
+        (
+            Query::Key("nginx/listen".into()),
+            Data::Key(Some("8080".into())),
+        ),
     ]);
     store
 }
@@ -66,7 +72,10 @@ fn bench(c: &mut Criterion) {
         let store = store_with(n);
         let snap = store.snapshot();
         // Warm the per-snapshot value cache, as the daemon's first render after a change does.
-        assert!(matches!(engine.render("nginx", &snap), Rendered::Done { .. }));
+        assert!(matches!(
+            engine.render("nginx", &snap),
+            Rendered::Done { .. }
+        ));
         g.bench_with_input(BenchmarkId::new("cached", n), &n, |b, _| {
             b.iter(|| engine.render("nginx", &snap))
         });

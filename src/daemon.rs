@@ -140,6 +140,24 @@ pub async fn run(
         catalog.describe(),
     ));
     let (wanted_tx, wanted_rx) = watch::channel(BTreeSet::new());
+    {
+        // `rewire status` shows whether the catalog is reachable.
+        let (board, mut snaps, stop) = (board.clone(), store.subscribe(), root.clone());
+        tokio::spawn(async move {
+            loop {
+                let health = match &snaps.borrow_and_update().health {
+                    crate::store::Health::Unknown => "connecting".to_string(),
+                    crate::store::Health::Healthy => "healthy".to_string(),
+                    crate::store::Health::Unreachable(e) => format!("unreachable: {e}"),
+                };
+                board.update(|r| r.catalog_health = health);
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    r = snaps.changed() => if r.is_err() { return },
+                }
+            }
+        });
+    }
     let (deps, deps_task) = Deps::start(wanted_tx, store.clone(), root.clone());
     let mut cat = start_catalog(
         catalog,
@@ -157,6 +175,8 @@ pub async fn run(
         mpsc::unbounded_channel().1
     });
 
+    // What watches and tasks keep across SIGHUP (last handler input, runs in flight).
+    let watch_state = watches::State::new();
     let spawn_generation = |config: &Config, engine: Arc<Engine>, catalog: Arc<dyn Catalog>| {
         let generation = Generation::new(&root);
         let shared = Shared {
@@ -183,6 +203,7 @@ pub async fn run(
             &shared,
             catalog.clone(),
             maint_rx.clone(),
+            &watch_state,
         );
         generation
     };
@@ -289,7 +310,7 @@ fn reload_config(
     Ok((new, Arc::new(engine)))
 }
 
-fn next_owner() -> u64 {
+pub(crate) fn next_owner() -> u64 {
     use std::sync::atomic::{AtomicU64, Ordering};
     static NEXT: AtomicU64 = AtomicU64::new(1);
     NEXT.fetch_add(1_000_000, Ordering::Relaxed)

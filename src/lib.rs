@@ -29,10 +29,12 @@ pub mod config;
 pub mod control;
 pub mod daemon;
 pub mod debounce;
+pub mod init;
 pub mod logging;
 pub mod oneshot;
 pub mod output;
 pub mod pipeline;
+pub mod registrar;
 pub mod runner;
 pub mod status;
 pub mod store;
@@ -88,9 +90,9 @@ async fn dispatch(cli: Cli) -> u8 {
             )
             .await
         }
-        Command::Status(_) | Command::Maintenance(_) => {
-            eprintln!("rewire: this command is not built yet");
-            oneshot::ERROR
+        Command::Status(args) => control::status_command(&config, args.json).await,
+        Command::Maintenance(args) => {
+            control::maintenance_command(&config, args.state == cli::OnOff::On).await
         }
     }
 }
@@ -137,5 +139,6 @@ pub fn child_env(config: &Config) -> BTreeMap<String, String> {
         config.path.display().to_string(),
     );
     env.insert("REWIRE_PID".to_string(), std::process::id().to_string());
+    env.extend(registrar::address_env(&config.services));
     env
 }

@@ -208,13 +208,12 @@ pub async fn reload(
                     read_pidfile(path)?,
                     format!("the process in {}", path.display()),
                 ),
-                SignalTarget::Main => (
-                    main_pid.ok_or_else(|| ReloadError::Signal {
-                        what: "main".into(),
-                        detail: "the main process is not running".into(),
-                    })?,
-                    "the main process".to_string(),
-                ),
+                // Main not started yet (it waits for its templates) or gone: it will read the
+                // new file when it starts, so there is nothing to reload.
+                SignalTarget::Main => match main_pid {
+                    None => return Ok(()),
+                    Some(pid) => (pid, "the main process".to_string()),
+                },
             };
             send(pid, *signal).map_err(|detail| ReloadError::Signal { what, detail })
         }

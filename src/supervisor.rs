@@ -1,36 +1,573 @@
-//! Placeholder (lead): being replaced by the supervision work.
+//! The container's lifecycle: registrations, `pre_start` → main → `pre_stop` / `post_stop`.
+//!
+//! Verbs follow systemctl: start, reconfigure, stop (signal, grace, kill).
+//!
+//! Start: one registrar task per `[[service]]` (see [`registrar`](crate::registrar)); in
+//! parallel the main task runs `pre_start` to completion (a non-zero exit ends rewire with
+//! that status), waits until every template was written once (or `wait_for_templates` passed),
+//! then starts `exec`. Main inherits rewire's stdout and stderr (nginx logs there), gets
+//! `/dev/null` as stdin and runs in its own process group, so a Ctrl-C on the terminal reaches
+//! rewire only and the stop sequence decides what main gets. Its PID is published for
+//! `reload = { signal = "HUP", target = "main" }` and for forwarded signals. When it exits, the
+//! restart policy decides: `never`, `on-failure` (non-zero or killed) or `always`, with a capped
+//! exponential backoff (reset after main ran for a minute).
+//!
+//! Signals: the daemon owns the signal streams. Stop signals (TERM and INT by default) call
+//! [`Supervisor::stop`]; `forward_signals` (USR1 and USR2 by default; not WINCH, which nginx
+//! reads as "stop the workers") reach main's PID through [`Supervisor::forward`]; HUP re-reads
+//! the config and never reaches main unless configured.
+//!
+//! Stop, in this order (a tested guarantee): no more restarts; deregister every service (peers
+//! stop routing here); wait `drain`; `pre_stop`; `stop_signal` to main's PID; SIGKILL to its
+//! process group after `stop_timeout`; `post_stop`; exit with main's status (128+N when signal N
+//! killed it). When main exited on its own, the registrations go and `post_stop` runs, but
+//! there is nothing to drain or stop.
+
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::Duration;
 
-use nix::sys::signal::Signal;
+use nix::sys::signal::{Signal, kill, killpg};
 use nix::unistd::Pid;
 use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, debug, error, info, info_span, warn};
 
+use crate::backoff::Backoff;
 use crate::catalog::Catalog;
-use crate::config::Config;
-use crate::status::Board;
+use crate::command::{self, RunStatus};
+use crate::config::{CommandSpec, Config, MainConfig, Program, Restart};
+use crate::registrar::{self, ServiceTask};
+use crate::status::{Board, MainStatus};
 
-pub struct Supervisor {}
+/// Exit status when a hook or main could not be started at all (as a shell says it).
+pub const CANNOT_START: u8 = 127;
+/// Exit status when `pre_start` timed out (as timeout(1) says it).
+pub const TIMED_OUT: u8 = 124;
+
+/// After SIGKILL, how long to wait for main to be gone before giving up on it.
+const KILL_GRACE: Duration = Duration::from_secs(5);
+/// Main counts as having started fine after running this long: the restart backoff resets.
+const STABLE_RUN: Duration = Duration::from_secs(60);
+
+/// The exit status rewire uses for a finished command: its code, or 128+N for signal N.
+pub fn exit_code(status: RunStatus) -> u8 {
+    match status {
+        RunStatus::Exited(c) => (c & 0xff) as u8,
+        RunStatus::Signalled(s) => 128u8.saturating_add((s & 0x7f) as u8),
+        RunStatus::TimedOut => TIMED_OUT,
+    }
+}
+
+pub struct Supervisor {
+    services: Vec<ServiceTask>,
+    /// Deregistrations of services a SIGHUP removed, still in flight.
+    retired: Vec<JoinHandle<()>>,
+    ctx: registrar::Context,
+    /// Parent of every registrar task's token.
+    root: CancellationToken,
+    main_cfg: Option<MainConfig>,
+    main: Option<MainHandle>,
+}
+
+/// The main task, seen from the supervisor.
+struct MainHandle {
+    /// Cancelled at the start of the stop sequence: no (re)start from then on.
+    stopping: CancellationToken,
+    pid: watch::Receiver<Option<Pid>>,
+    /// Main's final status, once it exited for good (or `pre_start` failed).
+    exit: watch::Receiver<Option<u8>>,
+    task: JoinHandle<()>,
+}
 
 impl Supervisor {
     pub fn start(
-        _config: &Config,
-        _catalog: Arc<dyn Catalog>,
-        _board: Arc<Board>,
-        _main_pid: watch::Sender<Option<Pid>>,
-        _env: BTreeMap<String, String>,
-        _maintenance: watch::Receiver<bool>,
-        _root: CancellationToken,
+        config: &Config,
+        catalog: Arc<dyn Catalog>,
+        board: Arc<Board>,
+        main_pid: watch::Sender<Option<Pid>>,
+        env: BTreeMap<String, String>,
+        maintenance: watch::Receiver<bool>,
+        root: CancellationToken,
     ) -> Supervisor {
-        Supervisor {}
+        let ctx = registrar::Context {
+            catalog,
+            board: board.clone(),
+            env: env.clone(),
+            maintenance,
+        };
+        let services = config
+            .services
+            .iter()
+            .map(|svc| ServiceTask::spawn(svc.clone(), ctx.clone(), &root, None))
+            .collect();
+        let main = config.main.as_ref().map(|m| {
+            let stopping = CancellationToken::new();
+            let pid = main_pid.subscribe();
+            let (exit_tx, exit) = watch::channel(None);
+            let templates: Vec<String> = config.templates.iter().map(|t| t.name.clone()).collect();
+            let task = tokio::spawn(
+                MainTask {
+                    cfg: m.clone(),
+                    templates,
+                    board: board.clone(),
+                    env: env.clone(),
+                    pid: main_pid,
+                    exit: exit_tx,
+                    stopping: stopping.clone(),
+                }
+                .run()
+                .instrument(info_span!("main")),
+            );
+            MainHandle {
+                stopping,
+                pid,
+                exit,
+                task,
+            }
+        });
+        Supervisor {
+            services,
+            retired: Vec::new(),
+            ctx,
+            root,
+            main_cfg: config.main.clone(),
+            main,
+        }
     }
-    pub fn forward(&mut self, _sig: Signal) {}
-    pub fn reconfigure(&mut self, _config: &Config) {}
+
+    /// Passes a signal on to main, if it is running.
+    pub fn forward(&mut self, sig: Signal) {
+        match self.main_pid() {
+            Some(pid) => match kill(pid, sig) {
+                Ok(()) => info!(signal = %sig, pid = %pid, "forwarded to main"),
+                Err(e) => warn!(signal = %sig, pid = %pid, error = %e, "cannot forward to main"),
+            },
+            None => info!(signal = %sig, "main is not running; signal dropped"),
+        }
+    }
+
+    /// Applies a new (valid) config: registrations are reconciled (unchanged ones are left
+    /// alone, removed ones deregistered, changed ones replaced), the stop sequence takes the
+    /// new `[main]` settings. The main process is not restarted.
+    pub fn reconfigure(&mut self, config: &Config) {
+        // New registrar tasks and the hooks see the new services' addresses.
+        self.ctx.env = crate::child_env(config);
+        let mut old = std::mem::take(&mut self.services);
+        let mut next = Vec::new();
+        for svc in &config.services {
+            if let Some(pos) = old.iter().position(|t| t.config == *svc) {
+                next.push(old.remove(pos));
+                continue;
+            }
+            let id = registrar::service_id(svc);
+            // A changed service with the same id: the old registration must be gone before
+            // the new task registers, or its deregistration would remove the new entry.
+            let after = old
+                .iter()
+                .position(|t| t.id == id)
+                .map(|pos| self.retire(old.remove(pos)));
+            info!(service = %svc.name, id = %id, "registration added or changed");
+            next.push(ServiceTask::spawn(
+                svc.clone(),
+                self.ctx.clone(),
+                &self.root,
+                after,
+            ));
+        }
+        for t in old {
+            info!(service = %t.config.name, id = %t.id, "registration removed from the config");
+            let h = self.retire(t);
+            self.retired.push(h);
+        }
+        self.services = next;
+        let ids: Vec<String> = self.services.iter().map(|t| t.id.clone()).collect();
+        self.ctx
+            .board
+            .update(|r| r.services.retain(|id, _| ids.contains(id)));
+
+        let exec_of = |m: &Option<MainConfig>| m.as_ref().and_then(|m| m.exec.clone());
+        if exec_of(&self.main_cfg) != exec_of(&config.main) {
+            warn!(
+                "[main] exec changed; the main process is not restarted by a reload: restart rewire to apply it"
+            );
+        }
+        if self.main_cfg.is_some() && config.main.is_some() {
+            self.main_cfg = config.main.clone();
+        }
+    }
+
+    fn retire(&self, task: ServiceTask) -> JoinHandle<()> {
+        let catalog = self.ctx.catalog.clone();
+        let board = self.ctx.board.clone();
+        tokio::spawn(async move {
+            let reg = task.finish().await;
+            registrar::deregister(catalog.as_ref(), &board, &reg).await;
+            board.update(|r| {
+                r.services.remove(&reg.id);
+            });
+        })
+    }
+
+    /// Resolves when main has exited for good (or `pre_start` failed) with the status rewire
+    /// should exit with. Pending forever when there is no main process.
     pub async fn exited(&mut self) -> u8 {
-        std::future::pending().await
+        let Some(m) = self.main.as_mut() else {
+            return std::future::pending().await;
+        };
+        match m.exit.wait_for(Option::is_some).await {
+            Ok(code) => code.unwrap_or(0),
+            // The main task ended without a status: there was no `exec` to run.
+            Err(_) => std::future::pending().await,
+        }
     }
-    pub async fn stop(self, exit: Option<u8>) -> u8 {
-        exit.unwrap_or(0)
+
+    fn main_pid(&self) -> Option<Pid> {
+        self.main.as_ref().and_then(|m| *m.pid.borrow())
+    }
+
+    /// The stop sequence; returns the status rewire exits with. `exit` is main's status when
+    /// main already exited on its own.
+    pub async fn stop(mut self, exit: Option<u8>) -> u8 {
+        if let Some(m) = &self.main {
+            m.stopping.cancel();
+        }
+        self.set_main_state("stopping");
+
+        // 1. Deregister first, so peers stop routing here before anything else happens.
+        // Every registrar task stops first, so no heartbeat in flight re-creates an entry.
+        let tasks = std::mem::take(&mut self.services);
+        let regs = futures_util::future::join_all(tasks.into_iter().map(ServiceTask::finish)).await;
+        let catalog = self.ctx.catalog.clone();
+        futures_util::future::join_all(
+            regs.iter()
+                .map(|reg| registrar::deregister(catalog.as_ref(), &self.ctx.board, reg)),
+        )
+        .await;
+        for h in std::mem::take(&mut self.retired) {
+            let _ = h.await;
+        }
+
+        let cfg = self.main_cfg.clone();
+        if exit.is_none()
+            && let Some(cfg) = &cfg
+        {
+            // 2. Drain: peers notice the deregistration and finish their requests.
+            if !cfg.drain.is_zero() {
+                info!(drain = %humantime::format_duration(cfg.drain), "draining");
+                tokio::time::sleep(cfg.drain).await;
+            }
+            // 3. pre_stop, while main still runs.
+            if let Some(hook) = &cfg.pre_stop {
+                run_hook("pre_stop", hook, &self.ctx.env).await;
+            }
+            // 4. Stop main: stop_signal, then SIGKILL to its group after stop_timeout.
+            self.stop_main(cfg).await;
+        }
+
+        // Main is gone (or never started): wait for its task, e.g. a pre_start being killed.
+        let mut code = exit;
+        if let Some(m) = self.main.take() {
+            if let Some(c) = *m.exit.borrow() {
+                code = Some(c);
+            }
+            if tokio::time::timeout(KILL_GRACE, m.task).await.is_err() {
+                warn!("the main task did not finish");
+            }
+            if let Some(c) = *m.exit.borrow() {
+                code = Some(c);
+            }
+        }
+
+        // 5. post_stop.
+        if let Some(hook) = cfg.as_ref().and_then(|c| c.post_stop.as_ref()) {
+            run_hook("post_stop", hook, &self.ctx.env).await;
+        }
+        self.set_main_state("stopped");
+        code.unwrap_or(0)
+    }
+
+    async fn stop_main(&mut self, cfg: &MainConfig) {
+        let Some(m) = self.main.as_mut() else {
+            return;
+        };
+        let Some(pid) = *m.pid.borrow() else {
+            return;
+        };
+        info!(pid = %pid, signal = %cfg.stop_signal, "stopping main");
+        if let Err(e) = kill(pid, cfg.stop_signal) {
+            warn!(pid = %pid, error = %e, "cannot signal main");
+        }
+        let exited = tokio::time::timeout(cfg.stop_timeout, m.exit.wait_for(Option::is_some))
+            .await
+            .is_ok();
+        if exited {
+            return;
+        }
+        warn!(
+            pid = %pid,
+            stop_timeout = %humantime::format_duration(cfg.stop_timeout),
+            "main did not stop in time; killing its process group"
+        );
+        // Main leads its own process group (it was started with pgid 0), so the group id is
+        // its pid; the group goes, workers included.
+        if let Err(e) = killpg(pid, Signal::SIGKILL) {
+            debug!(error = %e, "killpg");
+            let _ = kill(pid, Signal::SIGKILL);
+        }
+        if tokio::time::timeout(KILL_GRACE, m.exit.wait_for(Option::is_some))
+            .await
+            .is_err()
+        {
+            error!(pid = %pid, "main is still there after SIGKILL");
+        }
+    }
+
+    fn set_main_state(&self, state: &str) {
+        if self.main.is_some() {
+            self.ctx.board.update(|r| {
+                if let Some(m) = r.main.as_mut() {
+                    m.state = state.to_string();
+                }
+            });
+        }
+    }
+}
+
+/// Runs a hook to completion, its output going to the log under its name.
+async fn run_hook(what: &str, spec: &CommandSpec, env: &BTreeMap<String, String>) -> Option<u8> {
+    info!(hook = what, command = %spec.program.name(), "running");
+    match command::run(spec, env, None).await {
+        Ok(o) => {
+            if !o.output.is_empty() {
+                info!(hook = what, command = %spec.program.name(), output = %o.output, "hook output");
+            }
+            if o.success() {
+                Some(0)
+            } else {
+                warn!(hook = what, command = %spec.program.name(), "{}", o.describe(spec.timeout));
+                Some(exit_code(o.status))
+            }
+        }
+        Err(e) => {
+            error!(hook = what, "{e}");
+            None
+        }
+    }
+}
+
+/// Owns `pre_start` and the main process.
+struct MainTask {
+    cfg: MainConfig,
+    templates: Vec<String>,
+    board: Arc<Board>,
+    env: BTreeMap<String, String>,
+    pid: watch::Sender<Option<Pid>>,
+    exit: watch::Sender<Option<u8>>,
+    stopping: CancellationToken,
+}
+
+impl MainTask {
+    async fn run(self) {
+        self.state("starting", None);
+        if let Some(pre) = &self.cfg.pre_start {
+            self.state("pre_start", None);
+            let outcome = tokio::select! {
+                // Dropping the run kills pre_start.
+                _ = self.stopping.cancelled() => {
+                    info!("stopped during pre_start");
+                    return;
+                }
+                o = run_hook("pre_start", pre, &self.env) => o,
+            };
+            match outcome {
+                Some(0) => info!("pre_start done"),
+                Some(code) => {
+                    error!(status = code, "pre_start failed; not starting main");
+                    self.finish(code, "pre_start failed");
+                    return;
+                }
+                None => {
+                    self.finish(CANNOT_START, "pre_start could not be started");
+                    return;
+                }
+            }
+        }
+        let Some(exec) = self.cfg.exec.clone() else {
+            self.board.update(|r| r.main = None);
+            return;
+        };
+        if !self.wait_for_templates().await {
+            return;
+        }
+        let mut backoff =
+            Backoff::new(Duration::from_secs(1), Duration::from_secs(30)).expect("1s <= 30s");
+        let mut restarts = 0u32;
+        loop {
+            if self.stopping.is_cancelled() {
+                return;
+            }
+            let started = Instant::now();
+            let code = self.run_once(&exec).await;
+            let again = !self.stopping.is_cancelled()
+                && match self.cfg.restart {
+                    Restart::Never => false,
+                    Restart::OnFailure => code != 0,
+                    Restart::Always => true,
+                };
+            if !again {
+                self.finish(code, "exited");
+                return;
+            }
+            if started.elapsed() >= STABLE_RUN {
+                backoff.reset();
+            }
+            let delay = backoff.next_delay();
+            restarts += 1;
+            info!(status = code, delay = ?delay, restarts, "restarting main");
+            self.board.update(|r| {
+                if let Some(m) = r.main.as_mut() {
+                    m.state = "restarting".into();
+                    m.restarts = restarts;
+                }
+            });
+            tokio::select! {
+                _ = self.stopping.cancelled() => {
+                    self.finish(code, "exited");
+                    return;
+                }
+                _ = tokio::time::sleep(delay) => {}
+            }
+        }
+    }
+
+    /// Starts main once and waits for it to exit; returns its status.
+    async fn run_once(&self, exec: &Program) -> u8 {
+        let mut cmd = command::build(exec, &self.env);
+        cmd.stdin(std::process::Stdio::null());
+        let mut child = match cmd.spawn() {
+            Ok(c) => c,
+            Err(e) => {
+                error!(program = %exec, error = %e, "cannot start main");
+                self.board.update(|r| {
+                    if let Some(m) = r.main.as_mut() {
+                        m.last_exit = Some(format!("cannot start: {e}"));
+                    }
+                });
+                return CANNOT_START;
+            }
+        };
+        drop(cmd);
+        let pid = child.id().map(|p| Pid::from_raw(p as i32));
+        let pid_num = pid.map(Pid::as_raw).unwrap_or_default();
+        info!(pid = pid_num, program = %exec, "main started");
+        self.pid.send_replace(pid);
+        self.state("running", pid);
+        let status = child.wait().await;
+        self.pid.send_replace(None);
+        let (code, how) = match status {
+            Ok(st) => {
+                let rs = command::exit_status(st);
+                let how = match rs {
+                    RunStatus::Exited(c) => format!("exited with status {c}"),
+                    RunStatus::Signalled(s) => format!(
+                        "killed by signal {}",
+                        Signal::try_from(s)
+                            .map(|s| s.to_string())
+                            .unwrap_or(s.to_string())
+                    ),
+                    RunStatus::TimedOut => "timed out".to_string(),
+                };
+                (exit_code(rs), how)
+            }
+            Err(e) => (1, format!("cannot wait for it: {e}")),
+        };
+        if code == 0 {
+            info!(pid = pid_num, "main {how}");
+        } else {
+            warn!(pid = pid_num, "main {how}");
+        }
+        self.board.update(|r| {
+            if let Some(m) = r.main.as_mut() {
+                m.state = "exited".into();
+                m.pid = None;
+                m.last_exit = Some(how);
+            }
+        });
+        code
+    }
+
+    /// Waits until every template was written once, or `wait_for_templates` passed. Returns
+    /// false when rewire is stopping.
+    async fn wait_for_templates(&self) -> bool {
+        if self.templates.is_empty() {
+            return true;
+        }
+        self.state("waiting for templates", None);
+        let mut ready = self.board.subscribe_ready();
+        let deadline = tokio::time::sleep(self.cfg.wait_for_templates);
+        tokio::pin!(deadline);
+        loop {
+            if self.board.all_ready(&self.templates) {
+                info!("every template written; starting main");
+                return true;
+            }
+            tokio::select! {
+                _ = self.stopping.cancelled() => return false,
+                _ = &mut deadline => {
+                    let report = self.board.report();
+                    let missing: Vec<&str> = self
+                        .templates
+                        .iter()
+                        .filter(|n| !report.templates.get(*n).is_some_and(|t| t.ready))
+                        .map(String::as_str)
+                        .collect();
+                    warn!(
+                        waited = %humantime::format_duration(self.cfg.wait_for_templates),
+                        missing = ?missing,
+                        "starting main although not every template was written"
+                    );
+                    return true;
+                }
+                changed = ready.changed() => {
+                    if changed.is_err() {
+                        return true;
+                    }
+                }
+            }
+        }
+    }
+
+    fn state(&self, state: &str, pid: Option<Pid>) {
+        self.board.update(|r| {
+            let m = r.main.get_or_insert_with(MainStatus::default);
+            m.state = state.to_string();
+            m.pid = pid.map(|p| p.as_raw());
+        });
+    }
+
+    fn finish(&self, code: u8, what: &str) {
+        self.board.update(|r| {
+            let m = r.main.get_or_insert_with(MainStatus::default);
+            m.state = what.to_string();
+            m.pid = None;
+        });
+        self.exit.send_replace(Some(code));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exit_codes_follow_the_shell_convention() {
+        assert_eq!(exit_code(RunStatus::Exited(0)), 0);
+        assert_eq!(exit_code(RunStatus::Exited(42)), 42);
+        assert_eq!(exit_code(RunStatus::Signalled(15)), 143);
+        assert_eq!(exit_code(RunStatus::Signalled(9)), 137);
+        assert_eq!(exit_code(RunStatus::TimedOut), TIMED_OUT);
     }
 }

@@ -1,20 +1,453 @@
-//! Placeholder (lead): being replaced by the supervision work.
-use std::sync::Arc;
+//! `[[watch]]` handlers and `[[task]]` periodic jobs.
+//!
+//! # Watches
+//!
+//! A `[[watch]]` follows one service's *healthy* instances (passing, and carrying `tag` when
+//! one is given) through the same store the templates read: it adds `Query::Service(name)` to
+//! the catalog's watch set, so a service used by a template and a watch is watched once.
+//!
+//! `on_change` runs:
+//! - once when the first answer arrives, even an empty one, so the handler starts from the
+//!   catalog's state (ContainerPilot fires `changed` on first sight too);
+//! - then whenever the set of healthy instances changes, compared on address, port, tags and
+//!   meta (a refreshed TTL, a new health note or a critical instance coming and going change
+//!   nothing). Changes are coalesced with the watch's `wait` (the template quiescence rules:
+//!   settle for `min`, never delay past `max`);
+//! - never twice at once: a change during a run is handled after it, with the latest data.
+//!
+//! The handler gets the instance list as a JSON array on stdin, sorted by (address, port, id),
+//! each `{"id", "name", "node", "address", "port", "tags", "meta", "status"}`, and the
+//! environment `REWIRE_SERVICE=<name>` (plus `REWIRE_CONFIG`, `REWIRE_PID`,
+//! `REWIRE_<SERVICE>_IP`). Its output goes to rewire's log under its name. Catalog data never
+//! becomes an argument: it arrives on stdin only.
+//!
+//! # Tasks
+//!
+//! A `[[task]]` runs every `every`, the first time one `every` after start. A tick that finds
+//! the previous run still going is skipped (and logged): a task never overlaps itself. Runs
+//! that fail (non-zero, killed, timed out) are logged with their output and counted in
+//! `rewire status`.
+//!
+//! # Reloads
+//!
+//! SIGHUP replaces the tasks of this module, but what must survive it lives in [`State`],
+//! created once by the daemon: what each handler was last given (so an unchanged watch does
+//! not fire again after a reload), which handler or task is running (so a run that began before
+//! the reload still blocks an overlapping one) and when each task last started.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tracing::{Instrument, debug, info, info_span, warn};
 
-use crate::catalog::Catalog;
-use crate::config::Config;
+use crate::catalog::{Catalog, Data, Instance, Query, Status};
+use crate::command;
+use crate::config::{Config, TaskConfig, WatchConfig};
+use crate::debounce::{self, Debounce};
 use crate::runner::Shared;
+use crate::status::{Board, TaskStatus};
 
+/// What outlives one config generation (see the module docs). Cheap to clone.
+#[derive(Clone, Default)]
+pub struct State {
+    inner: Arc<Mutex<Slots>>,
+}
+
+#[derive(Default)]
+struct Slots {
+    watches: HashMap<String, Arc<WatchSlot>>,
+    tasks: HashMap<String, Arc<TaskSlot>>,
+}
+
+#[derive(Default)]
+struct WatchSlot {
+    /// Held for the whole run of the handler.
+    running: Arc<tokio::sync::Mutex<()>>,
+    /// The instances the handler was last given.
+    fired: Mutex<Option<Vec<Instance>>>,
+    runs: AtomicU64,
+    failures: AtomicU64,
+    last_error: Mutex<String>,
+}
+
+#[derive(Default)]
+struct TaskSlot {
+    /// Held for the whole run of the task.
+    running: Arc<tokio::sync::Mutex<()>>,
+    last_start: Mutex<Option<Instant>>,
+}
+
+impl State {
+    pub fn new() -> State {
+        State::default()
+    }
+
+    fn watch_slot(&self, w: &WatchConfig) -> Arc<WatchSlot> {
+        let key = format!("{}|{:?}|{}", w.service, w.tag, w.on_change.program);
+        let mut s = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        s.watches.entry(key).or_default().clone()
+    }
+
+    fn task_slot(&self, t: &TaskConfig) -> Arc<TaskSlot> {
+        let key = format!("{}|{}", t.name, t.exec.program);
+        let mut s = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        s.tasks.entry(key).or_default().clone()
+    }
+}
+
+/// Starts one task per `[[watch]]` and per `[[task]]` of this config generation.
+///
+/// `maintenance` is not used: handlers and tasks keep running in maintenance mode, which only
+/// takes this container out of the catalog.
 pub fn spawn_all(
-    _config: &Config,
-    _tracker: &TaskTracker,
-    _stop: &CancellationToken,
-    _shared: &Shared,
+    config: &Config,
+    tracker: &TaskTracker,
+    stop: &CancellationToken,
+    shared: &Shared,
     _catalog: Arc<dyn Catalog>,
     _maintenance: watch::Receiver<bool>,
+    state: &State,
 ) {
+    shared.board.update(|r| {
+        r.watches = config.watches.iter().map(describe_new).collect();
+        let names: BTreeSet<&str> = config.tasks.iter().map(|t| t.name.as_str()).collect();
+        r.tasks.retain(|name, _| names.contains(name.as_str()));
+        for t in &config.tasks {
+            r.tasks.entry(t.name.clone()).or_default();
+        }
+    });
+    for (index, w) in config.watches.iter().enumerate() {
+        let span = info_span!("watch", service = %w.service);
+        tracker.spawn(
+            run_watch(
+                crate::daemon::next_owner(),
+                index,
+                w.clone(),
+                state.watch_slot(w),
+                shared.clone(),
+                stop.child_token(),
+            )
+            .instrument(span),
+        );
+    }
+    for t in &config.tasks {
+        let span = info_span!("task", name = %t.name);
+        tracker.spawn(
+            run_task(
+                t.clone(),
+                state.task_slot(t),
+                shared.board.clone(),
+                shared.env.clone(),
+                stop.child_token(),
+            )
+            .instrument(span),
+        );
+    }
+}
+
+/// The healthy instances of the watched service in a snapshot; `None` before the first answer.
+fn healthy(shared: &Shared, query: &Query, tag: Option<&str>) -> Option<Vec<Instance>> {
+    let snap = shared.store.snapshot();
+    let entry = snap.get(query)?;
+    let Data::Instances(list) = &entry.data else {
+        return None;
+    };
+    Some(
+        list.iter()
+            .filter(|i| i.status == Status::Passing)
+            .filter(|i| tag.is_none_or(|t| i.tags.iter().any(|x| x == t)))
+            .cloned()
+            .collect(),
+    )
+}
+
+/// What counts as a change for a handler: address, port, tags and meta of each instance.
+fn same_set(a: &[Instance], b: &[Instance]) -> bool {
+    change_key(a) == change_key(b)
+}
+
+type ChangeKey<'a> = (&'a str, u16, &'a [String], &'a BTreeMap<String, String>);
+
+fn change_key(list: &[Instance]) -> Vec<ChangeKey<'_>> {
+    let mut k: Vec<ChangeKey<'_>> = list
+        .iter()
+        .map(|i| (i.address.as_str(), i.port, i.tags.as_slice(), &i.meta))
+        .collect();
+    k.sort();
+    k
+}
+
+async fn run_watch(
+    owner: u64,
+    index: usize,
+    w: WatchConfig,
+    slot: Arc<WatchSlot>,
+    shared: Shared,
+    stop: CancellationToken,
+) {
+    let query = Query::Service(w.service.clone());
+    shared.deps.set(owner, BTreeSet::from([query.clone()]));
+    let mut snaps = shared.store.subscribe();
+    let mut debounce = Debounce::new(w.wait);
+    let mut latest = healthy(&shared, &query, w.tag.as_deref());
+    let mut running: Option<JoinHandle<()>> = None;
+    update_board(&shared.board, index, &w, &slot, latest.as_deref());
+    loop {
+        let fired = slot.fired.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let dirty = match (&latest, &fired) {
+            (None, _) => false,
+            (Some(_), None) => true,
+            (Some(l), Some(f)) => !same_set(l, f),
+        };
+        if dirty && running.is_none() {
+            // First sight fires at once; a change waits for the data to settle.
+            if fired.is_none() || debounce.is_due() {
+                debounce.take();
+                let list = latest.clone().expect("dirty implies data");
+                *slot.fired.lock().unwrap_or_else(|e| e.into_inner()) = Some(list.clone());
+                running = Some(tokio::spawn(
+                    fire(w.clone(), list, slot.clone(), shared.env.clone())
+                        .instrument(tracing::Span::current()),
+                ));
+                continue;
+            }
+            if debounce.deadline().is_none() {
+                debounce.poke();
+            }
+        } else if !dirty {
+            // Changed and changed back before the handler ran: nothing to say.
+            debounce.take();
+        }
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            changed = snaps.changed() => {
+                if changed.is_err() {
+                    break;
+                }
+                snaps.borrow_and_update();
+                let now = healthy(&shared, &query, w.tag.as_deref());
+                let moved = match (&now, &latest) {
+                    (Some(a), Some(b)) => !same_set(a, b),
+                    (a, b) => a.is_some() != b.is_some(),
+                };
+                if moved {
+                    debug!(instances = now.as_ref().map_or(0, Vec::len), "healthy set changed");
+                    latest = now;
+                    debounce.poke();
+                    update_board(&shared.board, index, &w, &slot, latest.as_deref());
+                }
+            }
+            _ = debounce::due(&debounce), if dirty && running.is_none() => {}
+            _ = async { running.as_mut().expect("guarded").await }, if running.is_some() => {
+                running = None;
+                update_board(&shared.board, index, &w, &slot, latest.as_deref());
+            }
+        }
+    }
+    // A run in flight finishes on its own (it holds the slot's lock, so the next generation's
+    // handler waits for it).
+    shared.deps.set(owner, BTreeSet::new());
+}
+
+/// Runs the handler once with `list`, after any run of the same handler still going.
+async fn fire(
+    w: WatchConfig,
+    list: Vec<Instance>,
+    slot: Arc<WatchSlot>,
+    env: BTreeMap<String, String>,
+) {
+    let _running = slot.running.lock().await;
+    let mut env = env;
+    env.insert("REWIRE_SERVICE".into(), w.service.clone());
+    let stdin = serde_json::to_vec(&list).expect("instances always serialize");
+    let name = w.on_change.program.name();
+    info!(command = %name, instances = list.len(), "running on_change");
+    slot.runs.fetch_add(1, Ordering::Relaxed);
+    match command::run(&w.on_change, &env, Some(&stdin)).await {
+        Ok(o) => {
+            if o.success() {
+                if !o.output.is_empty() {
+                    info!(command = %name, output = %o.output, "on_change output");
+                }
+                slot.last_error
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .clear();
+            } else {
+                slot.failures.fetch_add(1, Ordering::Relaxed);
+                let how = o.describe(w.on_change.timeout);
+                warn!(command = %name, output = %o.output, "on_change {how}");
+                *slot.last_error.lock().unwrap_or_else(|e| e.into_inner()) = how;
+            }
+        }
+        Err(e) => {
+            slot.failures.fetch_add(1, Ordering::Relaxed);
+            warn!(command = %name, "{e}");
+            *slot.last_error.lock().unwrap_or_else(|e| e.into_inner()) = e.to_string();
+        }
+    }
+}
+
+fn label(w: &WatchConfig) -> String {
+    match &w.tag {
+        Some(t) => format!("{} (tag {t})", w.service),
+        None => w.service.clone(),
+    }
+}
+
+fn describe_new(w: &WatchConfig) -> String {
+    format!("{}: waiting for the first answer", label(w))
+}
+
+fn update_board(
+    board: &Board,
+    index: usize,
+    w: &WatchConfig,
+    slot: &WatchSlot,
+    latest: Option<&[Instance]>,
+) {
+    let runs = slot.runs.load(Ordering::Relaxed);
+    let failures = slot.failures.load(Ordering::Relaxed);
+    let last_error = slot
+        .last_error
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
+    let mut line = match latest {
+        None => describe_new(w),
+        Some(l) => format!(
+            "{}: {} healthy; on_change ran {runs} time(s), {failures} failed",
+            label(w),
+            l.len()
+        ),
+    };
+    if !last_error.is_empty() {
+        line.push_str(&format!("; last error: {last_error}"));
+    }
+    board.update(|r| {
+        if let Some(slot) = r.watches.get_mut(index) {
+            *slot = line;
+        }
+    });
+}
+
+async fn run_task(
+    t: TaskConfig,
+    slot: Arc<TaskSlot>,
+    board: Arc<Board>,
+    env: BTreeMap<String, String>,
+    stop: CancellationToken,
+) {
+    // Keep the rhythm across a reload: the next run is `every` after the last one started.
+    let last = *slot.last_start.lock().unwrap_or_else(|e| e.into_inner());
+    let first = match last {
+        Some(at) => (at + t.every).max(Instant::now()),
+        None => Instant::now() + t.every,
+    };
+    let mut ticker = tokio::time::interval_at(first, t.every);
+    ticker.set_missed_tick_behavior(MissedTickBehavior::Skip);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            _ = ticker.tick() => {}
+        }
+        let Ok(guard) = slot.running.clone().try_lock_owned() else {
+            warn!(every = %humantime::format_duration(t.every), "still running from the last tick; skipping this one");
+            continue;
+        };
+        *slot.last_start.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
+        let (t2, board2, env2) = (t.clone(), board.clone(), env.clone());
+        tokio::spawn(
+            async move {
+                let _guard = guard;
+                run_task_once(&t2, &board2, &env2).await;
+            }
+            .instrument(tracing::Span::current()),
+        );
+    }
+}
+
+async fn run_task_once(t: &TaskConfig, board: &Board, env: &BTreeMap<String, String>) {
+    let name = t.exec.program.name();
+    debug!(command = %name, "running");
+    let failure = match command::run(&t.exec, env, None).await {
+        Ok(o) if o.success() => {
+            if !o.output.is_empty() {
+                info!(command = %name, output = %o.output, "task output");
+            }
+            None
+        }
+        Ok(o) => {
+            let how = o.describe(t.exec.timeout);
+            if o.output.is_empty() {
+                warn!(command = %name, "task {how}");
+                Some(how)
+            } else {
+                warn!(command = %name, output = %o.output, "task {how}");
+                Some(format!("{how}: {}", o.output))
+            }
+        }
+        Err(e) => {
+            warn!(command = %name, "{e}");
+            Some(e.to_string())
+        }
+    };
+    board.update(|r| {
+        let s = r
+            .tasks
+            .entry(t.name.clone())
+            .or_insert_with(TaskStatus::default);
+        s.runs += 1;
+        if let Some(e) = failure {
+            s.failures += 1;
+            s.last_error = e;
+        }
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn inst(id: &str, addr: &str, port: u16, status: Status) -> Instance {
+        Instance {
+            id: id.into(),
+            name: "sales".into(),
+            node: "n".into(),
+            address: addr.into(),
+            port,
+            tags: vec![],
+            meta: BTreeMap::new(),
+            status,
+        }
+    }
+
+    #[test]
+    fn only_address_port_tags_and_meta_count_as_change() {
+        let a = vec![inst("a", "10.0.0.1", 80, Status::Passing)];
+        let mut b = a.clone();
+        b[0].id = "other-id".into();
+        b[0].node = "other-node".into();
+        assert!(same_set(&a, &b));
+        b[0].port = 81;
+        assert!(!same_set(&a, &b));
+        let mut c = a.clone();
+        c[0].meta.insert("v".into(), "2".into());
+        assert!(!same_set(&a, &c));
+        let mut d = a.clone();
+        d[0].tags.push("x".into());
+        assert!(!same_set(&a, &d));
+        let two = vec![
+            inst("a", "10.0.0.1", 80, Status::Passing),
+            inst("b", "10.0.0.2", 80, Status::Passing),
+        ];
+        let rev: Vec<Instance> = two.iter().rev().cloned().collect();
+        assert!(same_set(&two, &rev));
+    }
 }

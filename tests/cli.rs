@@ -177,7 +177,11 @@ fn check_accepts_the_design_sketch_and_the_shipped_examples() {
     let o = p.rewire(&["check"]);
     assert_eq!(code(&o), 0, "{}", stderr(&o));
     let root = env!("CARGO_MANIFEST_DIR");
-    for example in ["examples/quickstart/rewire.toml"] {
+    for example in [
+        "examples/quickstart/rewire.toml",
+        "examples/autopilot-nginx/rewire.toml",
+        "examples/autopilot-nginx/app.toml",
+    ] {
         let o = std::process::Command::new(env!("CARGO_BIN_EXE_rewire"))
             .args(["check", "-c", &format!("{root}/{example}")])
             .output()

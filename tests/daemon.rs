@@ -273,3 +273,30 @@ fn real_nginx_is_reloaded_and_serves_the_new_upstream_set() {
     assert!(nginx.test_config().0);
     assert_eq!(r.stop(), Some(0), "{}", r.log());
 }
+
+#[test]
+fn files_written_into_a_new_service_directory_at_once_are_all_seen() {
+    let p = Project::new();
+    p.file(
+        "web.tera",
+        "{% set n = 0 %}{% for s in services() %}{{ s.name }}={{ service(name=s.name) | length }}\n{% endfor %}",
+    )
+    .config(&config(&p, ""));
+    p.instance("seed", "s", "10.0.0.1", 80);
+    let mut r = started(&p);
+    for d in 0..15 {
+        for i in 0..3 {
+            p.instance(
+                &format!("svc{d}"),
+                &format!("i{i}"),
+                &format!("10.1.{d}.{i}"),
+                80,
+            );
+        }
+    }
+    wait_for("every instance of every new directory", TIMEOUT, || {
+        let t = p.read("out/web.conf");
+        (0..15).all(|d| t.contains(&format!("svc{d}=3\n")))
+    });
+    assert_eq!(r.stop(), Some(0));
+}

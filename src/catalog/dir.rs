@@ -173,6 +173,7 @@ impl DirCatalog {
                     tree.services.insert(service.clone(), fresh);
                 }
                 touched.services.insert(service.clone());
+                touched.new_dirs.push(dir.clone());
             }
             [top, service, _file] if top == "services" => {
                 let Some(id) = instance_id(path) else {
@@ -291,6 +292,9 @@ struct Touched {
     everything: bool,
     services: BTreeSet<String>,
     kv: bool,
+    /// Service directories that appeared: files written into them before inotify watched
+    /// them raise no event, so they are read again a little later.
+    new_dirs: Vec<PathBuf>,
 }
 
 impl Touched {
@@ -298,6 +302,7 @@ impl Touched {
         self.everything |= other.everything;
         self.services.extend(other.services);
         self.kv |= other.kv;
+        self.new_dirs.extend(other.new_dirs);
     }
 
     fn affects(&self, q: &Query) -> bool {
@@ -399,6 +404,8 @@ impl Catalog for DirCatalog {
         let mut tree = Tree::default();
         let mut loaded = false;
         let mut published: BTreeSet<Query> = BTreeSet::new();
+        // Directories to read again, and when (see `Touched::new_dirs`).
+        let mut reread: Vec<(tokio::time::Instant, PathBuf)> = Vec::new();
         let mut retry = tokio::time::interval(Duration::from_secs(1));
         retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
@@ -460,8 +467,27 @@ impl Catalog for DirCatalog {
                 .map(|d| d + Duration::from_millis(1))
                 .unwrap_or(Duration::from_secs(3600));
 
+            let next_reread = reread.iter().map(|(at, _)| *at).min();
             tokio::select! {
                 _ = stop.cancelled() => return,
+                _ = async { tokio::time::sleep_until(next_reread.expect("guarded")).await }, if next_reread.is_some() && loaded => {
+                    let now_i = tokio::time::Instant::now();
+                    let due: Vec<PathBuf> = reread.iter().filter(|(at, _)| *at <= now_i).map(|(_, p)| p.clone()).collect();
+                    reread.retain(|(at, _)| *at > now_i);
+                    let mut touched = Touched::default();
+                    for p in due {
+                        let mut t = self.apply_path(&mut tree, &p);
+                        t.new_dirs.clear();
+                        touched.merge(t);
+                    }
+                    let now = (self.clock)();
+                    let updates: Vec<(Query, Data)> = published
+                        .iter()
+                        .filter(|q| touched.affects(q))
+                        .map(|q| (q.clone(), answer(&tree, q, now)))
+                        .collect();
+                    store.update_many(updates);
+                }
                 changed = wanted.changed() => {
                     if changed.is_err() {
                         return;
@@ -509,6 +535,12 @@ impl Catalog for DirCatalog {
                                 warn!(error = %e, "file watch error; re-reading the catalog directory");
                                 touched.everything = true;
                             }
+                        }
+                    }
+                    let base = tokio::time::Instant::now();
+                    for d in touched.new_dirs.drain(..) {
+                        for ms in [50u64, 500] {
+                            reread.push((base + Duration::from_millis(ms), d.clone()));
                         }
                     }
                     if touched.everything {

@@ -379,9 +379,7 @@ pub fn open(cfg: &crate::config::CatalogConfig) -> Result<Arc<dyn Catalog>, Cata
             dir::DirCatalog::new(&s.path).with_deregister_after(cfg.deregister_after),
         )),
         Backend::Consul(s) => Ok(Arc::new(consul::ConsulCatalog::new(s, cfg)?)),
-        Backend::Etcd(_) => Err(CatalogError::Unsupported(
-            "the etcd backend is not built yet".into(),
-        )),
+        Backend::Etcd(s) => Ok(Arc::new(etcd::EtcdCatalog::new(s, cfg)?)),
     }
 }
 

@@ -1,0 +1,652 @@
+//! An in-memory copy of everything under the prefix, kept current one event at a time.
+//!
+//! The watcher reads the whole prefix once, then applies each watch event here. An event
+//! touches one service or one key, and [`Changes`] records which: only the wanted queries it
+//! affects are answered again, and answering `service(x)` walks x's instances only, so one
+//! change among 1 000 instances costs one event and one service's worth of work, never a
+//! re-read of the prefix.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::ops::Bound;
+use std::time::SystemTime;
+
+use tracing::warn;
+
+use super::wire::{Event, EventKind, Kv};
+use crate::catalog::record::{Record, check_name};
+use crate::catalog::{Data, Instance, KeyValue, Query, ServiceSummary};
+
+/// Where an instance sorts in a template: (address, port, id).
+type Order = (String, u16, String);
+
+fn order_of(i: &Instance) -> Order {
+    (i.address.clone(), i.port, i.id.clone())
+}
+
+/// One service's valid instances, kept in the order templates see them so that the store's
+/// normalizing sort is a linear pass, and a count of instances per tag so that `services()`
+/// learns of a new or vanished tag without looking at every instance.
+#[derive(Debug, Default)]
+struct Service {
+    instances: BTreeMap<Order, Instance>,
+    by_id: HashMap<String, Order>,
+    tags: BTreeMap<String, usize>,
+}
+
+impl Service {
+    fn get(&self, id: &str) -> Option<&Instance> {
+        self.by_id.get(id).and_then(|o| self.instances.get(o))
+    }
+
+    /// Inserts or replaces; returns whether the set of tags changed.
+    fn insert(&mut self, id: String, i: Instance) -> bool {
+        let mut tags_changed = self.remove(&id).is_some_and(|(_, changed)| changed);
+        for tag in unique_tags(&i) {
+            let n = self.tags.entry(tag.to_string()).or_insert(0);
+            *n += 1;
+            tags_changed |= *n == 1;
+        }
+        let order = order_of(&i);
+        self.by_id.insert(id, order.clone());
+        self.instances.insert(order, i);
+        tags_changed
+    }
+
+    /// Removes by id; returns the instance and whether the set of tags changed.
+    fn remove(&mut self, id: &str) -> Option<(Instance, bool)> {
+        let order = self.by_id.remove(id)?;
+        let old = self.instances.remove(&order)?;
+        let mut tags_changed = false;
+        for tag in unique_tags(&old) {
+            if let Some(n) = self.tags.get_mut(tag) {
+                *n -= 1;
+                if *n == 0 {
+                    self.tags.remove(tag);
+                    tags_changed = true;
+                }
+            }
+        }
+        Some((old, tags_changed))
+    }
+}
+
+fn unique_tags(i: &Instance) -> BTreeSet<&str> {
+    i.tags.iter().map(String::as_str).collect()
+}
+
+/// Where a key under the prefix belongs.
+#[derive(Debug, PartialEq, Eq)]
+enum Slot<'a> {
+    Instance {
+        service: &'a str,
+        id: &'a str,
+    },
+    Kv(&'a str),
+    /// Not ours (another tool's key under the prefix, a malformed path).
+    Other,
+}
+
+/// What a batch of events touched.
+#[derive(Debug, Default)]
+pub struct Changes {
+    /// Everything may have changed (a fresh read).
+    pub everything: bool,
+    pub services: BTreeSet<String>,
+    /// A service appeared, disappeared or changed its tags.
+    pub service_list: bool,
+    pub keys: BTreeSet<String>,
+}
+
+impl Changes {
+    pub fn everything() -> Changes {
+        Changes {
+            everything: true,
+            ..Changes::default()
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        !self.everything && self.services.is_empty() && !self.service_list && self.keys.is_empty()
+    }
+
+    /// Whether the answer to `q` may differ after these changes.
+    pub fn affects(&self, q: &Query) -> bool {
+        if self.everything {
+            return true;
+        }
+        match q {
+            Query::Service(name) => self.services.contains(name),
+            Query::Services => self.service_list,
+            Query::Key(path) => self.keys.contains(key_path(path)),
+            Query::Keys(prefix) => {
+                let prefix = prefix_path(prefix);
+                self.keys
+                    .range::<str, _>((Bound::Included(prefix), Bound::Unbounded))
+                    .next()
+                    .is_some_and(|k| k.starts_with(prefix))
+            }
+        }
+    }
+}
+
+/// A key query's path as stored: no leading or trailing slashes (as the dir catalog).
+fn key_path(path: &str) -> &str {
+    path.trim_matches('/')
+}
+
+fn prefix_path(prefix: &str) -> &str {
+    prefix.trim_start_matches('/')
+}
+
+#[derive(Debug)]
+pub struct Mirror {
+    /// `PREFIX/`, e.g. `/rewire/`.
+    base: String,
+    services: BTreeMap<String, Service>,
+    kv: BTreeMap<String, String>,
+}
+
+impl Mirror {
+    pub fn new(base: &str) -> Mirror {
+        Mirror {
+            base: base.to_string(),
+            services: BTreeMap::new(),
+            kv: BTreeMap::new(),
+        }
+    }
+
+    /// A mirror of a range read's key/value pairs.
+    pub fn from_kvs(base: &str, kvs: Vec<Kv>) -> Mirror {
+        let mut m = Mirror::new(base);
+        let mut ignored = Changes::default();
+        for kv in kvs {
+            m.put(kv, &mut ignored);
+        }
+        m
+    }
+
+    /// Applies one watch event, recording what it touched.
+    pub fn apply(&mut self, event: Event, changes: &mut Changes) {
+        match event.kind {
+            EventKind::Put => self.put(event.kv, changes),
+            EventKind::Delete => self.delete(&event.kv.key, changes),
+        }
+    }
+
+    fn slot<'k>(&self, key: &'k [u8]) -> Option<(Slot<'k>, &'k str)> {
+        let key = std::str::from_utf8(key).ok()?;
+        let rel = key.strip_prefix(self.base.as_str())?;
+        let slot = if let Some(rest) = rel.strip_prefix("services/") {
+            match rest.split_once('/') {
+                Some((service, id))
+                    if !service.is_empty() && !id.is_empty() && !id.contains('/') =>
+                {
+                    Slot::Instance { service, id }
+                }
+                _ => Slot::Other,
+            }
+        } else if let Some(path) = rel.strip_prefix("kv/") {
+            if path.is_empty() {
+                Slot::Other
+            } else {
+                Slot::Kv(path)
+            }
+        } else {
+            Slot::Other
+        };
+        Some((slot, key))
+    }
+
+    fn put(&mut self, kv: Kv, changes: &mut Changes) {
+        let Some((slot, key)) = self.slot(&kv.key) else {
+            return;
+        };
+        match slot {
+            Slot::Instance { service, id } => match decode_instance(service, id, &kv.value) {
+                Ok(instance) => {
+                    let (service, id) = (service.to_string(), id.to_string());
+                    self.put_instance(service, id, instance, changes);
+                }
+                Err(e) => {
+                    warn!(key = %key, error = %e, "invalid instance skipped");
+                    let (service, id) = (service.to_string(), id.to_string());
+                    self.remove_instance(&service, &id, changes);
+                }
+            },
+            Slot::Kv(path) => {
+                let value = String::from_utf8_lossy(&kv.value);
+                if self.kv.get(path).is_some_and(|old| *old == value) {
+                    return;
+                }
+                let path = path.to_string();
+                self.kv.insert(path.clone(), value.into_owned());
+                changes.keys.insert(path);
+            }
+            Slot::Other => {}
+        }
+    }
+
+    fn delete(&mut self, key: &[u8], changes: &mut Changes) {
+        let Some((slot, _)) = self.slot(key) else {
+            return;
+        };
+        match slot {
+            Slot::Instance { service, id } => {
+                let (service, id) = (service.to_string(), id.to_string());
+                self.remove_instance(&service, &id, changes);
+            }
+            Slot::Kv(path) => {
+                if self.kv.remove(path).is_some() {
+                    changes.keys.insert(path.to_string());
+                }
+            }
+            Slot::Other => {}
+        }
+    }
+
+    fn put_instance(&mut self, service: String, id: String, i: Instance, changes: &mut Changes) {
+        let entry = match self.services.get_mut(&service) {
+            Some(entry) => entry,
+            None => {
+                changes.service_list = true;
+                self.services.entry(service.clone()).or_default()
+            }
+        };
+        if entry.get(&id) == Some(&i) {
+            return;
+        }
+        if entry.insert(id, i) {
+            changes.service_list = true;
+        }
+        changes.services.insert(service);
+    }
+
+    fn remove_instance(&mut self, service: &str, id: &str, changes: &mut Changes) {
+        let Some(entry) = self.services.get_mut(service) else {
+            return;
+        };
+        let Some((_, tags_changed)) = entry.remove(id) else {
+            return;
+        };
+        changes.services.insert(service.to_string());
+        if entry.instances.is_empty() {
+            self.services.remove(service);
+            changes.service_list = true;
+        } else if tags_changed {
+            changes.service_list = true;
+        }
+    }
+
+    /// The answer to one query from what the mirror holds.
+    pub fn answer(&self, q: &Query) -> Data {
+        match q {
+            Query::Service(name) => Data::Instances(
+                self.services
+                    .get(name)
+                    .map(|s| s.instances.values().cloned().collect())
+                    .unwrap_or_default(),
+            ),
+            Query::Services => Data::Services(
+                self.services
+                    .iter()
+                    .map(|(name, s)| ServiceSummary {
+                        name: name.clone(),
+                        tags: s.tags.keys().cloned().collect(),
+                    })
+                    .collect(),
+            ),
+            Query::Key(path) => Data::Key(self.kv.get(key_path(path)).cloned()),
+            Query::Keys(prefix) => {
+                let prefix = prefix_path(prefix);
+                Data::Keys(
+                    self.kv
+                        .range::<str, _>((Bound::Included(prefix), Bound::Unbounded))
+                        .take_while(|(k, _)| k.starts_with(prefix))
+                        .map(|(k, v)| KeyValue {
+                            path: k.clone(),
+                            value: v.clone(),
+                        })
+                        .collect(),
+                )
+            }
+        }
+    }
+
+    /// Number of valid instances held (for logs).
+    pub fn instance_count(&self) -> usize {
+        self.services.values().map(|s| s.instances.len()).sum()
+    }
+
+    pub fn key_count(&self) -> usize {
+        self.kv.len()
+    }
+}
+
+/// Decodes and validates an instance record. The node defaults to empty: an etcd catalog spans
+/// machines, and records rewire writes always name their node.
+fn decode_instance(service: &str, id: &str, value: &[u8]) -> Result<Instance, String> {
+    check_name(id).map_err(|e| format!("instance id: {e}"))?;
+    let record: Record =
+        serde_json::from_slice(value).map_err(|e| format!("not an instance record: {e}"))?;
+    // Expiry is etcd's job (the lease); `expires_at` is only honoured as written.
+    record.into_instance(service, id, "", SystemTime::now())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::catalog::Status;
+
+    const BASE: &str = "/rewire/";
+
+    fn kv(key: &str, value: &str) -> Kv {
+        Kv {
+            key: key.as_bytes().to_vec(),
+            value: value.as_bytes().to_vec(),
+            mod_revision: 1,
+            lease: 0,
+        }
+    }
+
+    fn put(key: &str, value: &str) -> Event {
+        Event {
+            kind: EventKind::Put,
+            kv: kv(key, value),
+        }
+    }
+
+    fn delete(key: &str) -> Event {
+        Event {
+            kind: EventKind::Delete,
+            kv: kv(key, ""),
+        }
+    }
+
+    fn inst(addr: &str, port: u16, tags: &[&str], status: &str) -> String {
+        serde_json::json!({"address": addr, "port": port, "tags": tags, "status": status})
+            .to_string()
+    }
+
+    fn ids(d: &Data) -> Vec<String> {
+        let Data::Instances(list) = d else {
+            panic!("not instances: {d:?}")
+        };
+        list.iter().map(|i| i.id.clone()).collect()
+    }
+
+    fn sample() -> Mirror {
+        Mirror::from_kvs(
+            BASE,
+            vec![
+                kv(
+                    "/rewire/services/web/w1",
+                    &inst("10.0.0.1", 80, &["a"], "passing"),
+                ),
+                kv(
+                    "/rewire/services/web/w2",
+                    &inst("10.0.0.2", 80, &["b"], "critical"),
+                ),
+                kv(
+                    "/rewire/services/db/d1",
+                    &inst("10.0.0.9", 5432, &[], "passing"),
+                ),
+                kv("/rewire/kv/app/name", "shop"),
+                kv("/rewire/kv/app/port", "8080"),
+                kv("/rewire/kv/other", "x"),
+                kv("/rewire/elsewhere/x", "ignored"),
+                kv("/rewireX/kv/app/name", "outside the prefix"),
+            ],
+        )
+    }
+
+    #[test]
+    fn range_answers_every_query_kind() {
+        let m = sample();
+        assert_eq!(ids(&m.answer(&Query::Service("web".into()))), ["w1", "w2"]);
+        let Data::Instances(web) = m.answer(&Query::Service("web".into())) else {
+            unreachable!()
+        };
+        assert_eq!(web[1].status, Status::Critical);
+        assert_eq!(web[0].port, 80);
+        assert_eq!(
+            m.answer(&Query::Service("nope".into())),
+            Data::Instances(vec![])
+        );
+        assert_eq!(
+            m.answer(&Query::Services),
+            Data::Services(vec![
+                ServiceSummary {
+                    name: "db".into(),
+                    tags: vec![]
+                },
+                ServiceSummary {
+                    name: "web".into(),
+                    tags: vec!["a".into(), "b".into()]
+                },
+            ])
+        );
+        assert_eq!(
+            m.answer(&Query::Key("app/name".into())),
+            Data::Key(Some("shop".into()))
+        );
+        assert_eq!(
+            m.answer(&Query::Key("/app/name".into())),
+            Data::Key(Some("shop".into()))
+        );
+        assert_eq!(m.answer(&Query::Key("app/none".into())), Data::Key(None));
+        assert_eq!(
+            m.answer(&Query::Keys("app/".into())),
+            Data::Keys(vec![
+                KeyValue {
+                    path: "app/name".into(),
+                    value: "shop".into()
+                },
+                KeyValue {
+                    path: "app/port".into(),
+                    value: "8080".into()
+                },
+            ])
+        );
+        assert_eq!(
+            m.answer(&Query::Keys("nothing/".into())),
+            Data::Keys(vec![])
+        );
+        assert_eq!(m.key_count(), 3);
+        assert_eq!(m.instance_count(), 3);
+    }
+
+    #[test]
+    fn invalid_instances_are_skipped() {
+        let m = Mirror::from_kvs(
+            BASE,
+            vec![
+                kv(
+                    "/rewire/services/web/ok",
+                    &inst("10.0.0.1", 80, &[], "passing"),
+                ),
+                kv(
+                    "/rewire/services/web/badport",
+                    &inst("10.0.0.1", 0, &[], "passing"),
+                ),
+                kv(
+                    "/rewire/services/web/badaddr",
+                    &inst("evil; rm -rf /", 80, &[], "passing"),
+                ),
+                kv("/rewire/services/web/notjson", "{"),
+                kv(
+                    "/rewire/services/web/bad id!",
+                    &inst("10.0.0.1", 81, &[], "passing"),
+                ),
+                kv(
+                    "/rewire/services/web/a/b",
+                    &inst("10.0.0.1", 82, &[], "passing"),
+                ),
+            ],
+        );
+        assert_eq!(ids(&m.answer(&Query::Service("web".into()))), ["ok"]);
+    }
+
+    #[test]
+    fn events_touch_only_their_service_or_key() {
+        let mut m = sample();
+        let mut c = Changes::default();
+        m.apply(
+            put(
+                "/rewire/services/web/w3",
+                &inst("10.0.0.3", 80, &["a"], "passing"),
+            ),
+            &mut c,
+        );
+        assert!(c.affects(&Query::Service("web".into())));
+        assert!(!c.affects(&Query::Service("db".into())));
+        assert!(!c.affects(&Query::Services), "tags and names unchanged");
+        assert!(!c.affects(&Query::Keys("".into())));
+        assert_eq!(
+            ids(&m.answer(&Query::Service("web".into()))),
+            ["w1", "w2", "w3"]
+        );
+
+        let mut c = Changes::default();
+        m.apply(
+            put(
+                "/rewire/services/web/w3",
+                &inst("10.0.0.3", 80, &["new"], "passing"),
+            ),
+            &mut c,
+        );
+        assert!(c.affects(&Query::Services), "a new tag changes services()");
+
+        let mut c = Changes::default();
+        m.apply(put("/rewire/kv/app/name", "shop2"), &mut c);
+        assert!(c.affects(&Query::Key("app/name".into())));
+        assert!(c.affects(&Query::Keys("app/".into())));
+        assert!(c.affects(&Query::Keys("".into())));
+        assert!(!c.affects(&Query::Key("app/port".into())));
+        assert!(!c.affects(&Query::Keys("other".into())));
+        assert!(!c.affects(&Query::Service("web".into())));
+
+        let mut c = Changes::default();
+        m.apply(put("/rewire/kv/app/name", "shop2"), &mut c);
+        assert!(c.is_empty(), "same value again is no change");
+
+        let mut c = Changes::default();
+        m.apply(delete("/rewire/services/db/d1"), &mut c);
+        assert!(c.affects(&Query::Services), "db is gone");
+        assert_eq!(
+            m.answer(&Query::Service("db".into())),
+            Data::Instances(vec![])
+        );
+
+        let mut c = Changes::default();
+        m.apply(delete("/rewire/services/db/d1"), &mut c);
+        m.apply(delete("/rewire/kv/absent"), &mut c);
+        m.apply(put("/rewire/elsewhere/y", "z"), &mut c);
+        assert!(c.is_empty());
+    }
+
+    #[test]
+    fn services_change_only_when_a_tag_appears_or_vanishes() {
+        let mut m = Mirror::new(BASE);
+        let mut c = Changes::default();
+        m.apply(
+            put(
+                "/rewire/services/web/a",
+                &inst("10.0.0.1", 80, &["x", "x"], "passing"),
+            ),
+            &mut c,
+        );
+        assert!(c.affects(&Query::Services), "new service");
+        let mut c = Changes::default();
+        m.apply(
+            put(
+                "/rewire/services/web/b",
+                &inst("10.0.0.2", 80, &["x"], "passing"),
+            ),
+            &mut c,
+        );
+        assert!(!c.affects(&Query::Services), "x already known");
+        let mut c = Changes::default();
+        m.apply(delete("/rewire/services/web/a"), &mut c);
+        assert!(!c.affects(&Query::Services), "b still carries x");
+        let mut c = Changes::default();
+        m.apply(
+            put(
+                "/rewire/services/web/b",
+                &inst("10.0.0.2", 80, &["y"], "passing"),
+            ),
+            &mut c,
+        );
+        assert!(c.affects(&Query::Services), "x gone, y new");
+        let Data::Services(list) = m.answer(&Query::Services) else {
+            unreachable!()
+        };
+        assert_eq!(list[0].tags, ["y"]);
+    }
+
+    #[test]
+    fn answers_come_in_template_order_after_moves() {
+        let mut m = sample();
+        let mut c = Changes::default();
+        m.apply(
+            put(
+                "/rewire/services/web/w1",
+                &inst("10.0.0.3", 80, &["a"], "passing"),
+            ),
+            &mut c,
+        );
+        let d = m.answer(&Query::Service("web".into()));
+        assert_eq!(ids(&d), ["w2", "w1"]);
+        assert_eq!(d.clone().normalize(), d, "already normalized");
+    }
+
+    #[test]
+    fn an_invalid_update_removes_the_old_instance() {
+        let mut m = sample();
+        let mut c = Changes::default();
+        m.apply(put("/rewire/services/web/w1", "garbage"), &mut c);
+        assert!(c.affects(&Query::Service("web".into())));
+        assert_eq!(ids(&m.answer(&Query::Service("web".into()))), ["w2"]);
+    }
+
+    #[test]
+    fn one_change_among_a_thousand_instances_is_cheap() {
+        let kvs = (0..1000)
+            .map(|n| {
+                kv(
+                    &format!("/rewire/services/web/w{n}"),
+                    &inst(
+                        &format!("10.0.{}.{}", n / 250, n % 250 + 1),
+                        80,
+                        &["t"],
+                        "passing",
+                    ),
+                )
+            })
+            .collect();
+        let mut m = Mirror::from_kvs(BASE, kvs);
+        let q = Query::Service("web".into());
+        let store = crate::store::Store::new();
+        store.update(q.clone(), m.answer(&q));
+        let start = std::time::Instant::now();
+        let rounds = 100;
+        for n in 0..rounds {
+            let mut c = Changes::default();
+            m.apply(
+                put(
+                    "/rewire/services/web/w500",
+                    &inst("10.0.2.1", 1000 + n, &["t"], "passing"),
+                ),
+                &mut c,
+            );
+            assert!(c.affects(&q) && !c.affects(&Query::Services));
+            assert!(store.update(q.clone(), m.answer(&q)));
+        }
+        let each = start.elapsed() / u32::from(rounds);
+        // Typically ~0.1 ms in a debug build; the bound only catches an O(all keys) regression
+        // on a busy machine.
+        assert!(
+            each < std::time::Duration::from_millis(20),
+            "{each:?} per change"
+        );
+    }
+}

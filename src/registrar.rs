@@ -1,0 +1,607 @@
+//! Self-registration: each `[[service]]` announces this container in the catalog and keeps the
+//! announcement honest with its health command.
+//!
+//! One task per service, owned by the [`Supervisor`](crate::supervisor::Supervisor):
+//!
+//! - The health command runs every `interval` (with its timeout, in its own process group).
+//!   Runs never overlap: one task runs them one after the other.
+//! - The service is registered after the first passing run (or at once with `initial_status`),
+//!   never before: peers must not route to a container that is still starting.
+//! - A pass refreshes the TTL with the command's output as notes. A failure or a timeout marks
+//!   the registration critical *at once* (ContainerPilot sent nothing and let the TTL lapse).
+//! - Any TTL update error (Consul forgot the check, an etcd lease expired, someone deleted the
+//!   dir catalog file) means "register again", right away.
+//! - The address is resolved again on every run, so a container whose IP changed re-registers
+//!   with the new one instead of advertising a stale address (ContainerPilot #264).
+//! - Maintenance mode deregisters and pauses the health command; leaving it runs the health
+//!   command at once and registers again on a pass.
+//!
+//! The task never deregisters on stop: the supervisor does that, after every registrar task has
+//! finished, so that no heartbeat in flight can re-create an entry it just removed.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio::time::MissedTickBehavior;
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, debug, info, info_span, warn};
+
+use crate::catalog::{Catalog, CatalogError, Registration, Status};
+use crate::command::{self, Outcome};
+use crate::config::{AddressSpec, ServiceConfig};
+use crate::status::{Board, ServiceStatus};
+
+/// How long one catalog call may take before the registrar gives up on it for this round.
+const CATALOG_CALL_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// The registration id: the configured one, else `<name>-<hostname>-<port>`.
+pub fn service_id(svc: &ServiceConfig) -> String {
+    match &svc.id {
+        Some(id) => id.clone(),
+        None => {
+            let host = nix::unistd::gethostname()
+                .map(|h| h.to_string_lossy().into_owned())
+                .unwrap_or_else(|_| "localhost".to_string());
+            let host: String = host
+                .chars()
+                .map(|c| {
+                    if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') {
+                        c
+                    } else {
+                        '-'
+                    }
+                })
+                .collect();
+            format!("{}-{}-{}", svc.name, host, svc.port)
+        }
+    }
+}
+
+/// Resolves where peers should connect: the literal, the interface's first IPv4 (else its
+/// first IPv6), or the first non-loopback IPv4 of the machine (`127.0.0.1` when there is none,
+/// with a warning from the caller).
+pub fn resolve_address(spec: &AddressSpec) -> Result<String, String> {
+    match spec {
+        AddressSpec::Literal(a) => Ok(a.clone()),
+        AddressSpec::Interface(name) => {
+            let addrs =
+                interface_addresses().map_err(|e| format!("cannot list interfaces: {e}"))?;
+            let mine: Vec<IpAddr> = addrs
+                .iter()
+                .filter(|(n, _, _)| n == name)
+                .map(|(_, ip, _)| *ip)
+                .collect();
+            mine.iter()
+                .find(|ip| ip.is_ipv4())
+                .or_else(|| mine.iter().find(|ip| !is_link_local(ip)))
+                .or(mine.first())
+                .map(|ip| ip.to_string())
+                .ok_or_else(|| format!("interface {name:?} has no IP address (yet)"))
+        }
+        AddressSpec::Auto => {
+            let addrs =
+                interface_addresses().map_err(|e| format!("cannot list interfaces: {e}"))?;
+            Ok(addrs
+                .iter()
+                .find(|(_, ip, up)| *up && ip.is_ipv4() && !ip.is_loopback())
+                .map(|(_, ip, _)| ip.to_string())
+                .unwrap_or_else(|| "127.0.0.1".to_string()))
+        }
+    }
+}
+
+fn is_link_local(ip: &IpAddr) -> bool {
+    match ip {
+        IpAddr::V6(v6) => (v6.segments()[0] & 0xffc0) == 0xfe80,
+        IpAddr::V4(v4) => v4.is_link_local(),
+    }
+}
+
+/// (interface, address, is up) for every IP address of this machine, in the kernel's order.
+fn interface_addresses() -> nix::Result<Vec<(String, IpAddr, bool)>> {
+    use nix::net::if_::InterfaceFlags;
+    let mut out = Vec::new();
+    for ifa in nix::ifaddrs::getifaddrs()? {
+        let Some(addr) = ifa.address else { continue };
+        let ip = if let Some(v4) = addr.as_sockaddr_in() {
+            IpAddr::V4(v4.ip())
+        } else if let Some(v6) = addr.as_sockaddr_in6() {
+            IpAddr::V6(v6.ip())
+        } else {
+            continue;
+        };
+        let up = ifa.flags.contains(InterfaceFlags::IFF_UP);
+        out.push((ifa.interface_name, ip, up));
+    }
+    Ok(out)
+}
+
+/// `REWIRE_<SERVICE>_IP` for every service whose address can be resolved now (hooks use it to
+/// tell peers where they are). The name is upper-cased, anything else than A-Z0-9 becomes `_`.
+pub fn address_env(services: &[ServiceConfig]) -> BTreeMap<String, String> {
+    services
+        .iter()
+        .filter_map(|s| {
+            let addr = resolve_address(&s.address).ok()?;
+            Some((format!("REWIRE_{}_IP", env_name(&s.name)), addr))
+        })
+        .collect()
+}
+
+fn env_name(service: &str) -> String {
+    service
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_uppercase()
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+/// The registration for a service at a given address and status.
+pub fn registration(svc: &ServiceConfig, address: String, status: Status) -> Registration {
+    Registration {
+        id: service_id(svc),
+        name: svc.name.clone(),
+        address,
+        port: svc.port,
+        tags: svc.tags.clone(),
+        meta: svc.meta.clone(),
+        ttl: svc.ttl,
+        deregister_after: svc.deregister_after,
+        status,
+    }
+}
+
+/// A running registrar task.
+pub struct ServiceTask {
+    pub config: ServiceConfig,
+    pub id: String,
+    stop: CancellationToken,
+    handle: JoinHandle<Option<Registration>>,
+}
+
+/// What a registrar task needs from the daemon.
+#[derive(Clone)]
+pub struct Context {
+    pub catalog: Arc<dyn Catalog>,
+    pub board: Arc<Board>,
+    pub env: BTreeMap<String, String>,
+    pub maintenance: watch::Receiver<bool>,
+}
+
+impl ServiceTask {
+    /// Starts the registrar for one service. `after` is awaited first: the retirement of an
+    /// older task with the same id, so its deregistration cannot remove the new registration.
+    pub fn spawn(
+        svc: ServiceConfig,
+        ctx: Context,
+        parent: &CancellationToken,
+        after: Option<JoinHandle<()>>,
+    ) -> ServiceTask {
+        let stop = parent.child_token();
+        let id = service_id(&svc);
+        let span = info_span!("service", name = %svc.name, id = %id);
+        let handle = tokio::spawn(
+            {
+                let svc = svc.clone();
+                let stop = stop.clone();
+                async move {
+                    if let Some(h) = after {
+                        let _ = h.await;
+                    }
+                    Registrar::new(svc, ctx).run(stop).await
+                }
+            }
+            .instrument(span),
+        );
+        ServiceTask {
+            config: svc,
+            id,
+            stop,
+            handle,
+        }
+    }
+
+    /// Stops the task (a health command in flight is killed) and returns what it had
+    /// registered, or the registration its config describes when it had none, so the caller
+    /// can deregister it.
+    pub async fn finish(self) -> Registration {
+        self.stop.cancel();
+        let fallback = registration(&self.config, String::new(), Status::Critical);
+        let mut handle = self.handle;
+        match tokio::time::timeout(CATALOG_CALL_TIMEOUT, &mut handle).await {
+            Ok(Ok(Some(reg))) => reg,
+            Ok(Ok(None)) => fallback,
+            Ok(Err(e)) => {
+                warn!(service = %self.config.name, error = %e, "registrar task failed");
+                fallback
+            }
+            Err(_) => {
+                warn!(service = %self.config.name, "registrar task did not stop in time; aborting it");
+                handle.abort();
+                fallback
+            }
+        }
+    }
+}
+
+/// Removes a registration, logging the outcome. Never fails: the stop sequence goes on.
+pub async fn deregister(catalog: &dyn Catalog, board: &Board, reg: &Registration) {
+    match tokio::time::timeout(CATALOG_CALL_TIMEOUT, catalog.deregister(reg)).await {
+        Ok(Ok(())) => info!(service = %reg.name, id = %reg.id, "deregistered"),
+        Ok(Err(e)) => warn!(service = %reg.name, id = %reg.id, error = %e, "cannot deregister"),
+        Err(_) => warn!(service = %reg.name, id = %reg.id, "deregistration timed out"),
+    }
+    board.update(|r| {
+        if let Some(s) = r.services.get_mut(&reg.id) {
+            s.registered = false;
+            s.status = "deregistered".into();
+        }
+    });
+}
+
+struct Registrar {
+    svc: ServiceConfig,
+    ctx: Context,
+    /// What the catalog holds for us, as far as we know.
+    registered: Option<Registration>,
+    /// The last status reported, to log changes only.
+    last_status: Option<Status>,
+    /// The last address problem logged, to log it once.
+    last_address_error: Option<String>,
+    /// Whether the "only loopback" warning was said.
+    warned_loopback: bool,
+}
+
+impl Registrar {
+    fn new(svc: ServiceConfig, ctx: Context) -> Registrar {
+        Registrar {
+            svc,
+            ctx,
+            registered: None,
+            last_status: None,
+            last_address_error: None,
+            warned_loopback: false,
+        }
+    }
+
+    async fn run(mut self, stop: CancellationToken) -> Option<Registration> {
+        let mut maintenance = self.ctx.maintenance.clone();
+        let mut in_maintenance = *maintenance.borrow_and_update();
+        self.board(|s| {
+            s.status = "pending".into();
+            s.detail = "waiting for the first passing health check".into();
+        });
+        if !in_maintenance {
+            self.register_initial().await;
+        }
+        // The first tick fires at once, then one every `interval`. Checks run one after the
+        // other in this task, so they never overlap; one that overruns its interval delays
+        // the next tick (Delay) instead of causing a burst of catch-up checks.
+        let mut ticker = tokio::time::interval(self.svc.interval);
+        ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        loop {
+            if in_maintenance {
+                self.enter_maintenance().await;
+                tokio::select! {
+                    _ = stop.cancelled() => break,
+                    changed = maintenance.changed() => {
+                        if changed.is_err() {
+                            // The daemon is going away; wait for the stop.
+                            stop.cancelled().await;
+                            break;
+                        }
+                        in_maintenance = *maintenance.borrow_and_update();
+                        if !in_maintenance {
+                            info!("maintenance off: checking health to register again");
+                            self.register_initial().await;
+                            ticker.reset_immediately();
+                        }
+                        continue;
+                    }
+                }
+            }
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                changed = maintenance.changed() => {
+                    if changed.is_err() {
+                        // The daemon is going away; wait for the stop.
+                        stop.cancelled().await;
+                        break;
+                    }
+                    in_maintenance = *maintenance.borrow_and_update();
+                    continue;
+                }
+                _ = ticker.tick() => {}
+            }
+            let (status, note) = match &self.svc.health {
+                None => (Status::Passing, String::new()),
+                Some(spec) => {
+                    let outcome = tokio::select! {
+                        // Dropping the run kills the health command.
+                        _ = stop.cancelled() => break,
+                        o = command::run(spec, &self.ctx.env, None) => o,
+                    };
+                    match outcome {
+                        Ok(o) => {
+                            let status = if o.success() {
+                                Status::Passing
+                            } else {
+                                Status::Critical
+                            };
+                            (status, health_note(&o, spec.timeout))
+                        }
+                        Err(e) => (Status::Critical, e.to_string()),
+                    }
+                }
+            };
+            self.report(status, &note).await;
+        }
+        self.registered
+    }
+
+    /// With `initial_status` (or without a health command), registers before any check.
+    async fn register_initial(&mut self) {
+        let status = match (self.svc.initial_status, &self.svc.health) {
+            (Some(s), _) => s,
+            (None, None) => Status::Passing,
+            (None, Some(_)) => return,
+        };
+        let Some(address) = self.address() else {
+            return;
+        };
+        let reg = registration(&self.svc, address, status);
+        self.register(reg, "").await;
+    }
+
+    async fn enter_maintenance(&mut self) {
+        if let Some(reg) = self.registered.take() {
+            info!("maintenance on: deregistering; health checks paused");
+            deregister(self.ctx.catalog.as_ref(), &self.ctx.board, &reg).await;
+        }
+        self.last_status = None;
+        self.board(|s| {
+            s.registered = false;
+            s.status = "maintenance".into();
+            s.detail = "deregistered by `rewire maintenance on`".into();
+        });
+    }
+
+    /// Reports one health check result to the catalog.
+    async fn report(&mut self, status: Status, note: &str) {
+        if self.last_status != Some(status) {
+            match status {
+                Status::Passing => info!("health check passing"),
+                // Before the first pass this is a service still starting: worth a note only.
+                _ if self.registered.is_none() => {
+                    info!(output = %note, "health check not passing yet; not registered")
+                }
+                _ => warn!(output = %note, "health check failing"),
+            }
+            self.last_status = Some(status);
+        }
+        let Some(address) = self.address() else {
+            return;
+        };
+        let reg = registration(&self.svc, address, status);
+        let current = match &self.registered {
+            None if status != Status::Passing && self.svc.initial_status.is_none() => {
+                // Never announced: a container that has not passed yet stays out of the catalog.
+                self.board(|s| {
+                    s.status = status.as_str().into();
+                    s.detail = note.to_string();
+                });
+                return;
+            }
+            None => None,
+            Some(r) if r.address != reg.address => {
+                info!(old = %r.address, new = %reg.address, "address changed; registering again");
+                None
+            }
+            Some(r) => Some(r.clone()),
+        };
+        match current {
+            None => self.register(reg, note).await,
+            Some(_) => {
+                let r = tokio::time::timeout(
+                    CATALOG_CALL_TIMEOUT,
+                    self.ctx.catalog.update_ttl(&reg, status, note),
+                )
+                .await
+                .unwrap_or_else(|_| Err(timeout_error(&reg)));
+                match r {
+                    Ok(()) => {
+                        debug!(status = status.as_str(), "TTL updated");
+                        self.registered = Some(reg.clone());
+                        self.board_registered(&reg, note);
+                    }
+                    Err(e) => {
+                        match &e {
+                            CatalogError::NotRegistered { .. } => {
+                                info!(error = %e, "registration lost; registering again")
+                            }
+                            _ => warn!(error = %e, "TTL update failed; registering again"),
+                        }
+                        self.register(reg, note).await;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Registers (again) and sets the TTL with the note.
+    async fn register(&mut self, reg: Registration, note: &str) {
+        let catalog = self.ctx.catalog.clone();
+        let result = tokio::time::timeout(CATALOG_CALL_TIMEOUT, async {
+            catalog.register(&reg).await?;
+            if !note.is_empty() || reg.status != Status::Passing {
+                catalog.update_ttl(&reg, reg.status, note).await?;
+            }
+            Ok(())
+        })
+        .await
+        .unwrap_or_else(|_| Err(timeout_error(&reg)));
+        match result {
+            Ok(()) => {
+                info!(address = %reg.address, port = reg.port, status = reg.status.as_str(), "registered");
+                self.registered = Some(reg.clone());
+                self.board_registered(&reg, note);
+            }
+            Err(e) => {
+                warn!(error = %e, "cannot register; trying again at the next check");
+                // Whatever the catalog holds now, the next round registers again.
+                self.registered = None;
+                self.board(|s| {
+                    s.registered = false;
+                    s.detail = format!("cannot register: {e}");
+                });
+            }
+        }
+    }
+
+    fn address(&mut self) -> Option<String> {
+        match resolve_address(&self.svc.address) {
+            Ok(a) => {
+                if self.last_address_error.take().is_some() {
+                    info!(address = %a, "address resolved");
+                }
+                if self.svc.address == AddressSpec::Auto
+                    && a == "127.0.0.1"
+                    && !self.warned_loopback
+                {
+                    self.warned_loopback = true;
+                    warn!(
+                        "no non-loopback IPv4 address found; registering 127.0.0.1 (set `address` or `interface`)"
+                    );
+                }
+                Some(a)
+            }
+            Err(e) => {
+                if self.last_address_error.as_deref() != Some(&e) {
+                    warn!(error = %e, "cannot resolve the service address; not registering");
+                    self.last_address_error = Some(e.clone());
+                }
+                self.board(|s| s.detail = e);
+                None
+            }
+        }
+    }
+
+    fn board_registered(&self, reg: &Registration, note: &str) {
+        self.board(|s| {
+            s.address = reg.address.clone();
+            s.status = reg.status.as_str().into();
+            s.registered = true;
+            s.detail = note.to_string();
+        });
+    }
+
+    fn board(&self, f: impl FnOnce(&mut ServiceStatus)) {
+        let id = service_id(&self.svc);
+        self.ctx.board.update(|r| {
+            let s = r
+                .services
+                .entry(id.clone())
+                .or_insert_with(|| ServiceStatus {
+                    id: id.clone(),
+                    name: self.svc.name.clone(),
+                    port: self.svc.port,
+                    ..ServiceStatus::default()
+                });
+            f(s);
+        });
+    }
+}
+
+fn timeout_error(reg: &Registration) -> CatalogError {
+    CatalogError::Unreachable {
+        backend: "catalog".into(),
+        detail: format!(
+            "no answer within {} for {}",
+            humantime::format_duration(CATALOG_CALL_TIMEOUT),
+            reg.id
+        ),
+    }
+}
+
+/// The note sent with a TTL update: the command's output, or how it failed.
+fn health_note(o: &Outcome, timeout: Duration) -> String {
+    if o.success() {
+        o.output.clone()
+    } else if o.output.is_empty() {
+        format!("health check {}", o.describe(timeout))
+    } else {
+        format!("health check {}: {}", o.describe(timeout), o.output)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn svc(name: &str, port: u16) -> ServiceConfig {
+        ServiceConfig {
+            name: name.into(),
+            id: None,
+            port,
+            address: AddressSpec::Literal("10.1.2.3".into()),
+            tags: vec![],
+            meta: BTreeMap::new(),
+            health: None,
+            interval: Duration::from_secs(10),
+            ttl: Duration::from_secs(25),
+            initial_status: None,
+            deregister_after: Duration::from_secs(600),
+        }
+    }
+
+    #[test]
+    fn default_id_is_name_host_port() {
+        let id = service_id(&svc("web", 8080));
+        assert!(id.starts_with("web-"), "{id}");
+        assert!(id.ends_with("-8080"), "{id}");
+        assert!(crate::catalog::record::check_name(&id).is_ok(), "{id}");
+        let mut s = svc("web", 8080);
+        s.id = Some("custom".into());
+        assert_eq!(service_id(&s), "custom");
+    }
+
+    #[test]
+    fn address_env_names_are_upper_case_and_safe() {
+        let env = address_env(&[svc("my-web.v2", 80)]);
+        assert_eq!(
+            env.get("REWIRE_MY_WEB_V2_IP").map(String::as_str),
+            Some("10.1.2.3")
+        );
+    }
+
+    #[test]
+    fn auto_address_is_never_loopback_unless_nothing_else() {
+        let a: IpAddr = resolve_address(&AddressSpec::Auto)
+            .unwrap()
+            .parse()
+            .unwrap();
+        let others = interface_addresses()
+            .unwrap()
+            .into_iter()
+            .any(|(_, ip, up)| up && ip.is_ipv4() && !ip.is_loopback());
+        assert_eq!(a.is_loopback(), !others);
+    }
+
+    #[test]
+    fn loopback_interface_resolves_to_127_0_0_1() {
+        assert_eq!(
+            resolve_address(&AddressSpec::Interface("lo".into())).unwrap(),
+            "127.0.0.1"
+        );
+        assert!(resolve_address(&AddressSpec::Interface("nope0".into())).is_err());
+    }
+}

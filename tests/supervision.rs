@@ -1,0 +1,979 @@
+//! Supervision through the real binary: self-registration with health checks, the stop
+//! sequence, `pre_start`, restarts, signals, PID 1 reaping, `[[watch]]` handlers, `[[task]]`s,
+//! the control socket. Real processes and real signals; state is polled, never slept for.
+//!
+//! The main process is a tiny HTTP server (`tests/fixtures/supervision/server.py`) that records
+//! what it sees when SIGTERM arrives.
+
+mod project;
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitStatus};
+use std::time::{Duration, Instant};
+
+use project::Project;
+use support::free_port;
+use support::process::{self as proc_, Daemon, SIGHUP, SIGKILL, SIGTERM, SIGUSR1};
+
+/// How long any expected state may take to appear (2 busy cores).
+const DEADLINE: Duration = Duration::from_secs(20);
+
+fn rewire_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_rewire")
+}
+
+fn python() -> String {
+    if Path::new("/usr/bin/python3").exists() {
+        "/usr/bin/python3".into()
+    } else {
+        "python3".into()
+    }
+}
+
+fn server_py() -> String {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/supervision/server.py")
+        .display()
+        .to_string()
+}
+
+/// A TOML string literal (paths in temp dirs hold nothing Debug would escape differently).
+fn q(s: impl AsRef<str>) -> String {
+    format!("{:?}", s.as_ref())
+}
+
+/// The health command against the server: curl when installed, else Python.
+fn health_probe(port: u16) -> String {
+    let url = format!("http://127.0.0.1:{port}/health");
+    match support::find_binary("curl", None, &[]) {
+        Some(curl) => format!(
+            "[{}, \"-fsS\", \"--max-time\", \"3\", {}]",
+            q(curl.display().to_string()),
+            q(&url)
+        ),
+        None => format!(
+            "[{}, \"-c\", {}]",
+            q(python()),
+            q(format!(
+                "import urllib.request as u; print(u.urlopen('{url}', timeout=3).read().decode())"
+            ))
+        ),
+    }
+}
+
+/// `[catalog]` and `[control]` for a project.
+fn preamble(p: &Project) -> String {
+    format!(
+        "[catalog]\nbackend = \"dir\"\npath = \"catalog\"\n\n[control]\nsocket = {}\n\n",
+        q(p.path("ctl.sock").display().to_string())
+    )
+}
+
+/// A `[[service]]` named web with id `web-test`, checked against the server on `port`.
+fn web_service(port: u16) -> String {
+    format!(
+        "[[service]]\nname = \"web\"\nid = \"web-test\"\nport = {port}\naddress = \"127.0.0.1\"\n\
+         tags = [\"edge\"]\nhealth = {{ exec = {}, timeout = \"5s\" }}\ninterval = \"200ms\"\nttl = \"60s\"\n\n",
+        health_probe(port)
+    )
+}
+
+/// `exec` running the server with extra environment.
+fn server_exec(p: &Project, port: u16, env: &[(&str, &str)]) -> String {
+    let mut argv = vec![q("env")];
+    argv.extend(env.iter().map(|(k, v)| q(format!("{k}={v}"))));
+    argv.extend([
+        q(python()),
+        q(server_py()),
+        q(port.to_string()),
+        q(p.root().display().to_string()),
+    ]);
+    format!("[{}]", argv.join(", "))
+}
+
+fn catalog_file(p: &Project) -> PathBuf {
+    p.path("catalog/services/web/web-test.json")
+}
+
+fn catalog_entry(p: &Project) -> Option<serde_json::Value> {
+    let text = std::fs::read_to_string(catalog_file(p)).ok()?;
+    serde_json::from_str(&text).ok()
+}
+
+fn lines(path: &Path) -> Vec<String> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+fn read_pid(path: &Path) -> Option<i32> {
+    std::fs::read_to_string(path).ok()?.trim().parse().ok()
+}
+
+/// A running `rewire run`. Dropping it stops rewire gracefully (so main is stopped too), then
+/// kills whatever is left: rewire's group and the main process recorded in `main.pid`.
+struct Rewire {
+    daemon: Daemon,
+    root: PathBuf,
+}
+
+impl Rewire {
+    fn start(p: &Project, extra: &[&str]) -> Rewire {
+        Rewire::spawn(p, p.command(&[&["run"], extra].concat()))
+    }
+
+    fn spawn(p: &Project, cmd: Command) -> Rewire {
+        Rewire::spawn_logged(p, cmd, "rewire.log")
+    }
+
+    fn spawn_logged(p: &Project, cmd: Command, log: &str) -> Rewire {
+        let daemon = Daemon::spawn("rewire", cmd, &p.path(log)).expect("spawn rewire");
+        Rewire {
+            daemon,
+            root: p.root().to_path_buf(),
+        }
+    }
+
+    fn pid(&self) -> i32 {
+        self.daemon.pid() as i32
+    }
+
+    fn signal(&self, sig: i32) {
+        proc_::signal(self.pid(), sig).expect("signal rewire");
+    }
+
+    /// Waits for rewire to exit on its own; panics with the log after `DEADLINE`.
+    #[track_caller]
+    fn wait_exit(&mut self) -> ExitStatus {
+        let mut status = None;
+        let ok = support::poll_until(DEADLINE, || {
+            status = self.daemon.exited();
+            status.is_some()
+        });
+        if !ok {
+            panic!("{}", self.daemon.report("did not exit"));
+        }
+        status.expect("polled")
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.daemon.log_path()).unwrap_or_default()
+    }
+
+    /// Waits for `what`, failing with rewire's log.
+    #[track_caller]
+    fn wait_for(&mut self, what: &str, f: impl FnMut() -> bool) {
+        if !support::poll_until(DEADLINE, f) {
+            panic!(
+                "timed out waiting for: {what}\n{}",
+                self.daemon.report("still running?")
+            );
+        }
+    }
+}
+
+impl Drop for Rewire {
+    fn drop(&mut self) {
+        if self.daemon.is_running() {
+            let _ = self.daemon.signal(SIGTERM);
+            support::poll_until(Duration::from_secs(15), || !self.daemon.is_running());
+        }
+        self.daemon.kill();
+        if let Some(pid) = read_pid(&self.root.join("main.pid")) {
+            let _ = proc_::signal(-pid, SIGKILL);
+            let _ = proc_::signal(pid, SIGKILL);
+        }
+    }
+}
+
+fn alive(pid: i32) -> bool {
+    // A zombie still answers kill(0); look at its state too.
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    let state = stat
+        .rsplit_once(')')
+        .and_then(|(_, rest)| rest.split_whitespace().next())
+        .unwrap_or("?");
+    state != "Z"
+}
+
+#[test]
+fn registration_appears_only_after_the_first_pass_and_a_failing_check_is_critical_at_once() {
+    let p = Project::new();
+    let port = free_port();
+    p.file("sick", "");
+    p.config(&format!(
+        "{}{}[main]\nexec = {}\nstop_timeout = \"5s\"\n",
+        preamble(&p),
+        web_service(port),
+        server_exec(&p, port, &[])
+    ));
+    let mut rw = Rewire::start(&p, &[]);
+    let health_log = p.path("health.log");
+    rw.wait_for("three failing health checks", || {
+        lines(&health_log).len() >= 3
+    });
+    assert!(
+        !catalog_file(&p).exists(),
+        "registered before any health check passed:\n{}",
+        rw.log()
+    );
+
+    std::fs::remove_file(p.path("sick")).unwrap();
+    rw.wait_for("a passing registration", || {
+        catalog_entry(&p).is_some_and(|e| e["status"] == "passing")
+    });
+    let e = catalog_entry(&p).unwrap();
+    assert_eq!(e["address"], "127.0.0.1");
+    assert_eq!(e["port"], port);
+    assert_eq!(e["tags"], serde_json::json!(["edge"]));
+
+    // ttl is 60 s: only rewire reporting the failure can turn the file critical this soon
+    // (an expired file keeps "passing" in it; readers compute the expiry).
+    p.file("sick", "");
+    let failed_at = Instant::now();
+    rw.wait_for("the registration turning critical", || {
+        catalog_entry(&p).is_some_and(|e| e["status"] == "critical")
+    });
+    assert!(failed_at.elapsed() < Duration::from_secs(30));
+    let notes = catalog_entry(&p).unwrap()["notes"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        notes.contains("500") || notes.contains("Error"),
+        "notes: {notes}"
+    );
+
+    // Healthy again: passing again, same registration.
+    std::fs::remove_file(p.path("sick")).unwrap();
+    rw.wait_for("passing again", || {
+        catalog_entry(&p).is_some_and(|e| e["status"] == "passing")
+    });
+}
+
+#[test]
+fn sigterm_deregisters_before_main_gets_its_stop_signal_and_main_status_is_the_exit_status() {
+    let p = Project::new();
+    let port = free_port();
+    let catalog = catalog_file(&p).display().to_string();
+    let order = p.path("order.log").display().to_string();
+    let pre_stop = format!(
+        "if [ -e {catalog} ]; then echo 'pre_stop catalog=present'; else echo 'pre_stop catalog=gone'; fi >> {order}"
+    );
+    let post_stop = format!(
+        "echo post_stop >> {order}; echo \"$REWIRE_WEB_IP $REWIRE_PID $REWIRE_CONFIG\" > {order}.env"
+    );
+    p.config(&format!(
+        "{}{}[main]\nexec = {}\npre_stop = [\"sh\", \"-c\", {}]\npost_stop = [\"sh\", \"-c\", {}]\n\
+         drain = \"200ms\"\nstop_timeout = \"10s\"\n",
+        preamble(&p),
+        web_service(port),
+        server_exec(&p, port, &[("CATALOG_FILE", &catalog), ("EXIT_CODE", "42")]),
+        q(pre_stop),
+        q(post_stop),
+    ));
+    let mut rw = Rewire::start(&p, &[]);
+    rw.wait_for("registered", || {
+        catalog_entry(&p).is_some_and(|e| e["status"] == "passing")
+    });
+    rw.signal(SIGTERM);
+    let status = rw.wait_exit();
+    assert_eq!(status.code(), Some(42), "{}", rw.log());
+    assert_eq!(
+        lines(&p.path("order.log")),
+        [
+            "pre_stop catalog=gone",
+            "main got TERM catalog=gone",
+            "post_stop"
+        ],
+        "{}",
+        rw.log()
+    );
+    assert!(!catalog_file(&p).exists());
+    let main = read_pid(&p.path("main.pid")).unwrap();
+    assert!(!alive(main), "main survived rewire");
+    // Hooks get the service addresses, rewire's pid and the config path.
+    assert_eq!(
+        p.read("order.log.env").trim(),
+        format!("127.0.0.1 {} {}", rw.pid(), p.path("rewire.toml").display())
+    );
+}
+
+#[test]
+fn sighup_reconciles_registrations_and_leaves_main_alone() {
+    let p = Project::new();
+    let svc = |name: &str, tags: &str| {
+        format!(
+            "[[service]]\nname = \"{name}\"\nid = \"{name}-test\"\nport = 8000\naddress = \"127.0.0.1\"\n\
+             tags = [{tags}]\ninterval = \"200ms\"\nttl = \"5s\"\n\n"
+        )
+    };
+    let main = format!(
+        "[main]\nexec = [\"sh\", \"-c\", {}]\n",
+        q(format!(
+            "echo $$ > {}; while :; do sleep 0.05 & wait $!; done",
+            p.path("main.pid").display()
+        ))
+    );
+    let entry = |name: &str| -> Option<serde_json::Value> {
+        let text =
+            std::fs::read_to_string(p.path(&format!("catalog/services/{name}/{name}-test.json")))
+                .ok()?;
+        serde_json::from_str(&text).ok()
+    };
+    p.config(&format!(
+        "{}{}{}{}{main}",
+        preamble(&p),
+        svc("a", ""),
+        svc("b", ""),
+        svc("c", "\"v1\"")
+    ));
+    let mut rw = Rewire::start(&p, &[]);
+    rw.wait_for("three registrations", || {
+        ["a", "b", "c"].iter().all(|n| entry(n).is_some()) && p.path("main.pid").exists()
+    });
+    let main_pid = read_pid(&p.path("main.pid"));
+
+    // b goes, c changes its tags, d comes, a stays as it is.
+    p.config(&format!(
+        "{}{}{}{}{main}",
+        preamble(&p),
+        svc("a", ""),
+        svc("c", "\"v2\""),
+        svc("d", "")
+    ));
+    rw.signal(SIGHUP);
+    rw.wait_for("the new registrations", || {
+        entry("b").is_none()
+            && entry("c").is_some_and(|e| e["tags"] == serde_json::json!(["v2"]))
+            && entry("d").is_some()
+    });
+    assert!(entry("a").is_some());
+    let log = rw.log();
+    let registered = |id: &str| {
+        log.lines()
+            .filter(|l| l.contains(&format!("id={id}")) && l.contains(" registered "))
+            .count()
+    };
+    assert_eq!(
+        registered("a-test"),
+        1,
+        "the unchanged registration was redone:\n{log}"
+    );
+    assert_eq!(registered("c-test"), 2, "{log}");
+    assert_eq!(
+        read_pid(&p.path("main.pid")),
+        main_pid,
+        "main was restarted"
+    );
+    assert!(alive(main_pid.unwrap()));
+}
+
+#[test]
+fn main_ignoring_sigterm_is_killed_after_stop_timeout() {
+    let p = Project::new();
+    let port = free_port();
+    p.config(&format!(
+        "{}[main]\nexec = {}\nstop_timeout = \"1s\"\n",
+        preamble(&p),
+        server_exec(&p, port, &[("IGNORE_TERM", "1")])
+    ));
+    let mut rw = Rewire::start(&p, &[]);
+    let pidfile = p.path("main.pid");
+    rw.wait_for("main serving", || {
+        read_pid(&pidfile).is_some() && support::ports::port_open(port)
+    });
+    let main = read_pid(&pidfile).unwrap();
+    let sent = Instant::now();
+    rw.signal(SIGTERM);
+    let status = rw.wait_exit();
+    let took = sent.elapsed();
+    assert_eq!(status.code(), Some(128 + 9), "{}", rw.log());
+    assert!(
+        took >= Duration::from_secs(1),
+        "killed before stop_timeout: {took:?}"
+    );
+    assert!(!alive(main));
+    assert!(rw.log().contains("did not stop in time"), "{}", rw.log());
+}
+
+#[test]
+fn pre_start_failure_stops_startup_with_its_status() {
+    let p = Project::new();
+    let started = p.path("started").display().to_string();
+    p.config(&format!(
+        "{}[main]\npre_start = [\"sh\", \"-c\", \"echo preparing-the-app; exit 7\"]\nexec = [\"touch\", {}]\n",
+        preamble(&p),
+        q(started)
+    ));
+    let mut rw = Rewire::start(&p, &[]);
+    let status = rw.wait_exit();
+    assert_eq!(status.code(), Some(7), "{}", rw.log());
+    assert!(
+        !p.path("started").exists(),
+        "main ran after pre_start failed"
+    );
+    // The hook's output is in rewire's log, under the command's name.
+    assert!(rw.log().contains("preparing-the-app"), "{}", rw.log());
+}
+
+#[test]
+fn main_restarts_on_failure_until_it_succeeds() {
+    let p = Project::new();
+    let count = p.path("count").display().to_string();
+    let script = format!(
+        "n=$(cat {count} 2>/dev/null || echo 0); n=$((n+1)); echo $n > {count}; [ $n -ge 3 ] && exit 0; exit 1"
+    );
+    p.config(&format!(
+        "{}[main]\nexec = [\"sh\", \"-c\", {}]\nrestart = \"on-failure\"\n",
+        preamble(&p),
+        q(script)
+    ));
+    let mut rw = Rewire::start(&p, &[]);
+    let status = rw.wait_exit();
+    assert_eq!(status.code(), Some(0), "{}", rw.log());
+    assert_eq!(p.read("count").trim(), "3");
+    assert_eq!(
+        rw.log().matches("restarting main").count(),
+        2,
+        "{}",
+        rw.log()
+    );
+}
+
+/// Main for the signal tests: records HUP and USR1, exits 0 on TERM. `sleep & wait` so that
+/// traps run at once instead of after a foreground sleep.
+fn trapping_main(p: &Project) -> String {
+    let got = p.path("got").display().to_string();
+    let pidfile = p.path("main.pid").display().to_string();
+    format!(
+        "trap 'echo hup >> {got}' HUP; trap 'echo usr1 >> {got}' USR1; trap 'exit 0' TERM; \
+         [ -e out/web.conf ] && cp out/web.conf {got}.conf; \
+         echo $$ > {pidfile}; while :; do sleep 0.05 & wait $!; done"
+    )
+}
+
+#[test]
+fn forward_signals_reach_main_and_hup_stays_rewires() {
+    let p = Project::new();
+    p.config(&format!(
+        "{}[main]\nexec = [\"sh\", \"-c\", {}]\n",
+        preamble(&p),
+        q(trapping_main(&p))
+    ));
+    let mut rw = Rewire::start(&p, &[]);
+    rw.wait_for("main running", || read_pid(&p.path("main.pid")).is_some());
+    rw.signal(SIGUSR1);
+    rw.wait_for("USR1 forwarded to main", || {
+        lines(&p.path("got")).contains(&"usr1".to_string())
+    });
+    // HUP re-reads rewire's config; main does not get it and is not restarted.
+    let main = read_pid(&p.path("main.pid"));
+    rw.signal(SIGHUP);
+    rw.wait_for("the config reloaded", || {
+        rw_log_has(&p, "new config applied")
+    });
+    rw.signal(SIGUSR1);
+    rw.wait_for("a second USR1", || {
+        lines(&p.path("got"))
+            .iter()
+            .filter(|l| *l == "usr1")
+            .count()
+            == 2
+    });
+    assert!(
+        !lines(&p.path("got")).contains(&"hup".to_string()),
+        "main got rewire's HUP"
+    );
+    assert_eq!(
+        read_pid(&p.path("main.pid")),
+        main,
+        "main was restarted by a reload"
+    );
+    rw.signal(SIGTERM);
+    assert_eq!(rw.wait_exit().code(), Some(0), "{}", rw.log());
+}
+
+fn rw_log_has(p: &Project, text: &str) -> bool {
+    std::fs::read_to_string(p.path("rewire.log")).is_ok_and(|l| l.contains(text))
+}
+
+#[test]
+fn main_starts_after_the_templates_and_a_reload_signal_reaches_it() {
+    let p = Project::new();
+    p.file("web.tera", project::UPSTREAM)
+        .instance("web", "a", "10.0.0.1", 80)
+        .config(&format!(
+            "{}[[template]]\nsource = \"web.tera\"\ndestination = \"out/web.conf\"\nwait = \"50ms:200ms\"\n\
+             reload = {{ signal = \"HUP\", target = \"main\" }}\n\n\
+             [main]\nexec = [\"sh\", \"-c\", {}]\nwait_for_templates = \"20s\"\n",
+            preamble(&p),
+            q(trapping_main(&p))
+        ));
+    let mut rw = Rewire::start(&p, &[]);
+    rw.wait_for("main running", || read_pid(&p.path("main.pid")).is_some());
+    // Main started only after the template was written.
+    assert!(p.read("got.conf").contains("10.0.0.1:80"), "{}", rw.log());
+    p.instance("web", "b", "10.0.0.2", 80);
+    rw.wait_for("HUP reload reaching main", || {
+        lines(&p.path("got")).contains(&"hup".to_string())
+    });
+    assert!(p.read("out/web.conf").contains("10.0.0.2:80"));
+    rw.signal(SIGTERM);
+    assert_eq!(rw.wait_exit().code(), Some(0), "{}", rw.log());
+}
+
+/// Main's script for the reaping tests: leaves an orphan that exits after 300 ms, records who
+/// adopted it and whether it was reaped, then waits for TERM and exits with 5.
+fn orphan_script(p: &Project, pidfile: &str) -> String {
+    let d = p.root().display().to_string();
+    format!(
+        "sh -c 'sleep 0.3 & echo $! > {d}/orphan.pid'; o=$(cat {d}/orphan.pid); \
+         cut -d' ' -f4 /proc/$o/stat > {d}/orphan.ppid; \
+         i=0; while [ $i -lt 200 ]; do \
+           if [ ! -e /proc/$o ]; then echo reaped > {d}/result; break; fi; \
+           i=$((i+1)); sleep 0.05; \
+         done; [ -e {d}/result ] || echo zombie > {d}/result; \
+         ps -eo pid,ppid,stat,comm > {d}/ps.txt; \
+         trap 'exit 5' TERM; echo $$ > {d}/{pidfile}; while :; do sleep 0.05 & wait $!; done"
+    )
+}
+
+#[test]
+fn orphans_are_reaped_by_the_subreaper_and_its_exit_status_is_the_workers() {
+    let p = Project::new();
+    p.config(&format!(
+        "{}[main]\nexec = [\"sh\", \"-c\", {}]\n",
+        preamble(&p),
+        q(orphan_script(&p, "main.pid"))
+    ));
+    let mut rw = Rewire::start(&p, &["--subreaper"]);
+    rw.wait_for("main done with the orphan", || p.path("main.pid").exists());
+    // The orphan was adopted by the reaper (the process we started), not by init...
+    assert_eq!(
+        p.read("orphan.ppid").trim(),
+        rw.pid().to_string(),
+        "{}",
+        rw.log()
+    );
+    // ...and reaped by it: no zombie remained.
+    assert_eq!(p.read("result").trim(), "reaped", "{}", p.read("ps.txt"));
+    // The reaper forwards SIGTERM to the worker, which stops main; main's status comes back
+    // through both processes.
+    rw.signal(SIGTERM);
+    assert_eq!(rw.wait_exit().code(), Some(5), "{}", rw.log());
+}
+
+#[test]
+fn orphans_are_reaped_when_rewire_is_pid_1_in_a_new_pid_namespace() {
+    if !proc_::is_root() {
+        support::skip::<()>(
+            "root",
+            "is needed for unshare --pid (not running as root)",
+            true,
+        );
+        return;
+    }
+    let probe = Command::new("unshare")
+        .args(["--pid", "--fork", "--mount-proc", "true"])
+        .output();
+    if !probe.is_ok_and(|o| o.status.success()) {
+        support::skip::<()>(
+            "unshare",
+            "--pid --fork --mount-proc does not work here",
+            true,
+        );
+        return;
+    }
+    let p = Project::new();
+    p.config(&format!(
+        "{}[main]\nexec = [\"sh\", \"-c\", {}]\n",
+        preamble(&p),
+        // Not main.pid: a pid inside the namespace means nothing outside it (and `Rewire`
+        // kills the pid in main.pid when dropped).
+        q(orphan_script(&p, "ns-main.pid"))
+    ));
+    let mut cmd = Command::new("unshare");
+    cmd.args(["--pid", "--fork", "--mount-proc", rewire_bin(), "run", "-c"])
+        .arg(p.path("rewire.toml"))
+        .current_dir(p.root())
+        .env_remove("REWIRE_CONFIG")
+        .env("REWIRE_LOG", "info");
+    let mut rw = Rewire::spawn(&p, cmd);
+    rw.wait_for("main done with the orphan", || {
+        p.path("ns-main.pid").exists()
+    });
+    assert_eq!(p.read("orphan.ppid").trim(), "1", "{}", p.read("ps.txt"));
+    assert_eq!(p.read("result").trim(), "reaped", "{}", p.read("ps.txt"));
+    let ps = p.read("ps.txt");
+    let pid1 = ps
+        .lines()
+        .find(|l| l.split_whitespace().next() == Some("1"))
+        .unwrap_or_default();
+    assert!(pid1.contains("rewire"), "PID 1 is not rewire:\n{ps}");
+    assert!(
+        !ps.lines().skip(1).any(|l| l
+            .split_whitespace()
+            .nth(2)
+            .is_some_and(|s| s.starts_with('Z'))),
+        "a zombie remained:\n{ps}"
+    );
+    // SIGTERM to the namespace's PID 1 (from outside) is forwarded to the worker.
+    let unshare = rw.pid() as u32;
+    let mut init = None;
+    rw.wait_for("rewire as the namespace's init", || {
+        init = proc_::children(unshare).first().copied();
+        init.is_some()
+    });
+    proc_::signal(init.expect("polled") as i32, SIGTERM).unwrap();
+    assert_eq!(rw.wait_exit().code(), Some(5), "{}", rw.log());
+}
+
+#[test]
+fn on_change_fires_once_per_coalesced_change_and_never_overlaps() {
+    let p = Project::new();
+    std::fs::create_dir_all(p.path("calls")).unwrap();
+    let d = p.root().display().to_string();
+    let handler = format!(
+        "mkdir {d}/lock 2>/dev/null || echo overlap >> {d}/overlaps; \
+         n=$(ls {d}/calls | wc -l); cat > {d}/calls/.tmp; echo \"$REWIRE_SERVICE\" >> {d}/names; \
+         mv {d}/calls/.tmp {d}/calls/$(printf %03d $((n+1))).json; \
+         sleep 0.5; rmdir {d}/lock"
+    );
+    p.config(&format!(
+        "{}[[watch]]\nservice = \"sales\"\non_change = [\"sh\", \"-c\", {}]\nwait = {{ min = \"400ms\", max = \"5s\" }}\n",
+        preamble(&p),
+        q(handler)
+    ));
+    let call = |n: usize| -> Option<serde_json::Value> {
+        let text = std::fs::read_to_string(p.path(&format!("calls/{n:03}.json"))).ok()?;
+        serde_json::from_str(&text).ok()
+    };
+    let calls = || {
+        std::fs::read_dir(p.path("calls"))
+            .map(|r| r.count())
+            .unwrap_or(0)
+    };
+    let addrs = |v: &serde_json::Value| -> Vec<String> {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|i| format!("{}:{}", i["address"].as_str().unwrap(), i["port"]))
+            .collect()
+    };
+    // The service's directory exists before rewire starts. (A directory created while the
+    // dir catalog watches can lose the files written into it in the next instant: a dir
+    // catalog bug reported separately, not what this test is about.)
+    std::fs::create_dir_all(p.path("catalog/services/sales")).unwrap();
+    let mut rw = Rewire::start(&p, &[]);
+    // First sight fires at once, even with no instances.
+    rw.wait_for("the first call", || call(1).is_some());
+    assert_eq!(call(1).unwrap(), serde_json::json!([]));
+
+    // A burst of three registrations (plus one critical instance, which is not healthy)
+    // is one change.
+    p.instance("sales", "s1", "10.0.0.1", 80)
+        .instance("sales", "s2", "10.0.0.2", 80)
+        .instance_json(
+            "sales",
+            "sick",
+            r#"{"address": "10.0.0.9", "port": 80, "status": "critical"}"#,
+        )
+        .instance("sales", "s3", "10.0.0.3", 80);
+    rw.wait_for("the second call", || call(2).is_some());
+    assert_eq!(
+        addrs(&call(2).unwrap()),
+        ["10.0.0.1:80", "10.0.0.2:80", "10.0.0.3:80"],
+        "{}",
+        rw.log()
+    );
+    // A change while the handler still runs waits for it (no overlap), then fires once.
+    p.remove_instance("sales", "s2");
+    rw.wait_for("the third call", || call(3).is_some());
+    assert_eq!(addrs(&call(3).unwrap()), ["10.0.0.1:80", "10.0.0.3:80"]);
+    assert_eq!(calls(), 3, "{}", rw.log());
+    let first = &call(3).unwrap()[0];
+    assert_eq!(first["name"], "sales");
+    assert_eq!(first["status"], "passing");
+    assert_eq!(lines(&p.path("names")), ["sales", "sales", "sales"]);
+    assert!(
+        !p.path("overlaps").exists(),
+        "two runs of the handler overlapped"
+    );
+}
+
+#[test]
+fn a_periodic_task_never_overlaps_and_failures_are_counted() {
+    let p = Project::new();
+    let d = p.root().display().to_string();
+    let slow = format!(
+        "mkdir {d}/lock 2>/dev/null || echo overlap >> {d}/overlaps; echo run >> {d}/runs; sleep 0.35; rmdir {d}/lock"
+    );
+    p.config(&format!(
+        "{}[[task]]\nname = \"slow\"\nevery = \"100ms\"\nexec = [\"sh\", \"-c\", {}]\ntimeout = \"5s\"\n\n\
+         [[task]]\nname = \"failing\"\nevery = \"150ms\"\nexec = [\"sh\", \"-c\", \"echo task-says-boom; exit 3\"]\n",
+        preamble(&p),
+        q(slow)
+    ));
+    let mut rw = Rewire::start(&p, &[]);
+    let runs = p.path("runs");
+    rw.wait_for("four runs of the slow task", || lines(&runs).len() >= 4);
+    assert!(!p.path("overlaps").exists(), "the task overlapped itself");
+    assert!(rw.log().contains("skipping this one"), "{}", rw.log());
+
+    let mut failing = serde_json::Value::Null;
+    rw.wait_for("a counted failure in `rewire status`", || {
+        let o = p.rewire(&["status", "--json"]);
+        failing = serde_json::from_slice::<serde_json::Value>(&o.stdout)
+            .map(|v| v["tasks"]["failing"].clone())
+            .unwrap_or_default();
+        failing["failures"].as_u64().unwrap_or(0) >= 1
+    });
+    assert!(
+        failing["last_error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("status 3"),
+        "{failing}"
+    );
+    assert!(rw.log().contains("task-says-boom"), "{}", rw.log());
+}
+
+#[test]
+fn status_answers_while_running_and_exits_1_without_a_daemon() {
+    let p = Project::new();
+    let port = free_port();
+    p.config(&format!(
+        "{}{}[main]\nexec = {}\n",
+        preamble(&p),
+        web_service(port),
+        server_exec(&p, port, &[])
+    ));
+    let o = p.rewire(&["status"]);
+    assert_eq!(project::code(&o), 1, "{}", project::stderr(&o));
+    assert!(
+        project::stderr(&o).contains("ctl.sock"),
+        "{}",
+        project::stderr(&o)
+    );
+
+    // A socket file left behind by a dead daemon is replaced.
+    drop(std::os::unix::net::UnixListener::bind(p.path("ctl.sock")).unwrap());
+    let mut rw = Rewire::start(&p, &[]);
+    rw.wait_for("registered", || {
+        catalog_entry(&p).is_some_and(|e| e["status"] == "passing")
+    });
+    let mut text = String::new();
+    rw.wait_for("status showing the registration", || {
+        let o = p.rewire(&["status"]);
+        text = project::stdout(&o);
+        project::code(&o) == 0 && text.contains("passing, registered")
+    });
+    assert!(text.contains("web-test (web)  127.0.0.1:"), "{text}");
+    assert!(text.contains("main: running (pid "), "{text}");
+    assert!(text.contains("maintenance: off"), "{text}");
+
+    let o = p.rewire(&["status", "--json"]);
+    assert_eq!(project::code(&o), 0);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["main"]["state"], "running");
+    assert_eq!(v["services"]["web-test"]["registered"], true);
+
+    rw.signal(SIGTERM);
+    rw.wait_exit();
+    assert!(
+        !p.path("ctl.sock").exists(),
+        "the control socket outlived rewire"
+    );
+    let o = p.rewire(&["status"]);
+    assert_eq!(project::code(&o), 1);
+}
+
+#[test]
+fn maintenance_on_removes_the_registration_while_main_keeps_running() {
+    let p = Project::new();
+    let port = free_port();
+    p.config(&format!(
+        "{}{}[main]\nexec = {}\n",
+        preamble(&p),
+        web_service(port),
+        server_exec(&p, port, &[])
+    ));
+    let mut rw = Rewire::start(&p, &[]);
+    rw.wait_for("registered", || {
+        catalog_entry(&p).is_some_and(|e| e["status"] == "passing")
+    });
+    let main = read_pid(&p.path("main.pid")).unwrap();
+
+    let o = p.rewire(&["maintenance", "on"]);
+    assert_eq!(project::code(&o), 0, "{}", project::stderr(&o));
+    rw.wait_for("the registration removed", || !catalog_file(&p).exists());
+    let o = p.rewire(&["status", "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["maintenance"], true);
+    assert_eq!(v["services"]["web-test"]["registered"], false);
+    let o = p.rewire(&["status"]);
+    assert!(project::stdout(&o).contains("maintenance: on"));
+    assert!(!catalog_file(&p).exists());
+    assert!(alive(main), "main stopped in maintenance mode");
+    assert!(support::ports::port_open(port));
+
+    let o = p.rewire(&["maintenance", "off"]);
+    assert_eq!(project::code(&o), 0, "{}", project::stderr(&o));
+    rw.wait_for("registered again", || {
+        catalog_entry(&p).is_some_and(|e| e["status"] == "passing")
+    });
+    assert_eq!(
+        read_pid(&p.path("main.pid")),
+        Some(main),
+        "main was restarted"
+    );
+    assert!(alive(main));
+}
+
+#[test]
+fn maintenance_exits_1_without_a_daemon() {
+    let p = Project::new();
+    p.config(&preamble(&p));
+    let o = p.rewire(&["maintenance", "on"]);
+    assert_eq!(project::code(&o), 1, "{}", project::stderr(&o));
+}
+
+#[test]
+fn the_autopilot_nginx_example_configs_are_valid() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/autopilot-nginx");
+    for config in ["rewire.toml", "app.toml"] {
+        let o = Command::new(rewire_bin())
+            .args(["check", "-c"])
+            .arg(dir.join(config))
+            .current_dir(&dir)
+            .env_remove("REWIRE_CONFIG")
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "{config}: {}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+    }
+}
+
+#[test]
+fn the_autopilot_nginx_example_balances_across_backends_and_follows_a_stopped_one() {
+    let Some(nginx) = support::nginx::binary() else {
+        support::skip::<()>(
+            "nginx",
+            "is not installed (apt-get install nginx-light)",
+            false,
+        );
+        return;
+    };
+    if support::find_binary("curl", None, &[]).is_none() {
+        support::skip::<()>(
+            "curl",
+            "is not installed (the example's health checks use it)",
+            false,
+        );
+        return;
+    }
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/autopilot-nginx");
+    let p = Project::new();
+    for f in [
+        "rewire.toml",
+        "app.toml",
+        "templates/nginx.conf.tera",
+        "templates/app.conf.tera",
+    ] {
+        p.file(f, &std::fs::read_to_string(example.join(f)).unwrap());
+    }
+    std::fs::create_dir_all(p.path("run")).unwrap();
+    std::fs::create_dir_all(p.path("catalog/services/app")).unwrap();
+    let path = format!(
+        "{}:{}",
+        nginx.parent().unwrap().display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let (lb_port, port1, port2) = (free_port(), free_port(), free_port());
+    let start = |config: &str, log: &str, env: &[(&str, String)]| {
+        let mut cmd = Command::new(rewire_bin());
+        cmd.args(["run", "-c", config])
+            .current_dir(p.root())
+            .env_remove("REWIRE_CONFIG")
+            .env("REWIRE_LOG", "info")
+            .env("PATH", &path)
+            .env("LB_PORT", lb_port.to_string());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        Rewire::spawn_logged(&p, cmd, log)
+    };
+    let mut lb = start(
+        "rewire.toml",
+        "lb.log",
+        &[
+            ("LB_DRAIN", "0s".into()),
+            ("REWIRE_SOCKET", "run/lb.sock".into()),
+        ],
+    );
+    let app = |n: u32, port: u16| {
+        start(
+            "app.toml",
+            &format!("app{n}.log"),
+            &[
+                ("APP_PORT", port.to_string()),
+                ("APP_RUN", format!("run-app{n}")),
+                ("REWIRE_SOCKET", format!("run/app{n}.sock")),
+            ],
+        )
+    };
+    let mut app1 = app(1, port1);
+    let mut app2 = app(2, port2);
+    let lb_addr = format!("127.0.0.1:{lb_port}");
+    let answers = |n: usize| -> Vec<String> {
+        (0..n)
+            .filter_map(|_| support::http::try_get(&lb_addr, "/").ok())
+            .filter(|r| r.is_success())
+            .map(|r| r.text())
+            .collect()
+    };
+    lb.wait_for("the load balancer reaching both backends", || {
+        let seen = answers(4);
+        seen.iter().any(|a| a.ends_with(&format!("port {port1}")))
+            && seen.iter().any(|a| a.ends_with(&format!("port {port2}")))
+    });
+    // The load balancer registered itself too.
+    lb.wait_for("lb registered", || {
+        std::fs::read_dir(p.path("catalog/services/lb")).is_ok_and(|mut d| d.next().is_some())
+    });
+
+    app2.signal(SIGTERM);
+    assert_eq!(app2.wait_exit().code(), Some(0), "{}", app2.log());
+    lb.wait_for("the upstream without the stopped backend", || {
+        !p.read("run/nginx.conf").contains(&format!(":{port2};"))
+    });
+    let seen = answers(4);
+    assert_eq!(
+        seen.len(),
+        4,
+        "requests failed after a backend left: {seen:?}"
+    );
+    assert!(
+        seen.iter().all(|a| a.ends_with(&format!("port {port1}"))),
+        "{seen:?}"
+    );
+
+    for rw in [&mut app1, &mut lb] {
+        rw.signal(SIGTERM);
+        assert_eq!(rw.wait_exit().code(), Some(0), "{}", rw.log());
+    }
+    assert!(
+        std::fs::read_dir(p.path("catalog/services/app")).is_ok_and(|mut d| d.next().is_none()),
+        "a stopped backend left its registration"
+    );
+}
