@@ -267,12 +267,18 @@ impl DirCatalog {
         }
     }
 
+    /// Forgets the last full read (after our own writes, which must show at once).
+    fn invalidate(&self) {
+        *self.recent.lock().unwrap_or_else(|e| e.into_inner()) = None;
+    }
+
     fn write_record(
         &self,
         reg: &Registration,
         status: Status,
         note: &str,
     ) -> Result<(), CatalogError> {
+        self.invalidate();
         check_name(&reg.name)
             .map_err(|e| CatalogError::Unsupported(format!("service name {e}")))?;
         check_name(&reg.id).map_err(|e| CatalogError::Unsupported(format!("service id {e}")))?;
@@ -591,6 +597,7 @@ impl Catalog for DirCatalog {
     }
 
     async fn deregister(&self, reg: &Registration) -> Result<(), CatalogError> {
+        self.invalidate();
         let path = self.instance_path(&reg.name, &reg.id);
         match std::fs::remove_file(&path) {
             Ok(()) => Ok(()),
