@@ -127,6 +127,31 @@ pub fn pending_reason(
     parts.join("; ")
 }
 
+/// Picks the named templates and parses every template, printing what is wrong. A bad name
+/// is a usage error (2); broken templates exit with `load_failure`.
+fn prepare<'c>(
+    config: &'c Config,
+    names: &[String],
+    command: &str,
+    load_failure: u8,
+) -> Result<(Vec<&'c TemplateConfig>, Engine), u8> {
+    let templates = select(config, names).map_err(|e| {
+        eprintln!("rewire {command}: {e}");
+        ERROR
+    })?;
+    let engine = Engine::load(&config.templates).map_err(|errors| {
+        for e in &errors {
+            eprintln!("{e}");
+        }
+        eprintln!(
+            "rewire {command}: {} template problem(s); nothing written",
+            errors.len()
+        );
+        load_failure
+    })?;
+    Ok((templates, engine))
+}
+
 /// A template written in this run, with what its destination held before.
 type Written<'c> = (&'c TemplateConfig, Option<Vec<u8>>);
 
@@ -136,25 +161,9 @@ pub async fn render(
     args: &RenderArgs,
     env: &BTreeMap<String, String>,
 ) -> u8 {
-    let templates = match select(config, &args.templates) {
-        Ok(t) => t,
-        Err(e) => {
-            eprintln!("rewire render: {e}");
-            return ERROR;
-        }
-    };
-    let engine = match Engine::load(&config.templates) {
-        Ok(e) => e,
-        Err(errors) => {
-            for e in &errors {
-                eprintln!("{e}");
-            }
-            eprintln!(
-                "rewire render: {} template problem(s); nothing written",
-                errors.len()
-            );
-            return PROBLEMS;
-        }
+    let (templates, engine) = match prepare(config, &args.templates, "render", PROBLEMS) {
+        Ok(p) => p,
+        Err(code) => return code,
     };
     let store = Store::new();
     let (results, last_error) =
@@ -230,21 +239,9 @@ pub async fn render(
 }
 
 pub async fn diff(config: &Config, catalog: Arc<dyn Catalog>, args: &DiffArgs) -> u8 {
-    let templates = match select(config, &args.templates) {
-        Ok(t) => t,
-        Err(e) => {
-            eprintln!("rewire diff: {e}");
-            return ERROR;
-        }
-    };
-    let engine = match Engine::load(&config.templates) {
-        Ok(e) => e,
-        Err(errors) => {
-            for e in &errors {
-                eprintln!("{e}");
-            }
-            return ERROR;
-        }
+    let (templates, engine) = match prepare(config, &args.templates, "diff", ERROR) {
+        Ok(p) => p,
+        Err(code) => return code,
     };
     let store = Store::new();
     let (results, last_error) =
