@@ -6,8 +6,9 @@
 //! `rewire run` (wait.min = 0), then make N changes 50 ms apart. Each change moves one
 //! "marker" instance to a new port; the clock starts when the write is acknowledged (the
 //! rename returned, the etcd put or Consul register answered) and stops when the destination
-//! holds the new port (the destination's directory is watched with inotify and the file
-//! re-read on each event). Prints median / p90 / p99, the daemon's RSS (VmRSS after 2 s idle)
+//! holds the new port (the destination's directory is watched with inotify, read by the
+//! measuring thread itself so that the observer adds one wake-up, and the file is re-read on
+//! each event). Prints median / p90 / p99, the daemon's RSS (VmRSS after 2 s idle)
 //! and its CPU over the idle period (utime + stime). Everything runs on loopback on this
 //! machine. Run by `cargo test --all-targets` (no `--bench`), it only does a short smoke run.
 
@@ -16,10 +17,7 @@ mod support;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
-
-use notify::{RecursiveMode, Watcher};
 
 struct Args {
     backends: Vec<String>,
@@ -165,6 +163,60 @@ fn proc_cpu_secs(pid: u32) -> f64 {
     ticks / hz
 }
 
+/// Files renamed into or written in one directory, as seen by inotify.
+struct DirEvents {
+    fd: libc::c_int,
+}
+
+impl DirEvents {
+    fn new(dir: &Path) -> DirEvents {
+        use std::os::unix::ffi::OsStrExt;
+        let path = std::ffi::CString::new(dir.as_os_str().as_bytes()).unwrap();
+        // SAFETY: plain syscalls on a descriptor this struct owns.
+        unsafe {
+            let fd = libc::inotify_init1(libc::IN_CLOEXEC | libc::IN_NONBLOCK);
+            assert!(fd >= 0, "inotify_init1 failed");
+            let wd = libc::inotify_add_watch(
+                fd,
+                path.as_ptr(),
+                libc::IN_MOVED_TO | libc::IN_CLOSE_WRITE,
+            );
+            assert!(wd >= 0, "inotify_add_watch failed");
+            DirEvents { fd }
+        }
+    }
+
+    /// Reads whatever events are queued; returns whether there were any.
+    fn drain(&self) -> bool {
+        let mut buf = [0u8; 4096];
+        let mut any = false;
+        // SAFETY: reads into a buffer of the given length.
+        while unsafe { libc::read(self.fd, buf.as_mut_ptr().cast(), buf.len()) } > 0 {
+            any = true;
+        }
+        any
+    }
+
+    /// Waits until an event arrives (true) or `timeout` passes (false).
+    fn wait(&self, timeout: Duration) -> bool {
+        let mut p = libc::pollfd {
+            fd: self.fd,
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd.
+        let n = unsafe { libc::poll(&mut p, 1, timeout.as_millis() as libc::c_int) };
+        n > 0 && self.drain()
+    }
+}
+
+impl Drop for DirEvents {
+    fn drop(&mut self) {
+        // SAFETY: the descriptor is ours.
+        unsafe { libc::close(self.fd) };
+    }
+}
+
 fn percentile(sorted: &[f64], p: f64) -> f64 {
     let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
     sorted[i.min(sorted.len() - 1)]
@@ -214,29 +266,21 @@ fn run_one(backend: &str, instances: usize, a: &Args) -> Option<Row> {
     });
     assert!(ready, "{backend}: first render never arrived");
 
-    let (tx, rx) = mpsc::channel();
-    let mut watcher = notify::recommended_watcher(move |e| {
-        let _ = tx.send(e);
-    })
-    .unwrap();
-    watcher
-        .watch(dest.parent().unwrap(), RecursiveMode::NonRecursive)
-        .unwrap();
+    let events = DirEvents::new(dest.parent().unwrap());
 
     let mut samples = Vec::with_capacity(a.changes);
     for n in 0..a.changes {
         let port = 10_001 + n as u16;
         let marker = format!(":{port};");
-        while rx.try_recv().is_ok() {}
+        events.drain();
         w.put("marker", "10.9.9.9", port);
         let acked = Instant::now();
         loop {
             if std::fs::read_to_string(&dest).is_ok_and(|t| t.contains(&marker)) {
                 break;
             }
-            match rx.recv_timeout(Duration::from_secs(30)) {
-                Ok(_) => {}
-                Err(_) => panic!("{backend}: change {n} never reached the file"),
+            if !events.wait(Duration::from_secs(30)) {
+                panic!("{backend}: change {n} never reached the file");
             }
         }
         samples.push(acked.elapsed().as_secs_f64() * 1000.0);

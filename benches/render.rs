@@ -1,8 +1,9 @@
 //! Render cost of the shipped nginx template with 10, 1 000 and 10 000 healthy instances.
 //!
-//! Measures a render against a fresh snapshot's cached template values (what the daemon does
-//! after every change) and the first render after a change (which also converts the changed
-//! query's data once).
+//! Measures a render against a snapshot whose template values are already converted, the
+//! first render after one of the instances changed (what the daemon does on every change: the
+//! other instances' values are reused), and the first render of data never seen before (a
+//! fresh start: every instance is converted once).
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -14,17 +15,19 @@ use rewire::config::{CheckMode, DEFAULT_WAIT, TemplateConfig, WriteMode};
 use rewire::store::Store;
 use rewire::template::{Engine, Rendered};
 
-fn instances(n: usize) -> Vec<Instance> {
+fn instances(n: usize) -> Vec<Arc<Instance>> {
     (0..n)
-        .map(|i| Instance {
-            id: format!("web-{i}"),
-            name: "web".into(),
-            node: format!("node-{}", i % 50),
-            address: format!("10.{}.{}.{}", i / 65536, (i / 256) % 256, i % 256),
-            port: 8080,
-            tags: vec!["v1".into()],
-            meta: BTreeMap::from([("zone".to_string(), format!("z{}", i % 3))]),
-            status: Status::Passing,
+        .map(|i| {
+            Arc::new(Instance {
+                id: format!("web-{i}"),
+                name: "web".into(),
+                node: format!("node-{}", i % 50),
+                address: format!("10.{}.{}.{}", i / 65536, (i / 256) % 256, i % 256),
+                port: 8080,
+                tags: vec!["v1".into()],
+                meta: BTreeMap::from([("zone".to_string(), format!("z{}", i % 3))]),
+                status: Status::Passing,
+            })
         })
         .collect()
 }
@@ -46,11 +49,13 @@ fn engine() -> Engine {
     .expect("the shipped template parses")
 }
 
-fn store_with(n: usize) -> Store {
+fn store_with(list: Vec<Arc<Instance>>) -> Store {
     let store = Store::new();
-    let list = instances(n);
     store.update_many([
-        (Query::Services, Data::services_from(list.iter())),
+        (
+            Query::Services,
+            Data::services_from(list.iter().map(|i| &**i)),
+        ),
         (Query::Service("web".into()), Data::Instances(list)),
         (Query::Key("nginx/pid".into()), Data::Key(None)),
         (
@@ -69,7 +74,8 @@ fn bench(c: &mut Criterion) {
     let engine = engine();
     let mut g = c.benchmark_group("render nginx.conf");
     for n in [10usize, 1_000, 10_000] {
-        let store = store_with(n);
+        let list = instances(n);
+        let store = store_with(list.clone());
         let snap = store.snapshot();
         // Warm the per-snapshot value cache, as the daemon's first render after a change does.
         assert!(matches!(
@@ -79,14 +85,33 @@ fn bench(c: &mut Criterion) {
         g.bench_with_input(BenchmarkId::new("cached", n), &n, |b, _| {
             b.iter(|| engine.render("nginx", &snap))
         });
-        g.bench_with_input(BenchmarkId::new("after change", n), &n, |b, _| {
+        g.bench_with_input(BenchmarkId::new("one changed", n), &n, |b, _| {
+            let mut port: u16 = 9000;
+            b.iter_batched(
+                || {
+                    // The rendered snapshot, then one instance moves to a new port.
+                    let store = store_with(list.clone());
+                    engine.render("nginx", &store.snapshot());
+                    let mut changed = list.clone();
+                    let mut moved = Instance::clone(&changed[n / 2]);
+                    port = port % 60_000 + 1;
+                    moved.port = port;
+                    changed[n / 2] = Arc::new(moved);
+                    store.update(Query::Service("web".into()), Data::Instances(changed));
+                    store.snapshot()
+                },
+                |snap: Arc<_>| (engine.render("nginx", &snap), snap),
+                criterion::BatchSize::LargeInput,
+            )
+        });
+        g.bench_with_input(BenchmarkId::new("first sight", n), &n, |b, _| {
             b.iter_batched(
                 || {
                     // A new snapshot whose web entry has not been converted yet.
-                    let store = store_with(n);
+                    let store = store_with(list.clone());
                     store.snapshot()
                 },
-                |snap: Arc<_>| engine.render("nginx", &snap),
+                |snap: Arc<_>| (engine.render("nginx", &snap), snap),
                 criterion::BatchSize::LargeInput,
             )
         });

@@ -62,24 +62,42 @@ impl Drop for Staged {
 
 /// Where writes really go: a symlink's target, so the link survives.
 pub fn real_destination(dest: &Path) -> PathBuf {
+    resolve(dest).0
+}
+
+/// The real destination and, when it exists, its metadata (one `lstat` for a plain file).
+fn resolve(dest: &Path) -> (PathBuf, Option<std::fs::Metadata>) {
     match std::fs::symlink_metadata(dest) {
         Ok(m) if m.file_type().is_symlink() => {
-            std::fs::canonicalize(dest).unwrap_or_else(|_| dest.to_path_buf())
+            let real = std::fs::canonicalize(dest).unwrap_or_else(|_| dest.to_path_buf());
+            let meta = std::fs::metadata(&real).ok();
+            (real, meta)
         }
-        _ => dest.to_path_buf(),
+        Ok(m) => (dest.to_path_buf(), Some(m)),
+        Err(_) => (dest.to_path_buf(), None),
     }
+}
+
+/// The process umask, read once (from /proc: asking umask(2) would have to change it).
+fn umask() -> Option<u32> {
+    static UMASK: std::sync::OnceLock<Option<u32>> = std::sync::OnceLock::new();
+    *UMASK.get_or_init(|| {
+        let status = std::fs::read_to_string("/proc/self/status").ok()?;
+        let line = status.lines().find(|l| l.starts_with("Umask:"))?;
+        u32::from_str_radix(line["Umask:".len()..].trim(), 8).ok()
+    })
 }
 
 /// Writes `bytes` into a temp file beside `dest`. Mode: `perms`, else the existing file's, else
 /// 0644; the existing file's owner is kept when we may set it (as root).
+///
+/// This is on the path from a catalog change to the file in place, so it makes no call it does
+/// not need: the fsync is the one that costs (most of the half millisecond a write takes).
 pub fn stage(dest: &Path, bytes: &[u8], perms: Option<u32>) -> io::Result<Staged> {
-    let dest = real_destination(dest);
+    let (dest, existing) = resolve(dest);
     let dir = dest.parent().ok_or_else(|| {
         io::Error::new(io::ErrorKind::InvalidInput, "destination has no directory")
     })?;
-    std::fs::create_dir_all(dir)
-        .map_err(|e| io::Error::new(e.kind(), format!("cannot create {}: {e}", dir.display())))?;
-    let existing = std::fs::metadata(&dest).ok();
     let mode = perms
         .or_else(|| existing.as_ref().map(|m| m.permissions().mode() & 0o7777))
         .unwrap_or(0o644);
@@ -88,6 +106,7 @@ pub fn stage(dest: &Path, bytes: &[u8], perms: Option<u32>) -> io::Result<Staged
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
     let mut rng = rand::rng();
+    let mut created_dir = false;
     for _ in 0..16 {
         let suffix: u32 = rng.random_range(0..0x100_0000);
         let temp = dir.join(format!(".{name}.rewire-{suffix:06x}"));
@@ -99,6 +118,13 @@ pub fn stage(dest: &Path, bytes: &[u8], perms: Option<u32>) -> io::Result<Staged
         let mut file = match file {
             Ok(f) => f,
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+            Err(e) if e.kind() == io::ErrorKind::NotFound && !created_dir => {
+                created_dir = true;
+                std::fs::create_dir_all(dir).map_err(|e| {
+                    io::Error::new(e.kind(), format!("cannot create {}: {e}", dir.display()))
+                })?;
+                continue;
+            }
             Err(e) => {
                 return Err(io::Error::new(
                     e.kind(),
@@ -111,11 +137,17 @@ pub fn stage(dest: &Path, bytes: &[u8], perms: Option<u32>) -> io::Result<Staged
             dest: dest.clone(),
             committed: false,
         };
-        // The umask may have narrowed the mode given to open().
-        file.set_permissions(std::fs::Permissions::from_mode(mode))?;
+        // The umask may have narrowed the mode given to open() (setuid bits are never kept).
+        if mode & 0o7000 != 0 || umask().is_none_or(|u| mode & u != 0) {
+            file.set_permissions(std::fs::Permissions::from_mode(mode))?;
+        }
         if let Some(m) = &existing {
             // Keep the owner; only root may give files away, so ignore EPERM.
-            let _ = std::os::unix::fs::fchown(&file, Some(m.uid()), Some(m.gid()));
+            // SAFETY: geteuid and getegid cannot fail.
+            let (uid, gid) = unsafe { (libc::geteuid(), libc::getegid()) };
+            if m.uid() != uid || m.gid() != gid {
+                let _ = std::os::unix::fs::fchown(&file, Some(m.uid()), Some(m.gid()));
+            }
         }
         file.write_all(bytes)?;
         file.sync_all()?;

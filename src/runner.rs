@@ -166,6 +166,54 @@ struct GroupState {
     pending_since: Option<Instant>,
     /// The last round found queries without data: render as soon as they arrive.
     discovering: bool,
+    /// Per template: how long its last render took.
+    render_cost: HashMap<String, Duration>,
+}
+
+/// A render that took less than this last time runs on the async worker itself: handing it to
+/// a blocking thread and back costs more than that on a busy machine, and it sits on the path
+/// from a catalog change to the file in place. Longer renders (thousands of instances, heavy
+/// templates) go to a blocking thread so they never stall the watches.
+const INLINE_RENDER: Duration = Duration::from_micros(300);
+
+/// Renders one template, inline or on a blocking thread (see [`INLINE_RENDER`]).
+async fn render(
+    shared: &Shared,
+    t: &TemplateConfig,
+    snap: &Arc<Snapshot>,
+    state: &mut GroupState,
+) -> Rendered {
+    let timed = |engine: &Engine, name: &str, snap: &Arc<Snapshot>| {
+        let started = std::time::Instant::now();
+        let r =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| engine.render(name, snap)));
+        (r, started.elapsed())
+    };
+    let (result, took) = match state.render_cost.get(&t.name) {
+        Some(cost) if *cost < INLINE_RENDER => timed(&shared.engine, &t.name, snap),
+        _ => {
+            let engine = shared.engine.clone();
+            let name = t.name.clone();
+            let snap = snap.clone();
+            match tokio::task::spawn_blocking(move || timed(&engine, &name, &snap)).await {
+                Ok(done) => done,
+                Err(e) => (Err(e.into_panic()), Duration::ZERO),
+            }
+        }
+    };
+    state.render_cost.insert(t.name.clone(), took);
+    result.unwrap_or_else(|panic| Rendered::Failed {
+        deps: BTreeSet::new(),
+        error: format!("render panicked: {}", panic_text(&panic)),
+    })
+}
+
+fn panic_text(panic: &Box<dyn std::any::Any + Send>) -> &str {
+    panic
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("(no message)")
 }
 
 /// Discovery normally takes a few milliseconds; only a wait longer than this is worth a warning.
@@ -215,18 +263,7 @@ async fn render_round(
     state.discovering = false;
     for t in &group.templates {
         let dest = t.destination.display().to_string();
-        let rendered = {
-            let engine = shared.engine.clone();
-            let name = t.name.clone();
-            let snap = snap.clone();
-            // Rendering is CPU work: keep it off the async workers' hot path.
-            tokio::task::spawn_blocking(move || engine.render(&name, &snap))
-                .await
-                .unwrap_or_else(|e| Rendered::Failed {
-                    deps: BTreeSet::new(),
-                    error: format!("render panicked: {e}"),
-                })
-        };
+        let rendered = render(shared, t, snap, state).await;
         for q in rendered.deps() {
             seen.insert(q.clone(), snap.get(q).map(|e| e.version));
         }

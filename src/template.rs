@@ -291,30 +291,42 @@ fn entry_value(entry: &Entry) -> &Value {
     })
 }
 
-/// Converts instances, reusing the converted value of every instance equal to one in the
-/// previous answer (same id, same data).
-fn instances_value_reusing(list: &[Instance], old: &[Instance], old_values: &Value) -> Value {
-    let Some(old_values) = old_values.as_array() else {
-        return Value::from(list.iter().map(instance_value).collect::<Vec<_>>());
+/// Converts instances, reusing the converted value of every instance unchanged since the
+/// previous answer. Both lists are in template order (the store normalizes them) and an
+/// instance's sort key is unique within a service, so one merge walk finds each instance's old
+/// self. Backends that keep their instances (etcd's mirror, the dir tree) hand over the very
+/// same `Arc`, which compares by address; Consul's fresh answers compare field by field.
+fn instances_value_reusing(
+    list: &[Arc<Instance>],
+    old: &[Arc<Instance>],
+    old_values: &Value,
+) -> Value {
+    let Some(old_values) = old_values.as_array().filter(|v| v.len() == old.len()) else {
+        return data_value_of(list);
     };
-    let by_id: std::collections::HashMap<&str, usize> = old
-        .iter()
-        .enumerate()
-        .map(|(i, inst)| (inst.id.as_str(), i))
-        .collect();
+    let mut j = 0;
     Value::from(
         list.iter()
-            .map(|inst| match by_id.get(inst.id.as_str()) {
-                Some(&i) if old[i] == *inst && i < old_values.len() => old_values[i].clone(),
-                _ => instance_value(inst),
+            .map(|inst| {
+                while j < old.len() && old[j].sort_key() < inst.sort_key() {
+                    j += 1;
+                }
+                match old.get(j) {
+                    Some(o) if Arc::ptr_eq(o, inst) || **o == **inst => old_values[j].clone(),
+                    _ => instance_value(inst),
+                }
             })
             .collect::<Vec<_>>(),
     )
 }
 
+fn data_value_of(list: &[Arc<Instance>]) -> Value {
+    Value::from(list.iter().map(|i| instance_value(i)).collect::<Vec<_>>())
+}
+
 pub fn data_value(data: &Data) -> Value {
     match data {
-        Data::Instances(list) => Value::from(list.iter().map(instance_value).collect::<Vec<_>>()),
+        Data::Instances(list) => data_value_of(list),
         Data::Services(list) => Value::from(
             list.iter()
                 .map(|s| {
@@ -412,7 +424,7 @@ fn fn_service(kwargs: Kwargs, _: &State) -> TeraResult<Value> {
         statuses.as_ref().is_none_or(|s| s.contains(&i.status))
             && tag.as_ref().is_none_or(|t| i.tags.contains(t))
     };
-    if list.iter().all(keep) {
+    if list.iter().all(|i| keep(i)) {
         // The common case (every instance healthy): hand out the cached list as it is.
         return Ok(all.clone());
     }
@@ -602,6 +614,10 @@ mod tests {
         Engine::load(&templates)
     }
 
+    fn arcs(list: Vec<Instance>) -> Vec<Arc<Instance>> {
+        list.into_iter().map(Arc::new).collect()
+    }
+
     fn inst(id: &str, addr: &str, port: u16, tags: &[&str], status: Status) -> Instance {
         Instance {
             id: id.into(),
@@ -636,11 +652,11 @@ mod tests {
         );
         store.update(
             Query::Service("web".into()),
-            Data::Instances(vec![
+            Data::Instances(arcs(vec![
                 inst("b", "::1", 81, &[], Status::Passing),
                 inst("a", "10.0.0.1", 80, &[], Status::Passing),
                 inst("c", "10.0.0.2", 80, &[], Status::Critical),
-            ]),
+            ])),
         );
         store.update(Query::Key("app/x".into()), Data::Key(Some("X".into())));
         let Rendered::Done { text, deps } = engine.render("t", &store.snapshot()) else {
@@ -680,12 +696,12 @@ mod tests {
         let store = Store::new();
         store.update(
             Query::Service("web".into()),
-            Data::Instances(vec![
+            Data::Instances(arcs(vec![
                 inst("a", "10.0.0.1", 80, &["v2"], Status::Passing),
                 inst("b", "10.0.0.2", 80, &["v1"], Status::Passing),
                 inst("c", "10.0.0.3", 80, &["v2"], Status::Critical),
                 inst("d", "10.0.0.4", 80, &[], Status::Warning),
-            ]),
+            ])),
         );
         let Rendered::Done { text, .. } = engine.render("t", &store.snapshot()) else {
             panic!()
@@ -760,7 +776,7 @@ mod tests {
                 .collect();
             list = order.iter().map(|&n| list[n].clone()).collect();
             let store = Store::new();
-            store.update(Query::Service("web".into()), Data::Instances(list));
+            store.update(Query::Service("web".into()), Data::Instances(arcs(list)));
             match engine.render("t", &store.snapshot()) {
                 Rendered::Done { text, .. } => text,
                 other => panic!("{other:?}"),
@@ -781,7 +797,7 @@ mod tests {
             inst("a", "10.0.0.1", 80, &[], Status::Passing),
             inst("b", "10.0.0.2", 80, &[], Status::Passing),
         ];
-        store.update(q.clone(), Data::Instances(list.clone()));
+        store.update(q.clone(), Data::Instances(arcs(list.clone())));
         assert!(matches!(
             engine.render("t", &store.snapshot()),
             Rendered::Done { .. }
@@ -789,12 +805,20 @@ mod tests {
         let mut changed = list.clone();
         changed[1].status = Status::Warning;
         changed.push(inst("c", "10.0.0.3", 80, &[], Status::Passing));
-        store.update(q.clone(), Data::Instances(changed));
+        store.update(q.clone(), Data::Instances(arcs(changed.clone())));
         let Rendered::Done { text, .. } = engine.render("t", &store.snapshot()) else {
             panic!()
         };
         // b is now warning (filtered out), c is new: reused and fresh values mix correctly.
         assert_eq!(text, "10.0.0.1:80 passing;10.0.0.3:80 passing;");
+        // a moves behind c (a new port sorts it last): the walk must not hand out a stale value.
+        let mut moved = changed.clone();
+        moved[0].address = "10.0.0.9".into();
+        store.update(q.clone(), Data::Instances(arcs(moved)));
+        let Rendered::Done { text, .. } = engine.render("t", &store.snapshot()) else {
+            panic!()
+        };
+        assert_eq!(text, "10.0.0.3:80 passing;10.0.0.9:80 passing;");
         let snap = store.snapshot();
         let e = snap.get(&q).unwrap();
         assert!(

@@ -162,7 +162,7 @@ fn healthy(shared: &Shared, query: &Query, tag: Option<&str>) -> Option<Vec<Inst
         list.iter()
             .filter(|i| i.status == Status::Passing)
             .filter(|i| tag.is_none_or(|t| i.tags.iter().any(|x| x == t)))
-            .cloned()
+            .map(|i| Instance::clone(i))
             .collect(),
     )
 }

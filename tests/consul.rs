@@ -84,7 +84,7 @@ impl Watching {
         self.store.snapshot().get(q).map(|e| e.data.clone())
     }
 
-    fn instances(&self, service: &str) -> Option<Vec<Instance>> {
+    fn instances(&self, service: &str) -> Option<Vec<Arc<Instance>>> {
         match self.data(&Query::Service(service.into())) {
             Some(Data::Instances(list)) => Some(list),
             _ => None,
@@ -141,7 +141,7 @@ async fn eventually(what: &str, mut f: impl FnMut() -> bool) {
     }
 }
 
-fn ids(list: &[Instance]) -> Vec<&str> {
+fn ids(list: &[Arc<Instance>]) -> Vec<&str> {
     list.iter().map(|i| i.id.as_str()).collect()
 }
 

@@ -110,7 +110,7 @@ impl Watching {
 
     fn instances(&self, service: &str) -> Vec<Instance> {
         match self.data(&Query::Service(service.into())) {
-            Some(Data::Instances(list)) => list,
+            Some(Data::Instances(list)) => list.iter().map(|i| Instance::clone(i)).collect(),
             _ => Vec::new(),
         }
     }

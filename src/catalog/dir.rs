@@ -51,7 +51,7 @@ const RECENT: Duration = Duration::from_millis(200);
 /// One instance file, decoded.
 #[derive(Clone, Debug)]
 struct Entry {
-    instance: Instance,
+    instance: Arc<Instance>,
     expiry: Option<SystemTime>,
 }
 
@@ -340,7 +340,7 @@ fn answer(tree: &Tree, q: &Query, now: SystemTime) -> Data {
         Query::Services => Data::services_from(
             tree.services
                 .values()
-                .flat_map(|l| l.values().map(|e| &e.instance)),
+                .flat_map(|l| l.values().map(|e| &*e.instance)),
         ),
         Query::Key(path) => Data::Key(tree.kv.get(path.trim_matches('/')).cloned()),
         Query::Keys(prefix) => {
@@ -359,12 +359,13 @@ fn answer(tree: &Tree, q: &Query, now: SystemTime) -> Data {
     }
 }
 
-fn instance_at(e: &Entry, now: SystemTime) -> Instance {
-    let mut i = e.instance.clone();
-    if e.expiry.is_some_and(|x| x <= now) {
+fn instance_at(e: &Entry, now: SystemTime) -> Arc<Instance> {
+    if e.expiry.is_some_and(|x| x <= now) && e.instance.status != Status::Critical {
+        let mut i = Instance::clone(&e.instance);
         i.status = Status::Critical;
+        return Arc::new(i);
     }
-    i
+    e.instance.clone()
 }
 
 /// The next moment an instance expires, or an expired one becomes due for removal.
@@ -693,7 +694,10 @@ fn read_instance(path: &Path, service: &str, id: &str, node: &str) -> Option<Ent
     // Status is re-derived from `expiry` at answer time; decode against the epoch so the
     // stored instance keeps the status the file states.
     match record.into_instance(service, id, node, SystemTime::UNIX_EPOCH) {
-        Ok(instance) => Some(Entry { instance, expiry }),
+        Ok(instance) => Some(Entry {
+            instance: Arc::new(instance),
+            expiry,
+        }),
         Err(e) => {
             warn!(file = %path.display(), error = %e, "invalid instance skipped");
             None

@@ -80,13 +80,16 @@ impl Record {
         {
             status = Status::Critical;
         }
+        let mut tags = self.tags;
+        tags.sort();
+        tags.dedup();
         Ok(Instance {
             id: id.to_string(),
             name: service.to_string(),
             node: self.node.unwrap_or_else(|| default_node.to_string()),
             address: self.address,
             port,
-            tags: self.tags,
+            tags,
             meta: self.meta,
             status,
         })

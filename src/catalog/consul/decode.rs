@@ -10,6 +10,7 @@
 //! warning naming its service and id.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use base64::Engine;
 use serde::Deserialize;
@@ -192,7 +193,7 @@ fn check_status(s: &str) -> Status {
 
 /// `/v1/health/service/<name>` (without `?passing`): every instance with the worst status of
 /// its checks, the node's own (`serfHealth`, maintenance) included, as `?passing` counts them.
-pub fn health_service(service: &str, body: &[u8]) -> Result<Vec<Instance>, String> {
+pub fn health_service(service: &str, body: &[u8]) -> Result<Vec<Arc<Instance>>, String> {
     let entries: Option<Vec<HealthEntry>> =
         serde_json::from_slice(body).map_err(|e| format!("health entries: {e}"))?;
     let mut out = Vec::new();
@@ -221,16 +222,21 @@ pub fn health_service(service: &str, body: &[u8]) -> Result<Vec<Instance>, Strin
             .and_then(|()| check_address(&address))
             .and_then(|()| check_port(s.port));
         match checked {
-            Ok(port) => out.push(Instance {
-                id: s.id,
-                name,
-                node: e.node.node,
-                address,
-                port,
-                tags: s.tags.unwrap_or_default(),
-                meta: s.meta.unwrap_or_default(),
-                status,
-            }),
+            Ok(port) => {
+                let mut tags = s.tags.unwrap_or_default();
+                tags.sort();
+                tags.dedup();
+                out.push(Arc::new(Instance {
+                    id: s.id,
+                    name,
+                    node: e.node.node,
+                    address,
+                    port,
+                    tags,
+                    meta: s.meta.unwrap_or_default(),
+                    status,
+                }));
+            }
             Err(error) => {
                 warn!(service = %name, id = %s.id, %error, "skipping a Consul instance with invalid data");
             }

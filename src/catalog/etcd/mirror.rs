@@ -8,6 +8,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::ops::Bound;
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use tracing::warn;
@@ -28,18 +29,21 @@ fn order_of(i: &Instance) -> Order {
 /// learns of a new or vanished tag without looking at every instance.
 #[derive(Debug, Default)]
 struct Service {
-    instances: BTreeMap<Order, Instance>,
+    instances: BTreeMap<Order, Arc<Instance>>,
     by_id: HashMap<String, Order>,
     tags: BTreeMap<String, usize>,
 }
 
 impl Service {
     fn get(&self, id: &str) -> Option<&Instance> {
-        self.by_id.get(id).and_then(|o| self.instances.get(o))
+        self.by_id
+            .get(id)
+            .and_then(|o| self.instances.get(o))
+            .map(|i| &**i)
     }
 
     /// Inserts or replaces; returns whether the set of tags changed.
-    fn insert(&mut self, id: String, i: Instance) -> bool {
+    fn insert(&mut self, id: String, i: Arc<Instance>) -> bool {
         let mut tags_changed = self.remove(&id).is_some_and(|(_, changed)| changed);
         for tag in unique_tags(&i) {
             let n = self.tags.entry(tag.to_string()).or_insert(0);
@@ -53,7 +57,7 @@ impl Service {
     }
 
     /// Removes by id; returns the instance and whether the set of tags changed.
-    fn remove(&mut self, id: &str) -> Option<(Instance, bool)> {
+    fn remove(&mut self, id: &str) -> Option<(Arc<Instance>, bool)> {
         let order = self.by_id.remove(id)?;
         let old = self.instances.remove(&order)?;
         let mut tags_changed = false;
@@ -255,7 +259,7 @@ impl Mirror {
         if entry.get(&id) == Some(&i) {
             return;
         }
-        if entry.insert(id, i) {
+        if entry.insert(id, Arc::new(i)) {
             changes.service_list = true;
         }
         changes.services.insert(service);
