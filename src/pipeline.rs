@@ -78,7 +78,10 @@ pub async fn apply(
         dest: t.destination.clone(),
         source,
     };
-    let previous = output::read_current(&dest).map_err(write_err)?;
+    let (previous, old_file) = match output::open_current(&dest).map_err(write_err)? {
+        Some((bytes, file)) => (Some(bytes), Some(file)),
+        None => (None, None),
+    };
     if previous.as_deref() == Some(bytes) && perms_ok(t, &dest) {
         return Ok(Applied::Unchanged);
     }
@@ -103,8 +106,17 @@ pub async fn apply(
         (_, None) => {}
     }
     commit(t, staged, bytes, &dest).map_err(write_err)?;
+    close_later(old_file);
     backup(t, previous.as_deref());
     Ok(Applied::Written { previous })
+}
+
+/// Closes the replaced file on a blocking thread: the last close frees its inode, which is
+/// work nobody needs to wait for (see [`output::open_current`]).
+fn close_later(file: Option<std::fs::File>) {
+    if let Some(f) = file {
+        tokio::task::spawn_blocking(move || drop(f));
+    }
 }
 
 /// An existing file whose mode differs from `perms` is rewritten even with equal bytes.
