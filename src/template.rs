@@ -321,7 +321,7 @@ fn instances_value_reusing(
 }
 
 fn data_value_of(list: &[Arc<Instance>]) -> Value {
-    Value::from(list.iter().map(|i| instance_value(i)).collect::<Vec<_>>())
+    instances_value(list)
 }
 
 pub fn data_value(data: &Data) -> Value {
@@ -359,42 +359,86 @@ pub fn data_value(data: &Data) -> Value {
     }
 }
 
+/// Lists at least this long are converted on several threads (a fresh start with thousands of
+/// instances; in the daemon a change converts only the instances that changed).
+const PARALLEL_CONVERT: usize = 2048;
+
+fn instances_value(list: &[Arc<Instance>]) -> Value {
+    let threads = if list.len() < PARALLEL_CONVERT {
+        1
+    } else {
+        // Not asked for small lists: it reads cgroup files.
+        std::thread::available_parallelism().map_or(1, |n| n.get().min(4))
+    };
+    if threads < 2 {
+        return Value::from(list.iter().map(|i| instance_value(i)).collect::<Vec<_>>());
+    }
+    let chunk = list.len().div_ceil(threads);
+    let values: Vec<Value> = std::thread::scope(|s| {
+        let parts: Vec<_> = list
+            .chunks(chunk)
+            .map(|c| s.spawn(|| c.iter().map(|i| instance_value(i)).collect::<Vec<_>>()))
+            .collect();
+        parts
+            .into_iter()
+            .flat_map(|p| p.join().unwrap_or_else(|e| std::panic::resume_unwind(e)))
+            .collect()
+    });
+    Value::from(values)
+}
+
+/// One instance as templates see it. This runs once per instance per change (10 000 times at
+/// a fresh start), so it avoids allocations it can: static keys, short strings inline in the
+/// value, one shared value for the common empty `meta` and `tags`.
 fn instance_value(i: &Instance) -> Value {
-    // Built as an IndexMap with static keys: this runs once per instance per change, and
-    // with 10 000 instances the naive String-keyed map costs more than the render itself.
+    thread_local! {
+        static EMPTY_MAP: Value = Value::from(tera::Map::new());
+        static EMPTY_LIST: Value = Value::from(Vec::<Value>::new());
+        static SCRATCH: std::cell::RefCell<String> = const { std::cell::RefCell::new(String::new()) };
+    }
     let mut m: indexmap::IndexMap<&'static str, Value> = indexmap::IndexMap::with_capacity(10);
     m.insert("address", Value::from(i.address.as_str()));
     m.insert(
         "addr_port",
-        Value::from(addr_port(&i.address, u64::from(i.port))),
+        SCRATCH.with_borrow_mut(|s| {
+            s.clear();
+            write_addr_port(s, &i.address, u64::from(i.port));
+            Value::from(s.as_str())
+        }),
     );
     m.insert("id", Value::from(i.id.as_str()));
-    let meta: indexmap::IndexMap<&str, Value> = i
-        .meta
-        .iter()
-        .map(|(k, v)| (k.as_str(), Value::from(v.as_str())))
-        .collect();
-    m.insert("meta", value_map(meta));
+    let meta = if i.meta.is_empty() {
+        EMPTY_MAP.with(Value::clone)
+    } else {
+        let meta: tera::Map = i
+            .meta
+            .iter()
+            .map(|(k, v)| {
+                (
+                    tera::value::Key::String(Arc::from(k.as_str())),
+                    Value::from(v.as_str()),
+                )
+            })
+            .collect();
+        Value::from(meta)
+    };
+    m.insert("meta", meta);
     m.insert("name", Value::from(i.name.as_str()));
     m.insert("node", Value::from(i.node.as_str()));
     m.insert("port", Value::from(i.port));
     m.insert("status", Value::from(i.status.as_str()));
-    m.insert(
-        "tags",
+    let tags = if i.tags.is_empty() {
+        EMPTY_LIST.with(Value::clone)
+    } else {
         Value::from(
             i.tags
                 .iter()
                 .map(|t| Value::from(t.as_str()))
                 .collect::<Vec<_>>(),
-        ),
-    );
+        )
+    };
+    m.insert("tags", tags);
     Value::from(m)
-}
-
-fn value_map(m: indexmap::IndexMap<&str, Value>) -> Value {
-    let owned: indexmap::IndexMap<String, Value> =
-        m.into_iter().map(|(k, v)| (k.to_string(), v)).collect();
-    Value::from(owned)
 }
 
 /// `status="passing"` (default), `"any"`, or a comma list such as `"passing,warning"`.
@@ -546,11 +590,19 @@ fn filter_haproxy_quote(v: &str, _: Kwargs, _: &State) -> Value {
 
 /// `host:port`, with IPv6 addresses bracketed: `[::1]:8080`.
 pub fn addr_port(addr: &str, port: u64) -> String {
-    if addr.contains(':') && !addr.starts_with('[') {
-        format!("[{addr}]:{port}")
+    let mut out = String::with_capacity(addr.len() + 8);
+    write_addr_port(&mut out, addr, port);
+    out
+}
+
+/// `addr:port`, with an IPv6 address in brackets.
+fn write_addr_port(out: &mut String, addr: &str, port: u64) {
+    use std::fmt::Write;
+    let _ = if addr.contains(':') && !addr.starts_with('[') {
+        write!(out, "[{addr}]:{port}")
     } else {
-        format!("{addr}:{port}")
-    }
+        write!(out, "{addr}:{port}")
+    };
 }
 
 /// `instance | addr_port`, or `"::1" | addr_port(port=80)`.
