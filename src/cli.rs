@@ -10,7 +10,7 @@ use clap::{Parser, Subcommand, ValueEnum};
     name = "rewire",
     version,
     about = "Keeps an app wired to the services around it: watch a catalog, render configs, reload, register, supervise.",
-    after_help = "Examples:\n  rewire check                     validate rewire.toml and its templates\n  rewire diff                      show what a render would change\n  rewire render --reload           render once (preStart) and reload what changed\n  rewire run -c /etc/rewire.toml   the daemon\n\nExit status: 0 ok; 1 the command found problems (see each command); 2 usage error or unusable config."
+    after_help = "Examples:\n  rewire check                     validate rewire.toml and its templates\n  rewire diff                      show what a render would change\n  rewire render                    render once and exit (preStart: the program reads the files when it starts)\n  rewire render --reload           render once and reload what changed (a signal to a program not running is skipped)\n  rewire run -c /etc/rewire.toml   the daemon\n\nExit status: 0 ok; 1 the command found problems (see each command); 2 usage error or unusable config."
 )]
 pub struct Cli {
     /// The config file.

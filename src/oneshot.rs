@@ -207,7 +207,11 @@ pub async fn render(
         }
         for (_, group) in groups {
             let reload = group[0].0.reload.as_ref().expect("grouped by reload");
-            if let Err(e) = pipeline::reload(reload, None, env).await {
+            let reloaded = pipeline::reload(reload, None, env).await;
+            if let Ok(pipeline::Reloaded::NotRunning(why)) = &reloaded {
+                info!("not reloaded: {why}; the program reads the new file when it starts");
+            }
+            if let Err(e) = reloaded {
                 for (t, prev) in &group {
                     if let Err(re) = pipeline::restore(t, prev.as_deref()) {
                         error!(template = %t.name, error = %re, "cannot restore the previous file");

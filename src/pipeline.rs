@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use nix::sys::signal::{Signal, kill};
+use nix::sys::signal::kill;
 use nix::unistd::Pid;
 use tracing::{info, warn};
 
@@ -192,12 +192,22 @@ pub fn restore(t: &TemplateConfig, previous: Option<&[u8]>) -> std::io::Result<(
     }
 }
 
+/// What a reload did.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Reloaded {
+    Done,
+    /// The program to signal is not running (no pidfile, an empty one, a pid that is gone, or
+    /// main not started yet). It reads the new file when it starts: nothing to reload, nothing
+    /// to roll back. This is the normal state in preStart and while the program restarts.
+    NotRunning(String),
+}
+
 /// Runs a reload: a command, or a signal to a pidfile's process or to the supervised main.
 pub async fn reload(
     r: &Reload,
     main_pid: Option<Pid>,
     env: &BTreeMap<String, String>,
-) -> Result<(), ReloadError> {
+) -> Result<Reloaded, ReloadError> {
     match r {
         Reload::Command(spec) => {
             let outcome: Outcome = command::run(spec, env, None).await?;
@@ -205,7 +215,7 @@ pub async fn reload(
                 if !outcome.output.is_empty() {
                     info!(command = %spec.program.name(), output = %outcome.output, "reload output");
                 }
-                Ok(())
+                Ok(Reloaded::Done)
             } else {
                 Err(ReloadError::Failed {
                     program: spec.program.name(),
@@ -216,29 +226,54 @@ pub async fn reload(
         }
         Reload::Signal { signal, target } => {
             let (pid, what) = match target {
-                SignalTarget::Pidfile(path) => (
-                    read_pidfile(path)?,
-                    format!("the process in {}", path.display()),
-                ),
-                // Main not started yet (it waits for its templates) or gone: it will read the
-                // new file when it starts, so there is nothing to reload.
+                SignalTarget::Pidfile(path) => match read_pidfile(path)? {
+                    Some(pid) => (pid, format!("the process in {}", path.display())),
+                    None => {
+                        return Ok(Reloaded::NotRunning(format!(
+                            "{} is missing or empty",
+                            path.display()
+                        )));
+                    }
+                },
+                // Main not started yet (it waits for its templates) or gone.
                 SignalTarget::Main => match main_pid {
-                    None => return Ok(()),
+                    None => {
+                        return Ok(Reloaded::NotRunning(
+                            "the main process has not started".to_string(),
+                        ));
+                    }
                     Some(pid) => (pid, "the main process".to_string()),
                 },
             };
-            send(pid, *signal).map_err(|detail| ReloadError::Signal { what, detail })
+            match kill(pid, *signal) {
+                Ok(()) => Ok(Reloaded::Done),
+                Err(nix::errno::Errno::ESRCH) => {
+                    Ok(Reloaded::NotRunning(format!("{what} (pid {pid}) is gone")))
+                }
+                Err(e) => Err(ReloadError::Signal {
+                    what,
+                    detail: format!("kill({pid}, {signal}): {e}"),
+                }),
+            }
         }
     }
 }
 
-fn read_pidfile(path: &std::path::Path) -> Result<Pid, ReloadError> {
+/// The pid in a pidfile; None when the file is missing or empty (the program is not running,
+/// or is starting: `nginx -t` and a starting nginx leave it empty for a moment).
+fn read_pidfile(path: &std::path::Path) -> Result<Option<Pid>, ReloadError> {
     let err = |detail: String| ReloadError::Signal {
         what: format!("the process in {}", path.display()),
         detail,
     };
-    let text =
-        std::fs::read_to_string(path).map_err(|e| err(format!("cannot read the pidfile: {e}")))?;
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(err(format!("cannot read the pidfile: {e}"))),
+    };
+    if text.trim().is_empty() {
+        return Ok(None);
+    }
     let pid: i32 = text.trim().parse().map_err(|_| {
         err(format!(
             "the pidfile holds {:?}, not a process id",
@@ -248,9 +283,5 @@ fn read_pidfile(path: &std::path::Path) -> Result<Pid, ReloadError> {
     if pid <= 1 {
         return Err(err(format!("refusing to signal pid {pid}")));
     }
-    Ok(Pid::from_raw(pid))
-}
-
-fn send(pid: Pid, signal: Signal) -> Result<(), String> {
-    kill(pid, signal).map_err(|e| format!("kill({pid}, {signal}): {e}"))
+    Ok(Some(Pid::from_raw(pid)))
 }

@@ -27,7 +27,7 @@ use tracing::{Instrument, debug, error, info, info_span, warn};
 use crate::catalog::Query;
 use crate::config::{Reload, TemplateConfig, Wait};
 use crate::debounce::{self, Debounce};
-use crate::pipeline::{self, Applied, ApplyError};
+use crate::pipeline::{self, Applied, ApplyError, Reloaded};
 use crate::status::{Board, TemplateState};
 use crate::store::{Snapshot, Store};
 use crate::template::{Engine, Rendered};
@@ -138,6 +138,10 @@ pub async fn run_group(owner: u64, group: Group, shared: Shared, stop: Cancellat
                     }
                 }
                 _ = debounce::due(&debounce) => render_now = true,
+                _ = sleep_until_some(state.next_retry()), if state.next_retry().is_some() => {
+                    // Bytes a check or reload rejected may pass now.
+                    render_now = true;
+                }
                 _ = tokio::time::sleep(state.pending_recheck()), if state.pending_since.is_some() => {
                     // Re-render now and then while waiting, so the "still waiting" log repeats.
                     render_now = true;
@@ -156,10 +160,29 @@ fn touches(seen: &BTreeMap<Query, Option<u64>>, snap: &Snapshot) -> bool {
         .any(|(q, v)| snap.get(q).map(|e| e.version) != *v)
 }
 
+async fn sleep_until_some(at: Option<Instant>) {
+    if let Some(at) = at {
+        tokio::time::sleep_until(at).await;
+    }
+}
+
+/// Bytes a check or reload rejected: not tried again before `retry_at`. A reload fails for
+/// reasons that pass (the program was restarting) and so can a check (`nginx -t` resolving a
+/// name), so nothing is given up for good: each failure of the same bytes doubles the wait,
+/// from 1 s up to 1 min, and new bytes are tried at once.
+struct Rejected {
+    hash: [u8; 32],
+    retry_at: Instant,
+    delay: Duration,
+}
+
+const RETRY_FIRST: Duration = Duration::from_secs(1);
+const RETRY_MAX: Duration = Duration::from_secs(60);
+
 #[derive(Default)]
 struct GroupState {
-    /// Per template: the hash of bytes that a check or reload rejected; not tried again.
-    rejected: HashMap<String, [u8; 32]>,
+    /// Per template: bytes a check or reload rejected.
+    rejected: HashMap<String, Rejected>,
     /// Per template: the last message logged, and when (log once, then every 60 s).
     logged: HashMap<String, (String, Instant)>,
     /// Since when some template of the group has been waiting for data.
@@ -220,6 +243,38 @@ fn panic_text(panic: &Box<dyn std::any::Any + Send>) -> &str {
 const PENDING_QUIET: Duration = Duration::from_secs(3);
 
 impl GroupState {
+    fn reject(&mut self, template: &str, hash: [u8; 32]) {
+        let delay = match self.rejected.get(template) {
+            Some(r) if r.hash == hash => (r.delay * 2).min(RETRY_MAX),
+            _ => RETRY_FIRST,
+        };
+        self.rejected.insert(
+            template.to_string(),
+            Rejected {
+                hash,
+                retry_at: Instant::now() + delay,
+                delay,
+            },
+        );
+    }
+
+    /// Whether these bytes were rejected and their retry is not due yet.
+    fn held_back(&self, template: &str, hash: &[u8; 32]) -> bool {
+        self.rejected
+            .get(template)
+            .is_some_and(|r| r.hash == *hash && Instant::now() < r.retry_at)
+    }
+
+    /// The next retry still ahead (a past one has had its render).
+    fn next_retry(&self) -> Option<Instant> {
+        let now = Instant::now();
+        self.rejected
+            .values()
+            .map(|r| r.retry_at)
+            .filter(|at| *at > now)
+            .min()
+    }
+
     /// When to render again while waiting, so that the "still waiting" warning is said.
     fn pending_recheck(&self) -> Duration {
         match self.pending_since {
@@ -246,7 +301,9 @@ fn hash(bytes: &[u8]) -> [u8; 32] {
     Sha256::digest(bytes).into()
 }
 
-type WrittenFile<'g> = (&'g TemplateConfig, Option<Vec<u8>>, [u8; 32]);
+/// Written this round: the template, what its destination held before, the new bytes' hash
+/// and length.
+type WrittenFile<'g> = (&'g TemplateConfig, Option<Vec<u8>>, [u8; 32], usize);
 
 /// Renders, applies and reloads every template of the group once. Returns the versions of
 /// every query the renders used.
@@ -257,7 +314,6 @@ async fn render_round(
     state: &mut GroupState,
 ) -> BTreeMap<Query, Option<u64>> {
     let mut seen = BTreeMap::new();
-    // Written this round: the template, what its destination held before, the new bytes' hash.
     let mut written: Vec<WrittenFile> = Vec::new();
     let mut any_pending = false;
     state.discovering = false;
@@ -271,8 +327,8 @@ async fn render_round(
         match rendered {
             Rendered::Done { text, .. } => {
                 let h = hash(text.as_bytes());
-                if state.rejected.get(&t.name) == Some(&h) {
-                    debug!(template = %t.name, "same bytes as the last rejected render; not trying again");
+                if state.held_back(&t.name, &h) {
+                    debug!(template = %t.name, "same bytes as the last rejected render; trying again later");
                     continue;
                 }
                 match pipeline::apply(t, text.as_bytes(), &shared.env).await {
@@ -290,12 +346,12 @@ async fn render_round(
                     }
                     Ok(Applied::Written { previous }) => {
                         state.logged.remove(&t.name);
-                        info!(template = %t.name, dest = %dest, bytes = text.len(), "written");
-                        written.push((t, previous, h));
+                        debug!(template = %t.name, dest = %dest, bytes = text.len(), "written; reload next");
+                        written.push((t, previous, h, text.len()));
                     }
                     Err(e) => {
                         if matches!(e, ApplyError::Rejected { .. }) {
-                            state.rejected.insert(t.name.clone(), h);
+                            state.reject(&t.name, h);
                         }
                         error!(template = %t.name, "{e}; the destination was left as it was");
                         shared.board.template(&t.name, &dest, |s| {
@@ -348,15 +404,23 @@ async fn render_round(
             let main_pid = *shared.main_pid.borrow();
             pipeline::reload(r, main_pid, &shared.env).await
         }
-        None => Ok(()),
+        None => Ok(Reloaded::Done),
     };
     let now = SystemTime::now();
     match reload_result {
-        Ok(()) => {
-            if group.reload.is_some() {
-                info!(templates = %group.name(), "reloaded");
+        Ok(reloaded) => {
+            for (t, _, _, bytes) in &written {
+                info!(template = %t.name, dest = %t.destination.display(), bytes, "written");
             }
-            for (t, _, _) in &written {
+            match (&group.reload, reloaded) {
+                (None, _) => {}
+                (Some(_), Reloaded::Done) => info!(templates = %group.name(), "reloaded"),
+                (Some(_), Reloaded::NotRunning(why)) => info!(
+                    templates = %group.name(),
+                    "not reloaded: {why}; the program reads the new file when it starts"
+                ),
+            }
+            for (t, _, _, _) in &written {
                 state.rejected.remove(&t.name);
                 shared
                     .board
@@ -373,11 +437,11 @@ async fn render_round(
         }
         Err(e) => {
             error!(templates = %group.name(), "{e}; restoring the previous files");
-            for (t, previous, h) in written {
+            for (t, previous, h, _) in written {
                 if let Err(re) = pipeline::restore(t, previous.as_deref()) {
                     error!(template = %t.name, error = %re, "cannot restore the previous file");
                 }
-                state.rejected.insert(t.name.clone(), h);
+                state.reject(&t.name, h);
                 shared
                     .board
                     .template(&t.name, &t.destination.display().to_string(), |s| {

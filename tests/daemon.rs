@@ -114,6 +114,75 @@ fn failing_reload_restores_the_previous_file() {
 }
 
 #[test]
+fn a_failed_reload_is_tried_again_without_a_catalog_change() {
+    let p = Project::new();
+    p.file("web.tera", UPSTREAM).config(&config(
+        &p,
+        "reload = [\"sh\", \"-c\", \"echo x >> reloads; if [ -e down ]; then echo 'program restarting' >&2; exit 1; fi\"]\n",
+    ));
+    p.instance("web", "a", "10.0.0.1", 80);
+    let mut r = started(&p);
+    wait_for("first reload", TIMEOUT, || {
+        p.read("reloads").lines().count() == 1
+    });
+    p.file("down", "");
+    p.instance("web", "b", "10.0.0.2", 80);
+    wait_for("failed reload", TIMEOUT, || {
+        r.log().contains("program restarting")
+    });
+    wait_for("rollback", TIMEOUT, || {
+        !p.read("out/web.conf").contains("10.0.0.2")
+    });
+    // The program is back; nothing changes in the catalog. The same bytes are tried again.
+    std::fs::remove_file(p.path("down")).unwrap();
+    wait_for("retried and written", TIMEOUT, || {
+        p.read("out/web.conf").contains("10.0.0.2:80")
+    });
+    assert_eq!(r.stop(), Some(0), "{}", r.log());
+}
+
+#[test]
+fn a_signal_reload_to_a_program_not_running_keeps_the_new_file() {
+    let p = Project::new();
+    p.file("web.tera", UPSTREAM).config(&config(
+        &p,
+        "reload = { signal = \"HUP\", pidfile = \"app.pid\" }\n",
+    ));
+    p.instance("web", "a", "10.0.0.1", 80);
+    let mut r = started(&p);
+    // No pidfile (the program is not running, as in preStart or while it restarts): the new
+    // file stays and the program reads it when it starts.
+    p.instance("web", "b", "10.0.0.2", 80);
+    wait_for("written", TIMEOUT, || {
+        p.read("out/web.conf").contains("10.0.0.2:80")
+    });
+    assert!(r.log().contains("not reloaded"), "{}", r.log());
+    // An empty pidfile (nginx -t and a starting nginx leave one) is the same.
+    p.file("app.pid", "");
+    p.instance("web", "c", "10.0.0.3", 80);
+    wait_for("written", TIMEOUT, || {
+        p.read("out/web.conf").contains("10.0.0.3:80")
+    });
+    // Once it runs, it gets the signal.
+    let mut app = std::process::Command::new("sh")
+        .args([
+            "-c",
+            "trap 'echo hup >> hups' HUP; echo $$ > app.pid; while :; do sleep 0.05; done",
+        ])
+        .current_dir(p.path("."))
+        .spawn()
+        .unwrap();
+    wait_for("pidfile", TIMEOUT, || !p.read("app.pid").trim().is_empty());
+    p.instance("web", "d", "10.0.0.4", 80);
+    wait_for("signalled", TIMEOUT, || p.read("hups").contains("hup"));
+    assert!(p.read("out/web.conf").contains("10.0.0.4:80"));
+    let _ = app.kill();
+    let _ = app.wait();
+    assert!(!r.log().contains("restoring"), "{}", r.log());
+    assert_eq!(r.stop(), Some(0), "{}", r.log());
+}
+
+#[test]
 fn catalog_directory_deleted_and_recreated() {
     let p = Project::new();
     p.file("web.tera", UPSTREAM).config(&config(&p, ""));
