@@ -492,7 +492,9 @@ fn fn_key(kwargs: Kwargs, _: &State) -> TeraResult<Value> {
     let path: String = kwargs.must_get("path")?;
     let default: Option<Value> = kwargs.get("default")?;
     let path = path.trim_matches('/').to_string();
-    match lookup(Query::Key(path.clone()), default.is_none()) {
+    // A default stands in for a key the catalog says is absent, never for an answer that has
+    // not come (catalog unreachable, still connecting): that would overwrite good data.
+    match lookup(Query::Key(path.clone()), true) {
         Some(e) => match (&e.data, default) {
             (Data::Key(Some(v)), _) => Ok(Value::from(v.as_str())),
             (_, Some(d)) => Ok(d),
@@ -700,7 +702,11 @@ mod tests {
         };
         assert_eq!(
             missing,
-            BTreeSet::from([Query::Service("web".into()), Query::Key("app/x".into())])
+            BTreeSet::from([
+                Query::Service("web".into()),
+                Query::Key("app/x".into()),
+                Query::Key("app/y".into())
+            ])
         );
         store.update(
             Query::Service("web".into()),
@@ -711,6 +717,7 @@ mod tests {
             ])),
         );
         store.update(Query::Key("app/x".into()), Data::Key(Some("X".into())));
+        store.update(Query::Key("app/y".into()), Data::Key(None));
         let Rendered::Done { text, deps } = engine.render("t", &store.snapshot()) else {
             panic!()
         };
@@ -732,6 +739,32 @@ mod tests {
         };
         assert!(missing.is_empty());
         assert!(waiting[0].contains("key \"a\" does not exist"));
+    }
+
+    #[test]
+    fn a_key_default_stands_in_only_for_an_absent_key_not_for_no_answer() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = engine_for(
+            dir.path(),
+            &[("t", "mode={{ key(path=\"a\", default=\"x\") }}")],
+        )
+        .unwrap();
+        let store = Store::new();
+        // The catalog has not answered (unreachable, connecting): not written.
+        let Rendered::Pending { missing, .. } = engine.render("t", &store.snapshot()) else {
+            panic!("rendered without an answer")
+        };
+        assert!(missing.contains(&Query::Key("a".into())));
+        store.update(Query::Key("a".into()), Data::Key(None));
+        let Rendered::Done { text, .. } = engine.render("t", &store.snapshot()) else {
+            panic!()
+        };
+        assert_eq!(text, "mode=x");
+        store.update(Query::Key("a".into()), Data::Key(Some("real".into())));
+        let Rendered::Done { text, .. } = engine.render("t", &store.snapshot()) else {
+            panic!()
+        };
+        assert_eq!(text, "mode=real");
     }
 
     #[test]
@@ -790,7 +823,9 @@ mod tests {
             ],
         )
         .unwrap();
-        let Rendered::Done { text, .. } = engine.render("main", &Store::new().snapshot()) else {
+        let store = Store::new();
+        store.update(Query::Key("k".into()), Data::Key(None));
+        let Rendered::Done { text, .. } = engine.render("main", &store.snapshot()) else {
             panic!()
         };
         assert_eq!(text, "[d]");

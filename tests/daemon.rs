@@ -183,6 +183,50 @@ fn a_signal_reload_to_a_program_not_running_keeps_the_new_file() {
 }
 
 #[test]
+fn a_file_rewritten_in_place_is_read_when_its_writer_closes_it() {
+    use std::io::Write;
+    let p = Project::new();
+    p.file("web.tera", UPSTREAM).config(&config(&p, ""));
+    p.instance("web", "a", "10.0.0.1", 80);
+    p.instance("web", "b", "10.0.0.2", 80);
+    let mut r = started(&p);
+    wait_for("both", TIMEOUT, || {
+        p.read("out/web.conf").contains("10.0.0.2:80")
+    });
+    // `echo ... > b.json`, slowly: truncate, half the JSON, a pause, the rest, close.
+    let mut f = std::fs::File::create(p.path("catalog/services/web/b.json")).unwrap();
+    f.write_all(br#"{"address": "10.0.0.2","#).unwrap();
+    f.flush().unwrap();
+    // Give a reader that reacts to the truncation or the first write time to do harm.
+    let deadline = std::time::Instant::now() + Duration::from_millis(400);
+    while std::time::Instant::now() < deadline {
+        assert!(
+            p.read("out/web.conf").contains("10.0.0.2:80"),
+            "b dropped while its file was being written:\n{}",
+            r.log()
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    f.write_all(br#" "port": 81}"#).unwrap();
+    drop(f);
+    wait_for("rewritten b", TIMEOUT, || {
+        p.read("out/web.conf").contains("10.0.0.2:81")
+    });
+    assert!(!r.log().contains("malformed"), "{}", r.log());
+    // A file created empty and filled by its writer is read once, complete.
+    let mut f = std::fs::File::create(p.path("catalog/services/web/c.json")).unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    f.write_all(br#"{"address": "10.0.0.3", "port": 80}"#)
+        .unwrap();
+    drop(f);
+    wait_for("new c", TIMEOUT, || {
+        p.read("out/web.conf").contains("10.0.0.3:80")
+    });
+    assert!(!r.log().contains("malformed"), "{}", r.log());
+    assert_eq!(r.stop(), Some(0), "{}", r.log());
+}
+
+#[test]
 fn catalog_directory_deleted_and_recreated() {
     let p = Project::new();
     p.file("web.tera", UPSTREAM).config(&config(&p, ""));

@@ -555,7 +555,7 @@ impl Catalog for DirCatalog {
                     for ev in batch {
                         match ev {
                             Ok(ev) => {
-                                if matches!(ev.kind, EventKind::Access(_)) {
+                                if !worth_reading(&ev) {
                                     continue;
                                 }
                                 if ev.need_rescan() {
@@ -683,6 +683,24 @@ fn inotify_hint(e: notify::Error) -> String {
 thread_local! {
     /// A reader thread's buffer, reused from one instance file to the next.
     static READ_BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Whether an event may have left a file (or directory) in a new, complete state. A file is
+/// read when it is closed after writing, moved in, or created non-empty (a hard link), never
+/// while a writer is still at it: `echo ... > web-3.json` truncates, writes and closes, and
+/// reading at the truncation would see an empty file and drop the instance for a moment.
+fn worth_reading(ev: &notify::Event) -> bool {
+    use notify::event::{AccessKind, AccessMode, CreateKind, ModifyKind};
+    match ev.kind {
+        EventKind::Access(AccessKind::Close(AccessMode::Write)) => true,
+        EventKind::Access(_) => false,
+        EventKind::Modify(ModifyKind::Data(_)) => false,
+        EventKind::Create(CreateKind::File) => ev
+            .paths
+            .iter()
+            .any(|p| std::fs::metadata(p).is_ok_and(|m| m.len() > 0)),
+        _ => true,
+    }
 }
 
 /// Reads a small file relative to an open directory into `buf`. A whole-tree read opens
