@@ -227,6 +227,49 @@ fn a_file_rewritten_in_place_is_read_when_its_writer_closes_it() {
 }
 
 #[test]
+fn shipped_templates_pass_real_nginx_and_haproxy_checks() {
+    let (Some(nginx), Some(haproxy)) = (support::nginx::binary(), support::haproxy::binary())
+    else {
+        return support::skip::<()>("nginx/haproxy", "binary not found", false).unwrap_or(());
+    };
+    let root = env!("CARGO_MANIFEST_DIR");
+    let p = Project::new();
+    for t in ["nginx.conf.tera", "haproxy.cfg.tera"] {
+        p.file(
+            t,
+            &std::fs::read_to_string(format!("{root}/templates/{t}")).unwrap(),
+        );
+    }
+    p.instance("web", "a", "127.0.0.1", 18080)
+        // Consul lists itself (its server RPC port): the shipped templates leave it out.
+        .instance("consul", "c", "127.0.0.1", 8300)
+        .file("catalog/kv/nginx/listen", "127.0.0.1:18082")
+        .file("catalog/kv/nginx/pid", &p.path("nginx.pid").display().to_string())
+        .file("catalog/kv/haproxy/listen", "127.0.0.1:18081")
+        .config(&format!(
+            "[[template]]\nsource = \"nginx.conf.tera\"\ndestination = \"out/nginx.conf\"\ncheck = [\"{}\", \"-t\", \"-q\", \"-p\", \"{}\", \"-c\", \"{{file}}\"]\n\n[[template]]\nsource = \"haproxy.cfg.tera\"\ndestination = \"out/haproxy.cfg\"\ncheck = [\"{}\", \"-c\", \"-dW\", \"-f\", \"{{file}}\"]\n",
+            nginx.display(),
+            p.path(".").display(),
+            haproxy.display()
+        ));
+    let o = p.rewire(&["render"]);
+    assert_eq!(project::code(&o), 0, "{}", project::stderr(&o));
+    let (ngx, hap) = (p.read("out/nginx.conf"), p.read("out/haproxy.cfg"));
+    assert!(
+        ngx.contains("server 127.0.0.1:18080;") && ngx.contains("listen 127.0.0.1:18082;"),
+        "{ngx}"
+    );
+    assert!(
+        hap.contains("bind 127.0.0.1:18081") && hap.contains("127.0.0.1:18080 check"),
+        "{hap}"
+    );
+    assert!(
+        !ngx.contains("consul") && !hap.contains("consul"),
+        "{ngx}\n{hap}"
+    );
+}
+
+#[test]
 fn catalog_directory_deleted_and_recreated() {
     let p = Project::new();
     p.file("web.tera", UPSTREAM).config(&config(&p, ""));
