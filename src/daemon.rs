@@ -143,9 +143,15 @@ pub async fn run(
     {
         // `rewire status` shows whether the catalog is reachable.
         let (board, mut snaps, stop) = (board.clone(), store.subscribe(), root.clone());
+        let mut wanted = wanted_rx.clone();
         tokio::spawn(async move {
             loop {
+                let nothing_watched = wanted.borrow_and_update().is_empty();
                 let health = match &snaps.borrow_and_update().health {
+                    // Registration alone never reads the catalog: nothing to connect to.
+                    crate::store::Health::Unknown if nothing_watched => {
+                        "not read (no template or watch uses it)".to_string()
+                    }
                     crate::store::Health::Unknown => "connecting".to_string(),
                     crate::store::Health::Healthy => "healthy".to_string(),
                     crate::store::Health::Unreachable(e) => format!("unreachable: {e}"),
@@ -154,6 +160,7 @@ pub async fn run(
                 tokio::select! {
                     _ = stop.cancelled() => return,
                     r = snaps.changed() => if r.is_err() { return },
+                    r = wanted.changed() => if r.is_err() { return },
                 }
             }
         });
@@ -281,7 +288,23 @@ pub async fn run(
 
     // Stop sequence: the supervisor first (deregister, drain, pre_stop, main, post_stop),
     // while the runners keep the files current; then everything else.
-    let code = sup.stop(exit).await;
+    // A second stop signal (an impatient Ctrl-C) cuts the drain and stop_timeout short.
+    let hurry = CancellationToken::new();
+    let code = {
+        let stopping = sup.stop(exit, hurry.clone());
+        tokio::pin!(stopping);
+        loop {
+            tokio::select! {
+                code = &mut stopping => break code,
+                sig = signals.next(), if !hurry.is_cancelled() => {
+                    if let Incoming::Stop(s) = sig {
+                        warn!(signal = %s, "second stop signal: skipping the drain and killing main now");
+                        hurry.cancel();
+                    }
+                }
+            }
+        }
+    };
     generation.shut().await;
     root.cancel();
     cat.stop.cancel();

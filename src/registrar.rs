@@ -259,6 +259,9 @@ struct Registrar {
     last_address_error: Option<String>,
     /// Whether the "only loopback" warning was said.
     warned_loopback: bool,
+    /// Registration has failed since it last worked: said once at warn, then at debug, so an
+    /// outage does not log a line per health interval.
+    register_failing: bool,
 }
 
 impl Registrar {
@@ -270,6 +273,7 @@ impl Registrar {
             last_status: None,
             last_address_error: None,
             warned_loopback: false,
+            register_failing: false,
         }
     }
 
@@ -451,12 +455,18 @@ impl Registrar {
         .unwrap_or_else(|_| Err(timeout_error(&reg)));
         match result {
             Ok(()) => {
+                self.register_failing = false;
                 info!(address = %reg.address, port = reg.port, status = reg.status.as_str(), "registered");
                 self.registered = Some(reg.clone());
                 self.board_registered(&reg, note);
             }
             Err(e) => {
-                warn!(error = %e, "cannot register; trying again at the next check");
+                if self.register_failing {
+                    debug!(error = %e, "cannot register; trying again at the next check");
+                } else {
+                    warn!(error = %e, "cannot register; trying again at each check (said once until it works)");
+                }
+                self.register_failing = true;
                 // Whatever the catalog holds now, the next round registers again.
                 self.registered = None;
                 self.board(|s| {

@@ -230,7 +230,9 @@ impl Supervisor {
 
     /// The stop sequence; returns the status rewire exits with. `exit` is main's status when
     /// main already exited on its own.
-    pub async fn stop(mut self, exit: Option<u8>) -> u8 {
+    /// `hurry` (a second stop signal) skips what is left of the drain and `pre_stop`, and kills
+    /// main without waiting for `stop_timeout`; deregistration and `post_stop` still run.
+    pub async fn stop(mut self, exit: Option<u8>, hurry: CancellationToken) -> u8 {
         if let Some(m) = &self.main {
             m.stopping.cancel();
         }
@@ -257,14 +259,22 @@ impl Supervisor {
             // 2. Drain: peers notice the deregistration and finish their requests.
             if !cfg.drain.is_zero() {
                 info!(drain = %humantime::format_duration(cfg.drain), "draining");
-                tokio::time::sleep(cfg.drain).await;
+                tokio::select! {
+                    _ = tokio::time::sleep(cfg.drain) => {}
+                    _ = hurry.cancelled() => {}
+                }
             }
             // 3. pre_stop, while main still runs.
-            if let Some(hook) = &cfg.pre_stop {
-                run_hook("pre_stop", hook, &self.ctx.env).await;
+            if let Some(hook) = &cfg.pre_stop
+                && !hurry.is_cancelled()
+            {
+                tokio::select! {
+                    _ = run_hook("pre_stop", hook, &self.ctx.env) => {}
+                    _ = hurry.cancelled() => warn!("pre_stop cut short"),
+                }
             }
             // 4. Stop main: stop_signal, then SIGKILL to its group after stop_timeout.
-            self.stop_main(cfg).await;
+            self.stop_main(cfg, &hurry).await;
         }
 
         // Main is gone (or never started): wait for its task, e.g. a pre_start being killed.
@@ -289,7 +299,7 @@ impl Supervisor {
         code.unwrap_or(0)
     }
 
-    async fn stop_main(&mut self, cfg: &MainConfig) {
+    async fn stop_main(&mut self, cfg: &MainConfig, hurry: &CancellationToken) {
         let Some(m) = self.main.as_mut() else {
             return;
         };
@@ -300,17 +310,22 @@ impl Supervisor {
         if let Err(e) = kill(pid, cfg.stop_signal) {
             warn!(pid = %pid, error = %e, "cannot signal main");
         }
-        let exited = tokio::time::timeout(cfg.stop_timeout, m.exit.wait_for(Option::is_some))
-            .await
-            .is_ok();
+        let exited = tokio::select! {
+            r = tokio::time::timeout(cfg.stop_timeout, m.exit.wait_for(Option::is_some)) => r.is_ok(),
+            _ = hurry.cancelled() => false,
+        };
         if exited {
             return;
         }
-        warn!(
-            pid = %pid,
-            stop_timeout = %humantime::format_duration(cfg.stop_timeout),
-            "main did not stop in time; killing its process group"
-        );
+        if hurry.is_cancelled() {
+            warn!(pid = %pid, "killing main's process group now (second stop signal)");
+        } else {
+            warn!(
+                pid = %pid,
+                stop_timeout = %humantime::format_duration(cfg.stop_timeout),
+                "main did not stop in time; killing its process group"
+            );
+        }
         // Main leads its own process group (it was started with pgid 0), so the group id is
         // its pid; the group goes, workers included.
         if let Err(e) = killpg(pid, Signal::SIGKILL) {

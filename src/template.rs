@@ -447,12 +447,34 @@ fn parse_status_filter(s: &str) -> TeraResult<Option<Vec<Status>>> {
         return Ok(None);
     }
     s.split(',')
-        .map(|p| p.trim().parse::<Status>().map_err(tera::Error::message))
+        .map(|p| {
+            p.trim().parse::<Status>().map_err(|_| {
+                tera::Error::message(format!(
+                    "status={s:?}: use \"passing\" (the default), \"warning\", \"critical\", a list such as \"passing,warning\", or \"any\""
+                ))
+            })
+        })
         .collect::<TeraResult<Vec<_>>>()
         .map(Some)
 }
 
+/// Refuses arguments a function does not take: `service(name="web", stauts="any")` would
+/// otherwise render only passing instances without a word.
+fn only(kwargs: &Kwargs, function: &str, known: &[&str]) -> TeraResult<()> {
+    for (key, _) in kwargs.iter() {
+        let key = key.as_str().unwrap_or("?");
+        if !known.contains(&key) {
+            return Err(tera::Error::message(format!(
+                "{function}() has no argument `{key}`; it takes {}",
+                known.join(", ")
+            )));
+        }
+    }
+    Ok(())
+}
+
 fn fn_service(kwargs: Kwargs, _: &State) -> TeraResult<Value> {
+    only(&kwargs, "service", &["name", "tag", "status"])?;
     let name: String = kwargs.must_get("name")?;
     let tag: Option<String> = kwargs.get("tag")?;
     let status: Option<String> = kwargs.get("status")?;
@@ -482,13 +504,15 @@ fn fn_service(kwargs: Kwargs, _: &State) -> TeraResult<Value> {
     ))
 }
 
-fn fn_services(_: Kwargs, _: &State) -> TeraResult<Value> {
+fn fn_services(kwargs: Kwargs, _: &State) -> TeraResult<Value> {
+    only(&kwargs, "services", &[])?;
     Ok(lookup(Query::Services, true)
         .map(|e| entry_value(&e).clone())
         .unwrap_or_else(|| Value::from(Vec::<Value>::new())))
 }
 
 fn fn_key(kwargs: Kwargs, _: &State) -> TeraResult<Value> {
+    only(&kwargs, "key", &["path", "default"])?;
     let path: String = kwargs.must_get("path")?;
     let default: Option<Value> = kwargs.get("default")?;
     let path = path.trim_matches('/').to_string();
@@ -510,6 +534,7 @@ fn fn_key(kwargs: Kwargs, _: &State) -> TeraResult<Value> {
 }
 
 fn fn_keys(kwargs: Kwargs, _: &State) -> TeraResult<Value> {
+    only(&kwargs, "keys", &["prefix"])?;
     let prefix: String = kwargs.must_get("prefix")?;
     let prefix = prefix.trim_start_matches('/').to_string();
     let Some(entry) = lookup(Query::Keys(prefix.clone()), true) else {
@@ -533,6 +558,7 @@ fn fn_keys(kwargs: Kwargs, _: &State) -> TeraResult<Value> {
 }
 
 fn fn_env(kwargs: Kwargs, _: &State) -> TeraResult<Value> {
+    only(&kwargs, "env", &["name", "default"])?;
     let name: String = kwargs.must_get("name")?;
     let default: Option<Value> = kwargs.get("default")?;
     match (std::env::var(&name), default) {
@@ -545,6 +571,7 @@ fn fn_env(kwargs: Kwargs, _: &State) -> TeraResult<Value> {
 }
 
 fn filter_by_tag(list: Vec<Value>, kwargs: Kwargs, _: &State) -> TeraResult<Value> {
+    only(&kwargs, "by_tag", &["tag"])?;
     let tag: String = kwargs.must_get("tag")?;
     Ok(Value::from(
         list.into_iter()
@@ -609,6 +636,7 @@ fn write_addr_port(out: &mut String, addr: &str, port: u64) {
 
 /// `instance | addr_port`, or `"::1" | addr_port(port=80)`.
 fn filter_addr_port(v: &Value, kwargs: Kwargs, _: &State) -> TeraResult<Value> {
+    only(&kwargs, "addr_port", &["port"])?;
     let port_kw: Option<u64> = kwargs.get("port")?;
     if let Some(addr) = v.as_str() {
         let port = port_kw.ok_or_else(|| {
@@ -792,6 +820,23 @@ mod tests {
             panic!()
         };
         assert_eq!(text, "2 4 1 2 3");
+        // A misspelt argument or status is an error, not a silent default.
+        for (t, want) in [
+            (
+                "{{ service(name=\"web\", stauts=\"any\") | length }}",
+                "no argument `stauts`",
+            ),
+            (
+                "{{ service(name=\"web\", status=\"bogus\") | length }}",
+                "\"any\"",
+            ),
+        ] {
+            let engine = engine_for(dir.path(), &[("u", t)]).unwrap();
+            let Rendered::Failed { error, .. } = engine.render("u", &store.snapshot()) else {
+                panic!("{t} rendered")
+            };
+            assert!(error.contains(want), "{error}");
+        }
     }
 
     #[test]

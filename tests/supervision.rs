@@ -403,6 +403,36 @@ fn main_ignoring_sigterm_is_killed_after_stop_timeout() {
 }
 
 #[test]
+fn a_second_stop_signal_kills_main_without_waiting_for_stop_timeout() {
+    let p = Project::new();
+    let port = free_port();
+    p.config(&format!(
+        "{}[main]\nexec = {}\nstop_timeout = \"60s\"\n",
+        preamble(&p),
+        server_exec(&p, port, &[("IGNORE_TERM", "1")])
+    ));
+    let mut rw = Rewire::start(&p, &[]);
+    let pidfile = p.path("main.pid");
+    rw.wait_for("main serving", || {
+        read_pid(&pidfile).is_some() && support::ports::port_open(port)
+    });
+    let main = read_pid(&pidfile).unwrap();
+    rw.signal(SIGTERM);
+    rw.wait_for("stop begun", || rw_log_has(&p, "stopping main"));
+    let sent = Instant::now();
+    rw.signal(SIGTERM);
+    let status = rw.wait_exit();
+    assert_eq!(status.code(), Some(128 + 9), "{}", rw.log());
+    assert!(
+        sent.elapsed() < Duration::from_secs(30),
+        "waited for stop_timeout: {:?}",
+        sent.elapsed()
+    );
+    assert!(!alive(main));
+    assert!(rw.log().contains("second stop signal"), "{}", rw.log());
+}
+
+#[test]
 fn pre_start_failure_stops_startup_with_its_status() {
     let p = Project::new();
     let started = p.path("started").display().to_string();

@@ -31,14 +31,19 @@ pub struct ConfigError {
 
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{}:{}:{}: {}",
-            self.file.display(),
-            self.line,
-            self.col,
-            self.what
-        )?;
+        if self.line == 0 {
+            // About the whole file (it cannot be read): no position to give.
+            write!(f, "{}: {}", self.file.display(), self.what)?;
+        } else {
+            write!(
+                f,
+                "{}:{}:{}: {}",
+                self.file.display(),
+                self.line,
+                self.col,
+                self.what
+            )?;
+        }
         if !self.hint.is_empty() {
             write!(f, "\n  hint: {}", self.hint)?;
         }
@@ -922,7 +927,10 @@ impl Walker<'_> {
         let v = t.get("perms")?;
         let hint = "write the mode as an octal string, e.g. perms = \"0644\"";
         let parsed = match v.get_ref() {
-            DeValue::String(s) => u32::from_str_radix(s.trim_start_matches("0o"), 8).ok(),
+            DeValue::String(_) => {
+                let s = self.string_value(v, t, "perms")?;
+                u32::from_str_radix(s.get_ref().trim_start_matches("0o"), 8).ok()
+            }
             DeValue::Integer(i) if i.radix() == 8 => u32::from_str_radix(i.as_str(), 8).ok(),
             DeValue::Integer(_) => {
                 self.error(
@@ -1531,6 +1539,15 @@ mod tests {
         assert_eq!(format!("{:?}", s.token), "Some(<redacted>)");
         assert_eq!(s.address.as_deref(), Some("http://127.0.0.1:8500"));
         assert_eq!(c.services[0].port, 8080);
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("a.tera"), "x").unwrap();
+        let c = parse_str(
+            "[[template]]\nsource = \"a.tera\"\ndestination = \"out.conf\"\nperms = \"${MODE:-0640}\"\n",
+            &dir.path().join("rewire.toml"),
+            &env,
+        )
+        .unwrap();
+        assert_eq!(c.templates[0].perms, Some(0o640));
         let errs = errors("[catalog]\nbackend = \"consul\"\ntoken = \"${NOPE}\"\n");
         assert!(
             errs[0].contains(":3:9:") && errs[0].contains("NOPE is not set"),

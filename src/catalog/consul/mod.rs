@@ -317,7 +317,19 @@ fn transport(what: &str, e: &reqwest::Error) -> CatalogError {
         detail.push_str(&cause.to_string());
         source = cause.source();
     }
-    let detail = format!("{what}: {detail}");
+    // Only the agent's address from the URL: its path is in `what`, its query adds nothing.
+    let at = e
+        .url()
+        .and_then(|u| {
+            Some(format!(
+                " at {}://{}:{}",
+                u.scheme(),
+                u.host_str()?,
+                u.port_or_known_default()?
+            ))
+        })
+        .unwrap_or_default();
+    let detail = format!("{what}{at}: {detail}");
     match tls_hint(&detail) {
         // A TLS setup problem: retrying will not help, the settings must change.
         Some(hint) => CatalogError::Denied {

@@ -176,6 +176,10 @@ impl Pacer {
 pub struct Outage {
     catalog: String,
     failing: Mutex<BTreeSet<Query>>,
+    /// Fired when a failing query gets a reply: the agent is back, so the other failing
+    /// watches try again at once instead of sleeping out their backoff (each has its own, up
+    /// to 30 s, and the status would say "unreachable" meanwhile).
+    back: tokio::sync::Notify,
 }
 
 impl Outage {
@@ -183,6 +187,7 @@ impl Outage {
         Outage {
             catalog,
             failing: Mutex::new(BTreeSet::new()),
+            back: tokio::sync::Notify::new(),
         }
     }
 
@@ -197,6 +202,9 @@ impl Outage {
         let recovered = failing.remove(query);
         if recovered {
             debug!(%query, "consul watch recovered");
+            if !failing.is_empty() {
+                self.back.notify_waiters();
+            }
         }
         // Lock order: this set, then the store's lock (the store never calls back).
         if failing.is_empty() && store.set_health(Health::Healthy) && recovered {
@@ -226,7 +234,7 @@ impl Outage {
     pub fn forget(&self, store: &Store, query: &Query) {
         let mut failing = self.lock();
         if failing.remove(query) && failing.is_empty() && store.set_health(Health::Healthy) {
-            info!(catalog = %self.catalog, "no failing consul watches left");
+            debug!(catalog = %self.catalog, "no failing consul watches left");
         }
     }
 }
@@ -250,6 +258,7 @@ pub async fn watch_one<S: Source>(
             () = stop.cancelled() => break,
             r = source.read(&query, asked) => r,
         };
+        let failed = result.is_err();
         let pause = match result {
             Ok(reply) => {
                 outage.ok(&store, &query);
@@ -278,6 +287,7 @@ pub async fn watch_one<S: Source>(
                 biased;
                 () = stop.cancelled() => break,
                 () = tokio::time::sleep(pause) => {}
+                () = outage.back.notified(), if failed => {}
             }
         }
     }
