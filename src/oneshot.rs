@@ -314,6 +314,65 @@ pub async fn diff(config: &Config, catalog: Arc<dyn Catalog>, args: &DiffArgs) -
 }
 
 /// `rewire check`: the config is already parsed; check the templates' syntax.
+/// Every program the config runs as an argv (a shell command is the shell's business), with
+/// where it is configured.
+fn programs(config: &Config) -> Vec<(String, String)> {
+    fn spec(c: Option<&CommandSpec>) -> Option<&Program> {
+        c.map(|c| &c.program)
+    }
+    use crate::config::{CommandSpec, Program, Reload};
+    let mut out = Vec::new();
+    let mut add = |what: String, p: Option<&Program>| {
+        if let Some(Program::Argv(argv)) = p
+            && let Some(first) = argv.first()
+        {
+            out.push((what, first.clone()));
+        }
+    };
+    for t in &config.templates {
+        add(format!("template {} check", t.name), spec(t.check.as_ref()));
+        if let Some(Reload::Command(c)) = &t.reload {
+            add(format!("template {} reload", t.name), Some(&c.program));
+        }
+    }
+    for s in &config.services {
+        add(
+            format!("service {} health", s.name),
+            spec(s.health.as_ref()),
+        );
+    }
+    for w in &config.watches {
+        add(
+            format!("watch {} on_change", w.service),
+            Some(&w.on_change.program),
+        );
+    }
+    for t in &config.tasks {
+        add(format!("task {}", t.name), Some(&t.exec.program));
+    }
+    if let Some(m) = &config.main {
+        add("main pre_start".into(), spec(m.pre_start.as_ref()));
+        add("main exec".into(), m.exec.as_ref());
+        add("main pre_stop".into(), spec(m.pre_stop.as_ref()));
+        add("main post_stop".into(), spec(m.post_stop.as_ref()));
+    }
+    out
+}
+
+/// Whether `program` would start: a path (relative to where rewire runs) or a name in PATH.
+fn program_exists(program: &str) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    let runnable = |p: &std::path::Path| {
+        p.metadata()
+            .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    };
+    if program.contains('/') {
+        return runnable(std::path::Path::new(program));
+    }
+    std::env::var_os("PATH")
+        .is_some_and(|path| std::env::split_paths(&path).any(|d| runnable(&d.join(program))))
+}
+
 pub fn check(config: &Config) -> u8 {
     match Engine::load(&config.templates) {
         Ok(_) => {
@@ -331,6 +390,14 @@ pub fn check(config: &Config) -> u8 {
                     && !dir.exists()
                 {
                     warn!(template = %t.name, dir = %dir.display(), "the destination directory does not exist yet; it will be created");
+                }
+            }
+            for (what, program) in programs(config) {
+                if !program_exists(&program) {
+                    warn!(
+                        "{what}: {program:?} is not found here (not in PATH, or not executable); \
+                         it must exist where rewire runs"
+                    );
                 }
             }
             OK

@@ -191,6 +191,23 @@ fn check_accepts_the_design_sketch_and_the_shipped_examples() {
 }
 
 #[test]
+fn check_warns_about_programs_it_cannot_find() {
+    let p = Project::new();
+    p.file("web.tera", UPSTREAM).config(
+        "[[template]]\nsource = \"web.tera\"\ndestination = \"out/web.conf\"\ncheck = [\"sh\", \"-c\", \"true\", \"{file}\"]\nreload = [\"ngnix-no-such-program\", \"-s\", \"reload\"]\n",
+    );
+    let o = p.rewire(&["check"]);
+    // A warning, not a failure: the program may exist only where rewire runs (a container).
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let err = stderr(&o);
+    assert!(
+        err.contains("\"ngnix-no-such-program\" is not found here"),
+        "{err}"
+    );
+    assert!(!err.contains("\"sh\""), "{err}");
+}
+
+#[test]
 fn unreadable_config_is_exit_2() {
     let p = Project::new();
     let o = p.rewire(&["render"]);
