@@ -73,7 +73,7 @@ pub enum Command {
 
     /// Ask the running daemon for its state (registrations, watches, templates, main).
     #[command(
-        after_help = "Example (container health check):\n  rewire status\n\nExit status: 0 ok; 1 the daemon is unreachable."
+        after_help = "Examples (container health check):\n  rewire status\n  rewire status --socket /run/rewire.sock   (no config needed)\n\nExit status: 0 ok; 1 the daemon is unreachable."
     )]
     Status(StatusArgs),
 
@@ -129,12 +129,18 @@ pub struct StatusArgs {
     /// Print JSON instead of text.
     #[arg(long)]
     pub json: bool,
+    /// The daemon's control socket; without it, read from the config's [control] socket.
+    #[arg(long, env = "REWIRE_SOCKET", value_name = "PATH")]
+    pub socket: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, clap::Args)]
 pub struct MaintenanceArgs {
     #[arg(value_enum)]
     pub state: OnOff,
+    /// The daemon's control socket; without it, read from the config's [control] socket.
+    #[arg(long, env = "REWIRE_SOCKET", value_name = "PATH")]
+    pub socket: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

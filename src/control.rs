@@ -25,7 +25,6 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::config::Config;
 use crate::status::Board;
 
 /// What the daemon is asked to do.
@@ -219,8 +218,8 @@ pub async fn request(socket: &Path, req: &Value) -> Result<Value, ClientError> {
 }
 
 /// `rewire status [--json]`: 0 when the daemon answered, 1 when it is unreachable.
-pub async fn status_command(config: &Config, as_json: bool) -> u8 {
-    match request(&config.control.socket, &json!({"command": "status"})).await {
+pub async fn status_command(socket: &Path, as_json: bool) -> u8 {
+    match request(socket, &json!({"command": "status"})).await {
         Ok(answer) => {
             let status = answer.get("status").cloned().unwrap_or(Value::Null);
             if as_json {
@@ -241,9 +240,9 @@ pub async fn status_command(config: &Config, as_json: bool) -> u8 {
 }
 
 /// `rewire maintenance on|off`: 0 when the daemon took it, 1 when it is unreachable.
-pub async fn maintenance_command(config: &Config, on: bool) -> u8 {
+pub async fn maintenance_command(socket: &Path, on: bool) -> u8 {
     let req = json!({"command": "maintenance", "on": on});
-    match request(&config.control.socket, &req).await {
+    match request(socket, &req).await {
         Ok(_) => {
             println!(
                 "maintenance {}: {}",

@@ -66,6 +66,18 @@ pub fn main(cli: Cli) -> ExitCode {
 }
 
 async fn dispatch(cli: Cli) -> u8 {
+    // Talking to a running daemon needs only its socket: no config to load when it is given.
+    match &cli.command {
+        Command::Status(cli::StatusArgs {
+            json,
+            socket: Some(socket),
+        }) => return control::status_command(socket, *json).await,
+        Command::Maintenance(cli::MaintenanceArgs {
+            state,
+            socket: Some(socket),
+        }) => return control::maintenance_command(socket, *state == cli::OnOff::On).await,
+        _ => {}
+    }
     let config = match load_config(&cli) {
         Ok(c) => c,
         Err(code) => return code,
@@ -90,9 +102,9 @@ async fn dispatch(cli: Cli) -> u8 {
             )
             .await
         }
-        Command::Status(args) => control::status_command(&config, args.json).await,
+        Command::Status(args) => control::status_command(&config.control.socket, args.json).await,
         Command::Maintenance(args) => {
-            control::maintenance_command(&config, args.state == cli::OnOff::On).await
+            control::maintenance_command(&config.control.socket, args.state == cli::OnOff::On).await
         }
     }
 }

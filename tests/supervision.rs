@@ -814,6 +814,17 @@ fn status_answers_while_running_and_exits_1_without_a_daemon() {
     assert_eq!(v["main"]["state"], "running");
     assert_eq!(v["services"]["web-test"]["registered"], true);
 
+    // A health check that knows only the socket: no config is read.
+    let o = Command::new(rewire_bin())
+        .args(["status", "--socket"])
+        .arg(p.path("ctl.sock"))
+        .current_dir("/")
+        .env_remove("REWIRE_CONFIG")
+        .output()
+        .unwrap();
+    assert_eq!(project::code(&o), 0, "{}", project::stderr(&o));
+    assert!(project::stdout(&o).contains("main: running"));
+
     rw.signal(SIGTERM);
     rw.wait_exit();
     assert!(

@@ -226,7 +226,12 @@ impl Mirror {
                 self.kv.insert(path.clone(), value.into_owned());
                 changes.keys.insert(path);
             }
-            Slot::Other => {}
+            Slot::Other => {
+                let rel = key.strip_prefix(self.base.as_str()).unwrap_or(key);
+                if rel.starts_with("services/") {
+                    warn!(key = %key, "ignored: an instance key is {}services/<service>/<id>", self.base);
+                }
+            }
         }
     }
 
