@@ -24,6 +24,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, error, info, info_span, warn};
 
+use crate::backoff::Backoff;
 use crate::catalog::Query;
 use crate::config::{Reload, TemplateConfig, Wait};
 use crate::debounce::{self, Debounce};
@@ -168,15 +169,15 @@ async fn sleep_until_some(at: Option<Instant>) {
 
 /// Bytes a check or reload rejected: not tried again before `retry_at`. A reload fails for
 /// reasons that pass (the program was restarting) and so can a check (`nginx -t` resolving a
-/// name), so nothing is given up for good: each failure of the same bytes doubles the wait,
-/// from 1 s up to 1 min, and new bytes are tried at once.
+/// name), so nothing is given up for good: each failure of the same bytes backs off (about
+/// 1 s, doubling, up to 1 min), and new bytes are tried at once.
 struct Rejected {
     hash: [u8; 32],
     retry_at: Instant,
-    delay: Duration,
+    backoff: Backoff,
 }
 
-const RETRY_FIRST: Duration = Duration::from_secs(1);
+const RETRY_FIRST: Duration = Duration::from_secs(2);
 const RETRY_MAX: Duration = Duration::from_secs(60);
 
 #[derive(Default)]
@@ -244,16 +245,17 @@ const PENDING_QUIET: Duration = Duration::from_secs(3);
 
 impl GroupState {
     fn reject(&mut self, template: &str, hash: [u8; 32]) {
-        let delay = match self.rejected.get(template) {
-            Some(r) if r.hash == hash => (r.delay * 2).min(RETRY_MAX),
-            _ => RETRY_FIRST,
+        let mut backoff = match self.rejected.remove(template) {
+            Some(r) if r.hash == hash => r.backoff,
+            _ => Backoff::new(RETRY_FIRST, RETRY_MAX).expect("constant bounds are valid"),
         };
+        let retry_at = Instant::now() + backoff.next_delay();
         self.rejected.insert(
             template.to_string(),
             Rejected {
                 hash,
-                retry_at: Instant::now() + delay,
-                delay,
+                retry_at,
+                backoff,
             },
         );
     }
