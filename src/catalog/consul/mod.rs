@@ -80,6 +80,8 @@ struct Agent {
     address: Url,
     /// `X-Consul-Token`, marked sensitive so that no `Debug` shows it.
     token: Option<HeaderValue>,
+    /// `Authorization: Basic ...` from `CONSUL_HTTP_AUTH`, sensitive too.
+    auth: Option<HeaderValue>,
     datacenter: Option<String>,
     stale: bool,
     wait: Duration,
@@ -117,12 +119,24 @@ impl ConsulCatalog {
                 Some(value)
             }
         };
+        let auth = match &resolved.http_auth {
+            None => None,
+            Some(secret) => {
+                use base64::Engine as _;
+                let encoded = base64::engine::general_purpose::STANDARD.encode(secret.expose());
+                let mut value = HeaderValue::from_str(&format!("Basic {encoded}"))
+                    .expect("base64 is a valid header value");
+                value.set_sensitive(true);
+                Some(value)
+            }
+        };
         let wait = catalog.block_wait.clamp(MIN_WAIT, MAX_WAIT);
         let agent = Agent {
             http,
             base,
             address: resolved.address,
             token,
+            auth,
             datacenter: resolved.datacenter,
             stale: resolved.stale,
             wait,
@@ -211,11 +225,14 @@ impl Agent {
     }
 
     fn request(&self, method: Method, url: Url) -> reqwest::RequestBuilder {
-        let req = self.http.request(method, url);
-        match &self.token {
-            Some(token) => req.header("X-Consul-Token", token.clone()),
-            None => req,
+        let mut req = self.http.request(method, url);
+        if let Some(token) = &self.token {
+            req = req.header("X-Consul-Token", token.clone());
         }
+        if let Some(auth) = &self.auth {
+            req = req.header(reqwest::header::AUTHORIZATION, auth.clone());
+        }
+        req
     }
 
     /// Sends a request and reads the whole answer; transport failures are `Unreachable`.
@@ -678,6 +695,30 @@ mod tests {
         assert!(value.is_sensitive());
         assert!(!format!("{req:?}").contains("s3cr3t"));
         assert!(!req.url().as_str().contains("s3cr3t"));
+    }
+
+    #[test]
+    fn consul_http_auth_is_sent_as_basic_auth_and_never_shown() {
+        let settings = ConsulSettings::default();
+        let cfg = catalog_config(&settings);
+        let c = ConsulCatalog::with_env(&settings, &cfg, &|name| {
+            (name == "CONSUL_HTTP_AUTH").then(|| "ops:pa55word".to_string())
+        })
+        .unwrap();
+        let req = c
+            .agent
+            .request(Method::GET, c.agent.url(["agent", "self"]))
+            .build()
+            .unwrap();
+        let value = req.headers().get("Authorization").unwrap();
+        assert!(value.is_sensitive());
+        // base64("ops:pa55word")
+        assert_eq!(value.to_str().unwrap(), "Basic b3BzOnBhNTV3b3Jk");
+        let shown = format!("{c:?} {req:?}");
+        assert!(
+            !shown.contains("pa55word") && !shown.contains("b3BzOnBhNTV3b3Jk"),
+            "{shown}"
+        );
     }
 
     #[test]

@@ -33,6 +33,8 @@ pub struct Resolved {
     /// `scheme://host:port[/path]` as the user gave it (for logs and the TCP connection).
     pub address: Url,
     pub token: Option<Secret>,
+    /// `CONSUL_HTTP_AUTH` (`user:password`): HTTP basic auth, for an agent behind a proxy.
+    pub http_auth: Option<Secret>,
     pub datacenter: Option<String>,
     pub stale: bool,
     pub tls: Tls,
@@ -113,6 +115,7 @@ pub fn resolve(
     Ok(Resolved {
         address,
         token,
+        http_auth: env("CONSUL_HTTP_AUTH").map(Secret::new),
         datacenter: settings.datacenter.clone().filter(|d| !d.is_empty()),
         stale: settings.stale,
         tls,
