@@ -867,6 +867,26 @@ async fn tls_with_ca_client_certificate_server_name_and_env() {
         "{}",
         cat.describe()
     );
+
+    // CONSUL_CAPATH: a directory of CA files instead of one file.
+    let ca_dir = tempfile::tempdir().unwrap();
+    std::fs::copy(&ca, ca_dir.path().join("consul-agent-ca.pem")).unwrap();
+    let ca_dir = ca_dir.path().display().to_string();
+    let vars = [
+        ("CONSUL_HTTP_ADDR", format!("https://127.0.0.1:{https}")),
+        ("CONSUL_CAPATH", ca_dir),
+        ("CONSUL_CLIENT_CERT", cert.clone()),
+        ("CONSUL_CLIENT_KEY", key.clone()),
+    ];
+    let env = move |name: &str| {
+        vars.iter()
+            .find(|(k, _)| *k == name)
+            .map(|(_, v)| v.clone())
+    };
+    let cat = ConsulCatalog::with_env(&settings, &cfg(&settings), &env).unwrap();
+    cat.preflight()
+        .await
+        .expect("CA directory from CONSUL_CAPATH");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -95,7 +95,9 @@ pub fn resolve(
     let path_or_env =
         |set: &Option<PathBuf>, var: &str| set.clone().or_else(|| env(var).map(PathBuf::from));
     let tls = Tls {
-        ca: path_or_env(&settings.tls.ca, "CONSUL_CACERT"),
+        // A file, or a directory of PEM files (CONSUL_CAPATH, or a directory given as `ca`).
+        ca: path_or_env(&settings.tls.ca, "CONSUL_CACERT")
+            .or_else(|| env("CONSUL_CAPATH").map(PathBuf::from)),
         cert: path_or_env(&settings.tls.cert, "CONSUL_CLIENT_CERT"),
         key: path_or_env(&settings.tls.key, "CONSUL_CLIENT_KEY"),
         server_name: settings
@@ -227,9 +229,25 @@ pub fn build_client(r: &Resolved) -> Result<(reqwest::Client, Url), CatalogError
             builder = builder.danger_accept_invalid_certs(true);
         }
         if let Some(ca) = &r.tls.ca {
-            let pem = read_file(ca, "CA certificate")?;
-            let certs = reqwest::Certificate::from_pem_bundle(&pem)
-                .map_err(|e| invalid(format!("CA file {}: {e}", ca.display())))?;
+            let files: Vec<PathBuf> = if ca.is_dir() {
+                let mut files: Vec<PathBuf> = std::fs::read_dir(ca)
+                    .map_err(|e| invalid(format!("CA directory {}: {e}", ca.display())))?
+                    .filter_map(|e| e.ok().map(|e| e.path()))
+                    .filter(|p| p.is_file())
+                    .collect();
+                files.sort();
+                files
+            } else {
+                vec![ca.clone()]
+            };
+            let mut certs = Vec::new();
+            for file in &files {
+                let pem = read_file(file, "CA certificate")?;
+                certs.extend(
+                    reqwest::Certificate::from_pem_bundle(&pem)
+                        .map_err(|e| invalid(format!("CA file {}: {e}", file.display())))?,
+                );
+            }
             if certs.is_empty() {
                 return Err(invalid(format!(
                     "CA file {} holds no PEM certificate",
