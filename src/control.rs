@@ -217,11 +217,32 @@ pub async fn request(socket: &Path, req: &Value) -> Result<Value, ClientError> {
     }
 }
 
+/// Asks for the daemon's status. With `expected` (the config this command was given), a daemon
+/// running another config is an error: two daemons left on the default socket would otherwise
+/// answer (and take `maintenance on`) for each other.
+async fn daemon_status(socket: &Path, expected: Option<&Path>) -> Result<Value, String> {
+    let answer = request(socket, &json!({"command": "status"}))
+        .await
+        .map_err(|e| e.to_string())?;
+    let status = answer.get("status").cloned().unwrap_or(Value::Null);
+    if let (Some(expected), Some(running)) =
+        (expected, status.get("config").and_then(Value::as_str))
+        && Path::new(running) != expected
+    {
+        return Err(format!(
+            "the daemon on {} runs {running}, not {}: give each daemon its own [control] socket, \
+             or pass --socket to talk to this one anyway",
+            socket.display(),
+            expected.display()
+        ));
+    }
+    Ok(status)
+}
+
 /// `rewire status [--json]`: 0 when the daemon answered, 1 when it is unreachable.
-pub async fn status_command(socket: &Path, as_json: bool) -> u8 {
-    match request(socket, &json!({"command": "status"})).await {
-        Ok(answer) => {
-            let status = answer.get("status").cloned().unwrap_or(Value::Null);
+pub async fn status_command(socket: &Path, expected: Option<&Path>, as_json: bool) -> u8 {
+    match daemon_status(socket, expected).await {
+        Ok(status) => {
             if as_json {
                 println!(
                     "{}",
@@ -240,7 +261,13 @@ pub async fn status_command(socket: &Path, as_json: bool) -> u8 {
 }
 
 /// `rewire maintenance on|off`: 0 when the daemon took it, 1 when it is unreachable.
-pub async fn maintenance_command(socket: &Path, on: bool) -> u8 {
+pub async fn maintenance_command(socket: &Path, expected: Option<&Path>, on: bool) -> u8 {
+    if expected.is_some()
+        && let Err(e) = daemon_status(socket, expected).await
+    {
+        eprintln!("rewire: {e}");
+        return 1;
+    }
     let req = json!({"command": "maintenance", "on": on});
     match request(socket, &req).await {
         Ok(_) => {

@@ -248,6 +248,8 @@ pub async fn run(
                                 match open_and_check(&new).await {
                                     Ok(c) => {
                                         info!(catalog = %c.describe(), "catalog settings changed; reconnecting");
+                                        let label = c.describe();
+                                        board.update(|r| r.catalog = label);
                                         cat.stop.cancel();
                                         let _ = (&mut cat.handle).await;
                                         cat = start_catalog(c, new.catalog.clone(), wanted_rx.clone(), store.clone(), &root);
@@ -262,6 +264,11 @@ pub async fn run(
                             let old = std::mem::replace(&mut generation, spawn_generation(&new, engine, cat.catalog.clone()));
                             old.shut().await;
                             sup.reconfigure(&new);
+                            // Templates the new config dropped leave the status report.
+                            board.update(|r| {
+                                r.templates
+                                    .retain(|name, _| new.templates.iter().any(|t| t.name == *name))
+                            });
                             config = new;
                             info!("new config applied");
                         }

@@ -71,11 +71,11 @@ async fn dispatch(cli: Cli) -> u8 {
         Command::Status(cli::StatusArgs {
             json,
             socket: Some(socket),
-        }) => return control::status_command(socket, *json).await,
+        }) => return control::status_command(socket, None, *json).await,
         Command::Maintenance(cli::MaintenanceArgs {
             state,
             socket: Some(socket),
-        }) => return control::maintenance_command(socket, *state == cli::OnOff::On).await,
+        }) => return control::maintenance_command(socket, None, *state == cli::OnOff::On).await,
         _ => {}
     }
     let config = match load_config(&cli) {
@@ -102,9 +102,16 @@ async fn dispatch(cli: Cli) -> u8 {
             )
             .await
         }
-        Command::Status(args) => control::status_command(&config.control.socket, args.json).await,
+        Command::Status(args) => {
+            control::status_command(&config.control.socket, Some(&config.path), args.json).await
+        }
         Command::Maintenance(args) => {
-            control::maintenance_command(&config.control.socket, args.state == cli::OnOff::On).await
+            control::maintenance_command(
+                &config.control.socket,
+                Some(&config.path),
+                args.state == cli::OnOff::On,
+            )
+            .await
         }
     }
 }

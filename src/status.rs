@@ -126,6 +126,10 @@ impl Board {
                     writes: 0,
                     ready: false,
                 });
+            // A SIGHUP may have moved the destination.
+            if t.destination != dest {
+                t.destination = dest.to_string();
+            }
             let was = t.ready;
             f(t);
             became_ready = !was && t.ready;

@@ -330,6 +330,18 @@ fn sighup_with_a_broken_config_keeps_the_old_one_running() {
         p.read("out/web.conf") == "v2 2\n"
     });
     assert!(r.log().contains("new config applied"));
+    // The status report follows the running config: a moved destination shows its new path.
+    p.config(&good.replace("out/web.conf", "out/moved.conf"));
+    r.signal(SIGHUP);
+    wait_for("moved destination written", TIMEOUT, || {
+        p.read("out/moved.conf") == "v2 2\n"
+    });
+    let o = p.rewire(&["status", "--json"]);
+    let status: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let dest = status["templates"]["web"]["destination"]
+        .as_str()
+        .unwrap_or("");
+    assert!(dest.ends_with("out/moved.conf"), "{status}");
     assert_eq!(r.stop(), Some(0));
 }
 

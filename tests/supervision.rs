@@ -824,6 +824,28 @@ fn status_answers_while_running_and_exits_1_without_a_daemon() {
         .unwrap();
     assert_eq!(project::code(&o), 0, "{}", project::stderr(&o));
     assert!(project::stdout(&o).contains("main: running"));
+    // Another config naming the same socket gets no answer for this daemon, and cannot put it
+    // in maintenance.
+    let other = Project::new();
+    other.config(&format!(
+        "[control]\nsocket = \"{}\"\n",
+        p.path("ctl.sock").display()
+    ));
+    for args in [&["status"][..], &["maintenance", "on"][..]] {
+        let o = other.rewire(args);
+        assert_eq!(project::code(&o), 1, "{args:?}: {}", project::stdout(&o));
+        assert!(
+            project::stderr(&o).contains("give each daemon its own [control] socket"),
+            "{}",
+            project::stderr(&o)
+        );
+    }
+    assert!(
+        p.rewire(&["status"])
+            .stdout
+            .windows(15)
+            .any(|w| w == b"maintenance: of")
+    );
 
     rw.signal(SIGTERM);
     rw.wait_exit();

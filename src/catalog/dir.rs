@@ -686,19 +686,21 @@ thread_local! {
 }
 
 /// Whether an event may have left a file (or directory) in a new, complete state. A file is
-/// read when it is closed after writing, moved in, or created non-empty (a hard link), never
-/// while a writer is still at it: `echo ... > web-3.json` truncates, writes and closes, and
-/// reading at the truncation would see an empty file and drop the instance for a moment.
+/// read when it is closed after writing, moved in, or created as a link (hard or symbolic: no
+/// writer will close it), never while a writer is still at it: `echo ... > web-3.json` truncates, writes
+/// and closes, and reading at the truncation would see an empty file and drop the instance for
+/// a moment (and reading at the create as well as the close would warn twice about a bad one).
 fn worth_reading(ev: &notify::Event) -> bool {
     use notify::event::{AccessKind, AccessMode, CreateKind, ModifyKind};
     match ev.kind {
         EventKind::Access(AccessKind::Close(AccessMode::Write)) => true,
         EventKind::Access(_) => false,
         EventKind::Modify(ModifyKind::Data(_)) => false,
-        EventKind::Create(CreateKind::File) => ev
-            .paths
-            .iter()
-            .any(|p| std::fs::metadata(p).is_ok_and(|m| m.len() > 0)),
+        EventKind::Create(CreateKind::File) => ev.paths.iter().any(|p| {
+            use std::os::unix::fs::MetadataExt;
+            // A symlink or a second link to a file that is already whole.
+            std::fs::symlink_metadata(p).is_ok_and(|m| m.file_type().is_symlink() || m.nlink() > 1)
+        }),
         _ => true,
     }
 }
