@@ -61,7 +61,7 @@ pub enum Command {
 
     /// Render everything, write nothing, print a unified diff per destination.
     #[command(
-        after_help = "Examples:\n  rewire diff\n  rewire diff --template haproxy | less -R\n\nExit status (like diff(1)): 0 no change; 1 changes; 2 error."
+        after_help = "Examples:\n  rewire diff\n  rewire diff --template haproxy --color always | less -R\n\nExit status (like diff(1)): 0 no change; 1 changes; 2 error."
     )]
     Diff(DiffArgs),
 
