@@ -374,21 +374,27 @@ fn sighup_reconciles_registrations_and_leaves_main_alone() {
     assert!(alive(main_pid.unwrap()));
 }
 
-#[test]
-fn main_ignoring_sigterm_is_killed_after_stop_timeout() {
-    let p = Project::new();
+/// rewire running a main that ignores SIGTERM, serving; returns rewire and main's pid.
+fn start_main_ignoring_term(p: &Project, stop_timeout: &str) -> (Rewire, i32) {
     let port = free_port();
     p.config(&format!(
-        "{}[main]\nexec = {}\nstop_timeout = \"1s\"\n",
-        preamble(&p),
-        server_exec(&p, port, &[("IGNORE_TERM", "1")])
+        "{}[main]\nexec = {}\nstop_timeout = \"{stop_timeout}\"\n",
+        preamble(p),
+        server_exec(p, port, &[("IGNORE_TERM", "1")])
     ));
-    let mut rw = Rewire::start(&p, &[]);
+    let mut rw = Rewire::start(p, &[]);
     let pidfile = p.path("main.pid");
     rw.wait_for("main serving", || {
         read_pid(&pidfile).is_some() && support::ports::port_open(port)
     });
     let main = read_pid(&pidfile).unwrap();
+    (rw, main)
+}
+
+#[test]
+fn main_ignoring_sigterm_is_killed_after_stop_timeout() {
+    let p = Project::new();
+    let (mut rw, main) = start_main_ignoring_term(&p, "1s");
     let sent = Instant::now();
     rw.signal(SIGTERM);
     let status = rw.wait_exit();
@@ -405,18 +411,7 @@ fn main_ignoring_sigterm_is_killed_after_stop_timeout() {
 #[test]
 fn a_second_stop_signal_kills_main_without_waiting_for_stop_timeout() {
     let p = Project::new();
-    let port = free_port();
-    p.config(&format!(
-        "{}[main]\nexec = {}\nstop_timeout = \"60s\"\n",
-        preamble(&p),
-        server_exec(&p, port, &[("IGNORE_TERM", "1")])
-    ));
-    let mut rw = Rewire::start(&p, &[]);
-    let pidfile = p.path("main.pid");
-    rw.wait_for("main serving", || {
-        read_pid(&pidfile).is_some() && support::ports::port_open(port)
-    });
-    let main = read_pid(&pidfile).unwrap();
+    let (mut rw, main) = start_main_ignoring_term(&p, "60s");
     rw.signal(SIGTERM);
     rw.wait_for("stop begun", || rw_log_has(&p, "stopping main"));
     let sent = Instant::now();
