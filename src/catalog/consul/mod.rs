@@ -82,6 +82,8 @@ struct Agent {
     token: Option<HeaderValue>,
     /// `Authorization: Basic ...` from `CONSUL_HTTP_AUTH`, sensitive too.
     auth: Option<HeaderValue>,
+    /// A TLS client certificate is configured.
+    client_cert: bool,
     datacenter: Option<String>,
     stale: bool,
     wait: Duration,
@@ -137,6 +139,7 @@ impl ConsulCatalog {
             address: resolved.address,
             token,
             auth,
+            client_cert: resolved.tls.cert.is_some(),
             datacenter: resolved.datacenter,
             stale: resolved.stale,
             wait,
@@ -222,6 +225,29 @@ impl Agent {
             url.set_query(None);
         }
         url
+    }
+
+    /// An agent that requires client certificates (verify_incoming) accepts the TLS handshake
+    /// and then closes the connection with an alert. The alert often reaches the request as
+    /// such (see [`tls_hint`]), but when the connection is gone before the request is sent,
+    /// hyper says only "connection was not ready". On a fresh https connection without a
+    /// client certificate that is the same refusal: say so, rather than wait for an outage to
+    /// end that never will.
+    fn closed_after_handshake(&self, e: CatalogError) -> CatalogError {
+        match e {
+            CatalogError::Unreachable { backend, detail }
+                if self.base.scheme() == "https"
+                    && !self.client_cert
+                    && detail.contains("connection was not ready") =>
+            {
+                CatalogError::Denied {
+                    backend,
+                    detail,
+                    hint: CLIENT_CERT_HINT.into(),
+                }
+            }
+            other => other,
+        }
     }
 
     fn request(&self, method: Method, url: Url) -> reqwest::RequestBuilder {
@@ -363,10 +389,17 @@ fn transport(what: &str, e: &reqwest::Error) -> CatalogError {
 
 /// Recognises TLS setup mistakes in a transport error (rustls's messages, as reqwest passes
 /// them on) and names the setting that fixes each.
+const CLIENT_CERT_HINT: &str = "the agent refused the TLS handshake; it probably requires a \
+     client certificate (verify_incoming): set [catalog.tls] cert and key or CONSUL_CLIENT_CERT \
+     and CONSUL_CLIENT_KEY";
+
 fn tls_hint(detail: &str) -> Option<&'static str> {
     if detail.contains("invalid peer certificate") {
         Some(
-            "the agent's TLS certificate was not accepted: give its CA in [catalog.tls] ca or              CONSUL_CACERT and the name it was issued for in server_name or              CONSUL_TLS_SERVER_NAME (verify = false / CONSUL_HTTP_SSL_VERIFY=false turns              checking off; for tests only)",
+            "the agent's TLS certificate was not accepted: give its CA in [catalog.tls] ca or \
+             CONSUL_CACERT and the name it was issued for in server_name or \
+             CONSUL_TLS_SERVER_NAME (verify = false / CONSUL_HTTP_SSL_VERIFY=false turns \
+             checking off; for tests only)",
         )
     } else if [
         "BadCertificate",
@@ -377,9 +410,7 @@ fn tls_hint(detail: &str) -> Option<&'static str> {
     .iter()
     .any(|alert| detail.contains(&format!("fatal alert: {alert}")))
     {
-        Some(
-            "the agent refused the TLS handshake; it probably requires a client certificate              (verify_incoming): set [catalog.tls] cert and key or CONSUL_CLIENT_CERT and              CONSUL_CLIENT_KEY",
-        )
+        Some(CLIENT_CERT_HINT)
     } else if detail.contains("InvalidContentType") || detail.contains("corrupt message") {
         Some("the agent does not speak TLS on this port: use http:// or the agent's https port")
     } else {
@@ -464,7 +495,8 @@ impl Catalog for ConsulCatalog {
         let (status, _, body) = self
             .agent
             .exchange("GET /v1/acl/token/self", req, WRITE_TIMEOUT)
-            .await?;
+            .await
+            .map_err(|e| self.agent.closed_after_handshake(e))?;
         preflight_verdict(status, &body, self.agent.token.is_some())
     }
 
