@@ -261,8 +261,11 @@ pub async fn run(
                                 }
                             }
                             let _ = &cat.settings;
-                            let old = std::mem::replace(&mut generation, spawn_generation(&new, engine, cat.catalog.clone()));
+                            // The old runners stop (a round in progress finishes) before the
+                            // new ones start: two generations must never write the same files.
+                            let old = std::mem::replace(&mut generation, Generation::new(&root));
                             old.shut().await;
+                            generation = spawn_generation(&new, engine, cat.catalog.clone());
                             sup.reconfigure(&new);
                             // Templates the new config dropped leave the status report.
                             board.update(|r| {

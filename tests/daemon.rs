@@ -434,9 +434,8 @@ fn real_nginx_is_reloaded_and_serves_the_new_upstream_set() {
     // A config nginx rejects never reaches it: the swap is undone and nginx keeps serving.
     p.file("web.tera", "upstream web { this is not nginx; }\n");
     r.signal(SIGHUP);
-    wait_for("rejected by nginx -t", TIMEOUT, || {
-        r.log().contains("rejected the new")
-    });
+    let rejected = support::poll_until(TIMEOUT, || r.log().contains("rejected the new"));
+    assert!(rejected, "nginx -t never rejected it:\n{}", r.log());
     assert!(p.read("upstreams.conf").contains("127.0.0.1:1 down"));
     assert!(nginx.test_config().0);
     assert_eq!(r.stop(), Some(0), "{}", r.log());
