@@ -26,7 +26,7 @@ use tracing::{Instrument, debug, error, info, info_span, warn};
 
 use crate::backoff::Backoff;
 use crate::catalog::Query;
-use crate::config::{Reload, TemplateConfig, Wait};
+use crate::config::{CheckMode, Reload, TemplateConfig, Wait};
 use crate::debounce::{self, Debounce};
 use crate::pipeline::{self, Applied, ApplyError, Reloaded};
 use crate::status::{Board, TemplateState};
@@ -169,11 +169,13 @@ async fn sleep_until_some(at: Option<Instant>) {
 
 /// Bytes a check or reload rejected: not tried again before `retry_at`. A reload fails for
 /// reasons that pass (the program was restarting) and so can a check (`nginx -t` resolving a
-/// name), so nothing is given up for good: each failure of the same bytes backs off (about
-/// 1 s, doubling, up to 1 min), and new bytes are tried at once.
+/// name), so the same bytes are tried again, backing off (about 1 s, doubling, up to 1 min).
+/// Except after a `check_mode = "swap"` rejection: retrying would put the rejected file in
+/// the real place for the length of every check. Those bytes wait for new data (`None`). New
+/// bytes are always tried at once.
 struct Rejected {
     hash: [u8; 32],
-    retry_at: Instant,
+    retry_at: Option<Instant>,
     backoff: Backoff,
 }
 
@@ -244,12 +246,12 @@ fn panic_text(panic: &Box<dyn std::any::Any + Send>) -> &str {
 const PENDING_QUIET: Duration = Duration::from_secs(3);
 
 impl GroupState {
-    fn reject(&mut self, template: &str, hash: [u8; 32]) {
+    fn reject(&mut self, template: &str, hash: [u8; 32], retry: bool) {
         let mut backoff = match self.rejected.remove(template) {
             Some(r) if r.hash == hash => r.backoff,
             _ => Backoff::new(RETRY_FIRST, RETRY_MAX).expect("constant bounds are valid"),
         };
-        let retry_at = Instant::now() + backoff.next_delay();
+        let retry_at = retry.then(|| Instant::now() + backoff.next_delay());
         self.rejected.insert(
             template.to_string(),
             Rejected {
@@ -264,7 +266,7 @@ impl GroupState {
     fn held_back(&self, template: &str, hash: &[u8; 32]) -> bool {
         self.rejected
             .get(template)
-            .is_some_and(|r| r.hash == *hash && Instant::now() < r.retry_at)
+            .is_some_and(|r| r.hash == *hash && r.retry_at.is_none_or(|at| Instant::now() < at))
     }
 
     /// The next retry still ahead (a past one has had its render).
@@ -272,7 +274,7 @@ impl GroupState {
         let now = Instant::now();
         self.rejected
             .values()
-            .map(|r| r.retry_at)
+            .filter_map(|r| r.retry_at)
             .filter(|at| *at > now)
             .min()
     }
@@ -353,7 +355,7 @@ async fn render_round(
                     }
                     Err(e) => {
                         if matches!(e, ApplyError::Rejected { .. }) {
-                            state.reject(&t.name, h);
+                            state.reject(&t.name, h, t.check_mode != CheckMode::Swap);
                         }
                         error!(template = %t.name, "{e}; the destination was left as it was");
                         shared.board.template(&t.name, &dest, |s| {
@@ -443,7 +445,7 @@ async fn render_round(
                 if let Err(re) = pipeline::restore(t, previous.as_deref()) {
                     error!(template = %t.name, error = %re, "cannot restore the previous file");
                 }
-                state.reject(&t.name, h);
+                state.reject(&t.name, h, true);
                 shared
                     .board
                     .template(&t.name, &t.destination.display().to_string(), |s| {
