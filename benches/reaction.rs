@@ -107,7 +107,8 @@ struct ConsulWriter {
 impl Writer for ConsulWriter {
     fn put(&mut self, id: &str, addr: &str, port: u16) {
         let body = format!(r#"{{"ID":"{id}","Name":"web","Address":"{addr}","Port":{port}}}"#);
-        let r = support::http::put(&self.consul.http_addr(), "/v1/agent/service/register", body);
+        let r =
+            support::http::put(&self.consul.http_addr(), "/v1/agent/service/register", body).send();
         assert!(r.is_success(), "register failed: {}", r.text());
     }
     fn catalog_config(&self) -> String {

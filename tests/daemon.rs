@@ -404,16 +404,11 @@ fn real_nginx_is_reloaded_and_serves_the_new_upstream_set() {
         quoted.join(", "),
     ));
     let get = || {
-        support::http::request(
-            &format!("127.0.0.1:{}", nginx.port()),
-            "GET",
-            "/",
-            &[],
-            None,
-            Duration::from_secs(2),
-        )
-        .map(|resp| String::from_utf8_lossy(&resp.body).into_owned())
-        .unwrap_or_default()
+        support::http::get(&nginx.addr(), "/")
+            .timeout(Duration::from_secs(2))
+            .try_send()
+            .map(|resp| resp.text())
+            .unwrap_or_default()
     };
     assert_eq!(get(), "backend-a\n");
     p.instance("web", "b", "127.0.0.1", pb);

@@ -995,7 +995,7 @@ fn the_autopilot_nginx_example_balances_across_backends_and_follows_a_stopped_on
     let lb_addr = format!("127.0.0.1:{lb_port}");
     let answers = |n: usize| -> Vec<String> {
         (0..n)
-            .filter_map(|_| support::http::try_get(&lb_addr, "/").ok())
+            .filter_map(|_| support::http::get(&lb_addr, "/").try_send().ok())
             .filter(|r| r.is_success())
             .map(|r| r.text())
             .collect()

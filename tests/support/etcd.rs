@@ -3,14 +3,16 @@
 //! start`, a plain TCP proxy to kill for outage tests). Plus small JSON-gateway (`/v3/...`)
 //! helpers taking a client address, for tests that drive etcd directly.
 
-use super::b64;
-use super::http::{self, Response};
-use super::json::{self, Value};
+use super::http;
 use super::ports::{addr, free_port, port_open};
 use super::process::{Daemon, ShmDir, temp_dir};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
+use serde_json::{Value, json};
 
 pub const READY_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -233,8 +235,8 @@ impl EtcdCluster {
         (0..self.members.len()).find(|&i| {
             self.members[i].daemon.is_some()
                 && status(&self.client_addr(i)).is_some_and(|v| {
-                    let me = v["header"]["member_id"].as_u64();
-                    me.is_some() && me == v["leader"].as_u64()
+                    let me = int::<u64>(&v["header"]["member_id"]);
+                    me.is_some() && me == int(&v["leader"])
                 })
         })
     }
@@ -443,42 +445,56 @@ impl Drop for EtcdGateway {
 
 // ---- JSON gateway helpers (etcd 3.4 serves /v3/...; keys and values are base64) ----
 
+/// Standard base64, as the JSON gateway wants keys and values.
+pub fn b64(data: impl AsRef<[u8]>) -> String {
+    STANDARD.encode(data)
+}
+
+/// Decodes the gateway's base64 into (lossy) UTF-8; panics on invalid base64.
+#[track_caller]
+pub fn unb64(s: &str) -> String {
+    let bytes = STANDARD
+        .decode(s)
+        .unwrap_or_else(|e| panic!("invalid base64 {s:?}: {e}"));
+    String::from_utf8_lossy(&bytes).into_owned()
+}
+
+/// An integer field: the gateway sends int64s as strings, other fields as numbers.
+pub fn int<T: std::str::FromStr>(v: &Value) -> Option<T> {
+    match v {
+        Value::String(s) => s.parse().ok(),
+        Value::Number(n) => n.to_string().parse().ok(),
+        _ => None,
+    }
+}
+
 /// True when `GET /health` says `"health":"true"`.
 pub fn healthy(client_addr: &str) -> bool {
-    match http::request(
-        client_addr,
-        "GET",
-        "/health",
-        &[],
-        None,
-        Duration::from_secs(2),
-    ) {
-        Ok(r) => r.status == 200 && r.text().replace(' ', "").contains(r#""health":"true""#),
-        Err(_) => false,
-    }
+    http::get(client_addr, "/health")
+        .timeout(Duration::from_secs(2))
+        .try_send()
+        .is_ok_and(|r| {
+            r.status == 200
+                && serde_json::from_slice::<Value>(&r.body).is_ok_and(|v| v["health"] == "true")
+        })
 }
 
 /// `POST /v3/maintenance/status` parsed, or `None` when the member does not answer.
 pub fn status(client_addr: &str) -> Option<Value> {
-    let r = http::request(
-        client_addr,
-        "POST",
-        "/v3/maintenance/status",
-        &[],
-        Some(b"{}"),
-        Duration::from_secs(2),
-    )
-    .ok()?;
+    let r = http::post(client_addr, "/v3/maintenance/status", "{}")
+        .timeout(Duration::from_secs(2))
+        .try_send()
+        .ok()?;
     if r.status != 200 {
         return None;
     }
-    json::parse(&r.text()).ok()
+    serde_json::from_slice(&r.body).ok()
 }
 
 /// POSTs a JSON body to a `/v3/...` path; panics unless 200; returns the parsed answer.
 #[track_caller]
-pub fn v3(client_addr: &str, path: &str, body: &str) -> Value {
-    let r: Response = http::post(client_addr, path, body);
+pub fn v3(client_addr: &str, path: &str, body: &Value) -> Value {
+    let r = http::post(client_addr, path, body.to_string()).send();
     assert_eq!(
         r.status,
         200,
@@ -486,62 +502,54 @@ pub fn v3(client_addr: &str, path: &str, body: &str) -> Value {
         r.status,
         r.text()
     );
-    json::must_parse(&r.text())
+    r.json()
+}
+
+/// The body of a put of `key` = `value`.
+pub fn put_request(key: &str, value: &str) -> Value {
+    json!({"key": b64(key), "value": b64(value)})
 }
 
 /// Puts `key` = `value` (optionally attached to `lease`); returns the new revision.
 #[track_caller]
 pub fn kv_put(client_addr: &str, key: &str, value: &str, lease: Option<i64>) -> i64 {
-    let lease = lease
-        .map(|l| format!(r#","lease":"{l}""#))
-        .unwrap_or_default();
-    let body = format!(
-        r#"{{"key":"{}","value":"{}"{lease}}}"#,
-        b64::encode(key),
-        b64::encode(value)
-    );
-    v3(client_addr, "/v3/kv/put", &body)["header"]["revision"]
-        .as_i64()
+    let mut body = put_request(key, value);
+    if let Some(lease) = lease {
+        body["lease"] = json!(lease.to_string());
+    }
+    int(&v3(client_addr, "/v3/kv/put", &body)["header"]["revision"])
         .expect("revision in put response")
+}
+
+/// The first key-value pair of a range read of `key` (`Null` when there is none).
+#[track_caller]
+pub fn kv_range(client_addr: &str, key: &str) -> Value {
+    v3(client_addr, "/v3/kv/range", &json!({"key": b64(key)}))["kvs"][0].clone()
 }
 
 /// The value of `key`, if present.
 #[track_caller]
 pub fn kv_get(client_addr: &str, key: &str) -> Option<String> {
-    let v = v3(
-        client_addr,
-        "/v3/kv/range",
-        &format!(r#"{{"key":"{}"}}"#, b64::encode(key)),
-    );
-    v["kvs"][0]["value"]
-        .as_str()
-        .map(b64::decode_str)
-        .or_else(|| {
-            // a present key with an empty value has no "value" field
-            v["kvs"][0].get("key").map(|_| String::new())
-        })
+    let kv = kv_range(client_addr, key);
+    // a present key with an empty value has no "value" field
+    kv.get("key")
+        .map(|_| kv["value"].as_str().map(unb64).unwrap_or_default())
 }
 
 /// All (key, value) pairs under `prefix`, sorted by key.
 #[track_caller]
 pub fn kv_get_prefix(client_addr: &str, prefix: &str) -> Vec<(String, String)> {
-    let body = format!(
-        r#"{{"key":"{}","range_end":"{}"}}"#,
-        b64::encode(prefix),
-        b64::encode(prefix_end(prefix.as_bytes()))
-    );
+    let body = json!({"key": b64(prefix), "range_end": b64(prefix_end(prefix.as_bytes()))});
     let v = v3(client_addr, "/v3/kv/range", &body);
     v["kvs"]
         .as_array()
+        .map(Vec::as_slice)
         .unwrap_or_default()
         .iter()
         .map(|kv| {
             (
-                b64::decode_str(kv["key"].as_str().unwrap_or_default()),
-                kv["value"]
-                    .as_str()
-                    .map(b64::decode_str)
-                    .unwrap_or_default(),
+                unb64(kv["key"].as_str().unwrap_or_default()),
+                kv["value"].as_str().map(unb64).unwrap_or_default(),
             )
         })
         .collect()
@@ -550,30 +558,22 @@ pub fn kv_get_prefix(client_addr: &str, prefix: &str) -> Vec<(String, String)> {
 /// Deletes `key` (or every key under it when `prefix`); returns the new revision.
 #[track_caller]
 pub fn kv_delete(client_addr: &str, key: &str, prefix: bool) -> i64 {
-    let range_end = if prefix {
-        format!(
-            r#","range_end":"{}""#,
-            b64::encode(prefix_end(key.as_bytes()))
-        )
-    } else {
-        String::new()
-    };
-    let body = format!(r#"{{"key":"{}"{range_end}}}"#, b64::encode(key));
-    v3(client_addr, "/v3/kv/deleterange", &body)["header"]["revision"]
-        .as_i64()
-        .expect("revision")
+    let mut body = json!({"key": b64(key)});
+    if prefix {
+        body["range_end"] = json!(b64(prefix_end(key.as_bytes())));
+    }
+    int(&v3(client_addr, "/v3/kv/deleterange", &body)["header"]["revision"]).expect("revision")
 }
 
 /// Grants a lease of `ttl_secs`; returns its id.
 #[track_caller]
 pub fn lease_grant(client_addr: &str, ttl_secs: i64) -> i64 {
-    v3(
+    let v = v3(
         client_addr,
         "/v3/lease/grant",
-        &format!(r#"{{"TTL":"{ttl_secs}"}}"#),
-    )["ID"]
-        .as_i64()
-        .expect("lease ID")
+        &json!({"TTL": ttl_secs.to_string()}),
+    );
+    int(&v["ID"]).expect("lease ID")
 }
 
 /// Revokes a lease (its keys are deleted).
@@ -582,7 +582,7 @@ pub fn lease_revoke(client_addr: &str, id: i64) {
     v3(
         client_addr,
         "/v3/lease/revoke",
-        &format!(r#"{{"ID":"{id}"}}"#),
+        &json!({"ID": id.to_string()}),
     );
 }
 
@@ -592,20 +592,15 @@ pub fn compact(client_addr: &str, revision: i64) {
     v3(
         client_addr,
         "/v3/kv/compaction",
-        &format!(r#"{{"revision":"{revision}","physical":true}}"#),
+        &json!({"revision": revision.to_string(), "physical": true}),
     );
 }
 
 /// The current revision.
 #[track_caller]
 pub fn revision(client_addr: &str) -> i64 {
-    v3(
-        client_addr,
-        "/v3/kv/range",
-        &format!(r#"{{"key":"{}"}}"#, b64::encode("\0")),
-    )["header"]["revision"]
-        .as_i64()
-        .expect("revision")
+    let v = v3(client_addr, "/v3/kv/range", &json!({"key": b64("\0")}));
+    int(&v["header"]["revision"]).expect("revision")
 }
 
 /// The range end that selects every key starting with `prefix`.

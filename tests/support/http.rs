@@ -1,22 +1,29 @@
-//! A tiny blocking HTTP/1.1 client over `std::net::TcpStream` (one request per connection,
-//! `Connection: close`; Content-Length, chunked and read-to-EOF bodies).
+//! Blocking HTTP for the harnesses and the tests, on reqwest.
+//!
+//! Tests call these from plain threads and from inside `#[tokio::test]` bodies alike.
+//! reqwest's own blocking client panics inside a runtime, so the requests run on a small
+//! runtime owned by this module and the caller waits for the answer on a channel (blocking the
+//! calling thread, as a socket read would).
+//!
+//! One request per connection (no pool), no proxy from the environment: a test that kills a
+//! daemon must not meet a pooled connection to the old one, and `http_proxy` must not route
+//! loopback traffic.
 //!
 //! `addr` is "127.0.0.1:PORT" (an `http://` prefix and a trailing `/` are tolerated).
-//! `get`/`put`/`post`/`delete` panic on I/O errors (handy in tests); `request`/`try_*` return them.
 
-use std::io::{self, BufRead, BufReader, Read, Write};
-use std::net::{TcpStream, ToSocketAddrs};
+use std::sync::OnceLock;
 use std::time::Duration;
 
-/// Read/write timeout of the convenience functions.
+use reqwest::header::HeaderMap;
+
+/// Timeout of a request unless [`Request::timeout`] sets another.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// A whole response: status, headers and the body read to its end.
 #[derive(Debug, Clone)]
 pub struct Response {
     pub status: u16,
-    pub reason: String,
-    /// Header names as received; look them up with [`Response::header`] (case-insensitive).
-    pub headers: Vec<(String, String)>,
+    pub headers: HeaderMap,
     pub body: Vec<u8>,
 }
 
@@ -26,12 +33,16 @@ impl Response {
         String::from_utf8_lossy(&self.body).into_owned()
     }
 
-    /// First header named `name` (case-insensitive).
+    /// The body as JSON; panics (with the body) when it is not.
+    #[track_caller]
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("invalid JSON ({e}): {}", self.text()))
+    }
+
+    /// The first header named `name` (case-insensitive), when it is text.
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
+        self.headers.get(name).and_then(|v| v.to_str().ok())
     }
 
     pub fn is_success(&self) -> bool {
@@ -39,265 +50,129 @@ impl Response {
     }
 }
 
+/// A request to send with [`Request::send`] (panics on I/O errors) or [`Request::try_send`].
+#[must_use = "a request does nothing until it is sent"]
+pub struct Request {
+    what: String,
+    builder: reqwest::RequestBuilder,
+}
+
+impl Request {
+    fn new(method: reqwest::Method, addr: &str, path: &str) -> Request {
+        let url = format!("http://{}{path}", host_port(addr));
+        Request {
+            what: format!("{method} {url}"),
+            builder: client().request(method, url),
+        }
+    }
+
+    fn body(mut self, body: impl AsRef<[u8]>) -> Request {
+        self.builder = self.builder.body(body.as_ref().to_vec());
+        self
+    }
+
+    /// Appends `pairs` to the URL's query, percent-encoded.
+    pub fn query(mut self, pairs: &[(&str, &str)]) -> Request {
+        self.builder = self.builder.query(pairs);
+        self
+    }
+
+    pub fn header(mut self, name: &str, value: &str) -> Request {
+        self.builder = self.builder.header(name, value);
+        self
+    }
+
+    /// The whole request, connecting included, must be done within `timeout`.
+    pub fn timeout(mut self, timeout: Duration) -> Request {
+        self.builder = self.builder.timeout(timeout);
+        self
+    }
+
+    /// Sends the request and reads the whole response.
+    pub fn try_send(self) -> reqwest::Result<Response> {
+        let request = self.builder;
+        block_on(async move {
+            let r = request.send().await?;
+            let (status, headers) = (r.status().as_u16(), r.headers().clone());
+            let body = r.bytes().await?.to_vec();
+            Ok(Response {
+                status,
+                headers,
+                body,
+            })
+        })
+    }
+
+    /// Sends the request; panics (at the caller) when it fails for want of an answer.
+    #[track_caller]
+    pub fn send(self) -> Response {
+        let what = self.what.clone();
+        self.try_send()
+            .unwrap_or_else(|e| panic!("HTTP {what} failed: {e}"))
+    }
+}
+
+pub fn get(addr: &str, path: &str) -> Request {
+    Request::new(reqwest::Method::GET, addr, path)
+}
+
+pub fn put(addr: &str, path: &str, body: impl AsRef<[u8]>) -> Request {
+    Request::new(reqwest::Method::PUT, addr, path).body(body)
+}
+
+pub fn post(addr: &str, path: &str, body: impl AsRef<[u8]>) -> Request {
+    Request::new(reqwest::Method::POST, addr, path).body(body)
+}
+
+pub fn delete(addr: &str, path: &str) -> Request {
+    Request::new(reqwest::Method::DELETE, addr, path)
+}
+
+/// `s` as one URL path segment, percent-encoded where it must be.
+pub fn segment(s: &str) -> String {
+    let mut url = reqwest::Url::parse("http://segment/").expect("a valid base URL");
+    url.path_segments_mut()
+        .expect("an http URL has a path")
+        .push(s);
+    url.path()[1..].to_string()
+}
+
 fn host_port(addr: &str) -> &str {
     let a = addr.strip_prefix("http://").unwrap_or(addr);
     a.trim_end_matches('/')
 }
 
-/// Sends one request and reads the whole response.
-pub fn request(
-    addr: &str,
-    method: &str,
-    path: &str,
-    headers: &[(&str, &str)],
-    body: Option<&[u8]>,
-    timeout: Duration,
-) -> io::Result<Response> {
-    let hp = host_port(addr);
-    let sa = hp.to_socket_addrs()?.next().ok_or_else(|| {
-        io::Error::new(io::ErrorKind::InvalidInput, format!("bad address {addr:?}"))
-    })?;
-    let stream = TcpStream::connect_timeout(&sa, timeout.min(Duration::from_secs(5)))?;
-    stream.set_read_timeout(Some(timeout))?;
-    stream.set_write_timeout(Some(timeout))?;
-    stream.set_nodelay(true)?;
-
-    let mut head = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {hp}\r\nConnection: close\r\nUser-Agent: rewire-test-support\r\n"
-    );
-    let body = body.unwrap_or_default();
-    if !body.is_empty() || matches!(method, "PUT" | "POST" | "PATCH") {
-        head.push_str(&format!("Content-Length: {}\r\n", body.len()));
-    }
-    for (k, v) in headers {
-        head.push_str(&format!("{k}: {v}\r\n"));
-    }
-    head.push_str("\r\n");
-    let mut w = &stream;
-    let mut msg = head.into_bytes();
-    msg.extend_from_slice(body);
-    w.write_all(&msg)?;
-    w.flush()?;
-
-    let mut r = BufReader::new(&stream);
-    read_response(&mut r, method == "HEAD")
+fn runtime() -> &'static tokio::runtime::Runtime {
+    static RUNTIME: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
+    RUNTIME.get_or_init(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("support-http")
+            .enable_all()
+            .build()
+            .expect("the support HTTP runtime")
+    })
 }
 
-fn bad(msg: String) -> io::Error {
-    io::Error::new(io::ErrorKind::InvalidData, msg)
+fn client() -> &'static reqwest::Client {
+    static CLIENT: OnceLock<reqwest::Client> = OnceLock::new();
+    CLIENT.get_or_init(|| {
+        let _in_runtime = runtime().enter();
+        reqwest::Client::builder()
+            .no_proxy()
+            .pool_max_idle_per_host(0)
+            .connect_timeout(Duration::from_secs(5))
+            .timeout(DEFAULT_TIMEOUT)
+            .build()
+            .expect("the support HTTP client")
+    })
 }
 
-fn read_line(r: &mut impl BufRead) -> io::Result<String> {
-    let mut buf = Vec::new();
-    let n = r.read_until(b'\n', &mut buf)?;
-    if n == 0 {
-        return Err(io::Error::new(
-            io::ErrorKind::UnexpectedEof,
-            "connection closed before end of response head",
-        ));
-    }
-    let s = String::from_utf8_lossy(&buf);
-    Ok(s.trim_end_matches(['\r', '\n']).to_string())
-}
-
-fn read_response(r: &mut impl BufRead, head_only: bool) -> io::Result<Response> {
-    loop {
-        let status_line = read_line(r)?;
-        let mut parts = status_line.splitn(3, ' ');
-        let version = parts.next().unwrap_or_default();
-        if !version.starts_with("HTTP/") {
-            return Err(bad(format!("bad status line {status_line:?}")));
-        }
-        let status: u16 = parts
-            .next()
-            .and_then(|s| s.parse().ok())
-            .ok_or_else(|| bad(format!("bad status line {status_line:?}")))?;
-        let reason = parts.next().unwrap_or_default().to_string();
-        let mut headers = Vec::new();
-        loop {
-            let line = read_line(r)?;
-            if line.is_empty() {
-                break;
-            }
-            if let Some((k, v)) = line.split_once(':') {
-                headers.push((k.trim().to_string(), v.trim().to_string()));
-            }
-        }
-        if (100..200).contains(&status) {
-            continue; // interim response (100 Continue): the real one follows
-        }
-        let mut resp = Response {
-            status,
-            reason,
-            headers,
-            body: Vec::new(),
-        };
-        if head_only || status == 204 || status == 304 {
-            return Ok(resp);
-        }
-        let chunked = resp
-            .header("Transfer-Encoding")
-            .is_some_and(|te| te.to_ascii_lowercase().contains("chunked"));
-        if chunked {
-            resp.body = read_chunked(r)?;
-        } else if let Some(cl) = resp.header("Content-Length") {
-            let n: usize = cl
-                .parse()
-                .map_err(|_| bad(format!("bad Content-Length {cl:?}")))?;
-            let mut body = vec![0; n];
-            r.read_exact(&mut body)?;
-            resp.body = body;
-        } else {
-            r.read_to_end(&mut resp.body)?;
-        }
-        return Ok(resp);
-    }
-}
-
-fn read_chunked(r: &mut impl BufRead) -> io::Result<Vec<u8>> {
-    let mut body = Vec::new();
-    loop {
-        let line = read_line(r)?;
-        let size_str = line.split(';').next().unwrap_or_default().trim();
-        let size = usize::from_str_radix(size_str, 16)
-            .map_err(|_| bad(format!("bad chunk size {line:?}")))?;
-        if size == 0 {
-            // trailers, up to the empty line
-            while !read_line(r)?.is_empty() {}
-            return Ok(body);
-        }
-        let start = body.len();
-        body.resize(start + size, 0);
-        r.read_exact(&mut body[start..])?;
-        let crlf = read_line(r)?;
-        if !crlf.is_empty() {
-            return Err(bad("missing CRLF after chunk".into()));
-        }
-    }
-}
-
-pub fn try_get(addr: &str, path: &str) -> io::Result<Response> {
-    request(addr, "GET", path, &[], None, DEFAULT_TIMEOUT)
-}
-
-pub fn try_put(addr: &str, path: &str, body: impl AsRef<[u8]>) -> io::Result<Response> {
-    request(addr, "PUT", path, &[], Some(body.as_ref()), DEFAULT_TIMEOUT)
-}
-
-pub fn try_post(addr: &str, path: &str, body: impl AsRef<[u8]>) -> io::Result<Response> {
-    request(
-        addr,
-        "POST",
-        path,
-        &[],
-        Some(body.as_ref()),
-        DEFAULT_TIMEOUT,
-    )
-}
-
-#[track_caller]
-fn must(r: io::Result<Response>, method: &str, addr: &str, path: &str) -> Response {
-    match r {
-        Ok(r) => r,
-        Err(e) => panic!("HTTP {method} http://{}{path} failed: {e}", host_port(addr)),
-    }
-}
-
-/// GET; panics on I/O errors.
-#[track_caller]
-pub fn get(addr: &str, path: &str) -> Response {
-    must(try_get(addr, path), "GET", addr, path)
-}
-
-/// GET with extra headers (e.g. `[("X-Consul-Token", token)]`); panics on I/O errors.
-#[track_caller]
-pub fn get_with(addr: &str, path: &str, headers: &[(&str, &str)]) -> Response {
-    must(
-        request(addr, "GET", path, headers, None, DEFAULT_TIMEOUT),
-        "GET",
-        addr,
-        path,
-    )
-}
-
-/// PUT with a body; panics on I/O errors.
-#[track_caller]
-pub fn put(addr: &str, path: &str, body: impl AsRef<[u8]>) -> Response {
-    must(try_put(addr, path, body), "PUT", addr, path)
-}
-
-/// PUT with extra headers; panics on I/O errors.
-#[track_caller]
-pub fn put_with(
-    addr: &str,
-    path: &str,
-    headers: &[(&str, &str)],
-    body: impl AsRef<[u8]>,
-) -> Response {
-    must(
-        request(
-            addr,
-            "PUT",
-            path,
-            headers,
-            Some(body.as_ref()),
-            DEFAULT_TIMEOUT,
-        ),
-        "PUT",
-        addr,
-        path,
-    )
-}
-
-/// POST with a body; panics on I/O errors.
-#[track_caller]
-pub fn post(addr: &str, path: &str, body: impl AsRef<[u8]>) -> Response {
-    must(try_post(addr, path, body), "POST", addr, path)
-}
-
-/// POST with extra headers; panics on I/O errors.
-#[track_caller]
-pub fn post_with(
-    addr: &str,
-    path: &str,
-    headers: &[(&str, &str)],
-    body: impl AsRef<[u8]>,
-) -> Response {
-    must(
-        request(
-            addr,
-            "POST",
-            path,
-            headers,
-            Some(body.as_ref()),
-            DEFAULT_TIMEOUT,
-        ),
-        "POST",
-        addr,
-        path,
-    )
-}
-
-/// DELETE; panics on I/O errors.
-#[track_caller]
-pub fn delete(addr: &str, path: &str) -> Response {
-    must(
-        request(addr, "DELETE", path, &[], None, DEFAULT_TIMEOUT),
-        "DELETE",
-        addr,
-        path,
-    )
-}
-
-/// Percent-encodes a path segment or query value (RFC 3986 unreserved characters kept).
-pub fn urlencode(s: &str) -> String {
-    let mut out = String::new();
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
+/// Runs `f` on the support runtime; the calling thread waits for its output.
+fn block_on<T: Send + 'static>(f: impl Future<Output = T> + Send + 'static) -> T {
+    let (tx, rx) = std::sync::mpsc::sync_channel(1);
+    runtime().spawn(async move {
+        let _ = tx.send(f.await);
+    });
+    rx.recv().expect("the support HTTP task panicked")
 }

@@ -3,7 +3,7 @@
 //! dropped, even when the test panics.
 //!
 //! Every `tests/*.rs` file does `mod support;` and uses a subset, hence the blanket allows.
-//! Only std + `tempfile` are used here.
+//! HTTP goes through reqwest ([`http`]), JSON through serde_json, base64 through base64.
 //!
 //! Skipping: `Consul::try_start()` & co. return `None` (after a loud `SKIPPED:` line on stderr)
 //! when the component's binary is missing, unless `REWIRE_REQUIRE_COMPONENTS=1` (set by
@@ -11,12 +11,10 @@
 //! `scripts/test` when the Debian archive holding Consul was unreachable) always skips Consul.
 #![allow(dead_code, unused_imports, unused_macros)]
 
-pub mod b64;
 pub mod consul;
 pub mod etcd;
 pub mod haproxy;
 pub mod http;
-pub mod json;
 pub mod nginx;
 pub mod ports;
 pub mod process;

@@ -124,7 +124,10 @@ impl Nginx {
             .map_err(|e| format!("spawn {}: {e}", self.bin.display()))?;
         let a = self.addr();
         let res = d.wait_ready(READY_TIMEOUT, || {
-            super::http::request(&a, "GET", "/", &[], None, Duration::from_secs(2)).is_ok()
+            super::http::get(&a, "/")
+                .timeout(Duration::from_secs(2))
+                .try_send()
+                .is_ok()
         });
         self.daemon = Some(d);
         if res.is_err() {
@@ -226,7 +229,7 @@ impl Nginx {
     /// GET `path` on this nginx: (status, body). Panics on I/O errors.
     #[track_caller]
     pub fn get(&self, path: &str) -> (u16, String) {
-        let r = super::http::get(&self.addr(), path);
+        let r = super::http::get(&self.addr(), path).send();
         (r.status, r.text())
     }
 
