@@ -99,12 +99,6 @@ impl EtcdCluster {
         ))
     }
 
-    /// Like [`EtcdCluster::try_start`], panicking when etcd is unavailable.
-    #[track_caller]
-    pub fn start(n: usize) -> EtcdCluster {
-        Self::try_start(n).expect("etcd is not available")
-    }
-
     fn initial_cluster(&self) -> String {
         self.members
             .iter()
@@ -160,14 +154,6 @@ impl EtcdCluster {
         d.wait_ready(READY_TIMEOUT, || healthy(&a))
     }
 
-    pub fn len(&self) -> usize {
-        self.members.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.members.is_empty()
-    }
-
     /// Client URLs of all members ("http://127.0.0.1:PORT").
     pub fn endpoints(&self) -> Vec<String> {
         self.members
@@ -183,25 +169,6 @@ impl EtcdCluster {
 
     pub fn client_port(&self, i: usize) -> u16 {
         self.members[i].client_port
-    }
-
-    pub fn member_pid(&self, i: usize) -> Option<u32> {
-        self.members[i].daemon.as_ref().map(Daemon::pid)
-    }
-
-    pub fn member_running(&mut self, i: usize) -> bool {
-        self.members[i]
-            .daemon
-            .as_mut()
-            .is_some_and(Daemon::is_running)
-    }
-
-    pub fn data_dir(&self, i: usize) -> &Path {
-        self.members[i].data.path()
-    }
-
-    pub fn log_tail(&self, i: usize, n: usize) -> String {
-        super::process::tail(&self.members[i].log, n)
     }
 
     /// SIGKILLs member `i`. Idempotent.
@@ -272,16 +239,6 @@ impl Etcd {
         EtcdCluster::try_start(1).map(|cluster| Etcd { cluster })
     }
 
-    #[track_caller]
-    pub fn start() -> Etcd {
-        Self::try_start().expect("etcd is not available")
-    }
-
-    /// "http://127.0.0.1:PORT".
-    pub fn endpoint(&self) -> String {
-        self.cluster.endpoints().remove(0)
-    }
-
     /// `vec![self.endpoint()]`.
     pub fn endpoints(&self) -> Vec<String> {
         self.cluster.endpoints()
@@ -294,22 +251,6 @@ impl Etcd {
 
     pub fn port(&self) -> u16 {
         self.cluster.client_port(0)
-    }
-
-    pub fn pid(&self) -> Option<u32> {
-        self.cluster.member_pid(0)
-    }
-
-    pub fn data_dir(&self) -> &Path {
-        self.cluster.data_dir(0)
-    }
-
-    pub fn log_tail(&self, n: usize) -> String {
-        self.cluster.log_tail(0, n)
-    }
-
-    pub fn kill(&mut self) {
-        self.cluster.kill_member(0);
     }
 
     /// Starts again on the same port with the same data (revisions continue).
@@ -393,10 +334,6 @@ impl EtcdGateway {
         res
     }
 
-    pub fn port(&self) -> u16 {
-        self.port
-    }
-
     /// "127.0.0.1:PORT".
     pub fn addr(&self) -> String {
         addr(self.port)
@@ -405,14 +342,6 @@ impl EtcdGateway {
     /// "http://127.0.0.1:PORT" (use it as an etcd endpoint).
     pub fn endpoint(&self) -> String {
         format!("http://{}", self.addr())
-    }
-
-    pub fn pid(&self) -> Option<u32> {
-        self.daemon.as_ref().map(Daemon::pid)
-    }
-
-    pub fn log_tail(&self, n: usize) -> String {
-        super::process::tail(&self.dir.path().join("gateway.log"), n)
     }
 
     /// SIGKILLs the gateway: established connections through it drop. Idempotent.

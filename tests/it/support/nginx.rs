@@ -105,18 +105,6 @@ impl Nginx {
         }))
     }
 
-    /// [`Nginx::try_start`], panicking when nginx is unavailable.
-    #[track_caller]
-    pub fn start(http_body: &str) -> Nginx {
-        Self::try_start(http_body).expect("nginx is not available")
-    }
-
-    /// Starts with [`DEFAULT_SERVER`].
-    #[track_caller]
-    pub fn start_default() -> Nginx {
-        Self::start(DEFAULT_SERVER)
-    }
-
     fn spawn_and_wait(&mut self) -> Result<(), String> {
         let mut cmd = Command::new(&self.bin);
         cmd.args(self.cli_args()).current_dir(self.dir.path());
@@ -172,17 +160,9 @@ impl Nginx {
         )
     }
 
-    pub fn port(&self) -> u16 {
-        self.port
-    }
-
     /// "127.0.0.1:PORT".
     pub fn addr(&self) -> String {
         addr(self.port)
-    }
-
-    pub fn url(&self) -> String {
-        format!("http://{}", self.addr())
     }
 
     pub fn dir(&self) -> &Path {
@@ -202,10 +182,6 @@ impl Nginx {
         self.dir().join("error.log")
     }
 
-    pub fn log_tail(&self, n: usize) -> String {
-        process::tail(&self.error_log(), n)
-    }
-
     /// The master's PID (the process the harness started; also what the pid file holds).
     pub fn master_pid(&self) -> u32 {
         self.daemon
@@ -220,10 +196,6 @@ impl Nginx {
             .as_ref()
             .map(|d| process::children(d.pid()))
             .unwrap_or_default()
-    }
-
-    pub fn is_running(&mut self) -> bool {
-        self.daemon.as_mut().is_some_and(Daemon::is_running)
     }
 
     /// GET `path` on this nginx: (status, body). Panics on I/O errors.

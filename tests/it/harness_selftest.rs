@@ -1,13 +1,13 @@
-//! Checks the test harnesses in tests/support: each real component starts on free ports,
+//! Checks the test harnesses in `support/`: each real component starts on free ports,
 //! answers, and is driven the way the integration tests drive it.
 
-mod support;
+use std::time::Duration;
 
 use serde_json::json;
-use std::time::Duration;
-use support::etcd::{b64, unb64};
-use support::{
-    Consul, Etcd, EtcdCluster, EtcdGateway, Haproxy, Nginx, TIMEOUT, etcd, http, wait_for,
+
+use crate::support::etcd::{b64, unb64};
+use crate::support::{
+    self, Consul, Etcd, EtcdCluster, EtcdGateway, Haproxy, Nginx, TIMEOUT, etcd, http, wait_for,
 };
 
 #[test]

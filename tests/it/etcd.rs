@@ -5,7 +5,7 @@
 //! background runtime, while the test thread writes to etcd over plain HTTP and polls the
 //! store's snapshot.
 
-mod support;
+use crate::support;
 
 use std::collections::BTreeSet;
 use std::io::{Read, Write};
@@ -18,8 +18,7 @@ use rewire::catalog::etcd::EtcdCatalog;
 use rewire::catalog::{Catalog, CatalogError, Data, Instance, Query, Registration, Status};
 use rewire::config::{Backend, CatalogConfig, EtcdSettings, Retry, Secret};
 use rewire::store::{Health, Store};
-use serde_json::json;
-use support::etcd::{self as etcd_api, Etcd, EtcdCluster, EtcdGateway, put_request};
+use support::etcd::{self as etcd_api, Etcd, EtcdCluster, EtcdGateway};
 use support::{TIMEOUT, http, poll_until, wait_for};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -67,17 +66,9 @@ struct Watching {
     stop: CancellationToken,
 }
 
-/// `REWIRE_TEST_LOG=rewire=debug cargo test --test etcd -- --nocapture` shows the backend's log.
-fn init_logs() {
-    let _ = tracing_subscriber::fmt()
-        .with_test_writer()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_env("REWIRE_TEST_LOG"))
-        .try_init();
-}
-
 impl Watching {
     fn start(settings: EtcdSettings, block_wait: Duration, queries: &[Query]) -> Watching {
-        init_logs();
+        support::logs();
         let cfg = catalog_config(&settings, block_wait);
         let catalog = Arc::new(EtcdCatalog::new(&settings, &cfg).expect("valid etcd settings"));
         let rt = tokio::runtime::Builder::new_multi_thread()
@@ -397,7 +388,7 @@ fn keepalive_on_a_lost_lease_registers_again() {
 /// Puts `key` through any running member, retrying others (a write in flight when the leader
 /// dies hangs or fails).
 fn put_anywhere(cluster: &EtcdCluster, alive: &[usize], key: &str, value: &str) {
-    let body = put_request(key, value).to_string();
+    let body = etcd_api::put_request(key, value).to_string();
     let ok = poll_until(TIMEOUT, || {
         alive.iter().any(|&i| {
             http::post(&cluster.client_addr(i), "/v3/kv/put", &body)
@@ -563,10 +554,11 @@ fn a_thousand_instances_then_single_changes() {
             .map(|n| {
                 let key = service_key("big", &format!("i{n:04}"));
                 let addr = format!("10.1.{}.{}", n / 200, n % 200 + 1);
-                json!({"request_put": put_request(&key, &instance_json(&addr, 8000, "passing"))})
+                let put = etcd_api::put_request(&key, &instance_json(&addr, 8000, "passing"));
+                serde_json::json!({ "request_put": put })
             })
             .collect();
-        etcd_api::v3(&a, "/v3/kv/txn", &json!({ "success": ops }));
+        etcd_api::v3(&a, "/v3/kv/txn", &serde_json::json!({ "success": ops }));
     }
     let q = Query::Service("big".into());
     let w = Watching::start(
@@ -643,14 +635,14 @@ fn auth_token_is_used_and_renewed_when_invalidated() {
         return;
     };
     let a = etcd.client_addr();
-    let root = json!({"name": "root", "password": "rootpw"});
+    let root = serde_json::json!({"name": "root", "password": "rootpw"});
     etcd_api::v3(&a, "/v3/auth/user/add", &root);
     etcd_api::v3(
         &a,
         "/v3/auth/user/grant",
-        &json!({"user": "root", "role": "root"}),
+        &serde_json::json!({"user": "root", "role": "root"}),
     );
-    etcd_api::v3(&a, "/v3/auth/enable", &json!({}));
+    etcd_api::v3(&a, "/v3/auth/enable", &serde_json::json!({}));
     let token = || {
         let v = etcd_api::v3(&a, "/v3/auth/authenticate", &root);
         v["token"].as_str().expect("token").to_string()
@@ -661,7 +653,7 @@ fn auth_token_is_used_and_renewed_when_invalidated() {
             .send();
         assert_eq!(r.status, 200, "{path}: {}", r.text());
     };
-    let put = |key: &str, value: &str| as_root("/v3/kv/put", put_request(key, value));
+    let put = |key: &str, value: &str| as_root("/v3/kv/put", etcd_api::put_request(key, value));
     // Setting the password again invalidates every token the user holds.
     let invalidate_tokens = || as_root("/v3/auth/user/changepw", root.clone());
 

@@ -100,17 +100,6 @@ impl Haproxy {
         }))
     }
 
-    #[track_caller]
-    pub fn start(body: &str) -> Haproxy {
-        Self::try_start(body).expect("haproxy is not available")
-    }
-
-    /// Starts with [`DEFAULT_FRONTEND`].
-    #[track_caller]
-    pub fn start_default() -> Haproxy {
-        Self::start(DEFAULT_FRONTEND)
-    }
-
     fn spawn_and_wait(&mut self) -> Result<(), String> {
         let mut cmd = Command::new(&self.bin);
         cmd.arg("-W")
@@ -198,10 +187,6 @@ impl Haproxy {
         super::poll_until(timeout, || self.reload_count().is_some_and(|n| n > before))
     }
 
-    pub fn port(&self) -> u16 {
-        self.port
-    }
-
     /// "127.0.0.1:PORT".
     pub fn addr(&self) -> String {
         addr(self.port)
@@ -246,10 +231,6 @@ impl Haproxy {
             .as_ref()
             .map(|d| process::children(d.pid()))
             .unwrap_or_default()
-    }
-
-    pub fn is_running(&mut self) -> bool {
-        self.daemon.as_mut().is_some_and(Daemon::is_running)
     }
 
     /// SIGKILLs master and workers. Idempotent.

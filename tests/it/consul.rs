@@ -1,11 +1,11 @@
 //! The Consul backend against a real agent (`consul agent -dev`, 1.8.7), through the library
 //! API: a `ConsulCatalog` watching into a `Store`, the agent driven over its HTTP API.
 //!
-//! Every test starts its own agent on free loopback ports (see `tests/support/consul.rs`) and
+//! Every test starts its own agent on free loopback ports (see `support/consul.rs`) and
 //! skips loudly when the Consul binary is missing. Nothing sleeps and hopes: each step polls
 //! the store (or the agent) for the expected state with a generous deadline.
 
-mod support;
+use crate::support;
 
 use std::collections::BTreeSet;
 use std::io::{Read, Write};
@@ -121,14 +121,6 @@ impl Watching {
     }
 }
 
-/// Logs of the library under test, shown for failing tests (`RUST_LOG=rewire=debug`).
-fn logs() {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-        .with_test_writer()
-        .try_init();
-}
-
 /// Polls `f` every 20 ms until it holds; panics after [`DEADLINE`].
 async fn eventually(what: &str, mut f: impl FnMut() -> bool) {
     let deadline = Instant::now() + DEADLINE;
@@ -175,7 +167,7 @@ fn check_state(consul: &Consul, service: &str, check_id: &str) -> Option<(String
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn service_instances_follow_registrations() {
-    logs();
+    support::logs();
     let Some(consul) = Consul::try_start() else {
         return;
     };
@@ -251,7 +243,7 @@ async fn service_instances_follow_registrations() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn registration_ttl_expiry_and_updates_show_in_consul() {
-    logs();
+    support::logs();
     let Some(consul) = Consul::try_start() else {
         return;
     };
@@ -344,7 +336,7 @@ async fn registration_ttl_expiry_and_updates_show_in_consul() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kv_keys_and_prefixes_follow_writes() {
-    logs();
+    support::logs();
     let Some(consul) = Consul::try_start() else {
         return;
     };
@@ -496,7 +488,7 @@ fn pipe(mut from: TcpStream, mut to: TcpStream, count: Option<Arc<AtomicUsize>>)
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_request_per_change_and_none_while_idle() {
-    logs();
+    support::logs();
     let Some(consul) = Consul::try_start() else {
         return;
     };
@@ -539,7 +531,7 @@ async fn one_request_per_change_and_none_while_idle() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn agent_restart_mid_watch_recovers_without_a_request_storm() {
-    logs();
+    support::logs();
     let Some(mut consul) = Consul::try_start() else {
         return;
     };
@@ -627,8 +619,7 @@ async fn agent_restart_mid_watch_recovers_without_a_request_storm() {
 async fn acl_token_is_required_checked_at_start_and_never_shown() {
     const TOKEN: &str = "b1e5b2c4-rewire-acl-master-token";
     const WRONG: &str = "00000000-wrong-token-never-shown";
-    logs();
-    logs();
+    support::logs();
     let Some(consul) = Consul::try_start_with_acl(TOKEN) else {
         return;
     };
@@ -759,7 +750,7 @@ impl Certs {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_with_ca_client_certificate_server_name_and_env() {
-    logs();
+    support::logs();
     let Some(bin) = Consul::binary() else {
         // Let the harness report the skip (or fail under REWIRE_REQUIRE_COMPONENTS=1).
         assert!(Consul::try_start().is_none());
@@ -891,7 +882,7 @@ async fn tls_with_ca_client_certificate_server_name_and_env() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_thousand_instances_of_one_service() {
-    logs();
+    support::logs();
     let Some(consul) = Consul::try_start() else {
         return;
     };

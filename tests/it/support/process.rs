@@ -13,13 +13,10 @@ use std::time::{Duration, Instant};
 
 // Linux signal numbers (x86_64 and aarch64 agree on these).
 pub const SIGHUP: i32 = 1;
-pub const SIGINT: i32 = 2;
 pub const SIGKILL: i32 = 9;
 pub const SIGUSR1: i32 = 10;
 pub const SIGUSR2: i32 = 12;
 pub const SIGTERM: i32 = 15;
-pub const SIGCONT: i32 = 18;
-pub const SIGSTOP: i32 = 19;
 
 const PR_SET_PDEATHSIG: i32 = 1;
 
@@ -189,19 +186,6 @@ impl Daemon {
             // Group members (nginx/haproxy workers) may outlive the leader for a moment.
             let _ = self.signal_group(SIGKILL);
         }
-    }
-
-    /// SIGTERM, wait up to `grace` for exit, then SIGKILL. Returns the exit status.
-    pub fn terminate(&mut self, grace: Duration) -> Option<ExitStatus> {
-        if self.child.is_some() && self.exited().is_none() {
-            let _ = self.signal(SIGTERM);
-            let deadline = Instant::now() + grace;
-            while self.exited().is_none() && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(10));
-            }
-        }
-        self.kill();
-        self.status
     }
 
     /// Last `n` lines of the log.

@@ -102,18 +102,6 @@ impl Consul {
         }))
     }
 
-    /// Starts a dev agent; panics when Consul is unavailable (prefer `try_start` in tests).
-    #[track_caller]
-    pub fn start() -> Consul {
-        Self::try_start().expect("consul is not available")
-    }
-
-    /// Starts a dev agent with ACLs (see [`Consul::try_start_with_acl`]); panics when unavailable.
-    #[track_caller]
-    pub fn start_with_acl(master_token: &str) -> Consul {
-        Self::try_start_with_acl(master_token).expect("consul is not available")
-    }
-
     fn args(&self) -> Vec<String> {
         let p = &self.ports;
         let mut hcl = vec![
@@ -179,20 +167,6 @@ impl Consul {
         format!("http://{}", self.http_addr())
     }
 
-    pub fn ports(&self) -> ConsulPorts {
-        self.ports
-    }
-
-    /// The ACL master token, when started with ACLs.
-    pub fn token(&self) -> Option<&str> {
-        self.acl_master.as_deref()
-    }
-
-    /// The harness's temp dir (holds `consul.log` and `data/`).
-    pub fn dir(&self) -> &Path {
-        self.dir.path()
-    }
-
     pub fn data_dir(&self) -> PathBuf {
         self.dir.path().join("data")
     }
@@ -201,17 +175,9 @@ impl Consul {
         self.dir.path().join("consul.log")
     }
 
-    pub fn log_tail(&self, n: usize) -> String {
-        super::process::tail(&self.log_path(), n)
-    }
-
     /// PID of the running agent.
     pub fn pid(&self) -> Option<u32> {
         self.daemon.as_ref().map(Daemon::pid)
-    }
-
-    pub fn is_running(&mut self) -> bool {
-        self.daemon.as_mut().is_some_and(Daemon::is_running)
     }
 
     /// SIGKILLs the agent (no graceful leave). Idempotent.

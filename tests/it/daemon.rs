@@ -1,12 +1,10 @@
 //! `rewire run` as a daemon against a temp directory catalog, real processes only.
 
-mod project;
-mod support;
-
 use std::time::{Duration, SystemTime};
 
-use project::{Project, SIGHUP, UPSTREAM};
-use support::{TIMEOUT, wait_for};
+use crate::project::{self, Project, UPSTREAM};
+use crate::support::process::SIGHUP;
+use crate::support::{self, TIMEOUT, wait_for};
 
 fn config(p: &Project, extra: &str) -> String {
     format!(

@@ -5,16 +5,13 @@
 //! The main process is a tiny HTTP server (`tests/fixtures/supervision/server.py`) that records
 //! what it sees when SIGTERM arrives.
 
-mod project;
-mod support;
-
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus};
 use std::time::{Duration, Instant};
 
-use project::Project;
-use support::free_port;
-use support::process::{self as proc_, Daemon, SIGHUP, SIGKILL, SIGTERM, SIGUSR1};
+use crate::project::{self, Project};
+use crate::support::process::{self as proc_, Daemon, SIGHUP, SIGKILL, SIGTERM, SIGUSR1};
+use crate::support::{self, free_port};
 
 /// How long any expected state may take to appear (2 busy cores).
 const DEADLINE: Duration = Duration::from_secs(20);

@@ -2,14 +2,13 @@
 //! free loopback ports with temp dirs, killed (by PID / process group) when the harness value is
 //! dropped, even when the test panics.
 //!
-//! Every `tests/*.rs` file does `mod support;` and uses a subset, hence the blanket allows.
-//! HTTP goes through reqwest ([`http`]), JSON through serde_json, base64 through base64.
+//! Built once, as a module of the one integration-test binary (`tests/it/main.rs`); the
+//! reaction benchmark includes it too (`benches/reaction.rs`). HTTP goes through reqwest ([`http`]), JSON through serde_json, base64 through base64.
 //!
 //! Skipping: `Consul::try_start()` & co. return `None` (after a loud `SKIPPED:` line on stderr)
 //! when the component's binary is missing, unless `REWIRE_REQUIRE_COMPONENTS=1` (set by
 //! `scripts/test` under `CI=true`), in which case they panic. `REWIRE_SKIP_CONSUL=1` (set by
 //! `scripts/test` when the Debian archive holding Consul was unreachable) always skips Consul.
-#![allow(dead_code, unused_imports, unused_macros)]
 
 pub mod consul;
 pub mod etcd;
@@ -57,6 +56,20 @@ pub fn wait_for(desc: &str, timeout: Duration, f: impl FnMut() -> bool) {
     if !poll_until(timeout, f) {
         panic!("timed out after {timeout:?} waiting for: {desc}");
     }
+}
+
+/// Logs of the library under test (the Consul and etcd tests drive it in this process),
+/// captured per test and shown for a failing one: `REWIRE_TEST_LOG=rewire=debug` (else
+/// `RUST_LOG`) sets the filter, errors only by default. The first call installs the subscriber.
+pub fn logs() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("REWIRE_TEST_LOG")
+        .or_else(|_| EnvFilter::try_from_default_env())
+        .unwrap_or_else(|_| EnvFilter::new("error"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_test_writer()
+        .try_init();
 }
 
 /// Generous default timeout for real-time waits in tests (2 busy cores).
