@@ -32,26 +32,30 @@ fn settings_for(address: &str, token: Option<&str>) -> ConsulSettings {
     }
 }
 
-fn catalog_with(settings: ConsulSettings, block_wait: Duration, retry: Retry) -> ConsulCatalog {
-    let cfg = CatalogConfig {
+/// The catalog section of these tests: 10 s blocking queries, a quick retry capped at 1 s.
+fn catalog_config(settings: &ConsulSettings) -> CatalogConfig {
+    CatalogConfig {
         backend: Backend::Consul(settings.clone()),
-        block_wait,
-        retry,
+        block_wait: Duration::from_secs(10),
+        retry: Retry {
+            base: Duration::from_millis(100),
+            max: Duration::from_secs(1),
+        },
         deregister_after: Duration::from_secs(600),
+    }
+}
+
+fn catalog_with(settings: ConsulSettings, block_wait: Duration) -> ConsulCatalog {
+    let cfg = CatalogConfig {
+        block_wait,
+        ..catalog_config(&settings)
     };
     // No environment: these tests must not depend on the developer's CONSUL_* variables.
     ConsulCatalog::with_env(&settings, &cfg, &|_| None).expect("valid consul settings")
 }
 
 fn catalog(address: &str, token: Option<&str>) -> ConsulCatalog {
-    catalog_with(
-        settings_for(address, token),
-        Duration::from_secs(10),
-        Retry {
-            base: Duration::from_millis(100),
-            max: Duration::from_secs(1),
-        },
-    )
+    catalog_with(settings_for(address, token), Duration::from_secs(10))
 }
 
 /// A running `watch` over a changeable set of queries.
@@ -496,10 +500,6 @@ async fn one_request_per_change_and_none_while_idle() {
     let cat = Arc::new(catalog_with(
         settings_for(&proxy.url(), None),
         Duration::from_secs(30),
-        Retry {
-            base: Duration::from_millis(100),
-            max: Duration::from_secs(1),
-        },
     ));
     let key = Query::Key("bench/k".into());
     let w = Watching::start(cat, std::slice::from_ref(&key));
@@ -648,15 +648,7 @@ async fn acl_token_is_required_checked_at_start_and_never_shown() {
 
     // Through the environment, as consul-template users set it.
     let settings = ConsulSettings::default();
-    let cfg = CatalogConfig {
-        backend: Backend::Consul(settings.clone()),
-        block_wait: Duration::from_secs(10),
-        retry: Retry {
-            base: Duration::from_millis(100),
-            max: Duration::from_secs(1),
-        },
-        deregister_after: Duration::from_secs(600),
-    };
+    let cfg = catalog_config(&settings);
     let addr = consul.http_addr();
     let env = move |name: &str| match name {
         "CONSUL_HTTP_ADDR" => Some(addr.clone()),
@@ -771,15 +763,6 @@ async fn tls_with_ca_client_certificate_server_name_and_env() {
     let ca = certs.path("consul-agent-ca.pem");
     let cert = certs.path("dc1-client-consul-0.pem");
     let key = certs.path("dc1-client-consul-0-key.pem");
-    let cfg = |settings: &ConsulSettings| CatalogConfig {
-        backend: Backend::Consul(settings.clone()),
-        block_wait: Duration::from_secs(10),
-        retry: Retry {
-            base: Duration::from_millis(100),
-            max: Duration::from_secs(1),
-        },
-        deregister_after: Duration::from_secs(600),
-    };
     let tls = |ca: Option<&str>, client: bool, server_name: Option<&str>, verify: Option<bool>| {
         ConsulSettings {
             address: Some(format!("https://127.0.0.1:{https}")),
@@ -794,7 +777,7 @@ async fn tls_with_ca_client_certificate_server_name_and_env() {
         }
     };
     let check = async |settings: ConsulSettings| -> Result<(), CatalogError> {
-        let cat = ConsulCatalog::with_env(&settings, &cfg(&settings), &|_| None)?;
+        let cat = ConsulCatalog::with_env(&settings, &catalog_config(&settings), &|_| None)?;
         cat.preflight().await?;
         cat.fetch(&Query::Services).await.map(|_| ())
     };
@@ -851,7 +834,7 @@ async fn tls_with_ca_client_certificate_server_name_and_env() {
             .find(|(k, _)| *k == name)
             .map(|(_, v)| v.clone())
     };
-    let cat = ConsulCatalog::with_env(&settings, &cfg(&settings), &env).unwrap();
+    let cat = ConsulCatalog::with_env(&settings, &catalog_config(&settings), &env).unwrap();
     cat.preflight().await.expect("TLS from the environment");
     assert!(
         cat.describe().contains("https://127.0.0.1"),
@@ -874,7 +857,7 @@ async fn tls_with_ca_client_certificate_server_name_and_env() {
             .find(|(k, _)| *k == name)
             .map(|(_, v)| v.clone())
     };
-    let cat = ConsulCatalog::with_env(&settings, &cfg(&settings), &env).unwrap();
+    let cat = ConsulCatalog::with_env(&settings, &catalog_config(&settings), &env).unwrap();
     cat.preflight()
         .await
         .expect("CA directory from CONSUL_CAPATH");

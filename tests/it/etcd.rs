@@ -920,12 +920,7 @@ fn tls_with_client_certificates_and_server_name() {
     let (port, peer) = (support::free_port(), support::free_port());
     let client_url = format!("https://127.0.0.1:{port}");
     let peer_url = format!("http://127.0.0.1:{peer}");
-    let mut cmd = std::process::Command::new(bin);
-    for (k, _) in std::env::vars_os() {
-        if k.to_string_lossy().starts_with("ETCD") {
-            cmd.env_remove(k);
-        }
-    }
+    let mut cmd = etcd_api::etcd_command(&bin);
     cmd.arg("--data-dir")
         .arg(data.path())
         .args([

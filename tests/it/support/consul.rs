@@ -89,7 +89,7 @@ impl Consul {
             );
         };
         let extra: Vec<String> = extra_hcl.iter().map(|s| s.to_string()).collect();
-        Some(super::start_with_retries("consul agent -dev", |_| {
+        Some(super::with_retries("starting consul agent -dev", || {
             let mut c = Consul {
                 bin: bin.clone(),
                 ports: ConsulPorts::pick(),
@@ -147,14 +147,9 @@ impl Consul {
         let mut cmd = Command::new(&self.bin);
         cmd.args(self.args()).current_dir(self.dir.path());
         let log = self.log_path();
-        let mut d = Daemon::spawn("consul", cmd, &log)
-            .map_err(|e| format!("spawn {}: {e}", self.bin.display()))?;
-        let res = d.wait_ready(READY_TIMEOUT, || self.ready());
-        self.daemon = Some(d);
-        if res.is_err() {
-            self.kill();
-        }
-        res
+        let daemon = Daemon::start("consul", cmd, &log, READY_TIMEOUT, || self.ready())?;
+        self.daemon = Some(daemon);
+        Ok(())
     }
 
     /// "127.0.0.1:PORT" of the HTTP API (what `CONSUL_HTTP_ADDR` takes).
@@ -193,14 +188,7 @@ impl Consul {
     #[track_caller]
     pub fn restart(&mut self) {
         self.kill();
-        let mut last = String::new();
-        for _ in 0..super::START_ATTEMPTS {
-            match self.spawn_and_wait() {
-                Ok(()) => return,
-                Err(report) => last = report,
-            }
-        }
-        panic!("consul did not come back after restart:\n{last}");
+        super::with_retries("restarting consul", || self.spawn_and_wait());
     }
 
     /// Readiness: a leader is known (a non-empty JSON string), the agent's node is in the

@@ -34,7 +34,7 @@ fn binary_or_skip() -> Option<PathBuf> {
 }
 
 /// A command for `bin` without any inherited `ETCD_*` variables (etcd reads its flags from them).
-fn etcd_command(bin: &Path) -> Command {
+pub fn etcd_command(bin: &Path) -> Command {
     let mut cmd = Command::new(bin);
     for (k, _) in std::env::vars_os() {
         if k.to_string_lossy().starts_with("ETCD") {
@@ -68,9 +68,9 @@ impl EtcdCluster {
     pub fn try_start(n: usize) -> Option<EtcdCluster> {
         assert!(n >= 1, "an etcd cluster needs at least one member");
         let bin = binary_or_skip()?;
-        Some(super::start_with_retries(
-            &format!("etcd cluster of {n}"),
-            |_| {
+        Some(super::with_retries(
+            &format!("starting an etcd cluster of {n}"),
+            || {
                 let dir = temp_dir("etcd");
                 let members = (1..=n)
                     .map(|i| Member {
@@ -183,17 +183,13 @@ impl EtcdCluster {
     #[track_caller]
     pub fn restart_member(&mut self, i: usize) {
         self.kill_member(i);
-        let mut last = String::new();
-        for _ in 0..super::START_ATTEMPTS {
-            match self.spawn_member(i).and_then(|()| self.wait_member(i)) {
-                Ok(()) => return,
-                Err(report) => {
-                    self.kill_member(i);
-                    last = report;
-                }
+        super::with_retries(&format!("restarting etcd member {i}"), || {
+            let started = self.spawn_member(i).and_then(|()| self.wait_member(i));
+            if started.is_err() {
+                self.kill_member(i);
             }
-        }
-        panic!("etcd member {i} did not come back:\n{last}");
+            started
+        });
     }
 
     /// Index of the current leader, asked of every running member via
@@ -298,7 +294,7 @@ impl EtcdGateway {
                     .to_string()
             })
             .collect();
-        Some(super::start_with_retries("etcd gateway", |_| {
+        Some(super::with_retries("starting etcd gateway", || {
             let mut g = EtcdGateway {
                 bin: bin.clone(),
                 endpoints: endpoints.clone(),
@@ -323,15 +319,10 @@ impl EtcdGateway {
             .args(["--retry-delay", "100ms"])
             .current_dir(self.dir.path());
         let log = self.dir.path().join("gateway.log");
-        let mut d = Daemon::spawn("etcd gateway", cmd, &log)
-            .map_err(|e| format!("spawn {}: {e}", self.bin.display()))?;
         let port = self.port;
-        let res = d.wait_ready(READY_TIMEOUT, || port_open(port));
-        self.daemon = Some(d);
-        if res.is_err() {
-            self.kill();
-        }
-        res
+        let daemon = Daemon::start("etcd gateway", cmd, &log, READY_TIMEOUT, || port_open(port))?;
+        self.daemon = Some(daemon);
+        Ok(())
     }
 
     /// "127.0.0.1:PORT".
@@ -355,14 +346,7 @@ impl EtcdGateway {
     #[track_caller]
     pub fn restart(&mut self) {
         self.kill();
-        let mut last = String::new();
-        for _ in 0..super::START_ATTEMPTS {
-            match self.spawn_and_wait() {
-                Ok(()) => return,
-                Err(report) => last = report,
-            }
-        }
-        panic!("etcd gateway did not come back:\n{last}");
+        super::with_retries("restarting etcd gateway", || self.spawn_and_wait());
     }
 }
 

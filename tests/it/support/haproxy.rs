@@ -37,13 +37,6 @@ pub fn conf_header() -> String {
         .to_string()
 }
 
-/// Replaces `@PORT@` and `@DIR@`.
-pub fn render(template: &str, port: u16, dir: &Path) -> String {
-    template
-        .replace("@PORT@", &port.to_string())
-        .replace("@DIR@", &dir.display().to_string())
-}
-
 /// `haproxy -c -f FILE`: (ok, output). (false, why) when haproxy is not installed.
 pub fn check_config(path: &Path) -> (bool, String) {
     check_configs(&[path])
@@ -88,7 +81,7 @@ impl Haproxy {
                 false,
             );
         };
-        Some(super::start_with_retries("haproxy", |_| {
+        Some(super::with_retries("starting haproxy", || {
             let mut h = Haproxy {
                 bin: bin.clone(),
                 port: free_port(),
@@ -110,25 +103,18 @@ impl Haproxy {
             .arg("-p")
             .arg(self.pidfile())
             .current_dir(self.dir.path());
-        let mut d = Daemon::spawn("haproxy", cmd, &self.log_path())
-            .map_err(|e| format!("spawn {}: {e}", self.bin.display()))?;
         let port = self.port;
-        let res = d.wait_ready(READY_TIMEOUT, || port_open(port));
-        self.daemon = Some(d);
-        if res.is_err() {
-            self.kill();
-        }
-        res
+        let daemon = Daemon::start("haproxy", cmd, &self.log_path(), READY_TIMEOUT, || {
+            port_open(port)
+        })?;
+        self.daemon = Some(daemon);
+        Ok(())
     }
 
-    /// Renders `template` for this instance.
-    pub fn render(&self, template: &str) -> String {
-        render(template, self.port, self.dir())
-    }
-
-    /// Renders `template` and writes it to [`Haproxy::cfg_path`] (does not reload).
+    /// Fills in `template`'s placeholders and writes it to [`Haproxy::cfg_path`] (does not
+    /// reload).
     pub fn write_conf(&self, template: &str) {
-        std::fs::write(self.cfg_path(), self.render(template)).expect("write haproxy.cfg");
+        super::write_conf(&self.cfg_path(), template, self.port, self.dir());
     }
 
     /// `haproxy -c -f` on the current config.

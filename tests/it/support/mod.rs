@@ -148,32 +148,41 @@ fn is_executable(p: &Path) -> bool {
         .unwrap_or(false)
 }
 
-/// Number of attempts (fresh ports each time) a harness makes to start its daemon(s).
+/// How many times a harness tries to start (or restart) its daemon(s).
 pub const START_ATTEMPTS: u32 = 3;
 
 /// Runs `attempt` up to [`START_ATTEMPTS`] times; an attempt returns `Err(report)` when the
-/// daemon exited early or did not become ready (it must clean up after itself, e.g. by dropping
-/// its harness). Panics with the last report when every attempt failed.
+/// daemon exited early or did not become ready (dropping its [`process::Daemon`] killed it).
+/// Panics with the last report when every attempt failed. A start picks fresh ports on each
+/// attempt (a port from binding :0 can be taken before the daemon binds it); a restart keeps
+/// its ports, so only a slow or unlucky start is retried.
 #[track_caller]
-pub fn start_with_retries<T>(what: &str, mut attempt: impl FnMut(u32) -> Result<T, String>) -> T {
-    let mut reports = Vec::new();
+pub fn with_retries<T>(what: &str, mut attempt: impl FnMut() -> Result<T, String>) -> T {
+    let mut last = String::new();
     for n in 1..=START_ATTEMPTS {
-        match attempt(n) {
+        match attempt() {
             Ok(v) => return v,
             Err(report) => {
                 if n < START_ATTEMPTS {
                     eprintln!(
-                        "support: starting {what} failed (attempt {n}/{START_ATTEMPTS}), retrying on new ports"
+                        "support: {what} failed (attempt {n}/{START_ATTEMPTS}), trying again"
                     );
                 }
-                reports.push(report);
+                last = report;
             }
         }
     }
-    panic!(
-        "could not start {what} after {START_ATTEMPTS} attempts; last attempt:\n{}",
-        reports.pop().unwrap_or_default()
-    );
+    panic!("{what} failed {START_ATTEMPTS} times; the last attempt:\n{last}");
+}
+
+/// Writes a config template for nginx or haproxy to `path`, with `@PORT@` replaced by `port`
+/// and `@DIR@` by the harness's temp dir.
+#[track_caller]
+pub fn write_conf(path: &Path, template: &str, port: u16, dir: &Path) {
+    let conf = template
+        .replace("@PORT@", &port.to_string())
+        .replace("@DIR@", &dir.display().to_string());
+    std::fs::write(path, conf).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
 }
 
 /// A unique-ish token for names (temp dirs under /dev/shm, cluster tokens).

@@ -1,8 +1,8 @@
 //! A real nginx (Debian's nginx-light) in the foreground (`daemon off;` in the config), master +
 //! 1 worker, everything (pid file, error log, temp paths) in its temp dir, on a free port.
 //!
-//! Config templates use two placeholders, replaced by [`render`]: `@PORT@` (the free port) and
-//! `@DIR@` (the harness's temp dir). Compose full configs as
+//! Config templates use two placeholders, replaced by [`Nginx::write_conf`]: `@PORT@` (the
+//! free port) and `@DIR@` (the harness's temp dir). Compose full configs as
 //! `conf_header() + servers + conf_footer()`; every config must keep the `pid @DIR@/nginx.pid;`
 //! line of the header so `nginx -s reload` (with [`Nginx::cli_args`]) finds the master.
 
@@ -60,13 +60,6 @@ pub fn conf_footer() -> &'static str {
     "}\n"
 }
 
-/// Replaces `@PORT@` and `@DIR@`.
-pub fn render(template: &str, port: u16, dir: &Path) -> String {
-    template
-        .replace("@PORT@", &port.to_string())
-        .replace("@DIR@", &dir.display().to_string())
-}
-
 pub struct Nginx {
     bin: PathBuf,
     port: u16,
@@ -93,7 +86,7 @@ impl Nginx {
                 false,
             );
         };
-        Some(super::start_with_retries("nginx", |_| {
+        Some(super::with_retries("starting nginx", || {
             let mut n = Nginx {
                 bin: bin.clone(),
                 port: free_port(),
@@ -108,20 +101,16 @@ impl Nginx {
     fn spawn_and_wait(&mut self) -> Result<(), String> {
         let mut cmd = Command::new(&self.bin);
         cmd.args(self.cli_args()).current_dir(self.dir.path());
-        let mut d = Daemon::spawn("nginx", cmd, &self.error_log())
-            .map_err(|e| format!("spawn {}: {e}", self.bin.display()))?;
-        let a = self.addr();
-        let res = d.wait_ready(READY_TIMEOUT, || {
-            super::http::get(&a, "/")
+        let addr = self.addr();
+        let answers = || {
+            super::http::get(&addr, "/")
                 .timeout(Duration::from_secs(2))
                 .try_send()
                 .is_ok()
-        });
-        self.daemon = Some(d);
-        if res.is_err() {
-            self.kill();
-        }
-        res
+        };
+        let daemon = Daemon::start("nginx", cmd, &self.error_log(), READY_TIMEOUT, answers)?;
+        self.daemon = Some(daemon);
+        Ok(())
     }
 
     /// `-p DIR/ -e DIR/error.log -c DIR/nginx.conf`: append `-t` or `-s reload` to check or reload.
@@ -136,14 +125,10 @@ impl Nginx {
         ]
     }
 
-    /// Renders `template` for this instance (its port and dir).
-    pub fn render(&self, template: &str) -> String {
-        render(template, self.port, self.dir())
-    }
-
-    /// Renders `template` and writes it to [`Nginx::conf_path`] (does not reload).
+    /// Fills in `template`'s placeholders and writes it to [`Nginx::conf_path`] (does not
+    /// reload).
     pub fn write_conf(&self, template: &str) {
-        std::fs::write(self.conf_path(), self.render(template)).expect("write nginx.conf");
+        super::write_conf(&self.conf_path(), template, self.port, self.dir());
     }
 
     /// `nginx -t` on the current config: (ok, output).

@@ -43,6 +43,22 @@ pub fn pid_alive(pid: u32) -> bool {
     signal(pid as i32, 0).is_ok()
 }
 
+/// True when the process exists and is not a zombie (a zombie still answers signal 0).
+pub fn running(pid: u32) -> bool {
+    stat(pid).is_some_and(|(state, _)| state != "Z")
+}
+
+/// The state ("R", "S", "Z", ...) and parent pid of `pid`, from /proc/PID/stat.
+fn stat(pid: u32) -> Option<(String, u32)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // "pid (comm) state ppid ...": comm may contain spaces/parens, so split after the last ')'
+    let (_, rest) = stat.rsplit_once(')')?;
+    let mut fields = rest.split_whitespace();
+    let state = fields.next()?.to_string();
+    let ppid = fields.next()?.parse().ok()?;
+    Some((state, ppid))
+}
+
 /// True when running as root (effective uid 0).
 pub fn is_root() -> bool {
     // SAFETY: geteuid(2) cannot fail and has no preconditions.
@@ -141,6 +157,22 @@ impl Daemon {
             cmdline,
             status: None,
         })
+    }
+
+    /// [`Daemon::spawn`], then waits until `ready()`. `Err(report)` when it cannot be spawned,
+    /// exits first or is not ready within `timeout` (the daemon is killed then).
+    pub fn start(
+        name: &str,
+        cmd: Command,
+        log: &Path,
+        timeout: Duration,
+        ready: impl FnMut() -> bool,
+    ) -> Result<Daemon, String> {
+        let program = cmd.get_program().to_owned();
+        let mut daemon = Daemon::spawn(name, cmd, log)
+            .map_err(|e| format!("spawn {}: {e}", program.display()))?;
+        daemon.wait_ready(timeout, ready)?;
+        Ok(daemon)
     }
 
     pub fn pid(&self) -> u32 {
@@ -323,17 +355,7 @@ pub fn children(pid: u32) -> Vec<u32> {
         let Some(child) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
             continue;
         };
-        let Ok(stat) = std::fs::read_to_string(e.path().join("stat")) else {
-            continue;
-        };
-        // "pid (comm) state ppid ...": comm may contain spaces/parens, so split after the last ')'
-        let Some((_, rest)) = stat.rsplit_once(')') else {
-            continue;
-        };
-        let mut fields = rest.split_whitespace();
-        let state = fields.next();
-        let ppid = fields.next().and_then(|p| p.parse::<u32>().ok());
-        if ppid == Some(pid) && state != Some("Z") {
+        if stat(child).is_some_and(|(state, ppid)| ppid == pid && state != "Z") {
             out.push(child);
         }
     }
