@@ -11,31 +11,24 @@ use std::sync::OnceLock;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-// Linux signal numbers (x86_64 and aarch64 agree on these).
-pub const SIGHUP: i32 = 1;
-pub const SIGKILL: i32 = 9;
-pub const SIGUSR1: i32 = 10;
-pub const SIGUSR2: i32 = 12;
-pub const SIGTERM: i32 = 15;
+use nix::errno::Errno;
+use nix::sys::signal::Signal;
+use nix::unistd::Pid;
 
-const PR_SET_PDEATHSIG: i32 = 1;
+pub const SIGHUP: i32 = Signal::SIGHUP as i32;
+pub const SIGKILL: i32 = Signal::SIGKILL as i32;
+pub const SIGUSR1: i32 = Signal::SIGUSR1 as i32;
+pub const SIGUSR2: i32 = Signal::SIGUSR2 as i32;
+pub const SIGTERM: i32 = Signal::SIGTERM as i32;
 
-unsafe extern "C" {
-    #[link_name = "kill"]
-    fn c_kill(pid: i32, sig: i32) -> i32;
-    fn prctl(option: i32, ...) -> i32;
-    fn getppid() -> i32;
-    fn geteuid() -> u32;
-}
-
-/// Sends `sig` to `pid` (a negative pid signals the process group `-pid`).
+/// Sends `sig` to `pid` (a negative pid signals the process group `-pid`; signal 0 only
+/// checks that the process exists).
 pub fn signal(pid: i32, sig: i32) -> io::Result<()> {
-    // SAFETY: kill(2) has no memory-safety preconditions.
-    if unsafe { c_kill(pid, sig) } == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
+    let sig = match sig {
+        0 => None,
+        n => Some(Signal::try_from(n)?),
+    };
+    Ok(nix::sys::signal::kill(Pid::from_raw(pid), sig)?)
 }
 
 /// True when the process exists (signal 0 succeeds; zombies count as existing).
@@ -61,8 +54,7 @@ fn stat(pid: u32) -> Option<(String, u32)> {
 
 /// True when running as root (effective uid 0).
 pub fn is_root() -> bool {
-    // SAFETY: geteuid(2) cannot fail and has no preconditions.
-    unsafe { geteuid() == 0 }
+    nix::unistd::geteuid().is_root()
 }
 
 type SpawnRequest = (Command, mpsc::Sender<io::Result<Child>>);
@@ -83,16 +75,16 @@ pub fn spawn(mut cmd: Command) -> io::Result<Child> {
             .expect("spawn the support spawner thread");
         tx
     });
-    let parent = std::process::id() as i32;
+    let parent = Pid::from_raw(std::process::id() as i32);
     cmd.process_group(0);
-    // SAFETY: the closure only calls async-signal-safe functions (prctl, getppid).
+    // SAFETY: the closure only calls async-signal-safe functions (prctl, getppid) and does not
+    // allocate (an errno is all an error carries).
     unsafe {
         cmd.pre_exec(move || {
-            if prctl(PR_SET_PDEATHSIG, SIGKILL as std::ffi::c_ulong) != 0 {
-                return Err(io::Error::last_os_error());
-            }
-            if getppid() != parent {
-                return Err(io::Error::other("test process died before exec"));
+            nix::sys::prctl::set_pdeathsig(Signal::SIGKILL)?;
+            if nix::unistd::getppid() != parent {
+                // The test process died before exec: nothing would kill this child.
+                return Err(Errno::ESRCH.into());
             }
             Ok(())
         });
