@@ -12,7 +12,9 @@
 //! and its CPU over the idle period (utime + stime). Everything runs on loopback on this
 //! machine. Run by `cargo test --all-targets` (no `--bench`), it only does a short smoke run.
 
-#[path = "../tests/support/mod.rs"]
+// The integration tests' harnesses; this benchmark needs only Consul, etcd and `poll_until`.
+#[allow(dead_code, unused_imports)]
+#[path = "../tests/it/support/mod.rs"]
 mod support;
 
 use std::path::{Path, PathBuf};
@@ -94,8 +96,8 @@ impl Writer for EtcdWriter {
     }
     fn catalog_config(&self) -> String {
         format!(
-            "[catalog]\nbackend = \"etcd\"\nendpoints = [\"{}\"]\nprefix = \"/rewire\"\n",
-            self.etcd.endpoint()
+            "[catalog]\nbackend = \"etcd\"\nendpoints = {:?}\nprefix = \"/rewire\"\n",
+            self.etcd.endpoints()
         )
     }
 }
@@ -107,8 +109,7 @@ struct ConsulWriter {
 impl Writer for ConsulWriter {
     fn put(&mut self, id: &str, addr: &str, port: u16) {
         let body = format!(r#"{{"ID":"{id}","Name":"web","Address":"{addr}","Port":{port}}}"#);
-        let r = support::http::put(&self.consul.http_addr(), "/v1/agent/service/register", body);
-        assert!(r.is_success(), "register failed: {}", r.text());
+        self.consul.register_service(&body);
     }
     fn catalog_config(&self) -> String {
         format!(

@@ -1,11 +1,11 @@
 //! The Consul backend against a real agent (`consul agent -dev`, 1.8.7), through the library
 //! API: a `ConsulCatalog` watching into a `Store`, the agent driven over its HTTP API.
 //!
-//! Every test starts its own agent on free loopback ports (see `tests/support/consul.rs`) and
+//! Every test starts its own agent on free loopback ports (see `support/consul.rs`) and
 //! skips loudly when the Consul binary is missing. Nothing sleeps and hopes: each step polls
 //! the store (or the agent) for the expected state with a generous deadline.
 
-mod support;
+use crate::support;
 
 use std::collections::BTreeSet;
 use std::io::{Read, Write};
@@ -32,26 +32,30 @@ fn settings_for(address: &str, token: Option<&str>) -> ConsulSettings {
     }
 }
 
-fn catalog_with(settings: ConsulSettings, block_wait: Duration, retry: Retry) -> ConsulCatalog {
-    let cfg = CatalogConfig {
+/// The catalog section of these tests: 10 s blocking queries, a quick retry capped at 1 s.
+fn catalog_config(settings: &ConsulSettings) -> CatalogConfig {
+    CatalogConfig {
         backend: Backend::Consul(settings.clone()),
-        block_wait,
-        retry,
+        block_wait: Duration::from_secs(10),
+        retry: Retry {
+            base: Duration::from_millis(100),
+            max: Duration::from_secs(1),
+        },
         deregister_after: Duration::from_secs(600),
+    }
+}
+
+fn catalog_with(settings: ConsulSettings, block_wait: Duration) -> ConsulCatalog {
+    let cfg = CatalogConfig {
+        block_wait,
+        ..catalog_config(&settings)
     };
     // No environment: these tests must not depend on the developer's CONSUL_* variables.
     ConsulCatalog::with_env(&settings, &cfg, &|_| None).expect("valid consul settings")
 }
 
 fn catalog(address: &str, token: Option<&str>) -> ConsulCatalog {
-    catalog_with(
-        settings_for(address, token),
-        Duration::from_secs(10),
-        Retry {
-            base: Duration::from_millis(100),
-            max: Duration::from_secs(1),
-        },
-    )
+    catalog_with(settings_for(address, token), Duration::from_secs(10))
 }
 
 /// A running `watch` over a changeable set of queries.
@@ -121,14 +125,6 @@ impl Watching {
     }
 }
 
-/// Logs of the library under test, shown for failing tests (`RUST_LOG=rewire=debug`).
-fn logs() {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-        .with_test_writer()
-        .try_init();
-}
-
 /// Polls `f` every 20 ms until it holds; panics after [`DEADLINE`].
 async fn eventually(what: &str, mut f: impl FnMut() -> bool) {
     let deadline = Instant::now() + DEADLINE;
@@ -175,7 +171,7 @@ fn check_state(consul: &Consul, service: &str, check_id: &str) -> Option<(String
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn service_instances_follow_registrations() {
-    logs();
+    support::logs();
     let Some(consul) = Consul::try_start() else {
         return;
     };
@@ -251,7 +247,7 @@ async fn service_instances_follow_registrations() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn registration_ttl_expiry_and_updates_show_in_consul() {
-    logs();
+    support::logs();
     let Some(consul) = Consul::try_start() else {
         return;
     };
@@ -344,7 +340,7 @@ async fn registration_ttl_expiry_and_updates_show_in_consul() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kv_keys_and_prefixes_follow_writes() {
-    logs();
+    support::logs();
     let Some(consul) = Consul::try_start() else {
         return;
     };
@@ -496,7 +492,7 @@ fn pipe(mut from: TcpStream, mut to: TcpStream, count: Option<Arc<AtomicUsize>>)
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_request_per_change_and_none_while_idle() {
-    logs();
+    support::logs();
     let Some(consul) = Consul::try_start() else {
         return;
     };
@@ -504,10 +500,6 @@ async fn one_request_per_change_and_none_while_idle() {
     let cat = Arc::new(catalog_with(
         settings_for(&proxy.url(), None),
         Duration::from_secs(30),
-        Retry {
-            base: Duration::from_millis(100),
-            max: Duration::from_secs(1),
-        },
     ));
     let key = Query::Key("bench/k".into());
     let w = Watching::start(cat, std::slice::from_ref(&key));
@@ -539,7 +531,7 @@ async fn one_request_per_change_and_none_while_idle() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn agent_restart_mid_watch_recovers_without_a_request_storm() {
-    logs();
+    support::logs();
     let Some(mut consul) = Consul::try_start() else {
         return;
     };
@@ -627,8 +619,7 @@ async fn agent_restart_mid_watch_recovers_without_a_request_storm() {
 async fn acl_token_is_required_checked_at_start_and_never_shown() {
     const TOKEN: &str = "b1e5b2c4-rewire-acl-master-token";
     const WRONG: &str = "00000000-wrong-token-never-shown";
-    logs();
-    logs();
+    support::logs();
     let Some(consul) = Consul::try_start_with_acl(TOKEN) else {
         return;
     };
@@ -657,15 +648,7 @@ async fn acl_token_is_required_checked_at_start_and_never_shown() {
 
     // Through the environment, as consul-template users set it.
     let settings = ConsulSettings::default();
-    let cfg = CatalogConfig {
-        backend: Backend::Consul(settings.clone()),
-        block_wait: Duration::from_secs(10),
-        retry: Retry {
-            base: Duration::from_millis(100),
-            max: Duration::from_secs(1),
-        },
-        deregister_after: Duration::from_secs(600),
-    };
+    let cfg = catalog_config(&settings);
     let addr = consul.http_addr();
     let env = move |name: &str| match name {
         "CONSUL_HTTP_ADDR" => Some(addr.clone()),
@@ -759,7 +742,7 @@ impl Certs {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_with_ca_client_certificate_server_name_and_env() {
-    logs();
+    support::logs();
     let Some(bin) = Consul::binary() else {
         // Let the harness report the skip (or fail under REWIRE_REQUIRE_COMPONENTS=1).
         assert!(Consul::try_start().is_none());
@@ -780,15 +763,6 @@ async fn tls_with_ca_client_certificate_server_name_and_env() {
     let ca = certs.path("consul-agent-ca.pem");
     let cert = certs.path("dc1-client-consul-0.pem");
     let key = certs.path("dc1-client-consul-0-key.pem");
-    let cfg = |settings: &ConsulSettings| CatalogConfig {
-        backend: Backend::Consul(settings.clone()),
-        block_wait: Duration::from_secs(10),
-        retry: Retry {
-            base: Duration::from_millis(100),
-            max: Duration::from_secs(1),
-        },
-        deregister_after: Duration::from_secs(600),
-    };
     let tls = |ca: Option<&str>, client: bool, server_name: Option<&str>, verify: Option<bool>| {
         ConsulSettings {
             address: Some(format!("https://127.0.0.1:{https}")),
@@ -803,7 +777,7 @@ async fn tls_with_ca_client_certificate_server_name_and_env() {
         }
     };
     let check = async |settings: ConsulSettings| -> Result<(), CatalogError> {
-        let cat = ConsulCatalog::with_env(&settings, &cfg(&settings), &|_| None)?;
+        let cat = ConsulCatalog::with_env(&settings, &catalog_config(&settings), &|_| None)?;
         cat.preflight().await?;
         cat.fetch(&Query::Services).await.map(|_| ())
     };
@@ -860,7 +834,7 @@ async fn tls_with_ca_client_certificate_server_name_and_env() {
             .find(|(k, _)| *k == name)
             .map(|(_, v)| v.clone())
     };
-    let cat = ConsulCatalog::with_env(&settings, &cfg(&settings), &env).unwrap();
+    let cat = ConsulCatalog::with_env(&settings, &catalog_config(&settings), &env).unwrap();
     cat.preflight().await.expect("TLS from the environment");
     assert!(
         cat.describe().contains("https://127.0.0.1"),
@@ -883,7 +857,7 @@ async fn tls_with_ca_client_certificate_server_name_and_env() {
             .find(|(k, _)| *k == name)
             .map(|(_, v)| v.clone())
     };
-    let cat = ConsulCatalog::with_env(&settings, &cfg(&settings), &env).unwrap();
+    let cat = ConsulCatalog::with_env(&settings, &catalog_config(&settings), &env).unwrap();
     cat.preflight()
         .await
         .expect("CA directory from CONSUL_CAPATH");
@@ -891,7 +865,7 @@ async fn tls_with_ca_client_certificate_server_name_and_env() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_thousand_instances_of_one_service() {
-    logs();
+    support::logs();
     let Some(consul) = Consul::try_start() else {
         return;
     };

@@ -3,14 +3,16 @@
 //! start`, a plain TCP proxy to kill for outage tests). Plus small JSON-gateway (`/v3/...`)
 //! helpers taking a client address, for tests that drive etcd directly.
 
-use super::b64;
-use super::http::{self, Response};
-use super::json::{self, Value};
+use super::http;
 use super::ports::{addr, free_port, port_open};
 use super::process::{Daemon, ShmDir, temp_dir};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
+use serde_json::{Value, json};
 
 pub const READY_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -32,7 +34,7 @@ fn binary_or_skip() -> Option<PathBuf> {
 }
 
 /// A command for `bin` without any inherited `ETCD_*` variables (etcd reads its flags from them).
-fn etcd_command(bin: &Path) -> Command {
+pub fn etcd_command(bin: &Path) -> Command {
     let mut cmd = Command::new(bin);
     for (k, _) in std::env::vars_os() {
         if k.to_string_lossy().starts_with("ETCD") {
@@ -66,9 +68,9 @@ impl EtcdCluster {
     pub fn try_start(n: usize) -> Option<EtcdCluster> {
         assert!(n >= 1, "an etcd cluster needs at least one member");
         let bin = binary_or_skip()?;
-        Some(super::start_with_retries(
-            &format!("etcd cluster of {n}"),
-            |_| {
+        Some(super::with_retries(
+            &format!("starting an etcd cluster of {n}"),
+            || {
                 let dir = temp_dir("etcd");
                 let members = (1..=n)
                     .map(|i| Member {
@@ -95,12 +97,6 @@ impl EtcdCluster {
                 Ok(c)
             },
         ))
-    }
-
-    /// Like [`EtcdCluster::try_start`], panicking when etcd is unavailable.
-    #[track_caller]
-    pub fn start(n: usize) -> EtcdCluster {
-        Self::try_start(n).expect("etcd is not available")
     }
 
     fn initial_cluster(&self) -> String {
@@ -158,14 +154,6 @@ impl EtcdCluster {
         d.wait_ready(READY_TIMEOUT, || healthy(&a))
     }
 
-    pub fn len(&self) -> usize {
-        self.members.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.members.is_empty()
-    }
-
     /// Client URLs of all members ("http://127.0.0.1:PORT").
     pub fn endpoints(&self) -> Vec<String> {
         self.members
@@ -183,25 +171,6 @@ impl EtcdCluster {
         self.members[i].client_port
     }
 
-    pub fn member_pid(&self, i: usize) -> Option<u32> {
-        self.members[i].daemon.as_ref().map(Daemon::pid)
-    }
-
-    pub fn member_running(&mut self, i: usize) -> bool {
-        self.members[i]
-            .daemon
-            .as_mut()
-            .is_some_and(Daemon::is_running)
-    }
-
-    pub fn data_dir(&self, i: usize) -> &Path {
-        self.members[i].data.path()
-    }
-
-    pub fn log_tail(&self, i: usize, n: usize) -> String {
-        super::process::tail(&self.members[i].log, n)
-    }
-
     /// SIGKILLs member `i`. Idempotent.
     pub fn kill_member(&mut self, i: usize) {
         if let Some(mut d) = self.members[i].daemon.take() {
@@ -214,17 +183,13 @@ impl EtcdCluster {
     #[track_caller]
     pub fn restart_member(&mut self, i: usize) {
         self.kill_member(i);
-        let mut last = String::new();
-        for _ in 0..super::START_ATTEMPTS {
-            match self.spawn_member(i).and_then(|()| self.wait_member(i)) {
-                Ok(()) => return,
-                Err(report) => {
-                    self.kill_member(i);
-                    last = report;
-                }
+        super::with_retries(&format!("restarting etcd member {i}"), || {
+            let started = self.spawn_member(i).and_then(|()| self.wait_member(i));
+            if started.is_err() {
+                self.kill_member(i);
             }
-        }
-        panic!("etcd member {i} did not come back:\n{last}");
+            started
+        });
     }
 
     /// Index of the current leader, asked of every running member via
@@ -233,8 +198,8 @@ impl EtcdCluster {
         (0..self.members.len()).find(|&i| {
             self.members[i].daemon.is_some()
                 && status(&self.client_addr(i)).is_some_and(|v| {
-                    let me = v["header"]["member_id"].as_u64();
-                    me.is_some() && me == v["leader"].as_u64()
+                    let me = int::<u64>(&v["header"]["member_id"]);
+                    me.is_some() && me == int(&v["leader"])
                 })
         })
     }
@@ -270,16 +235,6 @@ impl Etcd {
         EtcdCluster::try_start(1).map(|cluster| Etcd { cluster })
     }
 
-    #[track_caller]
-    pub fn start() -> Etcd {
-        Self::try_start().expect("etcd is not available")
-    }
-
-    /// "http://127.0.0.1:PORT".
-    pub fn endpoint(&self) -> String {
-        self.cluster.endpoints().remove(0)
-    }
-
     /// `vec![self.endpoint()]`.
     pub fn endpoints(&self) -> Vec<String> {
         self.cluster.endpoints()
@@ -292,22 +247,6 @@ impl Etcd {
 
     pub fn port(&self) -> u16 {
         self.cluster.client_port(0)
-    }
-
-    pub fn pid(&self) -> Option<u32> {
-        self.cluster.member_pid(0)
-    }
-
-    pub fn data_dir(&self) -> &Path {
-        self.cluster.data_dir(0)
-    }
-
-    pub fn log_tail(&self, n: usize) -> String {
-        self.cluster.log_tail(0, n)
-    }
-
-    pub fn kill(&mut self) {
-        self.cluster.kill_member(0);
     }
 
     /// Starts again on the same port with the same data (revisions continue).
@@ -355,7 +294,7 @@ impl EtcdGateway {
                     .to_string()
             })
             .collect();
-        Some(super::start_with_retries("etcd gateway", |_| {
+        Some(super::with_retries("starting etcd gateway", || {
             let mut g = EtcdGateway {
                 bin: bin.clone(),
                 endpoints: endpoints.clone(),
@@ -380,19 +319,10 @@ impl EtcdGateway {
             .args(["--retry-delay", "100ms"])
             .current_dir(self.dir.path());
         let log = self.dir.path().join("gateway.log");
-        let mut d = Daemon::spawn("etcd gateway", cmd, &log)
-            .map_err(|e| format!("spawn {}: {e}", self.bin.display()))?;
         let port = self.port;
-        let res = d.wait_ready(READY_TIMEOUT, || port_open(port));
-        self.daemon = Some(d);
-        if res.is_err() {
-            self.kill();
-        }
-        res
-    }
-
-    pub fn port(&self) -> u16 {
-        self.port
+        let daemon = Daemon::start("etcd gateway", cmd, &log, READY_TIMEOUT, || port_open(port))?;
+        self.daemon = Some(daemon);
+        Ok(())
     }
 
     /// "127.0.0.1:PORT".
@@ -403,14 +333,6 @@ impl EtcdGateway {
     /// "http://127.0.0.1:PORT" (use it as an etcd endpoint).
     pub fn endpoint(&self) -> String {
         format!("http://{}", self.addr())
-    }
-
-    pub fn pid(&self) -> Option<u32> {
-        self.daemon.as_ref().map(Daemon::pid)
-    }
-
-    pub fn log_tail(&self, n: usize) -> String {
-        super::process::tail(&self.dir.path().join("gateway.log"), n)
     }
 
     /// SIGKILLs the gateway: established connections through it drop. Idempotent.
@@ -424,14 +346,7 @@ impl EtcdGateway {
     #[track_caller]
     pub fn restart(&mut self) {
         self.kill();
-        let mut last = String::new();
-        for _ in 0..super::START_ATTEMPTS {
-            match self.spawn_and_wait() {
-                Ok(()) => return,
-                Err(report) => last = report,
-            }
-        }
-        panic!("etcd gateway did not come back:\n{last}");
+        super::with_retries("restarting etcd gateway", || self.spawn_and_wait());
     }
 }
 
@@ -443,42 +358,56 @@ impl Drop for EtcdGateway {
 
 // ---- JSON gateway helpers (etcd 3.4 serves /v3/...; keys and values are base64) ----
 
+/// Standard base64, as the JSON gateway wants keys and values.
+pub fn b64(data: impl AsRef<[u8]>) -> String {
+    STANDARD.encode(data)
+}
+
+/// Decodes the gateway's base64 into (lossy) UTF-8; panics on invalid base64.
+#[track_caller]
+pub fn unb64(s: &str) -> String {
+    let bytes = STANDARD
+        .decode(s)
+        .unwrap_or_else(|e| panic!("invalid base64 {s:?}: {e}"));
+    String::from_utf8_lossy(&bytes).into_owned()
+}
+
+/// An integer field: the gateway sends int64s as strings, other fields as numbers.
+pub fn int<T: std::str::FromStr>(v: &Value) -> Option<T> {
+    match v {
+        Value::String(s) => s.parse().ok(),
+        Value::Number(n) => n.to_string().parse().ok(),
+        _ => None,
+    }
+}
+
 /// True when `GET /health` says `"health":"true"`.
 pub fn healthy(client_addr: &str) -> bool {
-    match http::request(
-        client_addr,
-        "GET",
-        "/health",
-        &[],
-        None,
-        Duration::from_secs(2),
-    ) {
-        Ok(r) => r.status == 200 && r.text().replace(' ', "").contains(r#""health":"true""#),
-        Err(_) => false,
-    }
+    http::get(client_addr, "/health")
+        .timeout(Duration::from_secs(2))
+        .try_send()
+        .is_ok_and(|r| {
+            r.status == 200
+                && serde_json::from_slice::<Value>(&r.body).is_ok_and(|v| v["health"] == "true")
+        })
 }
 
 /// `POST /v3/maintenance/status` parsed, or `None` when the member does not answer.
 pub fn status(client_addr: &str) -> Option<Value> {
-    let r = http::request(
-        client_addr,
-        "POST",
-        "/v3/maintenance/status",
-        &[],
-        Some(b"{}"),
-        Duration::from_secs(2),
-    )
-    .ok()?;
+    let r = http::post(client_addr, "/v3/maintenance/status", "{}")
+        .timeout(Duration::from_secs(2))
+        .try_send()
+        .ok()?;
     if r.status != 200 {
         return None;
     }
-    json::parse(&r.text()).ok()
+    serde_json::from_slice(&r.body).ok()
 }
 
 /// POSTs a JSON body to a `/v3/...` path; panics unless 200; returns the parsed answer.
 #[track_caller]
-pub fn v3(client_addr: &str, path: &str, body: &str) -> Value {
-    let r: Response = http::post(client_addr, path, body);
+pub fn v3(client_addr: &str, path: &str, body: &Value) -> Value {
+    let r = http::post(client_addr, path, body.to_string()).send();
     assert_eq!(
         r.status,
         200,
@@ -486,62 +415,54 @@ pub fn v3(client_addr: &str, path: &str, body: &str) -> Value {
         r.status,
         r.text()
     );
-    json::must_parse(&r.text())
+    r.json()
+}
+
+/// The body of a put of `key` = `value`.
+pub fn put_request(key: &str, value: &str) -> Value {
+    json!({"key": b64(key), "value": b64(value)})
 }
 
 /// Puts `key` = `value` (optionally attached to `lease`); returns the new revision.
 #[track_caller]
 pub fn kv_put(client_addr: &str, key: &str, value: &str, lease: Option<i64>) -> i64 {
-    let lease = lease
-        .map(|l| format!(r#","lease":"{l}""#))
-        .unwrap_or_default();
-    let body = format!(
-        r#"{{"key":"{}","value":"{}"{lease}}}"#,
-        b64::encode(key),
-        b64::encode(value)
-    );
-    v3(client_addr, "/v3/kv/put", &body)["header"]["revision"]
-        .as_i64()
+    let mut body = put_request(key, value);
+    if let Some(lease) = lease {
+        body["lease"] = json!(lease.to_string());
+    }
+    int(&v3(client_addr, "/v3/kv/put", &body)["header"]["revision"])
         .expect("revision in put response")
+}
+
+/// The first key-value pair of a range read of `key` (`Null` when there is none).
+#[track_caller]
+pub fn kv_range(client_addr: &str, key: &str) -> Value {
+    v3(client_addr, "/v3/kv/range", &json!({"key": b64(key)}))["kvs"][0].clone()
 }
 
 /// The value of `key`, if present.
 #[track_caller]
 pub fn kv_get(client_addr: &str, key: &str) -> Option<String> {
-    let v = v3(
-        client_addr,
-        "/v3/kv/range",
-        &format!(r#"{{"key":"{}"}}"#, b64::encode(key)),
-    );
-    v["kvs"][0]["value"]
-        .as_str()
-        .map(b64::decode_str)
-        .or_else(|| {
-            // a present key with an empty value has no "value" field
-            v["kvs"][0].get("key").map(|_| String::new())
-        })
+    let kv = kv_range(client_addr, key);
+    // a present key with an empty value has no "value" field
+    kv.get("key")
+        .map(|_| kv["value"].as_str().map(unb64).unwrap_or_default())
 }
 
 /// All (key, value) pairs under `prefix`, sorted by key.
 #[track_caller]
 pub fn kv_get_prefix(client_addr: &str, prefix: &str) -> Vec<(String, String)> {
-    let body = format!(
-        r#"{{"key":"{}","range_end":"{}"}}"#,
-        b64::encode(prefix),
-        b64::encode(prefix_end(prefix.as_bytes()))
-    );
+    let body = json!({"key": b64(prefix), "range_end": b64(prefix_end(prefix.as_bytes()))});
     let v = v3(client_addr, "/v3/kv/range", &body);
     v["kvs"]
         .as_array()
+        .map(Vec::as_slice)
         .unwrap_or_default()
         .iter()
         .map(|kv| {
             (
-                b64::decode_str(kv["key"].as_str().unwrap_or_default()),
-                kv["value"]
-                    .as_str()
-                    .map(b64::decode_str)
-                    .unwrap_or_default(),
+                unb64(kv["key"].as_str().unwrap_or_default()),
+                kv["value"].as_str().map(unb64).unwrap_or_default(),
             )
         })
         .collect()
@@ -550,30 +471,22 @@ pub fn kv_get_prefix(client_addr: &str, prefix: &str) -> Vec<(String, String)> {
 /// Deletes `key` (or every key under it when `prefix`); returns the new revision.
 #[track_caller]
 pub fn kv_delete(client_addr: &str, key: &str, prefix: bool) -> i64 {
-    let range_end = if prefix {
-        format!(
-            r#","range_end":"{}""#,
-            b64::encode(prefix_end(key.as_bytes()))
-        )
-    } else {
-        String::new()
-    };
-    let body = format!(r#"{{"key":"{}"{range_end}}}"#, b64::encode(key));
-    v3(client_addr, "/v3/kv/deleterange", &body)["header"]["revision"]
-        .as_i64()
-        .expect("revision")
+    let mut body = json!({"key": b64(key)});
+    if prefix {
+        body["range_end"] = json!(b64(prefix_end(key.as_bytes())));
+    }
+    int(&v3(client_addr, "/v3/kv/deleterange", &body)["header"]["revision"]).expect("revision")
 }
 
 /// Grants a lease of `ttl_secs`; returns its id.
 #[track_caller]
 pub fn lease_grant(client_addr: &str, ttl_secs: i64) -> i64 {
-    v3(
+    let v = v3(
         client_addr,
         "/v3/lease/grant",
-        &format!(r#"{{"TTL":"{ttl_secs}"}}"#),
-    )["ID"]
-        .as_i64()
-        .expect("lease ID")
+        &json!({"TTL": ttl_secs.to_string()}),
+    );
+    int(&v["ID"]).expect("lease ID")
 }
 
 /// Revokes a lease (its keys are deleted).
@@ -582,7 +495,7 @@ pub fn lease_revoke(client_addr: &str, id: i64) {
     v3(
         client_addr,
         "/v3/lease/revoke",
-        &format!(r#"{{"ID":"{id}"}}"#),
+        &json!({"ID": id.to_string()}),
     );
 }
 
@@ -592,20 +505,15 @@ pub fn compact(client_addr: &str, revision: i64) {
     v3(
         client_addr,
         "/v3/kv/compaction",
-        &format!(r#"{{"revision":"{revision}","physical":true}}"#),
+        &json!({"revision": revision.to_string(), "physical": true}),
     );
 }
 
 /// The current revision.
 #[track_caller]
 pub fn revision(client_addr: &str) -> i64 {
-    v3(
-        client_addr,
-        "/v3/kv/range",
-        &format!(r#"{{"key":"{}"}}"#, b64::encode("\0")),
-    )["header"]["revision"]
-        .as_i64()
-        .expect("revision")
+    let v = v3(client_addr, "/v3/kv/range", &json!({"key": b64("\0")}));
+    int(&v["header"]["revision"]).expect("revision")
 }
 
 /// The range end that selects every key starting with `prefix`.

@@ -1,18 +1,27 @@
 //! `rewire run` as a daemon against a temp directory catalog, real processes only.
 
-mod project;
-mod support;
-
 use std::time::{Duration, SystemTime};
 
-use project::{Project, SIGHUP, UPSTREAM};
-use support::{TIMEOUT, wait_for};
+use crate::project::{self, Project, UPSTREAM};
+use crate::support::process::SIGHUP;
+use crate::support::{self, TIMEOUT, wait_for};
 
 fn config(p: &Project, extra: &str) -> String {
     format!(
         "{}\n[defaults]\nwait = {{ min = \"0s\", max = \"0s\" }}\n\n[[template]]\nsource = \"web.tera\"\ndestination = \"out/web.conf\"\n{extra}",
         p.control()
     )
+}
+
+/// `rewire run` rendering the web upstream template to out/web.conf (`extra`: more lines for
+/// its `[[template]]`), one instance `a` at 10.0.0.1:80; returns once the first render is
+/// written.
+fn web_daemon(extra: &str) -> (Project, project::Running) {
+    let p = Project::new();
+    p.file("web.tera", UPSTREAM).config(&config(&p, extra));
+    p.instance("web", "a", "10.0.0.1", 80);
+    let r = started(&p);
+    (p, r)
 }
 
 fn started(p: &Project) -> project::Running {
@@ -23,10 +32,7 @@ fn started(p: &Project) -> project::Running {
 
 #[test]
 fn follows_added_removed_and_expired_instances() {
-    let p = Project::new();
-    p.file("web.tera", UPSTREAM).config(&config(&p, ""));
-    p.instance("web", "a", "10.0.0.1", 80);
-    let mut r = started(&p);
+    let (p, mut r) = web_daemon("");
     assert!(p.read("out/web.conf").contains("10.0.0.1:80"));
 
     p.instance("web", "b", "10.0.0.2", 80);
@@ -60,13 +66,9 @@ fn follows_added_removed_and_expired_instances() {
 
 #[test]
 fn failing_check_keeps_the_old_file_and_new_data_tries_again() {
-    let p = Project::new();
-    p.file("web.tera", UPSTREAM).config(&config(
-        &p,
+    let (p, mut r) = web_daemon(
         "check = [\"sh\", \"-c\", \"if grep -q 10.0.0.66 {file}; then echo 'rejected: bad backend' >&2; exit 1; fi\"]\n",
-    ));
-    p.instance("web", "a", "10.0.0.1", 80);
-    let mut r = started(&p);
+    );
     p.instance("web", "bad", "10.0.0.66", 80);
     wait_for("check rejection logged", TIMEOUT, || {
         r.log().contains("rejected: bad backend")
@@ -83,13 +85,9 @@ fn failing_check_keeps_the_old_file_and_new_data_tries_again() {
 
 #[test]
 fn failing_reload_restores_the_previous_file() {
-    let p = Project::new();
-    p.file("web.tera", UPSTREAM).config(&config(
-        &p,
+    let (p, mut r) = web_daemon(
         "reload = [\"sh\", \"-c\", \"echo reloaded >> reloads; if grep -q 10.0.0.66 out/web.conf; then echo 'reload failed: bad upstream' >&2; exit 1; fi\"]\n",
-    ));
-    p.instance("web", "a", "10.0.0.1", 80);
-    let mut r = started(&p);
+    );
     wait_for("first reload", TIMEOUT, || {
         p.read("reloads").lines().count() == 1
     });
@@ -115,13 +113,9 @@ fn failing_reload_restores_the_previous_file() {
 
 #[test]
 fn a_failed_reload_is_tried_again_without_a_catalog_change() {
-    let p = Project::new();
-    p.file("web.tera", UPSTREAM).config(&config(
-        &p,
+    let (p, mut r) = web_daemon(
         "reload = [\"sh\", \"-c\", \"echo x >> reloads; if [ -e down ]; then echo 'program restarting' >&2; exit 1; fi\"]\n",
-    ));
-    p.instance("web", "a", "10.0.0.1", 80);
-    let mut r = started(&p);
+    );
     wait_for("first reload", TIMEOUT, || {
         p.read("reloads").lines().count() == 1
     });
@@ -143,13 +137,7 @@ fn a_failed_reload_is_tried_again_without_a_catalog_change() {
 
 #[test]
 fn a_signal_reload_to_a_program_not_running_keeps_the_new_file() {
-    let p = Project::new();
-    p.file("web.tera", UPSTREAM).config(&config(
-        &p,
-        "reload = { signal = \"HUP\", pidfile = \"app.pid\" }\n",
-    ));
-    p.instance("web", "a", "10.0.0.1", 80);
-    let mut r = started(&p);
+    let (p, mut r) = web_daemon("reload = { signal = \"HUP\", pidfile = \"app.pid\" }\n");
     // No pidfile (the program is not running, as in preStart or while it restarts): the new
     // file stays and the program reads it when it starts.
     p.instance("web", "b", "10.0.0.2", 80);
@@ -271,10 +259,7 @@ fn shipped_templates_pass_real_nginx_and_haproxy_checks() {
 
 #[test]
 fn catalog_directory_deleted_and_recreated() {
-    let p = Project::new();
-    p.file("web.tera", UPSTREAM).config(&config(&p, ""));
-    p.instance("web", "a", "10.0.0.1", 80);
-    let mut r = started(&p);
+    let (p, mut r) = web_daemon("");
     // Moved away in one step: an outage, and the last good file stays.
     std::fs::rename(p.path("catalog"), p.path("catalog.old")).unwrap();
     wait_for("outage logged", TIMEOUT, || {
@@ -300,10 +285,7 @@ fn catalog_directory_deleted_and_recreated() {
 
 #[test]
 fn sighup_with_a_broken_config_keeps_the_old_one_running() {
-    let p = Project::new();
-    p.file("web.tera", UPSTREAM).config(&config(&p, ""));
-    p.instance("web", "a", "10.0.0.1", 80);
-    let mut r = started(&p);
+    let (p, mut r) = web_daemon("");
     let good = std::fs::read_to_string(p.path("rewire.toml")).unwrap();
     p.config(&format!("{good}\nbogus_key = 1\n"));
     r.signal(SIGHUP);
@@ -404,16 +386,11 @@ fn real_nginx_is_reloaded_and_serves_the_new_upstream_set() {
         quoted.join(", "),
     ));
     let get = || {
-        support::http::request(
-            &format!("127.0.0.1:{}", nginx.port()),
-            "GET",
-            "/",
-            &[],
-            None,
-            Duration::from_secs(2),
-        )
-        .map(|resp| String::from_utf8_lossy(&resp.body).into_owned())
-        .unwrap_or_default()
+        support::http::get(&nginx.addr(), "/")
+            .timeout(Duration::from_secs(2))
+            .try_send()
+            .map(|resp| resp.text())
+            .unwrap_or_default()
     };
     assert_eq!(get(), "backend-a\n");
     p.instance("web", "b", "127.0.0.1", pb);

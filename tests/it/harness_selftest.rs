@@ -1,12 +1,13 @@
-//! Checks the test harnesses in tests/support: each real component starts on free ports,
+//! Checks the test harnesses in `support/`: each real component starts on free ports,
 //! answers, and is driven the way the integration tests drive it.
 
-mod support;
-
 use std::time::Duration;
-use support::{
-    Consul, Etcd, EtcdCluster, EtcdGateway, Haproxy, Nginx, TIMEOUT, b64, etcd, http, json,
-    wait_for,
+
+use serde_json::json;
+
+use crate::support::etcd::{b64, unb64};
+use crate::support::{
+    self, Consul, Etcd, EtcdCluster, EtcdGateway, Haproxy, Nginx, TIMEOUT, etcd, http, wait_for,
 };
 
 #[test]
@@ -20,23 +21,24 @@ fn consul_register_and_read_health() {
         "/v1/agent/service/register",
         r#"{"ID":"web-1","Name":"web","Address":"127.0.0.1","Port":8080,"Tags":["a"],
             "Check":{"CheckID":"web-1-ttl","TTL":"30s","Status":"passing"}}"#,
-    );
+    )
+    .send();
     assert_eq!(r.status, 200, "{}", r.text());
     wait_for("web-1 in /v1/health/service/web?passing", TIMEOUT, || {
-        let r = http::get(&a, "/v1/health/service/web?passing");
-        r.status == 200 && json::must_parse(&r.text())[0]["Service"]["ID"].as_str() == Some("web-1")
+        let r = http::get(&a, "/v1/health/service/web?passing").send();
+        r.status == 200 && r.json()[0]["Service"]["ID"] == "web-1"
     });
     let index = consul.index_of("/v1/health/service/web");
     assert!(index > 0);
 
     // A blocking query returns once the index moves (chunked/Content-Length both handled).
     consul.ttl_update("web-1-ttl", "fail", "boom");
-    let r = http::get(&a, &format!("/v1/health/service/web?index={index}&wait=5s"));
+    let r = http::get(&a, &format!("/v1/health/service/web?index={index}&wait=5s")).send();
     assert_eq!(r.status, 200);
     assert!(r.text().contains("boom"), "{}", r.text());
 
     consul.kv_put("rewire/x", "1");
-    assert_eq!(http::get(&a, "/v1/kv/rewire/x?raw").text(), "1");
+    assert_eq!(http::get(&a, "/v1/kv/rewire/x?raw").send().text(), "1");
 }
 
 #[test]
@@ -51,13 +53,13 @@ fn consul_restart_resets_state_on_same_port() {
     assert_eq!(consul.http_addr(), a, "same port after restart");
     assert_ne!(consul.pid().unwrap(), pid);
     assert_eq!(
-        http::get(&a, "/v1/kv/k").status,
+        http::get(&a, "/v1/kv/k").send().status,
         404,
         "-dev state is gone after restart"
     );
     consul.kill();
     assert!(
-        http::try_get(&a, "/v1/status/leader").is_err(),
+        http::get(&a, "/v1/status/leader").try_send().is_err(),
         "agent is down after kill"
     );
 }
@@ -68,14 +70,12 @@ fn consul_with_acl() {
         return;
     };
     let a = consul.http_addr();
-    assert_eq!(http::get(&a, "/v1/acl/token/self").status, 403);
+    assert_eq!(http::get(&a, "/v1/acl/token/self").send().status, 403);
     assert_eq!(
-        http::get_with(
-            &a,
-            "/v1/acl/token/self",
-            &[("X-Consul-Token", "root-token")]
-        )
-        .status,
+        http::get(&a, "/v1/acl/token/self")
+            .header("X-Consul-Token", "root-token")
+            .send()
+            .status,
         200
     );
     // with ACLs on, a missing token hides data rather than failing
@@ -83,7 +83,7 @@ fn consul_with_acl() {
     wait_for("db-1 visible with the token", TIMEOUT, || {
         consul.get("/v1/health/service/db").text().contains("db-1")
     });
-    let anon = http::get(&a, "/v1/health/service/db");
+    let anon = http::get(&a, "/v1/health/service/db").send();
     assert_eq!(
         (anon.status, anon.text().trim().to_string()),
         (200, "[]".to_string())
@@ -97,23 +97,14 @@ fn etcd_put_get_via_json_gateway_and_gateway_proxy() {
     };
     let a = etcd.client_addr();
     // raw JSON gateway call, base64 keys
-    let body = format!(
-        r#"{{"key":"{}","value":"{}"}}"#,
-        b64::encode("/rewire/k"),
-        b64::encode("v1")
-    );
-    let r = http::post(&a, "/v3/kv/put", body);
+    let body = json!({"key": b64("/rewire/k"), "value": b64("v1")});
+    let r = http::post(&a, "/v3/kv/put", body.to_string()).send();
     assert_eq!(r.status, 200, "{}", r.text());
-    let r = http::post(
-        &a,
-        "/v3/kv/range",
-        format!(r#"{{"key":"{}"}}"#, b64::encode("/rewire/k")),
-    );
-    let v = json::must_parse(&r.text());
-    assert_eq!(
-        b64::decode_str(v["kvs"][0]["value"].as_str().unwrap()),
-        "v1"
-    );
+    let body = json!({"key": b64("/rewire/k")});
+    let v = http::post(&a, "/v3/kv/range", body.to_string())
+        .send()
+        .json();
+    assert_eq!(unb64(v["kvs"][0]["value"].as_str().unwrap()), "v1");
 
     let rev = etcd.put("/rewire/a", "x");
     assert!(rev > 1);
@@ -129,16 +120,17 @@ fn etcd_put_get_via_json_gateway_and_gateway_proxy() {
     };
     let g = gw.addr();
     wait_for("value readable through the gateway", TIMEOUT, || {
-        http::try_post(
+        http::post(
             &g,
             "/v3/kv/range",
-            format!(r#"{{"key":"{}"}}"#, b64::encode("/rewire/a")),
+            json!({"key": b64("/rewire/a")}).to_string(),
         )
-        .is_ok_and(|r| r.text().contains(&b64::encode("x")))
+        .try_send()
+        .is_ok_and(|r| r.text().contains(&b64("x")))
     });
     gw.kill();
     assert!(
-        http::try_get(&g, "/health").is_err(),
+        http::get(&g, "/health").try_send().is_err(),
         "gateway down after kill"
     );
     gw.restart();
@@ -207,7 +199,7 @@ fn haproxy_accepts_and_checks_config() {
         Duration::from_secs(5),
     );
     assert!(s.is_ok(), "haproxy accepts TCP");
-    let r = http::get(&haproxy.addr(), "/");
+    let r = http::get(&haproxy.addr(), "/").send();
     assert_eq!((r.status, r.text()), (200, "ok".to_string()));
     let (ok, out) = haproxy.check();
     assert!(ok, "{out}");
@@ -234,7 +226,9 @@ fn haproxy_accepts_and_checks_config() {
         haproxy.log_tail(40)
     );
     wait_for("haproxy serves the reloaded config", TIMEOUT, || {
-        http::try_get(&haproxy.addr(), "/").is_ok_and(|r| r.text() == "v2")
+        http::get(&haproxy.addr(), "/")
+            .try_send()
+            .is_ok_and(|r| r.text() == "v2")
     });
     assert_ne!(haproxy.worker_pids(), before, "new worker after reload");
     assert!(haproxy.master_cli("show proc").unwrap().contains("worker"));
@@ -252,20 +246,16 @@ fn helpers_round_trip() {
         "foobar",
         "/services/web/1",
     ] {
-        assert_eq!(b64::decode_str(&b64::encode(s)), s);
+        assert_eq!(unb64(&b64(s)), s);
     }
-    assert_eq!(b64::encode("foobar"), "Zm9vYmFy");
-    let v = json::must_parse(
-        r#"{"a":[1,{"b":"x\u00e9\n"}],"n":18446744073709551615,"t":true,"z":null}"#,
-    );
-    assert_eq!(v["a"][1]["b"].as_str(), Some("xé\n"));
-    assert_eq!(v["n"].as_u64(), Some(u64::MAX));
-    assert_eq!(v["t"].as_bool(), Some(true));
-    assert!(v["z"].is_null() && v["missing"][3].is_null());
-    assert_eq!(
-        json::must_parse(&json::quote("a\"b\\\n")).as_str(),
-        Some("a\"b\\\n")
-    );
+    assert_eq!(b64("foobar"), "Zm9vYmFy");
+    // The gateway's int64s come as strings, other integers as numbers.
+    let v = json!({"rev": "18446744073709551615", "n": 7, "t": true});
+    assert_eq!(etcd::int::<u64>(&v["rev"]), Some(u64::MAX));
+    assert_eq!(etcd::int::<i64>(&v["n"]), Some(7));
+    assert_eq!(etcd::int::<i64>(&v["t"]), None);
+    assert_eq!(etcd::int::<i64>(&v["missing"][3]), None);
+    assert_eq!(http::segment("service:web 1/x"), "service:web%201%2Fx");
     assert_eq!(etcd::prefix_end(b"/a/"), b"/a0".to_vec());
     assert!(support::poll_until(Duration::from_millis(50), || true));
     assert!(!support::poll_until(Duration::from_millis(30), || false));

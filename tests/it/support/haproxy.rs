@@ -37,13 +37,6 @@ pub fn conf_header() -> String {
         .to_string()
 }
 
-/// Replaces `@PORT@` and `@DIR@`.
-pub fn render(template: &str, port: u16, dir: &Path) -> String {
-    template
-        .replace("@PORT@", &port.to_string())
-        .replace("@DIR@", &dir.display().to_string())
-}
-
 /// `haproxy -c -f FILE`: (ok, output). (false, why) when haproxy is not installed.
 pub fn check_config(path: &Path) -> (bool, String) {
     check_configs(&[path])
@@ -88,7 +81,7 @@ impl Haproxy {
                 false,
             );
         };
-        Some(super::start_with_retries("haproxy", |_| {
+        Some(super::with_retries("starting haproxy", || {
             let mut h = Haproxy {
                 bin: bin.clone(),
                 port: free_port(),
@@ -98,17 +91,6 @@ impl Haproxy {
             h.write_conf(conf_template);
             h.spawn_and_wait().map(|()| h)
         }))
-    }
-
-    #[track_caller]
-    pub fn start(body: &str) -> Haproxy {
-        Self::try_start(body).expect("haproxy is not available")
-    }
-
-    /// Starts with [`DEFAULT_FRONTEND`].
-    #[track_caller]
-    pub fn start_default() -> Haproxy {
-        Self::start(DEFAULT_FRONTEND)
     }
 
     fn spawn_and_wait(&mut self) -> Result<(), String> {
@@ -121,25 +103,18 @@ impl Haproxy {
             .arg("-p")
             .arg(self.pidfile())
             .current_dir(self.dir.path());
-        let mut d = Daemon::spawn("haproxy", cmd, &self.log_path())
-            .map_err(|e| format!("spawn {}: {e}", self.bin.display()))?;
         let port = self.port;
-        let res = d.wait_ready(READY_TIMEOUT, || port_open(port));
-        self.daemon = Some(d);
-        if res.is_err() {
-            self.kill();
-        }
-        res
+        let daemon = Daemon::start("haproxy", cmd, &self.log_path(), READY_TIMEOUT, || {
+            port_open(port)
+        })?;
+        self.daemon = Some(daemon);
+        Ok(())
     }
 
-    /// Renders `template` for this instance.
-    pub fn render(&self, template: &str) -> String {
-        render(template, self.port, self.dir())
-    }
-
-    /// Renders `template` and writes it to [`Haproxy::cfg_path`] (does not reload).
+    /// Fills in `template`'s placeholders and writes it to [`Haproxy::cfg_path`] (does not
+    /// reload).
     pub fn write_conf(&self, template: &str) {
-        std::fs::write(self.cfg_path(), self.render(template)).expect("write haproxy.cfg");
+        super::write_conf(&self.cfg_path(), template, self.port, self.dir());
     }
 
     /// `haproxy -c -f` on the current config.
@@ -198,10 +173,6 @@ impl Haproxy {
         super::poll_until(timeout, || self.reload_count().is_some_and(|n| n > before))
     }
 
-    pub fn port(&self) -> u16 {
-        self.port
-    }
-
     /// "127.0.0.1:PORT".
     pub fn addr(&self) -> String {
         addr(self.port)
@@ -246,10 +217,6 @@ impl Haproxy {
             .as_ref()
             .map(|d| process::children(d.pid()))
             .unwrap_or_default()
-    }
-
-    pub fn is_running(&mut self) -> bool {
-        self.daemon.as_mut().is_some_and(Daemon::is_running)
     }
 
     /// SIGKILLs master and workers. Idempotent.

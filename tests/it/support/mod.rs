@@ -2,21 +2,18 @@
 //! free loopback ports with temp dirs, killed (by PID / process group) when the harness value is
 //! dropped, even when the test panics.
 //!
-//! Every `tests/*.rs` file does `mod support;` and uses a subset, hence the blanket allows.
-//! Only std + `tempfile` are used here.
+//! Built once, as a module of the one integration-test binary (`tests/it/main.rs`); the
+//! reaction benchmark includes it too (`benches/reaction.rs`). HTTP goes through reqwest ([`http`]), JSON through serde_json, base64 through base64.
 //!
 //! Skipping: `Consul::try_start()` & co. return `None` (after a loud `SKIPPED:` line on stderr)
 //! when the component's binary is missing, unless `REWIRE_REQUIRE_COMPONENTS=1` (set by
 //! `scripts/test` under `CI=true`), in which case they panic. `REWIRE_SKIP_CONSUL=1` (set by
 //! `scripts/test` when the Debian archive holding Consul was unreachable) always skips Consul.
-#![allow(dead_code, unused_imports, unused_macros)]
 
-pub mod b64;
 pub mod consul;
 pub mod etcd;
 pub mod haproxy;
 pub mod http;
-pub mod json;
 pub mod nginx;
 pub mod ports;
 pub mod process;
@@ -59,6 +56,20 @@ pub fn wait_for(desc: &str, timeout: Duration, f: impl FnMut() -> bool) {
     if !poll_until(timeout, f) {
         panic!("timed out after {timeout:?} waiting for: {desc}");
     }
+}
+
+/// Logs of the library under test (the Consul and etcd tests drive it in this process),
+/// captured per test and shown for a failing one: `REWIRE_TEST_LOG=rewire=debug` (else
+/// `RUST_LOG`) sets the filter, errors only by default. The first call installs the subscriber.
+pub fn logs() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("REWIRE_TEST_LOG")
+        .or_else(|_| EnvFilter::try_from_default_env())
+        .unwrap_or_else(|_| EnvFilter::new("error"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_test_writer()
+        .try_init();
 }
 
 /// Generous default timeout for real-time waits in tests (2 busy cores).
@@ -137,32 +148,41 @@ fn is_executable(p: &Path) -> bool {
         .unwrap_or(false)
 }
 
-/// Number of attempts (fresh ports each time) a harness makes to start its daemon(s).
+/// How many times a harness tries to start (or restart) its daemon(s).
 pub const START_ATTEMPTS: u32 = 3;
 
 /// Runs `attempt` up to [`START_ATTEMPTS`] times; an attempt returns `Err(report)` when the
-/// daemon exited early or did not become ready (it must clean up after itself, e.g. by dropping
-/// its harness). Panics with the last report when every attempt failed.
+/// daemon exited early or did not become ready (dropping its [`process::Daemon`] killed it).
+/// Panics with the last report when every attempt failed. A start picks fresh ports on each
+/// attempt (a port from binding :0 can be taken before the daemon binds it); a restart keeps
+/// its ports, so only a slow or unlucky start is retried.
 #[track_caller]
-pub fn start_with_retries<T>(what: &str, mut attempt: impl FnMut(u32) -> Result<T, String>) -> T {
-    let mut reports = Vec::new();
+pub fn with_retries<T>(what: &str, mut attempt: impl FnMut() -> Result<T, String>) -> T {
+    let mut last = String::new();
     for n in 1..=START_ATTEMPTS {
-        match attempt(n) {
+        match attempt() {
             Ok(v) => return v,
             Err(report) => {
                 if n < START_ATTEMPTS {
                     eprintln!(
-                        "support: starting {what} failed (attempt {n}/{START_ATTEMPTS}), retrying on new ports"
+                        "support: {what} failed (attempt {n}/{START_ATTEMPTS}), trying again"
                     );
                 }
-                reports.push(report);
+                last = report;
             }
         }
     }
-    panic!(
-        "could not start {what} after {START_ATTEMPTS} attempts; last attempt:\n{}",
-        reports.pop().unwrap_or_default()
-    );
+    panic!("{what} failed {START_ATTEMPTS} times; the last attempt:\n{last}");
+}
+
+/// Writes a config template for nginx or haproxy to `path`, with `@PORT@` replaced by `port`
+/// and `@DIR@` by the harness's temp dir.
+#[track_caller]
+pub fn write_conf(path: &Path, template: &str, port: u16, dir: &Path) {
+    let conf = template
+        .replace("@PORT@", &port.to_string())
+        .replace("@DIR@", &dir.display().to_string());
+    std::fs::write(path, conf).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
 }
 
 /// A unique-ish token for names (temp dirs under /dev/shm, cluster tokens).

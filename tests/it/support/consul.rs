@@ -89,7 +89,7 @@ impl Consul {
             );
         };
         let extra: Vec<String> = extra_hcl.iter().map(|s| s.to_string()).collect();
-        Some(super::start_with_retries("consul agent -dev", |_| {
+        Some(super::with_retries("starting consul agent -dev", || {
             let mut c = Consul {
                 bin: bin.clone(),
                 ports: ConsulPorts::pick(),
@@ -100,18 +100,6 @@ impl Consul {
             };
             c.spawn_and_wait().map(|()| c)
         }))
-    }
-
-    /// Starts a dev agent; panics when Consul is unavailable (prefer `try_start` in tests).
-    #[track_caller]
-    pub fn start() -> Consul {
-        Self::try_start().expect("consul is not available")
-    }
-
-    /// Starts a dev agent with ACLs (see [`Consul::try_start_with_acl`]); panics when unavailable.
-    #[track_caller]
-    pub fn start_with_acl(master_token: &str) -> Consul {
-        Self::try_start_with_acl(master_token).expect("consul is not available")
     }
 
     fn args(&self) -> Vec<String> {
@@ -159,16 +147,9 @@ impl Consul {
         let mut cmd = Command::new(&self.bin);
         cmd.args(self.args()).current_dir(self.dir.path());
         let log = self.log_path();
-        let mut d = Daemon::spawn("consul", cmd, &log)
-            .map_err(|e| format!("spawn {}: {e}", self.bin.display()))?;
-        let http_addr = self.http_addr();
-        let token = self.acl_master.clone();
-        let res = d.wait_ready(READY_TIMEOUT, || ready(&http_addr, token.as_deref()));
-        self.daemon = Some(d);
-        if res.is_err() {
-            self.kill();
-        }
-        res
+        let daemon = Daemon::start("consul", cmd, &log, READY_TIMEOUT, || self.ready())?;
+        self.daemon = Some(daemon);
+        Ok(())
     }
 
     /// "127.0.0.1:PORT" of the HTTP API (what `CONSUL_HTTP_ADDR` takes).
@@ -181,20 +162,6 @@ impl Consul {
         format!("http://{}", self.http_addr())
     }
 
-    pub fn ports(&self) -> ConsulPorts {
-        self.ports
-    }
-
-    /// The ACL master token, when started with ACLs.
-    pub fn token(&self) -> Option<&str> {
-        self.acl_master.as_deref()
-    }
-
-    /// The harness's temp dir (holds `consul.log` and `data/`).
-    pub fn dir(&self) -> &Path {
-        self.dir.path()
-    }
-
     pub fn data_dir(&self) -> PathBuf {
         self.dir.path().join("data")
     }
@@ -203,17 +170,9 @@ impl Consul {
         self.dir.path().join("consul.log")
     }
 
-    pub fn log_tail(&self, n: usize) -> String {
-        super::process::tail(&self.log_path(), n)
-    }
-
     /// PID of the running agent.
     pub fn pid(&self) -> Option<u32> {
         self.daemon.as_ref().map(Daemon::pid)
-    }
-
-    pub fn is_running(&mut self) -> bool {
-        self.daemon.as_mut().is_some_and(Daemon::is_running)
     }
 
     /// SIGKILLs the agent (no graceful leave). Idempotent.
@@ -229,42 +188,61 @@ impl Consul {
     #[track_caller]
     pub fn restart(&mut self) {
         self.kill();
-        let mut last = String::new();
-        for _ in 0..super::START_ATTEMPTS {
-            match self.spawn_and_wait() {
-                Ok(()) => return,
-                Err(report) => last = report,
-            }
-        }
-        panic!("consul did not come back after restart:\n{last}");
+        super::with_retries("restarting consul", || self.spawn_and_wait());
     }
 
-    fn headers(&self) -> Vec<(&str, &str)> {
-        self.acl_master
-            .as_deref()
-            .map(|t| ("X-Consul-Token", t))
-            .into_iter()
-            .collect()
+    /// Readiness: a leader is known (a non-empty JSON string), the agent's node is in the
+    /// catalog, and with ACLs the master token resolves.
+    fn ready(&self) -> bool {
+        let get = |path: &str, authorized: bool| {
+            let request = http::get(&self.http_addr(), path).timeout(Duration::from_secs(2));
+            let request = if authorized {
+                self.authorized(request)
+            } else {
+                request
+            };
+            request.try_send().ok().filter(|r| r.status == 200)
+        };
+        let leader = get("/v1/status/leader", false)
+            .and_then(|r| serde_json::from_slice::<String>(&r.body).ok())
+            .unwrap_or_default();
+        if leader.is_empty() {
+            return false;
+        }
+        if self.acl_master.is_some() && get("/v1/acl/token/self", true).is_none() {
+            return false;
+        }
+        get("/v1/catalog/nodes", true).is_some_and(|r| {
+            serde_json::from_slice::<Vec<serde_json::Value>>(&r.body)
+                .is_ok_and(|nodes| nodes.iter().any(|n| n.get("Node").is_some()))
+        })
+    }
+
+    /// A request to the agent, with the master token when ACLs are on.
+    fn authorized(&self, request: http::Request) -> http::Request {
+        match &self.acl_master {
+            Some(token) => request.header("X-Consul-Token", token),
+            None => request,
+        }
     }
 
     /// GET against the agent (with the master token when ACLs are on); panics on I/O errors.
     #[track_caller]
     pub fn get(&self, path: &str) -> Response {
-        http::get_with(&self.http_addr(), path, &self.headers())
+        self.authorized(http::get(&self.http_addr(), path)).send()
     }
 
     /// PUT against the agent (with the master token when ACLs are on); panics on I/O errors.
     #[track_caller]
     pub fn put(&self, path: &str, body: impl AsRef<[u8]>) -> Response {
-        http::put_with(&self.http_addr(), path, &self.headers(), body)
+        self.authorized(http::put(&self.http_addr(), path, body))
+            .send()
     }
 
     /// PUT that must answer 200; returns the body.
     #[track_caller]
     pub fn put_ok(&self, path: &str, body: impl AsRef<[u8]>) -> String {
-        let r = self.put(path, body);
-        assert_eq!(r.status, 200, "PUT {path} -> {} {}", r.status, r.text());
-        r.text()
+        ok(self.put(path, body), "PUT", path)
     }
 
     /// Registers a service with the agent (`/v1/agent/service/register`, JSON body).
@@ -277,7 +255,7 @@ impl Consul {
     #[track_caller]
     pub fn deregister_service(&self, id: &str) {
         self.put_ok(
-            &format!("/v1/agent/service/deregister/{}", http::urlencode(id)),
+            &format!("/v1/agent/service/deregister/{}", http::segment(id)),
             "",
         );
     }
@@ -285,14 +263,9 @@ impl Consul {
     /// Sets a TTL check's status: `status` is "pass", "warn" or "fail".
     #[track_caller]
     pub fn ttl_update(&self, check_id: &str, status: &str, output: &str) {
-        self.put_ok(
-            &format!(
-                "/v1/agent/check/{status}/{}?note={}",
-                http::urlencode(check_id),
-                http::urlencode(output)
-            ),
-            "",
-        );
+        let path = format!("/v1/agent/check/{status}/{}", http::segment(check_id));
+        let request = http::put(&self.http_addr(), &path, "").query(&[("note", output)]);
+        ok(self.authorized(request).send(), "PUT", &path);
     }
 
     /// Writes a KV pair.
@@ -306,22 +279,11 @@ impl Consul {
     #[track_caller]
     pub fn kv_delete(&self, key: &str, recurse: bool) {
         let q = if recurse { "?recurse" } else { "" };
-        let r = http::request(
-            &self.http_addr(),
-            "DELETE",
-            &format!("/v1/kv/{key}{q}"),
-            &self.headers(),
-            None,
-            http::DEFAULT_TIMEOUT,
-        )
-        .expect("KV delete");
-        assert_eq!(
-            r.status,
-            200,
-            "KV delete {key} -> {} {}",
-            r.status,
-            r.text()
-        );
+        let path = format!("/v1/kv/{key}{q}");
+        let r = self
+            .authorized(http::delete(&self.http_addr(), &path))
+            .send();
+        ok(r, "DELETE", &path);
     }
 
     /// `X-Consul-Index` of a GET (panics when absent).
@@ -334,29 +296,17 @@ impl Consul {
     }
 }
 
-/// Readiness: a leader is known (non-empty quoted string), the agent's node is in the catalog,
-/// and with ACLs the master token resolves.
-fn ready(http_addr: &str, token: Option<&str>) -> bool {
-    let t = Duration::from_secs(2);
-    let leader = match http::request(http_addr, "GET", "/v1/status/leader", &[], None, t) {
-        Ok(r) if r.status == 200 => r.text(),
-        _ => return false,
-    };
-    let leader = leader.trim();
-    if leader.len() <= 2 || !leader.starts_with('"') {
-        return false;
-    }
-    let headers: Vec<(&str, &str)> = token.map(|t| ("X-Consul-Token", t)).into_iter().collect();
-    if token.is_some() {
-        match http::request(http_addr, "GET", "/v1/acl/token/self", &headers, None, t) {
-            Ok(r) if r.status == 200 => {}
-            _ => return false,
-        }
-    }
-    match http::request(http_addr, "GET", "/v1/catalog/nodes", &headers, None, t) {
-        Ok(r) if r.status == 200 => r.text().contains("\"Node\""),
-        _ => false,
-    }
+/// The body of a 200 answer; panics with the status and body otherwise.
+#[track_caller]
+fn ok(r: Response, method: &str, path: &str) -> String {
+    assert_eq!(
+        r.status,
+        200,
+        "{method} {path} -> {} {}",
+        r.status,
+        r.text()
+    );
+    r.text()
 }
 
 impl Drop for Consul {

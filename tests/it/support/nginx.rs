@@ -1,8 +1,8 @@
 //! A real nginx (Debian's nginx-light) in the foreground (`daemon off;` in the config), master +
 //! 1 worker, everything (pid file, error log, temp paths) in its temp dir, on a free port.
 //!
-//! Config templates use two placeholders, replaced by [`render`]: `@PORT@` (the free port) and
-//! `@DIR@` (the harness's temp dir). Compose full configs as
+//! Config templates use two placeholders, replaced by [`Nginx::write_conf`]: `@PORT@` (the
+//! free port) and `@DIR@` (the harness's temp dir). Compose full configs as
 //! `conf_header() + servers + conf_footer()`; every config must keep the `pid @DIR@/nginx.pid;`
 //! line of the header so `nginx -s reload` (with [`Nginx::cli_args`]) finds the master.
 
@@ -60,13 +60,6 @@ pub fn conf_footer() -> &'static str {
     "}\n"
 }
 
-/// Replaces `@PORT@` and `@DIR@`.
-pub fn render(template: &str, port: u16, dir: &Path) -> String {
-    template
-        .replace("@PORT@", &port.to_string())
-        .replace("@DIR@", &dir.display().to_string())
-}
-
 pub struct Nginx {
     bin: PathBuf,
     port: u16,
@@ -93,7 +86,7 @@ impl Nginx {
                 false,
             );
         };
-        Some(super::start_with_retries("nginx", |_| {
+        Some(super::with_retries("starting nginx", || {
             let mut n = Nginx {
                 bin: bin.clone(),
                 port: free_port(),
@@ -105,32 +98,19 @@ impl Nginx {
         }))
     }
 
-    /// [`Nginx::try_start`], panicking when nginx is unavailable.
-    #[track_caller]
-    pub fn start(http_body: &str) -> Nginx {
-        Self::try_start(http_body).expect("nginx is not available")
-    }
-
-    /// Starts with [`DEFAULT_SERVER`].
-    #[track_caller]
-    pub fn start_default() -> Nginx {
-        Self::start(DEFAULT_SERVER)
-    }
-
     fn spawn_and_wait(&mut self) -> Result<(), String> {
         let mut cmd = Command::new(&self.bin);
         cmd.args(self.cli_args()).current_dir(self.dir.path());
-        let mut d = Daemon::spawn("nginx", cmd, &self.error_log())
-            .map_err(|e| format!("spawn {}: {e}", self.bin.display()))?;
-        let a = self.addr();
-        let res = d.wait_ready(READY_TIMEOUT, || {
-            super::http::request(&a, "GET", "/", &[], None, Duration::from_secs(2)).is_ok()
-        });
-        self.daemon = Some(d);
-        if res.is_err() {
-            self.kill();
-        }
-        res
+        let addr = self.addr();
+        let answers = || {
+            super::http::get(&addr, "/")
+                .timeout(Duration::from_secs(2))
+                .try_send()
+                .is_ok()
+        };
+        let daemon = Daemon::start("nginx", cmd, &self.error_log(), READY_TIMEOUT, answers)?;
+        self.daemon = Some(daemon);
+        Ok(())
     }
 
     /// `-p DIR/ -e DIR/error.log -c DIR/nginx.conf`: append `-t` or `-s reload` to check or reload.
@@ -145,14 +125,10 @@ impl Nginx {
         ]
     }
 
-    /// Renders `template` for this instance (its port and dir).
-    pub fn render(&self, template: &str) -> String {
-        render(template, self.port, self.dir())
-    }
-
-    /// Renders `template` and writes it to [`Nginx::conf_path`] (does not reload).
+    /// Fills in `template`'s placeholders and writes it to [`Nginx::conf_path`] (does not
+    /// reload).
     pub fn write_conf(&self, template: &str) {
-        std::fs::write(self.conf_path(), self.render(template)).expect("write nginx.conf");
+        super::write_conf(&self.conf_path(), template, self.port, self.dir());
     }
 
     /// `nginx -t` on the current config: (ok, output).
@@ -169,17 +145,9 @@ impl Nginx {
         )
     }
 
-    pub fn port(&self) -> u16 {
-        self.port
-    }
-
     /// "127.0.0.1:PORT".
     pub fn addr(&self) -> String {
         addr(self.port)
-    }
-
-    pub fn url(&self) -> String {
-        format!("http://{}", self.addr())
     }
 
     pub fn dir(&self) -> &Path {
@@ -199,10 +167,6 @@ impl Nginx {
         self.dir().join("error.log")
     }
 
-    pub fn log_tail(&self, n: usize) -> String {
-        process::tail(&self.error_log(), n)
-    }
-
     /// The master's PID (the process the harness started; also what the pid file holds).
     pub fn master_pid(&self) -> u32 {
         self.daemon
@@ -219,14 +183,10 @@ impl Nginx {
             .unwrap_or_default()
     }
 
-    pub fn is_running(&mut self) -> bool {
-        self.daemon.as_mut().is_some_and(Daemon::is_running)
-    }
-
     /// GET `path` on this nginx: (status, body). Panics on I/O errors.
     #[track_caller]
     pub fn get(&self, path: &str) -> (u16, String) {
-        let r = super::http::get(&self.addr(), path);
+        let r = super::http::get(&self.addr(), path).send();
         (r.status, r.text())
     }
 

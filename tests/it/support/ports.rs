@@ -21,11 +21,6 @@ pub fn free_port_tcp_udp() -> u16 {
     pick(true)
 }
 
-/// `n` distinct free TCP ports.
-pub fn free_ports(n: usize) -> Vec<u16> {
-    (0..n).map(|_| free_port()).collect()
-}
-
 fn pick(udp_too: bool) -> u16 {
     for _ in 0..200 {
         let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind 127.0.0.1:0");

@@ -5,7 +5,7 @@
 //! background runtime, while the test thread writes to etcd over plain HTTP and polls the
 //! store's snapshot.
 
-mod support;
+use crate::support;
 
 use std::collections::BTreeSet;
 use std::io::{Read, Write};
@@ -19,7 +19,7 @@ use rewire::catalog::{Catalog, CatalogError, Data, Instance, Query, Registration
 use rewire::config::{Backend, CatalogConfig, EtcdSettings, Retry, Secret};
 use rewire::store::{Health, Store};
 use support::etcd::{self as etcd_api, Etcd, EtcdCluster, EtcdGateway};
-use support::{TIMEOUT, b64, http, poll_until, wait_for};
+use support::{TIMEOUT, http, poll_until, wait_for};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
@@ -66,17 +66,9 @@ struct Watching {
     stop: CancellationToken,
 }
 
-/// `REWIRE_TEST_LOG=rewire=debug cargo test --test etcd -- --nocapture` shows the backend's log.
-fn init_logs() {
-    let _ = tracing_subscriber::fmt()
-        .with_test_writer()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_env("REWIRE_TEST_LOG"))
-        .try_init();
-}
-
 impl Watching {
     fn start(settings: EtcdSettings, block_wait: Duration, queries: &[Query]) -> Watching {
-        init_logs();
+        support::logs();
         let cfg = catalog_config(&settings, block_wait);
         let catalog = Arc::new(EtcdCatalog::new(&settings, &cfg).expect("valid etcd settings"));
         let rt = tokio::runtime::Builder::new_multi_thread()
@@ -168,12 +160,7 @@ fn registration(id: &str, port: u16, ttl: Duration) -> Registration {
 
 /// The lease a key is attached to (0 = none or no key).
 fn lease_of(client_addr: &str, key: &str) -> i64 {
-    let v = etcd_api::v3(
-        client_addr,
-        "/v3/kv/range",
-        &format!(r#"{{"key":"{}"}}"#, b64::encode(key)),
-    );
-    v["kvs"][0]["lease"].as_i64().unwrap_or(0)
+    etcd_api::int(&etcd_api::kv_range(client_addr, key)["lease"]).unwrap_or(0)
 }
 
 #[test]
@@ -401,22 +388,13 @@ fn keepalive_on_a_lost_lease_registers_again() {
 /// Puts `key` through any running member, retrying others (a write in flight when the leader
 /// dies hangs or fails).
 fn put_anywhere(cluster: &EtcdCluster, alive: &[usize], key: &str, value: &str) {
-    let body = format!(
-        r#"{{"key":"{}","value":"{}"}}"#,
-        b64::encode(key),
-        b64::encode(value)
-    );
+    let body = etcd_api::put_request(key, value).to_string();
     let ok = poll_until(TIMEOUT, || {
         alive.iter().any(|&i| {
-            http::request(
-                &cluster.client_addr(i),
-                "POST",
-                "/v3/kv/put",
-                &[],
-                Some(body.as_bytes()),
-                Duration::from_secs(2),
-            )
-            .is_ok_and(|r| r.status == 200)
+            http::post(&cluster.client_addr(i), "/v3/kv/put", &body)
+                .timeout(Duration::from_secs(2))
+                .try_send()
+                .is_ok_and(|r| r.status == 200)
         })
     });
     assert!(ok, "could not put {key} on any member");
@@ -572,24 +550,15 @@ fn a_thousand_instances_then_single_changes() {
     let a = etcd.client_addr();
     // One transaction per 100 puts keeps the setup quick.
     for chunk in 0..10 {
-        let ops: Vec<String> = (chunk * 100..chunk * 100 + 100)
+        let ops: Vec<serde_json::Value> = (chunk * 100..chunk * 100 + 100)
             .map(|n| {
-                format!(
-                    r#"{{"request_put":{{"key":"{}","value":"{}"}}}}"#,
-                    b64::encode(service_key("big", &format!("i{n:04}"))),
-                    b64::encode(instance_json(
-                        &format!("10.1.{}.{}", n / 200, n % 200 + 1),
-                        8000,
-                        "passing"
-                    ))
-                )
+                let key = service_key("big", &format!("i{n:04}"));
+                let addr = format!("10.1.{}.{}", n / 200, n % 200 + 1);
+                let put = etcd_api::put_request(&key, &instance_json(&addr, 8000, "passing"));
+                serde_json::json!({ "request_put": put })
             })
             .collect();
-        etcd_api::v3(
-            &a,
-            "/v3/kv/txn",
-            &format!(r#"{{"success":[{}]}}"#, ops.join(",")),
-        );
+        etcd_api::v3(&a, "/v3/kv/txn", &serde_json::json!({ "success": ops }));
     }
     let q = Query::Service("big".into());
     let w = Watching::start(
@@ -666,46 +635,27 @@ fn auth_token_is_used_and_renewed_when_invalidated() {
         return;
     };
     let a = etcd.client_addr();
-    etcd_api::v3(
-        &a,
-        "/v3/auth/user/add",
-        r#"{"name":"root","password":"rootpw"}"#,
-    );
+    let root = serde_json::json!({"name": "root", "password": "rootpw"});
+    etcd_api::v3(&a, "/v3/auth/user/add", &root);
     etcd_api::v3(
         &a,
         "/v3/auth/user/grant",
-        r#"{"user":"root","role":"root"}"#,
+        &serde_json::json!({"user": "root", "role": "root"}),
     );
-    etcd_api::v3(&a, "/v3/auth/enable", "{}");
+    etcd_api::v3(&a, "/v3/auth/enable", &serde_json::json!({}));
     let token = || {
-        let v = etcd_api::v3(
-            &a,
-            "/v3/auth/authenticate",
-            r#"{"name":"root","password":"rootpw"}"#,
-        );
+        let v = etcd_api::v3(&a, "/v3/auth/authenticate", &root);
         v["token"].as_str().expect("token").to_string()
     };
-    let as_root = |path: &str, body: String| {
-        let r = http::post_with(&a, path, &[("Authorization", &token())], body);
+    let as_root = |path: &str, body: serde_json::Value| {
+        let r = http::post(&a, path, body.to_string())
+            .header("Authorization", &token())
+            .send();
         assert_eq!(r.status, 200, "{path}: {}", r.text());
     };
-    let put = |key: &str, value: &str| {
-        as_root(
-            "/v3/kv/put",
-            format!(
-                r#"{{"key":"{}","value":"{}"}}"#,
-                b64::encode(key),
-                b64::encode(value)
-            ),
-        );
-    };
+    let put = |key: &str, value: &str| as_root("/v3/kv/put", etcd_api::put_request(key, value));
     // Setting the password again invalidates every token the user holds.
-    let invalidate_tokens = || {
-        as_root(
-            "/v3/auth/user/changepw",
-            r#"{"name":"root","password":"rootpw"}"#.into(),
-        );
-    };
+    let invalidate_tokens = || as_root("/v3/auth/user/changepw", root.clone());
 
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -970,12 +920,7 @@ fn tls_with_client_certificates_and_server_name() {
     let (port, peer) = (support::free_port(), support::free_port());
     let client_url = format!("https://127.0.0.1:{port}");
     let peer_url = format!("http://127.0.0.1:{peer}");
-    let mut cmd = std::process::Command::new(bin);
-    for (k, _) in std::env::vars_os() {
-        if k.to_string_lossy().starts_with("ETCD") {
-            cmd.env_remove(k);
-        }
-    }
+    let mut cmd = etcd_api::etcd_command(&bin);
     cmd.arg("--data-dir")
         .arg(data.path())
         .args([

@@ -1,11 +1,9 @@
 //! `rewire render`, `diff` and `check` through the real binary, on temp dirs.
 
-mod project;
-
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::time::Duration;
 
-use project::{Project, UPSTREAM, code, stderr, stdout};
+use crate::project::{Project, UPSTREAM, code, stderr, stdout};
 
 fn basic() -> Project {
     let p = Project::new();
@@ -173,7 +171,7 @@ fn check_reports_template_syntax_errors_with_file_and_line() {
 fn check_accepts_the_design_sketch_and_the_shipped_examples() {
     let p = Project::new();
     p.file("templates/nginx.conf.tera", "x")
-        .config(include_str!("data/design-sketch.toml"));
+        .config(include_str!("../data/design-sketch.toml"));
     let o = p.rewire(&["check"]);
     assert_eq!(code(&o), 0, "{}", stderr(&o));
     let root = env!("CARGO_MANIFEST_DIR");

@@ -1,9 +1,10 @@
 //! A temp-dir builder for integration tests: a rewire.toml, templates and a dir catalog,
 //! and the real `rewire` binary run against them.
-#![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+
+use crate::support::process;
 
 #[must_use]
 pub struct Project {
@@ -59,10 +60,6 @@ impl Project {
     pub fn remove_instance(&self, service: &str, id: &str) -> &Project {
         std::fs::remove_file(self.path(&format!("catalog/services/{service}/{id}.json"))).unwrap();
         self
-    }
-
-    pub fn kv(&self, key: &str, value: &str) -> &Project {
-        self.file(&format!("catalog/kv/{key}"), value)
     }
 
     pub fn read(&self, rel: &str) -> String {
@@ -136,15 +133,13 @@ impl Running {
     }
 
     pub fn signal(&self, sig: i32) {
-        // SAFETY: kill(2) on our own child's pid.
-        unsafe {
-            libc_kill(self.child.id() as i32, sig);
-        }
+        // Our own child: a zombie still takes signals, so this fails only once it is reaped.
+        let _ = process::signal(self.child.id() as i32, sig);
     }
 
     /// Sends SIGTERM and waits for the exit status (SIGKILL after 20 s).
     pub fn stop(&mut self) -> Option<i32> {
-        self.signal(15);
+        self.signal(process::SIGTERM);
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
         while std::time::Instant::now() < deadline {
             if let Ok(Some(status)) = self.child.try_wait() {
@@ -166,11 +161,3 @@ impl Drop for Running {
         }
     }
 }
-
-unsafe extern "C" {
-    #[link_name = "kill"]
-    fn libc_kill(pid: i32, sig: i32) -> i32;
-}
-
-pub const SIGHUP: i32 = 1;
-pub const SIGTERM: i32 = 15;

@@ -5,16 +5,13 @@
 //! The main process is a tiny HTTP server (`tests/fixtures/supervision/server.py`) that records
 //! what it sees when SIGTERM arrives.
 
-mod project;
-mod support;
-
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus};
 use std::time::{Duration, Instant};
 
-use project::Project;
-use support::free_port;
-use support::process::{self as proc_, Daemon, SIGHUP, SIGKILL, SIGTERM, SIGUSR1};
+use crate::project::{self, Project};
+use crate::support::process::{self as proc_, Daemon, SIGHUP, SIGKILL, SIGTERM, SIGUSR1};
+use crate::support::{self, free_port};
 
 /// How long any expected state may take to appear (2 busy cores).
 const DEADLINE: Duration = Duration::from_secs(20);
@@ -92,6 +89,17 @@ fn server_exec(p: &Project, port: u16, env: &[(&str, &str)]) -> String {
     format!("[{}]", argv.join(", "))
 }
 
+/// A config whose main is the server on `port` (`main_env`: its extra environment), registered
+/// as service `web` ([`web_service`]); `main_extra` adds lines to `[main]`.
+fn web_app(p: &Project, port: u16, main_env: &[(&str, &str)], main_extra: &str) -> String {
+    format!(
+        "{}{}[main]\nexec = {}\n{main_extra}",
+        preamble(p),
+        web_service(port),
+        server_exec(p, port, main_env)
+    )
+}
+
 fn catalog_file(p: &Project) -> PathBuf {
     p.path("catalog/services/web/web-test.json")
 }
@@ -99,6 +107,11 @@ fn catalog_file(p: &Project) -> PathBuf {
 fn catalog_entry(p: &Project) -> Option<serde_json::Value> {
     let text = std::fs::read_to_string(catalog_file(p)).ok()?;
     serde_json::from_str(&text).ok()
+}
+
+/// True when web-test's catalog file exists and its status is `status`.
+fn registration_is(p: &Project, status: &str) -> bool {
+    catalog_entry(p).is_some_and(|e| e["status"] == status)
 }
 
 fn lines(path: &Path) -> Vec<String> {
@@ -190,15 +203,7 @@ impl Drop for Rewire {
 }
 
 fn alive(pid: i32) -> bool {
-    // A zombie still answers kill(0); look at its state too.
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-        return false;
-    };
-    let state = stat
-        .rsplit_once(')')
-        .and_then(|(_, rest)| rest.split_whitespace().next())
-        .unwrap_or("?");
-    state != "Z"
+    proc_::running(pid as u32)
 }
 
 #[test]
@@ -206,12 +211,7 @@ fn registration_appears_only_after_the_first_pass_and_a_failing_check_is_critica
     let p = Project::new();
     let port = free_port();
     p.file("sick", "");
-    p.config(&format!(
-        "{}{}[main]\nexec = {}\nstop_timeout = \"5s\"\n",
-        preamble(&p),
-        web_service(port),
-        server_exec(&p, port, &[])
-    ));
+    p.config(&web_app(&p, port, &[], "stop_timeout = \"5s\"\n"));
     let mut rw = Rewire::start(&p, &[]);
     let health_log = p.path("health.log");
     rw.wait_for("three failing health checks", || {
@@ -224,9 +224,7 @@ fn registration_appears_only_after_the_first_pass_and_a_failing_check_is_critica
     );
 
     std::fs::remove_file(p.path("sick")).unwrap();
-    rw.wait_for("a passing registration", || {
-        catalog_entry(&p).is_some_and(|e| e["status"] == "passing")
-    });
+    rw.wait_for("a passing registration", || registration_is(&p, "passing"));
     let e = catalog_entry(&p).unwrap();
     assert_eq!(e["address"], "127.0.0.1");
     assert_eq!(e["port"], port);
@@ -237,7 +235,7 @@ fn registration_appears_only_after_the_first_pass_and_a_failing_check_is_critica
     p.file("sick", "");
     let failed_at = Instant::now();
     rw.wait_for("the registration turning critical", || {
-        catalog_entry(&p).is_some_and(|e| e["status"] == "critical")
+        registration_is(&p, "critical")
     });
     assert!(failed_at.elapsed() < Duration::from_secs(30));
     let notes = catalog_entry(&p).unwrap()["notes"]
@@ -251,9 +249,7 @@ fn registration_appears_only_after_the_first_pass_and_a_failing_check_is_critica
 
     // Healthy again: passing again, same registration.
     std::fs::remove_file(p.path("sick")).unwrap();
-    rw.wait_for("passing again", || {
-        catalog_entry(&p).is_some_and(|e| e["status"] == "passing")
-    });
+    rw.wait_for("passing again", || registration_is(&p, "passing"));
 }
 
 #[test]
@@ -268,19 +264,16 @@ fn sigterm_deregisters_before_main_gets_its_stop_signal_and_main_status_is_the_e
     let post_stop = format!(
         "echo post_stop >> {order}; echo \"$REWIRE_WEB_IP $REWIRE_PID $REWIRE_CONFIG\" > {order}.env"
     );
-    p.config(&format!(
-        "{}{}[main]\nexec = {}\npre_stop = [\"sh\", \"-c\", {}]\npost_stop = [\"sh\", \"-c\", {}]\n\
+    let hooks = format!(
+        "pre_stop = [\"sh\", \"-c\", {}]\npost_stop = [\"sh\", \"-c\", {}]\n\
          drain = \"200ms\"\nstop_timeout = \"10s\"\n",
-        preamble(&p),
-        web_service(port),
-        server_exec(&p, port, &[("CATALOG_FILE", &catalog), ("EXIT_CODE", "42")]),
         q(pre_stop),
         q(post_stop),
-    ));
+    );
+    let env = [("CATALOG_FILE", catalog.as_str()), ("EXIT_CODE", "42")];
+    p.config(&web_app(&p, port, &env, &hooks));
     let mut rw = Rewire::start(&p, &[]);
-    rw.wait_for("registered", || {
-        catalog_entry(&p).is_some_and(|e| e["status"] == "passing")
-    });
+    rw.wait_for("registered", || registration_is(&p, "passing"));
     rw.signal(SIGTERM);
     let status = rw.wait_exit();
     assert_eq!(status.code(), Some(42), "{}", rw.log());
@@ -773,12 +766,7 @@ fn a_periodic_task_never_overlaps_and_failures_are_counted() {
 fn status_answers_while_running_and_exits_1_without_a_daemon() {
     let p = Project::new();
     let port = free_port();
-    p.config(&format!(
-        "{}{}[main]\nexec = {}\n",
-        preamble(&p),
-        web_service(port),
-        server_exec(&p, port, &[])
-    ));
+    p.config(&web_app(&p, port, &[], ""));
     let o = p.rewire(&["status"]);
     assert_eq!(project::code(&o), 1, "{}", project::stderr(&o));
     assert!(
@@ -790,9 +778,7 @@ fn status_answers_while_running_and_exits_1_without_a_daemon() {
     // A socket file left behind by a dead daemon is replaced.
     drop(std::os::unix::net::UnixListener::bind(p.path("ctl.sock")).unwrap());
     let mut rw = Rewire::start(&p, &[]);
-    rw.wait_for("registered", || {
-        catalog_entry(&p).is_some_and(|e| e["status"] == "passing")
-    });
+    rw.wait_for("registered", || registration_is(&p, "passing"));
     let mut text = String::new();
     rw.wait_for("status showing the registration", || {
         let o = p.rewire(&["status"]);
@@ -856,16 +842,9 @@ fn status_answers_while_running_and_exits_1_without_a_daemon() {
 fn maintenance_on_removes_the_registration_while_main_keeps_running() {
     let p = Project::new();
     let port = free_port();
-    p.config(&format!(
-        "{}{}[main]\nexec = {}\n",
-        preamble(&p),
-        web_service(port),
-        server_exec(&p, port, &[])
-    ));
+    p.config(&web_app(&p, port, &[], ""));
     let mut rw = Rewire::start(&p, &[]);
-    rw.wait_for("registered", || {
-        catalog_entry(&p).is_some_and(|e| e["status"] == "passing")
-    });
+    rw.wait_for("registered", || registration_is(&p, "passing"));
     let main = read_pid(&p.path("main.pid")).unwrap();
 
     let o = p.rewire(&["maintenance", "on"]);
@@ -883,9 +862,7 @@ fn maintenance_on_removes_the_registration_while_main_keeps_running() {
 
     let o = p.rewire(&["maintenance", "off"]);
     assert_eq!(project::code(&o), 0, "{}", project::stderr(&o));
-    rw.wait_for("registered again", || {
-        catalog_entry(&p).is_some_and(|e| e["status"] == "passing")
-    });
+    rw.wait_for("registered again", || registration_is(&p, "passing"));
     assert_eq!(
         read_pid(&p.path("main.pid")),
         Some(main),
@@ -995,7 +972,7 @@ fn the_autopilot_nginx_example_balances_across_backends_and_follows_a_stopped_on
     let lb_addr = format!("127.0.0.1:{lb_port}");
     let answers = |n: usize| -> Vec<String> {
         (0..n)
-            .filter_map(|_| support::http::try_get(&lb_addr, "/").ok())
+            .filter_map(|_| support::http::get(&lb_addr, "/").try_send().ok())
             .filter(|r| r.is_success())
             .map(|r| r.text())
             .collect()

@@ -11,34 +11,24 @@ use std::sync::OnceLock;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-// Linux signal numbers (x86_64 and aarch64 agree on these).
-pub const SIGHUP: i32 = 1;
-pub const SIGINT: i32 = 2;
-pub const SIGKILL: i32 = 9;
-pub const SIGUSR1: i32 = 10;
-pub const SIGUSR2: i32 = 12;
-pub const SIGTERM: i32 = 15;
-pub const SIGCONT: i32 = 18;
-pub const SIGSTOP: i32 = 19;
+use nix::errno::Errno;
+use nix::sys::signal::Signal;
+use nix::unistd::Pid;
 
-const PR_SET_PDEATHSIG: i32 = 1;
+pub const SIGHUP: i32 = Signal::SIGHUP as i32;
+pub const SIGKILL: i32 = Signal::SIGKILL as i32;
+pub const SIGUSR1: i32 = Signal::SIGUSR1 as i32;
+pub const SIGUSR2: i32 = Signal::SIGUSR2 as i32;
+pub const SIGTERM: i32 = Signal::SIGTERM as i32;
 
-unsafe extern "C" {
-    #[link_name = "kill"]
-    fn c_kill(pid: i32, sig: i32) -> i32;
-    fn prctl(option: i32, ...) -> i32;
-    fn getppid() -> i32;
-    fn geteuid() -> u32;
-}
-
-/// Sends `sig` to `pid` (a negative pid signals the process group `-pid`).
+/// Sends `sig` to `pid` (a negative pid signals the process group `-pid`; signal 0 only
+/// checks that the process exists).
 pub fn signal(pid: i32, sig: i32) -> io::Result<()> {
-    // SAFETY: kill(2) has no memory-safety preconditions.
-    if unsafe { c_kill(pid, sig) } == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
+    let sig = match sig {
+        0 => None,
+        n => Some(Signal::try_from(n)?),
+    };
+    Ok(nix::sys::signal::kill(Pid::from_raw(pid), sig)?)
 }
 
 /// True when the process exists (signal 0 succeeds; zombies count as existing).
@@ -46,10 +36,25 @@ pub fn pid_alive(pid: u32) -> bool {
     signal(pid as i32, 0).is_ok()
 }
 
+/// True when the process exists and is not a zombie (a zombie still answers signal 0).
+pub fn running(pid: u32) -> bool {
+    stat(pid).is_some_and(|(state, _)| state != "Z")
+}
+
+/// The state ("R", "S", "Z", ...) and parent pid of `pid`, from /proc/PID/stat.
+fn stat(pid: u32) -> Option<(String, u32)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // "pid (comm) state ppid ...": comm may contain spaces/parens, so split after the last ')'
+    let (_, rest) = stat.rsplit_once(')')?;
+    let mut fields = rest.split_whitespace();
+    let state = fields.next()?.to_string();
+    let ppid = fields.next()?.parse().ok()?;
+    Some((state, ppid))
+}
+
 /// True when running as root (effective uid 0).
 pub fn is_root() -> bool {
-    // SAFETY: geteuid(2) cannot fail and has no preconditions.
-    unsafe { geteuid() == 0 }
+    nix::unistd::geteuid().is_root()
 }
 
 type SpawnRequest = (Command, mpsc::Sender<io::Result<Child>>);
@@ -70,16 +75,16 @@ pub fn spawn(mut cmd: Command) -> io::Result<Child> {
             .expect("spawn the support spawner thread");
         tx
     });
-    let parent = std::process::id() as i32;
+    let parent = Pid::from_raw(std::process::id() as i32);
     cmd.process_group(0);
-    // SAFETY: the closure only calls async-signal-safe functions (prctl, getppid).
+    // SAFETY: the closure only calls async-signal-safe functions (prctl, getppid) and does not
+    // allocate (an errno is all an error carries).
     unsafe {
         cmd.pre_exec(move || {
-            if prctl(PR_SET_PDEATHSIG, SIGKILL as std::ffi::c_ulong) != 0 {
-                return Err(io::Error::last_os_error());
-            }
-            if getppid() != parent {
-                return Err(io::Error::other("test process died before exec"));
+            nix::sys::prctl::set_pdeathsig(Signal::SIGKILL)?;
+            if nix::unistd::getppid() != parent {
+                // The test process died before exec: nothing would kill this child.
+                return Err(Errno::ESRCH.into());
             }
             Ok(())
         });
@@ -146,6 +151,22 @@ impl Daemon {
         })
     }
 
+    /// [`Daemon::spawn`], then waits until `ready()`. `Err(report)` when it cannot be spawned,
+    /// exits first or is not ready within `timeout` (the daemon is killed then).
+    pub fn start(
+        name: &str,
+        cmd: Command,
+        log: &Path,
+        timeout: Duration,
+        ready: impl FnMut() -> bool,
+    ) -> Result<Daemon, String> {
+        let program = cmd.get_program().to_owned();
+        let mut daemon = Daemon::spawn(name, cmd, log)
+            .map_err(|e| format!("spawn {}: {e}", program.display()))?;
+        daemon.wait_ready(timeout, ready)?;
+        Ok(daemon)
+    }
+
     pub fn pid(&self) -> u32 {
         self.pid
     }
@@ -189,19 +210,6 @@ impl Daemon {
             // Group members (nginx/haproxy workers) may outlive the leader for a moment.
             let _ = self.signal_group(SIGKILL);
         }
-    }
-
-    /// SIGTERM, wait up to `grace` for exit, then SIGKILL. Returns the exit status.
-    pub fn terminate(&mut self, grace: Duration) -> Option<ExitStatus> {
-        if self.child.is_some() && self.exited().is_none() {
-            let _ = self.signal(SIGTERM);
-            let deadline = Instant::now() + grace;
-            while self.exited().is_none() && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(10));
-            }
-        }
-        self.kill();
-        self.status
     }
 
     /// Last `n` lines of the log.
@@ -339,17 +347,7 @@ pub fn children(pid: u32) -> Vec<u32> {
         let Some(child) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
             continue;
         };
-        let Ok(stat) = std::fs::read_to_string(e.path().join("stat")) else {
-            continue;
-        };
-        // "pid (comm) state ppid ...": comm may contain spaces/parens, so split after the last ')'
-        let Some((_, rest)) = stat.rsplit_once(')') else {
-            continue;
-        };
-        let mut fields = rest.split_whitespace();
-        let state = fields.next();
-        let ppid = fields.next().and_then(|p| p.parse::<u32>().ok());
-        if ppid == Some(pid) && state != Some("Z") {
+        if stat(child).is_some_and(|(state, ppid)| ppid == pid && state != "Z") {
             out.push(child);
         }
     }

@@ -1,0 +1,16 @@
+//! The integration tests, one binary: each module drives the real `rewire` binary or the
+//! library against real components (Consul, etcd, nginx, haproxy, processes and signals).
+//!
+//! One binary so that `support/` (the harnesses) and `project` (the temp-dir builder) are
+//! compiled once, and so that the compiler sees which helpers nothing uses.
+//!
+//! Run one module with `cargo test --test it consul::`, one test with its name.
+
+mod cli;
+mod consul;
+mod daemon;
+mod etcd;
+mod harness_selftest;
+mod project;
+mod supervision;
+mod support;
