@@ -10,8 +10,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
-use rewire::catalog::{Data, Instance, Query, Status};
 use rewire::config::{CheckMode, DEFAULT_WAIT, TemplateConfig, WriteMode};
+use rewire::model::{Data, Instance, Query, Status};
 use rewire::store::Store;
 use rewire::template::{Engine, Rendered};
 

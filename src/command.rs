@@ -14,7 +14,7 @@ use nix::unistd::Pid;
 use tokio::io::AsyncWriteExt;
 use tokio::process::Command;
 
-use crate::config::{CommandSpec, Program};
+use crate::config::{CommandSpec, Config, Program};
 
 /// How much of a command's output is kept.
 const OUTPUT_LIMIT: usize = 16 * 1024;
@@ -60,6 +60,20 @@ pub struct SpawnError {
     pub program: String,
     #[source]
     pub source: std::io::Error,
+}
+
+/// The environment every child process gets on top of rewire's own: `REWIRE_CONFIG` (so
+/// `pre_start = ["rewire", "render"]` renders the daemon's config), `REWIRE_PID` and
+/// `REWIRE_<SERVICE>_IP` for each `[[service]]` whose address resolves now.
+pub fn child_env(config: &Config) -> BTreeMap<String, String> {
+    let mut env = BTreeMap::new();
+    env.insert(
+        "REWIRE_CONFIG".to_string(),
+        config.path.display().to_string(),
+    );
+    env.insert("REWIRE_PID".to_string(), std::process::id().to_string());
+    env.extend(crate::host::address_env(&config.services));
+    env
 }
 
 /// Builds a `tokio::process::Command` for a program, in its own process group.

@@ -26,12 +26,14 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
 
-use crate::catalog::{self, Catalog, CatalogError, Query};
+use crate::catalog::{self, Catalog, CatalogError};
 use crate::config::{self, Config};
-use crate::runner::{self, Deps, Shared};
+use crate::model::Query;
+use crate::runner::{self, Shared};
 use crate::status::Board;
 use crate::store::Store;
 use crate::template::Engine;
+use crate::wanted::Wanted;
 use crate::{control, oneshot, supervisor, watches};
 
 /// How long tasks get to finish after a stop before rewire exits anyway.
@@ -165,7 +167,8 @@ pub async fn run(
             }
         });
     }
-    let (deps, deps_task) = Deps::start(wanted_tx, store.clone(), root.clone());
+    let (wanted, collector) = Wanted::new(wanted_tx, store.clone());
+    let wanted_task = tokio::spawn(collector.run(root.clone()));
     let mut cat = start_catalog(
         catalog,
         config.catalog.clone(),
@@ -174,7 +177,7 @@ pub async fn run(
         &root,
     );
     let (main_pid_tx, main_pid_rx) = watch::channel::<Option<Pid>>(None);
-    let env = crate::child_env(&config);
+    let env = crate::command::child_env(&config);
     let control_cmds = control::start(&config.control.socket, board.clone(), root.clone());
     let (maint_tx, maint_rx) = watch::channel(false);
     let mut control_rx = control_cmds.unwrap_or_else(|e| {
@@ -184,37 +187,39 @@ pub async fn run(
 
     // What watches and tasks keep across SIGHUP (last handler input, runs in flight).
     let watch_state = watches::State::new();
-    let spawn_generation = |config: &Config, engine: Arc<Engine>, catalog: Arc<dyn Catalog>| {
+    let spawn_generation = |config: &Config, engine: Arc<Engine>| {
         let generation = Generation::new(&root);
         let shared = Shared {
             engine,
             store: store.clone(),
-            deps: deps.clone(),
+            wanted: wanted.clone(),
             board: board.clone(),
-            env: crate::child_env(config),
+            env: crate::command::child_env(config),
             main_pid: main_pid_rx.clone(),
         };
-        for (i, group) in runner::groups(&config.templates).into_iter().enumerate() {
-            let owner = next_owner() + i as u64;
+        for group in runner::groups(&config.templates) {
             generation.tracker.spawn(runner::run_group(
-                owner,
                 group,
                 shared.clone(),
                 generation.stop.child_token(),
             ));
         }
+        let handlers = watches::Context {
+            store: store.clone(),
+            wanted: wanted.clone(),
+            board: board.clone(),
+            env: shared.env.clone(),
+        };
         watches::spawn_all(
             config,
             &generation.tracker,
             &generation.stop,
-            &shared,
-            catalog.clone(),
-            maint_rx.clone(),
+            &handlers,
             &watch_state,
         );
         generation
     };
-    let mut generation = spawn_generation(&config, engine, cat.catalog.clone());
+    let mut generation = spawn_generation(&config, engine);
     info!(
         config = %config.path.display(),
         catalog = %cat.catalog.describe(),
@@ -265,7 +270,7 @@ pub async fn run(
                             // new ones start: two generations must never write the same files.
                             let old = std::mem::replace(&mut generation, Generation::new(&root));
                             old.shut().await;
-                            generation = spawn_generation(&new, engine, cat.catalog.clone());
+                            generation = spawn_generation(&new, engine);
                             sup.reconfigure(&new);
                             // Templates the new config dropped leave the status report.
                             board.update(|r| {
@@ -319,7 +324,7 @@ pub async fn run(
     root.cancel();
     cat.stop.cancel();
     let _ = tokio::time::timeout(GRACE, cat.handle).await;
-    let _ = deps_task.await;
+    let _ = wanted_task.await;
     control::cleanup(&config.control.socket);
     info!(status = code, "stopped");
     code
@@ -331,7 +336,7 @@ fn reload_config(
 ) -> Result<(Config, Arc<Engine>), String> {
     let mut new = config::load(path).map_err(|e| e.to_string())?;
     if let Some(url) = catalog_override {
-        config::override_catalog(&mut new, url)?;
+        config::override_catalog(&mut new, url).map_err(|e| e.to_string())?;
     }
     let engine = Engine::load(&new.templates).map_err(|errors| {
         errors
@@ -341,12 +346,6 @@ fn reload_config(
             .join("\n")
     })?;
     Ok((new, Arc::new(engine)))
-}
-
-pub(crate) fn next_owner() -> u64 {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static NEXT: AtomicU64 = AtomicU64::new(1);
-    NEXT.fetch_add(1_000_000, Ordering::Relaxed)
 }
 
 enum Incoming {

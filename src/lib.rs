@@ -29,10 +29,12 @@ pub mod config;
 pub mod control;
 pub mod daemon;
 pub mod debounce;
+pub mod files;
+pub mod host;
 pub mod init;
 pub mod logging;
+pub mod model;
 pub mod oneshot;
-pub mod output;
 pub mod pipeline;
 pub mod registrar;
 pub mod runner;
@@ -40,9 +42,9 @@ pub mod status;
 pub mod store;
 pub mod supervisor;
 pub mod template;
+pub mod wanted;
 pub mod watches;
 
-use std::collections::BTreeMap;
 use std::process::ExitCode;
 
 use cli::{Cli, Command};
@@ -82,7 +84,7 @@ async fn dispatch(cli: Cli) -> u8 {
         Ok(c) => c,
         Err(code) => return code,
     };
-    let env = child_env(&config);
+    let env = command::child_env(&config);
     match &cli.command {
         Command::Check => oneshot::check(&config),
         Command::Render(args) => match open_catalog(&config).await {
@@ -148,16 +150,4 @@ async fn open_catalog(config: &Config) -> Result<std::sync::Arc<dyn catalog::Cat
             Err(oneshot::ERROR)
         }
     }
-}
-
-/// The environment every child process gets on top of rewire's own.
-pub fn child_env(config: &Config) -> BTreeMap<String, String> {
-    let mut env = BTreeMap::new();
-    env.insert(
-        "REWIRE_CONFIG".to_string(),
-        config.path.display().to_string(),
-    );
-    env.insert("REWIRE_PID".to_string(), std::process::id().to_string());
-    env.extend(registrar::address_env(&config.services));
-    env
 }

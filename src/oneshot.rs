@@ -12,13 +12,14 @@ use std::time::Duration;
 use tokio::time::Instant;
 use tracing::{error, info, warn};
 
-use crate::catalog::{Catalog, Query};
+use crate::catalog::Catalog;
 use crate::cli::{ColorChoice, DiffArgs, RenderArgs};
 use crate::config::{Config, TemplateConfig};
-use crate::output;
+use crate::files;
+use crate::model::Query;
 use crate::pipeline::{self, Applied};
 use crate::store::Store;
-use crate::template::{Engine, Rendered};
+use crate::template::{self, Engine, Rendered};
 
 /// Exit statuses.
 pub const OK: u8 = 0;
@@ -110,23 +111,6 @@ pub async fn render_until_ready(
     }
 }
 
-/// Why a pending template was not written, for the user.
-pub fn pending_reason(
-    missing: &BTreeSet<Query>,
-    waiting: &[String],
-    last_error: Option<&str>,
-) -> String {
-    let mut parts: Vec<String> = waiting.to_vec();
-    if !missing.is_empty() {
-        let qs: Vec<String> = missing.iter().map(|q| q.to_string()).collect();
-        parts.push(format!("no data yet for {}", qs.join(", ")));
-    }
-    if let Some(e) = last_error {
-        parts.push(format!("last catalog error: {e}"));
-    }
-    parts.join("; ")
-}
-
 /// Picks the named templates and parses every template, printing what is wrong. A bad name
 /// is a usage error (2); broken templates exit with `load_failure`.
 fn prepare<'c>(
@@ -190,7 +174,7 @@ pub async fn render(
                 format!(
                     "not written after {}: {}",
                     humantime::format_duration(args.timeout),
-                    pending_reason(missing, waiting, last_error.as_deref())
+                    template::pending_reason(missing, waiting, last_error.as_deref())
                 ),
             )),
             Rendered::Failed { error, .. } => failures.push((t.name.clone(), error.clone())),
@@ -263,8 +247,7 @@ pub async fn diff(config: &Config, catalog: Arc<dyn Catalog>, args: &DiffArgs) -
     for t in &templates {
         match &results[&t.name] {
             Rendered::Done { text, .. } => {
-                let current = match output::read_current(&output::real_destination(&t.destination))
-                {
+                let current = match files::read_current(&files::real_destination(&t.destination)) {
                     Ok(c) => c,
                     Err(e) => {
                         eprintln!("rewire diff: {}: {e}", t.name);
@@ -272,12 +255,8 @@ pub async fn diff(config: &Config, catalog: Arc<dyn Catalog>, args: &DiffArgs) -
                         continue;
                     }
                 };
-                let d = output::unified_diff(
-                    &t.destination,
-                    current.as_deref(),
-                    text.as_bytes(),
-                    color,
-                );
+                let d =
+                    files::unified_diff(&t.destination, current.as_deref(), text.as_bytes(), color);
                 if !d.is_empty() {
                     changed = true;
                     // A closed pipe (`rewire diff | head`) is not an error.
@@ -294,7 +273,7 @@ pub async fn diff(config: &Config, catalog: Arc<dyn Catalog>, args: &DiffArgs) -
                     "rewire diff: {}: cannot render after {}: {}",
                     t.name,
                     humantime::format_duration(args.timeout),
-                    pending_reason(missing, waiting, last_error.as_deref())
+                    template::pending_reason(missing, waiting, last_error.as_deref())
                 );
             }
             Rendered::Failed { error, .. } => {

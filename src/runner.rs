@@ -9,9 +9,8 @@
 //! versions in the snapshot), so a change to `service("db")` does not re-render a template
 //! that only reads `service("web")` (consul-template re-runs every template, #1365).
 //!
-//! [`Deps`] collects every group's queries into the set the catalog watches. A query that no
-//! template uses any more lingers for a few seconds before its watch stops, so a SIGHUP that
-//! swaps every runner does not drop and re-open the watches the new runners need.
+//! Each group tells [`Wanted`](crate::wanted::Wanted) which queries its last render used, so
+//! the catalog watches exactly those.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
@@ -19,19 +18,20 @@ use std::time::{Duration, SystemTime};
 
 use nix::unistd::Pid;
 use sha2::{Digest, Sha256};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, error, info, info_span, warn};
 
 use crate::backoff::Backoff;
-use crate::catalog::Query;
 use crate::config::{CheckMode, Reload, TemplateConfig, Wait};
 use crate::debounce::{self, Debounce};
+use crate::model::Query;
 use crate::pipeline::{self, Applied, ApplyError, Reloaded};
 use crate::status::{Board, TemplateState};
 use crate::store::{Snapshot, Store};
 use crate::template::{Engine, Rendered};
+use crate::wanted::Wanted;
 
 /// Templates that share a reload (or one template on its own).
 #[derive(Clone, Debug)]
@@ -95,7 +95,7 @@ impl Group {
 pub struct Shared {
     pub engine: Arc<Engine>,
     pub store: Arc<Store>,
-    pub deps: Deps,
+    pub wanted: Wanted,
     pub board: Arc<Board>,
     pub env: BTreeMap<String, String>,
     pub main_pid: watch::Receiver<Option<Pid>>,
@@ -104,9 +104,11 @@ pub struct Shared {
 /// How often a template that waits for data says so again.
 const PENDING_LOG_EVERY: Duration = Duration::from_secs(60);
 
-pub async fn run_group(owner: u64, group: Group, shared: Shared, stop: CancellationToken) {
+pub async fn run_group(group: Group, shared: Shared, stop: CancellationToken) {
     let span = info_span!("group", templates = %group.name());
     async move {
+        // Says which queries the last render used; dropped (withdrawing them) when the group ends.
+        let owner = shared.wanted.owner();
         let mut snaps = shared.store.subscribe();
         let mut debounce = Debounce::new(group.wait());
         // Query → entry version at the last render (None: no answer yet).
@@ -119,7 +121,7 @@ pub async fn run_group(owner: u64, group: Group, shared: Shared, stop: Cancellat
                 debounce.take();
                 let snap = shared.store.snapshot();
                 seen = render_round(&group, &shared, &snap, &mut state).await;
-                shared.deps.set(owner, seen.keys().cloned().collect());
+                owner.set(seen.keys().cloned().collect());
                 continue;
             }
             tokio::select! {
@@ -149,7 +151,6 @@ pub async fn run_group(owner: u64, group: Group, shared: Shared, stop: Cancellat
                 }
             }
         }
-        shared.deps.set(owner, BTreeSet::new());
     }
     .instrument(span)
     .await
@@ -373,7 +374,7 @@ async fn render_round(
                 any_pending = true;
                 state.discovering |= !missing.is_empty();
                 let since = *state.pending_since.get_or_insert_with(Instant::now);
-                let reason = crate::oneshot::pending_reason(&missing, &waiting, None);
+                let reason = crate::template::pending_reason(&missing, &waiting, None);
                 if since.elapsed() >= PENDING_QUIET && state.should_log(&t.name, &reason) {
                     warn!(template = %t.name, "not written yet: {reason}");
                 } else {
@@ -460,121 +461,9 @@ async fn render_round(
     seen
 }
 
-/// Collects the queries every owner (template group, `[[watch]]`) uses into the set the
-/// catalog watches.
-#[derive(Clone)]
-pub struct Deps {
-    tx: mpsc::UnboundedSender<(u64, BTreeSet<Query>)>,
-}
-
-/// How long a query nobody uses keeps its watch.
-const LINGER: Duration = Duration::from_secs(5);
-
-impl Deps {
-    /// Starts the collector. `wanted` receives the union; queries dropped from it are also
-    /// forgotten by the store.
-    pub fn start(
-        wanted: watch::Sender<BTreeSet<Query>>,
-        store: Arc<Store>,
-        stop: CancellationToken,
-    ) -> (Deps, tokio::task::JoinHandle<()>) {
-        let (tx, rx) = mpsc::unbounded_channel();
-        let task = tokio::spawn(collect(rx, wanted, store, stop));
-        (Deps { tx }, task)
-    }
-
-    pub fn set(&self, owner: u64, queries: BTreeSet<Query>) {
-        let _ = self.tx.send((owner, queries));
-    }
-}
-
-async fn collect(
-    mut rx: mpsc::UnboundedReceiver<(u64, BTreeSet<Query>)>,
-    wanted: watch::Sender<BTreeSet<Query>>,
-    store: Arc<Store>,
-    stop: CancellationToken,
-) {
-    let mut by_owner: HashMap<u64, BTreeSet<Query>> = HashMap::new();
-    let mut lingering: HashMap<Query, Instant> = HashMap::new();
-    loop {
-        let next_expiry = lingering.values().min().map(|at| *at + LINGER);
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            msg = rx.recv() => {
-                let Some((owner, queries)) = msg else { return };
-                // Apply everything queued, so a burst of renders publishes once.
-                let mut batch = vec![(owner, queries)];
-                while let Ok(more) = rx.try_recv() {
-                    batch.push(more);
-                }
-                for (owner, queries) in batch {
-                    if queries.is_empty() {
-                        by_owner.remove(&owner);
-                    } else {
-                        by_owner.insert(owner, queries);
-                    }
-                }
-            }
-            _ = async { tokio::time::sleep_until(next_expiry.expect("guarded")).await }, if next_expiry.is_some() => {}
-        }
-        let used: BTreeSet<Query> = by_owner.values().flatten().cloned().collect();
-        let now = Instant::now();
-        for q in wanted.borrow().iter() {
-            if !used.contains(q) {
-                lingering.entry(q.clone()).or_insert(now);
-            }
-        }
-        lingering.retain(|q, _| !used.contains(q));
-        let expired: Vec<Query> = lingering
-            .iter()
-            .filter(|(_, at)| now.duration_since(**at) >= LINGER)
-            .map(|(q, _)| q.clone())
-            .collect();
-        for q in &expired {
-            lingering.remove(q);
-        }
-        let mut next: BTreeSet<Query> = used;
-        next.extend(lingering.keys().cloned());
-        if *wanted.borrow() != next {
-            debug!(queries = next.len(), "watch set changed");
-            wanted.send_replace(next);
-        }
-        if !expired.is_empty() {
-            debug!(
-                count = expired.len(),
-                "stopped watching queries no template uses"
-            );
-            store.forget(&expired);
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[tokio::test(start_paused = true)]
-    async fn unused_queries_linger_then_leave_the_watch_set() {
-        let store = Arc::new(Store::new());
-        let (wtx, mut wrx) = watch::channel(BTreeSet::new());
-        let stop = CancellationToken::new();
-        let (deps, _task) = Deps::start(wtx, store, stop.clone());
-        let web = Query::Service("web".into());
-        let db = Query::Service("db".into());
-        deps.set(1, BTreeSet::from([web.clone()]));
-        deps.set(2, BTreeSet::from([web.clone(), db.clone()]));
-        wrx.changed().await.unwrap();
-        assert_eq!(
-            *wrx.borrow_and_update(),
-            BTreeSet::from([web.clone(), db.clone()])
-        );
-        deps.set(2, BTreeSet::new());
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        assert!(wrx.borrow().contains(&db), "db lingers");
-        tokio::time::sleep(LINGER).await;
-        assert_eq!(*wrx.borrow(), BTreeSet::from([web.clone()]));
-        stop.cancel();
-    }
 
     #[test]
     fn templates_sharing_a_reload_form_one_group() {

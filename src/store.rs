@@ -5,20 +5,23 @@
 //! nothing (a Consul index that moved with identical data, a file rewritten with the same bytes)
 //! never wakes a template. A snapshot is an `Arc`: readers clone it and let go of the lock at once.
 
+use std::any::Any;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 
 use tokio::sync::watch;
 
-use crate::catalog::{Data, Query};
+use crate::model::{Data, Query};
 
 /// One query's answer and the store version at which it last changed.
 #[derive(Debug)]
 pub struct Entry {
     pub data: Data,
     pub version: u64,
-    /// The template engine's view of `data`, built at most once per entry (see `template`).
-    pub value: OnceLock<tera::Value>,
+    /// A form of `data` derived at most once per entry by whoever reads it: the template engine
+    /// keeps its converted values here. The store only carries the slot (and asks whether it
+    /// is filled), so it knows nothing of what goes in.
+    pub derived: Derived,
     /// The entry this one replaced, while its converted value may still be reused: when one
     /// of 1 000 instances changes, the other 999 keep their converted values. Taken (and so
     /// dropped) by the first conversion; never longer than one link.
@@ -34,6 +37,9 @@ impl Entry {
             .take()
     }
 }
+
+/// A slot for a value derived from an entry's data (see [`Entry::derived`]).
+pub type Derived = OnceLock<Box<dyn Any + Send + Sync>>;
 
 /// Whether the catalog is reachable, as the watchers last saw it.
 #[derive(Clone, Debug, PartialEq, Eq, Default)]
@@ -109,7 +115,7 @@ impl Store {
                 changed.remove(pos);
             }
             let previous = current.entries.get(&query).and_then(|old| {
-                if old.value.get().is_some() {
+                if old.derived.get().is_some() {
                     Some(old.clone())
                 } else {
                     old.take_previous()
@@ -118,7 +124,7 @@ impl Store {
             let entry = Arc::new(Entry {
                 data,
                 version,
-                value: OnceLock::new(),
+                derived: OnceLock::new(),
                 previous: Mutex::new(previous),
             });
             changed.push((query, entry));

@@ -154,7 +154,7 @@ impl Supervisor {
     /// new `[main]` settings. The main process is not restarted.
     pub fn reconfigure(&mut self, config: &Config) {
         // New registrar tasks and the hooks see the new services' addresses.
-        self.ctx.env = crate::child_env(config);
+        self.ctx.env = crate::command::child_env(config);
         let mut old = std::mem::take(&mut self.services);
         let mut next = Vec::new();
         for svc in &config.services {

@@ -18,8 +18,8 @@ use std::sync::Arc;
 
 use tera::{Context, Kwargs, State, Tera, TeraResult, Value};
 
-use crate::catalog::{Data, Instance, Query, Status};
 use crate::config::TemplateConfig;
+use crate::model::{Data, Instance, Query, Status};
 use crate::store::{Entry, Snapshot};
 
 /// The result of one render.
@@ -51,6 +51,23 @@ impl Rendered {
             | Rendered::Failed { deps, .. } => deps,
         }
     }
+}
+
+/// Why a pending template was not written, for the user.
+pub fn pending_reason(
+    missing: &BTreeSet<Query>,
+    waiting: &[String],
+    last_error: Option<&str>,
+) -> String {
+    let mut parts: Vec<String> = waiting.to_vec();
+    if !missing.is_empty() {
+        let qs: Vec<String> = missing.iter().map(|q| q.to_string()).collect();
+        parts.push(format!("no data yet for {}", qs.join(", ")));
+    }
+    if let Some(e) = last_error {
+        parts.push(format!("last catalog error: {e}"));
+    }
+    parts.join("; ")
 }
 
 /// A template that failed to load (syntax error, unreadable file).
@@ -273,22 +290,30 @@ fn wait_for(reason: String) {
     });
 }
 
-/// The template view of an entry, converted once per entry and cached in it.
+/// The template view of an entry, converted once per entry and cached in its slot.
 fn entry_value(entry: &Entry) -> &Value {
-    entry.value.get_or_init(|| {
+    let slot = entry.derived.get_or_init(|| {
         let previous = entry.take_previous();
-        match (
+        let value = match (
             &entry.data,
             previous
                 .as_ref()
-                .and_then(|p| Some((&p.data, p.value.get()?))),
+                .and_then(|p| Some((&p.data, cached_value(p)?))),
         ) {
             (Data::Instances(list), Some((Data::Instances(old), old_values))) => {
                 instances_value_reusing(list, old, old_values)
             }
             _ => data_value(&entry.data),
-        }
-    })
+        };
+        Box::new(value)
+    });
+    slot.downcast_ref::<Value>()
+        .expect("only the template engine fills an entry's derived slot, with a tera::Value")
+}
+
+/// An entry's converted value, if a render has converted it.
+fn cached_value(entry: &Entry) -> Option<&Value> {
+    entry.derived.get()?.downcast_ref::<Value>()
 }
 
 /// Converts instances, reusing the converted value of every instance unchanged since the

@@ -39,19 +39,19 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, debug, info, info_span, warn};
 
-use crate::catalog::{Catalog, Data, Instance, Query, Status};
 use crate::command;
 use crate::config::{Config, TaskConfig, WatchConfig};
 use crate::debounce::{self, Debounce};
-use crate::runner::Shared;
+use crate::model::{Data, Instance, Query, Status};
 use crate::status::{Board, TaskStatus};
+use crate::store::Store;
+use crate::wanted::Wanted;
 
 /// What outlives one config generation (see the module docs). Cheap to clone.
 #[derive(Clone, Default)]
@@ -101,17 +101,24 @@ impl State {
     }
 }
 
+/// What handlers and tasks need from the daemon.
+#[derive(Clone)]
+pub struct Context {
+    pub store: Arc<Store>,
+    pub wanted: Wanted,
+    pub board: Arc<Board>,
+    pub env: BTreeMap<String, String>,
+}
+
 /// Starts one task per `[[watch]]` and per `[[task]]` of this config generation.
 ///
-/// `maintenance` is not used: handlers and tasks keep running in maintenance mode, which only
-/// takes this container out of the catalog.
+/// Handlers and tasks keep running in maintenance mode, which only takes this container out
+/// of the catalog.
 pub fn spawn_all(
     config: &Config,
     tracker: &TaskTracker,
     stop: &CancellationToken,
-    shared: &Shared,
-    _catalog: Arc<dyn Catalog>,
-    _maintenance: watch::Receiver<bool>,
+    shared: &Context,
     state: &State,
 ) {
     shared.board.update(|r| {
@@ -126,7 +133,6 @@ pub fn spawn_all(
         let span = info_span!("watch", service = %w.service);
         tracker.spawn(
             run_watch(
-                crate::daemon::next_owner(),
                 index,
                 w.clone(),
                 state.watch_slot(w),
@@ -152,7 +158,7 @@ pub fn spawn_all(
 }
 
 /// The healthy instances of the watched service in a snapshot; `None` before the first answer.
-fn healthy(shared: &Shared, query: &Query, tag: Option<&str>) -> Option<Vec<Instance>> {
+fn healthy(shared: &Context, query: &Query, tag: Option<&str>) -> Option<Vec<Instance>> {
     let snap = shared.store.snapshot();
     let entry = snap.get(query)?;
     let Data::Instances(list) = &entry.data else {
@@ -184,15 +190,16 @@ fn change_key(list: &[Instance]) -> Vec<ChangeKey<'_>> {
 }
 
 async fn run_watch(
-    owner: u64,
     index: usize,
     w: WatchConfig,
     slot: Arc<WatchSlot>,
-    shared: Shared,
+    shared: Context,
     stop: CancellationToken,
 ) {
     let query = Query::Service(w.service.clone());
-    shared.deps.set(owner, BTreeSet::from([query.clone()]));
+    // Withdrawn when this task ends (the owner is dropped).
+    let owner = shared.wanted.owner();
+    owner.set(BTreeSet::from([query.clone()]));
     let mut snaps = shared.store.subscribe();
     let mut debounce = Debounce::new(w.wait);
     let mut latest = healthy(&shared, &query, w.tag.as_deref());
@@ -252,7 +259,6 @@ async fn run_watch(
     }
     // A run in flight finishes on its own (it holds the slot's lock, so the next generation's
     // handler waits for it).
-    shared.deps.set(owner, BTreeSet::new());
 }
 
 /// Runs the handler once with `list`, after any run of the same handler still going.

@@ -26,8 +26,9 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use super::record::{Record, check_name};
-use super::{Catalog, CatalogError, Data, Instance, KeyValue, Query, Registration, Status};
+use super::record::Record;
+use super::{Catalog, CatalogError};
+use crate::model::{Data, Instance, KeyValue, Query, Registration, Status, check_name};
 use crate::store::{Health, Store};
 
 /// Wall-clock source, injectable so expiry can be tested without waiting.
@@ -70,7 +71,7 @@ impl DirCatalog {
     pub fn with_clock(root: impl Into<PathBuf>, clock: Clock) -> DirCatalog {
         DirCatalog {
             root: root.into(),
-            node: hostname(),
+            node: crate::host::hostname(),
             clock,
             deregister_after: Duration::from_secs(600),
             recent: std::sync::Mutex::new(None),
@@ -303,11 +304,9 @@ impl DirCatalog {
         let mut bytes = serde_json::to_vec_pretty(&record).expect("a Record always serializes");
         bytes.push(b'\n');
         let path = self.instance_path(&reg.name, &reg.id);
-        crate::output::write_atomic(&path, &bytes, Some(0o644), true).map_err(|e| {
-            CatalogError::Io {
-                path: path.display().to_string(),
-                source: e,
-            }
+        crate::files::write_atomic(&path, &bytes, Some(0o644), true).map_err(|e| CatalogError::Io {
+            path: path.display().to_string(),
+            source: e,
         })
     }
 }
@@ -886,14 +885,6 @@ fn truncate(s: &str, max: usize) -> String {
         end -= 1;
     }
     format!("{}…", &s[..end])
-}
-
-pub fn hostname() -> String {
-    nix::unistd::gethostname()
-        .ok()
-        .and_then(|h| h.into_string().ok())
-        .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "localhost".to_string())
 }
 
 #[cfg(test)]

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use nix::sys::signal::Signal;
 
-use crate::catalog::Status;
+use crate::model::{CatalogUrl, CatalogUrlError, Status};
 
 pub use interpolate::interpolate;
 pub use parse::{
@@ -352,8 +352,7 @@ pub struct MainConfig {
 }
 
 /// Applies `--catalog URL`, keeping the config's settings (token, TLS) for the same backend.
-pub fn override_catalog(config: &mut Config, url: &str) -> Result<(), String> {
-    use crate::catalog::CatalogUrl;
+pub fn override_catalog(config: &mut Config, url: &str) -> Result<(), CatalogUrlError> {
     let backend = match CatalogUrl::parse(url)? {
         CatalogUrl::Dir(p) => Backend::Dir(DirSettings {
             path: parse::normalize(&std::env::current_dir().unwrap_or_default().join(p)),

@@ -17,7 +17,7 @@ use toml::Spanned;
 use toml::de::{DeArray, DeTable, DeValue};
 
 use super::*;
-use crate::catalog::record::{check_address, check_name};
+use crate::model::{check_address, check_name};
 
 /// One problem in the config file.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -1041,7 +1041,7 @@ impl Walker<'_> {
             let address = match (address, interface) {
                 (Some(a), None) => {
                     if let Err(e) = check_address(a.get_ref()) {
-                        self.error(a.span(), e, "give an IP address or a hostname; for an interface name write interface = \"eth0\"");
+                        self.error(a.span(), e.to_string(), "give an IP address or a hostname; for an interface name write interface = \"eth0\"");
                     }
                     AddressSpec::Literal(a.into_inner())
                 }
@@ -1072,10 +1072,10 @@ impl Walker<'_> {
                 );
             }
             let initial_status = match self.string(&t, "initial_status") {
-                Some(s) => match s.get_ref().parse() {
+                Some(s) => match s.get_ref().parse::<Status>() {
                     Ok(st) => Some(st),
                     Err(e) => {
-                        self.error(s.span(), e, "");
+                        self.error(s.span(), e.to_string(), "");
                         None
                     }
                 },

@@ -16,8 +16,10 @@ use base64::Engine;
 use serde::Deserialize;
 use tracing::warn;
 
-use crate::catalog::record::{check_address, check_name, check_port};
-use crate::catalog::{CatalogError, Data, Instance, KeyValue, Query, ServiceSummary, Status};
+use crate::catalog::CatalogError;
+use crate::model::{
+    Data, Instance, KeyValue, Query, ServiceSummary, Status, check_address, check_name, check_port,
+};
 
 pub const BACKEND: &str = "consul";
 
@@ -219,8 +221,8 @@ pub fn health_service(service: &str, body: &[u8]) -> Result<Vec<Arc<Instance>>, 
         let checked = check_name(&name)
             .map_err(|e| format!("service name {e}"))
             .and_then(|()| check_name(&s.id).map_err(|e| format!("instance id {e}")))
-            .and_then(|()| check_address(&address))
-            .and_then(|()| check_port(s.port));
+            .and_then(|()| check_address(&address).map_err(|e| e.to_string()))
+            .and_then(|()| check_port(s.port).map_err(|e| e.to_string()));
         match checked {
             Ok(port) => {
                 let mut tags = s.tags.unwrap_or_default();

@@ -38,8 +38,9 @@ use tracing::debug;
 
 use self::decode::{Answer, BACKEND, Reply};
 use self::poll::{Pace, Source};
-use crate::catalog::{Catalog, CatalogError, Data, Query, Registration, Status};
+use crate::catalog::{Catalog, CatalogError};
 use crate::config::{CatalogConfig, ConsulSettings};
+use crate::model::{Data, Query, Registration, Status};
 use crate::store::Store;
 
 /// Consul caps `wait` at 10 minutes; below a second, blocking makes no sense.

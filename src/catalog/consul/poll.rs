@@ -35,8 +35,9 @@ use tracing::{debug, error, info, warn};
 
 use super::decode::Reply;
 use crate::backoff::Backoff;
-use crate::catalog::{CatalogError, Query};
+use crate::catalog::CatalogError;
 use crate::config::Retry;
+use crate::model::Query;
 use crate::store::{Health, Store};
 
 /// The shortest pause after an anomalous reply (same index early, index reset).
@@ -385,7 +386,7 @@ mod tests {
     use std::collections::VecDeque;
 
     use super::*;
-    use crate::catalog::Data;
+    use crate::model::Data;
 
     fn pace() -> Pace {
         Pace {

@@ -40,9 +40,10 @@ use tracing::{debug, info};
 use self::mirror::Mirror;
 use self::transport::{EtcdError, Tls, Transport};
 use crate::backoff::Backoff;
-use crate::catalog::record::{Record, check_name};
-use crate::catalog::{Catalog, CatalogError, Data, Query, Registration, Status};
+use crate::catalog::record::Record;
+use crate::catalog::{Catalog, CatalogError};
 use crate::config::{CatalogConfig, EtcdSettings, Secret};
+use crate::model::{Data, Query, Registration, Status, check_name};
 use crate::store::Store;
 
 pub const DEFAULT_ENDPOINT: &str = "http://127.0.0.1:2379";
@@ -100,7 +101,7 @@ impl EtcdCatalog {
             // etcd sends progress notifications every 10 min by default, so on a quiet prefix
             // this mostly means "reconnect every block_wait": one cheap request, nothing lost.
             progress_timeout: catalog.block_wait.max(Duration::from_secs(1)),
-            node: super::dir::hostname(),
+            node: crate::host::hostname(),
             leases: Mutex::new(HashMap::new()),
         })
     }
