@@ -1,8 +1,8 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use rewire::cli::{Cli, Command};
-use rewire::init::{self, Fork};
+use rewire::app::cli::{Cli, Command};
+use rewire::proc::init::{self, Fork};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -20,5 +20,5 @@ fn main() -> ExitCode {
             }
         }
     }
-    rewire::main(cli)
+    rewire::app::main(cli)
 }

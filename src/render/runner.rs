@@ -23,14 +23,14 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, error, info, info_span, warn};
 
+use super::pipeline::{self, Applied, ApplyError, Reloaded};
+use super::template::{Engine, Rendered};
 use crate::backoff::Backoff;
 use crate::config::{CheckMode, Reload, TemplateConfig, Wait};
 use crate::debounce::{self, Debounce};
 use crate::model::Query;
-use crate::pipeline::{self, Applied, ApplyError, Reloaded};
 use crate::status::{Board, TemplateState};
 use crate::store::{Snapshot, Store};
-use crate::template::{Engine, Rendered};
 use crate::wanted::Wanted;
 
 /// Templates that share a reload (or one template on its own).
@@ -374,7 +374,7 @@ async fn render_round(
                 any_pending = true;
                 state.discovering |= !missing.is_empty();
                 let since = *state.pending_since.get_or_insert_with(Instant::now);
-                let reason = crate::template::pending_reason(&missing, &waiting, None);
+                let reason = super::template::pending_reason(&missing, &waiting, None);
                 if since.elapsed() >= PENDING_QUIET && state.should_log(&t.name, &reason) {
                     warn!(template = %t.name, "not written yet: {reason}");
                 } else {

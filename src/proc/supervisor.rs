@@ -2,7 +2,7 @@
 //!
 //! Verbs follow systemctl: start, reconfigure, stop (signal, grace, kill).
 //!
-//! Start: one registrar task per `[[service]]` (see [`registrar`](crate::registrar)); in
+//! Start: one registrar task per `[[service]]` (see [`registrar`](super::registrar)); in
 //! parallel the main task runs `pre_start` to completion (a non-zero exit ends rewire with
 //! that status), waits until every template was written once (or `wait_for_templates` passed),
 //! then starts `exec`. Main inherits rewire's stdout and stderr (nginx logs there), gets
@@ -35,11 +35,11 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, error, info, info_span, warn};
 
+use super::registrar::{self, ServiceTask};
 use crate::backoff::Backoff;
 use crate::catalog::Catalog;
 use crate::command::{self, RunStatus};
 use crate::config::{CommandSpec, Config, MainConfig, Program, Restart};
-use crate::registrar::{self, ServiceTask};
 use crate::status::{Board, MainStatus};
 
 /// Exit status when a hook or main could not be started at all (as a shell says it).

@@ -26,15 +26,17 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
 
+use super::commands as oneshot;
+use super::control;
 use crate::catalog::{self, Catalog, CatalogError};
 use crate::config::{self, Config};
 use crate::model::Query;
-use crate::runner::{self, Shared};
+use crate::proc::{supervisor, watches};
+use crate::render::runner::{self, Shared};
+use crate::render::template::Engine;
 use crate::status::Board;
 use crate::store::Store;
-use crate::template::Engine;
 use crate::wanted::Wanted;
-use crate::{control, oneshot, supervisor, watches};
 
 /// How long tasks get to finish after a stop before rewire exits anyway.
 const GRACE: Duration = Duration::from_secs(10);

@@ -12,14 +12,14 @@ use std::time::Duration;
 use tokio::time::Instant;
 use tracing::{error, info, warn};
 
+use super::cli::{ColorChoice, DiffArgs, RenderArgs};
 use crate::catalog::Catalog;
-use crate::cli::{ColorChoice, DiffArgs, RenderArgs};
 use crate::config::{Config, TemplateConfig};
 use crate::files;
 use crate::model::Query;
-use crate::pipeline::{self, Applied};
+use crate::render::pipeline::{self, Applied};
+use crate::render::template::{self, Engine, Rendered};
 use crate::store::Store;
-use crate::template::{self, Engine, Rendered};
 
 /// Exit statuses.
 pub const OK: u8 = 0;

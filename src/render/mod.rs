@@ -1,0 +1,5 @@
+//! From store snapshots to files in place: templates, the per-group runner, the pipeline.
+
+pub mod pipeline;
+pub mod runner;
+pub mod template;
