@@ -29,6 +29,7 @@ pub mod config;
 pub mod debounce;
 pub mod files;
 pub mod host;
+pub mod lock;
 pub mod model;
 pub mod proc;
 pub mod render;

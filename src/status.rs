@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::time::SystemTime;
 
+use crate::lock::lock;
 use serde::Serialize;
 use tokio::sync::watch;
 
@@ -19,6 +20,19 @@ pub enum TemplateState {
     Ok,
     /// The last attempt failed (render error, check rejected, reload failed).
     Error,
+}
+
+/// What became of one template in a render round.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TemplateEvent {
+    /// The destination already held these bytes.
+    Unchanged,
+    /// Written (and reloaded, when it has a reload).
+    Written,
+    /// Not written yet: waiting for data, and why.
+    Waiting(String),
+    /// Not written: the render, the check, the write or the reload failed.
+    Failed(String),
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -98,15 +112,12 @@ impl Board {
     }
 
     pub fn update(&self, f: impl FnOnce(&mut Report)) {
-        let mut r = self.report.lock().unwrap_or_else(|e| e.into_inner());
+        let mut r = lock(&self.report);
         f(&mut r);
     }
 
     pub fn report(&self) -> Report {
-        self.report
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        lock(&self.report).clone()
     }
 
     /// Records one template's new state.
@@ -139,9 +150,36 @@ impl Board {
         }
     }
 
+    /// Records what became of one template in a render round.
+    pub fn record(&self, name: &str, dest: &str, at: SystemTime, event: TemplateEvent) {
+        self.template(name, dest, |s| match event {
+            TemplateEvent::Unchanged | TemplateEvent::Written => {
+                s.state = TemplateState::Ok;
+                s.detail.clear();
+                s.last_render = Some(at);
+                s.renders += 1;
+                s.ready = true;
+                if matches!(event, TemplateEvent::Written) {
+                    s.last_written = Some(at);
+                    s.writes += 1;
+                }
+            }
+            TemplateEvent::Waiting(reason) => {
+                s.state = TemplateState::Pending;
+                s.detail = reason;
+            }
+            TemplateEvent::Failed(error) => {
+                s.state = TemplateState::Error;
+                s.detail = error;
+                s.last_render = Some(at);
+                s.renders += 1;
+            }
+        });
+    }
+
     /// Whether every named template has been ready at least once.
     pub fn all_ready(&self, names: &[String]) -> bool {
-        let r = self.report.lock().unwrap_or_else(|e| e.into_inner());
+        let r = lock(&self.report);
         names
             .iter()
             .all(|n| r.templates.get(n).is_some_and(|t| t.ready))

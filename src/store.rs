@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use tokio::sync::watch;
 
+use crate::lock::lock;
 use crate::model::{Data, Query};
 
 /// One query's answer and the store version at which it last changed.
@@ -31,10 +32,7 @@ pub struct Entry {
 impl Entry {
     /// Takes the previous entry for value reuse (see `previous`).
     pub fn take_previous(&self) -> Option<Arc<Entry>> {
-        self.previous
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take()
+        lock(&self.previous).take()
     }
 }
 
@@ -88,7 +86,7 @@ impl Store {
 
     /// The latest snapshot.
     pub fn snapshot(&self) -> Arc<Snapshot> {
-        self.lock().clone()
+        self.current().clone()
     }
 
     /// A receiver that sees every new snapshot (latest value semantics).
@@ -103,7 +101,7 @@ impl Store {
 
     /// Records several answers and publishes once. Returns whether anything changed.
     pub fn update_many(&self, items: impl IntoIterator<Item = (Query, Data)>) -> bool {
-        let mut current = self.lock();
+        let mut current = self.current();
         let version = current.version + 1;
         let mut changed: Vec<(Query, Arc<Entry>)> = Vec::new();
         for (query, data) in items {
@@ -146,7 +144,7 @@ impl Store {
 
     /// Drops queries nobody uses any more.
     pub fn forget(&self, queries: &[Query]) {
-        let mut current = self.lock();
+        let mut current = self.current();
         if !queries.iter().any(|q| current.entries.contains_key(q)) {
             return;
         }
@@ -166,7 +164,7 @@ impl Store {
     /// Records whether the catalog is reachable. Returns whether that is news, so callers log
     /// once per change of state rather than once per retry.
     pub fn set_health(&self, health: Health) -> bool {
-        let mut current = self.lock();
+        let mut current = self.current();
         if current.health == health {
             return false;
         }
@@ -180,9 +178,9 @@ impl Store {
         true
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Arc<Snapshot>> {
+    fn current(&self) -> std::sync::MutexGuard<'_, Arc<Snapshot>> {
         // A panic while holding this lock leaves a valid Arc behind: keep going.
-        self.current.lock().unwrap_or_else(|e| e.into_inner())
+        lock(&self.current)
     }
 }
 

@@ -17,6 +17,7 @@ use crate::catalog::Catalog;
 use crate::config::{Config, TemplateConfig};
 use crate::files;
 use crate::model::Query;
+use crate::render::group::{self, Written};
 use crate::render::pipeline::{self, Applied};
 use crate::render::template::{self, Engine, Rendered};
 use crate::store::Store;
@@ -136,9 +137,6 @@ fn prepare<'c>(
     Ok((templates, engine))
 }
 
-/// A template written in this run, with what its destination held before.
-type Written<'c> = (&'c TemplateConfig, Option<Vec<u8>>);
-
 pub async fn render(
     config: &Config,
     catalog: Arc<dyn Catalog>,
@@ -163,7 +161,10 @@ pub async fn render(
                 }
                 Ok(Applied::Written { previous }) => {
                     info!(template = %t.name, dest = %t.destination.display(), bytes = text.len(), "written");
-                    written.push((t, previous));
+                    written.push(Written {
+                        template: t,
+                        previous,
+                    });
                 }
                 Err(e) => failures.push((t.name.clone(), e.to_string())),
             },
@@ -183,25 +184,14 @@ pub async fn render(
 
     if args.reload {
         // Templates sharing a reload run it once; if it fails, all of them are rolled back.
-        let mut groups: BTreeMap<String, Vec<Written>> = BTreeMap::new();
-        for (t, prev) in written {
-            if let Some(r) = &t.reload {
-                groups.entry(r.key()).or_default().push((t, prev));
+        for (reload, group) in group::by_reload(written, |w| w.template.reload.as_ref()) {
+            if reload.is_none() {
+                continue;
             }
-        }
-        for (_, group) in groups {
-            let reload = group[0].0.reload.as_ref().expect("grouped by reload");
-            let reloaded = pipeline::reload(reload, None, env).await;
-            if let Ok(pipeline::Reloaded::NotRunning(why)) = &reloaded {
-                info!("not reloaded: {why}; the program reads the new file when it starts");
-            }
-            if let Err(e) = reloaded {
-                for (t, prev) in &group {
-                    if let Err(re) = pipeline::restore(t, prev.as_deref()) {
-                        error!(template = %t.name, error = %re, "cannot restore the previous file");
-                    }
+            if let Err(e) = group::reload_or_restore(reload.as_ref(), &group, None, env).await {
+                for w in &group {
                     failures.push((
-                        t.name.clone(),
+                        w.template.name.clone(),
                         format!("{e}; the previous file was restored"),
                     ));
                 }

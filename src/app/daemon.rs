@@ -32,6 +32,7 @@ use crate::catalog::{self, Catalog, CatalogError};
 use crate::config::{self, Config};
 use crate::model::Query;
 use crate::proc::{supervisor, watches};
+use crate::render::group;
 use crate::render::runner::{self, Shared};
 use crate::render::template::Engine;
 use crate::status::Board;
@@ -199,7 +200,7 @@ pub async fn run(
             env: crate::command::child_env(config),
             main_pid: main_pid_rx.clone(),
         };
-        for group in runner::groups(&config.templates) {
+        for group in group::groups(&config.templates) {
             generation.tracker.spawn(runner::run_group(
                 group,
                 shared.clone(),

@@ -13,6 +13,7 @@
 pub mod consul;
 pub mod dir;
 pub mod etcd;
+pub mod http;
 pub mod record;
 
 use std::collections::BTreeSet;

@@ -118,6 +118,19 @@ impl Record {
     }
 }
 
+/// Cuts a health note (the check command's output, kept for humans) to `max` bytes on a
+/// character boundary, marked with `…` when cut.
+pub fn truncate_note(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_string();
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &s[..end])
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -152,5 +165,11 @@ mod tests {
         let i = r.into_instance("web", "w1", "host", now).unwrap();
         assert_eq!(i.status, Status::Passing);
         assert_eq!(i.node, "host");
+    }
+
+    #[test]
+    fn notes_are_cut_on_a_char_boundary() {
+        assert_eq!(truncate_note("short", 10), "short");
+        assert_eq!(truncate_note("héllo", 2), "h…");
     }
 }

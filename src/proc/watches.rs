@@ -48,6 +48,7 @@ use tracing::{Instrument, debug, info, info_span, warn};
 use crate::command;
 use crate::config::{Config, TaskConfig, WatchConfig};
 use crate::debounce::{self, Debounce};
+use crate::lock::lock;
 use crate::model::{Data, Instance, Query, Status};
 use crate::status::{Board, TaskStatus};
 use crate::store::Store;
@@ -90,13 +91,13 @@ impl State {
 
     fn watch_slot(&self, w: &WatchConfig) -> Arc<WatchSlot> {
         let key = format!("{}|{:?}|{}", w.service, w.tag, w.on_change.program);
-        let mut s = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let mut s = lock(&self.inner);
         s.watches.entry(key).or_default().clone()
     }
 
     fn task_slot(&self, t: &TaskConfig) -> Arc<TaskSlot> {
         let key = format!("{}|{}", t.name, t.exec.program);
-        let mut s = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let mut s = lock(&self.inner);
         s.tasks.entry(key).or_default().clone()
     }
 }
@@ -206,7 +207,7 @@ async fn run_watch(
     let mut running: Option<JoinHandle<()>> = None;
     update_board(&shared.board, index, &w, &slot, latest.as_deref());
     loop {
-        let fired = slot.fired.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let fired = lock(&slot.fired).clone();
         let dirty = match (&latest, &fired) {
             (None, _) => false,
             (Some(_), None) => true,
@@ -217,7 +218,7 @@ async fn run_watch(
             if fired.is_none() || debounce.is_due() {
                 debounce.take();
                 let list = latest.clone().expect("dirty implies data");
-                *slot.fired.lock().unwrap_or_else(|e| e.into_inner()) = Some(list.clone());
+                *lock(&slot.fired) = Some(list.clone());
                 running = Some(tokio::spawn(
                     fire(w.clone(), list, slot.clone(), shared.env.clone())
                         .instrument(tracing::Span::current()),
@@ -281,21 +282,18 @@ async fn fire(
                 if !o.output.is_empty() {
                     info!(command = %name, output = %o.output, "on_change output");
                 }
-                slot.last_error
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .clear();
+                lock(&slot.last_error).clear();
             } else {
                 slot.failures.fetch_add(1, Ordering::Relaxed);
                 let how = o.describe(w.on_change.timeout);
                 warn!(command = %name, output = %o.output, "on_change {how}");
-                *slot.last_error.lock().unwrap_or_else(|e| e.into_inner()) = how;
+                *lock(&slot.last_error) = how;
             }
         }
         Err(e) => {
             slot.failures.fetch_add(1, Ordering::Relaxed);
             warn!(command = %name, "{e}");
-            *slot.last_error.lock().unwrap_or_else(|e| e.into_inner()) = e.to_string();
+            *lock(&slot.last_error) = e.to_string();
         }
     }
 }
@@ -320,11 +318,7 @@ fn update_board(
 ) {
     let runs = slot.runs.load(Ordering::Relaxed);
     let failures = slot.failures.load(Ordering::Relaxed);
-    let last_error = slot
-        .last_error
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .clone();
+    let last_error = lock(&slot.last_error).clone();
     let mut line = match latest {
         None => describe_new(w),
         Some(l) => format!(
@@ -351,7 +345,7 @@ async fn run_task(
     stop: CancellationToken,
 ) {
     // Keep the rhythm across a reload: the next run is `every` after the last one started.
-    let last = *slot.last_start.lock().unwrap_or_else(|e| e.into_inner());
+    let last = *lock(&slot.last_start);
     let first = match last {
         Some(at) => (at + t.every).max(Instant::now()),
         None => Instant::now() + t.every,
@@ -367,7 +361,7 @@ async fn run_task(
             warn!(every = %humantime::format_duration(t.every), "still running from the last tick; skipping this one");
             continue;
         };
-        *slot.last_start.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
+        *lock(&slot.last_start) = Some(Instant::now());
         let (t2, board2, env2) = (t.clone(), board.clone(), env.clone());
         tokio::spawn(
             async move {

@@ -23,72 +23,16 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, error, info, info_span, warn};
 
-use super::pipeline::{self, Applied, ApplyError, Reloaded};
+use super::group::{self, Group, Written};
+use super::pipeline::{self, Applied, ApplyError};
 use super::template::{Engine, Rendered};
 use crate::backoff::Backoff;
-use crate::config::{CheckMode, Reload, TemplateConfig, Wait};
+use crate::config::{CheckMode, TemplateConfig};
 use crate::debounce::{self, Debounce};
 use crate::model::Query;
-use crate::status::{Board, TemplateState};
+use crate::status::{Board, TemplateEvent};
 use crate::store::{Snapshot, Store};
 use crate::wanted::Wanted;
-
-/// Templates that share a reload (or one template on its own).
-#[derive(Clone, Debug)]
-pub struct Group {
-    pub templates: Vec<TemplateConfig>,
-    pub reload: Option<Reload>,
-}
-
-/// Splits templates into groups by their reload.
-pub fn groups(templates: &[TemplateConfig]) -> Vec<Group> {
-    let mut out: Vec<Group> = Vec::new();
-    for t in templates {
-        if let Some(r) = &t.reload
-            && let Some(g) = out
-                .iter_mut()
-                .find(|g| g.reload.as_ref().is_some_and(|gr| gr.key() == r.key()))
-        {
-            g.templates.push(t.clone());
-            continue;
-        }
-        out.push(Group {
-            templates: vec![t.clone()],
-            reload: t.reload.clone(),
-        });
-    }
-    out
-}
-
-impl Group {
-    /// A group settles as quickly as its quickest member asks.
-    fn wait(&self) -> Wait {
-        let min = self
-            .templates
-            .iter()
-            .map(|t| t.wait.min)
-            .min()
-            .unwrap_or_default();
-        let max = self
-            .templates
-            .iter()
-            .map(|t| t.wait.max)
-            .min()
-            .unwrap_or_default();
-        Wait {
-            min,
-            max: max.max(min),
-        }
-    }
-
-    fn name(&self) -> String {
-        self.templates
-            .iter()
-            .map(|t| t.name.as_str())
-            .collect::<Vec<_>>()
-            .join("+")
-    }
-}
 
 /// What every group needs from the daemon.
 #[derive(Clone)]
@@ -306,9 +250,8 @@ fn hash(bytes: &[u8]) -> [u8; 32] {
     Sha256::digest(bytes).into()
 }
 
-/// Written this round: the template, what its destination held before, the new bytes' hash
-/// and length.
-type WrittenFile<'g> = (&'g TemplateConfig, Option<Vec<u8>>, [u8; 32], usize);
+/// Written this round: the file, the new bytes' hash and their length.
+type WrittenFile<'g> = (Written<'g>, [u8; 32], usize);
 
 /// Renders, applies and reloads every template of the group once. Returns the versions of
 /// every query the renders used.
@@ -340,31 +283,34 @@ async fn render_round(
                     Ok(Applied::Unchanged) => {
                         state.rejected.remove(&t.name);
                         state.logged.remove(&t.name);
-                        shared.board.template(&t.name, &dest, |s| {
-                            s.state = TemplateState::Ok;
-                            s.detail.clear();
-                            s.last_render = Some(now);
-                            s.renders += 1;
-                            s.ready = true;
-                        });
+                        shared
+                            .board
+                            .record(&t.name, &dest, now, TemplateEvent::Unchanged);
                         debug!(template = %t.name, "unchanged");
                     }
                     Ok(Applied::Written { previous }) => {
                         state.logged.remove(&t.name);
                         debug!(template = %t.name, dest = %dest, bytes = text.len(), "written; reload next");
-                        written.push((t, previous, h, text.len()));
+                        written.push((
+                            Written {
+                                template: t,
+                                previous,
+                            },
+                            h,
+                            text.len(),
+                        ));
                     }
                     Err(e) => {
                         if matches!(e, ApplyError::Rejected { .. }) {
                             state.reject(&t.name, h, t.check_mode != CheckMode::Swap);
                         }
                         error!(template = %t.name, "{e}; the destination was left as it was");
-                        shared.board.template(&t.name, &dest, |s| {
-                            s.state = TemplateState::Error;
-                            s.detail = e.to_string();
-                            s.last_render = Some(now);
-                            s.renders += 1;
-                        });
+                        shared.board.record(
+                            &t.name,
+                            &dest,
+                            now,
+                            TemplateEvent::Failed(e.to_string()),
+                        );
                     }
                 }
             }
@@ -380,21 +326,17 @@ async fn render_round(
                 } else {
                     debug!(template = %t.name, "waiting: {reason}");
                 }
-                shared.board.template(&t.name, &dest, |s| {
-                    s.state = TemplateState::Pending;
-                    s.detail = reason;
-                });
+                shared
+                    .board
+                    .record(&t.name, &dest, now, TemplateEvent::Waiting(reason));
             }
             Rendered::Failed { error, .. } => {
                 if state.should_log(&t.name, &error) {
                     error!(template = %t.name, "render failed; the destination was left as it was:\n{error}");
                 }
-                shared.board.template(&t.name, &dest, |s| {
-                    s.state = TemplateState::Error;
-                    s.detail = error;
-                    s.last_render = Some(now);
-                    s.renders += 1;
-                });
+                shared
+                    .board
+                    .record(&t.name, &dest, now, TemplateEvent::Failed(error));
             }
         }
     }
@@ -404,94 +346,34 @@ async fn render_round(
     if written.is_empty() {
         return seen;
     }
-    let reload_result = match &group.reload {
-        Some(r) => {
-            let main_pid = *shared.main_pid.borrow();
-            pipeline::reload(r, main_pid, &shared.env).await
-        }
-        None => Ok(Reloaded::Done),
-    };
+    let main_pid = *shared.main_pid.borrow();
+    let reloaded = group::reload_or_restore(
+        group.reload.as_ref(),
+        written.iter().map(|(w, _, _)| w),
+        main_pid,
+        &shared.env,
+    )
+    .await;
     let now = SystemTime::now();
-    match reload_result {
-        Ok(reloaded) => {
-            for (t, _, _, bytes) in &written {
-                info!(template = %t.name, dest = %t.destination.display(), bytes, "written");
-            }
-            match (&group.reload, reloaded) {
-                (None, _) => {}
-                (Some(_), Reloaded::Done) => info!(templates = %group.name(), "reloaded"),
-                (Some(_), Reloaded::NotRunning(why)) => info!(
-                    templates = %group.name(),
-                    "not reloaded: {why}; the program reads the new file when it starts"
-                ),
-            }
-            for (t, _, _, _) in &written {
+    for (w, h, bytes) in written {
+        let t = w.template;
+        let dest = t.destination.display().to_string();
+        match &reloaded {
+            Ok(_) => {
+                info!(template = %t.name, dest = %dest, bytes, "written");
                 state.rejected.remove(&t.name);
                 shared
                     .board
-                    .template(&t.name, &t.destination.display().to_string(), |s| {
-                        s.state = TemplateState::Ok;
-                        s.detail.clear();
-                        s.last_render = Some(now);
-                        s.last_written = Some(now);
-                        s.renders += 1;
-                        s.writes += 1;
-                        s.ready = true;
-                    });
+                    .record(&t.name, &dest, now, TemplateEvent::Written);
             }
-        }
-        Err(e) => {
-            error!(templates = %group.name(), "{e}; restoring the previous files");
-            for (t, previous, h, _) in written {
-                if let Err(re) = pipeline::restore(t, previous.as_deref()) {
-                    error!(template = %t.name, error = %re, "cannot restore the previous file");
-                }
+            Err(e) => {
                 state.reject(&t.name, h, true);
+                let detail = format!("{e}; the previous file was restored");
                 shared
                     .board
-                    .template(&t.name, &t.destination.display().to_string(), |s| {
-                        s.state = TemplateState::Error;
-                        s.detail = format!("{e}; the previous file was restored");
-                        s.last_render = Some(now);
-                        s.renders += 1;
-                    });
+                    .record(&t.name, &dest, now, TemplateEvent::Failed(detail));
             }
         }
     }
     seen
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn templates_sharing_a_reload_form_one_group() {
-        use crate::config::{CheckMode, CommandSpec, DEFAULT_WAIT, Program, WriteMode};
-        let mk = |name: &str, reload: Option<&str>| TemplateConfig {
-            name: name.into(),
-            source: "/s".into(),
-            destination: format!("/d/{name}").into(),
-            perms: None,
-            check: None,
-            check_mode: CheckMode::Temp,
-            reload: reload.map(|r| {
-                Reload::Command(CommandSpec {
-                    program: Program::Argv(vec![r.into()]),
-                    timeout: Duration::from_secs(1),
-                })
-            }),
-            wait: DEFAULT_WAIT,
-            write: WriteMode::Atomic,
-            backup: false,
-        };
-        let g = groups(&[
-            mk("a", Some("x")),
-            mk("b", None),
-            mk("c", Some("x")),
-            mk("d", None),
-        ]);
-        let names: Vec<String> = g.iter().map(|g| g.name()).collect();
-        assert_eq!(names, ["a+c", "b", "d"]);
-    }
 }

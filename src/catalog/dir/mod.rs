@@ -26,8 +26,9 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use super::record::Record;
+use super::record::{Record, truncate_note};
 use super::{Catalog, CatalogError};
+use crate::lock::lock;
 use crate::model::{Data, Instance, KeyValue, Query, Registration, Status, check_name};
 use crate::store::{Health, Store};
 
@@ -282,7 +283,7 @@ impl DirCatalog {
 
     /// Forgets the last full read (after our own writes, which must show at once).
     fn invalidate(&self) {
-        *self.recent.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        *lock(&self.recent) = None;
     }
 
     fn write_record(
@@ -299,7 +300,7 @@ impl DirCatalog {
         let expires = (self.clock)() + reg.ttl;
         record.expires_at = Some(humantime::format_rfc3339_millis(expires).to_string());
         if !note.is_empty() {
-            record.notes = Some(truncate(note, 4096));
+            record.notes = Some(truncate_note(note, 4096));
         }
         let mut bytes = serde_json::to_vec_pretty(&record).expect("a Record always serializes");
         bytes.push(b'\n');
@@ -405,10 +406,7 @@ impl Catalog for DirCatalog {
 
     async fn fetch_many(&self, queries: &[Query]) -> Vec<(Query, Result<Data, CatalogError>)> {
         let now = (self.clock)();
-        let cached = self
-            .recent
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
+        let cached = lock(&self.recent)
             .as_ref()
             .filter(|(at, _)| at.elapsed() < RECENT)
             .map(|(_, t)| t.clone());
@@ -416,8 +414,7 @@ impl Catalog for DirCatalog {
             Some(t) => Ok(t),
             None => tokio::task::block_in_place(|| self.load()).map(|t| {
                 let t = Arc::new(t);
-                *self.recent.lock().unwrap_or_else(|e| e.into_inner()) =
-                    Some((std::time::Instant::now(), t.clone()));
+                *lock(&self.recent) = Some((std::time::Instant::now(), t.clone()));
                 t
             }),
         };
@@ -874,17 +871,6 @@ fn parallel_map<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> R + Sync) -> Ve
             .flat_map(|h| h.join().expect("catalog reader thread panicked"))
             .collect()
     })
-}
-
-fn truncate(s: &str, max: usize) -> String {
-    if s.len() <= max {
-        return s.to_string();
-    }
-    let mut end = max;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}…", &s[..end])
 }
 
 #[cfg(test)]
