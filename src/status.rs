@@ -1,17 +1,19 @@
 //! What the daemon is doing, for `rewire status`, the supervisor and the logs.
 //!
 //! Runners, the registrar and the supervisor write here; the control socket reads. It is a
-//! plain mutex-guarded record: writes are rare (once per render or health check).
+//! plain mutex-guarded record: writes are rare (once per render or health check). The
+//! [`Report`] is typed end to end: the daemon serializes it, `rewire status` deserializes it
+//! and formats the text from the same struct, so a renamed field cannot silently blank a line.
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::time::SystemTime;
 
 use crate::lock::lock;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
-#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum TemplateState {
     /// Not rendered yet, or waiting for data.
@@ -35,15 +37,15 @@ pub enum TemplateEvent {
     Failed(String),
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct TemplateStatus {
     pub destination: String,
     pub state: TemplateState,
     /// What it waits for, or the last error.
     pub detail: String,
-    #[serde(with = "opt_time")]
+    #[serde(default, with = "opt_time")]
     pub last_render: Option<SystemTime>,
-    #[serde(with = "opt_time")]
+    #[serde(default, with = "opt_time")]
     pub last_written: Option<SystemTime>,
     pub renders: u64,
     pub writes: u64,
@@ -51,7 +53,7 @@ pub struct TemplateStatus {
     pub ready: bool,
 }
 
-#[derive(Clone, Debug, Serialize, Default)]
+#[derive(Clone, Debug, Serialize, Deserialize, Default, PartialEq)]
 pub struct ServiceStatus {
     pub id: String,
     pub name: String,
@@ -62,7 +64,7 @@ pub struct ServiceStatus {
     pub detail: String,
 }
 
-#[derive(Clone, Debug, Serialize, Default)]
+#[derive(Clone, Debug, Serialize, Deserialize, Default, PartialEq)]
 pub struct MainStatus {
     pub state: String,
     pub pid: Option<i32>,
@@ -70,14 +72,14 @@ pub struct MainStatus {
     pub last_exit: Option<String>,
 }
 
-#[derive(Clone, Debug, Serialize, Default)]
+#[derive(Clone, Debug, Serialize, Deserialize, Default, PartialEq)]
 pub struct TaskStatus {
     pub runs: u64,
     pub failures: u64,
     pub last_error: String,
 }
 
-#[derive(Clone, Debug, Serialize, Default)]
+#[derive(Clone, Debug, Serialize, Deserialize, Default, PartialEq)]
 pub struct Report {
     pub pid: u32,
     pub config: String,
@@ -190,14 +192,24 @@ impl Board {
     }
 }
 
+/// Times travel as RFC 3339 with milliseconds (`rewire status --json` shows them as they are).
 mod opt_time {
-    use serde::Serializer;
+    use serde::{Deserialize, Deserializer, Serializer};
     use std::time::SystemTime;
 
     pub fn serialize<S: Serializer>(t: &Option<SystemTime>, s: S) -> Result<S::Ok, S::Error> {
         match t {
             Some(t) => s.serialize_str(&humantime::format_rfc3339_millis(*t).to_string()),
             None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SystemTime>, D::Error> {
+        match Option::<String>::deserialize(d)? {
+            None => Ok(None),
+            Some(text) => humantime::parse_rfc3339(&text)
+                .map(Some)
+                .map_err(serde::de::Error::custom),
         }
     }
 }

@@ -27,6 +27,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::catalog::{Catalog, CatalogError};
@@ -89,6 +90,9 @@ pub struct Context {
     pub board: Arc<Board>,
     pub env: BTreeMap<String, String>,
     pub maintenance: watch::Receiver<bool>,
+    /// The supervisor's tasks: registrar tasks run here, so the stop sequence can wait for
+    /// every one of them.
+    pub tasks: TaskTracker,
 }
 
 impl ServiceTask {
@@ -103,7 +107,8 @@ impl ServiceTask {
         let stop = parent.child_token();
         let id = service_id(&svc);
         let span = info_span!("service", name = %svc.name, id = %id);
-        let handle = tokio::spawn(
+        let tasks = ctx.tasks.clone();
+        let handle = tasks.spawn(
             {
                 let svc = svc.clone();
                 let stop = stop.clone();

@@ -33,6 +33,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tracing::{Instrument, debug, error, info, info_span, warn};
 
 use super::registrar::{self, ServiceTask};
@@ -97,6 +98,7 @@ impl Supervisor {
             board: board.clone(),
             env: env.clone(),
             maintenance,
+            tasks: TaskTracker::new(),
         };
         let services = config
             .services
@@ -108,7 +110,7 @@ impl Supervisor {
             let pid = main_pid.subscribe();
             let (exit_tx, exit) = watch::channel(None);
             let templates: Vec<String> = config.templates.iter().map(|t| t.name.clone()).collect();
-            let task = tokio::spawn(
+            let task = ctx.tasks.spawn(
                 MainTask {
                     cfg: m.clone(),
                     templates,
@@ -202,7 +204,7 @@ impl Supervisor {
     fn retire(&self, task: ServiceTask) -> JoinHandle<()> {
         let catalog = self.ctx.catalog.clone();
         let board = self.ctx.board.clone();
-        tokio::spawn(async move {
+        self.ctx.tasks.spawn(async move {
             let reg = task.finish().await;
             registrar::deregister(catalog.as_ref(), &board, &reg).await;
             board.update(|r| {
@@ -296,6 +298,15 @@ impl Supervisor {
             run_hook("post_stop", hook, &self.ctx.env).await;
         }
         self.set_main_state("stopped");
+        // Every task this supervisor started has been awaited above (registrars, retirements,
+        // main); the tracker confirms it, so nothing of the container's lifecycle is left.
+        self.ctx.tasks.close();
+        if tokio::time::timeout(KILL_GRACE, self.ctx.tasks.wait())
+            .await
+            .is_err()
+        {
+            warn!("supervisor tasks still running at the end of the stop sequence");
+        }
         code.unwrap_or(0)
     }
 

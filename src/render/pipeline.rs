@@ -112,7 +112,9 @@ pub async fn apply(
 }
 
 /// Closes the replaced file on a blocking thread: the last close frees its inode, which is
-/// work nobody needs to wait for (see [`files::open_current`]).
+/// work nobody needs to wait for (see [`files::open_current`]). Deliberately detached: a close
+/// cannot fail in a way anyone could act on, and the runtime's shutdown waits for the blocking
+/// pool anyway.
 fn close_later(file: Option<std::fs::File>) {
     if let Some(f) = file {
         tokio::task::spawn_blocking(move || drop(f));

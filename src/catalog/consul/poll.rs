@@ -334,6 +334,8 @@ pub async fn reconcile<S: Source>(
             }
             debug!(query = %q, "watching");
             let token = stop.child_token();
+            // Tracked by its handle: awaited when the query goes (so it cannot write the store
+            // after `forget`) and when the watch stops.
             let task = tokio::spawn(watch_one(
                 source.clone(),
                 q.clone(),

@@ -154,7 +154,7 @@ fn parse_bool(var: &str, v: &str) -> Result<bool, CatalogError> {
 
 /// `host:port`, `http://host:port` or `https://host:port[/path]`. Without a scheme,
 /// `CONSUL_HTTP_SSL=true` means https (as in Consul's CLI); an explicit scheme always wins.
-pub fn parse_address(addr: &str, ssl: bool) -> Result<Url, String> {
+fn parse_address(addr: &str, ssl: bool) -> Result<Url, String> {
     let addr = addr.trim();
     let full = if addr.contains("://") {
         addr.to_string()
