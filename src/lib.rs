@@ -5,21 +5,46 @@
 //! Data flows one way:
 //!
 //! ```text
-//! catalog (dir | consul | etcd)
-//!   -> watchers (one per distinct query)      catalog::Catalog::watch
+//! catalog (dir | consul | etcd)              catalog::Catalog::watch, for the wanted set
 //!   -> store (latest data per query)          store::Store, published as Arc<Snapshot>
-//!   -> runner: debounce -> render -> check -> atomic write -> reload
+//!   -> runner per template group              render::runner: debounce -> render ->
+//!                                             check -> atomic write -> reload (render::group)
+//!   -> files in place, programs reloaded
 //! ```
 //!
 //! Templates never talk to the network: template functions read the current snapshot, and a
-//! query the snapshot does not have yet is recorded as a dependency, fetched, and the template
-//! rendered again. A template is written only once every query it uses has data.
+//! query the snapshot does not have yet is recorded as missing; the group's [`wanted::Owner`]
+//! adds it to the wanted set, the catalog fetches it, and the template renders again. A
+//! template is written only once every query it uses has data.
 //!
-//! Tasks: one catalog watch task (the backend decides how many connections it needs), one
-//! runner task per template, the registrar (one task per `[[service]]`), the supervisor
-//! (main process and hooks), one task per `[[watch]]` and `[[task]]`, the control socket and
-//! the signal handler. All take a child of one `CancellationToken`; the stop sequence lives in
-//! `daemon::run`.
+//! Beside the data flow, [`proc`] runs what the container needs: the supervisor (registrations
+//! with TTL health, `pre_start`, main, the stop sequence), `[[watch]]` handlers and `[[task]]`s,
+//! and, as PID 1, the reaper (forked before the runtime exists).
+//!
+//! # Layout
+//!
+//! - [`app`]: the edge. The command line, logging, the daemon (`rewire run`: start, SIGHUP
+//!   reload, stop sequence), the one-shot commands, the control socket, and the one place that
+//!   picks an exit status. Nothing else imports it.
+//! - [`model`]: the words everyone shares (queries, answers, instances, registrations, the
+//!   checks on them). Imports nothing of the crate.
+//! - [`config`]: `rewire.toml` into typed settings. Imports only the model and the backoff rules.
+//! - [`catalog`]: the `Catalog` trait and its backends (dir, consul, etcd), which never import
+//!   each other; they share `record` and the HTTP client builder.
+//! - [`store`] and [`wanted`]: the latest data per query, and the set of queries to keep current.
+//! - [`render`]: templates, the runner, the pipeline and reload groups. Reads the store, never
+//!   the catalog.
+//! - [`proc`]: supervisor, registrar, handlers, tasks, PID 1. Never the template engine.
+//! - Shared leaves: [`command`] (child processes), [`files`] (atomic files, diffs), [`debounce`],
+//!   [`backoff`], [`status`] (the status board), [`host`] (hostname, addresses), [`lock`].
+//!
+//! # Tasks and shutdown
+//!
+//! One catalog watch task (the backend decides how many connections it needs), the wanted-set
+//! collector, one runner task per template group, one task per `[[watch]]` and `[[task]]` (and
+//! their runs), the supervisor's (one registrar per `[[service]]`, main), the control socket.
+//! Each runs on a `TaskTracker` and takes a child of one `CancellationToken`; the stop sequence
+//! lives in `app::daemon` and waits for every tracker before the process exits.
 
 pub mod app;
 pub mod backoff;

@@ -2,7 +2,7 @@
 //!
 //! Verbs follow systemctl: start, reconfigure, stop (signal, grace, kill).
 //!
-//! Start: one registrar task per `[[service]]` (see [`registrar`](super::registrar)); in
+//! Start: one registrar task per `[[service]]` (see [`registrar`](super::registrar::ServiceTask)); in
 //! parallel the main task runs `pre_start` to completion (a non-zero exit ends rewire with
 //! that status), waits until every template was written once (or `wait_for_templates` passed),
 //! then starts `exec`. Main inherits rewire's stdout and stderr (nginx logs there), gets

@@ -9,7 +9,7 @@
 //! versions in the snapshot), so a change to `service("db")` does not re-render a template
 //! that only reads `service("web")` (consul-template re-runs every template, #1365).
 //!
-//! Each group tells [`Wanted`](crate::wanted::Wanted) which queries its last render used, so
+//! Each group tells the [`Wanted`] set which queries its last render used, so
 //! the catalog watches exactly those.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};

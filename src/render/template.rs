@@ -10,7 +10,7 @@
 //!
 //! The functions are registered once; rendering borrows the engine, so templates render
 //! concurrently on several threads without cloning Tera. The functions and filters live in
-//! [`functions`](super::functions); turning store data into template values (once per
+//! [`functions`](super::functions::register); turning store data into template values (once per
 //! entry) in [`values`](super::values).
 
 use std::cell::RefCell;

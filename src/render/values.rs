@@ -1,6 +1,6 @@
 //! Store data as templates see it: `tera::Value`s, converted once per store entry.
 //!
-//! A render reads an entry through [`entry_value`], which converts the entry's data on first
+//! A render reads an entry through `entry_value`, which converts the entry's data on first
 //! use and keeps the result in the entry's derived slot, so every later render (and every
 //! other template) reuses it. When one instance of 1 000 changes, the new entry's conversion
 //! reuses the 999 unchanged instances' values from the entry it replaced (10 000 instances:
