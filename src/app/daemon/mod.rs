@@ -1,11 +1,11 @@
 //! `rewire run`: wires the tasks together and owns the stop sequence.
 //!
 //! Start: config (already valid) → catalog preflight → templates parsed → signal handlers →
-//! then, and only then, the tasks: catalog watch, one runner per template group, handlers and
-//! tasks, supervisor (registrations, main), control socket. Everything is validated before
-//! anything binds or spawns.
+//! then, and only then, the tasks: catalog watch, control socket, one runner per template
+//! group, handlers and tasks, supervisor (registrations, main). Everything is validated
+//! before anything binds or spawns.
 //!
-//! Tasks, by lifetime: the daemon's own ([`Daemon::tasks`]: catalog watch, wanted-set
+//! Tasks, by lifetime: the daemon's own (`Daemon::tasks`: catalog watch, wanted-set
 //! collector, catalog health on the board, control socket, handler and task runs in flight),
 //! each config generation's ([`Generation`]: runners, `[[watch]]` and `[[task]]` loops,
 //! swapped on SIGHUP), and the supervisor's (registrars, main). All take a child of the one
@@ -108,106 +108,21 @@ struct CatalogTask {
     handle: JoinHandle<()>,
 }
 
-/// The running daemon.
-struct Daemon {
-    config: Config,
-    reloader: Reloader,
+/// What every config generation is wired to; lives as long as the daemon.
+struct Parts {
     /// Parent of every task's token.
     root: CancellationToken,
-    /// Tasks that live as long as the daemon; awaited at the end of the stop sequence.
-    tasks: TaskTracker,
     store: Arc<Store>,
     board: Arc<Board>,
     wanted: Wanted,
-    wanted_rx: watch::Receiver<BTreeSet<Query>>,
-    catalog: CatalogTask,
-    generation: Generation,
+    main_pid: watch::Receiver<Option<Pid>>,
     /// What `[[watch]]` handlers and `[[task]]`s keep across SIGHUP, and their runs in flight.
     watch_slots: watches::Slots,
     task_slots: tasks::Slots,
     runs: Runs,
-    supervisor: Supervisor,
-    main_pid: watch::Receiver<Option<Pid>>,
-    maintenance: watch::Sender<bool>,
-    control: mpsc::UnboundedReceiver<Command>,
 }
 
-impl Daemon {
-    fn start(
-        config: Config,
-        catalog: Arc<dyn Catalog>,
-        engine: Arc<Engine>,
-        reloader: Reloader,
-    ) -> Daemon {
-        let root = CancellationToken::new();
-        let tasks = TaskTracker::new();
-        let store = Arc::new(Store::new());
-        let board = Arc::new(Board::new(
-            std::process::id(),
-            config.path.display().to_string(),
-            catalog.describe(),
-        ));
-        let (wanted_tx, wanted_rx) = watch::channel(BTreeSet::new());
-        tasks.spawn(show_catalog_health(
-            board.clone(),
-            store.clone(),
-            wanted_rx.clone(),
-            root.clone(),
-        ));
-        let (wanted, collector) = Wanted::new(wanted_tx, store.clone());
-        tasks.spawn(collector.run(root.clone()));
-        let catalog = start_catalog(&tasks, catalog, wanted_rx.clone(), store.clone(), &root);
-        let (main_pid_tx, main_pid) = watch::channel::<Option<Pid>>(None);
-        let (maintenance, maintenance_rx) = watch::channel(false);
-        let control = control::server::start(
-            &config.control.socket,
-            board.clone(),
-            root.clone(),
-            &tasks,
-        )
-        .unwrap_or_else(|e| {
-            warn!(socket = %config.control.socket.display(), error = %e, "control socket unavailable; `rewire status` will not reach this process");
-            mpsc::unbounded_channel().1
-        });
-        let supervisor = Supervisor::start(
-            &config,
-            catalog.catalog.clone(),
-            board.clone(),
-            main_pid_tx,
-            crate::command::child_env(&config),
-            maintenance_rx,
-            root.clone(),
-        );
-        let generation = Generation::new(&root);
-        let mut daemon = Daemon {
-            watch_slots: watches::Slots::default(),
-            task_slots: tasks::Slots::default(),
-            runs: Runs::new(tasks.clone(), root.clone()),
-            config,
-            reloader,
-            root,
-            tasks,
-            store,
-            board,
-            wanted,
-            wanted_rx,
-            catalog,
-            generation,
-            supervisor,
-            main_pid,
-            maintenance,
-            control,
-        };
-        daemon.generation = daemon.spawn_generation(&daemon.config, engine);
-        info!(
-            config = %daemon.config.path.display(),
-            catalog = %daemon.catalog.catalog.describe(),
-            templates = daemon.config.templates.len(),
-            "rewire running"
-        );
-        daemon
-    }
-
+impl Parts {
     /// Starts the runners, handlers and tasks of one config.
     fn spawn_generation(&self, config: &Config, engine: Arc<Engine>) -> Generation {
         let generation = Generation::new(&self.root);
@@ -251,6 +166,99 @@ impl Daemon {
         );
         generation
     }
+}
+
+/// The running daemon.
+struct Daemon {
+    config: Config,
+    reloader: Reloader,
+    /// Tasks that live as long as the daemon; awaited at the end of the stop sequence.
+    tasks: TaskTracker,
+    parts: Parts,
+    wanted_rx: watch::Receiver<BTreeSet<Query>>,
+    catalog: CatalogTask,
+    generation: Generation,
+    supervisor: Supervisor,
+    maintenance: watch::Sender<bool>,
+    control: mpsc::UnboundedReceiver<Command>,
+}
+
+impl Daemon {
+    fn start(
+        config: Config,
+        catalog: Arc<dyn Catalog>,
+        engine: Arc<Engine>,
+        reloader: Reloader,
+    ) -> Daemon {
+        let root = CancellationToken::new();
+        let tasks = TaskTracker::new();
+        let store = Arc::new(Store::new());
+        let board = Arc::new(Board::new(
+            std::process::id(),
+            config.path.display().to_string(),
+            catalog.describe(),
+        ));
+        let (wanted_tx, wanted_rx) = watch::channel(BTreeSet::new());
+        tasks.spawn(show_catalog_health(
+            board.clone(),
+            store.clone(),
+            wanted_rx.clone(),
+            root.clone(),
+        ));
+        let (wanted, collector) = Wanted::new(wanted_tx, store.clone());
+        tasks.spawn(collector.run(root.clone()));
+        let catalog = start_catalog(&tasks, catalog, wanted_rx.clone(), store.clone(), &root);
+        let (main_pid_tx, main_pid) = watch::channel::<Option<Pid>>(None);
+        let control = control::server::start(
+            &config.control.socket,
+            board.clone(),
+            root.clone(),
+            &tasks,
+        )
+        .unwrap_or_else(|e| {
+            warn!(socket = %config.control.socket.display(), error = %e, "control socket unavailable; `rewire status` will not reach this process");
+            mpsc::unbounded_channel().1
+        });
+        let (maintenance, maintenance_rx) = watch::channel(false);
+        let parts = Parts {
+            runs: Runs::new(tasks.clone(), root.clone()),
+            watch_slots: watches::Slots::default(),
+            task_slots: tasks::Slots::default(),
+            root,
+            store,
+            board,
+            wanted,
+            main_pid,
+        };
+        let generation = parts.spawn_generation(&config, engine);
+        info!(
+            config = %config.path.display(),
+            catalog = %catalog.catalog.describe(),
+            templates = config.templates.len(),
+            "rewire running"
+        );
+        let supervisor = Supervisor::start(
+            &config,
+            catalog.catalog.clone(),
+            parts.board.clone(),
+            main_pid_tx,
+            crate::command::child_env(&config),
+            maintenance_rx,
+            parts.root.clone(),
+        );
+        Daemon {
+            config,
+            reloader,
+            tasks,
+            parts,
+            wanted_rx,
+            catalog,
+            generation,
+            supervisor,
+            maintenance,
+            control,
+        }
+    }
 
     /// Serves signals and control requests until a stop signal (`None`) or until main exits
     /// for good (its status).
@@ -269,7 +277,7 @@ impl Daemon {
                     Command::Maintenance(on) => {
                         info!(maintenance = on, "maintenance mode");
                         self.maintenance.send_replace(on);
-                        self.board.update(|r| r.maintenance = on);
+                        self.parts.board.update(|r| r.maintenance = on);
                     }
                 },
                 status = self.supervisor.exited() => return Some(status),
@@ -293,15 +301,15 @@ impl Daemon {
                 Ok(c) => {
                     info!(catalog = %c.describe(), "catalog settings changed; reconnecting");
                     let label = c.describe();
-                    self.board.update(|r| r.catalog = label);
+                    self.parts.board.update(|r| r.catalog = label);
                     self.catalog.stop.cancel();
                     let _ = (&mut self.catalog.handle).await;
                     self.catalog = start_catalog(
                         &self.tasks,
                         c,
                         self.wanted_rx.clone(),
-                        self.store.clone(),
-                        &self.root,
+                        self.parts.store.clone(),
+                        &self.parts.root,
                     );
                 }
                 Err(e) => {
@@ -312,11 +320,11 @@ impl Daemon {
         }
         // The old runners stop (a round in progress finishes) before the new ones start: two
         // generations must never write the same files.
-        let old = std::mem::replace(&mut self.generation, Generation::new(&self.root));
+        let old = std::mem::replace(&mut self.generation, Generation::new(&self.parts.root));
         old.shut().await;
-        self.generation = self.spawn_generation(&new, engine);
+        self.generation = self.parts.spawn_generation(&new, engine);
         self.supervisor.reconfigure(&new);
-        self.board.update(|r| {
+        self.parts.board.update(|r| {
             for name in &changes.dropped_templates {
                 r.templates.remove(name);
             }
@@ -348,7 +356,7 @@ impl Daemon {
             }
         };
         self.generation.shut().await;
-        self.root.cancel();
+        self.parts.root.cancel();
         self.tasks.close();
         if tokio::time::timeout(GRACE, self.tasks.wait())
             .await
