@@ -1,4 +1,4 @@
-//! The command line (clap). `main.rs` parses it; `lib.rs` runs the chosen command.
+//! The command line (clap). `main.rs` parses it; `app::run` runs the chosen command.
 
 use std::path::PathBuf;
 use std::time::Duration;
