@@ -10,10 +10,10 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
-use rewire::catalog::{Data, Instance, Query, Status};
 use rewire::config::{CheckMode, DEFAULT_WAIT, TemplateConfig, WriteMode};
+use rewire::model::{Data, Instance, Query, Status};
+use rewire::render::template::{Engine, Rendered};
 use rewire::store::Store;
-use rewire::template::{Engine, Rendered};
 
 fn instances(n: usize) -> Vec<Arc<Instance>> {
     (0..n)

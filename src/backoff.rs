@@ -8,6 +8,19 @@ use std::time::Duration;
 
 use rand::Rng;
 
+/// Bounds a backoff cannot have.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BackoffError {
+    #[error("retry base must be more than 0")]
+    ZeroBase,
+    #[error(
+        "retry max ({}) is less than base ({})",
+        humantime::format_duration(*.max),
+        humantime::format_duration(*.base)
+    )]
+    MaxBelowBase { base: Duration, max: Duration },
+}
+
 #[derive(Clone, Debug)]
 pub struct Backoff {
     base: Duration,
@@ -17,16 +30,12 @@ pub struct Backoff {
 
 impl Backoff {
     /// `base` is the first delay, `max` the cap. Rejects `max < base` and a zero base.
-    pub fn new(base: Duration, max: Duration) -> Result<Backoff, String> {
+    pub fn new(base: Duration, max: Duration) -> Result<Backoff, BackoffError> {
         if base.is_zero() {
-            return Err("retry base must be more than 0".into());
+            return Err(BackoffError::ZeroBase);
         }
         if max < base {
-            return Err(format!(
-                "retry max ({}) is less than base ({})",
-                humantime::format_duration(max),
-                humantime::format_duration(base)
-            ));
+            return Err(BackoffError::MaxBelowBase { base, max });
         }
         Ok(Backoff {
             base,

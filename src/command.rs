@@ -14,7 +14,7 @@ use nix::unistd::Pid;
 use tokio::io::AsyncWriteExt;
 use tokio::process::Command;
 
-use crate::config::{CommandSpec, Program};
+use crate::config::{CommandSpec, Config, Program};
 
 /// How much of a command's output is kept.
 const OUTPUT_LIMIT: usize = 16 * 1024;
@@ -60,6 +60,20 @@ pub struct SpawnError {
     pub program: String,
     #[source]
     pub source: std::io::Error,
+}
+
+/// The environment every child process gets on top of rewire's own: `REWIRE_CONFIG` (so
+/// `pre_start = ["rewire", "render"]` renders the daemon's config), `REWIRE_PID` and
+/// `REWIRE_<SERVICE>_IP` for each `[[service]]` whose address resolves now.
+pub fn child_env(config: &Config) -> BTreeMap<String, String> {
+    let mut env = BTreeMap::new();
+    env.insert(
+        "REWIRE_CONFIG".to_string(),
+        config.path.display().to_string(),
+    );
+    env.insert("REWIRE_PID".to_string(), std::process::id().to_string());
+    env.extend(crate::host::address_env(&config.services));
+    env
 }
 
 /// Builds a `tokio::process::Command` for a program, in its own process group.
@@ -114,17 +128,28 @@ pub async fn run(
     drop(cmd);
     let pgid = child.id().map(|id| Pid::from_raw(id as i32));
 
-    if let (Some(bytes), Some(mut pipe)) = (stdin, child.stdin.take()) {
-        let bytes = bytes.to_vec();
-        tokio::spawn(async move {
-            let _ = pipe.write_all(&bytes).await;
+    // The input is written while the command runs, beside the wait rather than before it: a
+    // command that reads nothing must not block the wait, and the write ends with the command.
+    let pipe = child.stdin.take();
+    let feed = async move {
+        if let (Some(bytes), Some(mut pipe)) = (stdin, pipe) {
+            let _ = pipe.write_all(bytes).await;
             let _ = pipe.shutdown().await;
-        });
-    }
+            // `pipe` is dropped here: the command sees the end of its input.
+        }
+        std::future::pending::<()>().await
+    };
 
+    // Blocking reads of the pipe, on the blocking pool. Awaited below for at most 2 s; after
+    // that the read is deliberately left to finish on its own (children of the command still
+    // hold the pipe open; they are killed, and the read ends when the pipe closes).
     let read_output = tokio::task::spawn_blocking(move || read_limited(reader));
 
-    let status = match tokio::time::timeout(spec.timeout, child.wait()).await {
+    let waited = tokio::select! {
+        waited = tokio::time::timeout(spec.timeout, child.wait()) => waited,
+        () = feed => unreachable!("feeding the input never ends by itself"),
+    };
+    let status = match waited {
         Ok(Ok(status)) => exit_status(status),
         Ok(Err(e)) => {
             return Err(SpawnError {

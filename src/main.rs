@@ -1,24 +1,29 @@
+//! `rewire`: parse the command line, settle PID 1 duties, run the command, print one report,
+//! exit with the status `app` chose.
+
 use std::process::ExitCode;
 
 use clap::Parser;
-use rewire::cli::{Cli, Command};
-use rewire::init::{self, Fork};
+use rewire::app::cli::{Cli, Command};
+use rewire::app::{self, Failure, Outcome};
+use rewire::proc::init::{self, Fork};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    // As PID 1 (or with `run --subreaper`), fork the reaper before any thread exists: the
-    // runtime is built inside `rewire::main`, in the worker.
-    if let Command::Run(args) = &cli.command
-        && init::needed(args.subreaper)
-    {
-        match init::fork_worker(args.subreaper) {
-            Ok(Fork::Parent(worker)) => return init::reap_and_forward(worker),
-            Ok(Fork::Child) => {}
-            Err(e) => {
-                eprintln!("rewire: cannot start the reaper process: {e}");
-                return ExitCode::from(2);
+    let result = match &cli.command {
+        // As PID 1 (or with `run --subreaper`), fork the reaper before any thread exists: the
+        // runtime is built inside `app::run`, in the worker.
+        Command::Run(args) if init::needed(args.subreaper) => {
+            match init::fork_worker(args.subreaper) {
+                Ok(Fork::Parent(worker)) => Ok(Outcome::Relayed(init::reap_and_forward(worker))),
+                Ok(Fork::Child) => app::run(cli),
+                Err(e) => Err(Failure::Reaper(e)),
             }
         }
+        _ => app::run(cli),
+    };
+    if let Some(report) = app::report(&result) {
+        eprintln!("{report}");
     }
-    rewire::main(cli)
+    app::exit_status(&result)
 }

@@ -1,16 +1,19 @@
 //! What the daemon is doing, for `rewire status`, the supervisor and the logs.
 //!
 //! Runners, the registrar and the supervisor write here; the control socket reads. It is a
-//! plain mutex-guarded record: writes are rare (once per render or health check).
+//! plain mutex-guarded record: writes are rare (once per render or health check). The
+//! [`Report`] is typed end to end: the daemon serializes it, `rewire status` deserializes it
+//! and formats the text from the same struct, so a renamed field cannot silently blank a line.
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::time::SystemTime;
 
-use serde::Serialize;
+use crate::lock::lock;
+use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
-#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum TemplateState {
     /// Not rendered yet, or waiting for data.
@@ -21,15 +24,28 @@ pub enum TemplateState {
     Error,
 }
 
-#[derive(Clone, Debug, Serialize)]
+/// What became of one template in a render round.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TemplateEvent {
+    /// The destination already held these bytes.
+    Unchanged,
+    /// Written (and reloaded, when it has a reload).
+    Written,
+    /// Not written yet: waiting for data, and why.
+    Waiting(String),
+    /// Not written: the render, the check, the write or the reload failed.
+    Failed(String),
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct TemplateStatus {
     pub destination: String,
     pub state: TemplateState,
     /// What it waits for, or the last error.
     pub detail: String,
-    #[serde(with = "opt_time")]
+    #[serde(default, with = "opt_time")]
     pub last_render: Option<SystemTime>,
-    #[serde(with = "opt_time")]
+    #[serde(default, with = "opt_time")]
     pub last_written: Option<SystemTime>,
     pub renders: u64,
     pub writes: u64,
@@ -37,7 +53,7 @@ pub struct TemplateStatus {
     pub ready: bool,
 }
 
-#[derive(Clone, Debug, Serialize, Default)]
+#[derive(Clone, Debug, Serialize, Deserialize, Default, PartialEq)]
 pub struct ServiceStatus {
     pub id: String,
     pub name: String,
@@ -48,7 +64,7 @@ pub struct ServiceStatus {
     pub detail: String,
 }
 
-#[derive(Clone, Debug, Serialize, Default)]
+#[derive(Clone, Debug, Serialize, Deserialize, Default, PartialEq)]
 pub struct MainStatus {
     pub state: String,
     pub pid: Option<i32>,
@@ -56,14 +72,14 @@ pub struct MainStatus {
     pub last_exit: Option<String>,
 }
 
-#[derive(Clone, Debug, Serialize, Default)]
+#[derive(Clone, Debug, Serialize, Deserialize, Default, PartialEq)]
 pub struct TaskStatus {
     pub runs: u64,
     pub failures: u64,
     pub last_error: String,
 }
 
-#[derive(Clone, Debug, Serialize, Default)]
+#[derive(Clone, Debug, Serialize, Deserialize, Default, PartialEq)]
 pub struct Report {
     pub pid: u32,
     pub config: String,
@@ -98,15 +114,12 @@ impl Board {
     }
 
     pub fn update(&self, f: impl FnOnce(&mut Report)) {
-        let mut r = self.report.lock().unwrap_or_else(|e| e.into_inner());
+        let mut r = lock(&self.report);
         f(&mut r);
     }
 
     pub fn report(&self) -> Report {
-        self.report
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        lock(&self.report).clone()
     }
 
     /// Records one template's new state.
@@ -139,9 +152,36 @@ impl Board {
         }
     }
 
+    /// Records what became of one template in a render round.
+    pub fn record(&self, name: &str, dest: &str, at: SystemTime, event: TemplateEvent) {
+        self.template(name, dest, |s| match event {
+            TemplateEvent::Unchanged | TemplateEvent::Written => {
+                s.state = TemplateState::Ok;
+                s.detail.clear();
+                s.last_render = Some(at);
+                s.renders += 1;
+                s.ready = true;
+                if matches!(event, TemplateEvent::Written) {
+                    s.last_written = Some(at);
+                    s.writes += 1;
+                }
+            }
+            TemplateEvent::Waiting(reason) => {
+                s.state = TemplateState::Pending;
+                s.detail = reason;
+            }
+            TemplateEvent::Failed(error) => {
+                s.state = TemplateState::Error;
+                s.detail = error;
+                s.last_render = Some(at);
+                s.renders += 1;
+            }
+        });
+    }
+
     /// Whether every named template has been ready at least once.
     pub fn all_ready(&self, names: &[String]) -> bool {
-        let r = self.report.lock().unwrap_or_else(|e| e.into_inner());
+        let r = lock(&self.report);
         names
             .iter()
             .all(|n| r.templates.get(n).is_some_and(|t| t.ready))
@@ -152,14 +192,24 @@ impl Board {
     }
 }
 
+/// Times travel as RFC 3339 with milliseconds (`rewire status --json` shows them as they are).
 mod opt_time {
-    use serde::Serializer;
+    use serde::{Deserialize, Deserializer, Serializer};
     use std::time::SystemTime;
 
     pub fn serialize<S: Serializer>(t: &Option<SystemTime>, s: S) -> Result<S::Ok, S::Error> {
         match t {
             Some(t) => s.serialize_str(&humantime::format_rfc3339_millis(*t).to_string()),
             None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SystemTime>, D::Error> {
+        match Option::<String>::deserialize(d)? {
+            None => Ok(None),
+            Some(text) => humantime::parse_rfc3339(&text)
+                .map(Some)
+                .map_err(serde::de::Error::custom),
         }
     }
 }

@@ -5,20 +5,24 @@
 //! nothing (a Consul index that moved with identical data, a file rewritten with the same bytes)
 //! never wakes a template. A snapshot is an `Arc`: readers clone it and let go of the lock at once.
 
+use std::any::Any;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 
 use tokio::sync::watch;
 
-use crate::catalog::{Data, Query};
+use crate::lock::lock;
+use crate::model::{Data, Query};
 
 /// One query's answer and the store version at which it last changed.
 #[derive(Debug)]
 pub struct Entry {
     pub data: Data,
     pub version: u64,
-    /// The template engine's view of `data`, built at most once per entry (see `template`).
-    pub value: OnceLock<tera::Value>,
+    /// A form of `data` derived at most once per entry by whoever reads it: the template engine
+    /// keeps its converted values here. The store only carries the slot (and asks whether it
+    /// is filled), so it knows nothing of what goes in.
+    pub derived: Derived,
     /// The entry this one replaced, while its converted value may still be reused: when one
     /// of 1 000 instances changes, the other 999 keep their converted values. Taken (and so
     /// dropped) by the first conversion; never longer than one link.
@@ -28,12 +32,12 @@ pub struct Entry {
 impl Entry {
     /// Takes the previous entry for value reuse (see `previous`).
     pub fn take_previous(&self) -> Option<Arc<Entry>> {
-        self.previous
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take()
+        lock(&self.previous).take()
     }
 }
+
+/// A slot for a value derived from an entry's data (see [`Entry::derived`]).
+pub type Derived = OnceLock<Box<dyn Any + Send + Sync>>;
 
 /// Whether the catalog is reachable, as the watchers last saw it.
 #[derive(Clone, Debug, PartialEq, Eq, Default)]
@@ -82,7 +86,7 @@ impl Store {
 
     /// The latest snapshot.
     pub fn snapshot(&self) -> Arc<Snapshot> {
-        self.lock().clone()
+        self.current().clone()
     }
 
     /// A receiver that sees every new snapshot (latest value semantics).
@@ -97,7 +101,7 @@ impl Store {
 
     /// Records several answers and publishes once. Returns whether anything changed.
     pub fn update_many(&self, items: impl IntoIterator<Item = (Query, Data)>) -> bool {
-        let mut current = self.lock();
+        let mut current = self.current();
         let version = current.version + 1;
         let mut changed: Vec<(Query, Arc<Entry>)> = Vec::new();
         for (query, data) in items {
@@ -109,7 +113,7 @@ impl Store {
                 changed.remove(pos);
             }
             let previous = current.entries.get(&query).and_then(|old| {
-                if old.value.get().is_some() {
+                if old.derived.get().is_some() {
                     Some(old.clone())
                 } else {
                     old.take_previous()
@@ -118,7 +122,7 @@ impl Store {
             let entry = Arc::new(Entry {
                 data,
                 version,
-                value: OnceLock::new(),
+                derived: OnceLock::new(),
                 previous: Mutex::new(previous),
             });
             changed.push((query, entry));
@@ -140,7 +144,7 @@ impl Store {
 
     /// Drops queries nobody uses any more.
     pub fn forget(&self, queries: &[Query]) {
-        let mut current = self.lock();
+        let mut current = self.current();
         if !queries.iter().any(|q| current.entries.contains_key(q)) {
             return;
         }
@@ -160,7 +164,7 @@ impl Store {
     /// Records whether the catalog is reachable. Returns whether that is news, so callers log
     /// once per change of state rather than once per retry.
     pub fn set_health(&self, health: Health) -> bool {
-        let mut current = self.lock();
+        let mut current = self.current();
         if current.health == health {
             return false;
         }
@@ -174,9 +178,9 @@ impl Store {
         true
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Arc<Snapshot>> {
+    fn current(&self) -> std::sync::MutexGuard<'_, Arc<Snapshot>> {
         // A panic while holding this lock leaves a valid Arc behind: keep going.
-        self.current.lock().unwrap_or_else(|e| e.into_inner())
+        lock(&self.current)
     }
 }
 

@@ -1,17 +1,36 @@
-//! The JSON record of one instance, shared by the dir and etcd catalogs, and the checks every
-//! backend applies to catalog data before a template may see it.
+//! The JSON record of one instance, shared by the dir and etcd catalogs.
 //!
-//! Catalog data is never trusted: an address that is neither an IP nor a hostname, or a port
-//! outside 1–65535, would end up in an nginx or haproxy config. Such an instance is skipped
-//! with a warning; the rest of the list still renders.
+//! Catalog data is never trusted: a record becomes an [`Instance`] only after the checks in
+//! [`model`](crate::model) (an address that is neither an IP nor a hostname, or a port outside
+//! 1–65535, would end up in an nginx or haproxy config). Such an instance is skipped with a
+//! warning; the rest of the list still renders.
 
 use std::collections::BTreeMap;
-use std::net::IpAddr;
 use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
 
-use super::{Instance, Registration, Status};
+use crate::model::{
+    Instance, Invalid, Registration, Status, check_address, check_name, check_port,
+};
+
+/// Why a record is not a usable instance.
+#[derive(Debug, thiserror::Error)]
+pub enum RecordError {
+    #[error("not an instance record: {0}")]
+    Json(#[from] serde_json::Error),
+    #[error("service name: {0}")]
+    ServiceName(Invalid),
+    #[error("instance id: {0}")]
+    InstanceId(Invalid),
+    #[error("expires_at {value:?} is not an RFC 3339 time: {source}")]
+    Expiry {
+        value: String,
+        source: humantime::TimestampError,
+    },
+    #[error("{0}")]
+    Invalid(#[from] Invalid),
+}
 
 /// `PATH/services/<service>/<id>.json` (dir) and `PREFIX/services/<service>/<id>` (etcd).
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -54,12 +73,15 @@ impl Record {
     }
 
     /// Parses the expiry time, if any.
-    pub fn expiry(&self) -> Result<Option<SystemTime>, String> {
+    pub fn expiry(&self) -> Result<Option<SystemTime>, RecordError> {
         match &self.expires_at {
             None => Ok(None),
             Some(s) => humantime::parse_rfc3339_weak(s)
                 .map(Some)
-                .map_err(|e| format!("expires_at {s:?} is not an RFC 3339 time: {e}")),
+                .map_err(|source| RecordError::Expiry {
+                    value: s.clone(),
+                    source,
+                }),
         }
     }
 
@@ -70,8 +92,8 @@ impl Record {
         id: &str,
         default_node: &str,
         now: SystemTime,
-    ) -> Result<Instance, String> {
-        check_name(service).map_err(|e| format!("service name: {e}"))?;
+    ) -> Result<Instance, RecordError> {
+        check_name(service).map_err(RecordError::ServiceName)?;
         check_address(&self.address)?;
         let port = check_port(self.port)?;
         let mut status = self.status;
@@ -96,79 +118,23 @@ impl Record {
     }
 }
 
-/// An IP address (v4 or v6) or an RFC 1123 hostname.
-pub fn check_address(addr: &str) -> Result<(), String> {
-    if addr.parse::<IpAddr>().is_ok() {
-        return Ok(());
+/// Cuts a health note (the check command's output, kept for humans) to `max` bytes on a
+/// character boundary, marked with `…` when cut.
+pub fn truncate_note(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_string();
     }
-    let ok = !addr.is_empty()
-        && addr.len() <= 253
-        && addr.split('.').all(|label| {
-            !label.is_empty()
-                && label.len() <= 63
-                && !label.starts_with('-')
-                && !label.ends_with('-')
-                && label
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-        });
-    if ok {
-        Ok(())
-    } else {
-        Err(format!(
-            "address {addr:?} is neither an IP address nor a hostname"
-        ))
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
     }
-}
-
-/// A port between 1 and 65535.
-pub fn check_port(port: i64) -> Result<u16, String> {
-    match u16::try_from(port) {
-        Ok(p) if p > 0 => Ok(p),
-        _ => Err(format!("port {port} is outside 1-65535")),
-    }
-}
-
-/// Service names and instance ids become file names and URL path segments: keep them plain.
-pub fn check_name(name: &str) -> Result<(), String> {
-    let ok = !name.is_empty()
-        && name.len() <= 255
-        && !name.starts_with('.')
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':' | b'@'));
-    if ok {
-        Ok(())
-    } else {
-        Err(format!(
-            "{name:?} may only hold letters, digits and - _ . : @ (and may not start with a dot)"
-        ))
-    }
+    format!("{}…", &s[..end])
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::time::Duration;
-
-    #[test]
-    fn addresses_are_checked() {
-        assert!(check_address("10.0.0.5").is_ok());
-        assert!(check_address("::1").is_ok());
-        assert!(check_address("web-1.internal").is_ok());
-        assert!(check_address("").is_err());
-        assert!(check_address("evil; rm -rf /").is_err());
-        assert!(check_address("a b").is_err());
-        assert!(check_address("-x.y").is_err());
-    }
-
-    #[test]
-    fn ports_are_checked() {
-        assert_eq!(check_port(80), Ok(80));
-        assert!(check_port(0).is_err());
-        assert!(check_port(65536).is_err());
-        assert!(check_port(-1).is_err());
-    }
 
     #[test]
     fn expired_record_is_critical() {
@@ -199,5 +165,11 @@ mod tests {
         let i = r.into_instance("web", "w1", "host", now).unwrap();
         assert_eq!(i.status, Status::Passing);
         assert_eq!(i.node, "host");
+    }
+
+    #[test]
+    fn notes_are_cut_on_a_char_boundary() {
+        assert_eq!(truncate_note("short", 10), "short");
+        assert_eq!(truncate_note("héllo", 2), "h…");
     }
 }

@@ -5,9 +5,27 @@
 //! the rules are table-tested. Unlike vector, an unset `${VAR}` without a default is an error,
 //! never a silent `""`: an empty token or address is worse than a refusal to start.
 
+/// Why a string could not be interpolated (the walker adds where it is).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum InterpolateError {
+    #[error("unclosed ${{ in {0:?}: write ${{VAR}}, or $${{ for a literal ${{")]
+    Unclosed(String),
+    #[error(
+        "${{{0}}} is not a variable reference: names hold letters, digits and _ (write $${{ for a literal ${{)"
+    )]
+    NotAName(String),
+    #[error(
+        "environment variable {0} is not set: set it, or give a default with ${{{0}:-default}}"
+    )]
+    Unset(String),
+}
+
 /// Expands `${VAR}`, `${VAR:-default}` and the escape `$${` (a literal `${`).
 /// A `$` not followed by `{` is kept as it is.
-pub fn interpolate(input: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<String, String> {
+pub fn interpolate(
+    input: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<String, InterpolateError> {
     let mut out = String::with_capacity(input.len());
     let mut rest = input;
     while let Some(pos) = rest.find('$') {
@@ -24,9 +42,7 @@ pub fn interpolate(input: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<
             continue;
         };
         let Some(end) = body_start.find('}') else {
-            return Err(format!(
-                "unclosed ${{ in {input:?}: write ${{VAR}}, or $${{ for a literal ${{"
-            ));
+            return Err(InterpolateError::Unclosed(input.to_string()));
         };
         let body = &body_start[..end];
         let (name, default) = match body.split_once(":-") {
@@ -37,17 +53,13 @@ pub fn interpolate(input: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<
             || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
             || name.as_bytes()[0].is_ascii_digit()
         {
-            return Err(format!(
-                "${{{body}}} is not a variable reference: names hold letters, digits and _ (write $${{ for a literal ${{)"
-            ));
+            return Err(InterpolateError::NotAName(body.to_string()));
         }
         match (env(name), default) {
             (Some(v), _) => out.push_str(&v),
             (None, Some(d)) => out.push_str(d),
             (None, None) => {
-                return Err(format!(
-                    "environment variable {name} is not set: set it, or give a default with ${{{name}:-default}}"
-                ));
+                return Err(InterpolateError::Unset(name.to_string()));
             }
         }
         rest = &body_start[end + 1..];
@@ -89,7 +101,7 @@ mod tests {
             let got = interpolate(input, &env);
             match (want, &got) {
                 (Ok(w), Ok(g)) => assert_eq!(g, w, "input {input:?}"),
-                (Err(w), Err(g)) => assert!(g.contains(w), "input {input:?}: {g}"),
+                (Err(w), Err(g)) => assert!(g.to_string().contains(w), "input {input:?}: {g}"),
                 _ => panic!("input {input:?}: got {got:?}, want {want:?}"),
             }
         }

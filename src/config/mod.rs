@@ -1,12 +1,35 @@
 //! `rewire.toml`: what the user wrote, checked and turned into types.
 //!
-//! Parsing happens in two stages (ripgrep's habit): `parse` walks the spanned TOML tree that
-//! the `toml` crate gives us and collects *every* problem with its file:line:col, then hands
-//! back the typed [`Config`] the rest of rewire sees. Durations, modes, signals and commands
+//! Two stages (ripgrep's habit): the text is parsed into toml's spanned tree, then walked
+//! section by section, collecting *every* problem with its file:line:col and a hint, into the
+//! typed [`Config`] below that the rest of rewire sees. Durations, modes, signals and commands
 //! become types here, so nothing downstream parses strings from the config again.
+//!
+//! - [`parse_str`] (`parse.rs`) is pure: text in, config or every problem out. [`load`]
+//!   (`load.rs`) reads the file and adds the checks that look at the disk.
+//! - `walker.rs` is the spanned walker and its plain getters; `values.rs` the typed values
+//!   (durations, signals, commands, waits, modes, enum strings); `interpolate.rs` `${VAR}`.
+//! - One file per section, each owning its list of accepted keys: `catalog`, `control`,
+//!   `defaults`, `template`, `service`, `watch`, `task`, `main`.
+//! - `error.rs`: the problems, as the text users read.
+//!
+//! The config imports only the model and the backoff rules: it knows nothing of catalogs,
+//! templates or processes, which all read it.
 
+mod catalog;
+mod control;
+mod defaults;
+mod error;
 mod interpolate;
+mod load;
+mod main;
 mod parse;
+mod service;
+mod task;
+mod template;
+mod values;
+mod walker;
+mod watch;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -15,13 +38,14 @@ use std::time::Duration;
 
 use nix::sys::signal::Signal;
 
-use crate::catalog::Status;
+use crate::model::{CatalogUrl, CatalogUrlError, Status};
 
-pub use interpolate::interpolate;
-pub use parse::{
-    ConfigError, ConfigErrors, DEFAULT_WAIT, default_socket, load, parse_duration, parse_signal,
-    parse_str,
-};
+pub use self::control::default_socket;
+pub use self::error::{ConfigError, ConfigErrors};
+pub use self::interpolate::{InterpolateError, interpolate};
+pub use self::load::load;
+pub use self::parse::parse_str;
+pub use self::values::{DurationError, UnknownSignal, parse_duration, parse_signal};
 
 /// The whole, validated configuration.
 #[derive(Clone, Debug)]
@@ -161,6 +185,13 @@ pub struct Wait {
     pub min: Duration,
     pub max: Duration,
 }
+
+/// Used when neither `[defaults] wait` nor a template's `wait` is set: long enough to fold a
+/// rolling deploy's burst into one reload, short enough that a newcomer sees the file follow.
+pub const DEFAULT_WAIT: Wait = Wait {
+    min: Duration::from_millis(500),
+    max: Duration::from_secs(2),
+};
 
 /// A command to run: an argv array, or a shell string only when the user asked for one.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -352,8 +383,7 @@ pub struct MainConfig {
 }
 
 /// Applies `--catalog URL`, keeping the config's settings (token, TLS) for the same backend.
-pub fn override_catalog(config: &mut Config, url: &str) -> Result<(), String> {
-    use crate::catalog::CatalogUrl;
+pub fn override_catalog(config: &mut Config, url: &str) -> Result<(), CatalogUrlError> {
     let backend = match CatalogUrl::parse(url)? {
         CatalogUrl::Dir(p) => Backend::Dir(DirSettings {
             path: parse::normalize(&std::env::current_dir().unwrap_or_default().join(p)),

@@ -15,8 +15,9 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use rewire::catalog::consul::ConsulCatalog;
-use rewire::catalog::{Catalog, CatalogError, Data, Instance, Query, Registration, Status};
+use rewire::catalog::{Catalog, CatalogError};
 use rewire::config::{Backend, CatalogConfig, ConsulSettings, Retry, Secret};
+use rewire::model::{Data, Instance, Query, Registration, Status};
 use rewire::store::{Health, Store};
 use support::Consul;
 use tokio::sync::watch;

@@ -15,8 +15,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rewire::catalog::etcd::EtcdCatalog;
-use rewire::catalog::{Catalog, CatalogError, Data, Instance, Query, Registration, Status};
+use rewire::catalog::{Catalog, CatalogError};
 use rewire::config::{Backend, CatalogConfig, EtcdSettings, Retry, Secret};
+use rewire::model::{Data, Instance, Query, Registration, Status};
 use rewire::store::{Health, Store};
 use support::etcd::{self as etcd_api, Etcd, EtcdCluster, EtcdGateway};
 use support::{TIMEOUT, http, poll_until, wait_for};

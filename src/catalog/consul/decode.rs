@@ -16,8 +16,10 @@ use base64::Engine;
 use serde::Deserialize;
 use tracing::warn;
 
-use crate::catalog::record::{check_address, check_name, check_port};
-use crate::catalog::{CatalogError, Data, Instance, KeyValue, Query, ServiceSummary, Status};
+use crate::catalog::CatalogError;
+use crate::model::{
+    Data, Instance, KeyValue, Query, ServiceSummary, Status, check_address, check_name, check_port,
+};
 
 pub const BACKEND: &str = "consul";
 
@@ -112,14 +114,11 @@ pub fn interpret(
             ),
         });
     }
-    let index = parse_index(a.index).map_err(|detail| CatalogError::Malformed {
-        backend: BACKEND.into(),
-        detail: format!("{what}: {detail}"),
-    })?;
-    let malformed = |detail: String| CatalogError::Malformed {
+    let malformed = |detail: Malformed| CatalogError::Malformed {
         backend: BACKEND.into(),
         detail: format!("{what}: {detail}"),
     };
+    let index = parse_index(a.index).map_err(malformed)?;
     let data = match query {
         Query::Service(name) => Data::Instances(health_service(name, a.body).map_err(malformed)?),
         Query::Services => Data::Services(catalog_services(a.body).map_err(malformed)?),
@@ -131,14 +130,19 @@ pub fn interpret(
     Ok(Reply { index, data })
 }
 
+/// An answer the agent sent that rewire cannot read (the caller adds which request it was).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct Malformed(pub String);
+
 /// `X-Consul-Index`: required (without it nothing can block). Consul documents that an
 /// index of 0 must be treated as 1, or every following request returns at once.
-pub fn parse_index(header: Option<&str>) -> Result<u64, String> {
-    let raw = header.ok_or("the X-Consul-Index header is missing")?;
+pub fn parse_index(header: Option<&str>) -> Result<u64, Malformed> {
+    let raw = header.ok_or_else(|| Malformed("the X-Consul-Index header is missing".into()))?;
     let index: u64 = raw
         .trim()
         .parse()
-        .map_err(|_| format!("X-Consul-Index {raw:?} is not a number"))?;
+        .map_err(|_| Malformed(format!("X-Consul-Index {raw:?} is not a number")))?;
     Ok(index.max(1))
 }
 
@@ -193,9 +197,9 @@ fn check_status(s: &str) -> Status {
 
 /// `/v1/health/service/<name>` (without `?passing`): every instance with the worst status of
 /// its checks, the node's own (`serfHealth`, maintenance) included, as `?passing` counts them.
-pub fn health_service(service: &str, body: &[u8]) -> Result<Vec<Arc<Instance>>, String> {
+pub fn health_service(service: &str, body: &[u8]) -> Result<Vec<Arc<Instance>>, Malformed> {
     let entries: Option<Vec<HealthEntry>> =
-        serde_json::from_slice(body).map_err(|e| format!("health entries: {e}"))?;
+        serde_json::from_slice(body).map_err(|e| Malformed(format!("health entries: {e}")))?;
     let mut out = Vec::new();
     for e in entries.unwrap_or_default() {
         let status = e
@@ -219,8 +223,8 @@ pub fn health_service(service: &str, body: &[u8]) -> Result<Vec<Arc<Instance>>, 
         let checked = check_name(&name)
             .map_err(|e| format!("service name {e}"))
             .and_then(|()| check_name(&s.id).map_err(|e| format!("instance id {e}")))
-            .and_then(|()| check_address(&address))
-            .and_then(|()| check_port(s.port));
+            .and_then(|()| check_address(&address).map_err(|e| e.to_string()))
+            .and_then(|()| check_port(s.port).map_err(|e| e.to_string()));
         match checked {
             Ok(port) => {
                 let mut tags = s.tags.unwrap_or_default();
@@ -246,9 +250,9 @@ pub fn health_service(service: &str, body: &[u8]) -> Result<Vec<Arc<Instance>>, 
 }
 
 /// `/v1/catalog/services`: `{"name": ["tag", ...]}`.
-pub fn catalog_services(body: &[u8]) -> Result<Vec<ServiceSummary>, String> {
+pub fn catalog_services(body: &[u8]) -> Result<Vec<ServiceSummary>, Malformed> {
     let map: Option<BTreeMap<String, Option<Vec<String>>>> =
-        serde_json::from_slice(body).map_err(|e| format!("service list: {e}"))?;
+        serde_json::from_slice(body).map_err(|e| Malformed(format!("service list: {e}")))?;
     let mut out = Vec::new();
     for (name, tags) in map.unwrap_or_default() {
         if let Err(error) = check_name(&name) {
@@ -273,13 +277,13 @@ struct KvPair {
 
 /// A KV value: base64 in JSON, `null` for an empty value. Templates want text: invalid UTF-8
 /// is replaced (with a warning) rather than failing the whole read.
-fn kv_value(key: &str, value: Option<&str>) -> Result<String, String> {
+fn kv_value(key: &str, value: Option<&str>) -> Result<String, Malformed> {
     let Some(b64) = value else {
         return Ok(String::new());
     };
     let bytes = base64::engine::general_purpose::STANDARD
         .decode(b64)
-        .map_err(|e| format!("key {key:?}: value is not base64: {e}"))?;
+        .map_err(|e| Malformed(format!("key {key:?}: value is not base64: {e}")))?;
     match String::from_utf8(bytes) {
         Ok(s) => Ok(s),
         Err(e) => {
@@ -290,9 +294,9 @@ fn kv_value(key: &str, value: Option<&str>) -> Result<String, String> {
 }
 
 /// `/v1/kv/<path>` (200): a one-element list.
-pub fn kv_key(path: &str, body: &[u8]) -> Result<Option<String>, String> {
+pub fn kv_key(path: &str, body: &[u8]) -> Result<Option<String>, Malformed> {
     let pairs: Option<Vec<KvPair>> =
-        serde_json::from_slice(body).map_err(|e| format!("key {path:?}: {e}"))?;
+        serde_json::from_slice(body).map_err(|e| Malformed(format!("key {path:?}: {e}")))?;
     let pairs = pairs.unwrap_or_default();
     let wanted = path.trim_start_matches('/');
     let pair = pairs
@@ -305,9 +309,9 @@ pub fn kv_key(path: &str, body: &[u8]) -> Result<Option<String>, String> {
 
 /// `/v1/kv/<prefix>?recurse` (200): every key under the prefix. Folders (a key ending in `/`
 /// with no value, as the UI creates them) are structure, not data, and are skipped.
-pub fn kv_keys(body: &[u8]) -> Result<Vec<KeyValue>, String> {
+pub fn kv_keys(body: &[u8]) -> Result<Vec<KeyValue>, Malformed> {
     let pairs: Option<Vec<KvPair>> =
-        serde_json::from_slice(body).map_err(|e| format!("key list: {e}"))?;
+        serde_json::from_slice(body).map_err(|e| Malformed(format!("key list: {e}")))?;
     pairs
         .unwrap_or_default()
         .into_iter()

@@ -35,8 +35,10 @@ use tracing::{debug, error, info, warn};
 
 use super::decode::Reply;
 use crate::backoff::Backoff;
-use crate::catalog::{CatalogError, Query};
+use crate::catalog::CatalogError;
 use crate::config::Retry;
+use crate::lock::lock;
+use crate::model::Query;
 use crate::store::{Health, Store};
 
 /// The shortest pause after an anomalous reply (same index early, index reset).
@@ -191,14 +193,13 @@ impl Outage {
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeSet<Query>> {
-        // The set stays valid whatever panicked while holding it.
-        self.failing.lock().unwrap_or_else(|e| e.into_inner())
+    fn failing(&self) -> std::sync::MutexGuard<'_, BTreeSet<Query>> {
+        lock(&self.failing)
     }
 
     /// A reply arrived for `query`.
     pub fn ok(&self, store: &Store, query: &Query) {
-        let mut failing = self.lock();
+        let mut failing = self.failing();
         let recovered = failing.remove(query);
         if recovered {
             debug!(%query, "consul watch recovered");
@@ -214,7 +215,7 @@ impl Outage {
 
     /// A request for `query` failed.
     pub fn failed(&self, store: &Store, query: &Query, err: &CatalogError) {
-        let mut failing = self.lock();
+        let mut failing = self.failing();
         if !failing.insert(query.clone()) {
             debug!(%query, error = %err, "consul watch still failing");
             return;
@@ -232,7 +233,7 @@ impl Outage {
 
     /// `query` is no longer watched.
     pub fn forget(&self, store: &Store, query: &Query) {
-        let mut failing = self.lock();
+        let mut failing = self.failing();
         if failing.remove(query) && failing.is_empty() && store.set_health(Health::Healthy) {
             debug!(catalog = %self.catalog, "no failing consul watches left");
         }
@@ -333,6 +334,8 @@ pub async fn reconcile<S: Source>(
             }
             debug!(query = %q, "watching");
             let token = stop.child_token();
+            // Tracked by its handle: awaited when the query goes (so it cannot write the store
+            // after `forget`) and when the watch stops.
             let task = tokio::spawn(watch_one(
                 source.clone(),
                 q.clone(),
@@ -385,7 +388,7 @@ mod tests {
     use std::collections::VecDeque;
 
     use super::*;
-    use crate::catalog::Data;
+    use crate::model::Data;
 
     fn pace() -> Pace {
         Pace {

@@ -15,17 +15,21 @@ use reqwest::Url;
 use reqwest::dns::{Addrs, Name, Resolve, Resolving};
 
 use crate::catalog::CatalogError;
+use crate::catalog::http::{self, Tls, Tuning};
 use crate::config::{ConsulSettings, Secret};
 
 /// Consul's default agent address.
 pub const DEFAULT_ADDRESS: &str = "http://127.0.0.1:8500";
 
-/// How long to wait for a TCP (and TLS) connection to the agent.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// Keepalive probes on every socket: a long poll that sits idle for a minute must notice a
-/// vanished agent (or a NAT that dropped the connection) without waiting for its timeout.
-const TCP_KEEPALIVE: Duration = Duration::from_secs(15);
+/// Connections to the agent: 5 s to connect (TLS included); keepalive probes after 15 s idle,
+/// so a long poll that sits idle for a minute notices a vanished agent (or a NAT that dropped
+/// the connection) without waiting for its timeout.
+const TUNING: Tuning = Tuning {
+    connect_timeout: Duration::from_secs(5),
+    keepalive: Duration::from_secs(15),
+    keepalive_probes: None,
+    pool_idle_timeout: None,
+};
 
 /// Connection settings after the config and the environment were merged.
 #[derive(Clone, Debug, PartialEq)]
@@ -37,17 +41,8 @@ pub struct Resolved {
     pub http_auth: Option<Secret>,
     pub datacenter: Option<String>,
     pub stale: bool,
+    /// Used only when the address is `https`.
     pub tls: Tls,
-}
-
-/// TLS settings; used only when the address is `https`.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Tls {
-    pub ca: Option<PathBuf>,
-    pub cert: Option<PathBuf>,
-    pub key: Option<PathBuf>,
-    pub server_name: Option<String>,
-    pub verify: bool,
 }
 
 /// A settings problem: fatal at start, so it maps to a non-transient [`CatalogError`].
@@ -159,7 +154,7 @@ fn parse_bool(var: &str, v: &str) -> Result<bool, CatalogError> {
 
 /// `host:port`, `http://host:port` or `https://host:port[/path]`. Without a scheme,
 /// `CONSUL_HTTP_SSL=true` means https (as in Consul's CLI); an explicit scheme always wins.
-pub fn parse_address(addr: &str, ssl: bool) -> Result<Url, String> {
+fn parse_address(addr: &str, ssl: bool) -> Result<Url, String> {
     let addr = addr.trim();
     let full = if addr.contains("://") {
         addr.to_string()
@@ -213,84 +208,17 @@ pub fn parse_address(addr: &str, ssl: bool) -> Result<Url, String> {
 /// address (`curl --connect-to` does the same). SNI then carries the server name too, as
 /// Go's `tls.Config.ServerName` does for Consul's CLI.
 pub fn build_client(r: &Resolved) -> Result<(reqwest::Client, Url), CatalogError> {
-    let mut builder = reqwest::Client::builder()
-        .use_rustls_tls()
-        .connect_timeout(CONNECT_TIMEOUT)
-        .tcp_keepalive(TCP_KEEPALIVE)
-        .tcp_nodelay(true)
-        // A redirect would carry X-Consul-Token to wherever it points; Consul never redirects
-        // API calls, so a redirect is a misconfiguration: fail rather than follow.
-        .redirect(reqwest::redirect::Policy::none())
-        .user_agent(concat!("rewire/", env!("CARGO_PKG_VERSION")));
+    let https = r.address.scheme() == "https";
+    let mut builder = http::builder("consul", &TUNING, https.then_some(&r.tls))?;
     let mut base = r.address.clone();
-
-    if r.address.scheme() == "https" {
-        if !r.tls.verify {
-            builder = builder.danger_accept_invalid_certs(true);
-        }
-        if let Some(ca) = &r.tls.ca {
-            let files: Vec<PathBuf> = if ca.is_dir() {
-                let mut files: Vec<PathBuf> = std::fs::read_dir(ca)
-                    .map_err(|e| invalid(format!("CA directory {}: {e}", ca.display())))?
-                    .filter_map(|e| e.ok().map(|e| e.path()))
-                    .filter(|p| p.is_file())
-                    .collect();
-                files.sort();
-                files
-            } else {
-                vec![ca.clone()]
-            };
-            let mut certs = Vec::new();
-            for file in &files {
-                let pem = read_file(file, "CA certificate")?;
-                certs.extend(
-                    reqwest::Certificate::from_pem_bundle(&pem)
-                        .map_err(|e| invalid(format!("CA file {}: {e}", file.display())))?,
-                );
-            }
-            if certs.is_empty() {
-                return Err(invalid(format!(
-                    "CA file {} holds no PEM certificate",
-                    ca.display()
-                )));
-            }
-            for cert in certs {
-                builder = builder.add_root_certificate(cert);
-            }
-        }
-        if let (Some(cert), Some(key)) = (&r.tls.cert, &r.tls.key) {
-            let mut pem = read_file(cert, "client certificate")?;
-            pem.push(b'\n');
-            pem.extend(read_file(key, "client key")?);
-            let identity = reqwest::Identity::from_pem(&pem).map_err(|e| {
-                invalid(format!(
-                    "client certificate {} / key {}: {e}",
-                    cert.display(),
-                    key.display()
-                ))
-            })?;
-            builder = builder.identity(identity);
-        }
-        if let Some(name) = &r.tls.server_name {
-            let host = r.address.host_str().unwrap_or_default().to_string();
-            let port = r.address.port_or_known_default().unwrap_or(443);
-            base.set_host(Some(name))
-                .map_err(|e| invalid(format!("TLS server name {name:?}: {e}")))?;
-            builder = builder.dns_resolver(Arc::new(ConnectTo { host, port }));
-        }
+    if https && let Some(name) = &r.tls.server_name {
+        let host = r.address.host_str().unwrap_or_default().to_string();
+        let port = r.address.port_or_known_default().unwrap_or(443);
+        base.set_host(Some(name))
+            .map_err(|e| invalid(format!("TLS server name {name:?}: {e}")))?;
+        builder = builder.dns_resolver(Arc::new(ConnectTo { host, port }));
     }
-
-    let client = builder
-        .build()
-        .map_err(|e| invalid(format!("cannot set up the HTTP client: {e}")))?;
-    Ok((client, base))
-}
-
-fn read_file(path: &Path, what: &str) -> Result<Vec<u8>, CatalogError> {
-    std::fs::read(path).map_err(|source| CatalogError::Io {
-        path: format!("consul {what} {}", path.display()),
-        source,
-    })
+    Ok((http::build("consul", builder)?, base))
 }
 
 /// Resolves every name to the configured agent address (see [`build_client`]).

@@ -14,8 +14,8 @@ use std::time::SystemTime;
 use tracing::warn;
 
 use super::wire::{Event, EventKind, Kv};
-use crate::catalog::record::{Record, check_name};
-use crate::catalog::{Data, Instance, KeyValue, Query, ServiceSummary};
+use crate::catalog::record::{Record, RecordError};
+use crate::model::{Data, Instance, KeyValue, Query, ServiceSummary, check_name};
 
 /// Where an instance sorts in a template: (address, port, id).
 type Order = (String, u16, String);
@@ -333,10 +333,9 @@ impl Mirror {
 
 /// Decodes and validates an instance record. The node defaults to empty: an etcd catalog spans
 /// machines, and records rewire writes always name their node.
-fn decode_instance(service: &str, id: &str, value: &[u8]) -> Result<Instance, String> {
-    check_name(id).map_err(|e| format!("instance id: {e}"))?;
-    let record: Record =
-        serde_json::from_slice(value).map_err(|e| format!("not an instance record: {e}"))?;
+fn decode_instance(service: &str, id: &str, value: &[u8]) -> Result<Instance, RecordError> {
+    check_name(id).map_err(RecordError::InstanceId)?;
+    let record: Record = serde_json::from_slice(value)?;
     // Expiry is etcd's job (the lease); `expires_at` is only honoured as written.
     record.into_instance(service, id, "", SystemTime::now())
 }
@@ -344,7 +343,7 @@ fn decode_instance(service: &str, id: &str, value: &[u8]) -> Result<Instance, St
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::catalog::Status;
+    use crate::model::Status;
 
     const BASE: &str = "/rewire/";
 

@@ -38,11 +38,14 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 
 use self::mirror::Mirror;
-use self::transport::{EtcdError, Tls, Transport};
+use self::transport::{EtcdError, Transport};
 use crate::backoff::Backoff;
-use crate::catalog::record::{Record, check_name};
-use crate::catalog::{Catalog, CatalogError, Data, Query, Registration, Status};
+use crate::catalog::http::Tls;
+use crate::catalog::record::{Record, truncate_note};
+use crate::catalog::{Catalog, CatalogError};
 use crate::config::{CatalogConfig, EtcdSettings, Secret};
+use crate::lock::lock;
+use crate::model::{Data, Query, Registration, Status, check_name};
 use crate::store::Store;
 
 pub const DEFAULT_ENDPOINT: &str = "http://127.0.0.1:2379";
@@ -100,7 +103,7 @@ impl EtcdCatalog {
             // etcd sends progress notifications every 10 min by default, so on a quiet prefix
             // this mostly means "reconnect every block_wait": one cheap request, nothing lost.
             progress_timeout: catalog.block_wait.max(Duration::from_secs(1)),
-            node: super::dir::hostname(),
+            node: crate::host::hostname(),
             leases: Mutex::new(HashMap::new()),
         })
     }
@@ -183,7 +186,7 @@ impl EtcdCatalog {
     ) -> Result<(), CatalogError> {
         let mut record = Record::from_registration(reg, status, &self.node);
         if !note.trim().is_empty() {
-            record.notes = Some(truncate(note.trim(), MAX_NOTE));
+            record.notes = Some(truncate_note(note.trim(), MAX_NOTE));
         }
         let value = serde_json::to_vec(&record).map_err(|e| CatalogError::Malformed {
             backend: "etcd".into(),
@@ -390,27 +393,11 @@ fn set_status(leases: &Mutex<HashMap<String, Held>>, id: &str, lease: i64, statu
     }
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    // A map of plain values stays valid whatever panicked while holding the lock.
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
 /// The lease TTL for a health TTL: whole seconds, rounded up, at least 1. (etcd raises it to its
 /// own minimum, 1.5 election timeouts.)
 fn ttl_secs(ttl: Duration) -> i64 {
     let secs = ttl.as_secs() + u64::from(ttl.subsec_nanos() > 0);
     i64::try_from(secs.max(1)).unwrap_or(i64::MAX)
-}
-
-fn truncate(s: &str, max: usize) -> String {
-    if s.len() <= max {
-        return s.to_string();
-    }
-    let mut end = max;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}…", &s[..end])
 }
 
 /// Merges the config, the environment (`env`) and the defaults.

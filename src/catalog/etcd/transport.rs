@@ -12,7 +12,6 @@
 //! vanish when a member restarts; "invalid auth token" fetches a new one. The token and the
 //! password live in [`Secret`]s, so no log line can show them.
 
-use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
@@ -22,11 +21,21 @@ use serde_json::Value;
 
 use super::wire::{self, GatewayError};
 use crate::catalog::CatalogError;
+use crate::catalog::http::{self, Tls, Tuning};
 use crate::config::Secret;
+use crate::lock::lock;
 
 /// How long a unary call may take before the next member is tried.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// Connections to members: 1 s to connect. A watch socket to a member that vanished (power
+/// loss, partition) sees no FIN: TCP keepalive (10 s idle, then 3 probes 5 s apart) notices
+/// within ~25 s, whatever the watch's own progress timeout.
+const TUNING: Tuning = Tuning {
+    connect_timeout: Duration::from_secs(1),
+    keepalive: Duration::from_secs(10),
+    keepalive_probes: Some((Duration::from_secs(5), 3)),
+    pool_idle_timeout: Some(Duration::from_secs(30)),
+};
 /// A watch line longer than this is not etcd talking.
 const MAX_LINE: usize = 64 << 20;
 
@@ -97,17 +106,6 @@ impl EtcdError {
     }
 }
 
-/// TLS material, already resolved from the config and the environment.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Tls {
-    pub ca: Option<PathBuf>,
-    pub cert: Option<PathBuf>,
-    pub key: Option<PathBuf>,
-    /// The name to verify the members' certificates against, when endpoints are IP addresses.
-    pub server_name: Option<String>,
-    pub verify: bool,
-}
-
 struct Endpoint {
     /// `http(s)://host:port`, as requests are sent (host replaced by `server_name` if set).
     url: String,
@@ -138,10 +136,7 @@ impl Transport {
         tls: &Tls,
         user: Option<(String, Secret)>,
     ) -> Result<Transport, CatalogError> {
-        let base = client_builder(tls)?;
-        let shared = base
-            .build()
-            .map_err(|e| CatalogError::Unsupported(format!("etcd: HTTP client: {e}")))?;
+        let shared = http::build("etcd", http::builder("etcd", &TUNING, Some(tls))?)?;
         let mut eps = Vec::with_capacity(endpoints.len());
         for shown in endpoints {
             let mut url = reqwest::Url::parse(shown).map_err(|e| {
@@ -162,10 +157,10 @@ impl Transport {
                     url.set_host(Some(name)).map_err(|e| {
                         CatalogError::Unsupported(format!("etcd server_name {name:?}: {e}"))
                     })?;
-                    client_builder(tls)?
-                        .resolve_to_addrs(name, &addrs)
-                        .build()
-                        .map_err(|e| CatalogError::Unsupported(format!("etcd: HTTP client: {e}")))?
+                    http::build(
+                        "etcd",
+                        http::builder("etcd", &TUNING, Some(tls))?.resolve_to_addrs(name, &addrs),
+                    )?
                 }
                 _ => shared.clone(),
             };
@@ -389,11 +384,6 @@ impl Transport {
     }
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    // The guarded values stay valid whatever panicked while holding the lock.
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
 fn request(
     ep: &Endpoint,
     path: &str,
@@ -439,61 +429,6 @@ fn describe(e: &reqwest::Error) -> String {
         source = s.source();
     }
     text
-}
-
-fn client_builder(tls: &Tls) -> Result<reqwest::ClientBuilder, CatalogError> {
-    let mut b = reqwest::Client::builder()
-        .connect_timeout(CONNECT_TIMEOUT)
-        .tcp_nodelay(true)
-        // A watch socket to a member that vanished (power loss, partition) sees no FIN: TCP
-        // keepalive notices within ~25 s, whatever the watch's own progress timeout.
-        .tcp_keepalive(Duration::from_secs(10))
-        .tcp_keepalive_interval(Duration::from_secs(5))
-        .tcp_keepalive_retries(3u32)
-        .pool_idle_timeout(Duration::from_secs(30));
-    if let Some(ca) = &tls.ca {
-        let pem = read(ca)?;
-        let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| bad_pem(ca, &e))?;
-        for c in certs {
-            b = b.add_root_certificate(c);
-        }
-    }
-    match (&tls.cert, &tls.key) {
-        (Some(cert), Some(key)) => {
-            let mut pem = read(cert)?;
-            pem.push(b'\n');
-            pem.extend(read(key)?);
-            let id = reqwest::Identity::from_pem(&pem).map_err(|e| bad_pem(cert, &e))?;
-            b = b.identity(id);
-        }
-        (None, None) => {}
-        _ => {
-            return Err(CatalogError::Unsupported(
-                "etcd TLS: a client certificate needs both cert and key".into(),
-            ));
-        }
-    }
-    if !tls.verify {
-        b = b.danger_accept_invalid_certs(true);
-    }
-    Ok(b)
-}
-
-fn read(path: &Path) -> Result<Vec<u8>, CatalogError> {
-    std::fs::read(path).map_err(|source| CatalogError::Io {
-        path: path.display().to_string(),
-        source,
-    })
-}
-
-fn bad_pem(path: &Path, e: &reqwest::Error) -> CatalogError {
-    CatalogError::Io {
-        path: path.display().to_string(),
-        source: std::io::Error::new(
-            std::io::ErrorKind::InvalidData,
-            format!("not usable PEM: {e}"),
-        ),
-    }
 }
 
 /// A watch stream, read as it arrives and split into lines (one JSON message each).

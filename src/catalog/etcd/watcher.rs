@@ -28,7 +28,7 @@ use super::mirror::{Changes, Mirror};
 use super::transport::{EtcdError, Transport};
 use super::wire::{self, Event, WatchMessage};
 use crate::backoff::Backoff;
-use crate::catalog::Query;
+use crate::model::Query;
 use crate::store::{Health, Store};
 
 /// When to try again: at once, on the next member, until every member failed once more (a

@@ -13,7 +13,7 @@ use tracing::{info, warn};
 
 use crate::command::{self, Outcome};
 use crate::config::{CheckMode, CommandSpec, Reload, SignalTarget, TemplateConfig, WriteMode};
-use crate::output;
+use crate::files;
 
 /// What `apply` did.
 #[derive(Debug)]
@@ -73,19 +73,19 @@ pub async fn apply(
     bytes: &[u8],
     env: &BTreeMap<String, String>,
 ) -> Result<Applied, ApplyError> {
-    let dest = output::real_destination(&t.destination);
+    let dest = files::real_destination(&t.destination);
     let write_err = |source| ApplyError::Write {
         dest: t.destination.clone(),
         source,
     };
-    let (previous, old_file) = match output::open_current(&dest).map_err(write_err)? {
+    let (previous, old_file) = match files::open_current(&dest).map_err(write_err)? {
         Some((bytes, file)) => (Some(bytes), Some(file)),
         None => (None, None),
     };
     if previous.as_deref() == Some(bytes) && perms_ok(t, &dest) {
         return Ok(Applied::Unchanged);
     }
-    let staged = output::stage(&dest, bytes, t.perms).map_err(write_err)?;
+    let staged = files::stage(&dest, bytes, t.perms).map_err(write_err)?;
     match (t.check_mode, &t.check) {
         (CheckMode::Temp, Some(check)) => {
             run_check(check, staged.path(), &t.destination, env).await?;
@@ -112,7 +112,9 @@ pub async fn apply(
 }
 
 /// Closes the replaced file on a blocking thread: the last close frees its inode, which is
-/// work nobody needs to wait for (see [`output::open_current`]).
+/// work nobody needs to wait for (see [`files::open_current`]). Deliberately detached: a close
+/// cannot fail in a way anyone could act on, and the runtime's shutdown waits for the blocking
+/// pool anyway.
 fn close_later(file: Option<std::fs::File>) {
     if let Some(f) = file {
         tokio::task::spawn_blocking(move || drop(f));
@@ -130,7 +132,7 @@ fn perms_ok(t: &TemplateConfig, dest: &std::path::Path) -> bool {
 
 fn commit(
     t: &TemplateConfig,
-    staged: output::Staged,
+    staged: files::Staged,
     bytes: &[u8],
     dest: &std::path::Path,
 ) -> std::io::Result<()> {
@@ -138,7 +140,7 @@ fn commit(
         WriteMode::Atomic => staged.commit(),
         WriteMode::InPlace => {
             drop(staged);
-            output::write_in_place(dest, bytes, t.perms)
+            files::write_in_place(dest, bytes, t.perms)
         }
     }
 }
@@ -150,7 +152,7 @@ fn backup(t: &TemplateConfig, previous: Option<&[u8]>) {
     if let Some(old) = previous {
         let mut name = t.destination.as_os_str().to_os_string();
         name.push(".bak");
-        if let Err(e) = output::write_atomic(&PathBuf::from(name), old, t.perms, true) {
+        if let Err(e) = files::write_atomic(&PathBuf::from(name), old, t.perms, true) {
             warn!(template = %t.name, error = %e, "cannot write the backup file");
         }
     }
@@ -182,10 +184,10 @@ async fn run_check(
 pub fn restore(t: &TemplateConfig, previous: Option<&[u8]>) -> std::io::Result<()> {
     match previous {
         Some(old) => match t.write {
-            WriteMode::Atomic => output::write_atomic(&t.destination, old, t.perms, true),
-            WriteMode::InPlace => output::write_in_place(&t.destination, old, t.perms),
+            WriteMode::Atomic => files::write_atomic(&t.destination, old, t.perms, true),
+            WriteMode::InPlace => files::write_in_place(&t.destination, old, t.perms),
         },
-        None => match std::fs::remove_file(output::real_destination(&t.destination)) {
+        None => match std::fs::remove_file(files::real_destination(&t.destination)) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
             _ => Ok(()),
         },

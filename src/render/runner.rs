@@ -9,9 +9,8 @@
 //! versions in the snapshot), so a change to `service("db")` does not re-render a template
 //! that only reads `service("web")` (consul-template re-runs every template, #1365).
 //!
-//! [`Deps`] collects every group's queries into the set the catalog watches. A query that no
-//! template uses any more lingers for a few seconds before its watch stops, so a SIGHUP that
-//! swaps every runner does not drop and re-open the watches the new runners need.
+//! Each group tells the [`Wanted`] set which queries its last render used, so
+//! the catalog watches exactly those.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
@@ -19,83 +18,28 @@ use std::time::{Duration, SystemTime};
 
 use nix::unistd::Pid;
 use sha2::{Digest, Sha256};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, error, info, info_span, warn};
 
+use super::group::{self, Group, Written};
+use super::pipeline::{self, Applied, ApplyError};
+use super::template::{Engine, Rendered};
 use crate::backoff::Backoff;
-use crate::catalog::Query;
-use crate::config::{CheckMode, Reload, TemplateConfig, Wait};
+use crate::config::{CheckMode, TemplateConfig};
 use crate::debounce::{self, Debounce};
-use crate::pipeline::{self, Applied, ApplyError, Reloaded};
-use crate::status::{Board, TemplateState};
+use crate::model::Query;
+use crate::status::{Board, TemplateEvent};
 use crate::store::{Snapshot, Store};
-use crate::template::{Engine, Rendered};
-
-/// Templates that share a reload (or one template on its own).
-#[derive(Clone, Debug)]
-pub struct Group {
-    pub templates: Vec<TemplateConfig>,
-    pub reload: Option<Reload>,
-}
-
-/// Splits templates into groups by their reload.
-pub fn groups(templates: &[TemplateConfig]) -> Vec<Group> {
-    let mut out: Vec<Group> = Vec::new();
-    for t in templates {
-        if let Some(r) = &t.reload
-            && let Some(g) = out
-                .iter_mut()
-                .find(|g| g.reload.as_ref().is_some_and(|gr| gr.key() == r.key()))
-        {
-            g.templates.push(t.clone());
-            continue;
-        }
-        out.push(Group {
-            templates: vec![t.clone()],
-            reload: t.reload.clone(),
-        });
-    }
-    out
-}
-
-impl Group {
-    /// A group settles as quickly as its quickest member asks.
-    fn wait(&self) -> Wait {
-        let min = self
-            .templates
-            .iter()
-            .map(|t| t.wait.min)
-            .min()
-            .unwrap_or_default();
-        let max = self
-            .templates
-            .iter()
-            .map(|t| t.wait.max)
-            .min()
-            .unwrap_or_default();
-        Wait {
-            min,
-            max: max.max(min),
-        }
-    }
-
-    fn name(&self) -> String {
-        self.templates
-            .iter()
-            .map(|t| t.name.as_str())
-            .collect::<Vec<_>>()
-            .join("+")
-    }
-}
+use crate::wanted::Wanted;
 
 /// What every group needs from the daemon.
 #[derive(Clone)]
 pub struct Shared {
     pub engine: Arc<Engine>,
     pub store: Arc<Store>,
-    pub deps: Deps,
+    pub wanted: Wanted,
     pub board: Arc<Board>,
     pub env: BTreeMap<String, String>,
     pub main_pid: watch::Receiver<Option<Pid>>,
@@ -104,9 +48,11 @@ pub struct Shared {
 /// How often a template that waits for data says so again.
 const PENDING_LOG_EVERY: Duration = Duration::from_secs(60);
 
-pub async fn run_group(owner: u64, group: Group, shared: Shared, stop: CancellationToken) {
+pub async fn run_group(group: Group, shared: Shared, stop: CancellationToken) {
     let span = info_span!("group", templates = %group.name());
     async move {
+        // Says which queries the last render used; dropped (withdrawing them) when the group ends.
+        let owner = shared.wanted.owner();
         let mut snaps = shared.store.subscribe();
         let mut debounce = Debounce::new(group.wait());
         // Query → entry version at the last render (None: no answer yet).
@@ -119,7 +65,7 @@ pub async fn run_group(owner: u64, group: Group, shared: Shared, stop: Cancellat
                 debounce.take();
                 let snap = shared.store.snapshot();
                 seen = render_round(&group, &shared, &snap, &mut state).await;
-                shared.deps.set(owner, seen.keys().cloned().collect());
+                owner.set(seen.keys().cloned().collect());
                 continue;
             }
             tokio::select! {
@@ -149,7 +95,6 @@ pub async fn run_group(owner: u64, group: Group, shared: Shared, stop: Cancellat
                 }
             }
         }
-        shared.deps.set(owner, BTreeSet::new());
     }
     .instrument(span)
     .await
@@ -305,9 +250,8 @@ fn hash(bytes: &[u8]) -> [u8; 32] {
     Sha256::digest(bytes).into()
 }
 
-/// Written this round: the template, what its destination held before, the new bytes' hash
-/// and length.
-type WrittenFile<'g> = (&'g TemplateConfig, Option<Vec<u8>>, [u8; 32], usize);
+/// Written this round: the file, the new bytes' hash and their length.
+type WrittenFile<'g> = (Written<'g>, [u8; 32], usize);
 
 /// Renders, applies and reloads every template of the group once. Returns the versions of
 /// every query the renders used.
@@ -339,31 +283,34 @@ async fn render_round(
                     Ok(Applied::Unchanged) => {
                         state.rejected.remove(&t.name);
                         state.logged.remove(&t.name);
-                        shared.board.template(&t.name, &dest, |s| {
-                            s.state = TemplateState::Ok;
-                            s.detail.clear();
-                            s.last_render = Some(now);
-                            s.renders += 1;
-                            s.ready = true;
-                        });
+                        shared
+                            .board
+                            .record(&t.name, &dest, now, TemplateEvent::Unchanged);
                         debug!(template = %t.name, "unchanged");
                     }
                     Ok(Applied::Written { previous }) => {
                         state.logged.remove(&t.name);
                         debug!(template = %t.name, dest = %dest, bytes = text.len(), "written; reload next");
-                        written.push((t, previous, h, text.len()));
+                        written.push((
+                            Written {
+                                template: t,
+                                previous,
+                            },
+                            h,
+                            text.len(),
+                        ));
                     }
                     Err(e) => {
                         if matches!(e, ApplyError::Rejected { .. }) {
                             state.reject(&t.name, h, t.check_mode != CheckMode::Swap);
                         }
                         error!(template = %t.name, "{e}; the destination was left as it was");
-                        shared.board.template(&t.name, &dest, |s| {
-                            s.state = TemplateState::Error;
-                            s.detail = e.to_string();
-                            s.last_render = Some(now);
-                            s.renders += 1;
-                        });
+                        shared.board.record(
+                            &t.name,
+                            &dest,
+                            now,
+                            TemplateEvent::Failed(e.to_string()),
+                        );
                     }
                 }
             }
@@ -373,27 +320,23 @@ async fn render_round(
                 any_pending = true;
                 state.discovering |= !missing.is_empty();
                 let since = *state.pending_since.get_or_insert_with(Instant::now);
-                let reason = crate::oneshot::pending_reason(&missing, &waiting, None);
+                let reason = super::template::pending_reason(&missing, &waiting, None);
                 if since.elapsed() >= PENDING_QUIET && state.should_log(&t.name, &reason) {
                     warn!(template = %t.name, "not written yet: {reason}");
                 } else {
                     debug!(template = %t.name, "waiting: {reason}");
                 }
-                shared.board.template(&t.name, &dest, |s| {
-                    s.state = TemplateState::Pending;
-                    s.detail = reason;
-                });
+                shared
+                    .board
+                    .record(&t.name, &dest, now, TemplateEvent::Waiting(reason));
             }
             Rendered::Failed { error, .. } => {
                 if state.should_log(&t.name, &error) {
                     error!(template = %t.name, "render failed; the destination was left as it was:\n{error}");
                 }
-                shared.board.template(&t.name, &dest, |s| {
-                    s.state = TemplateState::Error;
-                    s.detail = error;
-                    s.last_render = Some(now);
-                    s.renders += 1;
-                });
+                shared
+                    .board
+                    .record(&t.name, &dest, now, TemplateEvent::Failed(error));
             }
         }
     }
@@ -403,206 +346,34 @@ async fn render_round(
     if written.is_empty() {
         return seen;
     }
-    let reload_result = match &group.reload {
-        Some(r) => {
-            let main_pid = *shared.main_pid.borrow();
-            pipeline::reload(r, main_pid, &shared.env).await
-        }
-        None => Ok(Reloaded::Done),
-    };
+    let main_pid = *shared.main_pid.borrow();
+    let reloaded = group::reload_or_restore(
+        group.reload.as_ref(),
+        written.iter().map(|(w, _, _)| w),
+        main_pid,
+        &shared.env,
+    )
+    .await;
     let now = SystemTime::now();
-    match reload_result {
-        Ok(reloaded) => {
-            for (t, _, _, bytes) in &written {
-                info!(template = %t.name, dest = %t.destination.display(), bytes, "written");
-            }
-            match (&group.reload, reloaded) {
-                (None, _) => {}
-                (Some(_), Reloaded::Done) => info!(templates = %group.name(), "reloaded"),
-                (Some(_), Reloaded::NotRunning(why)) => info!(
-                    templates = %group.name(),
-                    "not reloaded: {why}; the program reads the new file when it starts"
-                ),
-            }
-            for (t, _, _, _) in &written {
+    for (w, h, bytes) in written {
+        let t = w.template;
+        let dest = t.destination.display().to_string();
+        match &reloaded {
+            Ok(_) => {
+                info!(template = %t.name, dest = %dest, bytes, "written");
                 state.rejected.remove(&t.name);
                 shared
                     .board
-                    .template(&t.name, &t.destination.display().to_string(), |s| {
-                        s.state = TemplateState::Ok;
-                        s.detail.clear();
-                        s.last_render = Some(now);
-                        s.last_written = Some(now);
-                        s.renders += 1;
-                        s.writes += 1;
-                        s.ready = true;
-                    });
+                    .record(&t.name, &dest, now, TemplateEvent::Written);
             }
-        }
-        Err(e) => {
-            error!(templates = %group.name(), "{e}; restoring the previous files");
-            for (t, previous, h, _) in written {
-                if let Err(re) = pipeline::restore(t, previous.as_deref()) {
-                    error!(template = %t.name, error = %re, "cannot restore the previous file");
-                }
+            Err(e) => {
                 state.reject(&t.name, h, true);
+                let detail = format!("{e}; the previous file was restored");
                 shared
                     .board
-                    .template(&t.name, &t.destination.display().to_string(), |s| {
-                        s.state = TemplateState::Error;
-                        s.detail = format!("{e}; the previous file was restored");
-                        s.last_render = Some(now);
-                        s.renders += 1;
-                    });
+                    .record(&t.name, &dest, now, TemplateEvent::Failed(detail));
             }
         }
     }
     seen
-}
-
-/// Collects the queries every owner (template group, `[[watch]]`) uses into the set the
-/// catalog watches.
-#[derive(Clone)]
-pub struct Deps {
-    tx: mpsc::UnboundedSender<(u64, BTreeSet<Query>)>,
-}
-
-/// How long a query nobody uses keeps its watch.
-const LINGER: Duration = Duration::from_secs(5);
-
-impl Deps {
-    /// Starts the collector. `wanted` receives the union; queries dropped from it are also
-    /// forgotten by the store.
-    pub fn start(
-        wanted: watch::Sender<BTreeSet<Query>>,
-        store: Arc<Store>,
-        stop: CancellationToken,
-    ) -> (Deps, tokio::task::JoinHandle<()>) {
-        let (tx, rx) = mpsc::unbounded_channel();
-        let task = tokio::spawn(collect(rx, wanted, store, stop));
-        (Deps { tx }, task)
-    }
-
-    pub fn set(&self, owner: u64, queries: BTreeSet<Query>) {
-        let _ = self.tx.send((owner, queries));
-    }
-}
-
-async fn collect(
-    mut rx: mpsc::UnboundedReceiver<(u64, BTreeSet<Query>)>,
-    wanted: watch::Sender<BTreeSet<Query>>,
-    store: Arc<Store>,
-    stop: CancellationToken,
-) {
-    let mut by_owner: HashMap<u64, BTreeSet<Query>> = HashMap::new();
-    let mut lingering: HashMap<Query, Instant> = HashMap::new();
-    loop {
-        let next_expiry = lingering.values().min().map(|at| *at + LINGER);
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            msg = rx.recv() => {
-                let Some((owner, queries)) = msg else { return };
-                // Apply everything queued, so a burst of renders publishes once.
-                let mut batch = vec![(owner, queries)];
-                while let Ok(more) = rx.try_recv() {
-                    batch.push(more);
-                }
-                for (owner, queries) in batch {
-                    if queries.is_empty() {
-                        by_owner.remove(&owner);
-                    } else {
-                        by_owner.insert(owner, queries);
-                    }
-                }
-            }
-            _ = async { tokio::time::sleep_until(next_expiry.expect("guarded")).await }, if next_expiry.is_some() => {}
-        }
-        let used: BTreeSet<Query> = by_owner.values().flatten().cloned().collect();
-        let now = Instant::now();
-        for q in wanted.borrow().iter() {
-            if !used.contains(q) {
-                lingering.entry(q.clone()).or_insert(now);
-            }
-        }
-        lingering.retain(|q, _| !used.contains(q));
-        let expired: Vec<Query> = lingering
-            .iter()
-            .filter(|(_, at)| now.duration_since(**at) >= LINGER)
-            .map(|(q, _)| q.clone())
-            .collect();
-        for q in &expired {
-            lingering.remove(q);
-        }
-        let mut next: BTreeSet<Query> = used;
-        next.extend(lingering.keys().cloned());
-        if *wanted.borrow() != next {
-            debug!(queries = next.len(), "watch set changed");
-            wanted.send_replace(next);
-        }
-        if !expired.is_empty() {
-            debug!(
-                count = expired.len(),
-                "stopped watching queries no template uses"
-            );
-            store.forget(&expired);
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[tokio::test(start_paused = true)]
-    async fn unused_queries_linger_then_leave_the_watch_set() {
-        let store = Arc::new(Store::new());
-        let (wtx, mut wrx) = watch::channel(BTreeSet::new());
-        let stop = CancellationToken::new();
-        let (deps, _task) = Deps::start(wtx, store, stop.clone());
-        let web = Query::Service("web".into());
-        let db = Query::Service("db".into());
-        deps.set(1, BTreeSet::from([web.clone()]));
-        deps.set(2, BTreeSet::from([web.clone(), db.clone()]));
-        wrx.changed().await.unwrap();
-        assert_eq!(
-            *wrx.borrow_and_update(),
-            BTreeSet::from([web.clone(), db.clone()])
-        );
-        deps.set(2, BTreeSet::new());
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        assert!(wrx.borrow().contains(&db), "db lingers");
-        tokio::time::sleep(LINGER).await;
-        assert_eq!(*wrx.borrow(), BTreeSet::from([web.clone()]));
-        stop.cancel();
-    }
-
-    #[test]
-    fn templates_sharing_a_reload_form_one_group() {
-        use crate::config::{CheckMode, CommandSpec, DEFAULT_WAIT, Program, WriteMode};
-        let mk = |name: &str, reload: Option<&str>| TemplateConfig {
-            name: name.into(),
-            source: "/s".into(),
-            destination: format!("/d/{name}").into(),
-            perms: None,
-            check: None,
-            check_mode: CheckMode::Temp,
-            reload: reload.map(|r| {
-                Reload::Command(CommandSpec {
-                    program: Program::Argv(vec![r.into()]),
-                    timeout: Duration::from_secs(1),
-                })
-            }),
-            wait: DEFAULT_WAIT,
-            write: WriteMode::Atomic,
-            backup: false,
-        };
-        let g = groups(&[
-            mk("a", Some("x")),
-            mk("b", None),
-            mk("c", Some("x")),
-            mk("d", None),
-        ]);
-        let names: Vec<String> = g.iter().map(|g| g.name()).collect();
-        assert_eq!(names, ["a+c", "b", "d"]);
-    }
 }

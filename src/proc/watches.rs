@@ -1,6 +1,4 @@
-//! `[[watch]]` handlers and `[[task]]` periodic jobs.
-//!
-//! # Watches
+//! `[[watch]]` handlers: run a command when a service's healthy instances change.
 //!
 //! A `[[watch]]` follows one service's *healthy* instances (passing, and carrying `tag` when
 //! one is given) through the same store the templates read: it adds `Query::Service(name)` to
@@ -21,48 +19,37 @@
 //! `REWIRE_<SERVICE>_IP`). Its output goes to rewire's log under its name. Catalog data never
 //! becomes an argument: it arrives on stdin only.
 //!
-//! # Tasks
+//! SIGHUP replaces the watch tasks, but what must survive it lives in [`Slots`], created once
+//! by the daemon: what each handler was last given (so an unchanged watch does not fire again
+//! after a reload) and whether it is running (so a run that began before the reload still
+//! blocks an overlapping one). Runs themselves belong to [`Runs`], not to the generation.
 //!
-//! A `[[task]]` runs every `every`, the first time one `every` after start. A tick that finds
-//! the previous run still going is skipped (and logged): a task never overlaps itself. Runs
-//! that fail (non-zero, killed, timed out) are logged with their output and counted in
-//! `rewire status`.
-//!
-//! # Reloads
-//!
-//! SIGHUP replaces the tasks of this module, but what must survive it lives in [`State`],
-//! created once by the daemon: what each handler was last given (so an unchanged watch does
-//! not fire again after a reload), which handler or task is running (so a run that began before
-//! the reload still blocks an overlapping one) and when each task last started.
+//! Handlers keep running in maintenance mode, which only takes this container out of the
+//! catalog.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, debug, info, info_span, warn};
 
-use crate::catalog::{Catalog, Data, Instance, Query, Status};
+use super::Runs;
 use crate::command;
-use crate::config::{Config, TaskConfig, WatchConfig};
+use crate::config::{Config, WatchConfig};
 use crate::debounce::{self, Debounce};
-use crate::runner::Shared;
-use crate::status::{Board, TaskStatus};
+use crate::lock::lock;
+use crate::model::{Data, Instance, Query, Status};
+use crate::status::Board;
+use crate::store::Store;
+use crate::wanted::Wanted;
 
-/// What outlives one config generation (see the module docs). Cheap to clone.
+/// What handlers keep across SIGHUP (see the module docs). Cheap to clone.
 #[derive(Clone, Default)]
-pub struct State {
-    inner: Arc<Mutex<Slots>>,
-}
-
-#[derive(Default)]
-struct Slots {
-    watches: HashMap<String, Arc<WatchSlot>>,
-    tasks: HashMap<String, Arc<TaskSlot>>,
+pub struct Slots {
+    inner: Arc<Mutex<HashMap<String, Arc<WatchSlot>>>>,
 }
 
 #[derive(Default)]
@@ -76,74 +63,42 @@ struct WatchSlot {
     last_error: Mutex<String>,
 }
 
-#[derive(Default)]
-struct TaskSlot {
-    /// Held for the whole run of the task.
-    running: Arc<tokio::sync::Mutex<()>>,
-    last_start: Mutex<Option<Instant>>,
-}
-
-impl State {
-    pub fn new() -> State {
-        State::default()
-    }
-
-    fn watch_slot(&self, w: &WatchConfig) -> Arc<WatchSlot> {
+impl Slots {
+    fn slot(&self, w: &WatchConfig) -> Arc<WatchSlot> {
         let key = format!("{}|{:?}|{}", w.service, w.tag, w.on_change.program);
-        let mut s = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        s.watches.entry(key).or_default().clone()
-    }
-
-    fn task_slot(&self, t: &TaskConfig) -> Arc<TaskSlot> {
-        let key = format!("{}|{}", t.name, t.exec.program);
-        let mut s = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        s.tasks.entry(key).or_default().clone()
+        lock(&self.inner).entry(key).or_default().clone()
     }
 }
 
-/// Starts one task per `[[watch]]` and per `[[task]]` of this config generation.
-///
-/// `maintenance` is not used: handlers and tasks keep running in maintenance mode, which only
-/// takes this container out of the catalog.
+/// What handlers need from the daemon.
+#[derive(Clone)]
+pub struct Context {
+    pub store: Arc<Store>,
+    pub wanted: Wanted,
+    pub board: Arc<Board>,
+    pub env: BTreeMap<String, String>,
+    pub runs: Runs,
+}
+
+/// Starts one task per `[[watch]]` of this config generation, on `tracker`.
 pub fn spawn_all(
     config: &Config,
     tracker: &TaskTracker,
     stop: &CancellationToken,
-    shared: &Shared,
-    _catalog: Arc<dyn Catalog>,
-    _maintenance: watch::Receiver<bool>,
-    state: &State,
+    shared: &Context,
+    slots: &Slots,
 ) {
     shared.board.update(|r| {
         r.watches = config.watches.iter().map(describe_new).collect();
-        let names: BTreeSet<&str> = config.tasks.iter().map(|t| t.name.as_str()).collect();
-        r.tasks.retain(|name, _| names.contains(name.as_str()));
-        for t in &config.tasks {
-            r.tasks.entry(t.name.clone()).or_default();
-        }
     });
     for (index, w) in config.watches.iter().enumerate() {
         let span = info_span!("watch", service = %w.service);
         tracker.spawn(
             run_watch(
-                crate::daemon::next_owner(),
                 index,
                 w.clone(),
-                state.watch_slot(w),
+                slots.slot(w),
                 shared.clone(),
-                stop.child_token(),
-            )
-            .instrument(span),
-        );
-    }
-    for t in &config.tasks {
-        let span = info_span!("task", name = %t.name);
-        tracker.spawn(
-            run_task(
-                t.clone(),
-                state.task_slot(t),
-                shared.board.clone(),
-                shared.env.clone(),
                 stop.child_token(),
             )
             .instrument(span),
@@ -152,7 +107,7 @@ pub fn spawn_all(
 }
 
 /// The healthy instances of the watched service in a snapshot; `None` before the first answer.
-fn healthy(shared: &Shared, query: &Query, tag: Option<&str>) -> Option<Vec<Instance>> {
+fn healthy(shared: &Context, query: &Query, tag: Option<&str>) -> Option<Vec<Instance>> {
     let snap = shared.store.snapshot();
     let entry = snap.get(query)?;
     let Data::Instances(list) = &entry.data else {
@@ -184,22 +139,23 @@ fn change_key(list: &[Instance]) -> Vec<ChangeKey<'_>> {
 }
 
 async fn run_watch(
-    owner: u64,
     index: usize,
     w: WatchConfig,
     slot: Arc<WatchSlot>,
-    shared: Shared,
+    shared: Context,
     stop: CancellationToken,
 ) {
     let query = Query::Service(w.service.clone());
-    shared.deps.set(owner, BTreeSet::from([query.clone()]));
+    // Withdrawn when this task ends (the owner is dropped).
+    let owner = shared.wanted.owner();
+    owner.set(BTreeSet::from([query.clone()]));
     let mut snaps = shared.store.subscribe();
     let mut debounce = Debounce::new(w.wait);
     let mut latest = healthy(&shared, &query, w.tag.as_deref());
     let mut running: Option<JoinHandle<()>> = None;
     update_board(&shared.board, index, &w, &slot, latest.as_deref());
     loop {
-        let fired = slot.fired.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let fired = lock(&slot.fired).clone();
         let dirty = match (&latest, &fired) {
             (None, _) => false,
             (Some(_), None) => true,
@@ -210,11 +166,13 @@ async fn run_watch(
             if fired.is_none() || debounce.is_due() {
                 debounce.take();
                 let list = latest.clone().expect("dirty implies data");
-                *slot.fired.lock().unwrap_or_else(|e| e.into_inner()) = Some(list.clone());
-                running = Some(tokio::spawn(
-                    fire(w.clone(), list, slot.clone(), shared.env.clone())
-                        .instrument(tracing::Span::current()),
-                ));
+                *lock(&slot.fired) = Some(list.clone());
+                running = Some(
+                    shared.runs.spawn(
+                        fire(w.clone(), list, slot.clone(), shared.env.clone())
+                            .instrument(tracing::Span::current()),
+                    ),
+                );
                 continue;
             }
             if debounce.deadline().is_none() {
@@ -250,9 +208,8 @@ async fn run_watch(
             }
         }
     }
-    // A run in flight finishes on its own (it holds the slot's lock, so the next generation's
-    // handler waits for it).
-    shared.deps.set(owner, BTreeSet::new());
+    // A run in flight finishes on its own, tracked by `Runs` (it holds the slot's lock, so
+    // the next generation's handler waits for it).
 }
 
 /// Runs the handler once with `list`, after any run of the same handler still going.
@@ -275,21 +232,18 @@ async fn fire(
                 if !o.output.is_empty() {
                     info!(command = %name, output = %o.output, "on_change output");
                 }
-                slot.last_error
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .clear();
+                lock(&slot.last_error).clear();
             } else {
                 slot.failures.fetch_add(1, Ordering::Relaxed);
                 let how = o.describe(w.on_change.timeout);
                 warn!(command = %name, output = %o.output, "on_change {how}");
-                *slot.last_error.lock().unwrap_or_else(|e| e.into_inner()) = how;
+                *lock(&slot.last_error) = how;
             }
         }
         Err(e) => {
             slot.failures.fetch_add(1, Ordering::Relaxed);
             warn!(command = %name, "{e}");
-            *slot.last_error.lock().unwrap_or_else(|e| e.into_inner()) = e.to_string();
+            *lock(&slot.last_error) = e.to_string();
         }
     }
 }
@@ -314,11 +268,7 @@ fn update_board(
 ) {
     let runs = slot.runs.load(Ordering::Relaxed);
     let failures = slot.failures.load(Ordering::Relaxed);
-    let last_error = slot
-        .last_error
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .clone();
+    let last_error = lock(&slot.last_error).clone();
     let mut line = match latest {
         None => describe_new(w),
         Some(l) => format!(
@@ -333,80 +283,6 @@ fn update_board(
     board.update(|r| {
         if let Some(slot) = r.watches.get_mut(index) {
             *slot = line;
-        }
-    });
-}
-
-async fn run_task(
-    t: TaskConfig,
-    slot: Arc<TaskSlot>,
-    board: Arc<Board>,
-    env: BTreeMap<String, String>,
-    stop: CancellationToken,
-) {
-    // Keep the rhythm across a reload: the next run is `every` after the last one started.
-    let last = *slot.last_start.lock().unwrap_or_else(|e| e.into_inner());
-    let first = match last {
-        Some(at) => (at + t.every).max(Instant::now()),
-        None => Instant::now() + t.every,
-    };
-    let mut ticker = tokio::time::interval_at(first, t.every);
-    ticker.set_missed_tick_behavior(MissedTickBehavior::Skip);
-    loop {
-        tokio::select! {
-            _ = stop.cancelled() => break,
-            _ = ticker.tick() => {}
-        }
-        let Ok(guard) = slot.running.clone().try_lock_owned() else {
-            warn!(every = %humantime::format_duration(t.every), "still running from the last tick; skipping this one");
-            continue;
-        };
-        *slot.last_start.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
-        let (t2, board2, env2) = (t.clone(), board.clone(), env.clone());
-        tokio::spawn(
-            async move {
-                let _guard = guard;
-                run_task_once(&t2, &board2, &env2).await;
-            }
-            .instrument(tracing::Span::current()),
-        );
-    }
-}
-
-async fn run_task_once(t: &TaskConfig, board: &Board, env: &BTreeMap<String, String>) {
-    let name = t.exec.program.name();
-    debug!(command = %name, "running");
-    let failure = match command::run(&t.exec, env, None).await {
-        Ok(o) if o.success() => {
-            if !o.output.is_empty() {
-                info!(command = %name, output = %o.output, "task output");
-            }
-            None
-        }
-        Ok(o) => {
-            let how = o.describe(t.exec.timeout);
-            if o.output.is_empty() {
-                warn!(command = %name, "task {how}");
-                Some(how)
-            } else {
-                warn!(command = %name, output = %o.output, "task {how}");
-                Some(format!("{how}: {}", o.output))
-            }
-        }
-        Err(e) => {
-            warn!(command = %name, "{e}");
-            Some(e.to_string())
-        }
-    };
-    board.update(|r| {
-        let s = r
-            .tasks
-            .entry(t.name.clone())
-            .or_insert_with(TaskStatus::default);
-        s.runs += 1;
-        if let Some(e) = failure {
-            s.failures += 1;
-            s.last_error = e;
         }
     });
 }

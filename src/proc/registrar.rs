@@ -1,7 +1,7 @@
 //! Self-registration: each `[[service]]` announces this container in the catalog and keeps the
 //! announcement honest with its health command.
 //!
-//! One task per service, owned by the [`Supervisor`](crate::supervisor::Supervisor):
+//! One task per service, owned by the [`Supervisor`](super::supervisor::Supervisor):
 //!
 //! - The health command runs every `interval` (with its timeout, in its own process group).
 //!   Runs never overlap: one task runs them one after the other.
@@ -20,7 +20,6 @@
 //! finished, so that no heartbeat in flight can re-create an entry it just removed.
 
 use std::collections::BTreeMap;
-use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -28,11 +27,14 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tracing::{Instrument, debug, info, info_span, warn};
 
-use crate::catalog::{Catalog, CatalogError, Registration, Status};
+use crate::catalog::{Catalog, CatalogError};
 use crate::command::{self, Outcome};
 use crate::config::{AddressSpec, ServiceConfig};
+use crate::host::{self, AddressError};
+use crate::model::{Registration, Status};
 use crate::status::{Board, ServiceStatus};
 
 /// How long one catalog call may take before the registrar gives up on it for this round.
@@ -43,10 +45,7 @@ pub fn service_id(svc: &ServiceConfig) -> String {
     match &svc.id {
         Some(id) => id.clone(),
         None => {
-            let host = nix::unistd::gethostname()
-                .map(|h| h.to_string_lossy().into_owned())
-                .unwrap_or_else(|_| "localhost".to_string());
-            let host: String = host
+            let host: String = host::hostname()
                 .chars()
                 .map(|c| {
                     if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') {
@@ -59,90 +58,6 @@ pub fn service_id(svc: &ServiceConfig) -> String {
             format!("{}-{}-{}", svc.name, host, svc.port)
         }
     }
-}
-
-/// Resolves where peers should connect: the literal, the interface's first IPv4 (else its
-/// first IPv6), or the first non-loopback IPv4 of the machine (`127.0.0.1` when there is none,
-/// with a warning from the caller).
-pub fn resolve_address(spec: &AddressSpec) -> Result<String, String> {
-    match spec {
-        AddressSpec::Literal(a) => Ok(a.clone()),
-        AddressSpec::Interface(name) => {
-            let addrs =
-                interface_addresses().map_err(|e| format!("cannot list interfaces: {e}"))?;
-            let mine: Vec<IpAddr> = addrs
-                .iter()
-                .filter(|(n, _, _)| n == name)
-                .map(|(_, ip, _)| *ip)
-                .collect();
-            mine.iter()
-                .find(|ip| ip.is_ipv4())
-                .or_else(|| mine.iter().find(|ip| !is_link_local(ip)))
-                .or(mine.first())
-                .map(|ip| ip.to_string())
-                .ok_or_else(|| format!("interface {name:?} has no IP address (yet)"))
-        }
-        AddressSpec::Auto => {
-            let addrs =
-                interface_addresses().map_err(|e| format!("cannot list interfaces: {e}"))?;
-            Ok(addrs
-                .iter()
-                .find(|(_, ip, up)| *up && ip.is_ipv4() && !ip.is_loopback())
-                .map(|(_, ip, _)| ip.to_string())
-                .unwrap_or_else(|| "127.0.0.1".to_string()))
-        }
-    }
-}
-
-fn is_link_local(ip: &IpAddr) -> bool {
-    match ip {
-        IpAddr::V6(v6) => (v6.segments()[0] & 0xffc0) == 0xfe80,
-        IpAddr::V4(v4) => v4.is_link_local(),
-    }
-}
-
-/// (interface, address, is up) for every IP address of this machine, in the kernel's order.
-fn interface_addresses() -> nix::Result<Vec<(String, IpAddr, bool)>> {
-    use nix::net::if_::InterfaceFlags;
-    let mut out = Vec::new();
-    for ifa in nix::ifaddrs::getifaddrs()? {
-        let Some(addr) = ifa.address else { continue };
-        let ip = if let Some(v4) = addr.as_sockaddr_in() {
-            IpAddr::V4(v4.ip())
-        } else if let Some(v6) = addr.as_sockaddr_in6() {
-            IpAddr::V6(v6.ip())
-        } else {
-            continue;
-        };
-        let up = ifa.flags.contains(InterfaceFlags::IFF_UP);
-        out.push((ifa.interface_name, ip, up));
-    }
-    Ok(out)
-}
-
-/// `REWIRE_<SERVICE>_IP` for every service whose address can be resolved now (hooks use it to
-/// tell peers where they are). The name is upper-cased, anything else than A-Z0-9 becomes `_`.
-pub fn address_env(services: &[ServiceConfig]) -> BTreeMap<String, String> {
-    services
-        .iter()
-        .filter_map(|s| {
-            let addr = resolve_address(&s.address).ok()?;
-            Some((format!("REWIRE_{}_IP", env_name(&s.name)), addr))
-        })
-        .collect()
-}
-
-fn env_name(service: &str) -> String {
-    service
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() {
-                c.to_ascii_uppercase()
-            } else {
-                '_'
-            }
-        })
-        .collect()
 }
 
 /// The registration for a service at a given address and status.
@@ -175,6 +90,9 @@ pub struct Context {
     pub board: Arc<Board>,
     pub env: BTreeMap<String, String>,
     pub maintenance: watch::Receiver<bool>,
+    /// The supervisor's tasks: registrar tasks run here, so the stop sequence can wait for
+    /// every one of them.
+    pub tasks: TaskTracker,
 }
 
 impl ServiceTask {
@@ -189,7 +107,8 @@ impl ServiceTask {
         let stop = parent.child_token();
         let id = service_id(&svc);
         let span = info_span!("service", name = %svc.name, id = %id);
-        let handle = tokio::spawn(
+        let tasks = ctx.tasks.clone();
+        let handle = tasks.spawn(
             {
                 let svc = svc.clone();
                 let stop = stop.clone();
@@ -256,7 +175,7 @@ struct Registrar {
     /// The last status reported, to log changes only.
     last_status: Option<Status>,
     /// The last address problem logged, to log it once.
-    last_address_error: Option<String>,
+    last_address_error: Option<AddressError>,
     /// Whether the "only loopback" warning was said.
     warned_loopback: bool,
     /// Registration has failed since it last worked: said once at warn, then at debug, so an
@@ -478,7 +397,7 @@ impl Registrar {
     }
 
     fn address(&mut self) -> Option<String> {
-        match resolve_address(&self.svc.address) {
+        match host::resolve_address(&self.svc.address) {
             Ok(a) => {
                 if self.last_address_error.take().is_some() {
                     info!(address = %a, "address resolved");
@@ -495,11 +414,11 @@ impl Registrar {
                 Some(a)
             }
             Err(e) => {
-                if self.last_address_error.as_deref() != Some(&e) {
+                if self.last_address_error.as_ref() != Some(&e) {
                     warn!(error = %e, "cannot resolve the service address; not registering");
                     self.last_address_error = Some(e.clone());
                 }
-                self.board(|s| s.detail = e);
+                self.board(|s| s.detail = e.to_string());
                 None
             }
         }
@@ -578,40 +497,9 @@ mod tests {
         let id = service_id(&svc("web", 8080));
         assert!(id.starts_with("web-"), "{id}");
         assert!(id.ends_with("-8080"), "{id}");
-        assert!(crate::catalog::record::check_name(&id).is_ok(), "{id}");
+        assert!(crate::model::check_name(&id).is_ok(), "{id}");
         let mut s = svc("web", 8080);
         s.id = Some("custom".into());
         assert_eq!(service_id(&s), "custom");
-    }
-
-    #[test]
-    fn address_env_names_are_upper_case_and_safe() {
-        let env = address_env(&[svc("my-web.v2", 80)]);
-        assert_eq!(
-            env.get("REWIRE_MY_WEB_V2_IP").map(String::as_str),
-            Some("10.1.2.3")
-        );
-    }
-
-    #[test]
-    fn auto_address_is_never_loopback_unless_nothing_else() {
-        let a: IpAddr = resolve_address(&AddressSpec::Auto)
-            .unwrap()
-            .parse()
-            .unwrap();
-        let others = interface_addresses()
-            .unwrap()
-            .into_iter()
-            .any(|(_, ip, up)| up && ip.is_ipv4() && !ip.is_loopback());
-        assert_eq!(a.is_loopback(), !others);
-    }
-
-    #[test]
-    fn loopback_interface_resolves_to_127_0_0_1() {
-        assert_eq!(
-            resolve_address(&AddressSpec::Interface("lo".into())).unwrap(),
-            "127.0.0.1"
-        );
-        assert!(resolve_address(&AddressSpec::Interface("nope0".into())).is_err());
     }
 }

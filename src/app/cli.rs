@@ -1,4 +1,4 @@
-//! The command line (clap). `main.rs` parses it; `lib.rs` runs the chosen command.
+//! The command line (clap). `main.rs` parses it; `app::run` runs the chosen command.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -149,6 +149,6 @@ pub enum OnOff {
     Off,
 }
 
-fn parse_duration(s: &str) -> Result<Duration, String> {
+fn parse_duration(s: &str) -> Result<Duration, crate::config::DurationError> {
     crate::config::parse_duration(s)
 }

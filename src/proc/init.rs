@@ -19,8 +19,6 @@
 //! ALRM, PIPE, CONT, TSTP, TTIN, TTOU, URG, XCPU, XFSZ, VTALRM, PROF, IO, PWR, STKFLT. The worker
 //! decides what they mean (stop, reload, forward to main, or nothing).
 
-use std::process::ExitCode;
-
 use nix::errno::Errno;
 use nix::sys::signal::{SigSet, SigmaskHow, Signal, kill, sigprocmask};
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
@@ -104,8 +102,9 @@ pub fn fork_worker(subreaper: bool) -> std::io::Result<Fork> {
     }
 }
 
-/// The parent's whole life: reap, forward, and exit with the worker's status.
-pub fn reap_and_forward(worker: Pid) -> ExitCode {
+/// The parent's whole life: reap, forward, and return the worker's status (the caller exits
+/// with it).
+pub fn reap_and_forward(worker: Pid) -> u8 {
     let set = waited();
     loop {
         let sig = match set.wait() {
@@ -121,7 +120,7 @@ pub fn reap_and_forward(worker: Pid) -> ExitCode {
             // Orphans that exited meanwhile are collected too; the rest die with the
             // namespace (PID 1) or move to the next subreaper.
             let _ = reap_all(worker);
-            return ExitCode::from(code);
+            return code;
         }
     }
 }

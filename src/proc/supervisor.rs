@@ -2,7 +2,7 @@
 //!
 //! Verbs follow systemctl: start, reconfigure, stop (signal, grace, kill).
 //!
-//! Start: one registrar task per `[[service]]` (see [`registrar`](crate::registrar)); in
+//! Start: one registrar task per `[[service]]` (see [`registrar`](super::registrar::ServiceTask)); in
 //! parallel the main task runs `pre_start` to completion (a non-zero exit ends rewire with
 //! that status), waits until every template was written once (or `wait_for_templates` passed),
 //! then starts `exec`. Main inherits rewire's stdout and stderr (nginx logs there), gets
@@ -33,13 +33,14 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tracing::{Instrument, debug, error, info, info_span, warn};
 
+use super::registrar::{self, ServiceTask};
 use crate::backoff::Backoff;
 use crate::catalog::Catalog;
 use crate::command::{self, RunStatus};
 use crate::config::{CommandSpec, Config, MainConfig, Program, Restart};
-use crate::registrar::{self, ServiceTask};
 use crate::status::{Board, MainStatus};
 
 /// Exit status when a hook or main could not be started at all (as a shell says it).
@@ -97,6 +98,7 @@ impl Supervisor {
             board: board.clone(),
             env: env.clone(),
             maintenance,
+            tasks: TaskTracker::new(),
         };
         let services = config
             .services
@@ -108,7 +110,7 @@ impl Supervisor {
             let pid = main_pid.subscribe();
             let (exit_tx, exit) = watch::channel(None);
             let templates: Vec<String> = config.templates.iter().map(|t| t.name.clone()).collect();
-            let task = tokio::spawn(
+            let task = ctx.tasks.spawn(
                 MainTask {
                     cfg: m.clone(),
                     templates,
@@ -154,7 +156,7 @@ impl Supervisor {
     /// new `[main]` settings. The main process is not restarted.
     pub fn reconfigure(&mut self, config: &Config) {
         // New registrar tasks and the hooks see the new services' addresses.
-        self.ctx.env = crate::child_env(config);
+        self.ctx.env = crate::command::child_env(config);
         let mut old = std::mem::take(&mut self.services);
         let mut next = Vec::new();
         for svc in &config.services {
@@ -202,7 +204,7 @@ impl Supervisor {
     fn retire(&self, task: ServiceTask) -> JoinHandle<()> {
         let catalog = self.ctx.catalog.clone();
         let board = self.ctx.board.clone();
-        tokio::spawn(async move {
+        self.ctx.tasks.spawn(async move {
             let reg = task.finish().await;
             registrar::deregister(catalog.as_ref(), &board, &reg).await;
             board.update(|r| {
@@ -296,6 +298,15 @@ impl Supervisor {
             run_hook("post_stop", hook, &self.ctx.env).await;
         }
         self.set_main_state("stopped");
+        // Every task this supervisor started has been awaited above (registrars, retirements,
+        // main); the tracker confirms it, so nothing of the container's lifecycle is left.
+        self.ctx.tasks.close();
+        if tokio::time::timeout(KILL_GRACE, self.ctx.tasks.wait())
+            .await
+            .is_err()
+        {
+            warn!("supervisor tasks still running at the end of the stop sequence");
+        }
         code.unwrap_or(0)
     }
 

@@ -1,4 +1,7 @@
-//! Putting a rendered file in place: atomic write, check, in-place fallback, diff.
+//! Putting a file in place: atomic write, in-place fallback, reading what is there, diff.
+//!
+//! A shared leaf: the render pipeline writes templates through it, the dir catalog writes its
+//! registration files through it, `rewire diff` compares with it. It knows nothing of either.
 //!
 //! The rules (DESIGN.md, "Reliability"): never a torn file, never a broken config in place.
 //! A render is staged as `.<dest>.rewire-XXXXXX` in the destination's directory (leading dot

@@ -1,0 +1,105 @@
+//! `rewire check`: validate the config and the templates' syntax without a catalog, and warn
+//! about what would not work on this machine (a program not in PATH, a missing directory).
+
+use tracing::warn;
+
+use crate::app::Outcome;
+use crate::config::{CommandSpec, Config, Program, Reload};
+use crate::render::template::Engine;
+
+/// Every program the config runs as an argv (a shell command is the shell's business), with
+/// where it is configured.
+fn programs(config: &Config) -> Vec<(String, String)> {
+    fn spec(c: Option<&CommandSpec>) -> Option<&Program> {
+        c.map(|c| &c.program)
+    }
+    let mut out = Vec::new();
+    let mut add = |what: String, p: Option<&Program>| {
+        if let Some(Program::Argv(argv)) = p
+            && let Some(first) = argv.first()
+        {
+            out.push((what, first.clone()));
+        }
+    };
+    for t in &config.templates {
+        add(format!("template {} check", t.name), spec(t.check.as_ref()));
+        if let Some(Reload::Command(c)) = &t.reload {
+            add(format!("template {} reload", t.name), Some(&c.program));
+        }
+    }
+    for s in &config.services {
+        add(
+            format!("service {} health", s.name),
+            spec(s.health.as_ref()),
+        );
+    }
+    for w in &config.watches {
+        add(
+            format!("watch {} on_change", w.service),
+            Some(&w.on_change.program),
+        );
+    }
+    for t in &config.tasks {
+        add(format!("task {}", t.name), Some(&t.exec.program));
+    }
+    if let Some(m) = &config.main {
+        add("main pre_start".into(), spec(m.pre_start.as_ref()));
+        add("main exec".into(), m.exec.as_ref());
+        add("main pre_stop".into(), spec(m.pre_stop.as_ref()));
+        add("main post_stop".into(), spec(m.post_stop.as_ref()));
+    }
+    out
+}
+
+/// Whether `program` would start: a path (relative to where rewire runs) or a name in PATH.
+fn program_exists(program: &str) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    let runnable = |p: &std::path::Path| {
+        p.metadata()
+            .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    };
+    if program.contains('/') {
+        return runnable(std::path::Path::new(program));
+    }
+    std::env::var_os("PATH")
+        .is_some_and(|path| std::env::split_paths(&path).any(|d| runnable(&d.join(program))))
+}
+
+/// `rewire check`: the config is already parsed (its problems are reported before this
+/// runs); check the templates' syntax and warn about what will not work here.
+pub fn run(config: &Config) -> Outcome {
+    match Engine::load(&config.templates) {
+        Ok(_) => {
+            println!(
+                "{}: ok ({} template(s), {} service(s), {} watch(es), {} task(s){})",
+                config.path.display(),
+                config.templates.len(),
+                config.services.len(),
+                config.watches.len(),
+                config.tasks.len(),
+                if config.main.is_some() { ", main" } else { "" }
+            );
+            for t in &config.templates {
+                if let Some(dir) = t.destination.parent()
+                    && !dir.exists()
+                {
+                    warn!(template = %t.name, dir = %dir.display(), "the destination directory does not exist yet; it will be created");
+                }
+            }
+            for (what, program) in programs(config) {
+                if !program_exists(&program) {
+                    warn!(
+                        "{what}: {program:?} is not found here (not in PATH, or not executable); \
+                         it must exist where rewire runs"
+                    );
+                }
+            }
+            Outcome::Done
+        }
+        Err(errors) => {
+            let mut lines: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
+            lines.push(format!("{} problem(s) in the templates", errors.len()));
+            Outcome::Findings(lines.join("\n"))
+        }
+    }
+}

@@ -1,0 +1,125 @@
+//! The one-shot commands: `render`, `diff` and `check`.
+//!
+//! `render` and `diff` share discovery ([`render_until_ready`]): render every template against
+//! a store of their own, fetch whatever the renders found missing, and render again until
+//! nothing is missing or the timeout passes. This is the one place a one-shot command reads
+//! the catalog; the templates, as in the daemon, read only the store. `render` then goes
+//! through the daemon's pipeline and reload groups; `diff` compares with what is on disk.
+
+pub mod check;
+pub mod diff;
+pub mod render;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::Failure;
+use crate::catalog::Catalog;
+use crate::config::{Config, TemplateConfig};
+use crate::model::Query;
+use crate::render::template::{Engine, LoadError, Rendered};
+use crate::store::Store;
+
+/// Picks the templates named on the command line (all when none is named).
+fn select<'c>(
+    config: &'c Config,
+    names: &[String],
+    command: &'static str,
+) -> Result<Vec<&'c TemplateConfig>, Failure> {
+    if names.is_empty() {
+        return Ok(config.templates.iter().collect());
+    }
+    let mut out = Vec::new();
+    for n in names {
+        match config.templates.iter().find(|t| &t.name == n) {
+            Some(t) => out.push(t),
+            None => {
+                let known: Vec<&str> = config.templates.iter().map(|t| t.name.as_str()).collect();
+                return Err(Failure::Usage {
+                    command,
+                    message: format!(
+                        "no template named {n:?}; the config has: {}",
+                        if known.is_empty() {
+                            "none".to_string()
+                        } else {
+                            known.join(", ")
+                        }
+                    ),
+                });
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Every template problem, then a summary naming the command.
+pub(super) fn template_problems(command: &str, errors: &[LoadError]) -> String {
+    let mut lines: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
+    lines.push(format!(
+        "rewire {command}: {} template problem(s); nothing written",
+        errors.len()
+    ));
+    lines.join("\n")
+}
+
+/// Renders `templates` until every query they use has data, or the deadline passes.
+/// Returns each template's last render and the last catalog error seen, if any.
+pub async fn render_until_ready(
+    engine: &Engine,
+    templates: &[&TemplateConfig],
+    catalog: &dyn Catalog,
+    store: &Store,
+    timeout: Duration,
+) -> (BTreeMap<String, Rendered>, Option<String>) {
+    let deadline = Instant::now() + timeout;
+    let mut last_error = None;
+    let mut pause = Duration::from_millis(50);
+    loop {
+        let snap = store.snapshot();
+        let results: BTreeMap<String, Rendered> = templates
+            .iter()
+            .map(|t| (t.name.clone(), engine.render(&t.name, &snap)))
+            .collect();
+        // Every dependency the snapshot lacks, including keys with a default (which do not
+        // block a render but must show their real value when they exist).
+        let mut to_fetch: BTreeSet<Query> = results
+            .values()
+            .flat_map(|r| r.deps().iter())
+            .filter(|q| snap.get(q).is_none())
+            .cloned()
+            .collect();
+        let mut waiting_on_keys = false;
+        for r in results.values() {
+            if let Rendered::Pending { waiting, deps, .. } = r
+                && !waiting.is_empty()
+            {
+                {
+                    // A key that does not exist yet: ask again until it appears.
+                    waiting_on_keys = true;
+                    to_fetch.extend(deps.iter().filter(|q| matches!(q, Query::Key(_))).cloned());
+                }
+            }
+        }
+        if to_fetch.is_empty() || Instant::now() >= deadline {
+            return (results, last_error);
+        }
+        let queries: Vec<Query> = to_fetch.into_iter().collect();
+        let mut progressed = false;
+        for (q, r) in catalog.fetch_many(&queries).await {
+            match r {
+                Ok(data) => {
+                    progressed |= snap.get(&q).is_none();
+                    store.update(q, data);
+                }
+                Err(e) => last_error = Some(e.to_string()),
+            }
+        }
+        if !progressed || waiting_on_keys {
+            let left = deadline.saturating_duration_since(Instant::now());
+            tokio::time::sleep(pause.min(left)).await;
+            pause = (pause * 2).min(Duration::from_secs(1));
+        }
+    }
+}

@@ -1,0 +1,100 @@
+//! `rewire render`: wait for data, render, check, write, and with `--reload` reload what
+//! changed, group by group as the daemon does (see [`group`]).
+
+use std::sync::Arc;
+
+use tracing::{error, info};
+
+use super::{render_until_ready, select, template_problems};
+use crate::app::cli::RenderArgs;
+use crate::app::{Failure, Outcome};
+use crate::catalog::Catalog;
+use crate::command;
+use crate::config::Config;
+use crate::render::group::{self, Written};
+use crate::render::pipeline::{self, Applied};
+use crate::render::template::{Engine, Rendered, pending_reason};
+use crate::store::Store;
+
+/// `rewire render`: 0 when every template was written or unchanged, 1 (with the list) when
+/// any was not.
+pub async fn run(
+    config: &Config,
+    catalog: Arc<dyn Catalog>,
+    args: &RenderArgs,
+) -> Result<Outcome, Failure> {
+    let templates = select(config, &args.templates, "render")?;
+    // Broken templates are this command's findings (exit 1), not a usage error.
+    let engine = match Engine::load(&config.templates) {
+        Ok(e) => e,
+        Err(errors) => return Ok(Outcome::Findings(template_problems("render", &errors))),
+    };
+    let env = &command::child_env(config);
+    let store = Store::new();
+    let (results, last_error) =
+        render_until_ready(&engine, &templates, catalog.as_ref(), &store, args.timeout).await;
+
+    let mut failures: Vec<(String, String)> = Vec::new();
+    let mut written: Vec<Written> = Vec::new();
+    for t in &templates {
+        match &results[&t.name] {
+            Rendered::Done { text, .. } => match pipeline::apply(t, text.as_bytes(), env).await {
+                Ok(Applied::Unchanged) => {
+                    info!(template = %t.name, dest = %t.destination.display(), "unchanged");
+                }
+                Ok(Applied::Written { previous }) => {
+                    info!(template = %t.name, dest = %t.destination.display(), bytes = text.len(), "written");
+                    written.push(Written {
+                        template: t,
+                        previous,
+                    });
+                }
+                Err(e) => failures.push((t.name.clone(), e.to_string())),
+            },
+            Rendered::Pending {
+                missing, waiting, ..
+            } => failures.push((
+                t.name.clone(),
+                format!(
+                    "not written after {}: {}",
+                    humantime::format_duration(args.timeout),
+                    pending_reason(missing, waiting, last_error.as_deref())
+                ),
+            )),
+            Rendered::Failed { error, .. } => failures.push((t.name.clone(), error.clone())),
+        }
+    }
+
+    if args.reload {
+        // Templates sharing a reload run it once; if it fails, all of them are rolled back.
+        for (reload, group) in group::by_reload(written, |w| w.template.reload.as_ref()) {
+            if reload.is_none() {
+                continue;
+            }
+            if let Err(e) = group::reload_or_restore(reload.as_ref(), &group, None, env).await {
+                for w in &group {
+                    failures.push((
+                        w.template.name.clone(),
+                        format!("{e}; the previous file was restored"),
+                    ));
+                }
+            }
+        }
+    }
+
+    if failures.is_empty() {
+        return Ok(Outcome::Done);
+    }
+    for (name, why) in &failures {
+        error!(template = %name, "{why}");
+    }
+    let mut report = format!(
+        "rewire render: {} of {} template(s) failed:",
+        failures.len(),
+        templates.len()
+    );
+    for (name, why) in &failures {
+        report.push_str(&format!("\n  {name}: {}", why.replace('\n', "\n    ")));
+    }
+    Ok(Outcome::Findings(report))
+}

@@ -1,0 +1,416 @@
+//! `rewire run`: wires the tasks together and owns the stop sequence.
+//!
+//! Start: config (already valid) → catalog preflight → templates parsed → signal handlers →
+//! then, and only then, the tasks: catalog watch, control socket, one runner per template
+//! group, handlers and tasks, supervisor (registrations, main). Everything is validated
+//! before anything binds or spawns.
+//!
+//! Tasks, by lifetime: the daemon's own (`Daemon::tasks`: catalog watch, wanted-set
+//! collector, catalog health on the board, control socket, handler and task runs in flight),
+//! each config generation's ([`Generation`]: runners, `[[watch]]` and `[[task]]` loops,
+//! swapped on SIGHUP), and the supervisor's (registrars, main). All take a child of the one
+//! root token.
+//!
+//! SIGHUP: see [`reload`].
+//!
+//! Stop (SIGTERM/SIGINT, or the configured stop signals): the supervisor runs its sequence
+//! (deregister, drain, pre_stop, stop main, post_stop) while the runners keep the files
+//! current; then the generation stops (a write in flight finishes), the root token is
+//! cancelled, every task is awaited (for at most [`GRACE`]), and the process exits with
+//! main's status, or 0.
+
+mod reload;
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use nix::unistd::Pid;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{error, info, warn};
+
+use super::control::{self, Command};
+use super::signals::{Incoming, Signals};
+use super::{Failure, Outcome, Reloader};
+use crate::catalog::{self, Catalog, CatalogError};
+use crate::config::Config;
+use crate::model::Query;
+use crate::proc::supervisor::Supervisor;
+use crate::proc::{Runs, tasks, watches};
+use crate::render::group;
+use crate::render::runner::{self, Shared};
+use crate::render::template::Engine;
+use crate::status::Board;
+use crate::store::{Health, Store};
+use crate::wanted::Wanted;
+
+/// How long tasks get to finish after a stop before rewire exits anyway.
+const GRACE: Duration = Duration::from_secs(10);
+
+/// Runs the daemon until a stop signal, or until main exits for good.
+pub async fn run(config: Config, reloader: Reloader) -> Result<Outcome, Failure> {
+    let catalog = open_and_check(&config).await?;
+    let engine = Arc::new(Engine::load(&config.templates).map_err(Failure::Templates)?);
+    let mut signals = Signals::new(config.main.as_ref()).map_err(Failure::Signals)?;
+    let mut daemon = Daemon::start(config, catalog, engine, reloader);
+    let exit = daemon.serve(&mut signals).await;
+    let status = daemon.stop(exit, &mut signals).await;
+    Ok(Outcome::Relayed(status))
+}
+
+/// Opens the configured catalog and asks it whether it can be used at all: a refusal (a bad
+/// token) stops rewire; an unreachable catalog is retried while rewire runs.
+async fn open_and_check(config: &Config) -> Result<Arc<dyn Catalog>, CatalogError> {
+    let catalog = catalog::open(&config.catalog)?;
+    match catalog.preflight().await {
+        Ok(()) => Ok(catalog),
+        Err(e @ CatalogError::Denied { .. }) | Err(e @ CatalogError::Unsupported(_)) => Err(e),
+        Err(e) => {
+            warn!(error = %e, "catalog not reachable yet; starting anyway and retrying");
+            Ok(catalog)
+        }
+    }
+}
+
+/// Everything that lives as long as one config generation.
+struct Generation {
+    stop: CancellationToken,
+    tracker: TaskTracker,
+}
+
+impl Generation {
+    fn new(parent: &CancellationToken) -> Generation {
+        Generation {
+            stop: parent.child_token(),
+            tracker: TaskTracker::new(),
+        }
+    }
+
+    async fn shut(self) {
+        self.stop.cancel();
+        self.tracker.close();
+        if tokio::time::timeout(GRACE, self.tracker.wait())
+            .await
+            .is_err()
+        {
+            warn!(grace = ?GRACE, "tasks still running after the grace period");
+        }
+    }
+}
+
+/// The catalog and its watch task.
+struct CatalogTask {
+    catalog: Arc<dyn Catalog>,
+    stop: CancellationToken,
+    handle: JoinHandle<()>,
+}
+
+/// What every config generation is wired to; lives as long as the daemon.
+struct Parts {
+    /// Parent of every task's token.
+    root: CancellationToken,
+    store: Arc<Store>,
+    board: Arc<Board>,
+    wanted: Wanted,
+    main_pid: watch::Receiver<Option<Pid>>,
+    /// What `[[watch]]` handlers and `[[task]]`s keep across SIGHUP, and their runs in flight.
+    watch_slots: watches::Slots,
+    task_slots: tasks::Slots,
+    runs: Runs,
+}
+
+impl Parts {
+    /// Starts the runners, handlers and tasks of one config.
+    fn spawn_generation(&self, config: &Config, engine: Arc<Engine>) -> Generation {
+        let generation = Generation::new(&self.root);
+        let shared = Shared {
+            engine,
+            store: self.store.clone(),
+            wanted: self.wanted.clone(),
+            board: self.board.clone(),
+            env: crate::command::child_env(config),
+            main_pid: self.main_pid.clone(),
+        };
+        for group in group::groups(&config.templates) {
+            generation.tracker.spawn(runner::run_group(
+                group,
+                shared.clone(),
+                generation.stop.child_token(),
+            ));
+        }
+        tasks::spawn_all(
+            config,
+            &generation.tracker,
+            &generation.stop,
+            &self.board,
+            &shared.env,
+            &self.runs,
+            &self.task_slots,
+        );
+        let handlers = watches::Context {
+            store: self.store.clone(),
+            wanted: self.wanted.clone(),
+            board: self.board.clone(),
+            env: shared.env,
+            runs: self.runs.clone(),
+        };
+        watches::spawn_all(
+            config,
+            &generation.tracker,
+            &generation.stop,
+            &handlers,
+            &self.watch_slots,
+        );
+        generation
+    }
+}
+
+/// The running daemon.
+struct Daemon {
+    config: Config,
+    reloader: Reloader,
+    /// Tasks that live as long as the daemon; awaited at the end of the stop sequence.
+    tasks: TaskTracker,
+    parts: Parts,
+    wanted_rx: watch::Receiver<BTreeSet<Query>>,
+    catalog: CatalogTask,
+    generation: Generation,
+    supervisor: Supervisor,
+    maintenance: watch::Sender<bool>,
+    control: mpsc::UnboundedReceiver<Command>,
+}
+
+impl Daemon {
+    fn start(
+        config: Config,
+        catalog: Arc<dyn Catalog>,
+        engine: Arc<Engine>,
+        reloader: Reloader,
+    ) -> Daemon {
+        let root = CancellationToken::new();
+        let tasks = TaskTracker::new();
+        let store = Arc::new(Store::new());
+        let board = Arc::new(Board::new(
+            std::process::id(),
+            config.path.display().to_string(),
+            catalog.describe(),
+        ));
+        let (wanted_tx, wanted_rx) = watch::channel(BTreeSet::new());
+        tasks.spawn(show_catalog_health(
+            board.clone(),
+            store.clone(),
+            wanted_rx.clone(),
+            root.clone(),
+        ));
+        let (wanted, collector) = Wanted::new(wanted_tx, store.clone());
+        tasks.spawn(collector.run(root.clone()));
+        let catalog = start_catalog(&tasks, catalog, wanted_rx.clone(), store.clone(), &root);
+        let (main_pid_tx, main_pid) = watch::channel::<Option<Pid>>(None);
+        let control = control::server::start(
+            &config.control.socket,
+            board.clone(),
+            root.clone(),
+            &tasks,
+        )
+        .unwrap_or_else(|e| {
+            warn!(socket = %config.control.socket.display(), error = %e, "control socket unavailable; `rewire status` will not reach this process");
+            mpsc::unbounded_channel().1
+        });
+        let (maintenance, maintenance_rx) = watch::channel(false);
+        let parts = Parts {
+            runs: Runs::new(tasks.clone(), root.clone()),
+            watch_slots: watches::Slots::default(),
+            task_slots: tasks::Slots::default(),
+            root,
+            store,
+            board,
+            wanted,
+            main_pid,
+        };
+        let generation = parts.spawn_generation(&config, engine);
+        info!(
+            config = %config.path.display(),
+            catalog = %catalog.catalog.describe(),
+            templates = config.templates.len(),
+            "rewire running"
+        );
+        let supervisor = Supervisor::start(
+            &config,
+            catalog.catalog.clone(),
+            parts.board.clone(),
+            main_pid_tx,
+            crate::command::child_env(&config),
+            maintenance_rx,
+            parts.root.clone(),
+        );
+        Daemon {
+            config,
+            reloader,
+            tasks,
+            parts,
+            wanted_rx,
+            catalog,
+            generation,
+            supervisor,
+            maintenance,
+            control,
+        }
+    }
+
+    /// Serves signals and control requests until a stop signal (`None`) or until main exits
+    /// for good (its status).
+    async fn serve(&mut self, signals: &mut Signals) -> Option<u8> {
+        loop {
+            tokio::select! {
+                sig = signals.next() => match sig {
+                    Incoming::Stop(s) => {
+                        info!(signal = %s, "stopping");
+                        return None;
+                    }
+                    Incoming::Reload => self.reload().await,
+                    Incoming::Forward(s) => self.supervisor.forward(s),
+                },
+                Some(cmd) = self.control.recv() => match cmd {
+                    Command::Maintenance(on) => {
+                        info!(maintenance = on, "maintenance mode");
+                        self.maintenance.send_replace(on);
+                        self.parts.board.update(|r| r.maintenance = on);
+                    }
+                },
+                status = self.supervisor.exited() => return Some(status),
+            }
+        }
+    }
+
+    /// SIGHUP: applies a new config by difference, or keeps the running one (see [`reload`]).
+    async fn reload(&mut self) {
+        info!("SIGHUP: re-reading the config");
+        let (new, engine) = match reload::read(&self.reloader) {
+            Ok(read) => read,
+            Err(e) => {
+                error!("new config rejected, keeping the running one:\n{e}");
+                return;
+            }
+        };
+        let changes = reload::Changes::between(&self.config, &new);
+        if changes.catalog {
+            match open_and_check(&new).await {
+                Ok(c) => {
+                    info!(catalog = %c.describe(), "catalog settings changed; reconnecting");
+                    let label = c.describe();
+                    self.parts.board.update(|r| r.catalog = label);
+                    self.catalog.stop.cancel();
+                    let _ = (&mut self.catalog.handle).await;
+                    self.catalog = start_catalog(
+                        &self.tasks,
+                        c,
+                        self.wanted_rx.clone(),
+                        self.parts.store.clone(),
+                        &self.parts.root,
+                    );
+                }
+                Err(e) => {
+                    error!(error = %e, "new config rejected, keeping the running one");
+                    return;
+                }
+            }
+        }
+        // The old runners stop (a round in progress finishes) before the new ones start: two
+        // generations must never write the same files.
+        let old = std::mem::replace(&mut self.generation, Generation::new(&self.parts.root));
+        old.shut().await;
+        self.generation = self.parts.spawn_generation(&new, engine);
+        self.supervisor.reconfigure(&new);
+        self.parts.board.update(|r| {
+            for name in &changes.dropped_templates {
+                r.templates.remove(name);
+            }
+        });
+        self.config = new;
+        info!("new config applied");
+    }
+
+    /// The stop sequence; returns the status rewire exits with. `exit` is main's status when
+    /// main already exited on its own.
+    async fn stop(self, exit: Option<u8>, signals: &mut Signals) -> u8 {
+        // The supervisor first (deregister, drain, pre_stop, main, post_stop), while the
+        // runners keep the files current. A second stop signal (an impatient Ctrl-C) cuts the
+        // drain and stop_timeout short.
+        let hurry = CancellationToken::new();
+        let status = {
+            let stopping = self.supervisor.stop(exit, hurry.clone());
+            tokio::pin!(stopping);
+            loop {
+                tokio::select! {
+                    status = &mut stopping => break status,
+                    sig = signals.next(), if !hurry.is_cancelled() => {
+                        if let Incoming::Stop(s) = sig {
+                            warn!(signal = %s, "second stop signal: skipping the drain and killing main now");
+                            hurry.cancel();
+                        }
+                    }
+                }
+            }
+        };
+        self.generation.shut().await;
+        self.parts.root.cancel();
+        self.tasks.close();
+        if tokio::time::timeout(GRACE, self.tasks.wait())
+            .await
+            .is_err()
+        {
+            warn!(grace = ?GRACE, "tasks still running after the grace period; exiting anyway");
+        }
+        control::server::cleanup(&self.config.control.socket);
+        info!(status, "stopped");
+        status
+    }
+}
+
+fn start_catalog(
+    tasks: &TaskTracker,
+    catalog: Arc<dyn Catalog>,
+    wanted: watch::Receiver<BTreeSet<Query>>,
+    store: Arc<Store>,
+    root: &CancellationToken,
+) -> CatalogTask {
+    let stop = root.child_token();
+    let (c, s) = (catalog.clone(), stop.clone());
+    let handle = tasks.spawn(async move { c.watch(wanted, store, s).await });
+    CatalogTask {
+        catalog,
+        stop,
+        handle,
+    }
+}
+
+/// Keeps `rewire status` saying whether the catalog is reachable.
+async fn show_catalog_health(
+    board: Arc<Board>,
+    store: Arc<Store>,
+    mut wanted: watch::Receiver<BTreeSet<Query>>,
+    stop: CancellationToken,
+) {
+    let mut snaps = store.subscribe();
+    loop {
+        let nothing_watched = wanted.borrow_and_update().is_empty();
+        let health = match &snaps.borrow_and_update().health {
+            // Registration alone never reads the catalog: nothing to connect to.
+            Health::Unknown if nothing_watched => {
+                "not read (no template or watch uses it)".to_string()
+            }
+            Health::Unknown => "connecting".to_string(),
+            Health::Healthy => "healthy".to_string(),
+            Health::Unreachable(e) => format!("unreachable: {e}"),
+        };
+        board.update(|r| r.catalog_health = health);
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            r = snaps.changed() => if r.is_err() { return },
+            r = wanted.changed() => if r.is_err() { return },
+        }
+    }
+}

@@ -1,0 +1,305 @@
+//! The HTTP side of the Consul backend: one client, the agent's address, the token as a
+//! ready header, and what a request's failure means.
+//!
+//! Every request carries the token only in `X-Consul-Token` (marked sensitive, so no `Debug`
+//! shows it). Transport errors are described by their causes, and TLS setup mistakes (an
+//! unknown CA, a refused client certificate, plain HTTP on a TLS port) become refusals that
+//! name the setting to change rather than outages retried forever.
+
+use std::time::Duration;
+
+use reqwest::header::{HeaderMap, HeaderValue};
+use reqwest::{Method, Url};
+
+use super::decode::{self, Answer, BACKEND, Reply};
+use super::poll::Source;
+use crate::catalog::CatalogError;
+use crate::model::Query;
+
+/// Added to `wait + wait/16` for a blocking read's timeout: the agent may hold the request
+/// that long, plus the time to forward it to a server and send a large answer.
+const BLOCK_MARGIN: Duration = Duration::from_secs(15);
+
+/// Timeout of a non-blocking read.
+const READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Timeout of agent writes (register, deregister, TTL updates) and of the preflight check.
+pub(super) const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Answers bigger than this are decoded off the async workers (1 000 instances is ~1.5 MB).
+const BIG_BODY: usize = 256 * 1024;
+
+/// The HTTP side: one client, the agent's address, the token as a ready header.
+pub(super) struct Agent {
+    pub(super) http: reqwest::Client,
+    /// Requests go here (the address, or the TLS server name; see `settings::build_client`).
+    pub(super) base: Url,
+    /// The address as configured, for messages.
+    pub(super) address: Url,
+    /// `X-Consul-Token`, marked sensitive so that no `Debug` shows it.
+    pub(super) token: Option<HeaderValue>,
+    /// `Authorization: Basic ...` from `CONSUL_HTTP_AUTH`, sensitive too.
+    pub(super) auth: Option<HeaderValue>,
+    /// A TLS client certificate is configured.
+    pub(super) client_cert: bool,
+    pub(super) datacenter: Option<String>,
+    pub(super) stale: bool,
+    pub(super) wait: Duration,
+}
+
+impl Agent {
+    pub(super) fn describe(&self) -> String {
+        let mut s = format!("consul at {}", self.address.as_str().trim_end_matches('/'));
+        let mut extras = Vec::new();
+        if let Some(dc) = &self.datacenter {
+            extras.push(format!("datacenter {dc}"));
+        }
+        if self.stale {
+            extras.push("stale reads".to_string());
+        }
+        if self.token.is_some() {
+            extras.push("ACL token set".to_string());
+        }
+        if !extras.is_empty() {
+            s.push_str(&format!(" ({})", extras.join(", ")));
+        }
+        s
+    }
+
+    /// `<base>/v1/<segments...>`, each segment percent-encoded.
+    pub(super) fn url<'a>(&self, segments: impl IntoIterator<Item = &'a str>) -> Url {
+        let mut url = self.base.clone();
+        url.path_segments_mut()
+            .expect("http(s) URLs always have a path")
+            .pop_if_empty()
+            .push("v1")
+            .extend(segments);
+        url
+    }
+
+    /// The URL of one read of `query`; `index` > 0 makes it a blocking query.
+    pub(super) fn read_url(&self, query: &Query, index: u64) -> Url {
+        let mut url = match query {
+            Query::Service(name) => self.url(["health", "service", name.as_str()]),
+            Query::Services => self.url(["catalog", "services"]),
+            Query::Key(path) | Query::Keys(path) => {
+                self.url(std::iter::once("kv").chain(path.trim_start_matches('/').split('/')))
+            }
+        };
+        {
+            let mut q = url.query_pairs_mut();
+            if let Some(dc) = &self.datacenter {
+                q.append_pair("dc", dc);
+            }
+            if self.stale {
+                q.append_key_only("stale");
+            }
+            if matches!(query, Query::Keys(_)) {
+                q.append_key_only("recurse");
+            }
+            if index > 0 {
+                q.append_pair("index", &index.to_string());
+                q.append_pair("wait", &go_duration(self.wait));
+            }
+        }
+        if url.query() == Some("") {
+            url.set_query(None);
+        }
+        url
+    }
+
+    /// An agent that requires client certificates (verify_incoming) accepts the TLS handshake
+    /// and then closes the connection with an alert. The alert often reaches the request as
+    /// such (see [`tls_hint`]), but when the connection is gone before the request is sent,
+    /// hyper says only "connection was not ready". On a fresh https connection without a
+    /// client certificate that is the same refusal: say so, rather than wait for an outage to
+    /// end that never will.
+    pub(super) fn closed_after_handshake(&self, e: CatalogError) -> CatalogError {
+        match e {
+            CatalogError::Unreachable { backend, detail }
+                if self.base.scheme() == "https"
+                    && !self.client_cert
+                    && detail.contains("connection was not ready") =>
+            {
+                CatalogError::Denied {
+                    backend,
+                    detail,
+                    hint: CLIENT_CERT_HINT.into(),
+                }
+            }
+            other => other,
+        }
+    }
+
+    pub(super) fn request(&self, method: Method, url: Url) -> reqwest::RequestBuilder {
+        let mut req = self.http.request(method, url);
+        if let Some(token) = &self.token {
+            req = req.header("X-Consul-Token", token.clone());
+        }
+        if let Some(auth) = &self.auth {
+            req = req.header(reqwest::header::AUTHORIZATION, auth.clone());
+        }
+        req
+    }
+
+    /// Sends a request and reads the whole answer; transport failures are `Unreachable`.
+    pub(super) async fn exchange(
+        &self,
+        what: &str,
+        req: reqwest::RequestBuilder,
+        timeout: Duration,
+    ) -> Result<(u16, HeaderMap, Vec<u8>), CatalogError> {
+        let resp = req
+            .timeout(timeout)
+            .send()
+            .await
+            .map_err(|e| transport(what, &e))?;
+        let status = resp.status().as_u16();
+        let headers = resp.headers().clone();
+        let body = Vec::from(resp.bytes().await.map_err(|e| transport(what, &e))?);
+        Ok((status, headers, body))
+    }
+
+    pub(super) async fn read_once(&self, query: &Query, index: u64) -> Result<Reply, CatalogError> {
+        let url = self.read_url(query, index);
+        let what = format!("GET {}", url.path());
+        let timeout = if index > 0 {
+            self.wait + self.wait / 16 + BLOCK_MARGIN
+        } else {
+            READ_TIMEOUT
+        };
+        let req = self.request(Method::GET, url);
+        let (status, headers, body) = self.exchange(&what, req, timeout).await?;
+        let index = header(&headers, "x-consul-index").map(str::to_owned);
+        let leader = header(&headers, "x-consul-knownleader").map(str::to_owned);
+        let token_set = self.token.is_some();
+        let big = body.len() > BIG_BODY;
+        let interpret = move |query: &Query| {
+            decode::interpret(
+                query,
+                &what,
+                Answer {
+                    status,
+                    index: index.as_deref(),
+                    known_leader: leader.as_deref(),
+                    body: &body,
+                },
+                token_set,
+            )
+        };
+        if big {
+            let query = query.clone();
+            tokio::task::spawn_blocking(move || interpret(&query))
+                .await
+                .map_err(|e| CatalogError::Malformed {
+                    backend: BACKEND.into(),
+                    detail: format!("decoding failed: {e}"),
+                })?
+        } else {
+            interpret(query)
+        }
+    }
+
+    pub(super) async fn put(
+        &self,
+        what: &str,
+        url: Url,
+        body: Option<serde_json::Value>,
+    ) -> Result<(u16, Vec<u8>), CatalogError> {
+        let mut req = self.request(Method::PUT, url);
+        if let Some(body) = body {
+            req = req.json(&body);
+        }
+        let (status, _, body) = self.exchange(what, req, WRITE_TIMEOUT).await?;
+        Ok((status, body))
+    }
+}
+
+fn header<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
+    headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+impl Source for Agent {
+    async fn read(&self, query: &Query, index: u64) -> Result<Reply, CatalogError> {
+        self.read_once(query, index).await
+    }
+}
+
+/// A transport failure, described by its causes: reqwest's own message holds the URL, which
+/// adds nothing to `what` (method and path).
+fn transport(what: &str, e: &reqwest::Error) -> CatalogError {
+    let mut detail = String::from(if e.is_timeout() {
+        "timed out"
+    } else if e.is_connect() {
+        "cannot connect"
+    } else {
+        "request failed"
+    });
+    let mut source = std::error::Error::source(e);
+    while let Some(cause) = source {
+        detail.push_str(": ");
+        detail.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    // Only the agent's address from the URL: its path is in `what`, its query adds nothing.
+    let at = e
+        .url()
+        .and_then(|u| {
+            Some(format!(
+                " at {}://{}:{}",
+                u.scheme(),
+                u.host_str()?,
+                u.port_or_known_default()?
+            ))
+        })
+        .unwrap_or_default();
+    let detail = format!("{what}{at}: {detail}");
+    match tls_hint(&detail) {
+        // A TLS setup problem: retrying will not help, the settings must change.
+        Some(hint) => CatalogError::Denied {
+            backend: BACKEND.into(),
+            detail,
+            hint: hint.into(),
+        },
+        None => CatalogError::Unreachable {
+            backend: BACKEND.into(),
+            detail,
+        },
+    }
+}
+
+/// Recognises TLS setup mistakes in a transport error (rustls's messages, as reqwest passes
+/// them on) and names the setting that fixes each.
+const CLIENT_CERT_HINT: &str = "the agent refused the TLS handshake; it probably requires a \
+     client certificate (verify_incoming): set [catalog.tls] cert and key or CONSUL_CLIENT_CERT \
+     and CONSUL_CLIENT_KEY";
+
+fn tls_hint(detail: &str) -> Option<&'static str> {
+    if detail.contains("invalid peer certificate") {
+        Some(
+            "the agent's TLS certificate was not accepted: give its CA in [catalog.tls] ca or \
+             CONSUL_CACERT and the name it was issued for in server_name or \
+             CONSUL_TLS_SERVER_NAME (verify = false / CONSUL_HTTP_SSL_VERIFY=false turns \
+             checking off; for tests only)",
+        )
+    } else if [
+        "BadCertificate",
+        "CertificateRequired",
+        "UnknownCA",
+        "HandshakeFailure",
+    ]
+    .iter()
+    .any(|alert| detail.contains(&format!("fatal alert: {alert}")))
+    {
+        Some(CLIENT_CERT_HINT)
+    } else if detail.contains("InvalidContentType") || detail.contains("corrupt message") {
+        Some("the agent does not speak TLS on this port: use http:// or the agent's https port")
+    } else {
+        None
+    }
+}
+
+/// A Go duration string, which is what Consul parses (`60000ms`).
+pub(super) fn go_duration(d: Duration) -> String {
+    format!("{}ms", d.as_millis().max(1))
+}

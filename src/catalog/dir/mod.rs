@@ -1,0 +1,346 @@
+//! The directory catalog: the embedded default, which needs nothing installed.
+//!
+//! Layout (one file per instance, one file per key):
+//!
+//! ```text
+//! PATH/services/<service>/<instance-id>.json   {"address": "10.0.0.5", "port": 8080, ...}
+//! PATH/kv/<key path>                           raw value
+//! ```
+//!
+//! The whole tree is held in memory and watched with one inotify tree (`notify`): an event
+//! re-reads only the file it names, so one change among 10 000 instances costs one file read.
+//! Several rewire processes on one machine discover each other through one directory: each
+//! registers by writing its own file atomically and refreshes `expires_at` on every TTL pass.
+//! Past `expires_at` an instance counts as critical (a timer fires exactly then, no polling);
+//! past `expires_at + deregister_after` any rewire that sees the file deletes it, so a
+//! `docker kill` leaves nothing behind for long.
+//!
+//! `tree.rs` holds the in-memory tree and the answers it gives, `files.rs` reading instance
+//! and key files, `inotify.rs` the watch loop.
+
+mod files;
+mod inotify;
+mod tree;
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use async_trait::async_trait;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use self::tree::{Tree, answer};
+use super::record::{Record, truncate_note};
+use super::{Catalog, CatalogError};
+use crate::lock::lock;
+use crate::model::{Data, Query, Registration, Status, check_name};
+use crate::store::Store;
+
+/// Wall-clock source, injectable so expiry can be tested without waiting.
+pub type Clock = Arc<dyn Fn() -> SystemTime + Send + Sync>;
+
+pub struct DirCatalog {
+    root: PathBuf,
+    node: String,
+    clock: Clock,
+    /// How long an expired instance file may linger before any rewire deletes it.
+    deregister_after: Duration,
+    /// The last full read, reused by `fetch_many` for a moment: a one-shot render discovers
+    /// its queries over two or three rounds, and re-reading 10 000 files each round would
+    /// triple its run time.
+    recent: std::sync::Mutex<Option<(std::time::Instant, Arc<Tree>)>>,
+}
+
+/// How long `fetch_many` may answer from the last full read.
+const RECENT: Duration = Duration::from_millis(200);
+
+impl DirCatalog {
+    pub fn new(root: impl Into<PathBuf>) -> DirCatalog {
+        DirCatalog::with_clock(root, Arc::new(SystemTime::now))
+    }
+
+    pub fn with_clock(root: impl Into<PathBuf>, clock: Clock) -> DirCatalog {
+        DirCatalog {
+            root: root.into(),
+            node: crate::host::hostname(),
+            clock,
+            deregister_after: Duration::from_secs(600),
+            recent: std::sync::Mutex::new(None),
+        }
+    }
+
+    /// Sets how long expired instance files linger (`[catalog] deregister_after`).
+    pub fn with_deregister_after(mut self, d: Duration) -> DirCatalog {
+        self.deregister_after = d;
+        self
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub(super) fn services_dir(&self) -> PathBuf {
+        self.root.join("services")
+    }
+
+    pub(super) fn kv_dir(&self) -> PathBuf {
+        self.root.join("kv")
+    }
+
+    pub(super) fn instance_path(&self, service: &str, id: &str) -> PathBuf {
+        self.services_dir().join(service).join(format!("{id}.json"))
+    }
+
+    pub(super) fn missing_root(&self) -> CatalogError {
+        CatalogError::Io {
+            path: self.root.display().to_string(),
+            source: std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                "the catalog directory does not exist: create it (with services/ and kv/ inside) or point [catalog] path at it",
+            ),
+        }
+    }
+
+    /// Forgets the last full read (after our own writes, which must show at once).
+    pub(super) fn invalidate(&self) {
+        *lock(&self.recent) = None;
+    }
+
+    pub(super) fn write_record(
+        &self,
+        reg: &Registration,
+        status: Status,
+        note: &str,
+    ) -> Result<(), CatalogError> {
+        self.invalidate();
+        check_name(&reg.name)
+            .map_err(|e| CatalogError::Unsupported(format!("service name {e}")))?;
+        check_name(&reg.id).map_err(|e| CatalogError::Unsupported(format!("service id {e}")))?;
+        let mut record = Record::from_registration(reg, status, &self.node);
+        let expires = (self.clock)() + reg.ttl;
+        record.expires_at = Some(humantime::format_rfc3339_millis(expires).to_string());
+        if !note.is_empty() {
+            record.notes = Some(truncate_note(note, 4096));
+        }
+        let mut bytes = serde_json::to_vec_pretty(&record).expect("a Record always serializes");
+        bytes.push(b'\n');
+        let path = self.instance_path(&reg.name, &reg.id);
+        crate::files::write_atomic(&path, &bytes, Some(0o644), true).map_err(|e| CatalogError::Io {
+            path: path.display().to_string(),
+            source: e,
+        })
+    }
+}
+
+#[async_trait]
+impl Catalog for DirCatalog {
+    fn describe(&self) -> String {
+        format!("dir:{}", self.root.display())
+    }
+
+    async fn fetch(&self, query: &Query) -> Result<Data, CatalogError> {
+        let mut all = self.fetch_many(std::slice::from_ref(query)).await;
+        all.pop()
+            .map(|(_, r)| r)
+            .unwrap_or_else(|| Ok(Data::empty_for(query)))
+    }
+
+    async fn fetch_many(&self, queries: &[Query]) -> Vec<(Query, Result<Data, CatalogError>)> {
+        let now = (self.clock)();
+        let cached = lock(&self.recent)
+            .as_ref()
+            .filter(|(at, _)| at.elapsed() < RECENT)
+            .map(|(_, t)| t.clone());
+        let tree = match cached {
+            Some(t) => Ok(t),
+            None => tokio::task::block_in_place(|| self.load()).map(|t| {
+                let t = Arc::new(t);
+                *lock(&self.recent) = Some((std::time::Instant::now(), t.clone()));
+                t
+            }),
+        };
+        queries
+            .iter()
+            .map(|q| {
+                let r = match &tree {
+                    Ok(t) => Ok(answer(t, q, now)),
+                    Err(_) => Err(self.missing_root()),
+                };
+                (q.clone(), r)
+            })
+            .collect()
+    }
+    async fn watch(
+        &self,
+        wanted: watch::Receiver<BTreeSet<Query>>,
+        store: Arc<Store>,
+        stop: CancellationToken,
+    ) {
+        self.watch_tree(wanted, store, stop).await
+    }
+
+    async fn register(&self, reg: &Registration) -> Result<(), CatalogError> {
+        self.write_record(reg, reg.status, "")
+    }
+
+    async fn deregister(&self, reg: &Registration) -> Result<(), CatalogError> {
+        self.invalidate();
+        let path = self.instance_path(&reg.name, &reg.id);
+        match std::fs::remove_file(&path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(CatalogError::Io {
+                path: path.display().to_string(),
+                source: e,
+            }),
+        }
+    }
+
+    async fn update_ttl(
+        &self,
+        reg: &Registration,
+        status: Status,
+        note: &str,
+    ) -> Result<(), CatalogError> {
+        let path = self.instance_path(&reg.name, &reg.id);
+        if !path.exists() {
+            return Err(CatalogError::NotRegistered {
+                backend: self.describe(),
+                id: reg.id.clone(),
+                detail: format!("{} is gone", path.display()),
+            });
+        }
+        self.write_record(reg, status, note)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+
+    fn write(root: &Path, rel: &str, text: &str) {
+        let p = root.join(rel);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, text).unwrap();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn reads_instances_and_keys_and_skips_malformed_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        write(
+            root,
+            "services/web/a.json",
+            r#"{"address":"10.0.0.2","port":80,"tags":["v2"]}"#,
+        );
+        write(
+            root,
+            "services/web/b.json",
+            r#"{"address":"10.0.0.1","port":80}"#,
+        );
+        write(
+            root,
+            "services/web/bad.json",
+            r#"{"address":"10.0.0.3","port":"#,
+        );
+        write(
+            root,
+            "services/web/evil.json",
+            r#"{"address":"x; rm -rf /","port":80}"#,
+        );
+        write(root, "services/web/.a.json.rewire-1234", "junk");
+        write(
+            root,
+            "services/db/x.json",
+            r#"{"address":"10.0.1.1","port":5432,"status":"critical"}"#,
+        );
+        write(root, "kv/app/name", "shop");
+        write(root, "kv/app/db/url", "pg://");
+        let cat = DirCatalog::new(root);
+        let got = cat
+            .fetch_many(&[
+                Query::Service("web".into()),
+                Query::Services,
+                Query::Key("app/name".into()),
+                Query::Key("app/none".into()),
+                Query::Keys("app/".into()),
+            ])
+            .await;
+        let Ok(Data::Instances(web)) = &got[0].1 else {
+            panic!("{got:?}")
+        };
+        let web = Data::Instances(web.clone()).normalize();
+        let Data::Instances(web) = web else { panic!() };
+        assert_eq!(
+            web.iter().map(|i| i.id.as_str()).collect::<Vec<_>>(),
+            ["b", "a"]
+        );
+        let Ok(Data::Services(s)) = &got[1].1 else {
+            panic!()
+        };
+        assert_eq!(
+            s.iter().map(|s| s.name.as_str()).collect::<Vec<_>>(),
+            ["db", "web"]
+        );
+        assert_eq!(got[2].1.as_ref().unwrap(), &Data::Key(Some("shop".into())));
+        assert_eq!(got[3].1.as_ref().unwrap(), &Data::Key(None));
+        let Ok(Data::Keys(k)) = &got[4].1 else {
+            panic!()
+        };
+        assert_eq!(
+            k.iter().map(|k| k.path.as_str()).collect::<Vec<_>>(),
+            ["app/db/url", "app/name"]
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn missing_directory_is_an_error_not_an_empty_catalog() {
+        let cat = DirCatalog::new("/nonexistent/rewire-catalog");
+        assert!(cat.fetch(&Query::Service("web".into())).await.is_err());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn registration_expires_by_the_injected_clock() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("services")).unwrap();
+        let now = Arc::new(std::sync::Mutex::new(SystemTime::now()));
+        let n2 = now.clone();
+        let cat = DirCatalog::with_clock(dir.path(), Arc::new(move || *n2.lock().unwrap()));
+        let reg = Registration {
+            id: "web-h-80".into(),
+            name: "web".into(),
+            address: "10.0.0.9".into(),
+            port: 80,
+            tags: vec![],
+            meta: BTreeMap::new(),
+            ttl: Duration::from_secs(10),
+            deregister_after: Duration::from_secs(600),
+            status: Status::Passing,
+        };
+        cat.register(&reg).await.unwrap();
+        let q = Query::Service("web".into());
+        let Data::Instances(l) = cat.fetch(&q).await.unwrap() else {
+            panic!()
+        };
+        assert_eq!(l[0].status, Status::Passing);
+        *now.lock().unwrap() += Duration::from_secs(11);
+        let Data::Instances(l) = cat.fetch(&q).await.unwrap() else {
+            panic!()
+        };
+        assert_eq!(l[0].status, Status::Critical);
+        cat.update_ttl(&reg, Status::Passing, "ok").await.unwrap();
+        let Data::Instances(l) = cat.fetch(&q).await.unwrap() else {
+            panic!()
+        };
+        assert_eq!(l[0].status, Status::Passing);
+        cat.deregister(&reg).await.unwrap();
+        assert!(matches!(
+            cat.update_ttl(&reg, Status::Passing, "").await,
+            Err(CatalogError::NotRegistered { .. })
+        ));
+    }
+}

@@ -1,0 +1,205 @@
+//! `[catalog]`: which backend, where it is, how long a watch holds, how to retry, TLS.
+//!
+//! The keys accepted depend on the backend (`DIR_KEYS`, `CONSUL_KEYS`, `ETCD_KEYS`), so a
+//! `path` under `backend = "consul"` is reported as unknown instead of silently ignored.
+
+use std::path::Path;
+use std::time::Duration;
+
+use toml::Spanned;
+
+use super::walker::{Tbl, Walker};
+use super::{
+    Backend, CatalogConfig, ConsulSettings, DirSettings, EtcdSettings, Retry, Secret, TlsSettings,
+};
+use crate::backoff::Backoff;
+
+impl Walker<'_> {
+    pub(super) fn catalog(&mut self, root: &Tbl) -> CatalogConfig {
+        let default = default_catalog(&self.dir);
+        let Some(t) = self.table(root, "catalog") else {
+            return default;
+        };
+        let backend_name = self.string(&t, "backend");
+        let block_wait = self
+            .duration(&t, "block_wait")
+            .unwrap_or(default.block_wait);
+        if block_wait > Duration::from_secs(600) || block_wait < Duration::from_secs(1) {
+            let span = t.key_span("block_wait").unwrap_or(t.span.clone());
+            self.error(
+                span,
+                "`block_wait` must be between 1s and 10m",
+                "Consul caps blocking queries at 10 minutes; 60s is a good value",
+            );
+        }
+        let retry = match self.table(&t, "retry") {
+            Some(r) => {
+                let base = self.duration(&r, "base").unwrap_or(default.retry.base);
+                let max = self.duration(&r, "max").unwrap_or(default.retry.max);
+                if let Err(e) = Backoff::new(base, max) {
+                    self.error(
+                        r.span.clone(),
+                        format!("`retry`: {e}"),
+                        "e.g. retry = { base = \"250ms\", max = \"30s\" }",
+                    );
+                }
+                self.finish(&r, &["base", "max"]);
+                Retry { base, max }
+            }
+            None => default.retry.clone(),
+        };
+        let deregister_after = self
+            .duration(&t, "deregister_after")
+            .unwrap_or(default.deregister_after);
+        let tls = match self.table(&t, "tls") {
+            Some(tt) => {
+                let tls = TlsSettings {
+                    ca: self.path(&tt, "ca"),
+                    cert: self.path(&tt, "cert"),
+                    key: self.path(&tt, "key"),
+                    server_name: self.string(&tt, "server_name").map(Spanned::into_inner),
+                    verify: self.boolean(&tt, "verify"),
+                };
+                if tls.cert.is_some() != tls.key.is_some() {
+                    self.error(tt.span.clone(), "[catalog.tls] needs both `cert` and `key` for a client certificate, or neither", "");
+                }
+                self.finish(&tt, &["ca", "cert", "key", "server_name", "verify"]);
+                tls
+            }
+            None => TlsSettings::default(),
+        };
+        let name = backend_name
+            .as_ref()
+            .map(|s| s.get_ref().as_str())
+            .unwrap_or("dir");
+        let (backend, keys): (Backend, &[&str]) = match name {
+            "dir" => {
+                let path = self
+                    .path(&t, "path")
+                    .unwrap_or_else(|| self.dir.join("catalog"));
+                (Backend::Dir(DirSettings { path }), DIR_KEYS)
+            }
+            "consul" => {
+                let settings = ConsulSettings {
+                    address: self.string(&t, "address").map(Spanned::into_inner),
+                    token: self
+                        .string(&t, "token")
+                        .map(|s| Secret::new(s.into_inner()))
+                        .filter(|s| !s.expose().is_empty()),
+                    token_file: self.path(&t, "token_file"),
+                    datacenter: self.string(&t, "datacenter").map(Spanned::into_inner),
+                    stale: self.boolean(&t, "stale").unwrap_or(false),
+                    tls,
+                };
+                (Backend::Consul(settings), CONSUL_KEYS)
+            }
+            "etcd" => {
+                let endpoints = self.strings(&t, "endpoints").unwrap_or_default();
+                let prefix = self
+                    .string(&t, "prefix")
+                    .map(Spanned::into_inner)
+                    .unwrap_or_else(|| "/rewire".into());
+                let settings = EtcdSettings {
+                    endpoints,
+                    prefix: prefix.trim_end_matches('/').to_string(),
+                    username: self.string(&t, "username").map(Spanned::into_inner),
+                    password: self
+                        .string(&t, "password")
+                        .map(|s| Secret::new(s.into_inner())),
+                    tls,
+                };
+                if settings.username.is_some() != settings.password.is_some() {
+                    self.error(
+                        t.span.clone(),
+                        "[catalog] needs both `username` and `password`, or neither",
+                        "",
+                    );
+                }
+                (Backend::Etcd(settings), ETCD_KEYS)
+            }
+            other => {
+                let span = backend_name
+                    .as_ref()
+                    .map(|s| s.span())
+                    .unwrap_or(t.span.clone());
+                self.error(
+                    span,
+                    format!("unknown catalog backend {other:?}"),
+                    "use backend = \"dir\", \"consul\" or \"etcd\"",
+                );
+                (default.backend.clone(), ALL_CATALOG_KEYS)
+            }
+        };
+        if matches!(backend, Backend::Dir(_)) && t.map.get("tls").is_some() {
+            let span = t.key_span("tls").unwrap_or(t.span.clone());
+            self.error(
+                span,
+                "[catalog.tls] does not apply to the dir backend",
+                "remove it, or set backend = \"consul\" or \"etcd\"",
+            );
+        }
+        self.finish(&t, keys);
+        CatalogConfig {
+            backend,
+            block_wait,
+            retry,
+            deregister_after,
+        }
+    }
+}
+
+const DIR_KEYS: &[&str] = &["backend", "path", "block_wait", "retry", "deregister_after"];
+const CONSUL_KEYS: &[&str] = &[
+    "backend",
+    "address",
+    "token",
+    "token_file",
+    "datacenter",
+    "stale",
+    "block_wait",
+    "retry",
+    "deregister_after",
+    "tls",
+];
+const ETCD_KEYS: &[&str] = &[
+    "backend",
+    "endpoints",
+    "prefix",
+    "username",
+    "password",
+    "block_wait",
+    "retry",
+    "deregister_after",
+    "tls",
+];
+const ALL_CATALOG_KEYS: &[&str] = &[
+    "backend",
+    "path",
+    "address",
+    "token",
+    "token_file",
+    "datacenter",
+    "stale",
+    "endpoints",
+    "prefix",
+    "username",
+    "password",
+    "block_wait",
+    "retry",
+    "deregister_after",
+    "tls",
+];
+
+fn default_catalog(dir: &Path) -> CatalogConfig {
+    CatalogConfig {
+        backend: Backend::Dir(DirSettings {
+            path: dir.join("catalog"),
+        }),
+        block_wait: Duration::from_secs(60),
+        retry: Retry {
+            base: Duration::from_millis(250),
+            max: Duration::from_secs(30),
+        },
+        deregister_after: Duration::from_secs(600),
+    }
+}

@@ -1,0 +1,95 @@
+//! `[main]`: the supervised main process, its hooks, and which signals stop or reach it.
+//!
+//! Signals that cannot be caught (KILL, STOP) or that rewire needs (CHLD) are refused, as is
+//! a signal that would both stop rewire and be forwarded.
+
+use std::time::Duration;
+
+use nix::sys::signal::Signal;
+
+use super::walker::{Tbl, Walker};
+use super::{MainConfig, Restart};
+
+impl Walker<'_> {
+    pub(super) fn main(&mut self, root: &Tbl) -> Option<MainConfig> {
+        let t = self.table(root, "main")?;
+        let hook_timeout = Duration::from_secs(600);
+        let pre_start = self.command(&t, "pre_start", hook_timeout);
+        let exec = self.command(&t, "exec", Duration::MAX).map(|c| c.program);
+        let pre_stop = self.command(&t, "pre_stop", Duration::from_secs(60));
+        let post_stop = self.command(&t, "post_stop", Duration::from_secs(60));
+        let stop_timeout = self
+            .duration(&t, "stop_timeout")
+            .unwrap_or(Duration::from_secs(10));
+        let stop_signals = self
+            .signals(&t, "stop_signals")
+            .unwrap_or_else(|| vec![Signal::SIGTERM, Signal::SIGINT]);
+        let stop_signal = self.signal(&t, "stop_signal").unwrap_or(Signal::SIGTERM);
+        let drain = self.duration(&t, "drain").unwrap_or(Duration::ZERO);
+        let forward_signals = self
+            .signals(&t, "forward_signals")
+            .unwrap_or_else(|| vec![Signal::SIGUSR1, Signal::SIGUSR2]);
+        for s in &forward_signals {
+            if stop_signals.contains(s) {
+                let span = t.key_span("forward_signals").unwrap_or(t.span.clone());
+                self.error(
+                    span,
+                    format!("{s} is both forwarded and a stop signal"),
+                    "remove it from one of forward_signals and stop_signals",
+                );
+            }
+        }
+        for s in stop_signals.iter().chain(&forward_signals) {
+            if matches!(s, Signal::SIGKILL | Signal::SIGSTOP | Signal::SIGCHLD) {
+                self.error(
+                    t.span.clone(),
+                    format!("{s} cannot be caught or forwarded"),
+                    "",
+                );
+            }
+        }
+        let restart = self.choice(
+            &t,
+            "restart",
+            &[
+                ("never", Restart::Never),
+                ("on-failure", Restart::OnFailure),
+                ("always", Restart::Always),
+            ],
+            Restart::Never,
+            "restart policy",
+            "use \"never\", \"on-failure\" or \"always\"",
+        );
+        let wait_for_templates = self
+            .duration(&t, "wait_for_templates")
+            .unwrap_or(Duration::from_secs(60));
+        self.finish(&t, MAIN_KEYS);
+        Some(MainConfig {
+            pre_start,
+            exec,
+            pre_stop,
+            post_stop,
+            stop_timeout,
+            stop_signals,
+            stop_signal,
+            drain,
+            forward_signals,
+            restart,
+            wait_for_templates,
+        })
+    }
+}
+
+const MAIN_KEYS: &[&str] = &[
+    "pre_start",
+    "exec",
+    "pre_stop",
+    "post_stop",
+    "stop_timeout",
+    "stop_signals",
+    "stop_signal",
+    "drain",
+    "forward_signals",
+    "restart",
+    "wait_for_templates",
+];

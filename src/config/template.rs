@@ -1,0 +1,186 @@
+//! `[[template]]`: source, destination, mode, check, reload, wait, write mode, backup.
+//!
+//! Besides each key, the section checks what only makes sense across keys or templates: a
+//! temp-file check must mention `{file}`, two templates may not write one destination, a
+//! reload to `main` needs a `[main] exec`. Whether the source exists is left to the disk
+//! checks of `load`.
+
+use std::ops::Range;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use toml::Spanned;
+use toml::de::DeValue;
+
+use super::load::DiskCheck;
+use super::parse::normalize;
+use super::walker::{Tbl, Walker, join, line_col};
+use super::{CheckMode, MainConfig, Reload, SignalTarget, TemplateConfig, Wait, WriteMode};
+
+impl Walker<'_> {
+    pub(super) fn templates(
+        &mut self,
+        root: &Tbl,
+        default_wait: Wait,
+        main: Option<&MainConfig>,
+    ) -> Vec<TemplateConfig> {
+        let mut out: Vec<TemplateConfig> = Vec::new();
+        let mut dests: Vec<(PathBuf, Range<usize>)> = Vec::new();
+        for t in self.tables(root, "template") {
+            let source_s =
+                self.required_string(&t, "source", "source = \"templates/nginx.conf.tera\"");
+            let dest_s =
+                self.required_string(&t, "destination", "destination = \"/etc/nginx/nginx.conf\"");
+            let source = source_s
+                .as_ref()
+                .map(|s| normalize(&self.dir.join(s.get_ref())));
+            let destination = dest_s
+                .as_ref()
+                .map(|s| normalize(&self.dir.join(s.get_ref())));
+            if let (Some(s), Some(src)) = (&source_s, &source) {
+                // Whether it exists is the disk's answer: `load` checks, `parse_str` does not.
+                let (line, col) = line_col(self.src, s.span().start);
+                self.disk.push(DiskCheck::TemplateSource {
+                    line,
+                    col,
+                    path: src.clone(),
+                });
+            }
+            let name = self
+                .string(&t, "name")
+                .map(Spanned::into_inner)
+                .or_else(|| {
+                    source.as_ref().and_then(|s| {
+                        s.file_name().map(|n| {
+                            let n = n.to_string_lossy();
+                            n.strip_suffix(".tera").unwrap_or(&n).to_string()
+                        })
+                    })
+                });
+            let perms = self.perms(&t);
+            let check_mode = self.choice(
+                &t,
+                "check_mode",
+                &[("temp", CheckMode::Temp), ("swap", CheckMode::Swap)],
+                CheckMode::Temp,
+                "check_mode",
+                "use \"temp\" (check the rendered file before it replaces the destination) or \"swap\" (put it in place, check the whole config, restore on failure)",
+            );
+            let check = self.command(&t, "check", Duration::from_secs(30));
+            if let Some(c) = &check
+                && check_mode == CheckMode::Temp
+                && !c.program.mentions_file()
+            {
+                let span = t.key_span("check").unwrap_or(t.span.clone());
+                self.error(
+                    span,
+                    "`check` does not mention {file}, so it would not check the new file",
+                    "add {file} where the command takes the config (e.g. [\"nginx\", \"-t\", \"-c\", \"{file}\"]), or set check_mode = \"swap\" to check the real config after swapping",
+                );
+            }
+            let reload = self.reload(&t, main);
+            let wait = self.wait(&t, "wait", default_wait);
+            let write = self.choice(
+                &t,
+                "write",
+                &[("atomic", WriteMode::Atomic), ("in-place", WriteMode::InPlace)],
+                WriteMode::Atomic,
+                "write mode",
+                "use \"atomic\" (default: temp file + rename) or \"in-place\" (for bind-mounted files that cannot be renamed over)",
+            );
+            let backup = self.boolean(&t, "backup").unwrap_or(false);
+            self.finish(&t, TEMPLATE_KEYS);
+            if let (Some(d), Some(ds)) = (&destination, &dest_s) {
+                if let Some((_, first)) = dests.iter().find(|(p, _)| p == d) {
+                    let (line, _) = line_col(self.src, first.start);
+                    self.error(
+                        ds.span(),
+                        format!("destination {} is already written by the template at line {line}", d.display()),
+                        "two templates cannot write one file: merge them, or render one into the other with {% include %}",
+                    );
+                }
+                dests.push((d.clone(), ds.span()));
+            }
+            let (Some(source), Some(destination), Some(name)) = (source, destination, name) else {
+                continue;
+            };
+            if out.iter().any(|o| o.name == name) {
+                self.error(
+                    t.span.clone(),
+                    format!("two templates are named {name:?}"),
+                    "give one of them `name = \"...\"` (used by `rewire render --template NAME`)",
+                );
+            }
+            out.push(TemplateConfig {
+                name,
+                source,
+                destination,
+                perms,
+                check,
+                check_mode,
+                reload,
+                wait,
+                write,
+                backup,
+            });
+        }
+        out
+    }
+
+    pub(super) fn reload(&mut self, t: &Tbl, main: Option<&MainConfig>) -> Option<Reload> {
+        let v = t.get("reload")?;
+        if let DeValue::Table(map) = v.get_ref()
+            && map.get("signal").is_some()
+        {
+            let sub = Tbl::new(map, v.span(), &join(&t.name, "reload"));
+            let signal = self.signal(&sub, "signal");
+            let pidfile = self.path(&sub, "pidfile");
+            let target = self.string(&sub, "target");
+            self.finish(&sub, &["signal", "pidfile", "target"]);
+            let target = match (pidfile, target) {
+                (Some(p), None) => SignalTarget::Pidfile(p),
+                (None, Some(tg)) if tg.get_ref() == "main" => {
+                    if main.is_none_or(|m| m.exec.is_none()) {
+                        self.error(tg.span(), "reload target \"main\" needs a [main] section with `exec`", "add [main] exec = [...], or signal a pidfile: { signal = \"HUP\", pidfile = \"/run/nginx.pid\" }");
+                    }
+                    SignalTarget::Main
+                }
+                (None, Some(tg)) => {
+                    self.error(
+                        tg.span(),
+                        format!("unknown reload target {:?}", tg.get_ref()),
+                        "use target = \"main\" (the supervised process) or pidfile = \"...\"",
+                    );
+                    return None;
+                }
+                _ => {
+                    self.error(
+                        v.span(),
+                        "a signal reload needs exactly one of `pidfile` or `target = \"main\"`",
+                        "e.g. reload = { signal = \"HUP\", pidfile = \"/run/nginx.pid\" }",
+                    );
+                    return None;
+                }
+            };
+            return Some(Reload::Signal {
+                signal: signal?,
+                target,
+            });
+        }
+        self.command_value(v, t, "reload", Duration::from_secs(30))
+            .map(Reload::Command)
+    }
+}
+
+const TEMPLATE_KEYS: &[&str] = &[
+    "name",
+    "source",
+    "destination",
+    "perms",
+    "check",
+    "check_mode",
+    "reload",
+    "wait",
+    "write",
+    "backup",
+];

@@ -1,0 +1,37 @@
+//! `[[watch]]`: a command to run when a service's healthy instances change.
+
+use std::time::Duration;
+
+use toml::Spanned;
+
+use super::walker::{Tbl, Walker};
+use super::{Wait, WatchConfig};
+
+impl Walker<'_> {
+    pub(super) fn watches(&mut self, root: &Tbl, default_wait: Wait) -> Vec<WatchConfig> {
+        let mut out = Vec::new();
+        for t in self.tables(root, "watch") {
+            let service = self.required_string(&t, "service", "service = \"sales\"");
+            let tag = self.string(&t, "tag").map(Spanned::into_inner);
+            let on_change = self.command(&t, "on_change", Duration::from_secs(60));
+            if t.map.get("on_change").is_none() {
+                self.error(
+                    t.span.clone(),
+                    format!("{} needs `on_change`", t.section()),
+                    "on_change = [\"/usr/local/bin/refresh\"]",
+                );
+            }
+            let wait = self.wait(&t, "wait", default_wait);
+            self.finish(&t, &["service", "tag", "on_change", "wait"]);
+            if let (Some(service), Some(on_change)) = (service, on_change) {
+                out.push(WatchConfig {
+                    service: service.into_inner(),
+                    tag,
+                    on_change,
+                    wait,
+                });
+            }
+        }
+        out
+    }
+}

@@ -1,0 +1,403 @@
+//! The words every part of rewire shares: what a template asks the catalog for ([`Query`]),
+//! what comes back ([`Data`], [`Instance`], [`Status`]), what rewire registers for itself
+//! ([`Registration`]), where the catalog lives ([`CatalogUrl`]), and the checks catalog and
+//! config values pass before anyone may use them.
+//!
+//! This module imports nothing of the crate, so every other module may import it without
+//! pulling in a backend, the config parser or the template engine.
+//!
+//! Queries are coarse on purpose. `service("web", tag="v2", status="any")` and `service("web")`
+//! both watch [`Query::Service`]`("web")` (every instance, whatever its health); templates filter
+//! by tag and status on the snapshot. That is how two templates, or one template calling the
+//! same service twice, share one watch (consul-template opens one long poll per variant).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// One thing a template (or a `[[watch]]`) asks the catalog for.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(tag = "kind", content = "name", rename_all = "lowercase")]
+pub enum Query {
+    /// Every instance of one service, whatever its health.
+    Service(String),
+    /// Every service name with its tags.
+    Services,
+    /// One key's value (missing is a valid answer).
+    Key(String),
+    /// Every key under a prefix.
+    Keys(String),
+}
+
+impl fmt::Display for Query {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Query::Service(name) => write!(f, "service({name})"),
+            Query::Services => write!(f, "services()"),
+            Query::Key(path) => write!(f, "key({path})"),
+            Query::Keys(prefix) => write!(f, "keys({prefix})"),
+        }
+    }
+}
+
+/// Health of one instance, as the catalog reports it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    Passing,
+    Warning,
+    Critical,
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Passing => "passing",
+            Status::Warning => "warning",
+            Status::Critical => "critical",
+        }
+    }
+
+    /// The worse of two statuses (an instance with one critical check is critical).
+    pub fn worst(self, other: Status) -> Status {
+        self.max(other)
+    }
+}
+
+impl std::str::FromStr for Status {
+    type Err = Invalid;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "passing" => Ok(Status::Passing),
+            "warning" => Ok(Status::Warning),
+            "critical" => Ok(Status::Critical),
+            other => Err(Invalid::Status(other.to_string())),
+        }
+    }
+}
+
+/// One running copy of a service.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Instance {
+    pub id: String,
+    pub name: String,
+    /// The node (host) the instance runs on; the hostname for the dir catalog.
+    pub node: String,
+    pub address: String,
+    pub port: u16,
+    pub tags: Vec<String>,
+    pub meta: BTreeMap<String, String>,
+    pub status: Status,
+}
+
+impl Instance {
+    /// The order templates see: by address, then port, then id, so output is deterministic.
+    pub fn sort_key(&self) -> (&str, u16, &str) {
+        (&self.address, self.port, &self.id)
+    }
+}
+
+/// A service name and the union of its instances' tags.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ServiceSummary {
+    pub name: String,
+    pub tags: Vec<String>,
+}
+
+/// A key/value pair under a prefix.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct KeyValue {
+    /// The full path of the key.
+    pub path: String,
+    pub value: String,
+}
+
+/// The answer to one [`Query`].
+///
+/// Instances are shared (`Arc`): a backend that keeps a copy of the catalog (etcd's mirror)
+/// hands the store the same instances it holds, so one change among 1 000 instances copies
+/// 1 000 pointers, not 1 000 records, and the template side can tell an unchanged instance by
+/// its address.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Data {
+    Instances(Vec<Arc<Instance>>),
+    Services(Vec<ServiceSummary>),
+    Key(Option<String>),
+    Keys(Vec<KeyValue>),
+}
+
+impl Data {
+    /// Puts the data in its canonical order, so that equal data compares equal and renders
+    /// byte-identical output whatever order the backend produced it in.
+    pub fn normalize(mut self) -> Data {
+        match &mut self {
+            Data::Instances(list) => {
+                if !list.is_sorted_by(|a, b| a.sort_key() <= b.sort_key()) {
+                    list.sort_by(|a, b| a.sort_key().cmp(&b.sort_key()));
+                }
+                for i in list.iter_mut() {
+                    if !i.tags.is_sorted_by(|a, b| a < b) {
+                        let tags = &mut Arc::make_mut(i).tags;
+                        tags.sort();
+                        tags.dedup();
+                    }
+                }
+            }
+            Data::Services(list) => {
+                list.sort_by(|a, b| a.name.cmp(&b.name));
+                for s in list.iter_mut() {
+                    s.tags.sort();
+                    s.tags.dedup();
+                }
+            }
+            Data::Keys(list) => list.sort_by(|a, b| a.path.cmp(&b.path)),
+            Data::Key(_) => {}
+        }
+        self
+    }
+
+    /// The empty answer for a query: no instances, no services, no key.
+    pub fn empty_for(query: &Query) -> Data {
+        match query {
+            Query::Service(_) => Data::Instances(Vec::new()),
+            Query::Services => Data::Services(Vec::new()),
+            Query::Key(_) => Data::Key(None),
+            Query::Keys(_) => Data::Keys(Vec::new()),
+        }
+    }
+
+    /// Builds the `services()` answer from a full list of instances.
+    pub fn services_from<'a>(instances: impl IntoIterator<Item = &'a Instance>) -> Data {
+        let mut by_name: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
+        for i in instances {
+            let tags = by_name.entry(&i.name).or_default();
+            tags.extend(i.tags.iter().map(String::as_str));
+        }
+        Data::Services(
+            by_name
+                .into_iter()
+                .map(|(name, tags)| ServiceSummary {
+                    name: name.to_string(),
+                    tags: tags.into_iter().map(str::to_string).collect(),
+                })
+                .collect(),
+        )
+    }
+}
+
+/// What a rewire process registers for itself (a `[[service]]` block, resolved).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Registration {
+    pub id: String,
+    pub name: String,
+    pub address: String,
+    pub port: u16,
+    pub tags: Vec<String>,
+    pub meta: BTreeMap<String, String>,
+    /// How long a pass counts for; missing the next one by more turns the instance critical.
+    #[serde(skip)]
+    pub ttl: Duration,
+    /// How long a critical registration may linger before the catalog removes it.
+    #[serde(skip)]
+    pub deregister_after: Duration,
+    /// Status to register with.
+    pub status: Status,
+}
+
+/// A value that catalog data or the config may not hold. Catalog data is never trusted: an
+/// address that is neither an IP nor a hostname, or a port outside 1–65535, would end up in an
+/// nginx or haproxy config.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Invalid {
+    #[error("address {0:?} is neither an IP address nor a hostname")]
+    Address(String),
+    #[error("port {0} is outside 1-65535")]
+    Port(i64),
+    #[error("{0:?} may only hold letters, digits and - _ . : @ (and may not start with a dot)")]
+    Name(String),
+    #[error("unknown status {0:?}: use passing, warning or critical")]
+    Status(String),
+}
+
+/// An IP address (v4 or v6) or an RFC 1123 hostname.
+pub fn check_address(addr: &str) -> Result<(), Invalid> {
+    if addr.parse::<IpAddr>().is_ok() {
+        return Ok(());
+    }
+    let ok = !addr.is_empty()
+        && addr.len() <= 253
+        && addr.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        });
+    if ok {
+        Ok(())
+    } else {
+        Err(Invalid::Address(addr.to_string()))
+    }
+}
+
+/// A port between 1 and 65535.
+pub fn check_port(port: i64) -> Result<u16, Invalid> {
+    match u16::try_from(port) {
+        Ok(p) if p > 0 => Ok(p),
+        _ => Err(Invalid::Port(port)),
+    }
+}
+
+/// Service names and instance ids become file names and URL path segments: keep them plain.
+pub fn check_name(name: &str) -> Result<(), Invalid> {
+    let ok = !name.is_empty()
+        && name.len() <= 255
+        && !name.starts_with('.')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':' | b'@'));
+    if ok {
+        Ok(())
+    } else {
+        Err(Invalid::Name(name.to_string()))
+    }
+}
+
+/// Where the catalog lives, as given by `--catalog` or `[catalog]`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CatalogUrl {
+    Dir(std::path::PathBuf),
+    Consul(String),
+    Etcd(Vec<String>),
+}
+
+/// A `--catalog` value rewire cannot read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CatalogUrlError {
+    #[error("dir: needs a path, e.g. dir:./catalog")]
+    NoPath,
+    #[error("{scheme}:// needs at least one HOST:PORT")]
+    NoEndpoint { scheme: &'static str },
+    #[error(
+        "unknown catalog {0:?}: use dir:PATH, consul://HOST:PORT or etcd://HOST:PORT[,HOST:PORT...]"
+    )]
+    Unknown(String),
+}
+
+impl CatalogUrl {
+    /// Parses `dir:PATH`, `consul://HOST:PORT` (or `consuls://` for https) and
+    /// `etcd://HOST:PORT[,HOST:PORT...]` (or `etcds://`).
+    pub fn parse(s: &str) -> Result<CatalogUrl, CatalogUrlError> {
+        if let Some(path) = s.strip_prefix("dir:") {
+            if path.is_empty() {
+                return Err(CatalogUrlError::NoPath);
+            }
+            return Ok(CatalogUrl::Dir(path.into()));
+        }
+        if let Some(rest) = s.strip_prefix("consul://") {
+            return Ok(CatalogUrl::Consul(format!("http://{rest}")));
+        }
+        if let Some(rest) = s.strip_prefix("consuls://") {
+            return Ok(CatalogUrl::Consul(format!("https://{rest}")));
+        }
+        for (scheme, http) in [("etcd", "http"), ("etcds", "https")] {
+            if let Some(rest) = s.strip_prefix(scheme).and_then(|r| r.strip_prefix("://")) {
+                let eps: Vec<String> = rest
+                    .split(',')
+                    .filter(|e| !e.is_empty())
+                    .map(|e| format!("{http}://{e}"))
+                    .collect();
+                if eps.is_empty() {
+                    return Err(CatalogUrlError::NoEndpoint { scheme });
+                }
+                return Ok(CatalogUrl::Etcd(eps));
+            }
+        }
+        Err(CatalogUrlError::Unknown(s.to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn catalog_urls_parse() {
+        assert_eq!(
+            CatalogUrl::parse("dir:./cat").unwrap(),
+            CatalogUrl::Dir("./cat".into())
+        );
+        assert_eq!(
+            CatalogUrl::parse("consul://127.0.0.1:8500").unwrap(),
+            CatalogUrl::Consul("http://127.0.0.1:8500".into())
+        );
+        assert_eq!(
+            CatalogUrl::parse("etcd://a:1,b:2").unwrap(),
+            CatalogUrl::Etcd(vec!["http://a:1".into(), "http://b:2".into()])
+        );
+        assert_eq!(
+            CatalogUrl::parse("etcds://a:1").unwrap(),
+            CatalogUrl::Etcd(vec!["https://a:1".into()])
+        );
+        assert!(CatalogUrl::parse("zk://x").is_err());
+        assert!(CatalogUrl::parse("dir:").is_err());
+        assert_eq!(
+            CatalogUrl::parse("etcd://").unwrap_err().to_string(),
+            "etcd:// needs at least one HOST:PORT"
+        );
+    }
+
+    #[test]
+    fn normalize_sorts_instances_by_address_port_id() {
+        let mk = |id: &str, addr: &str, port| Instance {
+            id: id.into(),
+            name: "web".into(),
+            node: "n".into(),
+            address: addr.into(),
+            port,
+            tags: vec!["b".into(), "a".into(), "a".into()],
+            meta: BTreeMap::new(),
+            status: Status::Passing,
+        };
+        let d = Data::Instances(
+            vec![
+                mk("z", "10.0.0.2", 80),
+                mk("y", "10.0.0.1", 81),
+                mk("x", "10.0.0.1", 80),
+            ]
+            .into_iter()
+            .map(Arc::new)
+            .collect(),
+        )
+        .normalize();
+        let Data::Instances(list) = d else { panic!() };
+        let ids: Vec<_> = list.iter().map(|i| i.id.as_str()).collect();
+        assert_eq!(ids, ["x", "y", "z"]);
+        assert_eq!(list[0].tags, ["a", "b"]);
+    }
+
+    #[test]
+    fn addresses_are_checked() {
+        assert!(check_address("10.0.0.5").is_ok());
+        assert!(check_address("::1").is_ok());
+        assert!(check_address("web-1.internal").is_ok());
+        assert!(check_address("").is_err());
+        assert!(check_address("evil; rm -rf /").is_err());
+        assert!(check_address("a b").is_err());
+        assert!(check_address("-x.y").is_err());
+    }
+
+    #[test]
+    fn ports_are_checked() {
+        assert_eq!(check_port(80), Ok(80));
+        assert!(check_port(0).is_err());
+        assert!(check_port(65536).is_err());
+        assert!(check_port(-1).is_err());
+    }
+}

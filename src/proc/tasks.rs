@@ -1,0 +1,152 @@
+//! `[[task]]`s: commands run every so often.
+//!
+//! A `[[task]]` runs every `every`, the first time one `every` after start. A tick that finds
+//! the previous run still going is skipped (and logged): a task never overlaps itself. Runs
+//! that fail (non-zero, killed, timed out) are logged with their output and counted in
+//! `rewire status`.
+//!
+//! SIGHUP replaces the task loops; [`Slots`] (created once by the daemon) keeps, per task,
+//! whether a run is going and when the last one started, so the rhythm and the no-overlap rule
+//! hold across a reload. Runs belong to [`Runs`], not to the generation.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
+
+use tokio::time::{Instant, MissedTickBehavior};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{Instrument, debug, info, info_span, warn};
+
+use super::Runs;
+use crate::command;
+use crate::config::{Config, TaskConfig};
+use crate::lock::lock;
+use crate::status::{Board, TaskStatus};
+
+/// What tasks keep across SIGHUP (see the module docs). Cheap to clone.
+#[derive(Clone, Default)]
+pub struct Slots {
+    inner: Arc<Mutex<HashMap<String, Arc<TaskSlot>>>>,
+}
+
+#[derive(Default)]
+struct TaskSlot {
+    /// Held for the whole run of the task.
+    running: Arc<tokio::sync::Mutex<()>>,
+    last_start: Mutex<Option<Instant>>,
+}
+
+impl Slots {
+    fn slot(&self, t: &TaskConfig) -> Arc<TaskSlot> {
+        let key = format!("{}|{}", t.name, t.exec.program);
+        lock(&self.inner).entry(key).or_default().clone()
+    }
+}
+
+/// Starts one task per `[[task]]` of this config generation, on `tracker`.
+pub fn spawn_all(
+    config: &Config,
+    tracker: &TaskTracker,
+    stop: &CancellationToken,
+    board: &Arc<Board>,
+    env: &BTreeMap<String, String>,
+    runs: &Runs,
+    slots: &Slots,
+) {
+    board.update(|r| {
+        let names: BTreeSet<&str> = config.tasks.iter().map(|t| t.name.as_str()).collect();
+        r.tasks.retain(|name, _| names.contains(name.as_str()));
+        for t in &config.tasks {
+            r.tasks.entry(t.name.clone()).or_default();
+        }
+    });
+    for t in &config.tasks {
+        let span = info_span!("task", name = %t.name);
+        tracker.spawn(
+            run_task(
+                t.clone(),
+                slots.slot(t),
+                board.clone(),
+                env.clone(),
+                runs.clone(),
+                stop.child_token(),
+            )
+            .instrument(span),
+        );
+    }
+}
+
+async fn run_task(
+    t: TaskConfig,
+    slot: Arc<TaskSlot>,
+    board: Arc<Board>,
+    env: BTreeMap<String, String>,
+    runs: Runs,
+    stop: CancellationToken,
+) {
+    // Keep the rhythm across a reload: the next run is `every` after the last one started.
+    let last = *lock(&slot.last_start);
+    let first = match last {
+        Some(at) => (at + t.every).max(Instant::now()),
+        None => Instant::now() + t.every,
+    };
+    let mut ticker = tokio::time::interval_at(first, t.every);
+    ticker.set_missed_tick_behavior(MissedTickBehavior::Skip);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            _ = ticker.tick() => {}
+        }
+        let Ok(guard) = slot.running.clone().try_lock_owned() else {
+            warn!(every = %humantime::format_duration(t.every), "still running from the last tick; skipping this one");
+            continue;
+        };
+        *lock(&slot.last_start) = Some(Instant::now());
+        let (t2, board2, env2) = (t.clone(), board.clone(), env.clone());
+        runs.spawn(
+            async move {
+                let _guard = guard;
+                run_task_once(&t2, &board2, &env2).await;
+            }
+            .instrument(tracing::Span::current()),
+        );
+    }
+}
+
+async fn run_task_once(t: &TaskConfig, board: &Board, env: &BTreeMap<String, String>) {
+    let name = t.exec.program.name();
+    debug!(command = %name, "running");
+    let failure = match command::run(&t.exec, env, None).await {
+        Ok(o) if o.success() => {
+            if !o.output.is_empty() {
+                info!(command = %name, output = %o.output, "task output");
+            }
+            None
+        }
+        Ok(o) => {
+            let how = o.describe(t.exec.timeout);
+            if o.output.is_empty() {
+                warn!(command = %name, "task {how}");
+                Some(how)
+            } else {
+                warn!(command = %name, output = %o.output, "task {how}");
+                Some(format!("{how}: {}", o.output))
+            }
+        }
+        Err(e) => {
+            warn!(command = %name, "{e}");
+            Some(e.to_string())
+        }
+    };
+    board.update(|r| {
+        let s = r
+            .tasks
+            .entry(t.name.clone())
+            .or_insert_with(TaskStatus::default);
+        s.runs += 1;
+        if let Some(e) = failure {
+            s.failures += 1;
+            s.last_error = e;
+        }
+    });
+}

@@ -1,0 +1,263 @@
+//! rewire's template functions and filters, registered on every engine.
+//!
+//! Functions (`service`, `services`, `key`, `keys`, `env`) read the store snapshot of the
+//! current render (see [`template`](super::template)), never the network; a query without an
+//! answer yet is recorded as missing and answered with a placeholder. Filters beyond Tera's
+//! core come from `tera-contrib` plus rewire's own quoting and `addr_port`. Every function and
+//! filter refuses arguments it does not take, so a typo is an error, not a silent default.
+
+use std::collections::BTreeMap;
+
+use tera::{Kwargs, State, Tera, TeraResult, Value};
+
+use super::template::{lookup, wait_for};
+use super::values::{addr_port, entry_value};
+use crate::model::{Data, Instance, Query, Status};
+
+pub(super) fn register(tera: &mut Tera) {
+    tera.register_function("service", fn_service);
+    tera.register_function("services", fn_services);
+    tera.register_function("key", fn_key);
+    tera.register_function("keys", fn_keys);
+    tera.register_function("env", fn_env);
+    tera.register_filter("by_tag", filter_by_tag);
+    tera.register_filter("nginx_quote", filter_nginx_quote);
+    tera.register_filter("haproxy_quote", filter_haproxy_quote);
+    tera.register_filter("addr_port", filter_addr_port);
+    tera.register_filter("json_encode", tera_contrib::json::json_encode);
+    tera.register_filter("b64_encode", tera_contrib::base64::b64_encode);
+    tera.register_filter("b64_decode", tera_contrib::base64::b64_decode);
+    tera.register_filter("urlencode", tera_contrib::urlencode::urlencode);
+    tera.register_filter(
+        "urlencode_strict",
+        tera_contrib::urlencode::urlencode_strict,
+    );
+    tera.register_filter(
+        "regex_replace",
+        tera_contrib::regex::RegexReplace::default(),
+    );
+    tera.register_filter("striptags", tera_contrib::regex::striptags);
+    tera.register_test("matching", tera_contrib::regex::Matching::default());
+}
+
+/// `status="passing"` (default), `"any"`, or a comma list such as `"passing,warning"`.
+fn parse_status_filter(s: &str) -> TeraResult<Option<Vec<Status>>> {
+    if s == "any" {
+        return Ok(None);
+    }
+    s.split(',')
+        .map(|p| {
+            p.trim().parse::<Status>().map_err(|_| {
+                tera::Error::message(format!(
+                    "status={s:?}: use \"passing\" (the default), \"warning\", \"critical\", a list such as \"passing,warning\", or \"any\""
+                ))
+            })
+        })
+        .collect::<TeraResult<Vec<_>>>()
+        .map(Some)
+}
+
+/// Refuses arguments a function does not take: `service(name="web", stauts="any")` would
+/// otherwise render only passing instances without a word.
+fn only(kwargs: &Kwargs, function: &str, known: &[&str]) -> TeraResult<()> {
+    for (key, _) in kwargs.iter() {
+        let key = key.as_str().unwrap_or("?");
+        if !known.contains(&key) {
+            return Err(tera::Error::message(format!(
+                "{function}() has no argument `{key}`; it takes {}",
+                known.join(", ")
+            )));
+        }
+    }
+    Ok(())
+}
+
+fn fn_service(kwargs: Kwargs, _: &State) -> TeraResult<Value> {
+    only(&kwargs, "service", &["name", "tag", "status"])?;
+    let name: String = kwargs.must_get("name")?;
+    let tag: Option<String> = kwargs.get("tag")?;
+    let status: Option<String> = kwargs.get("status")?;
+    let statuses = parse_status_filter(status.as_deref().unwrap_or("passing"))?;
+    let Some(entry) = lookup(Query::Service(name), true) else {
+        return Ok(Value::from(Vec::<Value>::new()));
+    };
+    let Data::Instances(list) = &entry.data else {
+        return Ok(Value::from(Vec::<Value>::new()));
+    };
+    let all = entry_value(&entry);
+    let keep = |i: &Instance| {
+        statuses.as_ref().is_none_or(|s| s.contains(&i.status))
+            && tag.as_ref().is_none_or(|t| i.tags.contains(t))
+    };
+    if list.iter().all(|i| keep(i)) {
+        // The common case (every instance healthy): hand out the cached list as it is.
+        return Ok(all.clone());
+    }
+    let values = all.as_array().unwrap_or(&[]);
+    Ok(Value::from(
+        list.iter()
+            .zip(values)
+            .filter(|(i, _)| keep(i))
+            .map(|(_, v)| v.clone())
+            .collect::<Vec<_>>(),
+    ))
+}
+
+fn fn_services(kwargs: Kwargs, _: &State) -> TeraResult<Value> {
+    only(&kwargs, "services", &[])?;
+    Ok(lookup(Query::Services, true)
+        .map(|e| entry_value(&e).clone())
+        .unwrap_or_else(|| Value::from(Vec::<Value>::new())))
+}
+
+fn fn_key(kwargs: Kwargs, _: &State) -> TeraResult<Value> {
+    only(&kwargs, "key", &["path", "default"])?;
+    let path: String = kwargs.must_get("path")?;
+    let default: Option<Value> = kwargs.get("default")?;
+    let path = path.trim_matches('/').to_string();
+    // A default stands in for a key the catalog says is absent, never for an answer that has
+    // not come (catalog unreachable, still connecting): that would overwrite good data.
+    match lookup(Query::Key(path.clone()), true) {
+        Some(e) => match (&e.data, default) {
+            (Data::Key(Some(v)), _) => Ok(Value::from(v.as_str())),
+            (_, Some(d)) => Ok(d),
+            (_, None) => {
+                wait_for(format!(
+                    "key {path:?} does not exist (give key() a default to render without it)"
+                ));
+                Ok(Value::from(""))
+            }
+        },
+        None => Ok(default.unwrap_or_else(|| Value::from(""))),
+    }
+}
+
+fn fn_keys(kwargs: Kwargs, _: &State) -> TeraResult<Value> {
+    only(&kwargs, "keys", &["prefix"])?;
+    let prefix: String = kwargs.must_get("prefix")?;
+    let prefix = prefix.trim_start_matches('/').to_string();
+    let Some(entry) = lookup(Query::Keys(prefix.clone()), true) else {
+        return Ok(Value::from(Vec::<Value>::new()));
+    };
+    let Data::Keys(list) = &entry.data else {
+        return Ok(Value::from(Vec::<Value>::new()));
+    };
+    Ok(Value::from(
+        list.iter()
+            .map(|kv| {
+                let mut m = BTreeMap::new();
+                let rel = kv.path.strip_prefix(&prefix).unwrap_or(&kv.path);
+                m.insert("key".to_string(), Value::from(rel.trim_start_matches('/')));
+                m.insert("path".to_string(), Value::from(kv.path.as_str()));
+                m.insert("value".to_string(), Value::from(kv.value.as_str()));
+                Value::from(m)
+            })
+            .collect::<Vec<_>>(),
+    ))
+}
+
+fn fn_env(kwargs: Kwargs, _: &State) -> TeraResult<Value> {
+    only(&kwargs, "env", &["name", "default"])?;
+    let name: String = kwargs.must_get("name")?;
+    let default: Option<Value> = kwargs.get("default")?;
+    match (std::env::var(&name), default) {
+        (Ok(v), _) => Ok(Value::from(v)),
+        (Err(_), Some(d)) => Ok(d),
+        (Err(_), None) => Err(tera::Error::message(format!(
+            "environment variable {name} is not set: set it, or write env(name=\"{name}\", default=\"...\")"
+        ))),
+    }
+}
+
+fn filter_by_tag(list: Vec<Value>, kwargs: Kwargs, _: &State) -> TeraResult<Value> {
+    only(&kwargs, "by_tag", &["tag"])?;
+    let tag: String = kwargs.must_get("tag")?;
+    Ok(Value::from(
+        list.into_iter()
+            .filter(|v| {
+                v.get_from_path("tags")
+                    .and_then(|t| t.as_array())
+                    .is_some_and(|tags| tags.iter().any(|t| t.as_str() == Some(tag.as_str())))
+            })
+            .collect::<Vec<_>>(),
+    ))
+}
+
+/// A double-quoted nginx string: backslash, double quote and control characters escaped.
+pub fn nginx_quote(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if c.is_control() => {}
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+/// A single-quoted HAProxy string (nothing inside is interpreted); `'` becomes `'\''`.
+pub fn haproxy_quote(s: &str) -> String {
+    let cleaned: String = s.chars().filter(|c| !c.is_control()).collect();
+    format!("'{}'", cleaned.replace('\'', r"'\''"))
+}
+
+fn filter_nginx_quote(v: &str, _: Kwargs, _: &State) -> Value {
+    Value::safe_string(&nginx_quote(v))
+}
+
+fn filter_haproxy_quote(v: &str, _: Kwargs, _: &State) -> Value {
+    Value::safe_string(&haproxy_quote(v))
+}
+
+/// `instance | addr_port`, or `"::1" | addr_port(port=80)`.
+fn filter_addr_port(v: &Value, kwargs: Kwargs, _: &State) -> TeraResult<Value> {
+    only(&kwargs, "addr_port", &["port"])?;
+    let port_kw: Option<u64> = kwargs.get("port")?;
+    if let Some(addr) = v.as_str() {
+        let port = port_kw.ok_or_else(|| {
+            tera::Error::message(
+                "addr_port on a string needs port=..., e.g. \"::1\" | addr_port(port=80)",
+            )
+        })?;
+        return Ok(Value::from(addr_port(addr, port)));
+    }
+    if port_kw.is_none()
+        && let Some(precomputed) = v
+            .as_map()
+            .and_then(|m| m.get(&tera::value::Key::from("addr_port")))
+    {
+        return Ok(precomputed.clone());
+    }
+    let addr = v
+        .get_from_path("address")
+        .and_then(|a| a.as_str())
+        .ok_or_else(|| {
+            tera::Error::message(
+                "addr_port needs an instance (with address and port) or an address string",
+            )
+        })?;
+    let port = port_kw
+        .or_else(|| v.get_from_path("port").and_then(|p| p.as_u64()))
+        .ok_or_else(|| tera::Error::message("addr_port: the instance has no port"))?;
+    Ok(Value::from(addr_port(addr, port)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quoting_filters() {
+        assert_eq!(nginx_quote(r#"a"b\c"#), r#""a\"b\\c""#);
+        assert_eq!(haproxy_quote("it's"), r"'it'\''s'");
+        assert_eq!(addr_port("10.0.0.1", 80), "10.0.0.1:80");
+        assert_eq!(addr_port("fe80::1", 80), "[fe80::1]:80");
+    }
+}

@@ -1,0 +1,197 @@
+//! Templates that share a reload form one group: the reload runs once for every file the group
+//! wrote, and if it fails every one of those files is put back, so nginx is never left with
+//! half of a change.
+//!
+//! Used by the daemon's runner (one task per group) and by `rewire render --reload` (the
+//! files one run wrote, grouped the same way), so both follow one rule.
+
+use std::collections::BTreeMap;
+
+use nix::unistd::Pid;
+use tracing::{error, info};
+
+use super::pipeline::{self, ReloadError, Reloaded};
+use crate::config::{Reload, TemplateConfig, Wait};
+
+/// Templates that share a reload (or one template on its own).
+#[derive(Clone, Debug)]
+pub struct Group {
+    pub templates: Vec<TemplateConfig>,
+    pub reload: Option<Reload>,
+}
+
+/// Splits templates into groups by their reload, in the order they first appear.
+pub fn groups(templates: &[TemplateConfig]) -> Vec<Group> {
+    by_reload(templates.iter().cloned(), |t| t.reload.as_ref())
+        .into_iter()
+        .map(|(reload, templates)| Group { templates, reload })
+        .collect()
+}
+
+/// Splits `items` by the reload each names, in the order they first appear. Items without a
+/// reload stay alone (there is nothing to share).
+pub fn by_reload<T>(
+    items: impl IntoIterator<Item = T>,
+    reload: impl Fn(&T) -> Option<&Reload>,
+) -> Vec<(Option<Reload>, Vec<T>)> {
+    let mut out: Vec<(Option<Reload>, Vec<T>)> = Vec::new();
+    for item in items {
+        let r = reload(&item).cloned();
+        if let Some(r) = &r
+            && let Some((_, members)) = out
+                .iter_mut()
+                .find(|(gr, _)| gr.as_ref().is_some_and(|gr| gr.key() == r.key()))
+        {
+            members.push(item);
+            continue;
+        }
+        out.push((r, vec![item]));
+    }
+    out
+}
+
+impl Group {
+    /// A group settles as quickly as its quickest member asks.
+    pub fn wait(&self) -> Wait {
+        let min = self
+            .templates
+            .iter()
+            .map(|t| t.wait.min)
+            .min()
+            .unwrap_or_default();
+        let max = self
+            .templates
+            .iter()
+            .map(|t| t.wait.max)
+            .min()
+            .unwrap_or_default();
+        Wait {
+            min,
+            max: max.max(min),
+        }
+    }
+
+    /// `a+b` for logs.
+    pub fn name(&self) -> String {
+        names(self.templates.iter())
+    }
+}
+
+fn names<'t>(templates: impl Iterator<Item = &'t TemplateConfig>) -> String {
+    templates
+        .map(|t| t.name.as_str())
+        .collect::<Vec<_>>()
+        .join("+")
+}
+
+/// A file one round wrote: its template and what the destination held before (None: it did
+/// not exist), kept so a failed reload can put it back.
+#[derive(Debug)]
+pub struct Written<'t> {
+    pub template: &'t TemplateConfig,
+    pub previous: Option<Vec<u8>>,
+}
+
+/// Runs `reload` once for every file in `written` (nothing to run without a reload). When it
+/// fails, every one of them is restored before the error is returned; the caller reports it
+/// per template.
+pub async fn reload_or_restore<'a, 't: 'a>(
+    reload: Option<&Reload>,
+    written: impl IntoIterator<Item = &'a Written<'t>> + Clone,
+    main_pid: Option<Pid>,
+    env: &BTreeMap<String, String>,
+) -> Result<Reloaded, ReloadError> {
+    let Some(r) = reload else {
+        return Ok(Reloaded::Done);
+    };
+    let result = pipeline::reload(r, main_pid, env).await;
+    let templates = || names(written.clone().into_iter().map(|w| w.template));
+    match &result {
+        Ok(Reloaded::Done) => info!(templates = %templates(), "reloaded"),
+        Ok(Reloaded::NotRunning(why)) => info!(
+            templates = %templates(),
+            "not reloaded: {why}; the program reads the new file when it starts"
+        ),
+        Err(e) => {
+            error!(templates = %templates(), "{e}; restoring the previous files");
+            for w in written {
+                if let Err(re) = pipeline::restore(w.template, w.previous.as_deref()) {
+                    error!(template = %w.template.name, error = %re, "cannot restore the previous file");
+                }
+            }
+        }
+    }
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::config::{CheckMode, CommandSpec, DEFAULT_WAIT, Program, WriteMode};
+
+    fn template(name: &str, reload: Option<&str>) -> TemplateConfig {
+        TemplateConfig {
+            name: name.into(),
+            source: "/s".into(),
+            destination: format!("/d/{name}").into(),
+            perms: None,
+            check: None,
+            check_mode: CheckMode::Temp,
+            reload: reload.map(|r| {
+                Reload::Command(CommandSpec {
+                    program: Program::Argv(vec![r.into()]),
+                    timeout: Duration::from_secs(1),
+                })
+            }),
+            wait: DEFAULT_WAIT,
+            write: WriteMode::Atomic,
+            backup: false,
+        }
+    }
+
+    #[test]
+    fn templates_sharing_a_reload_form_one_group() {
+        let g = groups(&[
+            template("a", Some("x")),
+            template("b", None),
+            template("c", Some("x")),
+            template("d", None),
+        ]);
+        let names: Vec<String> = g.iter().map(|g| g.name()).collect();
+        assert_eq!(names, ["a+c", "b", "d"]);
+    }
+
+    #[tokio::test]
+    async fn a_failed_reload_restores_every_file_of_the_group() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut a = template("a", None);
+        a.destination = dir.path().join("a.conf");
+        let mut b = template("b", None);
+        b.destination = dir.path().join("b.conf");
+        std::fs::write(&a.destination, "new a").unwrap();
+        std::fs::write(&b.destination, "new b").unwrap();
+        let written = [
+            Written {
+                template: &a,
+                previous: Some(b"old a".to_vec()),
+            },
+            Written {
+                template: &b,
+                previous: None,
+            },
+        ];
+        let failing = Reload::Command(CommandSpec {
+            program: Program::Argv(vec!["false".into()]),
+            timeout: Duration::from_secs(5),
+        });
+        let r = reload_or_restore(Some(&failing), &written, None, &BTreeMap::new()).await;
+        assert!(r.is_err());
+        assert_eq!(std::fs::read_to_string(&a.destination).unwrap(), "old a");
+        assert!(
+            !b.destination.exists(),
+            "a file that did not exist is removed"
+        );
+    }
+}
