@@ -29,6 +29,7 @@ pub mod config;
 pub mod control;
 pub mod daemon;
 pub mod debounce;
+pub mod import;
 pub mod init;
 pub mod logging;
 pub mod oneshot;
