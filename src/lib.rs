@@ -77,6 +77,7 @@ async fn dispatch(cli: Cli) -> u8 {
             state,
             socket: Some(socket),
         }) => return control::maintenance_command(socket, None, *state == cli::OnOff::On).await,
+        Command::Import(args) => return import::command(args),
         _ => {}
     }
     let config = match load_config(&cli) {
@@ -106,6 +107,7 @@ async fn dispatch(cli: Cli) -> u8 {
         Command::Status(args) => {
             control::status_command(&config.control.socket, Some(&config.path), args.json).await
         }
+        Command::Import(args) => import::command(args),
         Command::Maintenance(args) => {
             control::maintenance_command(
                 &config.control.socket,
