@@ -145,15 +145,13 @@ fn report(outcome: &Outcome) {
             }
         ),
         None if outcome.templates.is_empty() => "printed rewire.toml".into(),
-        None => format!(
-            "printed rewire.toml; its {} template{} under templates/ are written only with --out DIR",
-            outcome.templates.len(),
-            if outcome.templates.len() == 1 {
-                ""
-            } else {
-                "s"
-            }
-        ),
+        None => match outcome.templates.len() {
+            1 => "printed rewire.toml; its template is written to templates/ only with --out DIR"
+                .to_string(),
+            n => format!(
+                "printed rewire.toml; its {n} templates are written to templates/ only with --out DIR"
+            ),
+        },
     };
     if people == 0 {
         eprintln!("rewire import: {place}; everything mapped");

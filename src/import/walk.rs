@@ -44,21 +44,25 @@ impl<'a> Ctx<'a> {
 
     /// Something a person has to act on.
     pub fn unmapped(&mut self, node: &Node, path: &str, what: impl Into<String>) {
-        let at = self.at(node, path);
-        self.findings.push(Finding {
-            at,
-            what: format!("{path}: {}", what.into()),
-            needs_person: true,
-        });
+        self.push(node, path, what.into(), true);
     }
 
     /// A remark about a mapping that is faithful, or close enough to say so.
     pub fn note(&mut self, node: &Node, path: &str, what: impl Into<String>) {
+        self.push(node, path, what.into(), false);
+    }
+
+    fn push(&mut self, node: &Node, path: &str, what: String, needs_person: bool) {
         let at = self.at(node, path);
+        // A line:col does not say which field; a JSON path already does.
+        let what = match &at {
+            Location::Pos { .. } if !path.is_empty() => format!("{path}: {what}"),
+            _ => what,
+        };
         self.findings.push(Finding {
             at,
-            what: format!("{path}: {}", what.into()),
-            needs_person: false,
+            what,
+            needs_person,
         });
     }
 

@@ -211,6 +211,19 @@ const RESERVED: &[&str] = &[
     "break", "none", "None", "null", "if", "else", "for", "set",
 ];
 
+/// Appended to every converted `service(...)`: consul-template's order (node, then ID).
+const SORTED: &str = " | sort(attribute=\"id\") | sort(attribute=\"node\")";
+
+/// Drops the sorting where order cannot matter (a truth test, a count).
+fn unsorted(v: Val) -> Val {
+    match v.s.strip_suffix(SORTED) {
+        Some(call) if v.kind == Kind::Instances && !call.contains(" | ") => {
+            Val::new(call, Prec::Atom, Kind::Instances)
+        }
+        _ => v,
+    }
+}
+
 /// A Tera string literal.
 fn tera_str(s: &str) -> String {
     let mut out = String::with_capacity(s.len() + 2);
@@ -529,6 +542,7 @@ impl Conv<'_> {
         let mut guards = Vec::new();
         for b in branches {
             match self.pipe(&b.pipe) {
+                Ok(v) if b.kind == CondKind::If => guards.push(unsorted(v)),
                 Ok(v) => guards.push(v),
                 Err(f) => {
                     let trim = Trim {
@@ -740,15 +754,7 @@ impl Conv<'_> {
             ArgKind::Sub(pipe, fields) => {
                 let v = self.pipe(pipe)?;
                 if fields.is_empty() {
-                    return Ok(if v.prec == Prec::Atom {
-                        v
-                    } else {
-                        Val {
-                            s: format!("({})", v.s),
-                            prec: Prec::Atom,
-                            ..v
-                        }
-                    });
+                    return Ok(v);
                 }
                 if v.prec != Prec::Atom || v.s.starts_with('(') {
                     return fail(
@@ -1002,7 +1008,7 @@ impl Conv<'_> {
             }
             "len" => {
                 want(1..=1)?;
-                Ok(a(0).filter("length", Kind::Num))
+                Ok(unsorted(a(0)).filter("length", Kind::Num))
             }
             "toJSON" | "toJSONPretty" => {
                 want(1..=1)?;
@@ -1199,10 +1205,7 @@ impl Conv<'_> {
             }
         }
         Ok(Val::new(
-            format!(
-                "service({}) | sort(attribute=\"id\") | sort(attribute=\"node\")",
-                kwargs.join(", ")
-            ),
+            format!("service({}){SORTED}", kwargs.join(", ")),
             Prec::Filter,
             Kind::Instances,
         ))
@@ -1375,7 +1378,7 @@ mod tests {
             ),
             (
                 "{{ $n := len (service \"web\") }}{{ if gt $n 0 }}{{ $n }}{{ end }}",
-                "{% set n = (service(name=\"web\") | sort(attribute=\"id\") | sort(attribute=\"node\")) | length %}{% if n > 0 %}{{ n }}{% endif %}",
+                "{% set n = service(name=\"web\") | length %}{% if n > 0 %}{{ n }}{% endif %}",
             ),
             (
                 "{{/* note */}}{{- /* trimmed */ -}}",
