@@ -21,6 +21,27 @@ fn rewire() -> Command {
     c
 }
 
+/// `rewire import KIND FILE --out OUT`.
+fn import(kind: &str, file: &Path, out: &Path) -> std::process::Output {
+    rewire()
+        .args(["import", kind])
+        .arg(file)
+        .arg("--out")
+        .arg(out)
+        .output()
+        .unwrap()
+}
+
+/// `rewire check -c DIR/rewire.toml` with the environment the config needs.
+fn check(dir: &Path, env: &[(&str, &str)]) {
+    let mut c = rewire();
+    c.arg("check").arg("-c").arg(dir.join("rewire.toml"));
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    c.assert().code(0);
+}
+
 fn read(path: &Path) -> String {
     std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
@@ -47,13 +68,11 @@ fn catalog(root: &Path, instances: &[(&str, &str, &str)], keys: &[(&str, &str)])
 fn containerpilot_v2_autopilot_nginx_imports_checks_and_renders() {
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("rewire");
-    let o = rewire()
-        .args(["import", "containerpilot"])
-        .arg(fixture("containerpilot-v2/containerpilot.json"))
-        .arg("--out")
-        .arg(&out)
-        .output()
-        .unwrap();
+    let o = import(
+        "containerpilot",
+        &fixture("containerpilot-v2/containerpilot.json"),
+        &out,
+    );
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     assert!(o.stdout.is_empty(), "with --out nothing goes to stdout");
     let config = read(&out.join("rewire.toml"));
@@ -81,13 +100,7 @@ fn containerpilot_v2_autopilot_nginx_imports_checks_and_renders() {
     );
     assert!(err.contains("everything mapped"), "{err}");
 
-    rewire()
-        .arg("check")
-        .arg("-c")
-        .arg(out.join("rewire.toml"))
-        .env("CONSUL", "consul.service.consul")
-        .assert()
-        .code(0);
+    check(&out, &[("CONSUL", "consul.service.consul")]);
 
     // Render the converted template: point it at a temp file and a directory catalog in
     // which address order and consul-template's node order differ.
@@ -139,13 +152,11 @@ fn containerpilot_v2_autopilot_nginx_imports_checks_and_renders() {
 fn containerpilot_v3_agent_job_is_reported_and_the_rest_maps() {
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("rewire");
-    let o = rewire()
-        .args(["import", "containerpilot"])
-        .arg(fixture("containerpilot-v3/containerpilot.json5"))
-        .arg("--out")
-        .arg(&out)
-        .output()
-        .unwrap();
+    let o = import(
+        "containerpilot",
+        &fixture("containerpilot-v3/containerpilot.json5"),
+        &out,
+    );
     let err = stderr(&o);
     assert_eq!(o.status.code(), Some(1), "{err}");
     let not_mapped: Vec<&str> = err
@@ -186,27 +197,18 @@ fn containerpilot_v3_agent_job_is_reported_and_the_rest_maps() {
         read(&out.join("templates/upstreams.tera")),
         "{% for s in service(name=\"backend\", tag=\"prod\") | sort(attribute=\"id\") | sort(attribute=\"node\") -%}\nserver {{ s.address }}:{{ s.port }};\n{% endfor -%}\n"
     );
-    rewire()
-        .arg("check")
-        .arg("-c")
-        .arg(out.join("rewire.toml"))
-        .env("PORT", "8080")
-        .env("CONSUL", "consul")
-        .assert()
-        .code(0);
+    check(&out, &[("PORT", "8080"), ("CONSUL", "consul")]);
 }
 
 #[test]
 fn consul_template_config_renders_the_bytes_consul_template_would() {
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("rewire");
-    let o = rewire()
-        .args(["import", "consul-template"])
-        .arg(fixture("consul-template/config.hcl"))
-        .arg("--out")
-        .arg(&out)
-        .output()
-        .unwrap();
+    let o = import(
+        "consul-template",
+        &fixture("consul-template/config.hcl"),
+        &out,
+    );
     let err = stderr(&o);
     assert_eq!(o.status.code(), Some(0), "{err}");
     assert!(err.contains("config.hcl:12:13: note: max_stale"), "{err}");
@@ -224,12 +226,7 @@ fn consul_template_config_renders_the_bytes_consul_template_would() {
     ] {
         assert!(config.contains(line), "missing {line:?} in:\n{config}");
     }
-    rewire()
-        .arg("check")
-        .arg("-c")
-        .arg(out.join("rewire.toml"))
-        .assert()
-        .code(0);
+    check(&out, &[]);
 
     let cat = tmp.path().join("catalog");
     catalog(
@@ -325,7 +322,7 @@ fn consul_template_config_renders_the_bytes_consul_template_would() {
 fn existing_files_are_kept_without_force() {
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("rewire");
-    let import = |force: bool| {
+    let run = |force: bool| {
         let mut c = rewire();
         c.args(["import", "consul-template"])
             .arg(fixture("consul-template/config.hcl"))
@@ -336,9 +333,9 @@ fn existing_files_are_kept_without_force() {
         }
         c.output().unwrap()
     };
-    assert_eq!(import(false).status.code(), Some(0));
+    assert_eq!(run(false).status.code(), Some(0));
     std::fs::write(out.join("rewire.toml"), "# mine\n").unwrap();
-    let o = import(false);
+    let o = run(false);
     assert_eq!(o.status.code(), Some(2));
     let err = stderr(&o);
     assert!(
@@ -346,7 +343,7 @@ fn existing_files_are_kept_without_force() {
         "{err}"
     );
     assert_eq!(read(&out.join("rewire.toml")), "# mine\n");
-    assert_eq!(import(true).status.code(), Some(0));
+    assert_eq!(run(true).status.code(), Some(0));
     assert!(read(&out.join("rewire.toml")).contains("[[template]]"));
 }
 
@@ -415,13 +412,7 @@ fn unconvertible_template_parts_are_comments_and_listed() {
     )
     .unwrap();
     let out = tmp.path().join("rewire");
-    let o = rewire()
-        .args(["import", "consul-template"])
-        .arg(tmp.path().join("config.hcl"))
-        .arg("--out")
-        .arg(&out)
-        .output()
-        .unwrap();
+    let o = import("consul-template", &tmp.path().join("config.hcl"), &out);
     let err = stderr(&o);
     assert_eq!(o.status.code(), Some(1), "{err}");
     assert!(
@@ -437,10 +428,5 @@ fn unconvertible_template_parts_are_comments_and_listed() {
         text.contains("{# rewire import: line 2 not converted (byTag"),
         "{text}"
     );
-    rewire()
-        .arg("check")
-        .arg("-c")
-        .arg(out.join("rewire.toml"))
-        .assert()
-        .code(0);
+    check(&out, &[]);
 }

@@ -414,6 +414,8 @@ pub struct Cli {
     /// `src`, `dst` and the optional command of each `-template`.
     pub templates: Vec<(String, Option<String>, Option<String>)>,
     pub consul: Option<String>,
+    pub token: Option<String>,
+    pub max_stale: bool,
     pub wait: Option<String>,
     /// Flags with no mapping, as written.
     pub unmapped: Vec<String>,
@@ -461,6 +463,8 @@ pub fn parse_cli(argv: &[String]) -> Option<Cli> {
             ("once", _) => cli.once = true,
             ("template", Some(v)) => cli.templates.push(split_template(&v)),
             ("consul" | "consul-addr", Some(v)) => cli.consul = Some(v),
+            ("consul-token", Some(v)) => cli.token = Some(v),
+            ("max-stale", Some(v)) => cli.max_stale = v != "0" && v != "0s",
             ("wait", Some(v)) => cli.wait = Some(v),
             (f, v) => cli.unmapped.push(match v {
                 Some(v) => format!("-{f} {v}"),

@@ -630,12 +630,25 @@ fn backend(ctx: &mut Ctx, n: &Node, path: &str, templates: &mut Templates, plan:
         ctx.unmapped(n, path, "expected an object");
         return;
     };
-    let name = ctx.string(&o, "name").unwrap_or_default();
-    let tag = ctx.string(&o, "tag");
-    if let Some(p) = o.get("poll") {
+    let (name, tag) = watched(ctx, &o, "poll");
+    if let Some(c) = o.get("onChange") {
+        let p = o.child("onChange");
+        on_change(ctx, &name, tag, c, &p, None, templates, plan);
+    } else {
+        ctx.note(n, path, "no onChange: nothing to do in rewire");
+    }
+    ctx.rest(&o, "not a backend setting rewire knows");
+}
+
+/// The service a v2 backend or a v3 watch follows: its name and tag. Its poll interval and
+/// datacenter are reported.
+fn watched(ctx: &mut Ctx, o: &Obj, poll: &str) -> (String, Option<String>) {
+    let name = ctx.string(o, "name").unwrap_or_default();
+    let tag = ctx.string(o, "tag");
+    if let Some(p) = o.get(poll) {
         ctx.note(
             p,
-            &o.child("poll"),
+            &o.child(poll),
             "rewire watches with blocking queries and reacts at once; no poll interval",
         );
     }
@@ -646,13 +659,7 @@ fn backend(ctx: &mut Ctx, n: &Node, path: &str, templates: &mut Templates, plan:
             "watching another datacenter is not supported yet",
         );
     }
-    if let Some(c) = o.get("onChange") {
-        let p = o.child("onChange");
-        on_change(ctx, &name, tag, c, &p, None, templates, plan);
-    } else {
-        ctx.note(n, path, "no onChange: nothing to do in rewire");
-    }
-    ctx.rest(&o, "not a backend setting rewire knows");
+    (name, tag)
 }
 
 /// A command run when a service changes: templates when it runs consul-template, else a
@@ -745,22 +752,7 @@ fn v3(ctx: &mut Ctx, top: &Obj, templates: &mut Templates, plan: &mut Plan) {
         let Some(w) = Obj::new(n, &path) else {
             continue;
         };
-        let name = ctx.string(&w, "name").unwrap_or_default();
-        let tag = ctx.string(&w, "tag");
-        if let Some(p) = w.get("interval") {
-            ctx.note(
-                p,
-                &w.child("interval"),
-                "rewire watches with blocking queries and reacts at once; no poll interval",
-            );
-        }
-        if let Some(d) = w.get("dc") {
-            ctx.unmapped(
-                d,
-                &w.child("dc"),
-                "watching another datacenter is not supported yet",
-            );
-        }
+        let (name, tag) = watched(ctx, &w, "interval");
         ctx.rest(&w, "not a watch setting rewire knows");
         watches.push((name, tag, n, false));
     }
