@@ -166,8 +166,16 @@ fn replace_placeholders(ctx: &mut Ctx) -> Result<(String, Vec<Var>), Unreadable>
                     ),
                     needs_person: true,
                 });
-                scan.feed(&src[span.clone()]);
-                out.push_str(&src[span]);
+                // Kept as text inside the string: escape it for that string's quotes.
+                let quote = scan.quote.unwrap_or('"');
+                let mut kept = String::new();
+                for c in src[span].chars() {
+                    if c == '\\' || c == quote {
+                        kept.push('\\');
+                    }
+                    kept.push(c);
+                }
+                out.push_str(&kept);
             }
         }
     }
