@@ -54,6 +54,7 @@ pub mod config;
 pub mod debounce;
 pub mod files;
 pub mod host;
+pub mod import;
 pub mod lock;
 pub mod model;
 pub mod proc;

@@ -82,6 +82,12 @@ pub enum Command {
         after_help = "Examples:\n  rewire maintenance on\n  rewire maintenance off\n\nExit status: 0 ok; 1 the daemon is unreachable."
     )]
     Maintenance(MaintenanceArgs),
+
+    /// Translate a ContainerPilot or consul-template setup into rewire.toml and Tera templates.
+    #[command(
+        after_help = "Examples:\n  rewire import containerpilot containerpilot.json --out rewire/\n  rewire import consul-template config.hcl            (prints rewire.toml)\n\nEach field without a rewire equivalent is listed on stderr with its location.\nExit status: 0 everything mapped; 1 something needs a person; 2 unreadable input, or a file in DIR exists (--force)."
+    )]
+    Import(crate::import::ImportArgs),
 }
 
 #[derive(Debug, clap::Args)]

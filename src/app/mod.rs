@@ -78,6 +78,8 @@ pub enum Failure {
     Diff(Vec<(String, String)>),
     #[error("rewire: cannot install signal handlers: {0}")]
     Signals(std::io::Error),
+    #[error("rewire import: {0}")]
+    Import(crate::import::ImportError),
 }
 
 fn load_errors(errors: &[LoadError]) -> String {
@@ -138,6 +140,8 @@ async fn dispatch(cli: Cli) -> Result<Outcome, Failure> {
             state,
             socket: Some(socket),
         }) => return Ok(control::client::maintenance(socket, None, *state == OnOff::On).await),
+        // Import reads another tool's files: no rewire.toml involved.
+        Command::Import(args) => return commands::import::run(args),
         _ => {}
     }
     let config = match load_config(&cli) {
@@ -157,6 +161,7 @@ async fn dispatch(cli: Cli) -> Result<Outcome, Failure> {
         Command::Render(args) => commands::render::run(&config, open_catalog(&config)?, args).await,
         Command::Diff(args) => commands::diff::run(&config, open_catalog(&config)?, args).await,
         Command::Run(_) => daemon::run(config, Reloader::new(&cli)).await,
+        Command::Import(args) => commands::import::run(args),
         Command::Status(args) => {
             Ok(
                 control::client::status(&config.control.socket, Some(&config.path), args.json)

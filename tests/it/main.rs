@@ -11,6 +11,7 @@ mod consul;
 mod daemon;
 mod etcd;
 mod harness_selftest;
+mod import;
 mod project;
 mod supervision;
 mod support;

@@ -8,6 +8,7 @@
 
 pub mod check;
 pub mod diff;
+pub mod import;
 pub mod render;
 
 use std::collections::{BTreeMap, BTreeSet};

@@ -1,0 +1,432 @@
+//! `rewire import` through the real binary: ContainerPilot v2 and v3 configs and a
+//! consul-template config with real-world templates, imported into a temp dir, checked with
+//! `rewire check`, and rendered with `rewire render` against a directory catalog. The expected
+//! outputs under tests/fixtures/import/*/expected/ were written by hand from consul-template's
+//! documented semantics (instances by node, then ID; services by name; Go's trim markers).
+
+use std::path::{Path, PathBuf};
+
+use assert_cmd::Command;
+use predicates::str::contains;
+
+fn fixture(rel: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/import")
+        .join(rel)
+}
+
+fn rewire() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_rewire"));
+    c.env_remove("REWIRE_CONFIG").env("REWIRE_LOG", "warn");
+    c
+}
+
+/// `rewire import KIND FILE --out OUT`.
+fn import(kind: &str, file: &Path, out: &Path) -> std::process::Output {
+    rewire()
+        .args(["import", kind])
+        .arg(file)
+        .arg("--out")
+        .arg(out)
+        .output()
+        .unwrap()
+}
+
+/// `rewire check -c DIR/rewire.toml` with the environment the config needs.
+fn check(dir: &Path, env: &[(&str, &str)]) {
+    let mut c = rewire();
+    c.arg("check").arg("-c").arg(dir.join("rewire.toml"));
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    c.assert().code(0);
+}
+
+fn read(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+fn stderr(o: &std::process::Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Writes a directory catalog: instances as `(service, id, json)`, keys as `(path, value)`.
+fn catalog(root: &Path, instances: &[(&str, &str, &str)], keys: &[(&str, &str)]) {
+    for (service, id, json) in instances {
+        let dir = root.join("services").join(service);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join(format!("{id}.json")), json).unwrap();
+    }
+    for (path, value) in keys {
+        let file = root.join("kv").join(path);
+        std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+        std::fs::write(file, value).unwrap();
+    }
+}
+
+#[test]
+fn containerpilot_v2_autopilot_nginx_imports_checks_and_renders() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("rewire");
+    let o = import(
+        "containerpilot",
+        &fixture("containerpilot-v2/containerpilot.json"),
+        &out,
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(o.stdout.is_empty(), "with --out nothing goes to stdout");
+    let config = read(&out.join("rewire.toml"));
+    for line in [
+        "address = \"${CONSUL}:8500\"",
+        "pre_start = [\"rewire\", \"render\"]",
+        "stop_timeout = \"5s\"",
+        "source = \"templates/nginx.conf.tera\"",
+        "destination = \"/etc/nginx/nginx.conf\"",
+        "reload = { shell = \"nginx -s reload\" }",
+        "health = [\"/usr/bin/curl\", \"--fail\", \"-s\", \"-o\", \"/dev/null\", \"http://localhost/health\"]",
+        "interval = \"10s\"",
+        "ttl = \"25s\"",
+        "interface = \"eth0\"",
+    ] {
+        assert!(config.contains(line), "missing {line:?} in:\n{config}");
+    }
+    // preStart and both backends' onChange render the same file: one template.
+    assert_eq!(config.matches("[[template]]").count(), 1, "{config}");
+    assert!(!config.contains("[[watch]]"), "{config}");
+    let err = stderr(&o);
+    assert!(
+        err.contains("ContainerPilot v2 ran the command given on its own command line"),
+        "{err}"
+    );
+    assert!(err.contains("everything mapped"), "{err}");
+
+    check(&out, &[("CONSUL", "consul.service.consul")]);
+
+    // Render the converted template: point it at a temp file and a directory catalog in
+    // which address order and consul-template's node order differ.
+    let dest = tmp.path().join("nginx.conf");
+    std::fs::write(
+        out.join("rewire.toml"),
+        config.replace("/etc/nginx/nginx.conf", &dest.display().to_string()),
+    )
+    .unwrap();
+    let cat = tmp.path().join("catalog");
+    catalog(
+        &cat,
+        &[
+            (
+                "app",
+                "app-1",
+                r#"{"address": "10.0.0.2", "port": 8080, "node": "n2"}"#,
+            ),
+            (
+                "app",
+                "app-2",
+                r#"{"address": "10.0.0.3", "port": 8080, "node": "n1"}"#,
+            ),
+            (
+                "api",
+                "api-1",
+                r#"{"address": "10.0.1.1", "port": 9000, "status": "critical"}"#,
+            ),
+        ],
+        &[],
+    );
+    let o = rewire()
+        .arg("render")
+        .arg("-c")
+        .arg(out.join("rewire.toml"))
+        .arg("--catalog")
+        .arg(format!("dir:{}", cat.display()))
+        .env("CONSUL", "consul.service.consul")
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert_eq!(
+        read(&dest),
+        read(&fixture("containerpilot-v2/expected/nginx.conf"))
+    );
+}
+
+#[test]
+fn containerpilot_v3_agent_job_is_reported_and_the_rest_maps() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("rewire");
+    let o = import(
+        "containerpilot",
+        &fixture("containerpilot-v3/containerpilot.json5"),
+        &out,
+    );
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    let not_mapped: Vec<&str> = err
+        .lines()
+        .filter(|l| l.contains(": not mapped: "))
+        .collect();
+    assert_eq!(not_mapped.len(), 2, "{err}");
+    assert!(
+        not_mapped[0].contains("jobs[0]")
+            && not_mapped[0].contains("\"consul-agent\"")
+            && not_mapped[0].contains("not supported yet"),
+        "{err}"
+    );
+    assert!(
+        not_mapped[1].contains("jobs[1].when")
+            && not_mapped[1].contains("after = \"consul-agent\", is = \"healthy\""),
+        "{err}"
+    );
+    // The placeholder outside a string is located and explained.
+    assert!(err.contains("containerpilot.json5:17:13: note: {{ .PORT }} outside a JSON string is read as the string \"${PORT}\""), "{err}");
+    let config = read(&out.join("rewire.toml"));
+    for line in [
+        "exec = [\"/bin/app\", \"--listen\", \":${PORT:-8080}\"]",
+        "pre_stop = [\"/usr/local/bin/drain.sh\"]",
+        "restart = \"always\"",
+        "stop_timeout = \"10s\"",
+        "port = \"${PORT}\"",
+        "deregister_after = \"10m\"",
+        "health = { exec = [\"/usr/bin/curl\", \"--fail\", \"-s\", \"-o\", \"/dev/null\", \"http://localhost:${PORT}/health\"], timeout = \"2s\" }",
+        "reload = { shell = \"pkill -HUP -x app\" }",
+        "service = \"cache\"",
+        "every = \"60m\"",
+        "socket = \"/var/run/containerpilot.socket\"",
+    ] {
+        assert!(config.contains(line), "missing {line:?} in:\n{config}");
+    }
+    assert_eq!(
+        read(&out.join("templates/upstreams.tera")),
+        "{% for s in service(name=\"backend\", tag=\"prod\") | sort(attribute=\"id\") | sort(attribute=\"node\") -%}\nserver {{ s.address }}:{{ s.port }};\n{% endfor -%}\n"
+    );
+    check(&out, &[("PORT", "8080"), ("CONSUL", "consul")]);
+}
+
+#[test]
+fn consul_template_config_renders_the_bytes_consul_template_would() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("rewire");
+    let o = import(
+        "consul-template",
+        &fixture("consul-template/config.hcl"),
+        &out,
+    );
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(0), "{err}");
+    assert!(err.contains("config.hcl:12:13: note: max_stale"), "{err}");
+    let config = read(&out.join("rewire.toml"));
+    for line in [
+        "backend = \"consul\"",
+        "address = \"127.0.0.1:8500\"",
+        "stale = true",
+        "wait = { min = \"2s\", max = \"10s\" }",
+        "perms = \"0644\"",
+        "reload = { shell = \"nginx -s reload || true\", timeout = \"30s\" }",
+        "backup = true",
+        "reload = { shell = \"systemctl reload haproxy\" }",
+        "wait = { min = \"1s\", max = \"4s\" }",
+    ] {
+        assert!(config.contains(line), "missing {line:?} in:\n{config}");
+    }
+    check(&out, &[]);
+
+    let cat = tmp.path().join("catalog");
+    catalog(
+        &cat,
+        &[
+            (
+                "web",
+                "web-a",
+                r#"{"address":"10.0.0.1","port":8080,"tags":["prod","http"],"node":"node-3"}"#,
+            ),
+            (
+                "web",
+                "web-b",
+                r#"{"address":"10.0.0.2","port":8080,"tags":["prod"],"status":"warning","meta":{"weight":"50"},"node":"node-1"}"#,
+            ),
+            (
+                "web",
+                "web-c",
+                r#"{"address":"10.0.0.3","port":8080,"tags":["prod","canary"],"meta":{"weight":"5"},"node":"node-2"}"#,
+            ),
+            (
+                "web",
+                "web-d",
+                r#"{"address":"10.0.0.4","port":8081,"tags":[],"node":"node-1"}"#,
+            ),
+            (
+                "web",
+                "web-e",
+                r#"{"address":"10.0.0.5","port":8080,"tags":["prod"],"status":"critical","node":"node-0"}"#,
+            ),
+            (
+                "web",
+                "web-0",
+                r#"{"address":"10.0.0.9","port":8080,"tags":["prod"],"node":"node-1"}"#,
+            ),
+            (
+                "api",
+                "api-1",
+                r#"{"address":"10.0.1.1","port":9001,"tags":["v1","http"],"node":"Node-B"}"#,
+            ),
+            (
+                "api",
+                "api-2",
+                r#"{"address":"10.0.1.2","port":9000,"tags":["v2","http"],"node":"Node-B"}"#,
+            ),
+            (
+                "api",
+                "api-3",
+                r#"{"address":"10.0.1.3","port":9000,"tags":["http"],"node":"Node-A"}"#,
+            ),
+            (
+                "db",
+                "db-1",
+                r#"{"address":"10.0.2.1","port":5432,"node":"node-1"}"#,
+            ),
+            (
+                "cache",
+                "cache-1",
+                r#"{"address":"10.0.3.1","port":6379,"tags":["http"],"status":"critical","node":"node-2"}"#,
+            ),
+        ],
+        &[
+            ("config/nginx/zone", " eu-west \n"),
+            ("config/nginx/extra/gzip", "on"),
+            ("config/nginx/extra/limits/rate", "10r/s"),
+            ("config/haproxy/maxconn", "2000"),
+            ("config/haproxy/acl/blocked", "10.9.0.0/16"),
+            ("config/haproxy/acl/admins", "10.8.0.0/16"),
+            ("config/haproxy/acl/nested/x", "y"),
+        ],
+    );
+    let o = rewire()
+        .arg("render")
+        .arg("-c")
+        .arg(out.join("rewire.toml"))
+        .arg("--catalog")
+        .arg(format!("dir:{}", cat.display()))
+        .env("SITE_NAME", "edge")
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert_eq!(
+        read(&out.join("out/upstreams.conf")),
+        read(&fixture("consul-template/expected/upstreams.conf"))
+    );
+    assert_eq!(
+        read(&out.join("out/backends.cfg")),
+        read(&fixture("consul-template/expected/backends.cfg"))
+    );
+}
+
+#[test]
+fn existing_files_are_kept_without_force() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("rewire");
+    let run = |force: bool| {
+        let mut c = rewire();
+        c.args(["import", "consul-template"])
+            .arg(fixture("consul-template/config.hcl"))
+            .arg("--out")
+            .arg(&out);
+        if force {
+            c.arg("--force");
+        }
+        c.output().unwrap()
+    };
+    assert_eq!(run(false).status.code(), Some(0));
+    std::fs::write(out.join("rewire.toml"), "# mine\n").unwrap();
+    let o = run(false);
+    assert_eq!(o.status.code(), Some(2));
+    let err = stderr(&o);
+    assert!(
+        err.contains("rewire.toml") && err.contains("use --force"),
+        "{err}"
+    );
+    assert_eq!(read(&out.join("rewire.toml")), "# mine\n");
+    assert_eq!(run(true).status.code(), Some(0));
+    assert!(read(&out.join("rewire.toml")).contains("[[template]]"));
+}
+
+#[test]
+fn without_out_the_config_goes_to_stdout() {
+    rewire()
+        .args(["import", "consul-template"])
+        .arg(fixture("consul-template/config.hcl"))
+        .assert()
+        .code(0)
+        .stdout(contains(
+            "[[template]]\nsource = \"templates/nginx-upstreams.tera\"",
+        ))
+        .stderr(contains("written to templates/ only with --out DIR"));
+}
+
+#[test]
+fn unreadable_input_exits_2_with_its_location() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cp = tmp.path().join("containerpilot.json");
+    std::fs::write(
+        &cp,
+        "{\n  \"services\": [\n    {{ range $i := loop 3 }}{\"name\": \"s{{ $i }}\"},{{ end }}\n  ]\n}\n",
+    )
+    .unwrap();
+    rewire()
+        .args(["import", "containerpilot"])
+        .arg(&cp)
+        .assert()
+        .code(2)
+        .stderr(contains("containerpilot.json:3:5: template logic {{ range $i := loop 3 }} outside a JSON string"));
+
+    let hcl = tmp.path().join("config.hcl");
+    std::fs::write(
+        &hcl,
+        "consul {\n  address = \"127.0.0.1:8500\"\n}\nwait { min = \"2s\" max = \"10s\" }\n",
+    )
+    .unwrap();
+    rewire()
+        .args(["import", "consul-template"])
+        .arg(&hcl)
+        .assert()
+        .code(2)
+        .stderr(contains("config.hcl:4:"))
+        .stderr(contains("HCL1"));
+
+    rewire()
+        .args(["import", "consul-template"])
+        .arg(tmp.path().join("missing.hcl"))
+        .assert()
+        .code(2)
+        .stderr(contains("cannot read"));
+}
+
+#[test]
+fn unconvertible_template_parts_are_comments_and_listed() {
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::write(
+        tmp.path().join("t.ctmpl"),
+        "{{ range service \"web\" }}{{ .Address }}\n{{ end }}{{ range $tag, $s := service \"web\" | byTag }}{{ $tag }}{{ end }}\n",
+    )
+    .unwrap();
+    std::fs::write(
+        tmp.path().join("config.hcl"),
+        "template {\n  source = \"t.ctmpl\"\n  destination = \"out/t\"\n}\nvault {\n  address = \"https://vault:8200\"\n}\n",
+    )
+    .unwrap();
+    let out = tmp.path().join("rewire");
+    let o = import("consul-template", &tmp.path().join("config.hcl"), &out);
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("t.ctmpl:2:47: not mapped: not converted, left as a comment: byTag"),
+        "{err}"
+    );
+    assert!(
+        err.contains("config.hcl:5:1: not mapped: vault: Vault is not supported"),
+        "{err}"
+    );
+    let text = read(&out.join("templates/t.tera"));
+    assert!(
+        text.contains("{# rewire import: line 2 not converted (byTag"),
+        "{text}"
+    );
+    check(&out, &[]);
+}
