@@ -91,9 +91,11 @@ fn run(o: &Options) -> Report {
 #[track_caller]
 fn assert_measured(r: &Report, o: &Options) {
     let table = r.table();
-    // 10 events 1.5 s apart plus warm-up and settling: the load runs well over 15 s.
+    // 10 events 1.5 s apart plus warm-up and settling (the drain): well over 15 s of load, at
+    // the asked rate give or take a busy machine.
+    assert!(r.load_time >= Duration::from_secs(15), "{table}");
     assert!(
-        r.tally.requests() as f64 >= o.rps * 12.0,
+        r.tally.requests() as f64 >= 0.5 * o.rps * r.load_time.as_secs_f64(),
         "too few requests:\n{table}"
     );
     assert!(
