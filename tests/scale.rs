@@ -13,6 +13,9 @@
 #[path = "../benches/scale/backend.rs"]
 mod backend;
 #[allow(dead_code)]
+#[path = "../benches/support/inotify.rs"]
+mod inotify;
+#[allow(dead_code)]
 #[path = "../benches/scale/load.rs"]
 mod load;
 #[allow(dead_code)]

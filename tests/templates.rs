@@ -273,6 +273,25 @@ fn header<'a>(head: &'a str, name: &str) -> Option<&'a str> {
     })
 }
 
+/// Ten GETs through the front all get the good backend's answer, and the bad backend (which
+/// drops requests) was tried on the way.
+#[track_caller]
+fn ten_requests_all_answered_by_good(addr: &str, front: &Daemon, bad: &Backend) {
+    for _ in 0..10 {
+        let r = support::http::get(addr, "/web/");
+        assert_eq!(
+            (r.status, r.text()),
+            (200, "good\n".into()),
+            "{}",
+            front.log_tail(20)
+        );
+    }
+    assert!(
+        !bad.requests().is_empty(),
+        "the backend that drops requests was never tried"
+    );
+}
+
 #[test]
 fn nginx_template_pools_http11_upstream_connections_and_tries_the_next_backend() {
     let Some((nginx, _)) = binaries() else {
@@ -306,20 +325,8 @@ fn nginx_template_pools_http11_upstream_connections_and_tries_the_next_backend()
     })
     .unwrap();
 
-    for _ in 0..10 {
-        let r = support::http::get(&addr, "/web/");
-        assert_eq!(
-            (r.status, r.text()),
-            (200, "good\n".into()),
-            "{}",
-            d.log_tail(20)
-        );
-    }
-    // The backend that drops requests was tried, and nginx went on to the next one.
-    assert!(
-        !bad.requests().is_empty(),
-        "the dropping backend was never tried"
-    );
+    // The backend that drops requests is tried, and nginx goes on to the next one.
+    ten_requests_all_answered_by_good(&addr, &d, &bad);
     let seen = good.requests();
     assert_eq!(seen.len(), 10, "{seen:?}");
     let (_, head) = &seen[0];
@@ -388,19 +395,7 @@ fn haproxy_template_retries_on_another_server_and_checks_the_configured_path() {
     });
 
     let addr = support::ports::addr(port);
-    for _ in 0..10 {
-        let r = support::http::get(&addr, "/web/");
-        assert_eq!(
-            (r.status, r.text()),
-            (200, "good\n".into()),
-            "{}",
-            d.log_tail(20)
-        );
-    }
-    assert!(
-        !bad.requests().is_empty(),
-        "the dropping server was never tried"
-    );
+    ten_requests_all_answered_by_good(&addr, &d, &bad);
     let seen = good.requests();
     let (_, head) = &seen[0];
     assert_eq!(header(head, "x-forwarded-for"), Some("127.0.0.1"), "{head}");

@@ -27,6 +27,8 @@
 // Shared with tests/scale.rs (which uses all of it).
 #[allow(dead_code)]
 mod backend;
+#[path = "../support/inotify.rs"]
+mod inotify;
 mod load;
 mod procs;
 #[allow(dead_code)]

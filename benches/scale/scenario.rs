@@ -38,6 +38,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, bail};
 
 use crate::backend::SelfExe;
+use crate::inotify::DirEvents;
 use crate::load::{Failure, Load, LoadOptions, Tally};
 use crate::procs::Procs;
 
@@ -994,7 +995,7 @@ struct ConfigWatch {
 
 impl ConfigWatch {
     fn start(dir: &Path, dest: &Path) -> anyhow::Result<ConfigWatch> {
-        let inotify = Inotify::new(dir)?;
+        let inotify = DirEvents::new(dir)?;
         let versions: Versions = Arc::default();
         let stop = Arc::new(AtomicBool::new(false));
         let (v, s, dest) = (versions.clone(), stop.clone(), dest.to_path_buf());
@@ -1078,61 +1079,6 @@ fn server_ports(text: &str) -> BTreeSet<u16> {
             digits.parse().ok()
         })
         .collect()
-}
-
-/// Renames into and writes closed in one directory, as inotify reports them.
-struct Inotify {
-    fd: libc::c_int,
-}
-
-impl Inotify {
-    fn new(dir: &Path) -> std::io::Result<Inotify> {
-        use std::os::unix::ffi::OsStrExt;
-        let path = std::ffi::CString::new(dir.as_os_str().as_bytes())
-            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
-        // SAFETY: plain syscalls; the descriptor is owned by the returned value.
-        unsafe {
-            let fd = libc::inotify_init1(libc::IN_CLOEXEC | libc::IN_NONBLOCK);
-            if fd < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            let me = Inotify { fd };
-            if libc::inotify_add_watch(fd, path.as_ptr(), libc::IN_MOVED_TO | libc::IN_CLOSE_WRITE)
-                < 0
-            {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(me)
-        }
-    }
-
-    /// Waits up to `timeout` for events; true when some arrived (all are consumed).
-    fn wait(&self, timeout: Duration) -> bool {
-        let mut p = libc::pollfd {
-            fd: self.fd,
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        // SAFETY: one valid pollfd.
-        let n = unsafe { libc::poll(&mut p, 1, timeout.as_millis() as libc::c_int) };
-        if n <= 0 {
-            return false;
-        }
-        let mut buf = [0u8; 4096];
-        let mut any = false;
-        // SAFETY: reads into a buffer of the given length.
-        while unsafe { libc::read(self.fd, buf.as_mut_ptr().cast(), buf.len()) } > 0 {
-            any = true;
-        }
-        any
-    }
-}
-
-impl Drop for Inotify {
-    fn drop(&mut self) {
-        // SAFETY: the descriptor is ours.
-        unsafe { libc::close(self.fd) };
-    }
 }
 
 fn poll(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
