@@ -12,10 +12,14 @@
 //! and its CPU over the idle period (utime + stime). Everything runs on loopback on this
 //! machine. Run by `cargo test --all-targets` (no `--bench`), it only does a short smoke run.
 
+#[path = "support/inotify.rs"]
+mod inotify;
 // The integration tests' harnesses; this benchmark needs only Consul, etcd and `poll_until`.
 #[allow(dead_code, unused_imports)]
 #[path = "../tests/it/support/mod.rs"]
 mod support;
+
+use inotify::DirEvents;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -164,60 +168,6 @@ fn proc_cpu_secs(pid: u32) -> f64 {
     ticks / hz
 }
 
-/// Files renamed into or written in one directory, as seen by inotify.
-struct DirEvents {
-    fd: libc::c_int,
-}
-
-impl DirEvents {
-    fn new(dir: &Path) -> DirEvents {
-        use std::os::unix::ffi::OsStrExt;
-        let path = std::ffi::CString::new(dir.as_os_str().as_bytes()).unwrap();
-        // SAFETY: plain syscalls on a descriptor this struct owns.
-        unsafe {
-            let fd = libc::inotify_init1(libc::IN_CLOEXEC | libc::IN_NONBLOCK);
-            assert!(fd >= 0, "inotify_init1 failed");
-            let wd = libc::inotify_add_watch(
-                fd,
-                path.as_ptr(),
-                libc::IN_MOVED_TO | libc::IN_CLOSE_WRITE,
-            );
-            assert!(wd >= 0, "inotify_add_watch failed");
-            DirEvents { fd }
-        }
-    }
-
-    /// Reads whatever events are queued; returns whether there were any.
-    fn drain(&self) -> bool {
-        let mut buf = [0u8; 4096];
-        let mut any = false;
-        // SAFETY: reads into a buffer of the given length.
-        while unsafe { libc::read(self.fd, buf.as_mut_ptr().cast(), buf.len()) } > 0 {
-            any = true;
-        }
-        any
-    }
-
-    /// Waits until an event arrives (true) or `timeout` passes (false).
-    fn wait(&self, timeout: Duration) -> bool {
-        let mut p = libc::pollfd {
-            fd: self.fd,
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        // SAFETY: one valid pollfd.
-        let n = unsafe { libc::poll(&mut p, 1, timeout.as_millis() as libc::c_int) };
-        n > 0 && self.drain()
-    }
-}
-
-impl Drop for DirEvents {
-    fn drop(&mut self) {
-        // SAFETY: the descriptor is ours.
-        unsafe { libc::close(self.fd) };
-    }
-}
-
 fn percentile(sorted: &[f64], p: f64) -> f64 {
     let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
     sorted[i.min(sorted.len() - 1)]
@@ -267,7 +217,7 @@ fn run_one(backend: &str, instances: usize, a: &Args) -> Option<Row> {
     });
     assert!(ready, "{backend}: first render never arrived");
 
-    let events = DirEvents::new(dest.parent().unwrap());
+    let events = DirEvents::new(dest.parent().unwrap()).expect("watch the destination's directory");
 
     let mut samples = Vec::with_capacity(a.changes);
     for n in 0..a.changes {

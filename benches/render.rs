@@ -57,16 +57,22 @@ fn store_with(list: Vec<Arc<Instance>>) -> Store {
             Data::services_from(list.iter().map(|i| &**i)),
         ),
         (Query::Service("web".into()), Data::Instances(list)),
-        (Query::Key("nginx/pid".into()), Data::Key(None)),
-        (
-            Query::Key("nginx/worker_connections".into()),
-            Data::Key(None),
-        ),
         (
             Query::Key("nginx/listen".into()),
             Data::Key(Some("8080".into())),
         ),
     ]);
+    // Every other setting the template reads: absent, so its default applies.
+    store.update_many(
+        [
+            "nginx/pid",
+            "nginx/worker_connections",
+            "nginx/keepalive_timeout",
+            "nginx/upstream_keepalive",
+            "nginx/access_log",
+        ]
+        .map(|k| (Query::Key(k.into()), Data::Key(None))),
+    );
     store
 }
 

@@ -13,5 +13,7 @@ mod etcd;
 mod harness_selftest;
 mod import;
 mod project;
+mod scale;
 mod supervision;
 mod support;
+mod templates;

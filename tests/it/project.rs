@@ -62,6 +62,10 @@ impl Project {
         self
     }
 
+    pub fn kv(&self, key: &str, value: &str) -> &Project {
+        self.file(&format!("catalog/kv/{key}"), value)
+    }
+
     pub fn read(&self, rel: &str) -> String {
         std::fs::read_to_string(self.path(rel)).unwrap_or_default()
     }
