@@ -15,7 +15,7 @@ use super::load::DiskCheck;
 use super::walker::{Tbl, Walker, finish_sorted};
 
 const ROOT_KEYS: &[&str] = &[
-    "catalog", "control", "defaults", "template", "service", "watch", "task", "main",
+    "catalog", "control", "defaults", "template", "service", "watch", "task", "election", "main",
 ];
 
 /// Parses config text. `path` names the file in errors and anchors relative paths.
@@ -113,6 +113,7 @@ impl Walker<'_> {
         let services = self.services(root, catalog.deregister_after);
         let watches = self.watches(root, defaults.wait);
         let tasks = self.tasks(root);
+        let elections = self.elections(root, &services);
         Some(Config {
             path: path.to_path_buf(),
             catalog,
@@ -122,6 +123,7 @@ impl Walker<'_> {
             services,
             watches,
             tasks,
+            elections,
             main,
         })
     }

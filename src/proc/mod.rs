@@ -3,11 +3,15 @@
 //! - [`supervisor`]: the container's lifecycle (registrations, `pre_start`, main, the stop
 //!   sequence), with [`registrar`] keeping each `[[service]]` registered while healthy.
 //! - [`watches`] (`[[watch]]` handlers) and [`tasks`] (`[[task]]`s).
+//! - [`election`]: `[[election]]`s (run for leader, renew, hooks, step down), gated by the
+//!   services' [`health`].
 //! - [`init`]: the PID 1 reaper, forked before the runtime exists.
 //!
 //! This side reads the store and the catalog, never the template engine: what happens to
 //! files is the render side's business.
 
+pub mod election;
+pub mod health;
 pub mod init;
 pub mod registrar;
 pub mod supervisor;

@@ -93,6 +93,8 @@ pub struct Context {
     /// The supervisor's tasks: registrar tasks run here, so the stop sequence can wait for
     /// every one of them.
     pub tasks: TaskTracker,
+    /// Where each health check's result goes (elections wait on it).
+    pub health: super::health::Registry,
 }
 
 impl ServiceTask {
@@ -266,8 +268,15 @@ impl Registrar {
                     }
                 }
             };
+            self.ctx.health.report(
+                &super::health::service_key(&self.svc.name),
+                status == Status::Passing,
+            );
             self.report(status, &note).await;
         }
+        self.ctx
+            .health
+            .clear(&super::health::service_key(&self.svc.name));
         self.registered
     }
 
@@ -286,6 +295,9 @@ impl Registrar {
     }
 
     async fn enter_maintenance(&mut self) {
+        self.ctx
+            .health
+            .clear(&super::health::service_key(&self.svc.name));
         if let Some(reg) = self.registered.take() {
             info!("maintenance on: deregistering; health checks paused");
             deregister(self.ctx.catalog.as_ref(), &self.ctx.board, &reg).await;

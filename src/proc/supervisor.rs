@@ -33,12 +33,10 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 use tracing::{Instrument, debug, error, info, info_span, warn};
 
 use super::registrar::{self, ServiceTask};
 use crate::backoff::Backoff;
-use crate::catalog::Catalog;
 use crate::command::{self, RunStatus};
 use crate::config::{CommandSpec, Config, MainConfig, Program, Restart};
 use crate::status::{Board, MainStatus};
@@ -84,22 +82,16 @@ struct MainHandle {
 }
 
 impl Supervisor {
+    /// Starts the registrars and main; `ctx` is what the registrars share (its `tasks` is
+    /// this supervisor's tracker).
     pub fn start(
         config: &Config,
-        catalog: Arc<dyn Catalog>,
-        board: Arc<Board>,
+        ctx: registrar::Context,
         main_pid: watch::Sender<Option<Pid>>,
-        env: BTreeMap<String, String>,
-        maintenance: watch::Receiver<bool>,
         root: CancellationToken,
     ) -> Supervisor {
-        let ctx = registrar::Context {
-            catalog,
-            board: board.clone(),
-            env: env.clone(),
-            maintenance,
-            tasks: TaskTracker::new(),
-        };
+        let board = ctx.board.clone();
+        let env = ctx.env.clone();
         let services = config
             .services
             .iter()
@@ -363,7 +355,11 @@ impl Supervisor {
 }
 
 /// Runs a hook to completion, its output going to the log under its name.
-async fn run_hook(what: &str, spec: &CommandSpec, env: &BTreeMap<String, String>) -> Option<u8> {
+pub(super) async fn run_hook(
+    what: &str,
+    spec: &CommandSpec,
+    env: &BTreeMap<String, String>,
+) -> Option<u8> {
     info!(hook = what, command = %spec.program.name(), "running");
     match command::run(spec, env, None).await {
         Ok(o) => {

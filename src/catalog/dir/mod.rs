@@ -16,8 +16,9 @@
 //! `docker kill` leaves nothing behind for long.
 //!
 //! `tree.rs` holds the in-memory tree and the answers it gives, `files.rs` reading instance
-//! and key files, `inotify.rs` the watch loop.
+//! and key files, `inotify.rs` the watch loop, `election.rs` elections (`PATH/elections/`).
 
+mod election;
 mod files;
 mod inotify;
 mod tree;
@@ -213,6 +214,13 @@ impl Catalog for DirCatalog {
             });
         }
         self.write_record(reg, status, note)
+    }
+
+    fn ballot(
+        &self,
+        spec: &crate::catalog::election::BallotSpec,
+    ) -> Result<Arc<dyn crate::catalog::election::Ballot>, CatalogError> {
+        Ok(Arc::new(election::DirBallot::new(&self.root, spec)))
     }
 }
 
