@@ -9,6 +9,7 @@
 mod cli;
 mod consul;
 mod daemon;
+mod election;
 mod etcd;
 mod harness_selftest;
 mod import;

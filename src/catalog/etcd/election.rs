@@ -77,6 +77,22 @@ impl EtcdBallot {
         }
     }
 
+    /// One keepalive: whether etcd still has the lease (now renewed for its whole TTL).
+    async fn keep_alive(&self, lease: i64) -> Result<bool, CatalogError> {
+        let bytes = self
+            .transport
+            .call("/v3/lease/keepalive", &wire::lease_request(lease))
+            .await
+            .map_err(|e| e.to_catalog())?;
+        match wire::decode_keepalive(&bytes) {
+            Ok(wire::KeepAlive::Alive(_)) => Ok(true),
+            Ok(wire::KeepAlive::Gone) => Ok(false),
+            Ok(wire::KeepAlive::Error(g)) if g.is_lease_not_found() => Ok(false),
+            Ok(wire::KeepAlive::Error(g)) => Err(EtcdError::from_gateway(g).to_catalog()),
+            Err(m) => Err(EtcdError::Malformed(m.0).to_catalog()),
+        }
+    }
+
     /// Reads the key: what it says, and the store's revision to watch from.
     async fn read(&self, idx: usize) -> Result<(Sight, i64), EtcdError> {
         let bytes = self
@@ -181,6 +197,14 @@ impl Ballot for EtcdBallot {
         if let Some(token) = state.token {
             return Ok(Some(token));
         }
+        // A lease kept from an earlier attempt has been running down meanwhile: renew it
+        // first, so it lasts a whole ttl from now (the holder's deadline counts from before
+        // this call). A lease etcd already dropped is replaced.
+        if let Some(l) = state.lease
+            && !self.keep_alive(l).await?
+        {
+            state.lease = None;
+        }
         let lease = match state.lease {
             Some(l) => l,
             None => {
@@ -228,18 +252,7 @@ impl Ballot for EtcdBallot {
         let (Some(lease), Some(_)) = (state.lease, state.token) else {
             return Ok(false);
         };
-        let bytes = self
-            .transport
-            .call("/v3/lease/keepalive", &wire::lease_request(lease))
-            .await
-            .map_err(|e| e.to_catalog())?;
-        let alive = match wire::decode_keepalive(&bytes) {
-            Ok(wire::KeepAlive::Alive(_)) => true,
-            Ok(wire::KeepAlive::Gone) => false,
-            Ok(wire::KeepAlive::Error(g)) if g.is_lease_not_found() => false,
-            Ok(wire::KeepAlive::Error(g)) => return Err(EtcdError::from_gateway(g).to_catalog()),
-            Err(m) => return Err(EtcdError::Malformed(m.0).to_catalog()),
-        };
+        let alive = self.keep_alive(lease).await?;
         if !alive {
             *state = State::default();
         }
