@@ -19,7 +19,13 @@
 //!
 //! Beside the data flow, [`proc`] runs what the container needs: the supervisor (registrations
 //! with TTL health, `pre_start`, main, the stop sequence), `[[watch]]` handlers and `[[task]]`s,
-//! and, as PID 1, the reaper (forked before the runtime exists).
+//! `[[election]]` candidates, and, as PID 1, the reaper (forked before the runtime exists).
+//!
+//! Elections: each backend offers a [`catalog::election::Ballot`] (dir flock, Consul session
+//! lock, etcd lease + transaction) beside its watch code; [`proc::election`] runs the term
+//! (renewals, the local deadline, hooks, the gate service's health from [`proc::health`]) and
+//! publishes `Query::Election(name)` into the store like any answer, so `leader()` and
+//! `is_leader()` are template dependencies. Those queries never reach the catalog's watch set.
 //!
 //! # Layout
 //!
@@ -42,7 +48,9 @@
 //!
 //! One catalog watch task (the backend decides how many connections it needs), the wanted-set
 //! collector, one runner task per template group, one task per `[[watch]]` and `[[task]]` (and
-//! their runs), the supervisor's (one registrar per `[[service]]`, main), the control socket.
+//! their runs), the supervisor's (one registrar per `[[service]]`, main), one per
+//! `[[election]]` (and its follower), the control socket. The stop sequence steps every
+//! election down (on_demoted, release) before the supervisor deregisters.
 //! Each runs on a `TaskTracker` and takes a child of one `CancellationToken`; the stop sequence
 //! lives in `app::daemon` and waits for every tracker before the process exits.
 

@@ -12,8 +12,9 @@
 //! - **etcd** (`etcd/election.rs`): a lease kept alive every ttl/3 and a transaction that
 //!   creates the key only while its `create_revision` is 0; that revision is the token.
 //!
-//! The ballot knows nothing of hooks, health or deadlines: [`proc::election`]
-//! (crate::proc::election) runs the term. A ballot holds at most one term at a time.
+//! The ballot knows nothing of hooks, health or deadlines:
+//! [`proc::election`](crate::proc::election) runs the term. A ballot holds at most one term
+//! at a time.
 
 use std::time::Duration;
 

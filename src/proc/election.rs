@@ -1,7 +1,7 @@
 //! `[[election]]`s: one holder at a time among the rewire processes sharing a catalog, with
 //! the app told through hooks and templates.
 //!
-//! One task per election ([`Candidate::run`]). It follows who holds the election (the
+//! One task per election (`Candidate::run`). It follows who holds the election (the
 //! backend's [`Ballot::follow`]), runs for it when nobody does and this process may (the gate's
 //! health passes), and while it holds it:
 //!
@@ -322,8 +322,13 @@ impl Candidate {
         standby.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut said_not_eligible: Option<String> = None;
 
+        let mut last_seen = None;
         loop {
             let seen = sight.borrow_and_update().clone();
+            if last_seen.as_ref() != Some(&seen) {
+                debug!(?seen, "the catalog says");
+                last_seen = Some(seen.clone());
+            }
             self.publish(&seen, None);
             if let Some(h) = seen.holder() {
                 changes_tx.send_if_modified(|c| {

@@ -273,7 +273,10 @@ drain = "0s"
             .args(&self.args)
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .env_remove("REWIRE_CONFIG")
-            .env("REWIRE_LOG", "info");
+            .env(
+                "REWIRE_LOG",
+                std::env::var("REWIRE_TEST_NODE_LOG").unwrap_or_else(|_| "info".into()),
+            );
         let d = Daemon::spawn(
             &format!("rewire {}", self.name),
             cmd,
