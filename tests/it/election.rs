@@ -161,6 +161,18 @@ fn failovers(kind: Kind) {
         stopped.wait_exit(Duration::from_secs(20)),
         "rewire did not exit"
     );
+    // The stop sequence: step down (on_demoted, release), then deregister, then stop main.
+    let tail = stopped.log_tail();
+    let at = |what: &str| {
+        tail.find(what)
+            .unwrap_or_else(|| panic!("{what:?} not in the log:\n{tail}"))
+    };
+    assert!(
+        at("stepping down") < at("running hook=\"on_demoted\"")
+            && at("running hook=\"on_demoted\"") < at("deregistered")
+            && at("deregistered") < at("stopping main"),
+        "stop order:\n{tail}"
+    );
     let demoted = log
         .events()
         .into_iter()
