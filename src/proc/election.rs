@@ -24,7 +24,7 @@
 //! Everyone publishes the election into the store as `Query::Election(name)` (the holder and
 //! whether this process is it), so `leader()` and `is_leader()` are dependencies like
 //! `service()`. `on_change` runs on every candidate when a new holder appears, never twice at
-//! once, with the latest holder.
+//! once, with the latest holder, and again after a failure (the app may not listen yet).
 //!
 //! Hooks get `REWIRE_ELECTION`, `REWIRE_CANDIDATE_ID` (this process's id),
 //! `REWIRE_LEADER_ID`, `REWIRE_LEADER_ADDRESS`, `REWIRE_LEADER_PORT` and
@@ -602,8 +602,15 @@ impl Candidate {
                 holder: Some(t.holder.clone()),
                 is_leader: t.promoted,
             },
-            // Unknown (not read yet, or unreadable now): keep what templates have.
-            (None, Sight::Unknown) => return,
+            // Unknown (not read yet, or unreadable now): keep what templates have, except
+            // that this process no longer leads (a holder cut off from the catalog demotes).
+            (None, Sight::Unknown) => match &self.published {
+                Some(v) if v.is_leader => ElectionView {
+                    holder: v.holder.clone(),
+                    is_leader: false,
+                },
+                _ => return,
+            },
             (None, s) => ElectionView {
                 holder: s.holder().cloned(),
                 is_leader: false,
@@ -699,30 +706,55 @@ fn log_catalog_error(what: &str, e: &CatalogError) {
     }
 }
 
-/// Runs `on_change` for each new holder: never twice at once, always with the latest.
+/// Runs `on_change` for each new holder: never twice at once, always with the latest. A run
+/// that fails is tried again (0.5 s, doubling up to 10 s, with jitter) until it succeeds or
+/// another holder appears: the app may not be listening yet when the first holder is seen.
 async fn run_on_change(
     spec: crate::config::CommandSpec,
     mut changes: watch::Receiver<Option<Holder>>,
     env: BTreeMap<String, String>,
     stop: CancellationToken,
 ) {
-    let mut fired: Option<u64> = None;
+    let mut done: Option<u64> = None;
+    let mut backoff =
+        crate::backoff::Backoff::new(Duration::from_millis(500), Duration::from_secs(10))
+            .expect("500ms <= 10s");
+    let mut retry_at: Option<Instant> = None;
     loop {
         let latest = changes.borrow_and_update().clone();
-        if let Some(h) = latest.filter(|h| fired != Some(h.token)) {
-            fired = Some(h.token);
+        let due = retry_at.is_none_or(|at| Instant::now() >= at);
+        if let Some(h) = latest.filter(|h| done != Some(h.token))
+            && due
+        {
             let mut env = env.clone();
             env.extend(leader_env(&h));
             info!(leader = %h.value.id, token = h.token, "new leader: running on_change");
-            tokio::select! {
+            let ok = tokio::select! {
                 _ = stop.cancelled() => return,
-                _ = run_hook("on_change", &spec, &env) => {}
+                r = run_hook("on_change", &spec, &env) => r == Some(0),
+            };
+            if ok {
+                done = Some(h.token);
+                retry_at = None;
+                backoff.reset();
+            } else {
+                let delay = backoff.next_delay();
+                warn!(retry_in = ?delay, "on_change failed; trying again");
+                retry_at = Some(Instant::now() + delay);
             }
             continue;
         }
         tokio::select! {
             _ = stop.cancelled() => return,
-            r = changes.changed() => if r.is_err() { return },
+            r = changes.changed() => {
+                if r.is_err() {
+                    return;
+                }
+                // A new holder is tried at once.
+                retry_at = None;
+                backoff.reset();
+            }
+            _ = async { tokio::time::sleep_until(retry_at.expect("guarded")).await }, if retry_at.is_some() => {}
         }
     }
 }
@@ -886,6 +918,10 @@ mod tests {
         // Then the catalog stops answering. The last renewal was sent within ttl/3 before
         // the cut, so the deadline (ttl - margin after it) comes within ttl - margin.
         h.fake.cut.store(true, Ordering::SeqCst);
+        // The follower cannot read either.
+        if let Some(tx) = &*h.fake.seen.lock().unwrap() {
+            tx.send_replace(Sight::Unknown);
+        }
         let cut = Instant::now();
         while is_leader(&h.store) {
             tokio::time::sleep(Duration::from_millis(10)).await;

@@ -53,6 +53,8 @@ pub fn election_key(name: &str) -> String {
 
 #[derive(Default)]
 struct State {
+    /// The candidate's service and check are registered (as far as this process knows).
+    registered: bool,
     session: Option<String>,
     /// The LockIndex of the term this session holds.
     token: Option<u64>,
@@ -254,9 +256,11 @@ impl Ballot for ConsulBallot {
         // The check restarts its TTL now; the agent forgot it if this fails (first run, or
         // an agent restart): register it again.
         if self.pass_check().await.is_err() {
+            state.registered = false;
             self.register_candidate().await?;
             state.session = None;
         }
+        state.registered = true;
         let mut attempt = 0;
         let (session, body) = loop {
             attempt += 1;
@@ -325,9 +329,14 @@ impl Ballot for ConsulBallot {
         Ok(held)
     }
 
+    /// Keeps a follower's check passing, so its session stays valid for the next campaign
+    /// and the candidate does not show as failing (nor get reaped after a minute).
     async fn standby(&self) -> Result<(), CatalogError> {
-        if self.state.lock().await.session.is_some() {
-            self.pass_check().await?;
+        let mut state = self.state.lock().await;
+        if state.registered && self.pass_check().await.is_err() {
+            // The agent forgot it (a restart): the next campaign registers it again.
+            state.registered = false;
+            state.session = None;
         }
         Ok(())
     }
@@ -351,6 +360,7 @@ impl Ballot for ConsulBallot {
 
     async fn leave(&self) -> Result<(), CatalogError> {
         self.resign().await?;
+        self.state.lock().await.registered = false;
         let url = self
             .agent
             .url(["agent", "service", "deregister", self.service_id.as_str()]);
