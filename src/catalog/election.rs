@@ -87,6 +87,18 @@ pub trait Ballot: Send + Sync + 'static {
     async fn follow(&self, sight: watch::Sender<Sight>, stop: CancellationToken);
 }
 
+/// Publishes what a follower saw, waking readers only when it differs from what they have.
+pub fn set_sight(sight: &watch::Sender<Sight>, seen: Sight) {
+    sight.send_if_modified(|s| {
+        if *s == seen {
+            false
+        } else {
+            *s = seen;
+            true
+        }
+    });
+}
+
 /// Decodes a holder's published value. Catalog data is never trusted: the value reaches
 /// templates and hook environments, so it passes the checks instance records pass.
 pub fn decode_value(bytes: &[u8]) -> Result<LeaderValue, String> {

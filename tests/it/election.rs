@@ -510,22 +510,20 @@ fn a_failing_on_elected_resigns_and_templates_hooks_and_status_follow_the_leader
             "{line} missing from:\n{env}"
         );
     }
-    let status = std::process::Command::new(env!("CARGO_BIN_EXE_rewire"))
-        .args(["status", "--socket"])
-        .arg(root.path().join("good/ctl.sock"))
-        .output()
-        .expect("rewire status");
-    let text = String::from_utf8_lossy(&status.stdout);
+    let status = |node: &str| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_rewire"))
+            .args(["status", "--socket"])
+            .arg(root.path().join(node).join("ctl.sock"))
+            .output()
+            .expect("rewire status");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let text = status("good");
     assert!(
         text.contains("primary: leader, holder good (127.0.0.1:7002), token 2, since "),
         "{text}"
     );
-    let status = std::process::Command::new(env!("CARGO_BIN_EXE_rewire"))
-        .args(["status", "--socket"])
-        .arg(root.path().join("bad/ctl.sock"))
-        .output()
-        .expect("rewire status");
-    let text = String::from_utf8_lossy(&status.stdout);
+    let text = status("bad");
     assert!(
         text.contains("primary: follower, holder good (127.0.0.1:7002), token 2, since "),
         "{text}"

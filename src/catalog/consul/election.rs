@@ -36,7 +36,7 @@ use super::agent::{Agent, go_duration};
 use super::decode::{self, BACKEND};
 use super::poll::{Cursor, Pace, Pacer};
 use crate::catalog::CatalogError;
-use crate::catalog::election::{Ballot, BallotSpec, Sight, decode_value, encode_value};
+use crate::catalog::election::{Ballot, BallotSpec, Sight, decode_value, encode_value, set_sight};
 use crate::model::{Holder, LeaderValue};
 
 /// The service each candidate registers to carry its election check.
@@ -393,8 +393,20 @@ impl Ballot for ConsulBallot {
                 _ = stop.cancelled() => return,
                 r = self.agent.exchange("GET /v1/kv (election)", req, timeout) => r,
             };
-            let pause = match reply {
+            let reply = match reply {
                 Ok((status, headers, body)) if status == 200 || status == 404 => {
+                    Ok((status, headers, body))
+                }
+                Ok((status, _, body)) => Err(decode::status_error(
+                    "GET /v1/kv (election)",
+                    status,
+                    &body,
+                    self.agent.token.is_some(),
+                )),
+                Err(e) => Err(e),
+            };
+            let pause = match reply {
+                Ok((status, headers, body)) => {
                     let index = decode::parse_index(
                         headers.get("x-consul-index").and_then(|v| v.to_str().ok()),
                     );
@@ -405,14 +417,7 @@ impl Ballot for ConsulBallot {
                                 failing = false;
                             }
                             let step = cursor.observe(index);
-                            sight.send_if_modified(|s| {
-                                if *s == seen {
-                                    false
-                                } else {
-                                    *s = seen;
-                                    true
-                                }
-                            });
+                            set_sight(&sight, seen);
                             pacer.after_reply(asked, step, started.elapsed())
                         }
                         (None, _) => {
@@ -428,21 +433,6 @@ impl Ballot for ConsulBallot {
                             pacer.after_reply(asked, super::poll::Step::Same, Duration::ZERO)
                         }
                     }
-                }
-                Ok((status, _, body)) => {
-                    let e = decode::status_error(
-                        "GET /v1/kv (election)",
-                        status,
-                        &body,
-                        self.agent.token.is_some(),
-                    );
-                    if !failing {
-                        warn!(election = %self.spec.name, error = %e, "cannot read the election key");
-                        failing = true;
-                    }
-                    sight.send_replace(Sight::Unknown);
-                    cursor.reset();
-                    pacer.after_error()
                 }
                 Err(e) => {
                     if !failing {

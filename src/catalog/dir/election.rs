@@ -33,7 +33,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
 use crate::catalog::CatalogError;
-use crate::catalog::election::{Ballot, BallotSpec, Sight};
+use crate::catalog::election::{Ballot, BallotSpec, Sight, set_sight};
 use crate::lock::lock;
 use crate::model::{Holder, LeaderValue};
 
@@ -236,14 +236,7 @@ impl Ballot for DirBallot {
                     Sight::Unknown
                 }
             };
-            sight.send_if_modified(|s| {
-                if *s == seen {
-                    false
-                } else {
-                    *s = seen;
-                    true
-                }
-            });
+            set_sight(&sight, seen);
             tokio::select! {
                 _ = stop.cancelled() => return,
                 _ = tokio::time::sleep(POLL) => {}

@@ -29,7 +29,7 @@ use super::watcher::Failover;
 use super::wire::{self, Created, EventKind, Kv, WatchMessage};
 use crate::backoff::Backoff;
 use crate::catalog::CatalogError;
-use crate::catalog::election::{Ballot, BallotSpec, Sight, decode_value, encode_value};
+use crate::catalog::election::{Ballot, BallotSpec, Sight, decode_value, encode_value, set_sight};
 use crate::model::{Holder, LeaderValue};
 
 /// How often a follower reads the key again while its watch is quiet.
@@ -162,7 +162,7 @@ impl EtcdBallot {
                                     EventKind::Delete => Sight::Vacant,
                                     EventKind::Put => self.sight_of(Some(&last.kv)),
                                 };
-                                set(sight, seen);
+                                set_sight(sight, seen);
                             }
                         }
                         WatchMessage::Created { .. } | WatchMessage::Progress { .. } => {}
@@ -177,17 +177,6 @@ impl EtcdBallot {
             }
         }
     }
-}
-
-fn set(sight: &watch::Sender<Sight>, seen: Sight) {
-    sight.send_if_modified(|s| {
-        if *s == seen {
-            false
-        } else {
-            *s = seen;
-            true
-        }
-    });
 }
 
 #[async_trait]
@@ -276,7 +265,7 @@ impl Ballot for EtcdBallot {
             let idx = self.transport.preferred();
             let attempt = async {
                 let (seen, revision) = self.read(idx).await?;
-                set(&sight, seen);
+                set_sight(&sight, seen);
                 if failing {
                     info!(election = %self.spec.name, "election key readable again");
                 }
@@ -299,7 +288,7 @@ impl Ballot for EtcdBallot {
                     warn!(election = %self.spec.name, error = %e, "cannot follow the election");
                     failing = true;
                 }
-                set(&sight, Sight::Unknown);
+                set_sight(&sight, Sight::Unknown);
             } else {
                 debug!(election = %self.spec.name, error = %e, "election watch failed; trying the next member");
             }
