@@ -118,10 +118,18 @@ impl Elections {
             return;
         }
         info!("[[election]] sections changed; stepping down and running again");
+        let old_names: Vec<String> = self.configs.iter().map(|e| e.name.clone()).collect();
         std::mem::replace(self, Elections::none()).stop().await;
         let names: Vec<String> = config.elections.iter().map(|e| e.name.clone()).collect();
         ctx.board
             .update(|r| r.elections.retain(|n, _| names.contains(n)));
+        // Elections no longer run here have no view any more (templates using them wait).
+        let gone: Vec<Query> = old_names
+            .into_iter()
+            .filter(|n| !names.contains(n))
+            .map(Query::Election)
+            .collect();
+        ctx.store.forget(&gone);
         *self = Elections::start(config, ctx);
     }
 

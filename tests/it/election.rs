@@ -587,3 +587,36 @@ fn failover_benchmark() {
         println!("{r}");
     }
 }
+
+#[test]
+fn sighup_keeps_the_term_unless_the_election_changed() {
+    let root = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(root.path().join("catalog/services")).unwrap();
+    let read = |p: &str| std::fs::read_to_string(root.path().join(p)).unwrap_or_default();
+    let config = plain_candidate(root.path(), "solo", 7001, r#"["true"]"#);
+    let rewire = spawn_rewire(&config);
+    let leads = |token: u64| format!("leader=solo at=127.0.0.1:7001 token={token} me=true\n");
+    support::wait_for("solo leads", support::TIMEOUT, || {
+        read("solo/view.txt") == leads(1)
+    });
+    let applied = |n: usize| {
+        read("solo/rewire.log")
+            .matches("new config applied")
+            .count()
+            >= n
+    };
+    // The same config: the term goes on.
+    rewire.signal(support::process::SIGHUP).unwrap();
+    support::wait_for("the reload", support::TIMEOUT, || applied(1));
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(read("solo/view.txt"), leads(1));
+    // A changed election: step down, run again, a new term.
+    let text = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace("ttl = \"2s\"", "ttl = \"3s\"");
+    std::fs::write(&config, text).unwrap();
+    rewire.signal(support::process::SIGHUP).unwrap();
+    support::wait_for("a new term", support::TIMEOUT, || {
+        read("solo/view.txt") == leads(2)
+    });
+}
