@@ -45,6 +45,7 @@ fn engine() -> Engine {
         wait: DEFAULT_WAIT,
         write: WriteMode::Atomic,
         backup: false,
+        runtime: None,
     }])
     .expect("the shipped template parses")
 }

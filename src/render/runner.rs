@@ -24,7 +24,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, error, info, info_span, warn};
 
 use super::group::{self, Group, Written};
-use super::pipeline::{self, Applied, ApplyError};
+use super::pipeline::{self, Applied, ApplyError, ReloadError, Reloaded};
+use super::runtimes::{self, Runtimes};
 use super::template::{Engine, Rendered};
 use crate::backoff::Backoff;
 use crate::config::{CheckMode, TemplateConfig};
@@ -57,7 +58,10 @@ pub async fn run_group(group: Group, shared: Shared, stop: CancellationToken) {
         let mut debounce = Debounce::new(group.wait());
         // Query → entry version at the last render (None: no answer yet).
         let mut seen: BTreeMap<Query, Option<u64>> = BTreeMap::new();
-        let mut state = GroupState::default();
+        let mut state = GroupState {
+            runtimes: Runtimes::new(&group),
+            ..GroupState::default()
+        };
         let mut render_now = true;
         loop {
             if render_now {
@@ -88,6 +92,10 @@ pub async fn run_group(group: Group, shared: Shared, stop: CancellationToken) {
                 _ = sleep_until_some(state.next_retry()), if state.next_retry().is_some() => {
                     // Bytes a check or reload rejected may pass now.
                     render_now = true;
+                }
+                _ = sleep_until_some(state.runtimes.next_due()), if state.runtimes.next_due().is_some() => {
+                    // Servers removed at runtime whose connections may be gone by now.
+                    state.runtimes.delete_leaving().await;
                 }
                 _ = tokio::time::sleep(state.pending_recheck()), if state.pending_since.is_some() => {
                     // Re-render now and then while waiting, so the "still waiting" log repeats.
@@ -139,6 +147,8 @@ struct GroupState {
     discovering: bool,
     /// Per template: how long its last render took.
     render_cost: HashMap<String, Duration>,
+    /// The group's runtime APIs (HAProxy), which may take a change without a reload.
+    runtimes: Runtimes,
 }
 
 /// A render that took less than this last time runs on the async worker itself: handing it to
@@ -250,8 +260,29 @@ fn hash(bytes: &[u8]) -> [u8; 32] {
     Sha256::digest(bytes).into()
 }
 
-/// Written this round: the file, the new bytes' hash and their length.
-type WrittenFile<'g> = (Written<'g>, [u8; 32], usize);
+/// Written this round: the file, the new bytes' hash, and the bytes.
+type WrittenFile<'g> = (Written<'g>, [u8; 32], String);
+
+/// Reloads the group (restoring `written` if that fails) and tells its runtimes what HAProxy
+/// runs now.
+async fn reload_group(
+    group: &Group,
+    shared: &Shared,
+    state: &mut GroupState,
+    written: &[WrittenFile<'_>],
+) -> Result<Reloaded, ReloadError> {
+    let main_pid = *shared.main_pid.borrow();
+    let result = group::reload_or_restore(
+        group.reload.as_ref(),
+        written.iter().map(|(w, _, _)| w),
+        main_pid,
+        &shared.env,
+        state.runtimes.confirm_socket(),
+    )
+    .await;
+    state.runtimes.after_reload(&result);
+    result
+}
 
 /// Renders, applies and reloads every template of the group once. Returns the versions of
 /// every query the renders used.
@@ -263,6 +294,8 @@ async fn render_round(
 ) -> BTreeMap<Query, Option<u64>> {
     let mut seen = BTreeMap::new();
     let mut written: Vec<WrittenFile> = Vec::new();
+    // Runtime templates whose file already held the render (what HAProxy may run).
+    let mut unchanged: Vec<(&str, String)> = Vec::new();
     let mut any_pending = false;
     state.discovering = false;
     for t in &group.templates {
@@ -281,6 +314,9 @@ async fn render_round(
                 }
                 match pipeline::apply(t, text.as_bytes(), &shared.env).await {
                     Ok(Applied::Unchanged) => {
+                        if state.runtimes.has(&t.name) {
+                            unchanged.push((&t.name, text));
+                        }
                         state.rejected.remove(&t.name);
                         state.logged.remove(&t.name);
                         shared
@@ -290,14 +326,14 @@ async fn render_round(
                     }
                     Ok(Applied::Written { previous }) => {
                         state.logged.remove(&t.name);
-                        debug!(template = %t.name, dest = %dest, bytes = text.len(), "written; reload next");
+                        debug!(template = %t.name, dest = %dest, bytes = text.len(), "written; reload or runtime update next");
                         written.push((
                             Written {
                                 template: t,
                                 previous,
                             },
                             h,
-                            text.len(),
+                            text,
                         ));
                     }
                     Err(e) => {
@@ -343,28 +379,91 @@ async fn render_round(
     if !any_pending {
         state.pending_since = None;
     }
-    if written.is_empty() {
+    if written.is_empty() && unchanged.is_empty() {
         return seen;
     }
-    let main_pid = *shared.main_pid.borrow();
-    let reloaded = group::reload_or_restore(
-        group.reload.as_ref(),
-        written.iter().map(|(w, _, _)| w),
-        main_pid,
-        &shared.env,
-    )
-    .await;
+    let decision = if state.runtimes.is_empty() {
+        runtimes::Decision {
+            applied: Default::default(),
+            reload: (!written.is_empty()).then(Default::default),
+        }
+    } else {
+        let files: Vec<runtimes::WrittenFile> = written
+            .iter()
+            .filter(|(w, _, _)| state.runtimes.has(&w.template.name))
+            .map(|(w, _, text)| runtimes::WrittenFile {
+                template: &w.template.name,
+                previous: w.previous.as_deref(),
+                new: text.as_bytes(),
+            })
+            .collect();
+        let unchanged: Vec<(&str, &[u8])> =
+            unchanged.iter().map(|(n, t)| (*n, t.as_bytes())).collect();
+        let others = written
+            .iter()
+            .any(|(w, _, _)| !state.runtimes.has(&w.template.name));
+        state.runtimes.round(&files, &unchanged, others).await
+    };
+    let reloaded = match &decision.reload {
+        Some(why) => {
+            for (template, why) in why.iter().filter(|(t, _)| !t.is_empty()) {
+                info!(template = %template, "the change needs a reload: {why}");
+            }
+            Some(reload_group(group, shared, state, &written).await)
+        }
+        None => None,
+    };
+    if !state.runtimes.is_empty()
+        && let Some(why) = state.runtimes.verify().await
+        && reloaded.is_none()
+    {
+        // HAProxy differs from its file in a way only a reload repairs (nothing to restore:
+        // the files are right).
+        info!(templates = %group.name(), "reloading to repair HAProxy: {why}");
+        let _ = reload_group(group, shared, state, &[]).await;
+    }
     let now = SystemTime::now();
-    for (w, h, bytes) in written {
+    for (w, h, text) in written {
         let t = w.template;
         let dest = t.destination.display().to_string();
-        match &reloaded {
-            Ok(_) => {
-                info!(template = %t.name, dest = %dest, bytes, "written");
+        let result = match &reloaded {
+            Some(r) => r.as_ref().map(|_| ()),
+            None => Ok(()),
+        };
+        match result {
+            Ok(()) => {
+                let path = match decision.applied.get(&t.name) {
+                    Some(changes) => {
+                        let what = if changes.is_empty() {
+                            "no server changed".to_string()
+                        } else {
+                            changes.join(", ")
+                        };
+                        info!(template = %t.name, dest = %dest, bytes = text.len(), changes = %what, "written; HAProxy updated through its Runtime API, without a reload");
+                        format!("runtime: {what}")
+                    }
+                    None => {
+                        info!(template = %t.name, dest = %dest, bytes = text.len(), "written");
+                        let why = decision
+                            .reload
+                            .as_ref()
+                            .and_then(|r| r.get(&t.name))
+                            .filter(|_| state.runtimes.has(&t.name));
+                        match why {
+                            Some(why) => format!("reload: {why}"),
+                            None => "reload".to_string(),
+                        }
+                    }
+                };
                 state.rejected.remove(&t.name);
                 shared
                     .board
                     .record(&t.name, &dest, now, TemplateEvent::Written);
+                let leaving = state.runtimes.leaving(&t.name);
+                shared.board.template(&t.name, &dest, |s| {
+                    s.last_path = path;
+                    s.leaving = leaving;
+                });
             }
             Err(e) => {
                 state.reject(&t.name, h, true);

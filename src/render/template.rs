@@ -292,6 +292,7 @@ mod tests {
                 wait: DEFAULT_WAIT,
                 write: WriteMode::Atomic,
                 backup: false,
+                runtime: None,
             })
             .collect();
         Engine::load(&templates)
