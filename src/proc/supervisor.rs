@@ -18,7 +18,8 @@
 //! the config and never reaches main unless configured.
 //!
 //! Stop, in this order (a tested guarantee): no more restarts; deregister every service (peers
-//! stop routing here); wait `drain`; `pre_stop`; `stop_signal` to main's PID; SIGKILL to its
+//! stop routing here); wait `drain` (skipped when no service was ever registered: no peer
+//! routes here); `pre_stop`; `stop_signal` to main's PID; SIGKILL to its
 //! process group after `stop_timeout`; `post_stop`; exit with main's status (128+N when signal N
 //! killed it). When main exited on its own, the registrations go and `post_stop` runs, but
 //! there is nothing to drain or stop.
@@ -205,7 +206,7 @@ impl Supervisor {
         let catalog = self.ctx.catalog.clone();
         let board = self.ctx.board.clone();
         self.ctx.tasks.spawn(async move {
-            let reg = task.finish().await;
+            let reg = task.finish().await.registration;
             registrar::deregister(catalog.as_ref(), &board, &reg).await;
             board.update(|r| {
                 r.services.remove(&reg.id);
@@ -243,13 +244,18 @@ impl Supervisor {
         // 1. Deregister first, so peers stop routing here before anything else happens.
         // Every registrar task stops first, so no heartbeat in flight re-creates an entry.
         let tasks = std::mem::take(&mut self.services);
-        let regs = futures_util::future::join_all(tasks.into_iter().map(ServiceTask::finish)).await;
+        let stopped =
+            futures_util::future::join_all(tasks.into_iter().map(ServiceTask::finish)).await;
         let catalog = self.ctx.catalog.clone();
         futures_util::future::join_all(
-            regs.iter()
-                .map(|reg| registrar::deregister(catalog.as_ref(), &self.ctx.board, reg)),
+            stopped
+                .iter()
+                .map(|s| registrar::deregister(catalog.as_ref(), &self.ctx.board, &s.registration)),
         )
         .await;
+        // No peer routes to services that were never registered: nothing to drain. (Without
+        // any [[service]] the drain is the user's own pause and stays.)
+        let drain_needed = stopped.is_empty() || stopped.iter().any(|s| s.ever_registered);
         for h in std::mem::take(&mut self.retired) {
             let _ = h.await;
         }
@@ -259,7 +265,9 @@ impl Supervisor {
             && let Some(cfg) = &cfg
         {
             // 2. Drain: peers notice the deregistration and finish their requests.
-            if !cfg.drain.is_zero() {
+            if !cfg.drain.is_zero() && !drain_needed {
+                info!("no service was ever registered: skipping the drain");
+            } else if !cfg.drain.is_zero() {
                 info!(drain = %humantime::format_duration(cfg.drain), "draining");
                 tokio::select! {
                     _ = tokio::time::sleep(cfg.drain) => {}
