@@ -94,8 +94,9 @@ pub async fn run_group(group: Group, shared: Shared, stop: CancellationToken) {
                     render_now = true;
                 }
                 _ = sleep_until_some(state.runtimes.next_due()), if state.runtimes.next_due().is_some() => {
-                    // Servers removed at runtime whose connections may be gone by now.
-                    state.runtimes.delete_leaving().await;
+                    // Servers added at runtime waiting for their first check, and removed
+                    // ones whose connections may be gone by now.
+                    state.runtimes.housekeeping().await;
                 }
                 _ = tokio::time::sleep(state.pending_recheck()), if state.pending_since.is_some() => {
                     // Re-render now and then while waiting, so the "still waiting" log repeats.

@@ -192,7 +192,7 @@ impl Runtimes {
         None
     }
 
-    /// When a server on its way out should be tried again.
+    /// When a starting server or one on its way out should be looked at again.
     pub fn next_due(&self) -> Option<Instant> {
         self.by_template
             .values()
@@ -200,12 +200,13 @@ impl Runtimes {
             .min()
     }
 
-    /// Deletes what can be deleted of the servers on their way out.
-    pub async fn delete_leaving(&mut self) {
+    /// Readies new servers whose first check finished; deletes servers on their way out
+    /// whose connections ended.
+    pub async fn housekeeping(&mut self) {
         let now = Instant::now();
         for rt in self.by_template.values_mut() {
             if rt.next_due().is_some_and(|at| at <= now) {
-                rt.delete_leaving().await;
+                rt.housekeeping().await;
             }
         }
     }

@@ -190,6 +190,9 @@ async fn server_changes_reach_haproxy_through_the_runtime_api_without_a_reload()
     };
     assert_eq!(changes.len(), 2, "{changes:?}");
     rt.apply(&changes, two.as_bytes()).await.unwrap();
+    // b2 drains until its first check passed (on its way in: agreement holds).
+    assert_eq!(rt.verify().await, Ok(Verified::Agrees));
+    settle(&mut rt).await;
     assert_eq!(rt.verify().await, Ok(Verified::Agrees));
     wait_for("b1, b2 and b3 answer", TIMEOUT, || {
         answering(&h, 12).len() == 3
@@ -243,6 +246,7 @@ async fn a_checked_server_added_at_runtime_takes_traffic_only_after_passing_chec
         panic!()
     };
     rt.apply(&changes, new.as_bytes()).await.unwrap();
+    settle(&mut rt).await;
     for _ in 0..20 {
         let (status, body) = get(&h.addr(), "/").expect("an answer");
         assert_eq!(
@@ -253,7 +257,10 @@ async fn a_checked_server_added_at_runtime_takes_traffic_only_after_passing_chec
     }
     let state = Cli::new(&admin).observe().await.unwrap();
     let s = state.servers.iter().find(|s| s.name == "late").unwrap();
-    assert!(s.ready(), "admin state ready, health down: {s:?}");
+    assert!(
+        s.ready() && s.checked(),
+        "ready after its first (failed) check: {s:?}"
+    );
     assert_eq!(rt.verify().await, Ok(Verified::Agrees));
 }
 
@@ -289,7 +296,7 @@ async fn a_removed_server_with_a_request_in_flight_is_deleted_when_it_ends_or_re
     assert_eq!(rt.verify().await, Ok(Verified::Agrees));
     assert_eq!(answering(&h, 6), ["b1".to_string()].into());
     assert_eq!(slow.join().unwrap(), Some((200, "b2".to_string())));
-    wait_for_deleted(&mut rt).await;
+    settle(&mut rt).await;
     assert!(
         cli.observe()
             .await
@@ -331,16 +338,18 @@ async fn a_removed_server_with_a_request_in_flight_is_deleted_when_it_ends_or_re
     });
 }
 
-async fn wait_for_deleted(rt: &mut Runtime) {
+/// Runs the runtime's housekeeping (new servers' first checks, deletions) until nothing is
+/// left to do, as the daemon's runner does.
+async fn settle(rt: &mut Runtime) {
     let deadline = tokio::time::Instant::now() + TIMEOUT;
     while let Some(at) = rt.next_due() {
         assert!(
             at < deadline,
-            "never deleted: {:?}",
+            "never settled: leaving {:?}",
             rt.leaving().collect::<Vec<_>>()
         );
         tokio::time::sleep_until(at).await;
-        rt.delete_leaving().await;
+        rt.housekeeping().await;
     }
 }
 

@@ -7,11 +7,16 @@
 //! HAProxy agrees with it (`show servers state`, see [`state`](super::state)); until then
 //! every change reloads.
 //!
+//! An added server with health checks is not trusted at once: it starts draining (no new
+//! requests), and becomes ready once HAProxy's first check of it finished (`starting`,
+//! polled every 100 ms). A passed check makes it take traffic at once; a failed one leaves it
+//! down until it passes `rise` checks. Without checks it is ready at once.
+//!
 //! A removed server goes to maintenance at once (no new requests) and is deleted when no
 //! connection is attached any more: HAProxy keeps pooled idle connections to it for
 //! `pool-purge-delay` (5 s by default) and requests in flight finish. Until then it is
 //! `leaving`, retried with a growing pause; a server of that name that comes back is made
-//! ready again instead of added.
+//! ready again instead of added (through `health down`, so again only after passing checks).
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -30,6 +35,11 @@ const OLDEST: (u32, u32) = (2, 6);
 /// `del server` is tried again after this, doubling up to [`DELETE_RETRY_MAX`].
 const DELETE_RETRY_FIRST: Duration = Duration::from_millis(500);
 const DELETE_RETRY_MAX: Duration = Duration::from_secs(5);
+/// How often a starting server's first check is looked for.
+const STARTING_POLL: Duration = Duration::from_millis(100);
+/// A first check that never finishes (a long `inter`): made ready anyway after this, and
+/// HAProxy's checks take it from there.
+const STARTING_LIMIT: Duration = Duration::from_secs(30);
 
 /// A runtime update that did not go through.
 #[derive(Debug, thiserror::Error)]
@@ -68,6 +78,10 @@ pub struct Runtime {
     cli: Cli,
     loaded: Option<HaproxyConfig>,
     leaving: Leaving,
+    /// Added servers waiting for their first health check, with when to give up waiting.
+    starting: BTreeMap<(String, String), Instant>,
+    /// When to look at the starting servers again.
+    poll_at: Option<Instant>,
     retry_at: Option<Instant>,
     retry_pause: Duration,
     /// The worker pid whose version was found good (asked again after a reload).
@@ -80,6 +94,8 @@ impl Runtime {
             cli: Cli::new(socket),
             loaded: None,
             leaving: Leaving::new(),
+            starting: BTreeMap::new(),
+            poll_at: None,
             retry_at: None,
             retry_pause: DELETE_RETRY_FIRST,
             supported_pid: None,
@@ -213,10 +229,14 @@ impl Runtime {
                     return self.ready(backend, server).await;
                 }
                 self.cli.add_server(backend, server).await?;
-                if server.check {
-                    self.cli.enable_health(backend, &server.name).await?;
+                if !server.check {
+                    return self.cli.set_state(backend, &server.name, "ready").await;
                 }
-                self.make_ready(backend, server).await
+                self.cli.enable_health(backend, &server.name).await?;
+                self.cli.set_state(backend, &server.name, "drain").await?;
+                self.starting.insert(key, Instant::now() + STARTING_LIMIT);
+                self.poll_at = Some(Instant::now() + STARTING_POLL);
+                Ok(())
             }
             Change::Ready { backend, server } => self.ready(backend, server).await,
             Change::Remove { backend, name } => {
@@ -283,6 +303,8 @@ impl Runtime {
     pub fn reloaded(&mut self, file: Option<&[u8]>) {
         self.loaded = file.map(|f| HaproxyConfig::parse(&text(f)));
         self.leaving.clear();
+        self.starting.clear();
+        self.poll_at = None;
         self.retry_at = None;
         self.supported_pid = None;
     }
@@ -291,6 +313,7 @@ impl Runtime {
     pub fn forget(&mut self) {
         self.loaded = None;
         self.leaving.clear();
+        self.starting.clear();
         self.retry_at = None;
     }
 
@@ -304,8 +327,10 @@ impl Runtime {
             Ok(o) => o,
             Err(e) => return Ok(Verified::Unknown(e.to_string())),
         };
-        let c = state::compare(&loaded, &observed);
+        let mut c = state::compare(&loaded, &observed);
         self.take_leaving(&c);
+        // Draining until their first check: on their way in.
+        c.mismatches.retain(|m| !matches!(m, state::Mismatch::NotReady { backend, name } if self.starting.contains_key(&(backend.clone(), name.clone()))));
         if c.agrees() {
             return Ok(Verified::Agrees);
         }
@@ -360,13 +385,65 @@ impl Runtime {
         self.retry_at = Some(Instant::now() + self.retry_pause);
     }
 
-    /// When [`Runtime::delete_leaving`] should run next.
+    /// When [`Runtime::housekeeping`] should run next.
     pub fn next_due(&self) -> Option<Instant> {
-        self.retry_at.filter(|_| !self.leaving.is_empty())
+        let deleting = self.retry_at.filter(|_| !self.leaving.is_empty());
+        let starting = self.poll_at.filter(|_| !self.starting.is_empty());
+        deleting.into_iter().chain(starting).min()
+    }
+
+    /// Readies the starting servers whose first check finished, and deletes the leaving ones
+    /// whose connections ended, when due.
+    pub async fn housekeeping(&mut self) {
+        let now = Instant::now();
+        if !self.starting.is_empty() && self.poll_at.is_some_and(|at| at <= now) {
+            self.ready_checked().await;
+            self.poll_at = Some(Instant::now() + STARTING_POLL);
+        }
+        if self.retry_at.is_some_and(|at| at <= Instant::now()) && !self.leaving.is_empty() {
+            self.delete_leaving().await;
+        }
+    }
+
+    /// Starting servers whose first check finished (or that waited too long) become ready.
+    async fn ready_checked(&mut self) {
+        let observed = match self.cli.observe().await {
+            Ok(o) => o,
+            Err(e) => {
+                debug!(error = %e, "cannot read HAProxy's servers; trying again");
+                return;
+            }
+        };
+        let now = Instant::now();
+        for ((backend, name), give_up) in self.starting.clone() {
+            let server = observed
+                .servers
+                .iter()
+                .find(|s| s.backend == backend && s.name == name);
+            let due = match server {
+                None => {
+                    self.starting.remove(&(backend, name));
+                    continue;
+                }
+                Some(s) => s.checked() || now >= give_up,
+            };
+            if !due {
+                continue;
+            }
+            match self.cli.set_state(&backend, &name, "ready").await {
+                Ok(()) => {
+                    debug!(server = %format!("{backend}/{name}"), "first health check done; ready");
+                    self.starting.remove(&(backend, name));
+                }
+                Err(e) => {
+                    warn!(server = %format!("{backend}/{name}"), error = %e, "cannot make a new server ready; trying again")
+                }
+            }
+        }
     }
 
     /// Tries `del server` on every server on its way out; the busy ones wait longer.
-    pub async fn delete_leaving(&mut self) {
+    async fn delete_leaving(&mut self) {
         let mut busy = false;
         for (backend, name) in self.leaving.keys().cloned().collect::<Vec<_>>() {
             match self.cli.del_server(&backend, &name).await {

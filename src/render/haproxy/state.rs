@@ -30,6 +30,9 @@ pub struct ServerState {
     pub admin: u32,
     /// `srv_uweight`: the weight the config or `set weight` gave.
     pub weight: u32,
+    /// `srv_check_result`: 0 no check finished yet, 1 neutral, 2 failed, 3 passed,
+    /// 4 passed conditionally.
+    pub check_result: u32,
 }
 
 impl ServerState {
@@ -41,6 +44,11 @@ impl ServerState {
     /// Put in maintenance by hand (`set server ... state maint`): on its way out.
     pub fn in_maintenance(&self) -> bool {
         self.admin & ADMIN_FORCED_MAINT != 0
+    }
+
+    /// A health check has finished since the checks started, passed or not.
+    pub fn checked(&self) -> bool {
+        self.check_result >= 2
     }
 }
 
@@ -83,6 +91,7 @@ pub fn parse_servers_state(text: &str) -> Result<Vec<ServerState>, AnswerError> 
         col("srv_uweight")?,
         col("srv_port")?,
     );
+    let check_result = col("srv_check_result").ok();
     let mut out = Vec::new();
     for line in lines {
         let f: Vec<&str> = line.split_whitespace().collect();
@@ -103,6 +112,10 @@ pub fn parse_servers_state(text: &str) -> Result<Vec<ServerState>, AnswerError> 
             port: u16::try_from(num(port)?).map_err(|_| err(format!("bad port in {line:?}")))?,
             admin: num(admin)?,
             weight: num(weight)?,
+            check_result: match check_result {
+                Some(i) => num(i)?,
+                None => 0,
+            },
         });
     }
     Ok(out)
@@ -405,8 +418,10 @@ mod tests {
                 port: 8080,
                 admin: 0,
                 weight: 3,
+                check_result: 0,
             }
         );
+        assert!(s[0].checked() && !s[1].checked());
         assert!(s[1].ready(), "health down is still ready");
         assert!(!s[2].ready() && s[2].in_maintenance());
         // No servers at all: the version and the header only.
@@ -464,6 +479,7 @@ mod tests {
             port: 80,
             admin: 0,
             weight: 1,
+            check_result: 0,
         });
         let c = compare(&cfg, &o);
         let text: Vec<String> = c.mismatches.iter().map(ToString::to_string).collect();
@@ -502,6 +518,7 @@ mod tests {
             port: 80,
             admin: 0,
             weight: 1,
+            check_result: 0,
         });
         let Plan::Runtime(changes) = repair(&cfg, &compare(&cfg, &o)) else {
             panic!()
