@@ -286,6 +286,12 @@ fn proxy_changes(
     new: &Section,
 ) -> Result<Vec<Change>, String> {
     let backend = new.name().unwrap_or_default().to_string();
+    if !plain_name(&backend) {
+        return Err(format!(
+            "{}: the name is not plain enough to send on the CLI",
+            new.title()
+        ));
+    }
     let by_name = |s: &Section| -> Result<BTreeMap<String, Server>, String> {
         let mut m = BTreeMap::new();
         for srv in &s.servers {
@@ -402,6 +408,11 @@ pub fn addable(cfg: &HaproxyConfig, proxy: &Section, srv: &Server) -> Result<Tar
 pub fn removable(cfg: &HaproxyConfig, proxy: &Section, name: &str) -> Result<(), String> {
     let backend = proxy.name().unwrap_or_default();
     let full = format!("{backend}/{name}");
+    if !plain_name(name) || !plain_name(backend) {
+        return Err(format!(
+            "server {full}: the name is not plain enough to send on the CLI"
+        ));
+    }
     for s in cfg.sections.iter().filter(|s| s.is_proxy_with_servers()) {
         for other in &s.servers {
             let mut opts = other.options.iter();
@@ -833,6 +844,11 @@ backend be_web
         assert!(reload_reason(BASE, &new).contains("cannot be sent on the CLI"));
         let new = with_server("server \"w 3\" 10.0.0.3:8080");
         assert!(reload_reason(BASE, &new).contains("not plain enough"));
+        let old = with_server("server w;3 10.0.0.3:8080");
+        assert!(reload_reason(&old, BASE).contains("not plain enough"));
+        let odd = BASE.replace("backend be_web", "backend be;web");
+        let new = format!("{odd}    server web-3 10.0.0.3:8080\n");
+        assert!(reload_reason(&odd, &new).contains("not plain enough"));
     }
 
     #[test]
