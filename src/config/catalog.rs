@@ -51,6 +51,12 @@ impl Walker<'_> {
         let deregister_after = self
             .duration(&t, "deregister_after")
             .unwrap_or(default.deregister_after);
+        let max_file = self
+            .size(&t, "max_file", 1 << 10..=1 << 30)
+            .unwrap_or(default.max_file);
+        let max_response = self
+            .size(&t, "max_response", 64 << 10..=4 << 30)
+            .unwrap_or(default.max_response);
         let tls = match self.table(&t, "tls") {
             Some(tt) => {
                 let tls = TlsSettings {
@@ -144,11 +150,20 @@ impl Walker<'_> {
             block_wait,
             retry,
             deregister_after,
+            max_file,
+            max_response,
         }
     }
 }
 
-const DIR_KEYS: &[&str] = &["backend", "path", "block_wait", "retry", "deregister_after"];
+const DIR_KEYS: &[&str] = &[
+    "backend",
+    "path",
+    "block_wait",
+    "retry",
+    "deregister_after",
+    "max_file",
+];
 const CONSUL_KEYS: &[&str] = &[
     "backend",
     "address",
@@ -159,6 +174,8 @@ const CONSUL_KEYS: &[&str] = &[
     "block_wait",
     "retry",
     "deregister_after",
+    "max_file",
+    "max_response",
     "tls",
 ];
 const ETCD_KEYS: &[&str] = &[
@@ -170,6 +187,8 @@ const ETCD_KEYS: &[&str] = &[
     "block_wait",
     "retry",
     "deregister_after",
+    "max_file",
+    "max_response",
     "tls",
 ];
 const ALL_CATALOG_KEYS: &[&str] = &[
@@ -187,6 +206,8 @@ const ALL_CATALOG_KEYS: &[&str] = &[
     "block_wait",
     "retry",
     "deregister_after",
+    "max_file",
+    "max_response",
     "tls",
 ];
 
@@ -201,5 +222,7 @@ fn default_catalog(dir: &Path) -> CatalogConfig {
             max: Duration::from_secs(30),
         },
         deregister_after: Duration::from_secs(600),
+        max_file: super::DEFAULT_MAX_FILE,
+        max_response: super::DEFAULT_MAX_RESPONSE,
     }
 }

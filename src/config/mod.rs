@@ -45,7 +45,9 @@ pub use self::error::{ConfigError, ConfigErrors};
 pub use self::interpolate::{InterpolateError, interpolate};
 pub use self::load::load;
 pub use self::parse::parse_str;
-pub use self::values::{DurationError, UnknownSignal, parse_duration, parse_signal};
+pub use self::values::{
+    DurationError, SizeError, UnknownSignal, parse_duration, parse_signal, parse_size, show_size,
+};
 
 /// The whole, validated configuration.
 #[derive(Clone, Debug)]
@@ -77,7 +79,16 @@ pub struct CatalogConfig {
     pub retry: Retry,
     /// How long a critical/expired self-registration may linger before the catalog drops it.
     pub deregister_after: Duration,
+    /// The largest dir catalog file or KV value read (bytes).
+    pub max_file: u64,
+    /// The largest Consul or etcd response body (or etcd watch message) read (bytes).
+    pub max_response: u64,
 }
+
+/// `[catalog] max_file` when unset.
+pub const DEFAULT_MAX_FILE: u64 = 1 << 20;
+/// `[catalog] max_response` when unset.
+pub const DEFAULT_MAX_RESPONSE: u64 = 64 << 20;
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct Retry {

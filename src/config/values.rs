@@ -29,6 +29,19 @@ pub enum DurationError {
     UnknownUnit { value: String, unit: String },
 }
 
+/// A size rewire refuses rather than guesses.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SizeError {
+    #[error("{0:?} is not a size")]
+    NotASize(String),
+    #[error("{0:?} has no unit")]
+    NoUnit(String),
+    #[error("{value:?} has an unknown unit {unit:?}")]
+    UnknownUnit { value: String, unit: String },
+    #[error("{0:?} is too large")]
+    TooLarge(String),
+}
+
 /// A signal name nobody knows.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("unknown signal {0:?}")]
@@ -83,6 +96,40 @@ pub fn parse_duration(s: &str) -> Result<Duration, DurationError> {
     Ok(total)
 }
 
+/// Strict sizes: a whole number and a unit, `B`, `KiB`, `MiB`, `GiB` (or `kB`, `MB`, `GB`,
+/// powers of 1000), e.g. "1MiB", "64MiB", "512KiB". "10" or "1.5MiB" are refused.
+pub fn parse_size(s: &str) -> Result<u64, SizeError> {
+    let digits = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    if digits == 0 {
+        return Err(SizeError::NotASize(s.to_string()));
+    }
+    let number: u64 = s[..digits]
+        .parse()
+        .map_err(|_| SizeError::TooLarge(s.to_string()))?;
+    let scale: u64 = match &s[digits..] {
+        "" => return Err(SizeError::NoUnit(s.to_string())),
+        "B" => 1,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        "kB" | "KB" => 1_000,
+        "MB" => 1_000_000,
+        "GB" => 1_000_000_000,
+        unit if unit.starts_with(char::is_whitespace) || unit.starts_with('.') => {
+            return Err(SizeError::NotASize(s.to_string()));
+        }
+        unit => {
+            return Err(SizeError::UnknownUnit {
+                value: s.to_string(),
+                unit: unit.to_string(),
+            });
+        }
+    };
+    number
+        .checked_mul(scale)
+        .ok_or_else(|| SizeError::TooLarge(s.to_string()))
+}
+
 /// A signal by name, with or without `SIG`, in any case: `"hup"`, `"SIGTERM"`.
 pub fn parse_signal(s: &str) -> Result<Signal, UnknownSignal> {
     let upper = s.trim().to_ascii_uppercase();
@@ -106,6 +153,37 @@ impl Walker<'_> {
                     format!("`{key}`: {e}"),
                     "write a number with a unit: \"250ms\", \"10s\", \"5m\", \"1h\" (or \"1m30s\")",
                 );
+                None
+            }
+        }
+    }
+
+    /// A size (see [`parse_size`]) within `range`, else an error and `None`.
+    pub(super) fn size(
+        &mut self,
+        t: &Tbl,
+        key: &str,
+        range: std::ops::RangeInclusive<u64>,
+    ) -> Option<u64> {
+        let s = self.string(t, key)?;
+        let hint =
+            "write a whole number with a unit: \"512KiB\", \"1MiB\", \"64MiB\" (B, KiB, MiB, GiB)";
+        match parse_size(s.get_ref()) {
+            Ok(n) if range.contains(&n) => Some(n),
+            Ok(_) => {
+                self.error(
+                    s.span(),
+                    format!(
+                        "`{key}` must be between {} and {}",
+                        show_size(*range.start()),
+                        show_size(*range.end())
+                    ),
+                    hint,
+                );
+                None
+            }
+            Err(e) => {
+                self.error(s.span(), format!("`{key}`: {e}"), hint);
                 None
             }
         }
@@ -366,9 +444,39 @@ impl Walker<'_> {
     }
 }
 
+/// A size for messages: whole KiB/MiB/GiB when it is one, else bytes.
+pub fn show_size(n: u64) -> String {
+    for (unit, scale) in [("GiB", 1u64 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)] {
+        if n >= scale && n.is_multiple_of(scale) {
+            return format!("{}{unit}", n / scale);
+        }
+    }
+    format!("{n}B")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sizes_are_strict() {
+        assert_eq!(parse_size("1MiB"), Ok(1 << 20));
+        assert_eq!(parse_size("64MiB"), Ok(64 << 20));
+        assert_eq!(parse_size("512KiB"), Ok(512 << 10));
+        assert_eq!(parse_size("100B"), Ok(100));
+        assert_eq!(parse_size("2MB"), Ok(2_000_000));
+        assert_eq!(
+            parse_size("10").unwrap_err().to_string(),
+            "\"10\" has no unit"
+        );
+        assert!(parse_size("1.5MiB").is_err());
+        assert!(parse_size("1 MiB").is_err());
+        assert!(parse_size("MiB").is_err());
+        assert!(parse_size("5TB").is_err());
+        assert!(parse_size("99999999999999GiB").is_err());
+        assert_eq!(show_size(1 << 20), "1MiB");
+        assert_eq!(show_size(1000), "1000B");
+    }
 
     #[test]
     fn durations_are_strict() {
