@@ -54,9 +54,9 @@ impl Walker<'_> {
         let max_file = self
             .size(&t, "max_file", 1 << 10..=1 << 30)
             .unwrap_or(default.max_file);
-        let max_response = self
-            .size(&t, "max_response", 64 << 10..=4 << 30)
-            .unwrap_or(default.max_response);
+        // Only Consul and etcd answer with bodies: read in their arms below, so that under
+        // the dir backend the key is reported as unknown.
+        let mut max_response = default.max_response;
         let tls = match self.table(&t, "tls") {
             Some(tt) => {
                 let tls = TlsSettings {
@@ -86,6 +86,7 @@ impl Walker<'_> {
                 (Backend::Dir(DirSettings { path }), DIR_KEYS)
             }
             "consul" => {
+                max_response = self.max_response(&t).unwrap_or(max_response);
                 let settings = ConsulSettings {
                     address: self.string(&t, "address").map(Spanned::into_inner),
                     token: self
@@ -100,6 +101,7 @@ impl Walker<'_> {
                 (Backend::Consul(settings), CONSUL_KEYS)
             }
             "etcd" => {
+                max_response = self.max_response(&t).unwrap_or(max_response);
                 let endpoints = self.strings(&t, "endpoints").unwrap_or_default();
                 let prefix = self
                     .string(&t, "prefix")
@@ -153,6 +155,12 @@ impl Walker<'_> {
             max_file,
             max_response,
         }
+    }
+}
+
+impl Walker<'_> {
+    fn max_response(&mut self, t: &Tbl) -> Option<u64> {
+        self.size(t, "max_response", 64 << 10..=4 << 30)
     }
 }
 

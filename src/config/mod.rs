@@ -40,7 +40,7 @@ use nix::sys::signal::Signal;
 
 use crate::model::{CatalogUrl, CatalogUrlError, Status};
 
-pub use self::control::default_socket;
+pub use self::control::{default_socket, default_socket_for, private_socket_dir};
 pub use self::error::{ConfigError, ConfigErrors};
 pub use self::interpolate::{InterpolateError, interpolate};
 pub use self::load::load;
@@ -183,6 +183,9 @@ impl fmt::Display for Secret {
 #[derive(Clone, Debug, PartialEq)]
 pub struct ControlConfig {
     pub socket: PathBuf,
+    /// `[control] group`: members of this group may connect too (socket mode 0660); they may
+    /// read the status, and only root or the daemon's user may change state.
+    pub group: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq)]

@@ -210,7 +210,7 @@ impl Daemon {
         let catalog = start_catalog(&tasks, catalog, wanted_rx.clone(), store.clone(), &root);
         let (main_pid_tx, main_pid) = watch::channel::<Option<Pid>>(None);
         let control = control::server::start(
-            &config.control.socket,
+            &config.control,
             board.clone(),
             root.clone(),
             &tasks,
