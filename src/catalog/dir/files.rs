@@ -55,6 +55,11 @@ impl Root {
     pub(super) fn fd(&self) -> std::os::fd::BorrowedFd<'_> {
         self.0.as_fd()
     }
+
+    /// Another descriptor of the root, for the tree to hold.
+    pub(super) fn handle(&self) -> Option<Arc<File>> {
+        self.0.try_clone().ok().map(Arc::new)
+    }
 }
 
 /// An open directory inside the root, with its path relative to the root.

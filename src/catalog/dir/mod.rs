@@ -492,8 +492,11 @@ mod tests {
         let e = r.load(Some(&tree)).err().expect("an outage").to_string();
         assert!(e.contains("services/ vanished"), "{e}");
         assert!(r.still_there(&tree).is_err());
-        // A fresh catalog without services/ is fine.
+        // A fresh catalog without services/ is fine, and so is a new root directory.
         assert!(r.load(None).is_ok());
+        std::fs::remove_dir_all(root).unwrap();
+        write(root, "kv/k", "v");
+        assert!(r.load(Some(&tree)).is_ok());
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -38,9 +38,26 @@ pub(super) struct Tree {
     /// once; a good copy read before stays in use.
     pub(super) refused: BTreeMap<PathBuf, String>,
     /// Whether `services/` and `kv/` were there at the last full read: one that vanishes
-    /// afterwards is an outage (`rm -rf`), not an empty catalog.
+    /// afterwards from the same root directory is an outage (`rm -rf`), not an empty catalog.
+    /// (A root directory replaced by a new one is a new catalog: it is read as it is.)
     pub(super) has_services: bool,
     pub(super) has_kv: bool,
+    /// The root directory read last, held open: while it is, its inode cannot be reused, so
+    /// a root deleted and created again never passes for the same one.
+    pub(super) root: Option<Arc<std::fs::File>>,
+}
+
+impl Tree {
+    /// Whether `path` is still the root directory this tree was read from.
+    fn same_root(&self, path: &Path) -> bool {
+        use std::os::unix::fs::MetadataExt;
+        let Some(held) = self.root.as_ref().and_then(|f| f.metadata().ok()) else {
+            return false;
+        };
+        held.nlink() > 0
+            && std::fs::metadata(path)
+                .is_ok_and(|m| m.is_dir() && (m.dev(), m.ino()) == (held.dev(), held.ino()))
+    }
 }
 
 /// Directories deeper than this under `kv/` are not read (a link loop that stays inside the
@@ -57,7 +74,10 @@ impl Reader {
     /// and files already known to be unusable are not warned about again.
     pub(super) fn load(&self, prev: Option<&Tree>) -> Result<Tree, CatalogError> {
         let root = self.open_root().map_err(|e| self.root_error(e))?;
-        let mut tree = Tree::default();
+        let mut tree = Tree {
+            root: root.handle(),
+            ..Tree::default()
+        };
         let services_rel = Path::new("services");
         match self.open_dir(&root, services_rel) {
             Ok(Some(services)) => {
@@ -76,7 +96,7 @@ impl Reader {
             Ok(None) => {}
             Err(why) => self.refuse(&mut tree, prev, kv_rel, why),
         }
-        if let Some(prev) = prev {
+        if let Some(prev) = prev.filter(|p| p.same_root(&self.root)) {
             for (dir, had) in [("services", prev.has_services), ("kv", prev.has_kv)] {
                 let has = if dir == "services" {
                     tree.has_services
@@ -251,7 +271,7 @@ impl Reader {
     /// emptied one file at a time.
     pub(super) fn still_there(&self, tree: &Tree) -> Result<(), CatalogError> {
         let is_dir = |p: &Path| std::fs::metadata(p).is_ok_and(|m| m.is_dir());
-        if !is_dir(&self.root) {
+        if !tree.same_root(&self.root) {
             return Err(self.root_error(std::io::ErrorKind::NotFound.into()));
         }
         for (dir, had) in [("services", tree.has_services), ("kv", tree.has_kv)] {
