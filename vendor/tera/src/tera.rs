@@ -29,6 +29,15 @@ const ONE_OFF_TEMPLATE_NAME: &str = "__tera_one_off";
 /// The escape function type definition
 pub type EscapeFn = fn(&str, &mut dyn Write) -> std::io::Result<()>;
 
+/// rewire patch: asked by the VM every [`INTERRUPT_EVERY`] instructions (and when it enters a
+/// template, an include or a component) whether to stop the render. Its argument is the number
+/// of bytes held in capture buffers (`{% set %}` blocks, filter sections), which never reach
+/// the writer. Returning `true` ends the render with an error.
+pub type InterruptFn = fn(usize) -> bool;
+
+/// rewire patch: how many VM instructions run between two calls of the [`InterruptFn`].
+pub const INTERRUPT_EVERY: u32 = 1024;
+
 /// Main point of interaction in this library.
 ///
 /// The [`Tera`] struct is the primary interface for working with the Tera template engine. It contains parsed templates, registered filters (which can filter
@@ -84,6 +93,8 @@ pub struct Tera {
     delimiters: Delimiters,
     /// Fallback prefixes to try when a template is not found by exact name.
     fallback_prefixes: Vec<Cow<'static, str>>,
+    /// rewire patch: see [`Tera::set_interrupt`].
+    pub(crate) interrupt: Option<InterruptFn>,
 }
 
 impl Tera {
@@ -944,6 +955,12 @@ impl Tera {
         result
     }
 
+    /// rewire patch: sets the function the VM asks, now and then, whether to stop the render
+    /// (see [`InterruptFn`]). `None` (the default) never stops a render.
+    pub fn set_interrupt(&mut self, interrupt: Option<InterruptFn>) {
+        self.interrupt = interrupt;
+    }
+
     /// Set fallback prefixes to try when a template is not found by exact name. This needs to be
     /// called before adding templates, it will error otherwise.
     ///
@@ -1545,6 +1562,7 @@ impl Default for Tera {
             components: HashMap::new(),
             delimiters: Delimiters::default(),
             fallback_prefixes: Vec::new(),
+            interrupt: None,
         };
         tera.register_builtin_filters();
         tera.register_builtin_tests();

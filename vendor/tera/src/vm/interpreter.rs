@@ -210,7 +210,20 @@ impl<'tera> VirtualMachine<'tera> {
             }};
         }
 
+        // rewire patch: a render that never prints (a loop doing nothing, a huge capture) is
+        // otherwise out of reach: ask the interrupt function at entry and every
+        // INTERRUPT_EVERY instructions.
+        let mut ticks: u32 = 0;
         while let Some((instr, _)) = state.chunk.expect("To have a chunk").get(ip) {
+            if let Some(interrupt) = self.tera.interrupt {
+                if ticks % crate::tera::INTERRUPT_EVERY == 0 {
+                    let captured = state.capture_buffers.iter().map(Vec::len).sum();
+                    if interrupt(captured) {
+                        return Err(Error::message("Rendering was interrupted"));
+                    }
+                }
+                ticks = ticks.wrapping_add(1);
+            }
             // Current instruction index as span reference
             let current_ip = ip as u32;
 
