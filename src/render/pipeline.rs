@@ -196,7 +196,13 @@ async fn run_check(
         program: check.program.with_file(file),
         timeout: check.timeout,
     };
-    let outcome = command::run(&spec, env, None).await?;
+    // Named as configured ("{file}", not the temp path), so the error reads the same each time.
+    let outcome = command::run(&spec, env, None)
+        .await
+        .map_err(|e| command::SpawnError {
+            program: check.program.to_string(),
+            source: e.source,
+        })?;
     if outcome.success() {
         return Ok(());
     }

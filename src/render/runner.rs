@@ -353,13 +353,13 @@ async fn render_round(
                         let swap_rejected = matches!(e, ApplyError::Rejected { .. })
                             && t.check_mode == CheckMode::Swap;
                         state.reject(&t.name, h, !swap_rejected);
-                        error!(template = %t.name, "{e}; the destination was left as it was");
-                        shared.board.record(
-                            &t.name,
-                            &dest,
-                            now,
-                            TemplateEvent::Failed(e.to_string()),
-                        );
+                        let text = e.to_string();
+                        if state.should_log(&t.name, &text) {
+                            error!(template = %t.name, "{text}; the destination was left as it was");
+                        }
+                        shared
+                            .board
+                            .record(&t.name, &dest, now, TemplateEvent::Failed(text));
                     }
                 }
             }
