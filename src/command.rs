@@ -21,7 +21,7 @@
 use std::collections::BTreeMap;
 use std::io;
 use std::process::{ExitStatus, Stdio};
-use std::sync::{Mutex, OnceLock, mpsc};
+use std::sync::{OnceLock, mpsc};
 use std::time::Duration;
 
 use nix::sys::signal::{Signal, killpg};
@@ -121,11 +121,11 @@ type SpawnRequest = (
 
 /// The spawner thread's queue. Process-wide on purpose: `PR_SET_PDEATHSIG` is about the thread
 /// that forks, so there must be one that lives as long as the process (see the module docs).
-static SPAWNER: OnceLock<Mutex<mpsc::Sender<SpawnRequest>>> = OnceLock::new();
+static SPAWNER: OnceLock<mpsc::Sender<SpawnRequest>> = OnceLock::new();
 
-fn spawner() -> io::Result<mpsc::Sender<SpawnRequest>> {
+fn spawner() -> io::Result<&'static mpsc::Sender<SpawnRequest>> {
     if let Some(tx) = SPAWNER.get() {
-        return Ok(crate::lock::lock(tx).clone());
+        return Ok(tx);
     }
     let (tx, rx) = mpsc::channel::<SpawnRequest>();
     std::thread::Builder::new()
@@ -134,16 +134,17 @@ fn spawner() -> io::Result<mpsc::Sender<SpawnRequest>> {
             for (mut cmd, runtime, reply) in rx {
                 // The child is registered with the caller's runtime (its reaper, its pipes).
                 let _entered = runtime.enter();
-                let spawned = cmd.spawn();
+                let spawned =
+                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| cmd.spawn()))
+                        .unwrap_or_else(|_| Err(io::Error::other("spawning panicked")));
                 // Our copies of the child's pipe ends close before anyone reads from them.
                 drop(cmd);
                 let _ = reply.send(spawned);
             }
         })?;
-    // Another caller may have won the race: its thread serves everyone, ours ends when `tx`
-    // is dropped here.
-    let tx = SPAWNER.get_or_init(|| Mutex::new(tx));
-    Ok(crate::lock::lock(tx).clone())
+    // Another caller may have won the race: its thread serves everyone, and ours ends when
+    // `tx` is dropped here.
+    Ok(SPAWNER.get_or_init(|| tx))
 }
 
 /// Starts `cmd` from the spawner thread, so that it gets `death_signal` when rewire dies (and
@@ -278,6 +279,7 @@ pub async fn run(
         group.disarm();
     } else {
         group.now();
+        group.disarm();
         if !eof {
             kept.note(
                 "(output cut: the command left children holding its output open; they were killed)",
