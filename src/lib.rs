@@ -45,7 +45,12 @@
 //! collector, one runner task per template group, one task per `[[watch]]` and `[[task]]` (and
 //! their runs), the supervisor's (one registrar per `[[service]]`, main), the control socket.
 //! Each runs on a `TaskTracker` and takes a child of one `CancellationToken`; the stop sequence
-//! lives in `app::daemon` and waits for every tracker before the process exits.
+//! lives in `app::daemon` and waits for every tracker, for a bounded time, before the process
+//! exits. Nothing else holds the exit: renders run on detached threads of their own
+//! ([`render::worker`]), a child command's output pipe is read asynchronously and a dropped
+//! run kills the command's process group ([`command`]), and the runtime gets half a second to
+//! shut down. Every child is spawned from one long-lived thread with `PR_SET_PDEATHSIG`, so it
+//! dies with rewire even on `kill -9`.
 
 pub mod app;
 pub mod backoff;

@@ -191,7 +191,23 @@ pub struct ControlConfig {
 #[derive(Clone, Debug, PartialEq)]
 pub struct Defaults {
     pub wait: Wait,
+    pub limits: RenderLimits,
 }
+
+/// How long one render may run and how much it may print (`render_timeout`, `max_output`).
+/// A render past either stops with an error naming the limit; the destination is left alone.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RenderLimits {
+    pub timeout: Duration,
+    pub max_output: u64,
+}
+
+/// Far above what a config needs (the 10 000-instance nginx render takes 3 ms and 1 MB), low
+/// enough that a runaway loop is stopped before it costs much.
+pub const DEFAULT_RENDER_LIMITS: RenderLimits = RenderLimits {
+    timeout: Duration::from_secs(10),
+    max_output: 16 << 20,
+};
 
 /// Quiescence: settle for `min` after the last change, never delay past `max`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -327,6 +343,7 @@ pub struct TemplateConfig {
     pub write: WriteMode,
     /// Keep the previous content as `<destination>.bak`.
     pub backup: bool,
+    pub limits: RenderLimits,
 }
 
 /// Where a registered service's address comes from.

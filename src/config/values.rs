@@ -1,4 +1,4 @@
-//! Typed values: durations, signals, commands, waits, file modes and enum strings.
+//! Typed values: durations, sizes, signals, commands, waits, file modes and enum strings.
 //!
 //! Strings from the config become types here, once, so nothing downstream parses a duration
 //! or a signal name again. The plain parsers ([`parse_duration`], [`parse_signal`]) are
@@ -96,18 +96,19 @@ pub fn parse_duration(s: &str) -> Result<Duration, DurationError> {
     Ok(total)
 }
 
-/// Strict sizes: a whole number and a unit, `B`, `KiB`, `MiB`, `GiB` (or `kB`, `MB`, `GB`,
-/// powers of 1000), e.g. "1MiB", "64MiB", "512KiB". "10" or "1.5MiB" are refused.
+/// Sizes: a number with a unit, binary (`KiB`, `MiB`, `GiB`) or decimal (`kB`, `MB`, `GB`), or
+/// `B` for bytes: "16MiB", "1.5MiB", "512KiB", "4096B". A space before the unit is allowed
+/// ("16 MiB"); a bare number is refused (bytes or megabytes?); a TOML integer means bytes.
 pub fn parse_size(s: &str) -> Result<u64, SizeError> {
-    let digits = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-    if digits == 0 {
-        return Err(SizeError::NotASize(s.to_string()));
-    }
-    let number: u64 = s[..digits]
+    let text = s.trim();
+    let split = text
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(text.len());
+    let number: f64 = text[..split]
         .parse()
-        .map_err(|_| SizeError::TooLarge(s.to_string()))?;
-    let scale: u64 = match &s[digits..] {
-        "" => return Err(SizeError::NoUnit(s.to_string())),
+        .map_err(|_| SizeError::NotASize(s.to_string()))?;
+    let unit = text[split..].trim_start();
+    let scale: u64 = match unit {
         "B" => 1,
         "KiB" => 1 << 10,
         "MiB" => 1 << 20,
@@ -115,19 +116,19 @@ pub fn parse_size(s: &str) -> Result<u64, SizeError> {
         "kB" | "KB" => 1_000,
         "MB" => 1_000_000,
         "GB" => 1_000_000_000,
-        unit if unit.starts_with(char::is_whitespace) || unit.starts_with('.') => {
-            return Err(SizeError::NotASize(s.to_string()));
-        }
-        unit => {
+        "" => return Err(SizeError::NoUnit(s.to_string())),
+        other => {
             return Err(SizeError::UnknownUnit {
                 value: s.to_string(),
-                unit: unit.to_string(),
+                unit: other.to_string(),
             });
         }
     };
-    number
-        .checked_mul(scale)
-        .ok_or_else(|| SizeError::TooLarge(s.to_string()))
+    let bytes = number * scale as f64;
+    if bytes >= u64::MAX as f64 {
+        return Err(SizeError::TooLarge(s.to_string()));
+    }
+    Ok(bytes.round() as u64)
 }
 
 /// A signal by name, with or without `SIG`, in any case: `"hup"`, `"SIGTERM"`.
@@ -158,35 +159,55 @@ impl Walker<'_> {
         }
     }
 
-    /// A size (see [`parse_size`]) within `range`, else an error and `None`.
+    /// A size within `range`: a string with a unit ("16MiB", see [`parse_size`]) or a whole
+    /// number of bytes; else an error and `None`.
     pub(super) fn size(
         &mut self,
         t: &Tbl,
         key: &str,
         range: std::ops::RangeInclusive<u64>,
     ) -> Option<u64> {
-        let s = self.string(t, key)?;
-        let hint =
-            "write a whole number with a unit: \"512KiB\", \"1MiB\", \"64MiB\" (B, KiB, MiB, GiB)";
-        match parse_size(s.get_ref()) {
-            Ok(n) if range.contains(&n) => Some(n),
-            Ok(_) => {
-                self.error(
-                    s.span(),
-                    format!(
-                        "`{key}` must be between {} and {}",
-                        show_size(*range.start()),
-                        show_size(*range.end())
-                    ),
-                    hint,
-                );
-                None
+        let hint = "write a number with a unit: \"512KiB\", \"16MiB\", \"1GiB\" (or a whole number of bytes)";
+        let v = t.get(key)?;
+        let n = match v.get_ref() {
+            DeValue::Integer(_) => {
+                let n = self.integer(t, key)?;
+                match u64::try_from(*n.get_ref()) {
+                    Ok(n) => n,
+                    Err(_) => {
+                        self.error(n.span(), format!("`{key}` is negative"), hint);
+                        return None;
+                    }
+                }
             }
-            Err(e) => {
-                self.error(s.span(), format!("`{key}`: {e}"), hint);
-                None
+            DeValue::String(_) => {
+                let s = self.string_value(v, t, key)?;
+                match parse_size(s.get_ref()) {
+                    Ok(n) => n,
+                    Err(e) => {
+                        self.error(s.span(), format!("`{key}`: {e}"), hint);
+                        return None;
+                    }
+                }
             }
+            other => {
+                self.type_error(v.span(), t, key, "a size such as \"16MiB\"", other);
+                return None;
+            }
+        };
+        if !range.contains(&n) {
+            self.error(
+                v.span(),
+                format!(
+                    "`{key}` must be between {} and {}",
+                    show_size(*range.start()),
+                    show_size(*range.end())
+                ),
+                hint,
+            );
+            return None;
         }
+        Some(n)
     }
 
     pub(super) fn signal(&mut self, t: &Tbl, key: &str) -> Option<Signal> {
@@ -459,23 +480,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn sizes_are_strict() {
-        assert_eq!(parse_size("1MiB"), Ok(1 << 20));
-        assert_eq!(parse_size("64MiB"), Ok(64 << 20));
-        assert_eq!(parse_size("512KiB"), Ok(512 << 10));
-        assert_eq!(parse_size("100B"), Ok(100));
-        assert_eq!(parse_size("2MB"), Ok(2_000_000));
-        assert_eq!(
-            parse_size("10").unwrap_err().to_string(),
-            "\"10\" has no unit"
-        );
-        assert!(parse_size("1.5MiB").is_err());
-        assert!(parse_size("1 MiB").is_err());
-        assert!(parse_size("MiB").is_err());
-        assert!(parse_size("5TB").is_err());
-        assert!(parse_size("99999999999999GiB").is_err());
+    fn sizes_are_shown_in_whole_units() {
         assert_eq!(show_size(1 << 20), "1MiB");
         assert_eq!(show_size(1000), "1000B");
+        assert!(parse_size("99999999999999GiB").is_err());
     }
 
     #[test]
@@ -500,6 +508,25 @@ mod tests {
             parse_duration("5y").unwrap_err().to_string(),
             "\"5y\" has an unknown unit \"y\""
         );
+    }
+
+    #[test]
+    fn sizes_take_binary_and_decimal_units_and_refuse_bare_numbers() {
+        assert_eq!(parse_size("16MiB"), Ok(16 << 20));
+        assert_eq!(parse_size("16 MiB"), Ok(16 << 20));
+        assert_eq!(parse_size("1.5KiB"), Ok(1536));
+        assert_eq!(parse_size("2MB"), Ok(2_000_000));
+        assert_eq!(parse_size("10B"), Ok(10));
+        assert_eq!(
+            parse_size("16").unwrap_err().to_string(),
+            "\"16\" has no unit"
+        );
+        assert_eq!(
+            parse_size("16mb").unwrap_err().to_string(),
+            "\"16mb\" has an unknown unit \"mb\""
+        );
+        assert!(parse_size("MiB").is_err());
+        assert!(parse_size("").is_err());
     }
 
     #[test]
