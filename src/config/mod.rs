@@ -40,13 +40,13 @@ use nix::sys::signal::Signal;
 
 use crate::model::{CatalogUrl, CatalogUrlError, Status};
 
-pub use self::control::default_socket;
+pub use self::control::{default_socket, default_socket_for, private_socket_dir};
 pub use self::error::{ConfigError, ConfigErrors};
 pub use self::interpolate::{InterpolateError, interpolate};
 pub use self::load::load;
 pub use self::parse::parse_str;
 pub use self::values::{
-    DurationError, SizeError, UnknownSignal, parse_duration, parse_signal, parse_size,
+    DurationError, SizeError, UnknownSignal, parse_duration, parse_signal, parse_size, show_size,
 };
 
 /// The whole, validated configuration.
@@ -79,7 +79,16 @@ pub struct CatalogConfig {
     pub retry: Retry,
     /// How long a critical/expired self-registration may linger before the catalog drops it.
     pub deregister_after: Duration,
+    /// The largest dir catalog file or KV value read (bytes).
+    pub max_file: u64,
+    /// The largest Consul or etcd response body (or etcd watch message) read (bytes).
+    pub max_response: u64,
 }
+
+/// `[catalog] max_file` when unset.
+pub const DEFAULT_MAX_FILE: u64 = 1 << 20;
+/// `[catalog] max_response` when unset.
+pub const DEFAULT_MAX_RESPONSE: u64 = 64 << 20;
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct Retry {
@@ -174,6 +183,9 @@ impl fmt::Display for Secret {
 #[derive(Clone, Debug, PartialEq)]
 pub struct ControlConfig {
     pub socket: PathBuf,
+    /// `[control] group`: members of this group may connect too (socket mode 0660); they may
+    /// read the status, and only root or the daemon's user may change state.
+    pub group: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq)]

@@ -327,6 +327,28 @@ mod tests {
     }
 
     #[test]
+    fn size_caps_and_the_control_group_are_read_and_checked() {
+        let c = parse("[catalog]\nmax_file = \"64KiB\"\n\n[control]\nsocket = \"/run/x.sock\"\ngroup = \"rewire\"\n").unwrap();
+        assert_eq!(c.catalog.max_file, 64 << 10);
+        assert_eq!(c.catalog.max_response, 64 << 20);
+        assert_eq!(c.control.group.as_deref(), Some("rewire"));
+        let c = parse("[catalog]\nbackend = \"consul\"\nmax_response = \"1GiB\"\n").unwrap();
+        assert_eq!(c.catalog.max_response, 1 << 30);
+        let errs = errors("[catalog]\nmax_file = \"lots\"\n");
+        assert!(
+            errs[0].contains(":2:12:") && errs[0].contains("is not a size"),
+            "{errs:?}"
+        );
+        let errs = errors("[catalog]\nmax_file = \"10B\"\n");
+        assert!(errs[0].contains("between 1KiB and 1GiB"), "{errs:?}");
+        // Bodies come from Consul and etcd only.
+        let errs = errors("[catalog]\nmax_response = \"1MiB\"\n");
+        assert!(errs[0].contains("max_response"), "{errs:?}");
+        let errs = errors("[control]\ngroup = \"wheel; rm\"\n");
+        assert!(errs[0].contains("not a group name"), "{errs:?}");
+    }
+
+    #[test]
     fn design_sketch_is_accepted() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir(dir.path().join("templates")).unwrap();

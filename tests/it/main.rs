@@ -6,6 +6,7 @@
 //!
 //! Run one module with `cargo test --test it consul::`, one test with its name.
 
+mod attacks;
 mod cli;
 mod consul;
 mod daemon;

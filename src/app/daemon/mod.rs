@@ -220,7 +220,7 @@ impl Daemon {
         let (main_pid_tx, main_pid) = watch::channel::<Option<Pid>>(None);
         let (writes_tx, writes_allowed) = watch::channel(false);
         let control = control::server::start(
-            &config.control.socket,
+            &config.control,
             board.clone(),
             root.clone(),
             &tasks,
