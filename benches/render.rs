@@ -46,6 +46,7 @@ fn engine() -> Engine {
         write: WriteMode::Atomic,
         backup: false,
         runtime: None,
+        limits: rewire::config::DEFAULT_RENDER_LIMITS,
     }])
     .expect("the shipped template parses")
 }

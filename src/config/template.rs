@@ -1,4 +1,5 @@
-//! `[[template]]`: source, destination, mode, check, reload, runtime, wait, write mode, backup.
+//! `[[template]]`: source, destination, mode, check, reload, runtime, wait, write mode, backup,
+//! render limits.
 //!
 //! Besides each key, the section checks what only makes sense across keys or templates: a
 //! temp-file check must mention `{file}`, two templates may not write one destination, a
@@ -16,7 +17,8 @@ use super::load::DiskCheck;
 use super::parse::normalize;
 use super::walker::{Tbl, Walker, join, line_col};
 use super::{
-    CheckMode, MainConfig, Reload, RuntimeApi, SignalTarget, TemplateConfig, Wait, WriteMode,
+    CheckMode, MainConfig, Reload, RenderLimits, RuntimeApi, SignalTarget, TemplateConfig, Wait,
+    WriteMode,
 };
 
 impl Walker<'_> {
@@ -24,6 +26,7 @@ impl Walker<'_> {
         &mut self,
         root: &Tbl,
         default_wait: Wait,
+        default_limits: RenderLimits,
         main: Option<&MainConfig>,
     ) -> Vec<TemplateConfig> {
         let mut out: Vec<TemplateConfig> = Vec::new();
@@ -103,6 +106,7 @@ impl Walker<'_> {
                 "use \"atomic\" (default: temp file + rename) or \"in-place\" (for bind-mounted files that cannot be renamed over)",
             );
             let backup = self.boolean(&t, "backup").unwrap_or(false);
+            let limits = self.render_limits(&t, default_limits);
             self.finish(&t, TEMPLATE_KEYS);
             if let (Some(d), Some(ds)) = (&destination, &dest_s) {
                 if let Some((_, first)) = dests.iter().find(|(p, _)| p == d) {
@@ -137,6 +141,7 @@ impl Walker<'_> {
                 write,
                 backup,
                 runtime,
+                limits,
             });
         }
         out
@@ -238,4 +243,6 @@ const TEMPLATE_KEYS: &[&str] = &[
     "write",
     "backup",
     "runtime",
+    "render_timeout",
+    "max_output",
 ];

@@ -97,8 +97,14 @@ pub struct Written<'t> {
 }
 
 /// Runs `reload` once for every file in `written` (nothing to run without a reload). When it
-/// fails, every one of them is restored before the error is returned; the caller reports it
-/// per template.
+/// fails, every one of them that had a previous version is restored before the error is
+/// returned; the caller reports it per template.
+///
+/// A file that did not exist before is kept (see [`kept_after_failed_reload`]): it passed its
+/// check, and removing it would leave the program with no config at all. That is the normal
+/// case at start: nginx under `[main]` is not running yet, so `nginx -s reload` fails, and
+/// deleting the first render would keep main from ever getting its config. The caller tries
+/// the reload again later.
 ///
 /// `confirm` is an HAProxy admin socket (a group with `runtime = { haproxy = ... }`): a
 /// reload counts once a new worker answers there. HAProxy ignores a SIGUSR2 that arrives
@@ -136,7 +142,13 @@ pub async fn reload_or_restore<'a, 't: 'a>(
         Err(e) => {
             error!(templates = %templates(), "{e}; restoring the previous files");
             for w in written {
-                if let Err(re) = pipeline::restore(w.template, w.previous.as_deref()) {
+                if kept_after_failed_reload(w) {
+                    warn!(
+                        template = %w.template.name,
+                        dest = %w.template.destination.display(),
+                        "kept: there was no previous file to restore, and this one passed its check"
+                    );
+                } else if let Err(re) = pipeline::restore(w.template, w.previous.as_deref()) {
                     error!(template = %w.template.name, error = %re, "cannot restore the previous file");
                 }
             }
@@ -177,6 +189,12 @@ async fn confirm_new_worker(
     })
 }
 
+/// Whether a failed reload leaves this file in place: it had no previous version (a restore
+/// would delete it, leaving the program without a config).
+pub fn kept_after_failed_reload(w: &Written) -> bool {
+    w.previous.is_none()
+}
+
 #[cfg(test)]
 mod tests {
     use std::time::Duration;
@@ -202,6 +220,7 @@ mod tests {
             write: WriteMode::Atomic,
             backup: false,
             runtime: None,
+            limits: crate::config::DEFAULT_RENDER_LIMITS,
         }
     }
 
@@ -218,7 +237,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_failed_reload_restores_every_file_of_the_group() {
+    async fn a_failed_reload_restores_every_file_of_the_group_but_never_deletes_a_new_one() {
         let dir = tempfile::tempdir().unwrap();
         let mut a = template("a", None);
         a.destination = dir.path().join("a.conf");
@@ -243,9 +262,10 @@ mod tests {
         let r = reload_or_restore(Some(&failing), &written, None, &BTreeMap::new(), None).await;
         assert!(r.is_err());
         assert_eq!(std::fs::read_to_string(&a.destination).unwrap(), "old a");
-        assert!(
-            !b.destination.exists(),
-            "a file that did not exist is removed"
+        assert_eq!(
+            std::fs::read_to_string(&b.destination).unwrap(),
+            "new b",
+            "a checked file without a predecessor is kept"
         );
     }
 }

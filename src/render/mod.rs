@@ -17,3 +17,4 @@ pub mod runner;
 pub mod runtimes;
 pub mod template;
 pub mod values;
+pub mod worker;
