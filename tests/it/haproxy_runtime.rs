@@ -172,7 +172,8 @@ async fn server_changes_reach_haproxy_through_the_runtime_api_without_a_reload()
     };
     let admin = h.dir().join("admin.sock");
     let old = filled(&h, &start);
-    let reloads = h.reload_count();
+    let reloads = h.wait_reload_count(Duration::from_secs(10));
+    assert!(reloads.is_some(), "the master CLI answers");
     let mut rt = Runtime::new(&admin);
 
     // Add b2 (checked) and b3 (unchecked, weight 3) to what HAProxy runs.
@@ -225,7 +226,11 @@ async fn server_changes_reach_haproxy_through_the_runtime_api_without_a_reload()
         "b2 had no connection attached: deleted at once: {state:?}"
     );
 
-    assert_eq!(h.reload_count(), reloads, "no reload happened");
+    assert_eq!(
+        h.wait_reload_count(Duration::from_secs(10)),
+        reloads,
+        "no reload happened"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -391,12 +396,18 @@ async fn master_cli_reloads_are_confirmed_even_back_to_back() {
     let Some(h) = Haproxy::try_start(support::haproxy::DEFAULT_FRONTEND) else {
         return;
     };
-    let before = h.reload_count().unwrap();
+    let before = h
+        .wait_reload_count(Duration::from_secs(10))
+        .expect("the master CLI answers");
     for _ in 0..3 {
         let r = master::reload(&h.master_socket()).await.unwrap();
         assert!(matches!(r, master::Reloaded::Done { .. }), "{r:?}");
     }
-    assert_eq!(h.reload_count(), Some(before + 3), "every reload happened");
+    assert_eq!(
+        h.wait_reload_count(Duration::from_secs(10)),
+        Some(before + 3),
+        "every reload happened"
+    );
 
     // A config HAProxy refuses: the master says so, the old worker keeps serving.
     std::fs::write(h.cfg_path(), "global\n    bogus directive\n").unwrap();
