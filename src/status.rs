@@ -35,6 +35,13 @@ pub enum TemplateEvent {
     Waiting(String),
     /// Not written: the render, the check, the write or the reload failed.
     Failed(String),
+    /// Written and in place (it had no previous version to restore), but its reload failed:
+    /// the program can start with it; the reload is tried again.
+    WrittenNotReloaded(String),
+    /// A reload owed to written files (see `WrittenNotReloaded`) went through.
+    Reloaded,
+    /// A reload owed to written files failed again.
+    ReloadFailed(String),
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -51,6 +58,13 @@ pub struct TemplateStatus {
     pub writes: u64,
     /// The destination has held a complete render at least once since start.
     pub ready: bool,
+    /// How the last written change reached the program: `reload`, `reload: <why the
+    /// runtime API could not>`, or `runtime: <the server changes>`.
+    #[serde(default)]
+    pub last_path: String,
+    /// Servers removed through a runtime API that wait for their connections to end.
+    #[serde(default)]
+    pub leaving: Vec<String>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, Default, PartialEq)]
@@ -158,6 +172,8 @@ impl Board {
                     renders: 0,
                     writes: 0,
                     ready: false,
+                    last_path: String::new(),
+                    leaving: Vec::new(),
                 });
             // A SIGHUP may have moved the destination.
             if t.destination != dest {
@@ -195,6 +211,23 @@ impl Board {
                 s.detail = error;
                 s.last_render = Some(at);
                 s.renders += 1;
+            }
+            TemplateEvent::WrittenNotReloaded(error) => {
+                s.state = TemplateState::Error;
+                s.detail = error;
+                s.last_render = Some(at);
+                s.last_written = Some(at);
+                s.renders += 1;
+                s.writes += 1;
+                s.ready = true;
+            }
+            TemplateEvent::Reloaded => {
+                s.state = TemplateState::Ok;
+                s.detail.clear();
+            }
+            TemplateEvent::ReloadFailed(error) => {
+                s.state = TemplateState::Error;
+                s.detail = error;
             }
         });
     }

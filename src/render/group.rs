@@ -7,9 +7,13 @@
 
 use std::collections::BTreeMap;
 
-use nix::unistd::Pid;
-use tracing::{error, info};
+use std::path::Path;
+use std::time::Duration;
 
+use nix::unistd::Pid;
+use tracing::{error, info, warn};
+
+use super::haproxy;
 use super::pipeline::{self, ReloadError, Reloaded};
 use crate::config::{Reload, TemplateConfig, Wait};
 
@@ -93,18 +97,41 @@ pub struct Written<'t> {
 }
 
 /// Runs `reload` once for every file in `written` (nothing to run without a reload). When it
-/// fails, every one of them is restored before the error is returned; the caller reports it
-/// per template.
+/// fails, every one of them that had a previous version is restored before the error is
+/// returned; the caller reports it per template.
+///
+/// A file that did not exist before is kept (see [`kept_after_failed_reload`]): it passed its
+/// check, and removing it would leave the program with no config at all. That is the normal
+/// case at start: nginx under `[main]` is not running yet, so `nginx -s reload` fails, and
+/// deleting the first render would keep main from ever getting its config. The caller tries
+/// the reload again later.
+///
+/// `confirm` is an HAProxy admin socket (a group with `runtime = { haproxy = ... }`): a
+/// reload counts once a new worker answers there. HAProxy ignores a SIGUSR2 that arrives
+/// during the previous reload, so a signal that changed nothing within a second is sent
+/// again (three times at most); a master CLI reload confirms itself.
 pub async fn reload_or_restore<'a, 't: 'a>(
     reload: Option<&Reload>,
     written: impl IntoIterator<Item = &'a Written<'t>> + Clone,
     main_pid: Option<Pid>,
     env: &BTreeMap<String, String>,
+    confirm: Option<&Path>,
 ) -> Result<Reloaded, ReloadError> {
     let Some(r) = reload else {
         return Ok(Reloaded::Done);
     };
-    let result = pipeline::reload(r, main_pid, env).await;
+    let before = match (confirm, r) {
+        (Some(socket), Reload::Signal { .. } | Reload::Command(_)) => {
+            haproxy::runtime::worker_pid(socket)
+                .await
+                .map(|pid| (socket, pid))
+        }
+        _ => None,
+    };
+    let mut result = pipeline::reload(r, main_pid, env).await;
+    if let (Ok(Reloaded::Done), Some((socket, pid))) = (&result, before) {
+        result = confirm_new_worker(r, socket, pid, main_pid, env).await;
+    }
     let templates = || names(written.clone().into_iter().map(|w| w.template));
     match &result {
         Ok(Reloaded::Done) => info!(templates = %templates(), "reloaded"),
@@ -115,13 +142,57 @@ pub async fn reload_or_restore<'a, 't: 'a>(
         Err(e) => {
             error!(templates = %templates(), "{e}; restoring the previous files");
             for w in written {
-                if let Err(re) = pipeline::restore(w.template, w.previous.as_deref()) {
+                if kept_after_failed_reload(w) {
+                    warn!(
+                        template = %w.template.name,
+                        dest = %w.template.destination.display(),
+                        "kept: there was no previous file to restore, and this one passed its check"
+                    );
+                } else if let Err(re) = pipeline::restore(w.template, w.previous.as_deref()) {
                     error!(template = %w.template.name, error = %re, "cannot restore the previous file");
                 }
             }
         }
     }
     result
+}
+
+/// How long a reloaded HAProxy has to show a new worker before the reload is sent again.
+const NEW_WORKER_WITHIN: Duration = Duration::from_secs(1);
+const RELOAD_SENDS: u32 = 3;
+
+/// Waits for a worker other than `old` on `socket`, re-sending the reload when none comes.
+async fn confirm_new_worker(
+    r: &Reload,
+    socket: &Path,
+    old: u32,
+    main_pid: Option<Pid>,
+    env: &BTreeMap<String, String>,
+) -> Result<Reloaded, ReloadError> {
+    for sends in 1..=RELOAD_SENDS {
+        if haproxy::runtime::new_worker(socket, old, NEW_WORKER_WITHIN * sends).await {
+            return Ok(Reloaded::Done);
+        }
+        if sends == RELOAD_SENDS {
+            break;
+        }
+        warn!(socket = %socket.display(), pid = old, "HAProxy did not reload (its worker is unchanged): sending the reload again");
+        match pipeline::reload(r, main_pid, env).await {
+            Ok(Reloaded::Done) => {}
+            other => return other,
+        }
+    }
+    Err(ReloadError::Unconfirmed {
+        socket: socket.to_path_buf(),
+        pid: old,
+        sends: RELOAD_SENDS,
+    })
+}
+
+/// Whether a failed reload leaves this file in place: it had no previous version (a restore
+/// would delete it, leaving the program without a config).
+pub fn kept_after_failed_reload(w: &Written) -> bool {
+    w.previous.is_none()
 }
 
 #[cfg(test)]
@@ -148,6 +219,8 @@ mod tests {
             wait: DEFAULT_WAIT,
             write: WriteMode::Atomic,
             backup: false,
+            runtime: None,
+            limits: crate::config::DEFAULT_RENDER_LIMITS,
         }
     }
 
@@ -164,7 +237,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_failed_reload_restores_every_file_of_the_group() {
+    async fn a_failed_reload_restores_every_file_of_the_group_but_never_deletes_a_new_one() {
         let dir = tempfile::tempdir().unwrap();
         let mut a = template("a", None);
         a.destination = dir.path().join("a.conf");
@@ -186,12 +259,13 @@ mod tests {
             program: Program::Argv(vec!["false".into()]),
             timeout: Duration::from_secs(5),
         });
-        let r = reload_or_restore(Some(&failing), &written, None, &BTreeMap::new()).await;
+        let r = reload_or_restore(Some(&failing), &written, None, &BTreeMap::new(), None).await;
         assert!(r.is_err());
         assert_eq!(std::fs::read_to_string(&a.destination).unwrap(), "old a");
-        assert!(
-            !b.destination.exists(),
-            "a file that did not exist is removed"
+        assert_eq!(
+            std::fs::read_to_string(&b.destination).unwrap(),
+            "new b",
+            "a checked file without a predecessor is kept"
         );
     }
 }

@@ -11,6 +11,7 @@ use nix::sys::signal::kill;
 use nix::unistd::Pid;
 use tracing::{info, warn};
 
+use super::haproxy;
 use crate::command::{self, Outcome};
 use crate::config::{CheckMode, CommandSpec, Reload, SignalTarget, TemplateConfig, WriteMode};
 use crate::files;
@@ -56,6 +57,18 @@ pub enum ReloadError {
     Spawn(#[from] command::SpawnError),
     #[error("cannot signal {what}: {detail}")]
     Signal { what: String, detail: String },
+    #[error("reload through {}: {source}", socket.display())]
+    HaproxyMaster {
+        socket: PathBuf,
+        #[source]
+        source: haproxy::master::MasterError,
+    },
+    #[error("HAProxy did not reload: the worker answering on {} is still pid {pid} after {sends} signal(s)", socket.display())]
+    Unconfirmed {
+        socket: PathBuf,
+        pid: u32,
+        sends: u32,
+    },
 }
 
 fn indent_output(output: &str) -> String {
@@ -149,11 +162,39 @@ fn backup(t: &TemplateConfig, previous: Option<&[u8]>) {
     if !t.backup {
         return;
     }
-    if let Some(old) = previous {
-        let mut name = t.destination.as_os_str().to_os_string();
-        name.push(".bak");
-        if let Err(e) = files::write_atomic(&PathBuf::from(name), old, t.perms, true) {
-            warn!(template = %t.name, error = %e, "cannot write the backup file");
+    if let Some(old) = previous
+        && let Err(e) = files::write_atomic(&backup_path(t), old, t.perms, true)
+    {
+        warn!(template = %t.name, error = %e, "cannot write the backup file");
+    }
+}
+
+fn backup_path(t: &TemplateConfig) -> PathBuf {
+    let mut name = t.destination.as_os_str().to_os_string();
+    name.push(".bak");
+    PathBuf::from(name)
+}
+
+/// Removes the temp files an earlier rewire left beside the templates' destinations (killed
+/// during a write or a check); files a running rewire holds are left alone (see
+/// [`files::remove_leftovers`]). Called at start by `rewire run` and `rewire render`.
+pub fn remove_leftovers(templates: &[TemplateConfig]) {
+    for t in templates {
+        let mut places = vec![t.destination.clone()];
+        if t.backup {
+            places.push(backup_path(t));
+        }
+        for place in places {
+            match files::remove_leftovers(&place) {
+                Ok(removed) => {
+                    for file in removed {
+                        info!(template = %t.name, file = %file.display(), "removed a temp file an earlier run left behind");
+                    }
+                }
+                Err(e) => {
+                    warn!(template = %t.name, dest = %place.display(), error = %e, "cannot look for leftover temp files");
+                }
+            }
         }
     }
 }
@@ -168,7 +209,13 @@ async fn run_check(
         program: check.program.with_file(file),
         timeout: check.timeout,
     };
-    let outcome = command::run(&spec, env, None).await?;
+    // Named as configured ("{file}", not the temp path), so the error reads the same each time.
+    let outcome = command::run(&spec, env, None)
+        .await
+        .map_err(|e| command::SpawnError {
+            program: check.program.to_string(),
+            source: e.source,
+        })?;
     if outcome.success() {
         return Ok(());
     }
@@ -204,13 +251,22 @@ pub enum Reloaded {
     NotRunning(String),
 }
 
-/// Runs a reload: a command, or a signal to a pidfile's process or to the supervised main.
+/// Runs a reload: a command, a signal to a pidfile's process or to the supervised main, or
+/// HAProxy's master CLI.
 pub async fn reload(
     r: &Reload,
     main_pid: Option<Pid>,
     env: &BTreeMap<String, String>,
 ) -> Result<Reloaded, ReloadError> {
     match r {
+        Reload::HaproxyMaster { socket } => match haproxy::master::reload(socket).await {
+            Ok(haproxy::master::Reloaded::Done { .. }) => Ok(Reloaded::Done),
+            Ok(haproxy::master::Reloaded::NotRunning(why)) => Ok(Reloaded::NotRunning(why)),
+            Err(source) => Err(ReloadError::HaproxyMaster {
+                socket: socket.clone(),
+                source,
+            }),
+        },
         Reload::Command(spec) => {
             let outcome: Outcome = command::run(spec, env, None).await?;
             if outcome.success() {

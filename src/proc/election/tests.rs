@@ -17,12 +17,12 @@ use super::candidate::Candidate;
 use super::{Context, ValueSource, margin};
 use crate::catalog::CatalogError;
 use crate::catalog::election::{Ballot, Sight};
+use crate::config::LeaderValueSpec;
 use crate::config::{ElectionConfig, Gate};
 use crate::model::{Data, ElectionView, Holder, LeaderValue, Query};
 use crate::proc::health;
 use crate::status::{Board, ElectionStatus};
 use crate::store::Store;
-use crate::config::LeaderValueSpec;
 
 /// An in-memory catalog for one election: a lock, a token counter and a view of it.
 #[derive(Default)]
