@@ -451,8 +451,6 @@ impl Candidate {
     }
 }
 
-/// `REWIRE_LEADER_ID`, `_ADDRESS`, `_PORT` (empty without a port) and `REWIRE_FENCING_TOKEN`.
-
 /// `id (address:port)`, the address bracketed when it is IPv6.
 fn describe(h: &Holder) -> String {
     let a = &h.value.address;

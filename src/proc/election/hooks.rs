@@ -11,6 +11,7 @@ use tracing::{info, warn};
 use crate::model::Holder;
 use crate::proc::supervisor::run_hook;
 
+/// `REWIRE_LEADER_ID`, `_ADDRESS`, `_PORT` (empty without a port) and `REWIRE_FENCING_TOKEN`.
 pub(super) fn leader_env(h: &Holder) -> BTreeMap<String, String> {
     BTreeMap::from([
         ("REWIRE_LEADER_ID".to_string(), h.value.id.clone()),

@@ -1,6 +1,6 @@
 //! The candidate under tokio's paused clock, against an in-memory ballot.
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 
 use async_trait::async_trait;
