@@ -163,6 +163,8 @@ fn failovers(kind: Kind) {
     );
     // The stop sequence: step down (on_demoted, release), then deregister, then stop main.
     let tail = stopped.log_tail();
+    // From the stop on (the start's warnings may mention deregistration too).
+    let tail = &tail[tail.find("stopping signal=").unwrap_or(0)..];
     let at = |what: &str| {
         tail.find(what)
             .unwrap_or_else(|| panic!("{what:?} not in the log:\n{tail}"))

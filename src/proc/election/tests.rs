@@ -1,7 +1,7 @@
 //! The candidate under tokio's paused clock, against an in-memory ballot.
 
-use std::sync::{Arc, Mutex};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 
