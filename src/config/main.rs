@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use nix::sys::signal::Signal;
 
+use super::MainConfig;
 use super::walker::{Tbl, Walker};
-use super::{MainConfig, Restart};
 
 impl Walker<'_> {
     pub(super) fn main(&mut self, root: &Tbl) -> Option<MainConfig> {
@@ -48,18 +48,8 @@ impl Walker<'_> {
                 );
             }
         }
-        let restart = self.choice(
-            &t,
-            "restart",
-            &[
-                ("never", Restart::Never),
-                ("on-failure", Restart::OnFailure),
-                ("always", Restart::Always),
-            ],
-            Restart::Never,
-            "restart policy",
-            "use \"never\", \"on-failure\" or \"always\"",
-        );
+        let restart = self.restart(&t);
+        let when = self.when(&t, super::MAIN_JOB, true);
         let wait_for_templates = self
             .duration(&t, "wait_for_templates")
             .unwrap_or(Duration::from_secs(60));
@@ -76,6 +66,7 @@ impl Walker<'_> {
             forward_signals,
             restart,
             wait_for_templates,
+            when,
         })
     }
 }
@@ -92,4 +83,5 @@ const MAIN_KEYS: &[&str] = &[
     "forward_signals",
     "restart",
     "wait_for_templates",
+    "when",
 ];
