@@ -18,10 +18,14 @@
 //! reads as "stop the workers") reach main's PID through [`Supervisor::forward`]; HUP re-reads
 //! the config and never reaches main unless configured.
 //!
-//! Stop, in this order (a tested guarantee): no more restarts; deregister every service (peers
-//! stop routing here; at most 2 s, a catalog that does not answer is down); wait `drain`;
-//! `pre_stop`; `stop_signal` to main's PID; SIGKILL to its process group after `stop_timeout`;
-//! `post_stop`; exit with main's status (128+N when signal N killed it). When main exited on
+//! Main is also the node `main` of the job graph ([`jobs`](super::jobs)): its `when` gates
+//! `pre_start` and the process, and it publishes `started`, `exited`, `succeeded`, `failed`.
+//!
+//! Stop, in this order (a tested guarantee): no more restarts (of main or any job); deregister
+//! every service (peers stop routing here; at most 2 s, a catalog that does not answer is
+//! down); wait `drain`; then the job graph in reverse, main's turn being: `pre_stop`;
+//! `stop_signal` to main's PID; SIGKILL to its process group after `stop_timeout`;
+//! `post_stop`. Exit with main's status (128+N when signal N killed it), 0 without main. When main exited on
 //! its own, the registrations go and `post_stop` runs, but there is nothing to drain or stop.
 //! Each step is bounded (hooks by their `timeout`), so the whole takes at most drain +
 //! `pre_stop`'s and `post_stop`'s timeouts + `stop_timeout` + a few seconds; a second stop

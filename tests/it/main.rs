@@ -13,6 +13,7 @@ mod etcd;
 mod hardening;
 mod harness_selftest;
 mod import;
+mod jobs;
 mod project;
 mod scale;
 mod supervision;
