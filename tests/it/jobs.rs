@@ -227,16 +227,22 @@ fn an_each_job_runs_again_on_every_unhealthy_event() {
 }
 
 #[test]
-fn sigterm_stops_dependents_before_what_they_depend_on() {
+fn sigterm_stops_dependents_before_what_they_depend_on_and_runs_stop_hooks() {
     let p = Project::new();
     let order = p.path("order");
     p.config(&format!(
         "{}[[job]]\nname = \"agent\"\nexec = {}\nstop_signal = \"TERM\"\n\n\
          [[job]]\nname = \"sidecar\"\nexec = {}\nwhen = {{ after = \"main\", is = \"started\" }}\n\n\
+         [[job]]\nname = \"hook\"\nexec = {}\nwhen = {{ after = \"main\", is = \"stopping\" }}\n\n\
          [main]\nexec = {}\nwhen = {{ after = \"agent\", is = \"started\" }}\n",
         preamble(&p),
         shell(&stops_into("agent", &order)),
         shell(&stops_into("sidecar", &order)),
+        // A stop hook: runs when main's turn comes, before main gets its signal.
+        shell(&format!(
+            "sleep 0.3; echo \"hook $(date +%s%N)\" >> {}",
+            order.display()
+        )),
         shell(&stops_into("main", &order)),
     ));
     let mut rw = Rewire::start(&p);
@@ -254,7 +260,7 @@ fn sigterm_stops_dependents_before_what_they_depend_on() {
         .iter()
         .map(|l| l.split_whitespace().next().unwrap_or_default().to_string())
         .collect();
-    assert_eq!(names, ["sidecar", "main", "agent"], "{}", rw.log());
+    assert_eq!(names, ["sidecar", "hook", "main", "agent"], "{}", rw.log());
     let log = rw.log();
     for job in ["agent", "sidecar", "main"] {
         for event in ["stopping", "stopped"] {
@@ -411,4 +417,38 @@ fn a_consul_agent_job_is_the_catalog_the_apps_service_registers_with() {
         "the agent survived rewire"
     );
     let _ = proc_::signal(agent_pid as i32, SIGKILL);
+}
+
+#[test]
+fn a_service_naming_a_job_reports_that_jobs_health() {
+    let p = Project::new();
+    let sick = p.path("sick");
+    std::fs::write(&sick, "").unwrap();
+    p.config(&format!(
+        "{}[[job]]\nname = \"agent\"\nexec = {}\nhealth = [\"test\", \"!\", \"-e\", {}]\ninterval = \"50ms\"\n\n\
+         [[service]]\nname = \"agent\"\nid = \"agent-test\"\nport = 8301\naddress = \"127.0.0.1\"\njob = \"agent\"\n\
+         interval = \"100ms\"\nttl = \"60s\"\n",
+        preamble(&p),
+        shell("while :; do sleep 0.05; done"),
+        q(sick.display().to_string()),
+    ));
+    let entry = p.path("catalog/services/agent/agent-test.json");
+    let status = || -> Option<String> {
+        let v: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&entry).ok()?).ok()?;
+        v["status"].as_str().map(str::to_string)
+    };
+    let mut rw = Rewire::start(&p);
+    rw.wait_for("the job's failing health seen", || {
+        jobs(&p).is_some_and(|j| j["agent"]["healthy"] == false)
+    });
+    assert_eq!(status(), None, "registered before the job was healthy");
+    std::fs::remove_file(&sick).unwrap();
+    rw.wait_for("registered passing", || {
+        status().as_deref() == Some("passing")
+    });
+    std::fs::write(&sick, "").unwrap();
+    rw.wait_for("critical with the job", || {
+        status().as_deref() == Some("critical")
+    });
 }

@@ -19,8 +19,9 @@
 //! app before its Consul agent). Independent branches stop at the same time. Each job gets
 //! `stopping`, its own `stop_signal`, SIGKILL to its group after its own `stop_timeout`, then
 //! `stopped`. A job that waits for another's `stopping` or `stopped` is a stop hook: it runs
-//! during the stop (never before), and the job it waits for is signalled only once a
-//! `stopping` hook's run ended (bounded by the hook's `stop_timeout`).
+//! during the stop (never before): the job it waits for is signalled only once a `stopping`
+//! hook's run ended, and a `stopped` hook's run may finish before the hook's own turn; both
+//! bounded by the hook's `stop_timeout`.
 //!
 //! Bound: a job's turn takes at most its `stop_timeout` + 5 s (the kill grace), plus its
 //! `stopping` hooks' `stop_timeout`s; turns along a chain add up, branches overlap. So the
@@ -203,6 +204,11 @@ impl Jobs {
                     Turn::Main(Some(turn)) => turn.await,
                     Turn::Main(None) => {}
                     Turn::Job(r) => {
+                        // A stop hook's event has happened (it stops after the job it
+                        // hooks): let its run finish, for up to its stop_timeout.
+                        if r.cfg.when.as_ref().is_some_and(|w| w.is.is_stop()) {
+                            wait_for_hook(&bus, &name, r.cfg.stop_timeout).await;
+                        }
                         r.turn.cancel();
                         let bound = r.cfg.stop_timeout + KILL_GRACE + KILL_GRACE;
                         let mut task = r.task;
@@ -231,7 +237,7 @@ enum Turn<'a> {
     Job(Running),
 }
 
-/// Waits until a stop hook started by a `stopping` event has run (bounded).
+/// Waits until a stop hook, started by a `stopping` or `stopped` event, has run (bounded).
 async fn wait_for_hook(bus: &Bus, hook: &str, bound: Duration) {
     let mut rx = bus.subscribe();
     let ran = |jobs: &crate::status::Jobs| {
@@ -316,7 +322,11 @@ pub fn shutdown_bound(config: &Config) -> Duration {
                 .jobs
                 .iter()
                 .find(|j| j.name == name)
-                .map(|j| j.stop_timeout + KILL_GRACE)
+                .map(|j| {
+                    // A stop hook may first finish its run (see `Jobs::stop`).
+                    let hook = j.when.as_ref().is_some_and(|w| w.is.is_stop());
+                    j.stop_timeout * if hook { 2 } else { 1 } + KILL_GRACE
+                })
                 .unwrap_or_default()
         }
     };
