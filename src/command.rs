@@ -78,13 +78,18 @@ pub struct SpawnError {
 }
 
 /// The environment every child process gets on top of rewire's own: `REWIRE_CONFIG` (so
-/// `pre_start = ["rewire", "render"]` renders the daemon's config), `REWIRE_PID` and
+/// `pre_start = ["rewire", "render"]` renders the daemon's config), `REWIRE_SOCKET` (so
+/// `rewire status` and `rewire maintenance` in a child reach this daemon), `REWIRE_PID` and
 /// `REWIRE_<SERVICE>_IP` for each `[[service]]` whose address resolves now.
 pub fn child_env(config: &Config) -> BTreeMap<String, String> {
     let mut env = BTreeMap::new();
     env.insert(
         "REWIRE_CONFIG".to_string(),
         config.path.display().to_string(),
+    );
+    env.insert(
+        "REWIRE_SOCKET".to_string(),
+        config.control.socket.display().to_string(),
     );
     env.insert("REWIRE_PID".to_string(), std::process::id().to_string());
     env.extend(crate::host::address_env(&config.services));

@@ -37,7 +37,8 @@
 //! - [`render`]: templates, the runner, the pipeline and reload groups. Reads the store, never
 //!   the catalog.
 //! - [`proc`]: supervisor, registrar, handlers, tasks, PID 1. Never the template engine.
-//! - Shared leaves: [`command`] (child processes), [`files`] (atomic files, diffs), [`debounce`],
+//! - Shared leaves: [`command`] (child processes), [`files`] (atomic files, diffs), [`confined`]
+//!   (reading files others may write: regular files inside one directory, capped), [`debounce`],
 //!   [`backoff`], [`status`] (the status board), [`host`] (hostname, addresses), [`lock`].
 //!
 //! # Tasks and shutdown
@@ -59,6 +60,7 @@ pub mod backoff;
 pub mod catalog;
 pub mod command;
 pub mod config;
+pub mod confined;
 pub mod debounce;
 pub mod files;
 pub mod host;

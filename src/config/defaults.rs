@@ -34,7 +34,7 @@ impl Walker<'_> {
                 limits.timeout = d;
             }
         }
-        if let Some(n) = self.size(t, "max_output") {
+        if let Some(n) = self.size(t, "max_output", 0..=u64::MAX) {
             if n == 0 {
                 let span = t.get("max_output").map_or(t.span.clone(), |v| v.span());
                 self.error(

@@ -41,14 +41,15 @@ use nix::sys::signal::Signal;
 
 use crate::model::{CatalogUrl, CatalogUrlError, Status};
 
-pub use self::control::default_socket;
+pub use self::control::{default_socket, default_socket_for, private_socket_dir};
 pub use self::error::{ConfigError, ConfigErrors};
 pub use self::interpolate::{InterpolateError, interpolate};
 pub use self::job::MAIN_JOB;
 pub use self::load::load;
+pub use self::main::SERVICE_DRAIN;
 pub use self::parse::parse_str;
 pub use self::values::{
-    DurationError, SizeError, UnknownSignal, parse_duration, parse_signal, parse_size,
+    DurationError, SizeError, UnknownSignal, parse_duration, parse_signal, parse_size, show_size,
 };
 
 /// The whole, validated configuration.
@@ -65,6 +66,9 @@ pub struct Config {
     pub tasks: Vec<TaskConfig>,
     pub jobs: Vec<JobConfig>,
     pub main: Option<MainConfig>,
+    /// What is allowed but probably a mistake, with its location: `rewire check` prints these,
+    /// `rewire run` logs them at start.
+    pub warnings: Vec<ConfigError>,
 }
 
 impl Config {
@@ -82,7 +86,16 @@ pub struct CatalogConfig {
     pub retry: Retry,
     /// How long a critical/expired self-registration may linger before the catalog drops it.
     pub deregister_after: Duration,
+    /// The largest dir catalog file or KV value read (bytes).
+    pub max_file: u64,
+    /// The largest Consul or etcd response body (or etcd watch message) read (bytes).
+    pub max_response: u64,
 }
+
+/// `[catalog] max_file` when unset.
+pub const DEFAULT_MAX_FILE: u64 = 1 << 20;
+/// `[catalog] max_response` when unset.
+pub const DEFAULT_MAX_RESPONSE: u64 = 64 << 20;
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct Retry {
@@ -177,6 +190,9 @@ impl fmt::Display for Secret {
 #[derive(Clone, Debug, PartialEq)]
 pub struct ControlConfig {
     pub socket: PathBuf,
+    /// `[control] group`: members of this group may connect too (socket mode 0660); they may
+    /// read the status, and only root or the daemon's user may change state.
+    pub group: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -285,6 +301,12 @@ pub enum Reload {
         signal: Signal,
         target: SignalTarget,
     },
+    /// `reload` on HAProxy's master CLI (`haproxy -W -S <socket>`), confirmed by the master's
+    /// reload counter: a master still busy with the previous reload ignores a SIGUSR2, while
+    /// its CLI refuses connections until it is ready, so nothing is lost.
+    HaproxyMaster {
+        socket: PathBuf,
+    },
 }
 
 impl Reload {
@@ -293,6 +315,7 @@ impl Reload {
         match self {
             Reload::Command(c) => format!("cmd:{}", c.program),
             Reload::Signal { signal, target } => format!("sig:{signal}:{target:?}"),
+            Reload::HaproxyMaster { socket } => format!("haproxy-master:{}", socket.display()),
         }
     }
 }
@@ -335,6 +358,25 @@ pub struct TemplateConfig {
     /// Keep the previous content as `<destination>.bak`.
     pub backup: bool,
     pub limits: RenderLimits,
+    /// Changes the program can take without a reload, and how to make them.
+    pub runtime: Option<RuntimeApi>,
+}
+
+/// A program's API for changes without a reload (`[[template]] runtime = { ... }`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RuntimeApi {
+    /// HAProxy's Runtime API on an admin-level stats socket: server lines added, removed or
+    /// changed inside existing backends are applied there; anything else reloads.
+    Haproxy { socket: PathBuf },
+}
+
+impl RuntimeApi {
+    /// The admin socket of an HAProxy runtime.
+    pub fn haproxy_socket(&self) -> &Path {
+        match self {
+            RuntimeApi::Haproxy { socket } => socket,
+        }
+    }
 }
 
 /// Where a registered service's address comes from.
@@ -404,6 +446,8 @@ pub struct MainConfig {
     pub stop_signals: Vec<Signal>,
     /// Sent to main on stop.
     pub stop_signal: Signal,
+    /// Between deregistering and `pre_stop`: 3 s by default when the config registers a
+    /// `[[service]]` (peers need that long to stop routing here), else 0.
     pub drain: Duration,
     pub forward_signals: Vec<Signal>,
     pub restart: Restart,

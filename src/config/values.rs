@@ -159,36 +159,55 @@ impl Walker<'_> {
         }
     }
 
-    /// A size: a string with a unit ("16MiB") or a whole number of bytes.
-    pub(super) fn size(&mut self, t: &Tbl, key: &str) -> Option<u64> {
+    /// A size within `range`: a string with a unit ("16MiB", see [`parse_size`]) or a whole
+    /// number of bytes; else an error and `None`.
+    pub(super) fn size(
+        &mut self,
+        t: &Tbl,
+        key: &str,
+        range: std::ops::RangeInclusive<u64>,
+    ) -> Option<u64> {
         let hint = "write a number with a unit: \"512KiB\", \"16MiB\", \"1GiB\" (or a whole number of bytes)";
         let v = t.get(key)?;
-        match v.get_ref() {
+        let n = match v.get_ref() {
             DeValue::Integer(_) => {
                 let n = self.integer(t, key)?;
                 match u64::try_from(*n.get_ref()) {
-                    Ok(n) => Some(n),
+                    Ok(n) => n,
                     Err(_) => {
                         self.error(n.span(), format!("`{key}` is negative"), hint);
-                        None
+                        return None;
                     }
                 }
             }
             DeValue::String(_) => {
                 let s = self.string_value(v, t, key)?;
                 match parse_size(s.get_ref()) {
-                    Ok(n) => Some(n),
+                    Ok(n) => n,
                     Err(e) => {
                         self.error(s.span(), format!("`{key}`: {e}"), hint);
-                        None
+                        return None;
                     }
                 }
             }
             other => {
                 self.type_error(v.span(), t, key, "a size such as \"16MiB\"", other);
-                None
+                return None;
             }
+        };
+        if !range.contains(&n) {
+            self.error(
+                v.span(),
+                format!(
+                    "`{key}` must be between {} and {}",
+                    show_size(*range.start()),
+                    show_size(*range.end())
+                ),
+                hint,
+            );
+            return None;
         }
+        Some(n)
     }
 
     pub(super) fn signal(&mut self, t: &Tbl, key: &str) -> Option<Signal> {
@@ -446,9 +465,26 @@ impl Walker<'_> {
     }
 }
 
+/// A size for messages: whole KiB/MiB/GiB when it is one, else bytes.
+pub fn show_size(n: u64) -> String {
+    for (unit, scale) in [("GiB", 1u64 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)] {
+        if n >= scale && n.is_multiple_of(scale) {
+            return format!("{}{unit}", n / scale);
+        }
+    }
+    format!("{n}B")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sizes_are_shown_in_whole_units() {
+        assert_eq!(show_size(1 << 20), "1MiB");
+        assert_eq!(show_size(1000), "1000B");
+        assert!(parse_size("99999999999999GiB").is_err());
+    }
 
     #[test]
     fn durations_are_strict() {

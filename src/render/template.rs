@@ -125,6 +125,42 @@ pub fn pending_reason(
     parts.join("; ")
 }
 
+/// The largest template or partial read.
+const MAX_TEMPLATE: u64 = 16 << 20;
+
+/// Reads a template named in the config (any path the config's author chose), refusing a FIFO
+/// or device without blocking on it.
+fn read_template(path: &Path) -> Result<String, String> {
+    let bytes = crate::confined::read_path(path, MAX_TEMPLATE).map_err(|e| match e {
+        crate::confined::Refused::NotFound => "cannot read: no such file".to_string(),
+        other => format!("cannot read: {other}"),
+    })?;
+    String::from_utf8(bytes).map_err(|_| "cannot read: not UTF-8 text".to_string())
+}
+
+/// Reads a partial beside a template: a regular file inside `dir` (symlinks that stay inside
+/// are followed). `Ok(None)`: a directory or gone, not a partial.
+fn read_partial(dir: &Path, path: &Path) -> Result<Option<String>, String> {
+    use crate::confined::{Refused, open_dir, read_beneath};
+    use std::os::fd::AsFd;
+    let Some(name) = path.file_name() else {
+        return Ok(None);
+    };
+    let d = open_dir(dir).map_err(|e| format!("cannot open {}: {e}", dir.display()))?;
+    let mut buf = Vec::new();
+    match read_beneath(d.as_fd(), Path::new(name), MAX_TEMPLATE, &mut buf) {
+        Ok(()) => String::from_utf8(buf)
+            .map(Some)
+            .map_err(|_| "partial is not UTF-8 text".to_string()),
+        Err(Refused::NotFound) | Err(Refused::NotRegular("a directory")) => Ok(None),
+        Err(Refused::Escapes(_)) => Err(format!(
+            "refused: a symlink leads out of the template directory {}; partials are read only from inside it",
+            dir.display()
+        )),
+        Err(e) => Err(format!("refused: {e}")),
+    }
+}
+
 /// A template that failed to load (syntax error, unreadable file).
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("template {source_path}: {message}")]
@@ -179,17 +215,19 @@ impl Engine {
             if sources.contains_key(&key) {
                 continue;
             }
-            match std::fs::read_to_string(&t.source) {
+            match read_template(&t.source) {
                 Ok(text) => {
                     sources.insert(key, text);
                 }
-                Err(e) => errors.push(LoadError {
+                Err(message) => errors.push(LoadError {
                     source_path: t.source.clone(),
-                    message: format!("cannot read: {e}"),
+                    message,
                 }),
             }
         }
-        // Partials: `*.tera` files beside the templates, includable by their file name.
+        // Partials: `*.tera` files beside the templates, includable by their file name. Only
+        // regular files inside the directory: a partial linked to a file elsewhere (say,
+        // /etc/shadow) would put that file into a config.
         for dir in &dirs {
             let Ok(rd) = std::fs::read_dir(dir) else {
                 continue;
@@ -201,7 +239,6 @@ impl Engine {
                         && !p
                             .file_name()
                             .is_some_and(|n| n.to_string_lossy().starts_with('.'))
-                        && p.is_file()
                 })
                 .collect();
             partials.sort();
@@ -210,8 +247,15 @@ impl Engine {
                 if sources.contains_key(&key) {
                     continue;
                 }
-                if let Ok(text) = std::fs::read_to_string(&p) {
-                    sources.insert(key, text);
+                match read_partial(dir, &p) {
+                    Ok(Some(text)) => {
+                        sources.insert(key, text);
+                    }
+                    Ok(None) => {}
+                    Err(message) => errors.push(LoadError {
+                        source_path: p.clone(),
+                        message,
+                    }),
                 }
             }
         }
@@ -437,6 +481,7 @@ pub(crate) mod tests {
                 wait: DEFAULT_WAIT,
                 write: WriteMode::Atomic,
                 backup: false,
+                runtime: None,
                 limits: crate::config::DEFAULT_RENDER_LIMITS,
             })
             .collect();

@@ -267,7 +267,7 @@ impl Daemon {
         let (main_pid_tx, main_pid) = watch::channel::<Option<Pid>>(None);
         let (writes_tx, writes_allowed) = watch::channel(false);
         let control = control::server::start(
-            &config.control.socket,
+            &config.control,
             board.clone(),
             root.clone(),
             &tasks,
@@ -296,6 +296,9 @@ impl Daemon {
             templates = config.templates.len(),
             "rewire running"
         );
+        for w in &config.warnings {
+            warn!("{w}");
+        }
         let supervisor = Supervisor::start(
             &config,
             catalog.catalog.clone(),
