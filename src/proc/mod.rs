@@ -2,6 +2,7 @@
 //!
 //! - [`supervisor`]: the container's lifecycle (registrations, `pre_start`, main, the stop
 //!   sequence), with [`registrar`] keeping each `[[service]]` registered while healthy.
+//! - [`jobs`]: `[[job]]`s and main as a graph ordered by events (`when`), stopped in reverse.
 //! - [`watches`] (`[[watch]]` handlers) and [`tasks`] (`[[task]]`s).
 //! - [`election`]: `[[election]]`s (run for leader, renew, hooks, step down), gated by the
 //!   services' [`health`].
@@ -13,6 +14,7 @@
 pub mod election;
 pub mod health;
 pub mod init;
+pub mod jobs;
 pub mod registrar;
 pub mod supervisor;
 pub mod tasks;
