@@ -20,8 +20,14 @@
 //! Beside the data flow, [`proc`] runs what the container needs: the supervisor (registrations
 //! with TTL health, `pre_start`, main, the stop sequence), the jobs (`[[job]]`s and main as one
 //! graph ordered by events, published as an immutable snapshot like the store's, started before
-//! the catalog preflight, stopped in reverse), `[[watch]]` handlers and `[[task]]`s, and, as
-//! PID 1, the reaper (forked before the runtime exists).
+//! the catalog preflight, stopped in reverse), `[[watch]]` handlers and `[[task]]`s,
+//! `[[election]]` candidates, and, as PID 1, the reaper (forked before the runtime exists).
+//!
+//! Elections: each backend offers a [`catalog::election::Ballot`] (dir flock, Consul session
+//! lock, etcd lease + transaction) beside its watch code; [`proc::election`] runs the term
+//! (renewals, the local deadline, hooks, the gate service's health from [`proc::health`]) and
+//! publishes `Query::Election(name)` into the store like any answer, so `leader()` and
+//! `is_leader()` are template dependencies. Those queries never reach the catalog's watch set.
 //!
 //! # Layout
 //!
@@ -46,7 +52,9 @@
 //! One catalog watch task (the backend decides how many connections it needs), the wanted-set
 //! collector, one runner task per template group, one task per `[[watch]]` and `[[task]]` (and
 //! their runs), the supervisor's (one registrar per `[[service]]`, main), one per `[[job]]`
-//! (spawned before the preflight, awaited at its turn in the stop sequence), the control socket.
+//! (spawned before the preflight, awaited at its turn in the stop sequence), one per
+//! `[[election]]` (and its follower), the control socket. The stop sequence steps every
+//! election down (on_demoted, release) before the supervisor deregisters.
 //! Each runs on a `TaskTracker` and takes a child of one `CancellationToken`; the stop sequence
 //! lives in `app::daemon` and waits for every tracker, for a bounded time, before the process
 //! exits. Nothing else holds the exit: renders run on detached threads of their own

@@ -31,6 +31,17 @@ pub enum Query {
     Key(String),
     /// Every key under a prefix.
     Keys(String),
+    /// One `[[election]]` of this process: who holds it and whether this process does.
+    /// Published by the election itself, never read from the catalog (see [`Query::is_catalog`]).
+    Election(String),
+}
+
+impl Query {
+    /// Whether the catalog answers this query. An election's view comes from this process's
+    /// own candidate, so it never joins the set the catalog watches.
+    pub fn is_catalog(&self) -> bool {
+        !matches!(self, Query::Election(_))
+    }
 }
 
 impl fmt::Display for Query {
@@ -40,6 +51,7 @@ impl fmt::Display for Query {
             Query::Services => write!(f, "services()"),
             Query::Key(path) => write!(f, "key({path})"),
             Query::Keys(prefix) => write!(f, "keys({prefix})"),
+            Query::Election(name) => write!(f, "election({name})"),
         }
     }
 }
@@ -128,6 +140,46 @@ pub enum Data {
     Services(Vec<ServiceSummary>),
     Key(Option<String>),
     Keys(Vec<KeyValue>),
+    Election(ElectionView),
+}
+
+/// What the holder of an election publishes (its `value`): where the others find it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaderValue {
+    pub id: String,
+    pub address: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+}
+
+impl LeaderValue {
+    /// Catalog data is never trusted: a holder's value reaches templates and hook
+    /// environments, so it passes the checks instance records pass.
+    pub fn check(&self) -> Result<(), Invalid> {
+        check_name(&self.id)?;
+        check_address(&self.address)?;
+        if self.port == Some(0) {
+            return Err(Invalid::Port(0));
+        }
+        Ok(())
+    }
+}
+
+/// One term of an election: who holds it, and its fencing token (Consul's LockIndex, etcd's
+/// create_revision, the dir catalog's counter), which grows from one term to the next.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Holder {
+    pub value: LeaderValue,
+    pub token: u64,
+}
+
+/// An election as this process sees it.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct ElectionView {
+    /// The current holder, or `None` while there is none.
+    pub holder: Option<Holder>,
+    /// This process holds the election and its `on_elected` hook succeeded.
+    pub is_leader: bool,
 }
 
 impl Data {
@@ -155,7 +207,7 @@ impl Data {
                 }
             }
             Data::Keys(list) => list.sort_by(|a, b| a.path.cmp(&b.path)),
-            Data::Key(_) => {}
+            Data::Key(_) | Data::Election(_) => {}
         }
         self
     }
@@ -167,6 +219,7 @@ impl Data {
             Query::Services => Data::Services(Vec::new()),
             Query::Key(_) => Data::Key(None),
             Query::Keys(_) => Data::Keys(Vec::new()),
+            Query::Election(_) => Data::Election(ElectionView::default()),
         }
     }
 

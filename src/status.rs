@@ -129,6 +129,24 @@ pub struct TaskStatus {
     pub last_error: String,
 }
 
+/// One `[[election]]` as this process sees it.
+#[derive(Clone, Debug, Serialize, Deserialize, Default, PartialEq)]
+pub struct ElectionStatus {
+    /// `leader`, `follower`, `candidate` (nobody holds it; running), `waiting` (not eligible:
+    /// health not passing yet) or `unknown` (the catalog cannot be read).
+    pub role: String,
+    /// The holder's id and address, empty while there is none.
+    pub holder: String,
+    pub token: Option<u64>,
+    /// Since when the holder (this process, when leader) holds the election, as seen here.
+    #[serde(default, with = "opt_time")]
+    pub since: Option<SystemTime>,
+    /// Why this process is not running, or what ended its last term.
+    pub detail: String,
+    /// Terms this process has held since it started.
+    pub terms: u64,
+}
+
 #[derive(Clone, Debug, Serialize, Deserialize, Default, PartialEq)]
 pub struct Report {
     pub pid: u32,
@@ -140,6 +158,8 @@ pub struct Report {
     pub services: BTreeMap<String, ServiceStatus>,
     pub watches: Vec<String>,
     pub tasks: BTreeMap<String, TaskStatus>,
+    #[serde(default)]
+    pub elections: BTreeMap<String, ElectionStatus>,
     pub main: Option<MainStatus>,
     /// Every job, `main` included when there is one.
     #[serde(default)]

@@ -110,7 +110,13 @@ impl Collector {
                 }
                 _ = async { tokio::time::sleep_until(next_expiry.expect("guarded")).await }, if next_expiry.is_some() => {}
             }
-            let used: BTreeSet<Query> = by_owner.values().flatten().cloned().collect();
+            // Elections are published by this process's candidates, not watched in the catalog.
+            let used: BTreeSet<Query> = by_owner
+                .values()
+                .flatten()
+                .filter(|q| q.is_catalog())
+                .cloned()
+                .collect();
             let now = Instant::now();
             for q in self.wanted.borrow().iter() {
                 if !used.contains(q) {

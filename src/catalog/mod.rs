@@ -9,9 +9,13 @@
 //! [`Catalog::watch`] takes the whole set of wanted queries rather than one query at a time so
 //! that each backend can pick its natural shape: one long poll per query (Consul), one prefix
 //! watch for everything (etcd), one inotify tree (dir).
+//!
+//! Elections live beside each backend (`dir/election.rs`, `consul/election.rs`,
+//! `etcd/election.rs`), behind the [`election::Ballot`] trait.
 
 pub mod consul;
 pub mod dir;
+pub mod election;
 pub mod etcd;
 pub mod http;
 pub mod record;
@@ -132,6 +136,12 @@ pub trait Catalog: Send + Sync + 'static {
         status: Status,
         note: &str,
     ) -> Result<(), CatalogError>;
+
+    /// Opens one `[[election]]` with this catalog's locking primitive (see [`election`]).
+    fn ballot(
+        &self,
+        spec: &election::BallotSpec,
+    ) -> Result<Arc<dyn election::Ballot>, CatalogError>;
 }
 
 /// Opens the configured catalog.

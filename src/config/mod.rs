@@ -10,7 +10,7 @@
 //! - `walker.rs` is the spanned walker and its plain getters; `values.rs` the typed values
 //!   (durations, signals, commands, waits, modes, enum strings); `interpolate.rs` `${VAR}`.
 //! - One file per section, each owning its list of accepted keys: `catalog`, `control`,
-//!   `defaults`, `template`, `service`, `watch`, `task`, `main`.
+//!   `defaults`, `template`, `service`, `watch`, `task`, `election`, `main`.
 //! - `error.rs`: the problems, as the text users read.
 //!
 //! The config imports only the model and the backoff rules: it knows nothing of catalogs,
@@ -19,6 +19,7 @@
 mod catalog;
 mod control;
 mod defaults;
+mod election;
 mod error;
 mod interpolate;
 mod job;
@@ -42,6 +43,7 @@ use nix::sys::signal::Signal;
 use crate::model::{CatalogUrl, CatalogUrlError, Status};
 
 pub use self::control::{default_socket, default_socket_for, private_socket_dir};
+pub use self::election::{DEFAULT_LOCK_DELAY, DEFAULT_TTL};
 pub use self::error::{ConfigError, ConfigErrors};
 pub use self::interpolate::{InterpolateError, interpolate};
 pub use self::job::MAIN_JOB;
@@ -64,6 +66,7 @@ pub struct Config {
     pub services: Vec<ServiceConfig>,
     pub watches: Vec<WatchConfig>,
     pub tasks: Vec<TaskConfig>,
+    pub elections: Vec<ElectionConfig>,
     pub jobs: Vec<JobConfig>,
     pub main: Option<MainConfig>,
     /// What is allowed but probably a mistake, with its location: `rewire check` prints these,
@@ -426,6 +429,39 @@ pub struct TaskConfig {
     pub exec: CommandSpec,
     /// The task starts its rhythm only once this event happened.
     pub when: Option<When>,
+}
+
+/// `[[election]]`: one holder at a time among the processes sharing the catalog.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ElectionConfig {
+    pub name: String,
+    /// How long a term lasts without a renewal (renewed every ttl/3).
+    pub ttl: Duration,
+    /// Consul: how long a lock lost by invalidation cannot be taken again.
+    pub lock_delay: Duration,
+    /// What the holder publishes, over what `gate`'s service gives.
+    pub value: LeaderValueSpec,
+    /// Whose health must pass before this process may run for leader.
+    pub gate: Option<Gate>,
+    pub on_elected: Option<CommandSpec>,
+    pub on_demoted: Option<CommandSpec>,
+    pub on_change: Option<CommandSpec>,
+}
+
+/// What must be healthy before a process runs for leader. A `Job` variant joins this when
+/// `[[job]]` exists.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Gate {
+    /// A `[[service]]` of this config, by name: its health command must pass.
+    Service(String),
+}
+
+/// The holder's published value as configured; what is not set comes from the gate's service.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct LeaderValueSpec {
+    pub id: Option<String>,
+    pub address: Option<AddressSpec>,
+    pub port: Option<u16>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -15,7 +15,8 @@ use super::load::DiskCheck;
 use super::walker::{Tbl, Walker, finish_sorted};
 
 const ROOT_KEYS: &[&str] = &[
-    "catalog", "control", "defaults", "template", "service", "watch", "task", "job", "main",
+    "catalog", "control", "defaults", "template", "service", "watch", "task", "job", "election",
+    "main",
 ];
 
 /// Parses config text. `path` names the file in errors and anchors relative paths.
@@ -119,6 +120,7 @@ impl Walker<'_> {
         let services = self.services(root, catalog.deregister_after);
         let watches = self.watches(root, defaults.wait);
         let tasks = self.tasks(root);
+        let elections = self.elections(root, &services);
         let jobs = self.jobs(root);
         self.check_jobs(&jobs, main.is_some());
         Some(Config {
@@ -130,6 +132,7 @@ impl Walker<'_> {
             services,
             watches,
             tasks,
+            elections,
             jobs,
             main,
             warnings: Vec::new(),

@@ -4,11 +4,15 @@
 //!   sequence), with [`registrar`] keeping each `[[service]]` registered while healthy.
 //! - [`jobs`]: `[[job]]`s and main as a graph ordered by events (`when`), stopped in reverse.
 //! - [`watches`] (`[[watch]]` handlers) and [`tasks`] (`[[task]]`s).
+//! - [`election`]: `[[election]]`s (run for leader, renew, hooks, step down), gated by the
+//!   services' [`health`].
 //! - [`init`]: the PID 1 reaper, forked before the runtime exists.
 //!
 //! This side reads the store and the catalog, never the template engine: what happens to
 //! files is the render side's business.
 
+pub mod election;
+pub mod health;
 pub mod init;
 pub mod jobs;
 pub mod registrar;

@@ -119,6 +119,8 @@ pub struct Context {
     /// The supervisor's tasks: registrar tasks run here, so the stop sequence can wait for
     /// every one of them.
     pub tasks: TaskTracker,
+    /// Where each health check's result goes (elections wait on it).
+    pub health: super::health::Registry,
     /// The jobs' published state: a service with `job` reports that job's health.
     pub jobs: watch::Receiver<Arc<Jobs>>,
 }
@@ -323,12 +325,19 @@ impl Registrar {
                     }
                 }
             };
+            self.ctx.health.report(
+                &super::health::service_key(&self.svc.name),
+                status == Status::Passing,
+            );
             self.report(status, &note).await;
             if status != Status::Passing && self.registered.is_none() && !self.ever_registered {
                 // Still starting: look again soon rather than a whole interval later.
                 ticker.reset_after(first_pass_retry(self.svc.interval));
             }
         }
+        self.ctx
+            .health
+            .clear(&super::health::service_key(&self.svc.name));
         Finished {
             registered: self.registered,
             ever: self.ever_registered,
@@ -350,6 +359,9 @@ impl Registrar {
     }
 
     async fn enter_maintenance(&mut self) {
+        self.ctx
+            .health
+            .clear(&super::health::service_key(&self.svc.name));
         if let Some(reg) = self.registered.take() {
             info!("maintenance on: deregistering; health checks paused");
             deregister(self.ctx.catalog.as_ref(), &self.ctx.board, &reg).await;

@@ -43,13 +43,11 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 use tracing::{Instrument, debug, error, info, info_span, warn};
 
 use super::jobs::{Bus, Jobs, MainTurn, bus};
 use super::registrar::{self, ServiceTask};
 use crate::backoff::Backoff;
-use crate::catalog::Catalog;
 use crate::command::{self, RunStatus};
 use crate::config::{
     CommandSpec, Config, Event, JobConfig, MAIN_JOB, MainConfig, Program, Restart,
@@ -117,15 +115,16 @@ struct MainHandle {
 }
 
 impl Supervisor {
+    /// Starts the registrars and main; `ctx` is what the registrars share (its `tasks` is
+    /// this supervisor's tracker).
     pub fn start(
         config: &Config,
-        catalog: Arc<dyn Catalog>,
-        board: Arc<Board>,
+        ctx: registrar::Context,
         published: Published,
-        env: BTreeMap<String, String>,
-        maintenance: watch::Receiver<bool>,
         root: CancellationToken,
     ) -> Supervisor {
+        let board = ctx.board.clone();
+        let env = ctx.env.clone();
         let Published {
             jobs,
             main_pid,
@@ -134,14 +133,6 @@ impl Supervisor {
         if config.main.as_ref().is_none_or(|m| m.pre_start.is_none()) {
             writes_allowed.send_replace(true);
         }
-        let ctx = registrar::Context {
-            catalog,
-            board: board.clone(),
-            env: env.clone(),
-            maintenance,
-            tasks: TaskTracker::new(),
-            jobs: jobs.subscribe(),
-        };
         let services = config
             .services
             .iter()
@@ -485,7 +476,11 @@ async fn stop_main(m: &mut MainHandle, cfg: &MainConfig, hurry: &CancellationTok
 }
 
 /// Runs a hook to completion, its output going to the log under its name.
-async fn run_hook(what: &str, spec: &CommandSpec, env: &BTreeMap<String, String>) -> Option<u8> {
+pub(super) async fn run_hook(
+    what: &str,
+    spec: &CommandSpec,
+    env: &BTreeMap<String, String>,
+) -> Option<u8> {
     info!(hook = what, command = %spec.program.name(), "running");
     match command::run(spec, env, None).await {
         Ok(o) => {

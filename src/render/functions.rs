@@ -1,6 +1,6 @@
 //! rewire's template functions and filters, registered on every engine.
 //!
-//! Functions (`service`, `services`, `key`, `keys`, `env`) read the store snapshot of the
+//! Functions (`service`, `services`, `key`, `keys`, `env`, `leader`, `is_leader`) read the store snapshot of the
 //! current render (see [`template`](super::template)), never the network; a query without an
 //! answer yet is recorded as missing and answered with a placeholder. Filters beyond Tera's
 //! core come from `tera-contrib` plus rewire's own quoting and `addr_port`. Every function and
@@ -17,8 +17,8 @@ use std::collections::BTreeMap;
 use tera::{Kwargs, State, Tera, TeraResult, Value};
 
 use super::template::{lookup, wait_for};
-use super::values::{addr_port, entry_value};
-use crate::model::{Data, Instance, Query, Status};
+use super::values::{addr_port, entry_value, holder_value};
+use crate::model::{Data, ElectionView, Instance, Query, Status};
 
 pub(super) fn register(tera: &mut Tera) {
     tera.register_function("service", fn_service);
@@ -26,6 +26,8 @@ pub(super) fn register(tera: &mut Tera) {
     tera.register_function("key", fn_key);
     tera.register_function("keys", fn_keys);
     tera.register_function("env", fn_env);
+    tera.register_function("leader", fn_leader);
+    tera.register_function("is_leader", fn_is_leader);
     tera.register_filter("by_tag", filter_by_tag);
     tera.register_filter("nginx_quote", filter_nginx_quote);
     tera.register_filter("haproxy_quote", filter_haproxy_quote);
@@ -162,6 +164,35 @@ fn fn_keys(kwargs: Kwargs, _: &State) -> TeraResult<Value> {
                 Value::from(m)
             })
             .collect::<Vec<_>>(),
+    ))
+}
+
+/// The view of one `[[election]]` of this config. Until the election has seen the catalog's
+/// answer, the template waits (unknown is never rendered as "no leader").
+fn election_view(kwargs: &Kwargs, function: &str) -> TeraResult<Option<ElectionView>> {
+    only(kwargs, function, &["name"])?;
+    let name: String = kwargs.must_get("name")?;
+    Ok(
+        lookup(Query::Election(name), true).and_then(|e| match &e.data {
+            Data::Election(v) => Some(v.clone()),
+            _ => None,
+        }),
+    )
+}
+
+/// `leader(name="primary")`: the holder's published value (`id`, `address`, `port`,
+/// `addr_port`, `token`), or none while nobody holds the election.
+fn fn_leader(kwargs: Kwargs, _: &State) -> TeraResult<Value> {
+    Ok(election_view(&kwargs, "leader")?
+        .and_then(|v| v.holder.as_ref().map(holder_value))
+        .unwrap_or_else(Value::none))
+}
+
+/// `is_leader(name="primary")`: whether this process holds the election (and its
+/// `on_elected` hook succeeded).
+fn fn_is_leader(kwargs: Kwargs, _: &State) -> TeraResult<Value> {
+    Ok(Value::from(
+        election_view(&kwargs, "is_leader")?.is_some_and(|v| v.is_leader),
     ))
 }
 

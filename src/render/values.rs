@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use tera::Value;
 
-use crate::model::{Data, Instance};
+use crate::model::{Data, Holder, Instance};
 use crate::store::Entry;
 
 /// The template view of an entry, converted once per entry and cached in its slot.
@@ -106,7 +106,33 @@ pub fn data_value(data: &Data) -> Value {
                 })
                 .collect::<Vec<_>>(),
         ),
+        Data::Election(view) => {
+            let mut m = BTreeMap::new();
+            m.insert(
+                "leader".to_string(),
+                view.holder.as_ref().map_or_else(Value::none, holder_value),
+            );
+            m.insert("is_leader".to_string(), Value::from(view.is_leader));
+            Value::from(m)
+        }
     }
+}
+
+/// An election's holder as templates see it: `id`, `address`, `port` and `addr_port` (when
+/// the holder published a port) and the fencing `token`.
+pub(super) fn holder_value(h: &Holder) -> Value {
+    let mut m = BTreeMap::new();
+    m.insert("id".to_string(), Value::from(h.value.id.as_str()));
+    m.insert("address".to_string(), Value::from(h.value.address.as_str()));
+    if let Some(port) = h.value.port {
+        m.insert("port".to_string(), Value::from(port));
+        m.insert(
+            "addr_port".to_string(),
+            Value::from(addr_port(&h.value.address, u64::from(port))),
+        );
+    }
+    m.insert("token".to_string(), Value::from(h.token));
+    Value::from(m)
 }
 
 /// Lists at least this long are converted on several threads (a fresh start with thousands of

@@ -10,6 +10,7 @@ mod attacks;
 mod cli;
 mod consul;
 mod daemon;
+mod election;
 mod etcd;
 mod haproxy_runtime;
 mod hardening;

@@ -99,7 +99,7 @@ pub async fn render_until_ready(
         let mut to_fetch: BTreeSet<Query> = results
             .values()
             .flat_map(|r| r.deps().iter())
-            .filter(|q| snap.get(q).is_none())
+            .filter(|q| snap.get(q).is_none() && q.is_catalog())
             .cloned()
             .collect();
         let mut waiting_on_keys = false;

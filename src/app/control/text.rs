@@ -116,6 +116,28 @@ pub fn status(r: &Report) -> String {
         .collect();
     section(&mut out, "tasks", tasks);
 
+    let elections = r
+        .elections
+        .iter()
+        .map(|(name, e)| {
+            let mut line = format!("{name}: {}", e.role);
+            if !e.holder.is_empty() {
+                line.push_str(&format!(", holder {}", e.holder));
+            }
+            if let Some(token) = e.token {
+                line.push_str(&format!(", token {token}"));
+            }
+            if let Some(since) = e.since {
+                line.push_str(&format!(", since {}", time(since)));
+            }
+            let detail = one_line(&e.detail);
+            if !detail.is_empty() {
+                line.push_str(&format!("; {detail}"));
+            }
+            line
+        })
+        .collect();
+    section(&mut out, "elections", elections);
     // Only when there are jobs besides main (main has its own line above).
     if r.jobs.keys().any(|n| n != crate::config::MAIN_JOB) {
         let jobs = r.jobs.iter().map(|(name, j)| job_line(name, j)).collect();
@@ -236,7 +258,24 @@ mod tests {
                 last_error: "exited with status 1".into(),
             },
         );
+        report.elections.insert(
+            "primary".into(),
+            crate::status::ElectionStatus {
+                role: "leader".into(),
+                holder: "redis-a (10.0.0.5:6379)".into(),
+                token: Some(7),
+                since: Some(SystemTime::UNIX_EPOCH + Duration::from_secs(1_704_067_200)),
+                detail: String::new(),
+                terms: 1,
+            },
+        );
         let t = status(&report);
+        assert!(
+            t.contains(
+                "primary: leader, holder redis-a (10.0.0.5:6379), token 7, since 2024-01-01"
+            ),
+            "{t}"
+        );
         assert!(t.contains("main: running (pid 42)"), "{t}");
         assert!(!t.contains("jobs:"), "no jobs section without jobs:\n{t}");
         assert!(

@@ -13,7 +13,8 @@
 //!
 //! SIGHUP: see [`reload`].
 //!
-//! Stop (SIGTERM/SIGINT, or the configured stop signals): the supervisor runs its sequence
+//! Stop (SIGTERM/SIGINT, or the configured stop signals): every election steps down
+//! (on_demoted, release), then the supervisor runs its sequence
 //! (deregister, drain, pre_stop, stop main, post_stop) while the runners keep the files
 //! current; then the root token is cancelled (a round in progress is dropped, its check
 //! killed), every task is awaited for at most [`TAIL`], and the process exits with main's
@@ -40,9 +41,11 @@ use super::{Failure, Outcome, Reloader};
 use crate::catalog::{self, Catalog, CatalogError};
 use crate::config::Config;
 use crate::model::Query;
+use crate::proc::election::{self, Elections};
 use crate::proc::jobs::Jobs;
 use crate::proc::supervisor::{Published, Supervisor};
 use crate::proc::{Runs, tasks, watches};
+use crate::proc::{health, registrar};
 use crate::render::group;
 use crate::render::runner::{self, Shared};
 use crate::render::template::Engine;
@@ -233,6 +236,9 @@ struct Daemon {
     catalog: CatalogTask,
     generation: Generation,
     supervisor: Supervisor,
+    elections: Elections,
+    /// What the elections are wired to (SIGHUP starts new ones with it).
+    election_ctx: election::Context,
     maintenance: watch::Sender<bool>,
     control: mpsc::UnboundedReceiver<Command>,
 }
@@ -299,19 +305,33 @@ impl Daemon {
         for w in &config.warnings {
             warn!("{w}");
         }
+        let health = health::Registry::default();
         let supervisor = Supervisor::start(
             &config,
-            catalog.catalog.clone(),
-            parts.board.clone(),
+            registrar::Context {
+                catalog: catalog.catalog.clone(),
+                board: parts.board.clone(),
+                env: crate::command::child_env(&config),
+                maintenance: maintenance_rx,
+                tasks: TaskTracker::new(),
+                health: health.clone(),
+                jobs: jobs.subscribe(),
+            },
             Published {
                 jobs,
                 main_pid: main_pid_tx,
                 writes_allowed: writes_tx,
             },
-            crate::command::child_env(&config),
-            maintenance_rx,
             parts.root.clone(),
         );
+        let election_ctx = election::Context {
+            catalog: catalog.catalog.clone(),
+            store: parts.store.clone(),
+            board: parts.board.clone(),
+            env: crate::command::child_env(&config),
+            health,
+        };
+        let elections = Elections::start(&config, &election_ctx);
         Daemon {
             config,
             reloader,
@@ -321,6 +341,8 @@ impl Daemon {
             catalog,
             generation,
             supervisor,
+            elections,
+            election_ctx,
             maintenance,
             control,
         }
@@ -391,6 +413,15 @@ impl Daemon {
         old.shut().await;
         self.generation = self.parts.spawn_generation(&new, engine);
         self.supervisor.reconfigure(&new);
+        self.election_ctx.env = crate::command::child_env(&new);
+        if changes.catalog {
+            self.election_ctx.catalog = self.catalog.catalog.clone();
+            // A new catalog: the terms held in the old one end.
+            std::mem::replace(&mut self.elections, Elections::none())
+                .stop()
+                .await;
+        }
+        self.elections.reconfigure(&new, &self.election_ctx).await;
         self.parts.board.update(|r| {
             for name in &changes.dropped_templates {
                 r.templates.remove(name);
@@ -403,7 +434,10 @@ impl Daemon {
     /// The stop sequence; returns the status rewire exits with. `exit` is main's status when
     /// main already exited on its own.
     async fn stop(self, exit: Option<u8>, signals: &mut Signals) -> u8 {
-        // The supervisor first (deregister, drain, pre_stop, main, post_stop), while the
+        // Elections first (on_demoted, then release), so a successor is elected while this
+        // container still deregisters and drains.
+        self.elections.stop().await;
+        // The supervisor next (deregister, drain, pre_stop, main, post_stop), while the
         // runners keep the files current. A second stop signal (an impatient Ctrl-C) cuts the
         // drain and stop_timeout short.
         let hurry = CancellationToken::new();

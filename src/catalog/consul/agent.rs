@@ -90,6 +90,8 @@ impl Agent {
             Query::Key(path) | Query::Keys(path) => {
                 self.url(std::iter::once("kv").chain(path.trim_start_matches('/').split('/')))
             }
+            // Never sent: elections are not catalog queries (`Query::is_catalog`).
+            Query::Election(name) => self.url(["kv", "rewire", "elections", name.as_str()]),
         };
         {
             let mut q = url.query_pairs_mut();

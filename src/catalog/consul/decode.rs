@@ -128,6 +128,11 @@ pub fn interpret(
         Query::Key(_) => Data::Key(None),
         Query::Keys(_) if found => Data::Keys(kv_keys(a.body, max_value).map_err(malformed)?),
         Query::Keys(_) => Data::Keys(Vec::new()),
+        Query::Election(_) => {
+            return Err(malformed(Malformed(
+                "an election is not a catalog query".into(),
+            )));
+        }
     };
     Ok(Reply { index, data })
 }

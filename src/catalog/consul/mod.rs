@@ -17,11 +17,13 @@
 //!
 //! Decoding lives in [`decode`] and connection settings in [`settings`], both pure and
 //! unit-tested; [`agent`] is the HTTP side (requests, errors, TLS hints), [`register`] the
-//! service definition and TTL updates, [`poll`] the long polls. The integration tests run
-//! everything against a real agent.
+//! service definition and TTL updates, [`poll`] the long polls, [`election`] elections (a
+//! session-held lock on `rewire/elections/<name>`). The integration tests run everything
+//! against a real agent.
 
 mod agent;
 mod decode;
+mod election;
 mod poll;
 mod register;
 mod settings;
@@ -293,6 +295,17 @@ impl Catalog for ConsulCatalog {
                 detail: format!("{what} answered {code}: {}", decode::snippet(&answer)),
             }),
         }
+    }
+
+    fn ballot(
+        &self,
+        spec: &crate::catalog::election::BallotSpec,
+    ) -> Result<Arc<dyn crate::catalog::election::Ballot>, CatalogError> {
+        Ok(Arc::new(election::ConsulBallot::new(
+            self.agent.clone(),
+            self.pace.clone(),
+            spec,
+        )))
     }
 }
 

@@ -17,8 +17,10 @@
 //!
 //! `tree.rs` holds the in-memory tree and the answers it gives, `files.rs` reading instance
 //! and key files (confined to the catalog directory, regular files only, capped at
-//! `[catalog] max_file`), `inotify.rs` the watch loop.
+//! `[catalog] max_file`), `inotify.rs` the watch loop, `election.rs` elections
+//! (`PATH/elections/`).
 
+mod election;
 mod files;
 mod inotify;
 mod tree;
@@ -243,6 +245,13 @@ impl Catalog for DirCatalog {
             });
         }
         self.write_record(reg, status, note)
+    }
+
+    fn ballot(
+        &self,
+        spec: &crate::catalog::election::BallotSpec,
+    ) -> Result<Arc<dyn crate::catalog::election::Ballot>, CatalogError> {
+        Ok(Arc::new(election::DirBallot::new(self.root(), spec)))
     }
 }
 

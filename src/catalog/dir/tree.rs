@@ -560,6 +560,7 @@ impl Touched {
                 Query::Service(name) => self.services.contains(name),
                 Query::Services => !self.services.is_empty(),
                 Query::Key(_) | Query::Keys(_) => self.kv,
+                Query::Election(_) => false,
             }
     }
 }
@@ -591,6 +592,8 @@ pub(super) fn answer(tree: &Tree, q: &Query, now: SystemTime) -> Data {
                     .collect(),
             )
         }
+        // Never asked: elections are not catalog queries (`Query::is_catalog`).
+        Query::Election(_) => Data::empty_for(q),
     }
 }
 

@@ -129,6 +129,7 @@ impl Changes {
                     .next()
                     .is_some_and(|k| k.starts_with(prefix))
             }
+            Query::Election(_) => false,
         }
     }
 }
@@ -338,6 +339,8 @@ impl Mirror {
                         .collect(),
                 )
             }
+            // Never asked: elections are not catalog queries (`Query::is_catalog`).
+            Query::Election(_) => Data::empty_for(q),
         }
     }
 
@@ -372,6 +375,7 @@ mod tests {
             key: key.as_bytes().to_vec(),
             value: value.as_bytes().to_vec(),
             mod_revision: 1,
+            create_revision: 1,
             lease: 0,
         }
     }

@@ -22,7 +22,11 @@
 //! new lease and puts the record again by itself.
 //!
 //! Records written by hand without a `node` get an empty node: an etcd catalog spans machines.
+//!
+//! Elections ([`election`]) live under `PREFIX/elections/<name>`: a lease and a
+//! create-if-absent transaction.
 
+mod election;
 mod mirror;
 mod transport;
 mod watcher;
@@ -55,7 +59,7 @@ const MAX_NOTE: usize = 1024;
 
 /// The etcd backend. Cheap to share; `watch` runs one prefix watch whatever the wanted set.
 pub struct EtcdCatalog {
-    transport: Transport,
+    transport: Arc<Transport>,
     /// `PREFIX/`, e.g. `/rewire/`.
     base: String,
     /// Reconnect backoff of the watch (cloned per watch).
@@ -99,7 +103,12 @@ impl EtcdCatalog {
         let backoff = Backoff::new(catalog.retry.base, catalog.retry.max)
             .map_err(|e| CatalogError::Unsupported(format!("etcd: {e}")))?;
         Ok(EtcdCatalog {
-            transport: Transport::new(&r.endpoints, &r.tls, r.user, catalog.max_response)?,
+            transport: Arc::new(Transport::new(
+                &r.endpoints,
+                &r.tls,
+                r.user,
+                catalog.max_response,
+            )?),
             base: r.base,
             backoff,
             // etcd sends progress notifications every 10 min by default, so on a quiet prefix
@@ -269,6 +278,11 @@ impl Catalog for EtcdCatalog {
                 let e = wire::prefix_end(k.as_bytes());
                 (k, Some(e))
             }
+            Query::Election(_) => {
+                return Err(CatalogError::Unsupported(
+                    "an election is not a catalog query".into(),
+                ));
+            }
         };
         let mirror = self
             .read(&key, end.as_deref())
@@ -388,6 +402,18 @@ impl Catalog for EtcdCatalog {
             }
         }
         Ok(())
+    }
+
+    fn ballot(
+        &self,
+        spec: &crate::catalog::election::BallotSpec,
+    ) -> Result<Arc<dyn crate::catalog::election::Ballot>, CatalogError> {
+        Ok(Arc::new(election::EtcdBallot::new(
+            self.transport.clone(),
+            &self.base,
+            self.backoff.clone(),
+            spec,
+        )))
     }
 }
 

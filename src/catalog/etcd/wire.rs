@@ -160,6 +160,75 @@ pub fn authenticate_request(name: &str, password: &str) -> Value {
     json!({ "name": name, "password": password })
 }
 
+/// `/v3/watch` of one key from `start_revision` (elections).
+pub fn watch_key_request(key: &[u8], start_revision: i64) -> Value {
+    json!({
+        "create_request": {
+            "key": b64(key),
+            "start_revision": start_revision.to_string(),
+        }
+    })
+}
+
+/// `/v3/kv/txn` that creates `key` = `value` on `lease` only while the key does not exist
+/// (`create_revision == 0`), else reads it.
+pub fn create_if_absent_request(key: &[u8], value: &[u8], lease: i64) -> Value {
+    json!({
+        "compare": [{
+            "key": b64(key),
+            "target": "CREATE",
+            "result": "EQUAL",
+            "create_revision": "0",
+        }],
+        "success": [{ "request_put": put_request(key, value, lease) }],
+        "failure": [{ "request_range": range_request(key, None) }],
+    })
+}
+
+/// What a [`create_if_absent_request`] did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Created {
+    /// The key was created at this revision (its create_revision).
+    Yes(i64),
+    /// It existed: this is what it holds.
+    No(Option<Kv>),
+}
+
+pub fn decode_create_if_absent(body: &[u8]) -> Result<Created, Malformed> {
+    #[derive(Deserialize)]
+    struct RangePart {
+        #[serde(default)]
+        kvs: Vec<Kv>,
+    }
+    #[derive(Deserialize)]
+    struct Part {
+        #[serde(default)]
+        response_range: Option<RangePart>,
+    }
+    #[derive(Deserialize)]
+    struct Raw {
+        #[serde(default)]
+        header: Header,
+        #[serde(default)]
+        succeeded: bool,
+        #[serde(default)]
+        responses: Vec<Part>,
+    }
+    let r: Raw = serde_json::from_slice(body).map_err(|e| malformed("txn", e))?;
+    if r.succeeded {
+        if r.header.revision <= 0 {
+            return Err(Malformed("txn succeeded without a revision".into()));
+        }
+        return Ok(Created::Yes(r.header.revision));
+    }
+    Ok(Created::No(
+        r.responses
+            .into_iter()
+            .find_map(|p| p.response_range)
+            .and_then(|rr| rr.kvs.into_iter().next()),
+    ))
+}
+
 // ---- responses ------------------------------------------------------------------------------
 
 /// One key/value pair, decoded.
@@ -171,6 +240,9 @@ pub struct Kv {
     pub value: Vec<u8>,
     #[serde(default, deserialize_with = "de_i64")]
     pub mod_revision: i64,
+    /// The revision that created the key (an election's fencing token).
+    #[serde(default, deserialize_with = "de_i64")]
+    pub create_revision: i64,
     #[serde(default, deserialize_with = "de_i64")]
     pub lease: i64,
 }
@@ -478,6 +550,21 @@ fn de_b64<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
 mod tests {
     use super::*;
 
+    #[test]
+    fn create_if_absent_answers_decode() {
+        // etcd 3.4: a won and a lost create.
+        let won = br#"{"header":{"cluster_id":"1","member_id":"2","revision":"57","raft_term":"3"},"succeeded":true,"responses":[{"response_put":{"header":{"revision":"57"}}}]}"#;
+        assert_eq!(decode_create_if_absent(won).unwrap(), Created::Yes(57));
+        let lost = br#"{"header":{"revision":"58"},"responses":[{"response_range":{"header":{"revision":"58"},"kvs":[{"key":"L3Jld2lyZS9lbGVjdGlvbnMvcA==","create_revision":"57","mod_revision":"57","version":"1","value":"e30=","lease":"7587"}],"count":"1"}}]}"#;
+        let Created::No(Some(kv)) = decode_create_if_absent(lost).unwrap() else {
+            panic!()
+        };
+        assert_eq!((kv.create_revision, kv.lease), (57, 7587));
+        let body = create_if_absent_request(b"/k", b"v", 5);
+        assert_eq!(body["compare"][0]["target"], "CREATE");
+        assert_eq!(body["success"][0]["request_put"]["lease"], "5");
+    }
+
     // Captured from etcd 3.4.23 through its JSON gateway.
     const RANGE: &str = r#"{"header":{"cluster_id":"324952591200643719","member_id":"3319814642761637952","revision":"2","raft_term":"2"},"kvs":[{"key":"L3Jld2lyZS9rdi9h","create_revision":"2","mod_revision":"2","version":"1","value":"aGVsbG8="}],"count":"1"}"#;
     const RANGE_EMPTY: &str = r#"{"header":{"cluster_id":"324952591200643719","member_id":"3319814642761637952","revision":"2","raft_term":"2"}}"#;
@@ -508,6 +595,7 @@ mod tests {
                 key: b"/rewire/kv/a".to_vec(),
                 value: b"hello".to_vec(),
                 mod_revision: 2,
+                create_revision: 2,
                 lease: 0,
             }]
         );

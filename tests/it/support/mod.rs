@@ -11,18 +11,21 @@
 //! `scripts/test` when the Debian archive holding Consul was unreachable) always skips Consul.
 
 pub mod consul;
+pub mod election;
 pub mod etcd;
 pub mod haproxy;
 pub mod http;
 pub mod nginx;
 pub mod ports;
 pub mod process;
+pub mod proxy;
 
 pub use consul::Consul;
 pub use etcd::{Etcd, EtcdCluster, EtcdGateway};
 pub use haproxy::Haproxy;
 pub use nginx::Nginx;
 pub use ports::free_port;
+pub use proxy::TcpProxy;
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};

@@ -1,0 +1,311 @@
+//! Elections in the directory catalog: an `flock` held for the whole term.
+//!
+//! ```text
+//! PATH/elections/<name>/lock          flock(LOCK_EX) by the holder, never removed
+//! PATH/elections/<name>/token         the last term's token; bumped by each new holder, under the lock
+//! PATH/elections/<name>/leader.json   {"id", "address", "port", "token"}: the holder's record
+//! ```
+//!
+//! The kernel keeps the lock exactly as long as the holder's descriptor is open, so a
+//! SIGKILLed holder frees it at once: followers poll every [`POLL`] and the next one takes it.
+//! The descriptor is close-on-exec (Rust opens every file so): a child that inherited it (the
+//! supervised main process, a hook) would keep the lock after rewire died.
+//!
+//! Followers see who holds the election without taking it: a shared lock that can be taken
+//! means nobody holds the exclusive one (the record may be a dead holder's leftover); one that
+//! cannot means the record names the holder, once its token matches the counter (a new holder
+//! bumps the counter before it writes its record: in between, the holder is not known).
+//!
+//! A dir catalog lives on one machine: there is no TTL to lapse, so a term ends when its
+//! process does, resigns, or finds the lock file replaced (someone removed the directory).
+
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, warn};
+
+use crate::catalog::CatalogError;
+use crate::catalog::election::{Ballot, BallotSpec, Sight, set_sight};
+use crate::lock::lock;
+use crate::model::{Holder, LeaderValue};
+
+/// How often followers look at the lock.
+pub const POLL: Duration = Duration::from_millis(100);
+
+/// `leader.json`.
+#[derive(Debug, Serialize, Deserialize)]
+struct Record {
+    #[serde(flatten)]
+    value: LeaderValue,
+    token: u64,
+}
+
+/// The term this process holds: the locked descriptor and the lock file's identity.
+struct Term {
+    file: File,
+    token: u64,
+}
+
+pub struct DirBallot {
+    dir: PathBuf,
+    term: std::sync::Mutex<Option<Term>>,
+}
+
+impl DirBallot {
+    pub fn new(root: &Path, spec: &BallotSpec) -> DirBallot {
+        DirBallot {
+            dir: root.join("elections").join(&spec.name),
+            term: std::sync::Mutex::new(None),
+        }
+    }
+
+    fn lock_path(&self) -> PathBuf {
+        self.dir.join("lock")
+    }
+
+    fn token_path(&self) -> PathBuf {
+        self.dir.join("token")
+    }
+
+    fn record_path(&self) -> PathBuf {
+        self.dir.join("leader.json")
+    }
+
+    fn io(&self, path: &Path, e: io::Error) -> CatalogError {
+        CatalogError::Io {
+            path: path.display().to_string(),
+            source: e,
+        }
+    }
+
+    fn open_lock(&self) -> Result<File, CatalogError> {
+        std::fs::create_dir_all(&self.dir).map_err(|e| self.io(&self.dir, e))?;
+        let path = self.lock_path();
+        OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o644)
+            .custom_flags(libc::O_CLOEXEC)
+            .open(&path)
+            .map_err(|e| self.io(&path, e))
+    }
+
+    fn read_token(&self) -> Result<u64, CatalogError> {
+        let path = self.token_path();
+        match std::fs::read_to_string(&path) {
+            Ok(text) => text.trim().parse().map_err(|_| CatalogError::Malformed {
+                backend: "dir".into(),
+                detail: format!(
+                    "{}: {:?} is not a token (a whole number)",
+                    path.display(),
+                    text.trim()
+                ),
+            }),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(0),
+            Err(e) => Err(self.io(&path, e)),
+        }
+    }
+
+    fn read_record(&self) -> Option<Record> {
+        let bytes = std::fs::read(self.record_path()).ok()?;
+        let record: Record = serde_json::from_slice(&bytes).ok()?;
+        record.value.check().ok()?;
+        Some(record)
+    }
+
+    /// Who holds the election, as the lock and the files say.
+    fn look(&self) -> Result<Sight, CatalogError> {
+        let file = self.open_lock()?;
+        if try_flock(&file, libc::LOCK_SH).map_err(|e| self.io(&self.lock_path(), e))? {
+            // Nobody holds the exclusive lock; ours goes with `file`.
+            return Ok(Sight::Vacant);
+        }
+        let counter = self.read_token()?;
+        Ok(match self.read_record() {
+            Some(r) if r.token == counter => Sight::Held(Holder {
+                value: r.value,
+                token: r.token,
+            }),
+            // Between a new holder's counter and its record.
+            _ => Sight::Unknown,
+        })
+    }
+}
+
+/// `flock(how | LOCK_NB)`: true when taken, false when someone else holds a conflicting lock.
+fn try_flock(file: &File, how: libc::c_int) -> io::Result<bool> {
+    loop {
+        // SAFETY: flock on a descriptor this `File` owns; no memory is involved.
+        let r = unsafe { libc::flock(file.as_raw_fd(), how | libc::LOCK_NB) };
+        if r == 0 {
+            return Ok(true);
+        }
+        let e = io::Error::last_os_error();
+        match e.raw_os_error() {
+            Some(libc::EWOULDBLOCK) => return Ok(false),
+            Some(libc::EINTR) => continue,
+            _ => return Err(e),
+        }
+    }
+}
+
+#[async_trait]
+impl Ballot for DirBallot {
+    async fn campaign(&self, value: &LeaderValue) -> Result<Option<u64>, CatalogError> {
+        if let Some(t) = lock(&self.term).as_ref() {
+            return Ok(Some(t.token));
+        }
+        let file = self.open_lock()?;
+        if !try_flock(&file, libc::LOCK_EX).map_err(|e| self.io(&self.lock_path(), e))? {
+            return Ok(None);
+        }
+        // Held from here until `file` is closed: bump the counter, then publish the record.
+        let token = self.read_token()? + 1;
+        let path = self.token_path();
+        crate::files::write_atomic(&path, format!("{token}\n").as_bytes(), Some(0o644), true)
+            .map_err(|e| self.io(&path, e))?;
+        let record = Record {
+            value: value.clone(),
+            token,
+        };
+        let mut bytes = serde_json::to_vec(&record).expect("a Record always serializes");
+        bytes.push(b'\n');
+        let path = self.record_path();
+        crate::files::write_atomic(&path, &bytes, Some(0o644), true)
+            .map_err(|e| self.io(&path, e))?;
+        *lock(&self.term) = Some(Term { file, token });
+        Ok(Some(token))
+    }
+
+    async fn renew(&self) -> Result<bool, CatalogError> {
+        let guard = lock(&self.term);
+        let Some(term) = guard.as_ref() else {
+            return Ok(false);
+        };
+        // Still the lock file others open? (A removed or replaced file locks nobody out.)
+        let ours = term
+            .file
+            .metadata()
+            .map_err(|e| self.io(&self.lock_path(), e))?;
+        Ok(match std::fs::metadata(self.lock_path()) {
+            Ok(now) => now.dev() == ours.dev() && now.ino() == ours.ino(),
+            Err(_) => false,
+        })
+    }
+
+    async fn resign(&self) -> Result<(), CatalogError> {
+        let Some(term) = lock(&self.term).take() else {
+            return Ok(());
+        };
+        // The record goes first, while the lock still keeps others out.
+        if self.read_record().is_some_and(|r| r.token == term.token)
+            && let Err(e) = std::fs::remove_file(self.record_path())
+            && e.kind() != io::ErrorKind::NotFound
+        {
+            warn!(file = %self.record_path().display(), error = %e, "cannot remove the leader record");
+        }
+        drop(term.file);
+        Ok(())
+    }
+
+    async fn follow(&self, sight: watch::Sender<Sight>, stop: CancellationToken) {
+        let mut said_error = false;
+        loop {
+            let seen = match tokio::task::block_in_place(|| self.look()) {
+                Ok(s) => {
+                    said_error = false;
+                    s
+                }
+                Err(e) => {
+                    if !said_error {
+                        warn!(election = %self.dir.display(), error = %e, "cannot read the election");
+                        said_error = true;
+                    } else {
+                        debug!(error = %e, "cannot read the election");
+                    }
+                    Sight::Unknown
+                }
+            };
+            set_sight(&sight, seen);
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(POLL) => {}
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec() -> BallotSpec {
+        BallotSpec {
+            name: "primary".into(),
+            candidate: "a".into(),
+            ttl: Duration::from_secs(2),
+            lock_delay: Duration::ZERO,
+        }
+    }
+
+    fn value(id: &str) -> LeaderValue {
+        LeaderValue {
+            id: id.into(),
+            address: "127.0.0.1".into(),
+            port: Some(6379),
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn one_holder_at_a_time_and_tokens_grow_across_terms() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = DirBallot::new(dir.path(), &spec());
+        let b = DirBallot::new(dir.path(), &spec());
+        assert_eq!(a.look().unwrap(), Sight::Vacant);
+        assert_eq!(a.campaign(&value("a")).await.unwrap(), Some(1));
+        assert_eq!(b.campaign(&value("b")).await.unwrap(), None);
+        let Sight::Held(h) = b.look().unwrap() else {
+            panic!("b does not see a")
+        };
+        assert_eq!((h.value.id.as_str(), h.token), ("a", 1));
+        assert!(a.renew().await.unwrap());
+        a.resign().await.unwrap();
+        assert!(!a.renew().await.unwrap());
+        assert_eq!(b.look().unwrap(), Sight::Vacant);
+        assert_eq!(b.campaign(&value("b")).await.unwrap(), Some(2));
+        // A dead holder's record is not a holder: dropping the ballot closes its descriptor.
+        drop(b);
+        assert_eq!(a.look().unwrap(), Sight::Vacant);
+        assert_eq!(a.campaign(&value("a")).await.unwrap(), Some(3));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_lock_descriptor_is_not_inherited_by_children() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = DirBallot::new(dir.path(), &spec());
+        a.campaign(&value("a")).await.unwrap();
+        let fd = lock(&a.term).as_ref().unwrap().file.as_raw_fd();
+        // SAFETY: F_GETFD on a descriptor the ballot owns.
+        let flags = unsafe { libc::fcntl(fd, libc::F_GETFD) };
+        assert!(flags & libc::FD_CLOEXEC != 0, "flags {flags:#x}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_replaced_lock_file_ends_the_term() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = DirBallot::new(dir.path(), &spec());
+        a.campaign(&value("a")).await.unwrap();
+        std::fs::remove_dir_all(dir.path().join("elections")).unwrap();
+        assert!(!a.renew().await.unwrap());
+    }
+}
