@@ -61,4 +61,5 @@ pub mod proc;
 pub mod render;
 pub mod status;
 pub mod store;
+pub mod telemetry;
 pub mod wanted;

@@ -26,6 +26,7 @@ mod main;
 mod parse;
 mod service;
 mod task;
+mod telemetry;
 mod template;
 mod values;
 mod walker;
@@ -45,6 +46,7 @@ pub use self::error::{ConfigError, ConfigErrors};
 pub use self::interpolate::{InterpolateError, interpolate};
 pub use self::load::load;
 pub use self::parse::parse_str;
+pub use self::telemetry::{DEFAULT_CATALOG_GRACE, metric_name_ok};
 pub use self::values::{DurationError, UnknownSignal, parse_duration, parse_signal};
 
 /// The whole, validated configuration.
@@ -60,6 +62,10 @@ pub struct Config {
     pub watches: Vec<WatchConfig>,
     pub tasks: Vec<TaskConfig>,
     pub main: Option<MainConfig>,
+    /// The HTTP listener for metrics and probes; `None`: off.
+    pub telemetry: Option<TelemetryConfig>,
+    /// The user's own metrics (`[[metric]]`).
+    pub metrics: Vec<MetricConfig>,
 }
 
 impl Config {
@@ -356,6 +362,32 @@ pub struct TaskConfig {
     pub name: String,
     pub every: Duration,
     pub exec: CommandSpec,
+    /// A `[[metric]]` set from the number the task prints.
+    pub metric: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct TelemetryConfig {
+    pub listen: std::net::SocketAddr,
+    /// How long the catalog may be unreachable before `/ready` fails.
+    pub catalog_grace: Duration,
+    /// Serve `/status` (it shows addresses and commands).
+    pub status: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MetricKind {
+    /// A value only adds up.
+    Counter,
+    /// A value is set.
+    Gauge,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct MetricConfig {
+    pub name: String,
+    pub help: String,
+    pub kind: MetricKind,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

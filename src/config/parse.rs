@@ -15,7 +15,16 @@ use super::load::DiskCheck;
 use super::walker::{Tbl, Walker, finish_sorted};
 
 const ROOT_KEYS: &[&str] = &[
-    "catalog", "control", "defaults", "template", "service", "watch", "task", "main",
+    "catalog",
+    "control",
+    "defaults",
+    "template",
+    "service",
+    "watch",
+    "task",
+    "main",
+    "telemetry",
+    "metric",
 ];
 
 /// Parses config text. `path` names the file in errors and anchors relative paths.
@@ -112,7 +121,9 @@ impl Walker<'_> {
         let templates = self.templates(root, defaults.wait, main.as_ref());
         let services = self.services(root, catalog.deregister_after);
         let watches = self.watches(root, defaults.wait);
-        let tasks = self.tasks(root);
+        let metrics = self.metrics(root);
+        let tasks = self.tasks(root, &metrics);
+        let telemetry = self.telemetry(root);
         Some(Config {
             path: path.to_path_buf(),
             catalog,
@@ -123,6 +134,8 @@ impl Walker<'_> {
             watches,
             tasks,
             main,
+            telemetry,
+            metrics,
         })
     }
 }

@@ -5,11 +5,11 @@ use std::time::Duration;
 
 use toml::Spanned;
 
-use super::TaskConfig;
 use super::walker::{Tbl, Walker};
+use super::{MetricConfig, TaskConfig};
 
 impl Walker<'_> {
-    pub(super) fn tasks(&mut self, root: &Tbl) -> Vec<TaskConfig> {
+    pub(super) fn tasks(&mut self, root: &Tbl, metrics: &[MetricConfig]) -> Vec<TaskConfig> {
         let mut out = Vec::new();
         for (i, t) in self.tables(root, "task").into_iter().enumerate() {
             let every = self.duration(&t, "every");
@@ -38,13 +38,30 @@ impl Walker<'_> {
                 );
             }
             let name = self.string(&t, "name").map(Spanned::into_inner);
-            self.finish(&t, &["every", "exec", "timeout", "name"]);
+            let metric = self.string(&t, "metric").and_then(|m| {
+                if metrics.iter().any(|d| d.name == *m.get_ref()) {
+                    Some(m.into_inner())
+                } else {
+                    self.error(
+                        m.span(),
+                        format!("`metric` {:?} is not declared", m.get_ref()),
+                        "declare it: [[metric]] name = \"...\" type = \"gauge\"",
+                    );
+                    None
+                }
+            });
+            self.finish(&t, &["every", "exec", "timeout", "name", "metric"]);
             if let (Some(every), Some(mut exec)) = (every, exec) {
                 if let Some(timeout) = timeout {
                     exec.timeout = timeout;
                 }
                 let name = name.unwrap_or_else(|| format!("task{}-{}", i + 1, exec.program.name()));
-                out.push(TaskConfig { name, every, exec });
+                out.push(TaskConfig {
+                    name,
+                    every,
+                    exec,
+                    metric,
+                });
             }
         }
         out

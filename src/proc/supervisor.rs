@@ -42,6 +42,7 @@ use crate::catalog::Catalog;
 use crate::command::{self, RunStatus};
 use crate::config::{CommandSpec, Config, MainConfig, Program, Restart};
 use crate::status::{Board, MainStatus};
+use crate::telemetry::metrics::Metrics;
 
 /// Exit status when a hook or main could not be started at all (as a shell says it).
 pub const CANNOT_START: u8 = 127;
@@ -84,10 +85,12 @@ struct MainHandle {
 }
 
 impl Supervisor {
+    #[allow(clippy::too_many_arguments)] // each is a distinct channel or handle from the daemon
     pub fn start(
         config: &Config,
         catalog: Arc<dyn Catalog>,
         board: Arc<Board>,
+        metrics: Arc<Metrics>,
         main_pid: watch::Sender<Option<Pid>>,
         env: BTreeMap<String, String>,
         maintenance: watch::Receiver<bool>,
@@ -96,6 +99,7 @@ impl Supervisor {
         let ctx = registrar::Context {
             catalog,
             board: board.clone(),
+            metrics,
             env: env.clone(),
             maintenance,
             tasks: TaskTracker::new(),
@@ -520,6 +524,7 @@ impl MainTask {
                 m.state = "exited".into();
                 m.pid = None;
                 m.last_exit = Some(how);
+                m.last_exit_code = Some(i32::from(code));
             }
         });
         code

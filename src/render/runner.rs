@@ -32,6 +32,7 @@ use crate::debounce::{self, Debounce};
 use crate::model::Query;
 use crate::status::{Board, TemplateEvent};
 use crate::store::{Snapshot, Store};
+use crate::telemetry::metrics::{CheckResult, Metrics, ReloadResult, RenderResult};
 use crate::wanted::Wanted;
 
 /// What every group needs from the daemon.
@@ -41,6 +42,7 @@ pub struct Shared {
     pub store: Arc<Store>,
     pub wanted: Wanted,
     pub board: Arc<Board>,
+    pub metrics: Arc<Metrics>,
     pub env: BTreeMap<String, String>,
     pub main_pid: watch::Receiver<Option<Pid>>,
 }
@@ -147,13 +149,14 @@ struct GroupState {
 /// templates) go to a blocking thread so they never stall the watches.
 const INLINE_RENDER: Duration = Duration::from_micros(300);
 
-/// Renders one template, inline or on a blocking thread (see [`INLINE_RENDER`]).
+/// Renders one template, inline or on a blocking thread (see [`INLINE_RENDER`]); returns
+/// the render and how long it took.
 async fn render(
     shared: &Shared,
     t: &TemplateConfig,
     snap: &Arc<Snapshot>,
     state: &mut GroupState,
-) -> Rendered {
+) -> (Rendered, Duration) {
     let timed = |engine: &Engine, name: &str, snap: &Arc<Snapshot>| {
         let started = std::time::Instant::now();
         let r =
@@ -173,10 +176,11 @@ async fn render(
         }
     };
     state.render_cost.insert(t.name.clone(), took);
-    result.unwrap_or_else(|panic| Rendered::Failed {
+    let rendered = result.unwrap_or_else(|panic| Rendered::Failed {
         deps: BTreeSet::new(),
         error: format!("render panicked: {}", panic_text(&panic)),
-    })
+    });
+    (rendered, took)
 }
 
 fn panic_text(panic: &Box<dyn std::any::Any + Send>) -> &str {
@@ -250,8 +254,9 @@ fn hash(bytes: &[u8]) -> [u8; 32] {
     Sha256::digest(bytes).into()
 }
 
-/// Written this round: the file, the new bytes' hash and their length.
-type WrittenFile<'g> = (Written<'g>, [u8; 32], usize);
+/// Written this round: the file, the new bytes' hash and their length, and when the newest
+/// catalog answer it shows arrived (where its reaction time starts).
+type WrittenFile<'g> = (Written<'g>, [u8; 32], usize, Option<std::time::Instant>);
 
 /// Renders, applies and reloads every template of the group once. Returns the versions of
 /// every query the renders used.
@@ -267,13 +272,17 @@ async fn render_round(
     state.discovering = false;
     for t in &group.templates {
         let dest = t.destination.display().to_string();
-        let rendered = render(shared, t, snap, state).await;
+        let (rendered, took) = render(shared, t, snap, state).await;
+        let mut newest = None;
         for q in rendered.deps() {
-            seen.insert(q.clone(), snap.get(q).map(|e| e.version));
+            let entry = snap.get(q);
+            seen.insert(q.clone(), entry.map(|e| e.version));
+            newest = newest.max(entry.map(|e| e.arrived));
         }
         let now = SystemTime::now();
         match rendered {
             Rendered::Done { text, .. } => {
+                shared.metrics.render(&t.name, RenderResult::Ok, took);
                 let h = hash(text.as_bytes());
                 if state.held_back(&t.name, &h) {
                     debug!(template = %t.name, "same bytes as the last rejected render; trying again later");
@@ -289,6 +298,9 @@ async fn render_round(
                         debug!(template = %t.name, "unchanged");
                     }
                     Ok(Applied::Written { previous }) => {
+                        if t.check.is_some() {
+                            shared.metrics.check(&t.name, CheckResult::Ok);
+                        }
                         state.logged.remove(&t.name);
                         debug!(template = %t.name, dest = %dest, bytes = text.len(), "written; reload next");
                         written.push((
@@ -298,9 +310,19 @@ async fn render_round(
                             },
                             h,
                             text.len(),
+                            newest,
                         ));
                     }
                     Err(e) => {
+                        match e {
+                            ApplyError::Rejected { .. } => {
+                                shared.metrics.check(&t.name, CheckResult::Rejected)
+                            }
+                            ApplyError::CheckSpawn(_) => {
+                                shared.metrics.check(&t.name, CheckResult::Error)
+                            }
+                            ApplyError::Write { .. } => {}
+                        }
                         if matches!(e, ApplyError::Rejected { .. }) {
                             state.reject(&t.name, h, t.check_mode != CheckMode::Swap);
                         }
@@ -318,6 +340,7 @@ async fn render_round(
                 missing, waiting, ..
             } => {
                 any_pending = true;
+                shared.metrics.render(&t.name, RenderResult::Pending, took);
                 state.discovering |= !missing.is_empty();
                 let since = *state.pending_since.get_or_insert_with(Instant::now);
                 let reason = super::template::pending_reason(&missing, &waiting, None);
@@ -331,6 +354,7 @@ async fn render_round(
                     .record(&t.name, &dest, now, TemplateEvent::Waiting(reason));
             }
             Rendered::Failed { error, .. } => {
+                shared.metrics.render(&t.name, RenderResult::Error, took);
                 if state.should_log(&t.name, &error) {
                     error!(template = %t.name, "render failed; the destination was left as it was:\n{error}");
                 }
@@ -349,17 +373,28 @@ async fn render_round(
     let main_pid = *shared.main_pid.borrow();
     let reloaded = group::reload_or_restore(
         group.reload.as_ref(),
-        written.iter().map(|(w, _, _)| w),
+        written.iter().map(|(w, _, _, _)| w),
         main_pid,
         &shared.env,
     )
     .await;
     let now = SystemTime::now();
-    for (w, h, bytes) in written {
+    for (w, h, bytes, newest) in written {
         let t = w.template;
         let dest = t.destination.display().to_string();
+        if group.reload.is_some() {
+            let result = match &reloaded {
+                Ok(pipeline::Reloaded::Done) => ReloadResult::Ok,
+                Ok(pipeline::Reloaded::NotRunning(_)) => ReloadResult::NotRunning,
+                Err(_) => ReloadResult::Failed,
+            };
+            shared.metrics.reload(&t.name, result);
+        }
         match &reloaded {
             Ok(_) => {
+                shared
+                    .metrics
+                    .written(&t.name, newest.map(|at| at.elapsed()));
                 info!(template = %t.name, dest = %dest, bytes, "written");
                 state.rejected.remove(&t.name);
                 shared
@@ -367,6 +402,7 @@ async fn render_round(
                     .record(&t.name, &dest, now, TemplateEvent::Written);
             }
             Err(e) => {
+                shared.metrics.rollback(&t.name);
                 state.reject(&t.name, h, true);
                 let detail = format!("{e}; the previous file was restored");
                 shared

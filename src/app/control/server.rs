@@ -17,6 +17,7 @@ use tracing::{debug, info, warn};
 
 use super::{Answer, Command, IO_TIMEOUT, Request};
 use crate::status::Board;
+use crate::telemetry::metrics::Metrics;
 /// Longest request line accepted.
 const MAX_REQUEST: usize = 4096;
 
@@ -26,6 +27,7 @@ const MAX_REQUEST: usize = 4096;
 pub fn start(
     socket: &Path,
     board: Arc<Board>,
+    metrics: Arc<Metrics>,
     stop: CancellationToken,
     tasks: &TaskTracker,
 ) -> std::io::Result<mpsc::UnboundedReceiver<Command>> {
@@ -41,11 +43,12 @@ pub fn start(
                 _ = stop.cancelled() => break,
                 accepted = listener.accept() => match accepted {
                     Ok((stream, _)) => {
-                        let (board, tx, stop) = (board.clone(), tx.clone(), stop.clone());
+                        let (board, metrics, tx, stop) =
+                            (board.clone(), metrics.clone(), tx.clone(), stop.clone());
                         connections.spawn(async move {
                             tokio::select! {
                                 _ = stop.cancelled() => {}
-                                _ = serve(stream, board, tx) => {}
+                                _ = serve(stream, board, metrics, tx) => {}
                             }
                         });
                     }
@@ -101,12 +104,17 @@ fn bind(socket: &Path) -> std::io::Result<UnixListener> {
     Ok(listener)
 }
 
-async fn serve(stream: UnixStream, board: Arc<Board>, tx: mpsc::UnboundedSender<Command>) {
+async fn serve(
+    stream: UnixStream,
+    board: Arc<Board>,
+    metrics: Arc<Metrics>,
+    tx: mpsc::UnboundedSender<Command>,
+) {
     let (read, mut write) = stream.into_split();
     let mut line = String::new();
     let mut reader = BufReader::new(read).take(MAX_REQUEST as u64);
     let reply = match tokio::time::timeout(IO_TIMEOUT, reader.read_line(&mut line)).await {
-        Ok(Ok(_)) => answer(line.trim(), &board, &tx),
+        Ok(Ok(_)) => answer(line.trim(), &board, &metrics, &tx),
         Ok(Err(e)) => Answer::refused(format!("cannot read the request: {e}")),
         Err(_) => Answer::refused("no request within 5s"),
     };
@@ -118,13 +126,25 @@ async fn serve(stream: UnixStream, board: Arc<Board>, tx: mpsc::UnboundedSender<
     let _ = write.shutdown().await;
 }
 
-fn answer(request: &str, board: &Board, tx: &mpsc::UnboundedSender<Command>) -> Answer {
+fn answer(
+    request: &str,
+    board: &Board,
+    metrics: &Metrics,
+    tx: &mpsc::UnboundedSender<Command>,
+) -> Answer {
     match Request::parse(request) {
         Err(e) => Answer::refused(e.to_string()),
         Ok(Request::Status) => Answer {
             ok: Some(true),
             status: Some(board.report()),
             ..Answer::default()
+        },
+        Ok(Request::Metric { name, value }) => match metrics.set_user(&name, value) {
+            Ok(()) => Answer {
+                ok: Some(true),
+                ..Answer::default()
+            },
+            Err(e) => Answer::refused(e.to_string()),
         },
         Ok(Request::Maintenance { on }) => {
             if tx.send(Command::Maintenance(on)).is_err() {
@@ -167,7 +187,35 @@ mod tests {
         let board = Arc::new(Board::new(1, "c".into(), "dir:x".into()));
         let stop = CancellationToken::new();
         let tasks = TaskTracker::new();
-        let mut rx = start(&sock, board, stop.clone(), &tasks).unwrap();
+        let metrics = Arc::new(Metrics::new());
+        metrics.declare(&[crate::config::MetricConfig {
+            name: "jobs_total".into(),
+            help: "jobs".into(),
+            kind: crate::config::MetricKind::Counter,
+        }]);
+        let mut rx = start(&sock, board, metrics.clone(), stop.clone(), &tasks).unwrap();
+        let metric = |name: &str, value: f64| Request::Metric {
+            name: name.into(),
+            value,
+        };
+        client::request(&sock, metric("jobs_total", 2.0))
+            .await
+            .unwrap();
+        let refused = |r| match r {
+            Err(client::ClientError::Refused { message, .. }) => message,
+            other => panic!("not refused: {other:?}"),
+        };
+        assert_eq!(
+            refused(client::request(&sock, metric("nope", 1.0)).await),
+            "metric \"nope\" is not declared; add [[metric]] name = \"nope\" to the config"
+        );
+        assert!(
+            refused(client::request(&sock, metric("rewire_up", 1.0)).await)
+                .contains("is rewire's own")
+        );
+        assert!(
+            refused(client::request(&sock, metric("jobs_total", -1.0)).await).contains("only adds")
+        );
         let a = client::request(&sock, Request::Status).await.unwrap();
         assert_eq!(a.status.unwrap().catalog, "dir:x");
         client::request(&sock, Request::Maintenance { on: true })
@@ -178,6 +226,7 @@ mod tests {
         let second = start(
             &sock,
             Arc::new(Board::new(2, "c".into(), "d".into())),
+            metrics.clone(),
             stop.clone(),
             &tasks,
         );

@@ -45,6 +45,7 @@ use crate::render::runner::{self, Shared};
 use crate::render::template::Engine;
 use crate::status::Board;
 use crate::store::{Health, Store};
+use crate::telemetry::{self, Settings, Sources, metrics::Metrics};
 use crate::wanted::Wanted;
 
 /// How long tasks get to finish after a stop before rewire exits anyway.
@@ -55,7 +56,17 @@ pub async fn run(config: Config, reloader: Reloader) -> Result<Outcome, Failure>
     let catalog = open_and_check(&config).await?;
     let engine = Arc::new(Engine::load(&config.templates).map_err(Failure::Templates)?);
     let mut signals = Signals::new(config.main.as_ref()).map_err(Failure::Signals)?;
-    let mut daemon = Daemon::start(config, catalog, engine, reloader);
+    let listener =
+        match &config.telemetry {
+            Some(t) => Some(telemetry::http::bind(t.listen).await.map_err(|source| {
+                Failure::Telemetry {
+                    addr: t.listen,
+                    source,
+                }
+            })?),
+            None => None,
+        };
+    let mut daemon = Daemon::start(config, catalog, engine, reloader, listener);
     let exit = daemon.serve(&mut signals).await;
     let status = daemon.stop(exit, &mut signals).await;
     Ok(Outcome::Relayed(status))
@@ -114,6 +125,7 @@ struct Parts {
     root: CancellationToken,
     store: Arc<Store>,
     board: Arc<Board>,
+    metrics: Arc<Metrics>,
     wanted: Wanted,
     main_pid: watch::Receiver<Option<Pid>>,
     /// What `[[watch]]` handlers and `[[task]]`s keep across SIGHUP, and their runs in flight.
@@ -131,6 +143,7 @@ impl Parts {
             store: self.store.clone(),
             wanted: self.wanted.clone(),
             board: self.board.clone(),
+            metrics: self.metrics.clone(),
             env: crate::command::child_env(config),
             main_pid: self.main_pid.clone(),
         };
@@ -146,6 +159,7 @@ impl Parts {
             &generation.tracker,
             &generation.stop,
             &self.board,
+            &self.metrics,
             &shared.env,
             &self.runs,
             &self.task_slots,
@@ -154,6 +168,7 @@ impl Parts {
             store: self.store.clone(),
             wanted: self.wanted.clone(),
             board: self.board.clone(),
+            metrics: self.metrics.clone(),
             env: shared.env,
             runs: self.runs.clone(),
         };
@@ -181,6 +196,8 @@ struct Daemon {
     supervisor: Supervisor,
     maintenance: watch::Sender<bool>,
     control: mpsc::UnboundedReceiver<Command>,
+    /// What the telemetry listener's probes read from the config.
+    telemetry: watch::Sender<Settings>,
 }
 
 impl Daemon {
@@ -189,8 +206,11 @@ impl Daemon {
         catalog: Arc<dyn Catalog>,
         engine: Arc<Engine>,
         reloader: Reloader,
+        listener: Option<tokio::net::TcpListener>,
     ) -> Daemon {
         let root = CancellationToken::new();
+        let metrics = Arc::new(Metrics::new());
+        metrics.declare(&config.metrics);
         let tasks = TaskTracker::new();
         let store = Arc::new(Store::new());
         let board = Arc::new(Board::new(
@@ -209,9 +229,21 @@ impl Daemon {
         tasks.spawn(collector.run(root.clone()));
         let catalog = start_catalog(&tasks, catalog, wanted_rx.clone(), store.clone(), &root);
         let (main_pid_tx, main_pid) = watch::channel::<Option<Pid>>(None);
+        let (telemetry, settings) = watch::channel(Settings::from_config(&config));
+        if let Some(listener) = listener {
+            let sources = Sources {
+                metrics: metrics.clone(),
+                board: board.clone(),
+                store: store.clone(),
+                settings,
+                started: std::time::SystemTime::now(),
+            };
+            telemetry::http::serve(listener, sources, root.clone(), &tasks);
+        }
         let control = control::server::start(
             &config.control.socket,
             board.clone(),
+            metrics.clone(),
             root.clone(),
             &tasks,
         )
@@ -227,6 +259,7 @@ impl Daemon {
             root,
             store,
             board,
+            metrics,
             wanted,
             main_pid,
         };
@@ -241,6 +274,7 @@ impl Daemon {
             &config,
             catalog.catalog.clone(),
             parts.board.clone(),
+            parts.metrics.clone(),
             main_pid_tx,
             crate::command::child_env(&config),
             maintenance_rx,
@@ -257,6 +291,7 @@ impl Daemon {
             supervisor,
             maintenance,
             control,
+            telemetry,
         }
     }
 
@@ -324,6 +359,13 @@ impl Daemon {
         old.shut().await;
         self.generation = self.parts.spawn_generation(&new, engine);
         self.supervisor.reconfigure(&new);
+        self.parts.metrics.declare(&new.metrics);
+        self.telemetry.send_replace(Settings::from_config(&new));
+        if new.telemetry.as_ref().map(|t| t.listen)
+            != self.config.telemetry.as_ref().map(|t| t.listen)
+        {
+            warn!("[telemetry] listen changed: it applies when rewire restarts");
+        }
         self.parts.board.update(|r| {
             for name in &changes.dropped_templates {
                 r.templates.remove(name);

@@ -58,6 +58,7 @@ impl DirCatalog {
                             }
                             Err(e) => {
                                 loaded = false;
+                                store.failed();
                                 if store.set_health(Health::Unreachable(e.to_string())) {
                                     warn!(error = %e, "catalog unavailable; keeping the last good data");
                                 }
@@ -67,6 +68,7 @@ impl DirCatalog {
                     Err(e) => {
                         watcher = None;
                         loaded = false;
+                        store.failed();
                         if store.set_health(Health::Unreachable(e.to_string())) {
                             warn!(error = %e, "cannot watch the catalog directory; keeping the last good data");
                         }
