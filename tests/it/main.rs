@@ -16,4 +16,5 @@ mod project;
 mod scale;
 mod supervision;
 mod support;
+mod telemetry;
 mod templates;
