@@ -35,6 +35,9 @@
 //! - [`render`]: templates, the runner, the pipeline and reload groups. Reads the store, never
 //!   the catalog.
 //! - [`proc`]: supervisor, registrar, handlers, tasks, PID 1. Never the template engine.
+//! - [`telemetry`]: the metrics (a handle the daemon passes down; no global registry), the
+//!   state read at scrape time, and the `[telemetry]` HTTP listener (`/metrics`, `/health`,
+//!   `/ready`, `/status`). Reads the board, the store and the metrics; nothing reads it back.
 //! - Shared leaves: [`command`] (child processes), [`files`] (atomic files, diffs), [`debounce`],
 //!   [`backoff`], [`status`] (the status board), [`host`] (hostname, addresses), [`lock`].
 //!
@@ -42,7 +45,8 @@
 //!
 //! One catalog watch task (the backend decides how many connections it needs), the wanted-set
 //! collector, one runner task per template group, one task per `[[watch]]` and `[[task]]` (and
-//! their runs), the supervisor's (one registrar per `[[service]]`, main), the control socket.
+//! their runs), the supervisor's (one registrar per `[[service]]`, main), the control socket,
+//! and with `[telemetry]` the HTTP listener (its accept loop and one task per connection).
 //! Each runs on a `TaskTracker` and takes a child of one `CancellationToken`; the stop sequence
 //! lives in `app::daemon` and waits for every tracker before the process exits.
 

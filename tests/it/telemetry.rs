@@ -423,3 +423,35 @@ fn ready_fails_after_catalog_grace_while_health_stays_up() {
         "{metrics}"
     );
 }
+
+#[test]
+fn readme_alert_rules_and_scrape_config_pass_promtool() {
+    let Some(promtool) = prometheus_bin("promtool") else {
+        return;
+    };
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let start = readme
+        .find("# prometheus.yml\n")
+        .expect("the README shows a scrape config");
+    let block = &readme[start..];
+    let block = &block[..block.find("```").expect("the example's code block ends")];
+    let (scrape, rules) = block
+        .split_once("# rewire-alerts.yml\n")
+        .expect("the README shows alert rules");
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("prometheus.yml"), scrape).unwrap();
+    std::fs::write(dir.path().join("rewire-alerts.yml"), rules).unwrap();
+    for (what, file) in [("config", "prometheus.yml"), ("rules", "rewire-alerts.yml")] {
+        let o = Command::new(&promtool)
+            .args(["check", what, file])
+            .current_dir(dir.path())
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "promtool check {what} refused the README's example:\n{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+    }
+}
