@@ -38,7 +38,8 @@
 //! - [`telemetry`]: the metrics (a handle the daemon passes down; no global registry), the
 //!   state read at scrape time, and the `[telemetry]` HTTP listener (`/metrics`, `/health`,
 //!   `/ready`, `/status`). Reads the board, the store and the metrics; nothing reads it back.
-//! - Shared leaves: [`command`] (child processes), [`files`] (atomic files, diffs), [`debounce`],
+//! - Shared leaves: [`command`] (child processes), [`files`] (atomic files, diffs), [`confined`]
+//!   (reading files others may write: regular files inside one directory, capped), [`debounce`],
 //!   [`backoff`], [`status`] (the status board), [`host`] (hostname, addresses), [`lock`].
 //!
 //! # Tasks and shutdown
@@ -48,13 +49,19 @@
 //! their runs), the supervisor's (one registrar per `[[service]]`, main), the control socket,
 //! and with `[telemetry]` the HTTP listener (its accept loop and one task per connection).
 //! Each runs on a `TaskTracker` and takes a child of one `CancellationToken`; the stop sequence
-//! lives in `app::daemon` and waits for every tracker before the process exits.
+//! lives in `app::daemon` and waits for every tracker, for a bounded time, before the process
+//! exits. Nothing else holds the exit: renders run on detached threads of their own
+//! ([`render::worker`]), a child command's output pipe is read asynchronously and a dropped
+//! run kills the command's process group ([`command`]), and the runtime gets half a second to
+//! shut down. Every child is spawned from one long-lived thread with `PR_SET_PDEATHSIG`, so it
+//! dies with rewire even on `kill -9`.
 
 pub mod app;
 pub mod backoff;
 pub mod catalog;
 pub mod command;
 pub mod config;
+pub mod confined;
 pub mod debounce;
 pub mod files;
 pub mod host;

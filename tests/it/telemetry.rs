@@ -429,7 +429,8 @@ fn readme_alert_rules_and_scrape_config_pass_promtool() {
     let Some(promtool) = prometheus_bin("promtool") else {
         return;
     };
-    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
     let start = readme
         .find("# prometheus.yml\n")
         .expect("the README shows a scrape config");

@@ -15,9 +15,11 @@
 //!
 //! Stop (SIGTERM/SIGINT, or the configured stop signals): the supervisor runs its sequence
 //! (deregister, drain, pre_stop, stop main, post_stop) while the runners keep the files
-//! current; then the generation stops (a write in flight finishes), the root token is
-//! cancelled, every task is awaited (for at most [`GRACE`]), and the process exits with
-//! main's status, or 0.
+//! current; then the root token is cancelled (a round in progress is dropped, its check
+//! killed), every task is awaited for at most [`TAIL`], and the process exits with main's
+//! status, or 0. A second stop signal cuts the sequence short (main's group is killed at once)
+//! and skips the wait. Nothing waits for a render thread, a command's output pipe or a blocking
+//! read: `app::run` gives the runtime half a second to shut down, then the process exits.
 
 mod reload;
 
@@ -38,7 +40,7 @@ use super::{Failure, Outcome, Reloader};
 use crate::catalog::{self, Catalog, CatalogError};
 use crate::config::Config;
 use crate::model::Query;
-use crate::proc::supervisor::Supervisor;
+use crate::proc::supervisor::{Published, Supervisor};
 use crate::proc::{Runs, tasks, watches};
 use crate::render::group;
 use crate::render::runner::{self, Shared};
@@ -48,13 +50,17 @@ use crate::store::{Health, Store};
 use crate::telemetry::{self, Settings, Sources, metrics::Metrics};
 use crate::wanted::Wanted;
 
-/// How long tasks get to finish after a stop before rewire exits anyway.
+/// How long a config generation's tasks get to finish after a SIGHUP (a write, check and
+/// reload in progress) before the new generation starts anyway.
 const GRACE: Duration = Duration::from_secs(10);
+/// At the end of the stop sequence, how long the remaining tasks get after they were cancelled.
+const TAIL: Duration = Duration::from_millis(1500);
 
 /// Runs the daemon until a stop signal, or until main exits for good.
 pub async fn run(config: Config, reloader: Reloader) -> Result<Outcome, Failure> {
     let catalog = open_and_check(&config).await?;
     let engine = Arc::new(Engine::load(&config.templates).map_err(Failure::Templates)?);
+    crate::render::pipeline::remove_leftovers(&config.templates);
     let mut signals = Signals::new(config.main.as_ref()).map_err(Failure::Signals)?;
     let listener =
         match &config.telemetry {
@@ -128,6 +134,7 @@ struct Parts {
     metrics: Arc<Metrics>,
     wanted: Wanted,
     main_pid: watch::Receiver<Option<Pid>>,
+    writes_allowed: watch::Receiver<bool>,
     /// What `[[watch]]` handlers and `[[task]]`s keep across SIGHUP, and their runs in flight.
     watch_slots: watches::Slots,
     task_slots: tasks::Slots,
@@ -146,6 +153,8 @@ impl Parts {
             metrics: self.metrics.clone(),
             env: crate::command::child_env(config),
             main_pid: self.main_pid.clone(),
+            writes_allowed: self.writes_allowed.clone(),
+            abort: self.root.clone(),
         };
         for group in group::groups(&config.templates) {
             generation.tracker.spawn(runner::run_group(
@@ -240,8 +249,9 @@ impl Daemon {
             };
             telemetry::http::serve(listener, sources, root.clone(), &tasks);
         }
+        let (writes_tx, writes_allowed) = watch::channel(false);
         let control = control::server::start(
-            &config.control.socket,
+            &config.control,
             board.clone(),
             metrics.clone(),
             root.clone(),
@@ -262,6 +272,7 @@ impl Daemon {
             metrics,
             wanted,
             main_pid,
+            writes_allowed,
         };
         let generation = parts.spawn_generation(&config, engine);
         info!(
@@ -275,7 +286,10 @@ impl Daemon {
             catalog.catalog.clone(),
             parts.board.clone(),
             parts.metrics.clone(),
-            main_pid_tx,
+            Published {
+                main_pid: main_pid_tx,
+                writes_allowed: writes_tx,
+            },
             crate::command::child_env(&config),
             maintenance_rx,
             parts.root.clone(),
@@ -330,6 +344,7 @@ impl Daemon {
                 return;
             }
         };
+        crate::render::pipeline::remove_leftovers(&new.templates);
         let changes = reload::Changes::between(&self.config, &new);
         if changes.catalog {
             match open_and_check(&new).await {
@@ -397,18 +412,37 @@ impl Daemon {
                 }
             }
         };
-        self.generation.shut().await;
+        // Everything else stops now. Runners drop a round in progress (a check in flight is
+        // killed with its process group; a render thread is left to end at its deadline),
+        // watches and handler runs end. Nothing in flight may hold the exit: the wait is
+        // bounded, and a stop signal (a second one, or one arriving now) cuts it.
         self.parts.root.cancel();
+        self.generation.tracker.close();
         self.tasks.close();
-        if tokio::time::timeout(GRACE, self.tasks.wait())
-            .await
-            .is_err()
-        {
-            warn!(grace = ?GRACE, "tasks still running after the grace period; exiting anyway");
+        let rest = async {
+            self.generation.tracker.wait().await;
+            self.tasks.wait().await;
+        };
+        if !hurry.is_cancelled() {
+            tokio::select! {
+                r = tokio::time::timeout(TAIL, rest) => if r.is_err() {
+                    warn!(grace = ?TAIL, "tasks still running after the grace period; exiting anyway");
+                },
+                s = next_stop(signals) => warn!(signal = %s, "stop signal: exiting now"),
+            }
         }
         control::server::cleanup(&self.config.control.socket);
         info!(status, "stopped");
         status
+    }
+}
+
+/// The next stop signal (others are ignored while stopping).
+async fn next_stop(signals: &mut Signals) -> nix::sys::signal::Signal {
+    loop {
+        if let Incoming::Stop(s) = signals.next().await {
+            return s;
+        }
     }
 }
 
