@@ -45,6 +45,7 @@ pub use self::control::{default_socket, default_socket_for, private_socket_dir};
 pub use self::error::{ConfigError, ConfigErrors};
 pub use self::interpolate::{InterpolateError, interpolate};
 pub use self::load::load;
+pub use self::main::SERVICE_DRAIN;
 pub use self::parse::parse_str;
 pub use self::telemetry::{DEFAULT_CATALOG_GRACE, metric_name_ok};
 pub use self::values::{
@@ -68,6 +69,9 @@ pub struct Config {
     pub telemetry: Option<TelemetryConfig>,
     /// The user's own metrics (`[[metric]]`).
     pub metrics: Vec<MetricConfig>,
+    /// What is allowed but probably a mistake, with its location: `rewire check` prints these,
+    /// `rewire run` logs them at start.
+    pub warnings: Vec<ConfigError>,
 }
 
 impl Config {
@@ -300,6 +304,12 @@ pub enum Reload {
         signal: Signal,
         target: SignalTarget,
     },
+    /// `reload` on HAProxy's master CLI (`haproxy -W -S <socket>`), confirmed by the master's
+    /// reload counter: a master still busy with the previous reload ignores a SIGUSR2, while
+    /// its CLI refuses connections until it is ready, so nothing is lost.
+    HaproxyMaster {
+        socket: PathBuf,
+    },
 }
 
 impl Reload {
@@ -308,6 +318,7 @@ impl Reload {
         match self {
             Reload::Command(c) => format!("cmd:{}", c.program),
             Reload::Signal { signal, target } => format!("sig:{signal}:{target:?}"),
+            Reload::HaproxyMaster { socket } => format!("haproxy-master:{}", socket.display()),
         }
     }
 }
@@ -350,6 +361,25 @@ pub struct TemplateConfig {
     /// Keep the previous content as `<destination>.bak`.
     pub backup: bool,
     pub limits: RenderLimits,
+    /// Changes the program can take without a reload, and how to make them.
+    pub runtime: Option<RuntimeApi>,
+}
+
+/// A program's API for changes without a reload (`[[template]] runtime = { ... }`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RuntimeApi {
+    /// HAProxy's Runtime API on an admin-level stats socket: server lines added, removed or
+    /// changed inside existing backends are applied there; anything else reloads.
+    Haproxy { socket: PathBuf },
+}
+
+impl RuntimeApi {
+    /// The admin socket of an HAProxy runtime.
+    pub fn haproxy_socket(&self) -> &Path {
+        match self {
+            RuntimeApi::Haproxy { socket } => socket,
+        }
+    }
 }
 
 /// Where a registered service's address comes from.
@@ -439,6 +469,8 @@ pub struct MainConfig {
     pub stop_signals: Vec<Signal>,
     /// Sent to main on stop.
     pub stop_signal: Signal,
+    /// Between deregistering and `pre_stop`: 3 s by default when the config registers a
+    /// `[[service]]` (peers need that long to stop routing here), else 0.
     pub drain: Duration,
     pub forward_signals: Vec<Signal>,
     pub restart: Restart,

@@ -37,7 +37,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, error, info, info_span, warn};
 
 use super::group::{self, Group, Written};
-use super::pipeline::{self, Applied, ApplyError, Reloaded};
+use super::pipeline::{self, Applied, ApplyError, ReloadError, Reloaded};
+use super::runtimes::{self, Runtimes};
 use super::template::{Engine, Rendered};
 use super::worker::Slot;
 use crate::backoff::Backoff;
@@ -80,7 +81,10 @@ pub async fn run_group(group: Group, shared: Shared, stop: CancellationToken) {
         let mut debounce = Debounce::new(group.wait());
         // Query → entry version at the last render (None: no answer yet).
         let mut seen: BTreeMap<Query, Option<u64>> = BTreeMap::new();
-        let mut state = GroupState::default();
+        let mut state = GroupState {
+            runtimes: Runtimes::new(&group),
+            ..GroupState::default()
+        };
         let mut render_now = true;
         loop {
             if render_now {
@@ -116,6 +120,11 @@ pub async fn run_group(group: Group, shared: Shared, stop: CancellationToken) {
                 _ = sleep_until_some(state.next_retry()), if state.next_retry().is_some() => {
                     // Bytes a check, write or reload rejected may pass now.
                     render_now = true;
+                }
+                _ = sleep_until_some(state.runtimes.next_due()), if state.runtimes.next_due().is_some() => {
+                    // Servers added at runtime waiting for their first check, and removed
+                    // ones whose connections may be gone by now.
+                    state.runtimes.housekeeping().await;
                 }
                 _ = sleep_until_some(state.owed.as_ref().map(|o| o.at)), if state.owed.is_some() => {
                     tokio::select! {
@@ -193,6 +202,8 @@ struct GroupState {
     slots: HashMap<String, Slot>,
     /// A reload owed to files kept in place after a failed reload.
     owed: Option<Owed>,
+    /// The group's runtime APIs (HAProxy), which may take a change without a reload.
+    runtimes: Runtimes,
 }
 
 /// Renders one template within its limits (see [`worker`](super::worker)), and says how long
@@ -293,9 +304,30 @@ fn hash(bytes: &[u8]) -> [u8; 32] {
     Sha256::digest(bytes).into()
 }
 
-/// Written this round: the file, the new bytes' hash and their length, and when the newest
-/// catalog answer it shows arrived (where its reaction time starts).
-type WrittenFile<'g> = (Written<'g>, [u8; 32], usize, Option<std::time::Instant>);
+/// Written this round: the file, the new bytes' hash, the bytes, and when the newest catalog
+/// answer it shows arrived (where its reaction time starts).
+type WrittenFile<'g> = (Written<'g>, [u8; 32], String, Option<std::time::Instant>);
+
+/// Reloads the group (restoring `written` if that fails) and tells its runtimes what HAProxy
+/// runs now.
+async fn reload_group(
+    group: &Group,
+    shared: &Shared,
+    state: &mut GroupState,
+    written: &[WrittenFile<'_>],
+) -> Result<Reloaded, ReloadError> {
+    let main_pid = *shared.main_pid.borrow();
+    let result = group::reload_or_restore(
+        group.reload.as_ref(),
+        written.iter().map(|(w, _, _, _)| w),
+        main_pid,
+        &shared.env,
+        state.runtimes.confirm_socket(),
+    )
+    .await;
+    state.runtimes.after_reload(&result);
+    result
+}
 
 /// Renders, applies and reloads every template of the group once. Returns the versions of
 /// every query the renders used. When `stop` fires during a render, the templates not rendered
@@ -309,6 +341,8 @@ async fn render_round(
 ) -> BTreeMap<Query, Option<u64>> {
     let mut seen = BTreeMap::new();
     let mut written: Vec<WrittenFile> = Vec::new();
+    // Runtime templates whose file already held the render (what HAProxy may run).
+    let mut unchanged: Vec<(&str, String)> = Vec::new();
     let mut any_pending = false;
     state.discovering = false;
     for t in &group.templates {
@@ -333,6 +367,9 @@ async fn render_round(
                 }
                 match pipeline::apply(t, text.as_bytes(), &shared.env).await {
                     Ok(Applied::Unchanged) => {
+                        if state.runtimes.has(&t.name) {
+                            unchanged.push((&t.name, text));
+                        }
                         state.rejected.remove(&t.name);
                         state.logged.remove(&t.name);
                         // A file kept after a failed reload stays in error until its reload
@@ -349,14 +386,14 @@ async fn render_round(
                             shared.metrics.check(&t.name, CheckResult::Ok);
                         }
                         state.logged.remove(&t.name);
-                        debug!(template = %t.name, dest = %dest, bytes = text.len(), "written; reload next");
+                        debug!(template = %t.name, dest = %dest, bytes = text.len(), "written; reload or runtime update next");
                         written.push((
                             Written {
                                 template: t,
                                 previous,
                             },
                             h,
-                            text.len(),
+                            text,
                             newest,
                         ));
                     }
@@ -416,40 +453,112 @@ async fn render_round(
     if !any_pending {
         state.pending_since = None;
     }
-    if written.is_empty() {
+    if written.is_empty() && unchanged.is_empty() {
         return seen;
     }
-    let main_pid = *shared.main_pid.borrow();
-    let reloaded = group::reload_or_restore(
-        group.reload.as_ref(),
-        written.iter().map(|(w, _, _, _)| w),
-        main_pid,
-        &shared.env,
-    )
-    .await;
+    let decision = if state.runtimes.is_empty() {
+        runtimes::Decision {
+            applied: Default::default(),
+            reload: (!written.is_empty()).then(Default::default),
+            failed: Vec::new(),
+        }
+    } else {
+        let files: Vec<runtimes::WrittenFile> = written
+            .iter()
+            .filter(|(w, _, _, _)| state.runtimes.has(&w.template.name))
+            .map(|(w, _, text, _)| runtimes::WrittenFile {
+                template: &w.template.name,
+                previous: w.previous.as_deref(),
+                new: text.as_bytes(),
+            })
+            .collect();
+        let unchanged: Vec<(&str, &[u8])> =
+            unchanged.iter().map(|(n, t)| (*n, t.as_bytes())).collect();
+        let others = written
+            .iter()
+            .any(|(w, _, _, _)| !state.runtimes.has(&w.template.name));
+        state.runtimes.round(&files, &unchanged, others).await
+    };
+    let reloaded = match &decision.reload {
+        Some(why) => {
+            for (template, why) in why.iter().filter(|(t, _)| !t.is_empty()) {
+                info!(template = %template, "the change needs a reload: {why}");
+            }
+            Some(reload_group(group, shared, state, &written).await)
+        }
+        None => None,
+    };
+    if !state.runtimes.is_empty()
+        && let Some(why) = state.runtimes.verify().await
+        && reloaded.is_none()
+    {
+        // HAProxy differs from its file in a way only a reload repairs (nothing to restore:
+        // the files are right).
+        info!(templates = %group.name(), "reloading to repair HAProxy: {why}");
+        let _ = reload_group(group, shared, state, &[]).await;
+    }
+    for name in &decision.failed {
+        shared.metrics.runtime_apply(name, false);
+    }
     let now = SystemTime::now();
     let mut kept = Vec::new();
-    for (w, h, bytes, newest) in written {
+    for (w, h, text, newest) in written {
         let t = w.template;
         let dest = t.destination.display().to_string();
-        if group.reload.is_some() {
-            let result = match &reloaded {
+        if let Some(r) = &reloaded
+            && group.reload.is_some()
+        {
+            let counted = match r {
                 Ok(Reloaded::Done) => ReloadResult::Ok,
                 Ok(Reloaded::NotRunning(_)) => ReloadResult::NotRunning,
                 Err(_) => ReloadResult::Failed,
             };
-            shared.metrics.reload(&t.name, result);
+            shared.metrics.reload(&t.name, counted);
         }
-        match &reloaded {
-            Ok(_) => {
+        if decision.applied.contains_key(&t.name) {
+            shared.metrics.runtime_apply(&t.name, true);
+        }
+        let result = match &reloaded {
+            Some(r) => r.as_ref().map(|_| ()),
+            None => Ok(()),
+        };
+        match result {
+            Ok(()) => {
                 shared
                     .metrics
                     .written(&t.name, newest.map(|at| at.elapsed()));
-                info!(template = %t.name, dest = %dest, bytes, "written");
+                let path = match decision.applied.get(&t.name) {
+                    Some(changes) => {
+                        let what = if changes.is_empty() {
+                            "no server changed".to_string()
+                        } else {
+                            changes.join(", ")
+                        };
+                        info!(template = %t.name, dest = %dest, bytes = text.len(), changes = %what, "written; HAProxy updated through its Runtime API, without a reload");
+                        format!("runtime: {what}")
+                    }
+                    None => {
+                        info!(template = %t.name, dest = %dest, bytes = text.len(), "written");
+                        let why = decision
+                            .reload
+                            .as_ref()
+                            .and_then(|r| r.get(&t.name))
+                            .filter(|_| state.runtimes.has(&t.name));
+                        match why {
+                            Some(why) => format!("reload: {why}"),
+                            None => "reload".to_string(),
+                        }
+                    }
+                };
                 state.rejected.remove(&t.name);
                 shared
                     .board
                     .record(&t.name, &dest, now, TemplateEvent::Written);
+                let leaving = state.runtimes.leaving(&t.name);
+                shared.board.template(&t.name, &dest, |s| {
+                    s.last_path = path;
+                    s.leaving = leaving;
+                });
             }
             Err(e) if group::kept_after_failed_reload(&w) => {
                 // In place, not reloaded: a write, but no reaction time yet.
@@ -478,9 +587,10 @@ async fn render_round(
     }
     match reloaded {
         // Whatever was owed went with this reload.
-        Ok(_) => settle_owed(shared, state, group),
-        Err(_) if !kept.is_empty() => state.owe_reload(kept),
-        Err(_) => {}
+        Some(Ok(_)) => settle_owed(shared, state, group),
+        Some(Err(_)) if !kept.is_empty() => state.owe_reload(kept),
+        // No reload (the runtime API took the change): an owed reload stays owed.
+        Some(Err(_)) | None => {}
     }
     seen
 }
@@ -503,6 +613,8 @@ async fn retry_owed_reload(group: &Group, shared: &Shared, state: &mut GroupStat
             shared.metrics.reload(name, counted);
         }
     }
+    // The program runs the files on disk now (or still the old ones): the runtimes must know.
+    state.runtimes.after_reload(&result);
     match result {
         Ok(r) => {
             match r {

@@ -481,6 +481,7 @@ pub(crate) mod tests {
                 wait: DEFAULT_WAIT,
                 write: WriteMode::Atomic,
                 backup: false,
+                runtime: None,
                 limits: crate::config::DEFAULT_RENDER_LIMITS,
             })
             .collect();

@@ -370,3 +370,81 @@ impl Metrics {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn declared(name: &str, kind: MetricKind) -> MetricConfig {
+        MetricConfig {
+            name: name.into(),
+            help: "help".into(),
+            kind,
+        }
+    }
+
+    fn value(m: &Metrics, name: &str) -> Option<f64> {
+        m.gather().into_iter().find(|f| f.name() == name).map(|f| {
+            let s = &f.get_metric()[0];
+            if s.get_counter().get_value() != 0.0 {
+                s.get_counter().get_value()
+            } else {
+                s.get_gauge().get_value()
+            }
+        })
+    }
+
+    #[test]
+    fn a_counter_adds_and_a_gauge_sets() {
+        let m = Metrics::new();
+        m.declare(&[
+            declared("jobs_total", MetricKind::Counter),
+            declared("depth", MetricKind::Gauge),
+        ]);
+        m.set_user("jobs_total", 2.0).unwrap();
+        m.set_user("jobs_total", 3.0).unwrap();
+        m.set_user("depth", 7.0).unwrap();
+        m.set_user("depth", 4.0).unwrap();
+        assert_eq!(value(&m, "jobs_total"), Some(5.0));
+        assert_eq!(value(&m, "depth"), Some(4.0));
+        assert!(matches!(
+            m.set_user("jobs_total", -1.0),
+            Err(MetricError::Negative { .. })
+        ));
+        assert!(matches!(
+            m.set_user("depth", f64::NAN),
+            Err(MetricError::NotFinite { .. })
+        ));
+        assert!(matches!(
+            m.set_user("rewire_template_writes_total", 1.0),
+            Err(MetricError::Reserved(_))
+        ));
+        assert!(matches!(
+            m.set_user("other", 1.0),
+            Err(MetricError::Undeclared { .. })
+        ));
+    }
+
+    #[test]
+    fn sighup_keeps_values_of_metrics_still_declared_and_drops_the_rest() {
+        let m = Metrics::new();
+        m.declare(&[
+            declared("kept_total", MetricKind::Counter),
+            declared("gone", MetricKind::Gauge),
+            declared("retyped", MetricKind::Gauge),
+        ]);
+        m.set_user("kept_total", 4.0).unwrap();
+        m.set_user("retyped", 9.0).unwrap();
+        m.declare(&[
+            declared("kept_total", MetricKind::Counter),
+            declared("retyped", MetricKind::Counter),
+        ]);
+        assert_eq!(value(&m, "kept_total"), Some(4.0));
+        assert_eq!(value(&m, "gone"), None);
+        assert_eq!(value(&m, "retyped"), Some(0.0));
+        assert!(matches!(
+            m.set_user("gone", 1.0),
+            Err(MetricError::Undeclared { .. })
+        ));
+    }
+}

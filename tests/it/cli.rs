@@ -360,3 +360,19 @@ fn kill_9_mid_write_never_leaves_a_partial_file() {
         assert!(name == "big" || name.starts_with(".big.rewire-"), "{name}");
     }
 }
+
+#[test]
+fn check_warns_about_a_zero_drain_beside_a_service() {
+    let p = Project::new();
+    p.config(
+        "[catalog]\nbackend = \"dir\"\npath = \"catalog\"\n[[service]]\nname = \"web\"\nport = 80\n[main]\nexec = [\"true\"]\ndrain = \"0s\"\n",
+    );
+    let o = p.rewire(&["check"]);
+    assert_eq!(code(&o), 0, "a warning, not a problem: {}", stderr(&o));
+    let err = stderr(&o);
+    assert!(
+        err.contains("rewire.toml:9:1: drain = \"0s\" stops main"),
+        "{err}"
+    );
+    assert!(err.contains("wait.max"), "{err}");
+}

@@ -11,6 +11,7 @@ mod cli;
 mod consul;
 mod daemon;
 mod etcd;
+mod haproxy_runtime;
 mod hardening;
 mod harness_selftest;
 mod import;
