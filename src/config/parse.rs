@@ -22,6 +22,7 @@ const ROOT_KEYS: &[&str] = &[
     "service",
     "watch",
     "task",
+    "job",
     "main",
     "telemetry",
     "metric",
@@ -58,6 +59,8 @@ pub(super) fn parse(text: &str, path: &Path, env: &dyn Fn(&str) -> Option<String
         errors: Vec::new(),
         warnings: Vec::new(),
         disk: Vec::new(),
+        whens: Vec::new(),
+        service_jobs: Vec::new(),
     };
     let (root, parse_errors) = DeTable::parse_recoverable(text);
     for e in parse_errors {
@@ -128,6 +131,8 @@ impl Walker<'_> {
         let metrics = self.metrics(root);
         let tasks = self.tasks(root, &metrics);
         let telemetry = self.telemetry(root);
+        let jobs = self.jobs(root);
+        self.check_jobs(&jobs, main.is_some());
         Some(Config {
             path: path.to_path_buf(),
             catalog,
@@ -137,6 +142,7 @@ impl Walker<'_> {
             services,
             watches,
             tasks,
+            jobs,
             main,
             telemetry,
             metrics,

@@ -50,7 +50,9 @@ impl Walker<'_> {
                     None
                 }
             });
-            self.finish(&t, &["every", "exec", "timeout", "name", "metric"]);
+            let label = name.clone().unwrap_or_else(|| format!("task[{}]", i + 1));
+            let when = self.when(&t, &label, false);
+            self.finish(&t, &["every", "exec", "timeout", "name", "when", "metric"]);
             if let (Some(every), Some(mut exec)) = (every, exec) {
                 if let Some(timeout) = timeout {
                     exec.timeout = timeout;
@@ -61,6 +63,7 @@ impl Walker<'_> {
                     every,
                     exec,
                     metric,
+                    when,
                 });
             }
         }

@@ -21,8 +21,9 @@ use super::Runs;
 use crate::command;
 use crate::config::{Config, TaskConfig};
 use crate::lock::lock;
-use crate::status::{Board, TaskStatus};
+use crate::status::{Board, Jobs, TaskStatus};
 use crate::telemetry::metrics::Metrics;
+use tokio::sync::watch;
 
 /// What tasks keep across SIGHUP (see the module docs). Cheap to clone.
 #[derive(Clone, Default)]
@@ -53,8 +54,7 @@ pub fn spawn_all(
     board: &Arc<Board>,
     metrics: &Arc<Metrics>,
     env: &BTreeMap<String, String>,
-    runs: &Runs,
-    slots: &Slots,
+    (runs, slots, jobs): (&Runs, &Slots, &watch::Receiver<Arc<Jobs>>),
 ) {
     board.update(|r| {
         let names: BTreeSet<&str> = config.tasks.iter().map(|t| t.name.as_str()).collect();
@@ -73,6 +73,7 @@ pub fn spawn_all(
                 metrics.clone(),
                 env.clone(),
                 runs.clone(),
+                jobs.clone(),
                 stop.child_token(),
             )
             .instrument(span),
@@ -80,6 +81,7 @@ pub fn spawn_all(
     }
 }
 
+#[allow(clippy::too_many_arguments)] // each is a distinct handle from the daemon
 async fn run_task(
     t: TaskConfig,
     slot: Arc<TaskSlot>,
@@ -87,8 +89,14 @@ async fn run_task(
     metrics: Arc<Metrics>,
     env: BTreeMap<String, String>,
     runs: Runs,
+    jobs: watch::Receiver<Arc<Jobs>>,
     stop: CancellationToken,
 ) {
+    if let Some(when) = &t.when
+        && !super::jobs::bus::gate(jobs, when, &stop).await
+    {
+        return;
+    }
     // Keep the rhythm across a reload: the next run is `every` after the last one started.
     let last = *lock(&slot.last_start);
     let first = match last {

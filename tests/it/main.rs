@@ -15,6 +15,7 @@ mod haproxy_runtime;
 mod hardening;
 mod harness_selftest;
 mod import;
+mod jobs;
 mod project;
 mod scale;
 mod supervision;
