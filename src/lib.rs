@@ -43,6 +43,9 @@
 //! - [`render`]: templates, the runner, the pipeline and reload groups. Reads the store, never
 //!   the catalog.
 //! - [`proc`]: supervisor, registrar, handlers, tasks, PID 1. Never the template engine.
+//! - [`telemetry`]: the metrics (a handle the daemon passes down; no global registry), the
+//!   state read at scrape time, and the `[telemetry]` HTTP listener (`/metrics`, `/health`,
+//!   `/ready`, `/status`). Reads the board, the store and the metrics; nothing reads it back.
 //! - Shared leaves: [`command`] (child processes), [`files`] (atomic files, diffs), [`confined`]
 //!   (reading files others may write: regular files inside one directory, capped), [`debounce`],
 //!   [`backoff`], [`status`] (the status board), [`host`] (hostname, addresses), [`lock`].
@@ -53,7 +56,8 @@
 //! collector, one runner task per template group, one task per `[[watch]]` and `[[task]]` (and
 //! their runs), the supervisor's (one registrar per `[[service]]`, main), one per `[[job]]`
 //! (spawned before the preflight, awaited at its turn in the stop sequence), one per
-//! `[[election]]` (and its follower), the control socket. The stop sequence steps every
+//! `[[election]]` (and its follower), the control socket, and with `[telemetry]` the HTTP
+//! listener (its accept loop and one task per connection). The stop sequence steps every
 //! election down (on_demoted, release) before the supervisor deregisters.
 //! Each runs on a `TaskTracker` and takes a child of one `CancellationToken`; the stop sequence
 //! lives in `app::daemon` and waits for every tracker, for a bounded time, before the process
@@ -79,4 +83,5 @@ pub mod proc;
 pub mod render;
 pub mod status;
 pub mod store;
+pub mod telemetry;
 pub mod wanted;

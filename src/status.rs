@@ -84,6 +84,9 @@ pub struct MainStatus {
     pub pid: Option<i32>,
     pub restarts: u32,
     pub last_exit: Option<String>,
+    /// The last exit status, as rewire would exit with it (128+N: killed by signal N).
+    #[serde(default)]
+    pub last_exit_code: Option<i32>,
 }
 
 /// One job (a `[[job]]`, or `main`) as the job supervisor publishes it: the entries of the

@@ -8,6 +8,7 @@
 use std::any::Any;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
+use std::time::SystemTime;
 
 use tokio::sync::watch;
 
@@ -19,6 +20,8 @@ use crate::model::{Data, Query};
 pub struct Entry {
     pub data: Data,
     pub version: u64,
+    /// When this answer arrived in the store: where the change-to-write reaction time starts.
+    pub arrived: std::time::Instant,
     /// A form of `data` derived at most once per entry by whoever reads it: the template engine
     /// keeps its converted values here. The store only carries the slot (and asks whether it
     /// is filled), so it knows nothing of what goes in.
@@ -66,6 +69,23 @@ impl Snapshot {
 pub struct Store {
     current: Mutex<Arc<Snapshot>>,
     tx: watch::Sender<Arc<Snapshot>>,
+    contact: Mutex<Contact>,
+}
+
+/// How the catalog has been answering, for telemetry: counted as answers and failures
+/// arrive, read (never polled) when someone asks.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Contact {
+    /// Answers the catalog gave (a changed or unchanged result, a watch event).
+    pub answers: u64,
+    /// Answers that changed some query's data.
+    pub changes: u64,
+    /// Requests or watches that failed (each is retried after a backoff).
+    pub failures: u64,
+    /// When the catalog last answered.
+    pub last_answer: Option<SystemTime>,
+    /// When [`Snapshot::health`] last changed (the start of an outage, or of its end).
+    pub health_since: Option<SystemTime>,
 }
 
 impl Default for Store {
@@ -81,7 +101,25 @@ impl Store {
         Store {
             current: Mutex::new(first),
             tx,
+            contact: Mutex::new(Contact::default()),
         }
+    }
+
+    /// How the catalog has been answering (see [`Contact`]).
+    pub fn contact(&self) -> Contact {
+        lock(&self.contact).clone()
+    }
+
+    /// A request or watch failed; the backend retries it after its backoff.
+    pub fn failed(&self) {
+        lock(&self.contact).failures += 1;
+    }
+
+    /// The catalog answered without data for the store (e.g. a long poll that ran out).
+    pub fn answered(&self) {
+        let mut c = lock(&self.contact);
+        c.answers += 1;
+        c.last_answer = Some(SystemTime::now());
     }
 
     /// The latest snapshot.
@@ -101,6 +139,15 @@ impl Store {
 
     /// Records several answers and publishes once. Returns whether anything changed.
     pub fn update_many(&self, items: impl IntoIterator<Item = (Query, Data)>) -> bool {
+        let changed = self.publish(items);
+        let mut c = lock(&self.contact);
+        c.answers += 1;
+        c.changes += u64::from(changed);
+        c.last_answer = Some(SystemTime::now());
+        changed
+    }
+
+    fn publish(&self, items: impl IntoIterator<Item = (Query, Data)>) -> bool {
         let mut current = self.current();
         let version = current.version + 1;
         let mut changed: Vec<(Query, Arc<Entry>)> = Vec::new();
@@ -122,6 +169,7 @@ impl Store {
             let entry = Arc::new(Entry {
                 data,
                 version,
+                arrived: std::time::Instant::now(),
                 derived: OnceLock::new(),
                 previous: Mutex::new(previous),
             });
@@ -167,6 +215,13 @@ impl Store {
         let mut current = self.current();
         if current.health == health {
             return false;
+        }
+        {
+            let mut c = lock(&self.contact);
+            c.health_since = Some(SystemTime::now());
+            if health == Health::Healthy {
+                c.last_answer = c.last_answer.max(c.health_since);
+            }
         }
         let next = Arc::new(Snapshot {
             version: current.version,

@@ -83,6 +83,12 @@ pub enum Command {
     )]
     Maintenance(MaintenanceArgs),
 
+    /// Set one of the config's [[metric]]s in the running daemon (a counter adds, a gauge sets).
+    #[command(
+        after_help = "Examples:\n  rewire metric backups_total 1\n  rewire metric queue_depth 17 --socket /run/rewire.sock\n\nExit status: 0 ok; 1 the daemon is unreachable or refused (an undeclared name, a name starting with rewire_, a counter going down)."
+    )]
+    Metric(MetricArgs),
+
     /// Translate a ContainerPilot or consul-template setup into rewire.toml and Tera templates.
     #[command(
         after_help = "Examples:\n  rewire import containerpilot containerpilot.json --out rewire/\n  rewire import consul-template config.hcl            (prints rewire.toml)\n\nEach field without a rewire equivalent is listed on stderr with its location.\nExit status: 0 everything mapped; 1 something needs a person; 2 unreadable input, or a file in DIR exists (--force)."
@@ -145,6 +151,18 @@ pub struct StatusArgs {
 pub struct MaintenanceArgs {
     #[arg(value_enum)]
     pub state: OnOff,
+    /// The daemon's control socket; without it, read from the config's [control] socket.
+    #[arg(long, env = "REWIRE_SOCKET", value_name = "PATH")]
+    pub socket: Option<std::path::PathBuf>,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct MetricArgs {
+    /// A name declared with [[metric]] in the daemon's config.
+    pub name: String,
+    /// The number: added to a counter, set on a gauge.
+    #[arg(allow_negative_numbers = true)]
+    pub value: f64,
     /// The daemon's control socket; without it, read from the config's [control] socket.
     #[arg(long, env = "REWIRE_SOCKET", value_name = "PATH")]
     pub socket: Option<std::path::PathBuf>,

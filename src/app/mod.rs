@@ -22,7 +22,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use self::cli::{Cli, Command, MaintenanceArgs, OnOff, StatusArgs};
+use self::cli::{Cli, Command, MaintenanceArgs, MetricArgs, OnOff, StatusArgs};
 use crate::catalog::{self, Catalog, CatalogError};
 use crate::config::{self, Config, ConfigErrors};
 use crate::model::CatalogUrlError;
@@ -79,6 +79,11 @@ pub enum Failure {
     Diff(Vec<(String, String)>),
     #[error("rewire: cannot install signal handlers: {0}")]
     Signals(std::io::Error),
+    #[error("rewire: [telemetry] listen {addr}: {source}")]
+    Telemetry {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
     #[error("rewire import: {0}")]
     Import(crate::import::ImportError),
 }
@@ -151,6 +156,11 @@ async fn dispatch(cli: Cli) -> Result<Outcome, Failure> {
             state,
             socket: Some(socket),
         }) => return Ok(control::client::maintenance(socket, None, *state == OnOff::On).await),
+        Command::Metric(MetricArgs {
+            name,
+            value,
+            socket: Some(socket),
+        }) => return Ok(control::client::metric(socket, None, name, *value).await),
         // Import reads another tool's files: no rewire.toml involved.
         Command::Import(args) => return commands::import::run(args),
         _ => {}
@@ -179,6 +189,13 @@ async fn dispatch(cli: Cli) -> Result<Outcome, Failure> {
                     .await,
             )
         }
+        Command::Metric(args) => Ok(control::client::metric(
+            &config.control.socket,
+            Some(&config.path),
+            &args.name,
+            args.value,
+        )
+        .await),
         Command::Maintenance(args) => Ok(control::client::maintenance(
             &config.control.socket,
             Some(&config.path),

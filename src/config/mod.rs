@@ -28,6 +28,7 @@ mod main;
 mod parse;
 mod service;
 mod task;
+mod telemetry;
 mod template;
 mod values;
 mod walker;
@@ -50,6 +51,7 @@ pub use self::job::MAIN_JOB;
 pub use self::load::load;
 pub use self::main::SERVICE_DRAIN;
 pub use self::parse::parse_str;
+pub use self::telemetry::{DEFAULT_CATALOG_GRACE, metric_name_ok};
 pub use self::values::{
     DurationError, SizeError, UnknownSignal, parse_duration, parse_signal, parse_size, show_size,
 };
@@ -69,6 +71,10 @@ pub struct Config {
     pub elections: Vec<ElectionConfig>,
     pub jobs: Vec<JobConfig>,
     pub main: Option<MainConfig>,
+    /// The HTTP listener for metrics and probes; `None`: off.
+    pub telemetry: Option<TelemetryConfig>,
+    /// The user's own metrics (`[[metric]]`).
+    pub metrics: Vec<MetricConfig>,
     /// What is allowed but probably a mistake, with its location: `rewire check` prints these,
     /// `rewire run` logs them at start.
     pub warnings: Vec<ConfigError>,
@@ -429,6 +435,32 @@ pub struct TaskConfig {
     pub exec: CommandSpec,
     /// The task starts its rhythm only once this event happened.
     pub when: Option<When>,
+    /// A `[[metric]]` set from the number the task prints.
+    pub metric: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct TelemetryConfig {
+    pub listen: std::net::SocketAddr,
+    /// How long the catalog may be unreachable before `/ready` fails.
+    pub catalog_grace: Duration,
+    /// Serve `/status` (it shows addresses and commands).
+    pub status: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MetricKind {
+    /// A value only adds up.
+    Counter,
+    /// A value is set.
+    Gauge,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct MetricConfig {
+    pub name: String,
+    pub help: String,
+    pub kind: MetricKind,
 }
 
 /// `[[election]]`: one holder at a time among the processes sharing the catalog.

@@ -15,8 +15,18 @@ use super::load::DiskCheck;
 use super::walker::{Tbl, Walker, finish_sorted};
 
 const ROOT_KEYS: &[&str] = &[
-    "catalog", "control", "defaults", "template", "service", "watch", "task", "job", "election",
+    "catalog",
+    "control",
+    "defaults",
+    "template",
+    "service",
+    "watch",
+    "task",
+    "job",
+    "election",
     "main",
+    "telemetry",
+    "metric",
 ];
 
 /// Parses config text. `path` names the file in errors and anchors relative paths.
@@ -119,7 +129,9 @@ impl Walker<'_> {
         let templates = self.templates(root, defaults.wait, defaults.limits, main.as_ref());
         let services = self.services(root, catalog.deregister_after);
         let watches = self.watches(root, defaults.wait);
-        let tasks = self.tasks(root);
+        let metrics = self.metrics(root);
+        let tasks = self.tasks(root, &metrics);
+        let telemetry = self.telemetry(root);
         let jobs = self.jobs(root);
         let elections = self.elections(root, &services, &jobs);
         self.check_jobs(&jobs, main.is_some());
@@ -135,6 +147,8 @@ impl Walker<'_> {
             elections,
             jobs,
             main,
+            telemetry,
+            metrics,
             warnings: Vec::new(),
         })
     }
@@ -462,5 +476,49 @@ mod tests {
         let m = c.main.unwrap();
         assert_eq!(m.stop_signals, vec![Signal::SIGTERM, Signal::SIGINT]);
         assert_eq!(c.tasks[0].exec.timeout, Duration::from_secs(60));
+    }
+
+    #[test]
+    fn telemetry_is_off_unless_listen_is_given() {
+        let c = parse("").unwrap();
+        assert!(c.telemetry.is_none());
+        let c = parse("[telemetry]\nlisten = \"127.0.0.1:${PORT}\"\n").unwrap();
+        let t = c.telemetry.unwrap();
+        assert_eq!(t.listen, "127.0.0.1:8080".parse().unwrap());
+        assert_eq!(t.catalog_grace, Duration::from_secs(30));
+        assert!(!t.status);
+        let errs = errors("[telemetry]\nlisten = \"9090\"\nstatus = \"yes\"\n");
+        assert!(
+            errs.iter()
+                .any(|e| e.contains(":2:10: `listen` \"9090\" is not an ADDRESS:PORT")),
+            "{errs:?}"
+        );
+        assert!(errs.iter().any(|e| e.contains(":3:10:")), "{errs:?}");
+        assert!(errors("[telemetry]\nstatus = true\n")[0].contains("needs `listen`"));
+    }
+
+    #[test]
+    fn user_metrics_are_declared_and_named_the_prometheus_way() {
+        let c = parse(
+            "[[metric]]\nname = \"jobs_total\"\ntype = \"counter\"\nhelp = \"Jobs.\"\n\
+             [[task]]\nevery = \"1m\"\nexec = [\"depth\"]\nmetric = \"jobs_total\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.metrics[0].name, "jobs_total");
+        assert_eq!(c.metrics[0].kind, crate::config::MetricKind::Counter);
+        assert_eq!(c.tasks[0].metric.as_deref(), Some("jobs_total"));
+        let errs = errors(
+            "[[metric]]\nname = \"rewire_x\"\ntype = \"gauge\"\n\
+             [[metric]]\nname = \"9x\"\ntype = \"gauge\"\n\
+             [[metric]]\nname = \"ok\"\ntype = \"summary\"\n\
+             [[metric]]\nname = \"ok\"\ntype = \"gauge\"\n\
+             [[task]]\nevery = \"1m\"\nexec = [\"x\"]\nmetric = \"nope\"\n",
+        );
+        assert_eq!(errs.len(), 5, "{errs:#?}");
+        assert!(errs[0].contains(":2:8: metric name \"rewire_x\" starts with `rewire_`"));
+        assert!(errs[1].contains(":5:8: metric name \"9x\" is not a Prometheus name"));
+        assert!(errs[2].contains(":9:8: unknown metric type \"summary\""));
+        assert!(errs[3].contains(":11:8: metric \"ok\" is declared twice"));
+        assert!(errs[4].contains(":16:10: `metric` \"nope\" is not declared"));
     }
 }

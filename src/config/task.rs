@@ -5,11 +5,11 @@ use std::time::Duration;
 
 use toml::Spanned;
 
-use super::TaskConfig;
 use super::walker::{Tbl, Walker};
+use super::{MetricConfig, TaskConfig};
 
 impl Walker<'_> {
-    pub(super) fn tasks(&mut self, root: &Tbl) -> Vec<TaskConfig> {
+    pub(super) fn tasks(&mut self, root: &Tbl, metrics: &[MetricConfig]) -> Vec<TaskConfig> {
         let mut out = Vec::new();
         for (i, t) in self.tables(root, "task").into_iter().enumerate() {
             let every = self.duration(&t, "every");
@@ -38,9 +38,21 @@ impl Walker<'_> {
                 );
             }
             let name = self.string(&t, "name").map(Spanned::into_inner);
+            let metric = self.string(&t, "metric").and_then(|m| {
+                if metrics.iter().any(|d| d.name == *m.get_ref()) {
+                    Some(m.into_inner())
+                } else {
+                    self.error(
+                        m.span(),
+                        format!("`metric` {:?} is not declared", m.get_ref()),
+                        "declare it: [[metric]] name = \"...\" type = \"gauge\"",
+                    );
+                    None
+                }
+            });
             let label = name.clone().unwrap_or_else(|| format!("task[{}]", i + 1));
             let when = self.when(&t, &label, false);
-            self.finish(&t, &["every", "exec", "timeout", "name", "when"]);
+            self.finish(&t, &["every", "exec", "timeout", "name", "when", "metric"]);
             if let (Some(every), Some(mut exec)) = (every, exec) {
                 if let Some(timeout) = timeout {
                     exec.timeout = timeout;
@@ -50,6 +62,7 @@ impl Walker<'_> {
                     name,
                     every,
                     exec,
+                    metric,
                     when,
                 });
             }

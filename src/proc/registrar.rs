@@ -114,6 +114,7 @@ pub struct Stopped {
 pub struct Context {
     pub catalog: Arc<dyn Catalog>,
     pub board: Arc<Board>,
+    pub metrics: Arc<crate::telemetry::metrics::Metrics>,
     pub env: BTreeMap<String, String>,
     pub maintenance: watch::Receiver<bool>,
     /// The supervisor's tasks: registrar tasks run here, so the stop sequence can wait for
@@ -416,6 +417,7 @@ impl Registrar {
                 )
                 .await
                 .unwrap_or_else(|_| Err(timeout_error(&reg)));
+                self.ctx.metrics.ttl_update(&self.svc.name, r.is_ok());
                 match r {
                     Ok(()) => {
                         debug!(status = status.as_str(), "TTL updated");

@@ -720,6 +720,7 @@ impl MainTask {
                 m.state = "exited".into();
                 m.pid = None;
                 m.last_exit = Some(how);
+                m.last_exit_code = Some(i32::from(code));
             }
         });
         code

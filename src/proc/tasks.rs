@@ -22,6 +22,7 @@ use crate::command;
 use crate::config::{Config, TaskConfig};
 use crate::lock::lock;
 use crate::status::{Board, Jobs, TaskStatus};
+use crate::telemetry::metrics::Metrics;
 use tokio::sync::watch;
 
 /// What tasks keep across SIGHUP (see the module docs). Cheap to clone.
@@ -45,11 +46,13 @@ impl Slots {
 }
 
 /// Starts one task per `[[task]]` of this config generation, on `tracker`.
+#[allow(clippy::too_many_arguments)] // each is a distinct handle from the daemon
 pub fn spawn_all(
     config: &Config,
     tracker: &TaskTracker,
     stop: &CancellationToken,
     board: &Arc<Board>,
+    metrics: &Arc<Metrics>,
     env: &BTreeMap<String, String>,
     (runs, slots, jobs): (&Runs, &Slots, &watch::Receiver<Arc<Jobs>>),
 ) {
@@ -67,6 +70,7 @@ pub fn spawn_all(
                 t.clone(),
                 slots.slot(t),
                 board.clone(),
+                metrics.clone(),
                 env.clone(),
                 runs.clone(),
                 jobs.clone(),
@@ -77,10 +81,12 @@ pub fn spawn_all(
     }
 }
 
+#[allow(clippy::too_many_arguments)] // each is a distinct handle from the daemon
 async fn run_task(
     t: TaskConfig,
     slot: Arc<TaskSlot>,
     board: Arc<Board>,
+    metrics: Arc<Metrics>,
     env: BTreeMap<String, String>,
     runs: Runs,
     jobs: watch::Receiver<Arc<Jobs>>,
@@ -109,26 +115,35 @@ async fn run_task(
             continue;
         };
         *lock(&slot.last_start) = Some(Instant::now());
-        let (t2, board2, env2) = (t.clone(), board.clone(), env.clone());
+        let (t2, board2, metrics2, env2) = (t.clone(), board.clone(), metrics.clone(), env.clone());
         runs.spawn(
             async move {
                 let _guard = guard;
-                run_task_once(&t2, &board2, &env2).await;
+                run_task_once(&t2, &board2, &metrics2, &env2).await;
             }
             .instrument(tracing::Span::current()),
         );
     }
 }
 
-async fn run_task_once(t: &TaskConfig, board: &Board, env: &BTreeMap<String, String>) {
+async fn run_task_once(
+    t: &TaskConfig,
+    board: &Board,
+    metrics: &Metrics,
+    env: &BTreeMap<String, String>,
+) {
     let name = t.exec.program.name();
     debug!(command = %name, "running");
+    let started = Instant::now();
     let failure = match command::run(&t.exec, env, None).await {
         Ok(o) if o.success() => {
             if !o.output.is_empty() {
                 info!(command = %name, output = %o.output, "task output");
             }
-            None
+            match &t.metric {
+                Some(metric) => set_metric(metrics, metric, &o.output).err(),
+                None => None,
+            }
         }
         Ok(o) => {
             let how = o.describe(t.exec.timeout);
@@ -145,6 +160,7 @@ async fn run_task_once(t: &TaskConfig, board: &Board, env: &BTreeMap<String, Str
             Some(e.to_string())
         }
     };
+    metrics.task_run(&t.name, failure.is_none(), started.elapsed());
     board.update(|r| {
         let s = r
             .tasks
@@ -156,4 +172,18 @@ async fn run_task_once(t: &TaskConfig, board: &Board, env: &BTreeMap<String, Str
             s.last_error = e;
         }
     });
+}
+
+/// Sets a task's `metric` from its output: the last line, a number.
+fn set_metric(metrics: &Metrics, metric: &str, output: &str) -> Result<(), String> {
+    let last = output.lines().next_back().unwrap_or("").trim();
+    let value: f64 = last.parse().map_err(|_| {
+        let e = format!("metric {metric}: the task's last output line {last:?} is not a number");
+        warn!("{e}");
+        e
+    })?;
+    metrics.set_user(metric, value).map_err(|e| {
+        warn!(metric, "{e}");
+        e.to_string()
+    })
 }

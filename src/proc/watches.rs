@@ -76,6 +76,7 @@ pub struct Context {
     pub store: Arc<Store>,
     pub wanted: Wanted,
     pub board: Arc<Board>,
+    pub metrics: Arc<crate::telemetry::metrics::Metrics>,
     pub env: BTreeMap<String, String>,
     pub runs: Runs,
     /// The jobs' published state (a `[[watch]]` with `when` waits on it).
@@ -176,8 +177,14 @@ async fn run_watch(
                 *lock(&slot.fired) = Some(list.clone());
                 running = Some(
                     shared.runs.spawn(
-                        fire(w.clone(), list, slot.clone(), shared.env.clone())
-                            .instrument(tracing::Span::current()),
+                        fire(
+                            w.clone(),
+                            list,
+                            slot.clone(),
+                            shared.env.clone(),
+                            shared.metrics.clone(),
+                        )
+                        .instrument(tracing::Span::current()),
                     ),
                 );
                 continue;
@@ -225,15 +232,20 @@ async fn fire(
     list: Vec<Instance>,
     slot: Arc<WatchSlot>,
     env: BTreeMap<String, String>,
+    metrics: Arc<crate::telemetry::metrics::Metrics>,
 ) {
     let _running = slot.running.lock().await;
+    let started = tokio::time::Instant::now();
     let mut env = env;
     env.insert("REWIRE_SERVICE".into(), w.service.clone());
     let stdin = serde_json::to_vec(&list).expect("instances always serialize");
     let name = w.on_change.program.name();
     info!(command = %name, instances = list.len(), "running on_change");
     slot.runs.fetch_add(1, Ordering::Relaxed);
-    match command::run(&w.on_change, &env, Some(&stdin)).await {
+    let result = command::run(&w.on_change, &env, Some(&stdin)).await;
+    let ok = result.as_ref().is_ok_and(|o| o.success());
+    metrics.watch_run(&w.service, ok, started.elapsed());
+    match result {
         Ok(o) => {
             if o.success() {
                 if !o.output.is_empty() {

@@ -47,6 +47,7 @@ use crate::debounce::{self, Debounce};
 use crate::model::Query;
 use crate::status::{Board, TemplateEvent};
 use crate::store::{Snapshot, Store};
+use crate::telemetry::metrics::{CheckResult, Metrics, ReloadResult, RenderResult};
 use crate::wanted::Wanted;
 
 /// What every group needs from the daemon.
@@ -56,6 +57,7 @@ pub struct Shared {
     pub store: Arc<Store>,
     pub wanted: Wanted,
     pub board: Arc<Board>,
+    pub metrics: Arc<Metrics>,
     pub env: BTreeMap<String, String>,
     pub main_pid: watch::Receiver<Option<Pid>>,
     /// False until `pre_start` has exited (or when there is none): nothing is written before.
@@ -204,18 +206,20 @@ struct GroupState {
     runtimes: Runtimes,
 }
 
-/// Renders one template within its limits (see [`worker`](super::worker)). None when `stop`
-/// fired first: the render is abandoned (its thread ends at its deadline).
+/// Renders one template within its limits (see [`worker`](super::worker)), and says how long
+/// it took. None when `stop` fired first: the render is abandoned (its thread ends at its
+/// deadline).
 async fn render(
     shared: &Shared,
     t: &TemplateConfig,
     snap: &Arc<Snapshot>,
     state: &mut GroupState,
     stop: &CancellationToken,
-) -> Option<Rendered> {
+) -> Option<(Rendered, Duration)> {
     let slot = state.slots.entry(t.name.clone()).or_default();
+    let started = std::time::Instant::now();
     tokio::select! {
-        r = slot.render(&shared.engine, &t.name, t.limits, snap) => Some(r),
+        r = slot.render(&shared.engine, &t.name, t.limits, snap) => Some((r, started.elapsed())),
         _ = stop.cancelled() => None,
     }
 }
@@ -300,8 +304,9 @@ fn hash(bytes: &[u8]) -> [u8; 32] {
     Sha256::digest(bytes).into()
 }
 
-/// Written this round: the file, the new bytes' hash, and the bytes.
-type WrittenFile<'g> = (Written<'g>, [u8; 32], String);
+/// Written this round: the file, the new bytes' hash, the bytes, and when the newest catalog
+/// answer it shows arrived (where its reaction time starts).
+type WrittenFile<'g> = (Written<'g>, [u8; 32], String, Option<std::time::Instant>);
 
 /// Reloads the group (restoring `written` if that fails) and tells its runtimes what HAProxy
 /// runs now.
@@ -314,7 +319,7 @@ async fn reload_group(
     let main_pid = *shared.main_pid.borrow();
     let result = group::reload_or_restore(
         group.reload.as_ref(),
-        written.iter().map(|(w, _, _)| w),
+        written.iter().map(|(w, _, _, _)| w),
         main_pid,
         &shared.env,
         state.runtimes.confirm_socket(),
@@ -342,15 +347,19 @@ async fn render_round(
     state.discovering = false;
     for t in &group.templates {
         let dest = t.destination.display().to_string();
-        let Some(rendered) = render(shared, t, snap, state, stop).await else {
+        let Some((rendered, took)) = render(shared, t, snap, state, stop).await else {
             break;
         };
+        let mut newest = None;
         for q in rendered.deps() {
-            seen.insert(q.clone(), snap.get(q).map(|e| e.version));
+            let entry = snap.get(q);
+            seen.insert(q.clone(), entry.map(|e| e.version));
+            newest = newest.max(entry.map(|e| e.arrived));
         }
         let now = SystemTime::now();
         match rendered {
             Rendered::Done { text, .. } => {
+                shared.metrics.render(&t.name, RenderResult::Ok, took);
                 let h = hash(text.as_bytes());
                 if state.held_back(&t.name, &h) {
                     debug!(template = %t.name, "same bytes as the last rejected render; trying again later");
@@ -373,6 +382,9 @@ async fn render_round(
                         debug!(template = %t.name, "unchanged");
                     }
                     Ok(Applied::Written { previous }) => {
+                        if t.check.is_some() {
+                            shared.metrics.check(&t.name, CheckResult::Ok);
+                        }
                         state.logged.remove(&t.name);
                         debug!(template = %t.name, dest = %dest, bytes = text.len(), "written; reload or runtime update next");
                         written.push((
@@ -382,9 +394,19 @@ async fn render_round(
                             },
                             h,
                             text,
+                            newest,
                         ));
                     }
                     Err(e) => {
+                        match e {
+                            ApplyError::Rejected { .. } => {
+                                shared.metrics.check(&t.name, CheckResult::Rejected)
+                            }
+                            ApplyError::CheckSpawn(_) => {
+                                shared.metrics.check(&t.name, CheckResult::Error)
+                            }
+                            ApplyError::Write { .. } => {}
+                        }
                         // Tried again after a backoff, except bytes a swap check rejected: a
                         // retry would put them in place for the length of every check.
                         let swap_rejected = matches!(e, ApplyError::Rejected { .. })
@@ -404,6 +426,7 @@ async fn render_round(
                 missing, waiting, ..
             } => {
                 any_pending = true;
+                shared.metrics.render(&t.name, RenderResult::Pending, took);
                 state.discovering |= !missing.is_empty();
                 let since = *state.pending_since.get_or_insert_with(Instant::now);
                 let reason = super::template::pending_reason(&missing, &waiting, None);
@@ -417,6 +440,7 @@ async fn render_round(
                     .record(&t.name, &dest, now, TemplateEvent::Waiting(reason));
             }
             Rendered::Failed { error, .. } => {
+                shared.metrics.render(&t.name, RenderResult::Error, took);
                 if state.should_log(&t.name, &error) {
                     error!(template = %t.name, "render failed; the destination was left as it was:\n{error}");
                 }
@@ -436,12 +460,13 @@ async fn render_round(
         runtimes::Decision {
             applied: Default::default(),
             reload: (!written.is_empty()).then(Default::default),
+            failed: Vec::new(),
         }
     } else {
         let files: Vec<runtimes::WrittenFile> = written
             .iter()
-            .filter(|(w, _, _)| state.runtimes.has(&w.template.name))
-            .map(|(w, _, text)| runtimes::WrittenFile {
+            .filter(|(w, _, _, _)| state.runtimes.has(&w.template.name))
+            .map(|(w, _, text, _)| runtimes::WrittenFile {
                 template: &w.template.name,
                 previous: w.previous.as_deref(),
                 new: text.as_bytes(),
@@ -451,7 +476,7 @@ async fn render_round(
             unchanged.iter().map(|(n, t)| (*n, t.as_bytes())).collect();
         let others = written
             .iter()
-            .any(|(w, _, _)| !state.runtimes.has(&w.template.name));
+            .any(|(w, _, _, _)| !state.runtimes.has(&w.template.name));
         state.runtimes.round(&files, &unchanged, others).await
     };
     let reloaded = match &decision.reload {
@@ -472,17 +497,36 @@ async fn render_round(
         info!(templates = %group.name(), "reloading to repair HAProxy: {why}");
         let _ = reload_group(group, shared, state, &[]).await;
     }
+    for name in &decision.failed {
+        shared.metrics.runtime_apply(name, false);
+    }
     let now = SystemTime::now();
     let mut kept = Vec::new();
-    for (w, h, text) in written {
+    for (w, h, text, newest) in written {
         let t = w.template;
         let dest = t.destination.display().to_string();
+        if let Some(r) = &reloaded
+            && group.reload.is_some()
+        {
+            let counted = match r {
+                Ok(Reloaded::Done) => ReloadResult::Ok,
+                Ok(Reloaded::NotRunning(_)) => ReloadResult::NotRunning,
+                Err(_) => ReloadResult::Failed,
+            };
+            shared.metrics.reload(&t.name, counted);
+        }
+        if decision.applied.contains_key(&t.name) {
+            shared.metrics.runtime_apply(&t.name, true);
+        }
         let result = match &reloaded {
             Some(r) => r.as_ref().map(|_| ()),
             None => Ok(()),
         };
         match result {
             Ok(()) => {
+                shared
+                    .metrics
+                    .written(&t.name, newest.map(|at| at.elapsed()));
                 let path = match decision.applied.get(&t.name) {
                     Some(changes) => {
                         let what = if changes.is_empty() {
@@ -517,6 +561,8 @@ async fn render_round(
                 });
             }
             Err(e) if group::kept_after_failed_reload(&w) => {
+                // In place, not reloaded: a write, but no reaction time yet.
+                shared.metrics.written(&t.name, None);
                 state.rejected.remove(&t.name);
                 kept.push(t.name.clone());
                 let detail = format!(
@@ -530,6 +576,7 @@ async fn render_round(
                 );
             }
             Err(e) => {
+                shared.metrics.rollback(&t.name);
                 state.reject(&t.name, h, true);
                 let detail = format!("{e}; the previous file was restored");
                 shared
@@ -556,6 +603,16 @@ async fn retry_owed_reload(group: &Group, shared: &Shared, state: &mut GroupStat
     };
     let main_pid = *shared.main_pid.borrow();
     let result = pipeline::reload(reload, main_pid, &shared.env).await;
+    if let Some(owed) = &state.owed {
+        let counted = match &result {
+            Ok(Reloaded::Done) => ReloadResult::Ok,
+            Ok(Reloaded::NotRunning(_)) => ReloadResult::NotRunning,
+            Err(_) => ReloadResult::Failed,
+        };
+        for name in &owed.templates {
+            shared.metrics.reload(name, counted);
+        }
+    }
     // The program runs the files on disk now (or still the old ones): the runtimes must know.
     state.runtimes.after_reload(&result);
     match result {

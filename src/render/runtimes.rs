@@ -47,6 +47,8 @@ pub struct Decision {
     pub applied: BTreeMap<String, Vec<String>>,
     /// Why the group must reload (per template; "" for the group as a whole), if it must.
     pub reload: Option<BTreeMap<String, String>>,
+    /// Templates whose runtime update failed (the group reloads instead), for the metrics.
+    pub failed: Vec<String>,
 }
 
 impl Runtimes {
@@ -137,6 +139,7 @@ impl Runtimes {
                     }
                     Err(e) => {
                         warn!(template = %w.template, "{e}; reloading instead");
+                        decision.failed.push(w.template.to_string());
                         reload.insert(w.template.to_string(), e.to_string());
                         break;
                     }

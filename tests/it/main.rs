@@ -21,4 +21,5 @@ mod project;
 mod scale;
 mod supervision;
 mod support;
+mod telemetry;
 mod templates;

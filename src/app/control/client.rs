@@ -132,6 +132,24 @@ pub async fn status(socket: &Path, expected: Option<&Path>, as_json: bool) -> Ou
     }
 }
 
+/// `rewire metric NAME VALUE`: 1 when the daemon is unreachable or refuses (an undeclared
+/// name, a `rewire_` name, a counter asked to go down).
+pub async fn metric(socket: &Path, expected: Option<&Path>, name: &str, value: f64) -> Outcome {
+    if expected.is_some()
+        && let Err(e) = daemon_status(socket, expected).await
+    {
+        return Outcome::Findings(format!("rewire: {e}"));
+    }
+    let req = Request::Metric {
+        name: name.to_string(),
+        value,
+    };
+    match request(socket, req).await {
+        Ok(_) => Outcome::Done,
+        Err(e) => Outcome::Findings(format!("rewire: {e}")),
+    }
+}
+
 /// `rewire maintenance on|off`: 1 when the daemon is unreachable.
 pub async fn maintenance(socket: &Path, expected: Option<&Path>, on: bool) -> Outcome {
     if expected.is_some()

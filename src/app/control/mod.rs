@@ -9,6 +9,7 @@
 //! ```text
 //! → {"command":"status"}                    ← {"ok":true,"status":{...the report...}}
 //! → {"command":"maintenance","on":true}     ← {"ok":true,"maintenance":true}
+//! → {"command":"metric","name":"jobs_total","value":1}   ← {"ok":true}
 //!                                           ← {"ok":false,"error":"..."}
 //! ```
 //!
@@ -32,10 +33,17 @@ use crate::status::Report;
 const IO_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// What a client asks.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum Request {
     Status,
-    Maintenance { on: bool },
+    Maintenance {
+        on: bool,
+    },
+    /// Set a `[[metric]]`: a counter adds `value`, a gauge takes it.
+    Metric {
+        name: String,
+        value: f64,
+    },
 }
 
 /// A request the daemon cannot take; the text goes back to the client.
@@ -49,6 +57,8 @@ pub enum RequestError {
     UnknownCommand(String),
     #[error("maintenance needs \"on\": true or false")]
     MaintenanceNeedsOn,
+    #[error("metric needs \"name\" (a string) and \"value\" (a number)")]
+    MetricNeedsNameAndValue,
 }
 
 impl Request {
@@ -62,17 +72,30 @@ impl Request {
                 Some(on) => Ok(Request::Maintenance { on }),
                 None => Err(RequestError::MaintenanceNeedsOn),
             },
+            Some("metric") => match (
+                req.get("name").and_then(Value::as_str),
+                req.get("value").and_then(Value::as_f64),
+            ) {
+                (Some(name), Some(value)) => Ok(Request::Metric {
+                    name: name.to_string(),
+                    value,
+                }),
+                _ => Err(RequestError::MetricNeedsNameAndValue),
+            },
             Some(other) => Err(RequestError::UnknownCommand(other.to_string())),
             None => Err(RequestError::NoCommand),
         }
     }
 
     /// The request line (without its newline).
-    pub fn to_line(self) -> String {
+    pub fn to_line(&self) -> String {
         let value = match self {
             Request::Status => serde_json::json!({"command": "status"}),
             Request::Maintenance { on } => {
                 serde_json::json!({"command": "maintenance", "on": on})
+            }
+            Request::Metric { name, value } => {
+                serde_json::json!({"command": "metric", "name": name, "value": value})
             }
         };
         value.to_string()
@@ -115,9 +138,20 @@ mod tests {
 
     #[test]
     fn requests_read_back_what_the_client_writes() {
-        for r in [Request::Status, Request::Maintenance { on: true }] {
+        for r in [
+            Request::Status,
+            Request::Maintenance { on: true },
+            Request::Metric {
+                name: "jobs_total".into(),
+                value: 2.5,
+            },
+        ] {
             assert_eq!(Request::parse(&r.to_line()), Ok(r));
         }
+        assert_eq!(
+            Request::parse(r#"{"command":"metric","name":"x","value":"1"}"#),
+            Err(RequestError::MetricNeedsNameAndValue)
+        );
         assert_eq!(
             Request::parse(r#"{"command":"maintenance"}"#),
             Err(RequestError::MaintenanceNeedsOn)

@@ -27,6 +27,7 @@ use super::trust::{self, Untrusted};
 use super::{Answer, Command, IO_TIMEOUT, Request};
 use crate::config::ControlConfig;
 use crate::status::Board;
+use crate::telemetry::metrics::Metrics;
 /// Longest request line accepted.
 const MAX_REQUEST: usize = 4096;
 
@@ -59,6 +60,7 @@ fn io(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> BindErr
 pub fn start(
     control: &ControlConfig,
     board: Arc<Board>,
+    metrics: Arc<Metrics>,
     stop: CancellationToken,
     tasks: &TaskTracker,
 ) -> Result<mpsc::UnboundedReceiver<Command>, BindError> {
@@ -75,11 +77,12 @@ pub fn start(
                 _ = stop.cancelled() => break,
                 accepted = listener.accept() => match accepted {
                     Ok((stream, _)) => {
-                        let (board, tx, stop) = (board.clone(), tx.clone(), stop.clone());
+                        let (board, metrics, tx, stop) =
+                            (board.clone(), metrics.clone(), tx.clone(), stop.clone());
                         connections.spawn(async move {
                             tokio::select! {
                                 _ = stop.cancelled() => {}
-                                _ = serve(stream, board, tx) => {}
+                                _ = serve(stream, board, metrics, tx) => {}
                             }
                         });
                     }
@@ -178,14 +181,19 @@ fn bind_private(
     Ok(listener)
 }
 
-async fn serve(stream: UnixStream, board: Arc<Board>, tx: mpsc::UnboundedSender<Command>) {
+async fn serve(
+    stream: UnixStream,
+    board: Arc<Board>,
+    metrics: Arc<Metrics>,
+    tx: mpsc::UnboundedSender<Command>,
+) {
     // Who connected: decides whether the request may change state.
     let peer = stream.peer_cred().ok().map(|c| c.uid());
     let (read, mut write) = stream.into_split();
     let mut line = String::new();
     let mut reader = BufReader::new(read).take(MAX_REQUEST as u64);
     let reply = match tokio::time::timeout(IO_TIMEOUT, reader.read_line(&mut line)).await {
-        Ok(Ok(_)) => answer(line.trim(), peer, &board, &tx),
+        Ok(Ok(_)) => answer(line.trim(), peer, &board, &metrics, &tx),
         Ok(Err(e)) => Answer::refused(format!("cannot read the request: {e}")),
         Err(_) => Answer::refused("no request within 5s"),
     };
@@ -201,6 +209,7 @@ fn answer(
     request: &str,
     peer: Option<u32>,
     board: &Board,
+    metrics: &Metrics,
     tx: &mpsc::UnboundedSender<Command>,
 ) -> Answer {
     match Request::parse(request) {
@@ -218,6 +227,21 @@ fn answer(
                 trust::me()
             ))
         }
+        Ok(Request::Metric { .. }) if !peer.is_some_and(trust::trusted) => {
+            let who = peer.map_or_else(|| "an unknown user".to_string(), |u| format!("uid {u}"));
+            warn!(peer = ?peer, "control socket: refused a metric from another user");
+            Answer::refused(format!(
+                "metrics may be set only by root or the daemon's user (uid {}); {who} may read the status",
+                trust::me()
+            ))
+        }
+        Ok(Request::Metric { name, value }) => match metrics.set_user(&name, value) {
+            Ok(()) => Answer {
+                ok: Some(true),
+                ..Answer::default()
+            },
+            Err(e) => Answer::refused(e.to_string()),
+        },
         Ok(Request::Maintenance { on }) => {
             if tx.send(Command::Maintenance(on)).is_err() {
                 return Answer::refused("the daemon is stopping");
@@ -266,10 +290,38 @@ mod tests {
             socket: sock.clone(),
             group: None,
         };
-        let mut rx = start(&control, board, stop.clone(), &tasks).unwrap();
+        let metrics = Arc::new(Metrics::new());
+        metrics.declare(&[crate::config::MetricConfig {
+            name: "jobs_total".into(),
+            help: "jobs".into(),
+            kind: crate::config::MetricKind::Counter,
+        }]);
+        let mut rx = start(&control, board, metrics.clone(), stop.clone(), &tasks).unwrap();
         assert_eq!(
             std::fs::metadata(&sock).unwrap().permissions().mode() & 0o777,
             0o600
+        );
+        let metric = |name: &str, value: f64| Request::Metric {
+            name: name.into(),
+            value,
+        };
+        client::request(&sock, metric("jobs_total", 2.0))
+            .await
+            .unwrap();
+        let refused = |r| match r {
+            Err(client::ClientError::Refused { message, .. }) => message,
+            other => panic!("not refused: {other:?}"),
+        };
+        assert_eq!(
+            refused(client::request(&sock, metric("nope", 1.0)).await),
+            "metric \"nope\" is not declared; add [[metric]] name = \"nope\" to the config"
+        );
+        assert!(
+            refused(client::request(&sock, metric("rewire_up", 1.0)).await)
+                .contains("is rewire's own")
+        );
+        assert!(
+            refused(client::request(&sock, metric("jobs_total", -1.0)).await).contains("only adds")
         );
         let a = client::request(&sock, Request::Status).await.unwrap();
         assert_eq!(a.status.unwrap().catalog, "dir:x");
@@ -281,6 +333,7 @@ mod tests {
         let second = start(
             &control,
             Arc::new(Board::new(2, "c".into(), "d".into())),
+            metrics.clone(),
             stop.clone(),
             &tasks,
         );

@@ -220,6 +220,7 @@ mod tests {
                 pid: Some(42),
                 restarts: 0,
                 last_exit: None,
+                last_exit_code: None,
             }),
             ..Report::default()
         };

@@ -51,6 +51,7 @@ use crate::render::runner::{self, Shared};
 use crate::render::template::Engine;
 use crate::status::{Board, Jobs as JobsState};
 use crate::store::{Health, Store};
+use crate::telemetry::{self, Settings, Sources, metrics::Metrics};
 use crate::wanted::Wanted;
 
 /// How long a config generation's tasks get to finish after a SIGHUP (a write, check and
@@ -65,6 +66,16 @@ pub async fn run(config: Config, reloader: Reloader) -> Result<Outcome, Failure>
     let engine = Arc::new(Engine::load(&config.templates).map_err(Failure::Templates)?);
     crate::render::pipeline::remove_leftovers(&config.templates);
     let mut signals = Signals::new(config.main.as_ref()).map_err(Failure::Signals)?;
+    let listener =
+        match &config.telemetry {
+            Some(t) => Some(telemetry::http::bind(t.listen).await.map_err(|source| {
+                Failure::Telemetry {
+                    addr: t.listen,
+                    source,
+                }
+            })?),
+            None => None,
+        };
     // The jobs start before the preflight: the catalog may be a Consul agent that one of
     // them runs. Templates and registrations start after it, as without jobs.
     let health = health::Registry::default();
@@ -83,7 +94,7 @@ pub async fn run(config: Config, reloader: Reloader) -> Result<Outcome, Failure>
             return Ok(Outcome::Relayed(0));
         }
     };
-    let mut daemon = Daemon::start(config, catalog, engine, reloader, jobs, health);
+    let mut daemon = Daemon::start(config, catalog, engine, reloader, jobs, health, listener);
     let exit = daemon.serve(&mut signals).await;
     let status = daemon.stop(exit, &mut signals).await;
     Ok(Outcome::Relayed(status))
@@ -167,6 +178,7 @@ struct Parts {
     root: CancellationToken,
     store: Arc<Store>,
     board: Arc<Board>,
+    metrics: Arc<Metrics>,
     wanted: Wanted,
     main_pid: watch::Receiver<Option<Pid>>,
     writes_allowed: watch::Receiver<bool>,
@@ -187,6 +199,7 @@ impl Parts {
             store: self.store.clone(),
             wanted: self.wanted.clone(),
             board: self.board.clone(),
+            metrics: self.metrics.clone(),
             env: crate::command::child_env(config),
             main_pid: self.main_pid.clone(),
             writes_allowed: self.writes_allowed.clone(),
@@ -204,6 +217,7 @@ impl Parts {
             &generation.tracker,
             &generation.stop,
             &self.board,
+            &self.metrics,
             &shared.env,
             (&self.runs, &self.task_slots, &self.jobs),
         );
@@ -211,6 +225,7 @@ impl Parts {
             store: self.store.clone(),
             wanted: self.wanted.clone(),
             board: self.board.clone(),
+            metrics: self.metrics.clone(),
             env: shared.env,
             runs: self.runs.clone(),
             jobs: self.jobs.clone(),
@@ -242,6 +257,8 @@ struct Daemon {
     election_ctx: election::Context,
     maintenance: watch::Sender<bool>,
     control: mpsc::UnboundedReceiver<Command>,
+    /// What the telemetry listener's probes read from the config.
+    telemetry: watch::Sender<Settings>,
 }
 
 impl Daemon {
@@ -252,8 +269,11 @@ impl Daemon {
         reloader: Reloader,
         jobs: Jobs,
         health: health::Registry,
+        listener: Option<tokio::net::TcpListener>,
     ) -> Daemon {
         let root = CancellationToken::new();
+        let metrics = Arc::new(Metrics::new());
+        metrics.declare(&config.metrics);
         let tasks = TaskTracker::new();
         let store = Arc::new(Store::new());
         let board = Arc::new(Board::new(
@@ -273,10 +293,22 @@ impl Daemon {
         tasks.spawn(collector.run(root.clone()));
         let catalog = start_catalog(&tasks, catalog, wanted_rx.clone(), store.clone(), &root);
         let (main_pid_tx, main_pid) = watch::channel::<Option<Pid>>(None);
+        let (telemetry, settings) = watch::channel(Settings::from_config(&config));
+        if let Some(listener) = listener {
+            let sources = Sources {
+                metrics: metrics.clone(),
+                board: board.clone(),
+                store: store.clone(),
+                settings,
+                started: std::time::SystemTime::now(),
+            };
+            telemetry::http::serve(listener, sources, root.clone(), &tasks);
+        }
         let (writes_tx, writes_allowed) = watch::channel(false);
         let control = control::server::start(
             &config.control,
             board.clone(),
+            metrics.clone(),
             root.clone(),
             &tasks,
         )
@@ -292,6 +324,7 @@ impl Daemon {
             root,
             store,
             board,
+            metrics,
             wanted,
             main_pid,
             writes_allowed,
@@ -315,6 +348,7 @@ impl Daemon {
                 env: crate::command::child_env(&config),
                 maintenance: maintenance_rx,
                 tasks: TaskTracker::new(),
+                metrics: parts.metrics.clone(),
                 health: health.clone(),
                 jobs: jobs.subscribe(),
             },
@@ -346,6 +380,7 @@ impl Daemon {
             election_ctx,
             maintenance,
             control,
+            telemetry,
         }
     }
 
@@ -423,6 +458,13 @@ impl Daemon {
                 .await;
         }
         self.elections.reconfigure(&new, &self.election_ctx).await;
+        self.parts.metrics.declare(&new.metrics);
+        self.telemetry.send_replace(Settings::from_config(&new));
+        if new.telemetry.as_ref().map(|t| t.listen)
+            != self.config.telemetry.as_ref().map(|t| t.listen)
+        {
+            warn!("[telemetry] listen changed: it applies when rewire restarts");
+        }
         self.parts.board.update(|r| {
             for name in &changes.dropped_templates {
                 r.templates.remove(name);

@@ -271,13 +271,15 @@ pub async fn watch_one<S: Source>(
                         }
                     }
                     Step::Reset => {
+                        store.answered();
                         info!(%query, was = asked, now = reply.index, "consul index went backwards; reading afresh");
                     }
-                    Step::Same => {}
+                    Step::Same => store.answered(),
                 }
                 pacer.after_reply(asked, step, started.elapsed())
             }
             Err(err) => {
+                store.failed();
                 outage.failed(&store, &query, &err);
                 cursor.reset();
                 pacer.after_error()

@@ -134,6 +134,7 @@ impl DirCatalog {
                             Err(e) => {
                                 tree = prev;
                                 loaded = false;
+                                store.failed();
                                 if store.set_health(Health::Unreachable(e.to_string())) {
                                     warn!(error = %e, "catalog unavailable; keeping the last good data");
                                 }
@@ -143,6 +144,7 @@ impl DirCatalog {
                     Err(e) => {
                         watcher = None;
                         loaded = false;
+                        store.failed();
                         if store.set_health(Health::Unreachable(e.to_string())) {
                             warn!(error = %e, "cannot watch the catalog directory; keeping the last good data");
                         }

@@ -345,6 +345,7 @@ impl<'a> Watcher<'a> {
             self.transport.forget_token();
         }
         self.transport.rotate(idx);
+        self.store.failed();
         let delay = self.failover.on_failure();
         if self.failover.all_failed() && self.down != Some(true) {
             self.down = Some(true);
