@@ -355,3 +355,68 @@ fn kill_9_mid_write_never_leaves_a_partial_file() {
         assert!(name == "big" || name.starts_with(".big.rewire-"), "{name}");
     }
 }
+
+#[test]
+fn a_template_is_picked_by_its_name_without_the_extension() {
+    let p = Project::new();
+    p.file("templates/nginx.conf.tera", UPSTREAM)
+        .file("templates/haproxy.cfg.tera", "h\n")
+        .config("[[template]]\nsource = \"templates/nginx.conf.tera\"\ndestination = \"out/nginx.conf\"\n\n[[template]]\nsource = \"templates/haproxy.cfg.tera\"\ndestination = \"out/haproxy.cfg\"\n");
+    p.instance("web", "a", "10.0.0.1", 80);
+    let o = p.rewire(&["render", "--template", "nginx", "--timeout", "10s"]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert!(p.read("out/nginx.conf").contains("10.0.0.1:80"));
+    assert!(!p.path("out/haproxy.cfg").exists());
+    // The whole name still works, and an unknown one lists the names.
+    let o = p.rewire(&["render", "--template", "haproxy.cfg", "--timeout", "10s"]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let o = p.rewire(&["render", "--template", "apache"]);
+    assert_eq!(code(&o), 2);
+    assert!(
+        stderr(&o).contains("nginx.conf, haproxy.cfg"),
+        "{}",
+        stderr(&o)
+    );
+}
+
+#[test]
+fn an_unknown_backend_and_a_misspelt_key_are_each_reported_once() {
+    let p = Project::new();
+    p.file("t.tera", "x").config(
+        "[catalog]\nbackend = \"zookeeper\"\npath = \"catalog\"\n\n[[template]]\nsource = \"t.tera\"\ndestinaton = \"out/t\"\n",
+    );
+    let o = p.rewire(&["check"]);
+    assert_eq!(code(&o), 1);
+    let err = stderr(&o);
+    assert!(
+        err.contains("unknown catalog backend \"zookeeper\""),
+        "{err}"
+    );
+    assert!(!err.contains("unknown key `path`"), "{err}");
+    assert!(err.contains("unknown key `destinaton`"), "{err}");
+    assert!(err.contains("did you mean `destination`?"), "{err}");
+    assert!(!err.contains("needs `destination`"), "{err}");
+    assert!(err.contains("2 problems in the config"), "{err}");
+}
+
+#[test]
+fn status_without_a_config_asks_the_default_socket_and_names_socket_in_the_hint() {
+    let p = Project::new();
+    let runtime = p.path("xdg");
+    std::fs::create_dir_all(&runtime).unwrap();
+    // No rewire.toml here: no "cannot read the config", but the default socket, named.
+    let o = p
+        .command(&["status"])
+        .env("XDG_RUNTIME_DIR", &runtime)
+        .env_remove("REWIRE_SOCKET")
+        .output()
+        .unwrap();
+    assert_eq!(code(&o), 1);
+    let err = stderr(&o);
+    assert!(!err.contains("cannot read the config"), "{err}");
+    assert!(
+        err.contains(&format!("{}", runtime.join("rewire.sock").display())),
+        "{err}"
+    );
+    assert!(err.contains("--socket"), "{err}");
+}

@@ -10,6 +10,7 @@ mod cli;
 mod consul;
 mod daemon;
 mod etcd;
+mod examples;
 mod harness_selftest;
 mod import;
 mod project;

@@ -34,9 +34,28 @@ fn select<'c>(
     }
     let mut out = Vec::new();
     for n in names {
-        match config.templates.iter().find(|t| &t.name == n) {
-            Some(t) => out.push(t),
-            None => {
+        // The exact name, else the name without its extension (`nginx` for `nginx.conf`, the
+        // default name of templates/nginx.conf.tera) when that picks one template.
+        let exact = config.templates.iter().find(|t| &t.name == n);
+        let stem: Vec<&TemplateConfig> = config
+            .templates
+            .iter()
+            .filter(|t| name_stem(&t.name) == n)
+            .collect();
+        match (exact, stem.as_slice()) {
+            (Some(t), _) => out.push(t),
+            (None, [t]) => out.push(*t),
+            (None, [_, _, ..]) => {
+                let names: Vec<&str> = stem.iter().map(|t| t.name.as_str()).collect();
+                return Err(Failure::Usage {
+                    command,
+                    message: format!(
+                        "{n:?} could mean any of: {}; give the whole name",
+                        names.join(", ")
+                    ),
+                });
+            }
+            (None, []) => {
                 let known: Vec<&str> = config.templates.iter().map(|t| t.name.as_str()).collect();
                 return Err(Failure::Usage {
                     command,
@@ -53,6 +72,14 @@ fn select<'c>(
         }
     }
     Ok(out)
+}
+
+/// A template name without its last extension: `nginx` for `nginx.conf`.
+fn name_stem(name: &str) -> &str {
+    match name.rsplit_once('.') {
+        Some((stem, _)) if !stem.is_empty() => stem,
+        _ => name,
+    }
 }
 
 /// Every template problem, then a summary naming the command.

@@ -15,7 +15,11 @@ use crate::status::Report;
 /// Why a client request did not get an answer.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    #[error("no rewire daemon answers on {socket}: {source}")]
+    #[error(
+        "no rewire daemon answers on {socket}: {source}\n  hint: is `rewire run` running? Give its socket with --socket PATH \
+         (or REWIRE_SOCKET), or its config with -c FILE ([control] socket); without either, rewire asks \
+         the default socket ($XDG_RUNTIME_DIR/rewire.sock, /run/rewire.sock as root, else /tmp/rewire-UID.sock)"
+    )]
     Unreachable {
         socket: PathBuf,
         #[source]
