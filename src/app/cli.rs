@@ -88,6 +88,22 @@ pub enum Command {
         after_help = "Examples:\n  rewire import containerpilot containerpilot.json --out rewire/\n  rewire import consul-template config.hcl            (prints rewire.toml)\n\nEach field without a rewire equivalent is listed on stderr with its location.\nExit status: 0 everything mapped; 1 something needs a person; 2 unreadable input, or a file in DIR exists (--force)."
     )]
     Import(crate::import::ImportArgs),
+
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    #[command(
+        after_help = "Examples:\n  rewire completions bash > /etc/bash_completion.d/rewire\n  rewire completions zsh > \"${fpath[1]}/_rewire\"\n  rewire completions fish > ~/.config/fish/completions/rewire.fish"
+    )]
+    Completions(CompletionsArgs),
+
+    /// Print the man page (roff) on stdout.
+    #[command(after_help = "Example:\n  rewire man > /usr/local/share/man/man1/rewire.1")]
+    Man,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct CompletionsArgs {
+    #[arg(value_enum)]
+    pub shell: clap_complete::Shell,
 }
 
 #[derive(Debug, clap::Args)]

@@ -16,6 +16,7 @@ mod control;
 mod daemon;
 mod logging;
 mod signals;
+pub mod systemd;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -80,6 +81,8 @@ pub enum Failure {
     Signals(std::io::Error),
     #[error("rewire import: {0}")]
     Import(crate::import::ImportError),
+    #[error("rewire: cannot write to stdout: {0}")]
+    Stdout(std::io::Error),
 }
 
 fn load_errors(errors: &[LoadError]) -> String {
@@ -142,6 +145,8 @@ async fn dispatch(cli: Cli) -> Result<Outcome, Failure> {
         }) => return Ok(control::client::maintenance(socket, None, *state == OnOff::On).await),
         // Import reads another tool's files: no rewire.toml involved.
         Command::Import(args) => return commands::import::run(args),
+        Command::Completions(args) => return commands::manual::completions(args.shell),
+        Command::Man => return commands::manual::man(),
         _ => {}
     }
     let config = match load_config(&cli) {
@@ -176,6 +181,8 @@ async fn dispatch(cli: Cli) -> Result<Outcome, Failure> {
         Command::Diff(args) => commands::diff::run(&config, open_catalog(&config)?, args).await,
         Command::Run(_) => daemon::run(config, Reloader::new(&cli)).await,
         Command::Import(args) => commands::import::run(args),
+        Command::Completions(args) => commands::manual::completions(args.shell),
+        Command::Man => commands::manual::man(),
         Command::Status(args) => {
             Ok(
                 control::client::status(&config.control.socket, Some(&config.path), args.json)

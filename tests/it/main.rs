@@ -13,6 +13,7 @@ mod etcd;
 mod examples;
 mod harness_selftest;
 mod import;
+mod packaging;
 mod project;
 mod scale;
 mod supervision;

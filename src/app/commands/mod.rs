@@ -1,4 +1,4 @@
-//! The one-shot commands: `render`, `diff` and `check`.
+//! The one-shot commands: `render`, `diff` and `check` (and `import`, `completions`, `man`).
 //!
 //! `render` and `diff` share discovery ([`render_until_ready`]): render every template against
 //! a store of their own, fetch whatever the renders found missing, and render again until
@@ -9,6 +9,7 @@
 pub mod check;
 pub mod diff;
 pub mod import;
+pub mod manual;
 pub mod render;
 
 use std::collections::{BTreeMap, BTreeSet};

@@ -231,6 +231,11 @@ impl Daemon {
             main_pid,
         };
         let generation = parts.spawn_generation(&config, engine);
+        tasks.spawn(tell_systemd_when_ready(
+            parts.board.clone(),
+            config.templates.iter().map(|t| t.name.clone()).collect(),
+            parts.root.clone(),
+        ));
         info!(
             config = %config.path.display(),
             catalog = %catalog.catalog.describe(),
@@ -336,6 +341,7 @@ impl Daemon {
     /// The stop sequence; returns the status rewire exits with. `exit` is main's status when
     /// main already exited on its own.
     async fn stop(self, exit: Option<u8>, signals: &mut Signals) -> u8 {
+        super::systemd::notify("STOPPING=1");
         // The supervisor first (deregister, drain, pre_stop, main, post_stop), while the
         // runners keep the files current. A second stop signal (an impatient Ctrl-C) cuts the
         // drain and stop_timeout short.
@@ -368,6 +374,24 @@ impl Daemon {
         info!(status, "stopped");
         status
     }
+}
+
+/// Sends systemd `READY=1` once every template of the first config has been written (at once
+/// without templates): a unit ordered after rewire then finds its files in place.
+async fn tell_systemd_when_ready(
+    board: Arc<Board>,
+    templates: Vec<String>,
+    stop: CancellationToken,
+) {
+    let mut ready = board.subscribe_ready();
+    while !board.all_ready(&templates) {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            changed = ready.changed() => if changed.is_err() { return },
+        }
+    }
+    info!(templates = templates.len(), "every template written; ready");
+    super::systemd::notify("READY=1");
 }
 
 fn start_catalog(
