@@ -8,6 +8,10 @@
 //! and no `.conf` suffix, so `include *.conf` and `haproxy -f DIR` never load it), created
 //! with the final mode, fsynced, checked, renamed over the destination, and the directory is
 //! fsynced. A symlinked destination is written through (the link stays a link).
+//!
+//! A temp file is locked (`flock`) for as long as it exists, so leftovers of a rewire killed
+//! mid-write can be told from files in use: [`remove_leftovers`] removes only those nobody
+//! holds (`rewire render` in `pre_start` runs beside the daemon and writes the same places).
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
@@ -23,6 +27,8 @@ pub struct Staged {
     temp: PathBuf,
     dest: PathBuf,
     committed: bool,
+    /// Open and locked while the temp file exists (see the module docs).
+    lock: Option<File>,
 }
 
 impl Staged {
@@ -47,6 +53,8 @@ impl Staged {
             }
         })?;
         self.committed = true;
+        // The temp name is gone: nothing left to guard.
+        self.lock = None;
         if let Some(dir) = self.dest.parent() {
             // The file is visible now; the directory fsync makes the rename durable.
             File::open(dir)?.sync_all()?;
@@ -58,9 +66,72 @@ impl Staged {
 impl Drop for Staged {
     fn drop(&mut self) {
         if !self.committed {
+            // Removed while still locked, so a cleaner never sees it unheld.
             let _ = std::fs::remove_file(&self.temp);
         }
     }
+}
+
+/// The temp file names used for `dest`: `.<name>.rewire-` and six hex digits.
+fn temp_prefix(dest: &Path) -> String {
+    let name = dest
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    format!(".{name}.rewire-")
+}
+
+fn is_temp_name(file_name: &str, prefix: &str) -> bool {
+    file_name
+        .strip_prefix(prefix)
+        .is_some_and(|s| s.len() == 6 && s.bytes().all(|b| b.is_ascii_hexdigit()))
+}
+
+/// Removes the temp files an earlier rewire left beside `dest` (killed during a write or a
+/// check): `.<name>.rewire-XXXXXX` that no process holds locked. Files in use by a rewire
+/// running now are left alone. Returns what was removed.
+pub fn remove_leftovers(dest: &Path) -> io::Result<Vec<PathBuf>> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let dest = real_destination(dest);
+    let Some(dir) = dest.parent() else {
+        return Ok(Vec::new());
+    };
+    let prefix = temp_prefix(&dest);
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e),
+    };
+    let mut removed = Vec::new();
+    for entry in entries {
+        let entry = entry?;
+        if !is_temp_name(&entry.file_name().to_string_lossy(), &prefix) {
+            continue;
+        }
+        let path = entry.path();
+        // Never follow a link planted under that name; open without blocking on a FIFO.
+        let Ok(file) = OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+            .open(&path)
+        else {
+            continue;
+        };
+        let Ok(meta) = file.metadata() else {
+            continue;
+        };
+        if !meta.is_file() || file.try_lock().is_err() {
+            // Not ours, or a rewire is writing it right now.
+            continue;
+        }
+        // Still the file we locked (not replaced meanwhile): remove it, then unlock.
+        let same = std::fs::symlink_metadata(&path)
+            .is_ok_and(|m| m.dev() == meta.dev() && m.ino() == meta.ino());
+        if same && std::fs::remove_file(&path).is_ok() {
+            removed.push(path);
+        }
+    }
+    Ok(removed)
 }
 
 /// Where writes really go: a symlink's target, so the link survives.
@@ -104,21 +175,18 @@ pub fn stage(dest: &Path, bytes: &[u8], perms: Option<u32>) -> io::Result<Staged
     let mode = perms
         .or_else(|| existing.as_ref().map(|m| m.permissions().mode() & 0o7777))
         .unwrap_or(0o644);
-    let name = dest
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
+    let prefix = temp_prefix(&dest);
     let mut rng = rand::rng();
     let mut created_dir = false;
     for _ in 0..16 {
         let suffix: u32 = rng.random_range(0..0x100_0000);
-        let temp = dir.join(format!(".{name}.rewire-{suffix:06x}"));
+        let temp = dir.join(format!("{prefix}{suffix:06x}"));
         let file = OpenOptions::new()
             .write(true)
             .create_new(true)
             .mode(mode)
             .open(&temp);
-        let mut file = match file {
+        let file = match file {
             Ok(f) => f,
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
             Err(e) if e.kind() == io::ErrorKind::NotFound && !created_dir => {
@@ -135,11 +203,19 @@ pub fn stage(dest: &Path, bytes: &[u8], perms: Option<u32>) -> io::Result<Staged
                 ));
             }
         };
-        let staged = Staged {
+        // Locked from here until it is renamed or removed. A cleaner that got to the name
+        // between our create and our lock has removed it (nlink 0), or holds the lock now:
+        // both mean "take another name".
+        if file.try_lock().is_err() || file.metadata().is_ok_and(|m| m.nlink() == 0) {
+            continue;
+        }
+        let mut staged = Staged {
             temp,
             dest: dest.clone(),
             committed: false,
+            lock: None,
         };
+        let file = staged.lock.insert(file);
         // The umask may have narrowed the mode given to open() (setuid bits are never kept).
         if mode & 0o7000 != 0 || umask().is_none_or(|u| mode & u != 0) {
             file.set_permissions(std::fs::Permissions::from_mode(mode))?;
@@ -149,7 +225,7 @@ pub fn stage(dest: &Path, bytes: &[u8], perms: Option<u32>) -> io::Result<Staged
             // SAFETY: geteuid and getegid cannot fail.
             let (uid, gid) = unsafe { (libc::geteuid(), libc::getegid()) };
             if m.uid() != uid || m.gid() != gid {
-                let _ = std::os::unix::fs::fchown(&file, Some(m.uid()), Some(m.gid()));
+                let _ = std::os::unix::fs::fchown(&*file, Some(m.uid()), Some(m.gid()));
             }
         }
         file.write_all(bytes)?;
@@ -340,6 +416,28 @@ mod tests {
         drop(staged);
         assert!(!temp.exists());
         assert!(!dest.exists());
+    }
+
+    #[test]
+    fn only_leftover_temp_files_nobody_holds_are_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let dest = dir.path().join("out.conf");
+        let leftover = dir.path().join(".out.conf.rewire-00abcd");
+        std::fs::write(&leftover, "from a rewire killed mid-write").unwrap();
+        let unrelated = dir.path().join(".out.conf.rewire-notours");
+        std::fs::write(&unrelated, "x").unwrap();
+        let other = dir.path().join(".other.conf.rewire-00abcd");
+        std::fs::write(&other, "x").unwrap();
+        // A write in progress (another rewire, or this one) holds its temp file.
+        let staged = stage(&dest, b"new", None).unwrap();
+        let removed = remove_leftovers(&dest).unwrap();
+        assert_eq!(removed, vec![leftover.clone()]);
+        assert!(!leftover.exists());
+        assert!(staged.path().exists(), "a held temp file was removed");
+        assert!(unrelated.exists() && other.exists());
+        staged.commit().unwrap();
+        assert_eq!(std::fs::read(&dest).unwrap(), b"new");
+        assert!(remove_leftovers(&dest).unwrap().is_empty());
     }
 
     #[test]

@@ -35,7 +35,8 @@
 //! - [`render`]: templates, the runner, the pipeline and reload groups. Reads the store, never
 //!   the catalog.
 //! - [`proc`]: supervisor, registrar, handlers, tasks, PID 1. Never the template engine.
-//! - Shared leaves: [`command`] (child processes), [`files`] (atomic files, diffs), [`debounce`],
+//! - Shared leaves: [`command`] (child processes), [`files`] (atomic files, diffs), [`confined`]
+//!   (reading files others may write: regular files inside one directory, capped), [`debounce`],
 //!   [`backoff`], [`status`] (the status board), [`host`] (hostname, addresses), [`lock`].
 //!
 //! # Tasks and shutdown
@@ -44,13 +45,19 @@
 //! collector, one runner task per template group, one task per `[[watch]]` and `[[task]]` (and
 //! their runs), the supervisor's (one registrar per `[[service]]`, main), the control socket.
 //! Each runs on a `TaskTracker` and takes a child of one `CancellationToken`; the stop sequence
-//! lives in `app::daemon` and waits for every tracker before the process exits.
+//! lives in `app::daemon` and waits for every tracker, for a bounded time, before the process
+//! exits. Nothing else holds the exit: renders run on detached threads of their own
+//! ([`render::worker`]), a child command's output pipe is read asynchronously and a dropped
+//! run kills the command's process group ([`command`]), and the runtime gets half a second to
+//! shut down. Every child is spawned from one long-lived thread with `PR_SET_PDEATHSIG`, so it
+//! dies with rewire even on `kill -9`.
 
 pub mod app;
 pub mod backoff;
 pub mod catalog;
 pub mod command;
 pub mod config;
+pub mod confined;
 pub mod debounce;
 pub mod files;
 pub mod host;

@@ -35,6 +35,13 @@ pub enum TemplateEvent {
     Waiting(String),
     /// Not written: the render, the check, the write or the reload failed.
     Failed(String),
+    /// Written and in place (it had no previous version to restore), but its reload failed:
+    /// the program can start with it; the reload is tried again.
+    WrittenNotReloaded(String),
+    /// A reload owed to written files (see `WrittenNotReloaded`) went through.
+    Reloaded,
+    /// A reload owed to written files failed again.
+    ReloadFailed(String),
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -175,6 +182,23 @@ impl Board {
                 s.detail = error;
                 s.last_render = Some(at);
                 s.renders += 1;
+            }
+            TemplateEvent::WrittenNotReloaded(error) => {
+                s.state = TemplateState::Error;
+                s.detail = error;
+                s.last_render = Some(at);
+                s.last_written = Some(at);
+                s.renders += 1;
+                s.writes += 1;
+                s.ready = true;
+            }
+            TemplateEvent::Reloaded => {
+                s.state = TemplateState::Ok;
+                s.detail.clear();
+            }
+            TemplateEvent::ReloadFailed(error) => {
+                s.state = TemplateState::Error;
+                s.detail = error;
             }
         });
     }

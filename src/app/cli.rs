@@ -108,7 +108,8 @@ pub struct CompletionsArgs {
 
 #[derive(Debug, clap::Args)]
 pub struct RunArgs {
-    /// Reap orphaned processes as a child subreaper (automatic when running as PID 1).
+    /// Reap orphaned processes as a child subreaper (automatic when running as PID 1); what is
+    /// left under rewire when it ends (a check's grandchildren) is killed.
     #[arg(long)]
     pub subreaper: bool,
 }

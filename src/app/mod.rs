@@ -21,6 +21,7 @@ pub mod systemd;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Duration;
 
 use self::cli::{Cli, Command, MaintenanceArgs, OnOff, StatusArgs};
 use crate::catalog::{self, Catalog, CatalogError};
@@ -122,6 +123,11 @@ pub fn report(result: &Result<Outcome, Failure>) -> Option<String> {
 
 /// Sets up logging and the async runtime (after any PID 1 fork: see `main.rs`), and runs the
 /// command.
+///
+/// Once the command is done, the runtime gets [`RUNTIME_SHUTDOWN`] to drop what is left:
+/// dropping it outright would wait for every blocking task, and one may be stuck for good
+/// (a read that never returns). The process exits after that whatever remains; render threads
+/// are detached and end with it.
 pub fn run(cli: Cli) -> Result<Outcome, Failure> {
     logging::init(&cli.log_level, cli.log_format);
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -129,8 +135,13 @@ pub fn run(cli: Cli) -> Result<Outcome, Failure> {
         .enable_all()
         .build()
         .map_err(Failure::Runtime)?;
-    runtime.block_on(dispatch(cli))
+    let result = runtime.block_on(dispatch(cli));
+    runtime.shutdown_timeout(RUNTIME_SHUTDOWN);
+    result
 }
+
+/// How long the runtime gets to shut down after the command ended.
+const RUNTIME_SHUTDOWN: Duration = Duration::from_millis(500);
 
 async fn dispatch(cli: Cli) -> Result<Outcome, Failure> {
     // Talking to a running daemon needs only its socket: no config to load when it is given.

@@ -134,6 +134,32 @@ pub fn build(backend: &str, b: reqwest::ClientBuilder) -> Result<reqwest::Client
     })
 }
 
+/// Why a response body was not read.
+#[derive(Debug, thiserror::Error)]
+pub enum BodyError {
+    #[error("the answer is over the limit of {} ([catalog] max_response)", crate::config::show_size(*.max))]
+    TooBig { max: u64 },
+    #[error(transparent)]
+    Transport(#[from] reqwest::Error),
+}
+
+/// Reads a response body of at most `max` bytes (`[catalog] max_response`) chunk by chunk: a
+/// bigger one, announced by `Content-Length` or found while reading, is refused before it
+/// fills memory.
+pub async fn read_body(mut resp: reqwest::Response, max: u64) -> Result<Vec<u8>, BodyError> {
+    if resp.content_length().is_some_and(|n| n > max) {
+        return Err(BodyError::TooBig { max });
+    }
+    let mut body = Vec::with_capacity(resp.content_length().unwrap_or(0) as usize);
+    while let Some(chunk) = resp.chunk().await? {
+        if (body.len() + chunk.len()) as u64 > max {
+            return Err(BodyError::TooBig { max });
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
 fn read_file(backend: &str, path: &Path, what: &str) -> Result<Vec<u8>, CatalogError> {
     std::fs::read(path).map_err(|source| CatalogError::Io {
         path: format!("{backend} {what} {}", path.display()),

@@ -139,7 +139,9 @@ pub fn open(cfg: &crate::config::CatalogConfig) -> Result<Arc<dyn Catalog>, Cata
     use crate::config::Backend;
     match &cfg.backend {
         Backend::Dir(s) => Ok(Arc::new(
-            dir::DirCatalog::new(&s.path).with_deregister_after(cfg.deregister_after),
+            dir::DirCatalog::new(&s.path)
+                .with_deregister_after(cfg.deregister_after)
+                .with_max_file(cfg.max_file),
         )),
         Backend::Consul(s) => Ok(Arc::new(consul::ConsulCatalog::new(s, cfg)?)),
         Backend::Etcd(s) => Ok(Arc::new(etcd::EtcdCatalog::new(s, cfg)?)),

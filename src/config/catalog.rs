@@ -51,6 +51,12 @@ impl Walker<'_> {
         let deregister_after = self
             .duration(&t, "deregister_after")
             .unwrap_or(default.deregister_after);
+        let max_file = self
+            .size(&t, "max_file", 1 << 10..=1 << 30)
+            .unwrap_or(default.max_file);
+        // Only Consul and etcd answer with bodies: read in their arms below, so that under
+        // the dir backend the key is reported as unknown.
+        let mut max_response = default.max_response;
         let tls = match self.table(&t, "tls") {
             Some(tt) => {
                 let tls = TlsSettings {
@@ -80,6 +86,7 @@ impl Walker<'_> {
                 (Backend::Dir(DirSettings { path }), DIR_KEYS)
             }
             "consul" => {
+                max_response = self.max_response(&t).unwrap_or(max_response);
                 let settings = ConsulSettings {
                     address: self.string(&t, "address").map(Spanned::into_inner),
                     token: self
@@ -94,6 +101,7 @@ impl Walker<'_> {
                 (Backend::Consul(settings), CONSUL_KEYS)
             }
             "etcd" => {
+                max_response = self.max_response(&t).unwrap_or(max_response);
                 let endpoints = self.strings(&t, "endpoints").unwrap_or_default();
                 let prefix = self
                     .string(&t, "prefix")
@@ -144,11 +152,26 @@ impl Walker<'_> {
             block_wait,
             retry,
             deregister_after,
+            max_file,
+            max_response,
         }
     }
 }
 
-const DIR_KEYS: &[&str] = &["backend", "path", "block_wait", "retry", "deregister_after"];
+impl Walker<'_> {
+    fn max_response(&mut self, t: &Tbl) -> Option<u64> {
+        self.size(t, "max_response", 64 << 10..=4 << 30)
+    }
+}
+
+const DIR_KEYS: &[&str] = &[
+    "backend",
+    "path",
+    "block_wait",
+    "retry",
+    "deregister_after",
+    "max_file",
+];
 const CONSUL_KEYS: &[&str] = &[
     "backend",
     "address",
@@ -159,6 +182,8 @@ const CONSUL_KEYS: &[&str] = &[
     "block_wait",
     "retry",
     "deregister_after",
+    "max_file",
+    "max_response",
     "tls",
 ];
 const ETCD_KEYS: &[&str] = &[
@@ -170,6 +195,8 @@ const ETCD_KEYS: &[&str] = &[
     "block_wait",
     "retry",
     "deregister_after",
+    "max_file",
+    "max_response",
     "tls",
 ];
 const ALL_CATALOG_KEYS: &[&str] = &[
@@ -187,6 +214,8 @@ const ALL_CATALOG_KEYS: &[&str] = &[
     "block_wait",
     "retry",
     "deregister_after",
+    "max_file",
+    "max_response",
     "tls",
 ];
 
@@ -201,5 +230,7 @@ fn default_catalog(dir: &Path) -> CatalogConfig {
             max: Duration::from_secs(30),
         },
         deregister_after: Duration::from_secs(600),
+        max_file: super::DEFAULT_MAX_FILE,
+        max_response: super::DEFAULT_MAX_RESPONSE,
     }
 }

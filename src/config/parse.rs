@@ -109,7 +109,7 @@ impl Walker<'_> {
         let control = self.control(root);
         let defaults = self.defaults(root);
         let main = root.get("main").and_then(|_| self.main(root));
-        let templates = self.templates(root, defaults.wait, main.as_ref());
+        let templates = self.templates(root, defaults.wait, defaults.limits, main.as_ref());
         let services = self.services(root, catalog.deregister_after);
         let watches = self.watches(root, defaults.wait);
         let tasks = self.tasks(root);
@@ -170,6 +170,32 @@ mod tests {
         );
         assert_eq!(c.defaults.wait, DEFAULT_WAIT);
         assert!(c.main.is_none());
+    }
+
+    #[test]
+    fn render_limits_come_from_defaults_and_each_template_may_override_them() {
+        let c = parse(
+            "[defaults]\nrender_timeout = \"2s\"\nmax_output = \"1MiB\"\n\n[[template]]\nsource = \"a.tera\"\ndestination = \"a\"\n\n[[template]]\nsource = \"b.tera\"\ndestination = \"b\"\nrender_timeout = \"30s\"\nmax_output = 4096\n",
+        )
+        .unwrap();
+        assert_eq!(c.templates[0].limits.timeout, Duration::from_secs(2));
+        assert_eq!(c.templates[0].limits.max_output, 1 << 20);
+        assert_eq!(c.templates[1].limits.timeout, Duration::from_secs(30));
+        assert_eq!(c.templates[1].limits.max_output, 4096);
+        let c = parse("[[template]]\nsource = \"a.tera\"\ndestination = \"a\"\n").unwrap();
+        assert_eq!(c.templates[0].limits, crate::config::DEFAULT_RENDER_LIMITS);
+        let errs = errors(
+            "[[template]]\nsource = \"a.tera\"\ndestination = \"a\"\nrender_timeout = \"0s\"\nmax_output = \"16\"\n",
+        );
+        assert_eq!(errs.len(), 2, "{errs:#?}");
+        assert!(
+            errs[0].contains(":4:18: `render_timeout` is zero"),
+            "{errs:#?}"
+        );
+        assert!(
+            errs[1].contains(":5:14: `max_output`: \"16\" has no unit"),
+            "{errs:#?}"
+        );
     }
 
     #[test]
@@ -298,6 +324,28 @@ mod tests {
             errors("[defaults]\nwait = { min = \"5s\", max = \"1s\" }\n")[0]
                 .contains("less than min")
         );
+    }
+
+    #[test]
+    fn size_caps_and_the_control_group_are_read_and_checked() {
+        let c = parse("[catalog]\nmax_file = \"64KiB\"\n\n[control]\nsocket = \"/run/x.sock\"\ngroup = \"rewire\"\n").unwrap();
+        assert_eq!(c.catalog.max_file, 64 << 10);
+        assert_eq!(c.catalog.max_response, 64 << 20);
+        assert_eq!(c.control.group.as_deref(), Some("rewire"));
+        let c = parse("[catalog]\nbackend = \"consul\"\nmax_response = \"1GiB\"\n").unwrap();
+        assert_eq!(c.catalog.max_response, 1 << 30);
+        let errs = errors("[catalog]\nmax_file = \"lots\"\n");
+        assert!(
+            errs[0].contains(":2:12:") && errs[0].contains("is not a size"),
+            "{errs:?}"
+        );
+        let errs = errors("[catalog]\nmax_file = \"10B\"\n");
+        assert!(errs[0].contains("between 1KiB and 1GiB"), "{errs:?}");
+        // Bodies come from Consul and etcd only.
+        let errs = errors("[catalog]\nmax_response = \"1MiB\"\n");
+        assert!(errs[0].contains("max_response"), "{errs:?}");
+        let errs = errors("[control]\ngroup = \"wheel; rm\"\n");
+        assert!(errs[0].contains("not a group name"), "{errs:?}");
     }
 
     #[test]

@@ -1,4 +1,5 @@
-//! `[[template]]`: source, destination, mode, check, reload, wait, write mode, backup.
+//! `[[template]]`: source, destination, mode, check, reload, wait, write mode, backup, render
+//! limits.
 //!
 //! Besides each key, the section checks what only makes sense across keys or templates: a
 //! temp-file check must mention `{file}`, two templates may not write one destination, a
@@ -15,13 +16,16 @@ use toml::de::DeValue;
 use super::load::DiskCheck;
 use super::parse::normalize;
 use super::walker::{Tbl, Walker, join, line_col};
-use super::{CheckMode, MainConfig, Reload, SignalTarget, TemplateConfig, Wait, WriteMode};
+use super::{
+    CheckMode, MainConfig, Reload, RenderLimits, SignalTarget, TemplateConfig, Wait, WriteMode,
+};
 
 impl Walker<'_> {
     pub(super) fn templates(
         &mut self,
         root: &Tbl,
         default_wait: Wait,
+        default_limits: RenderLimits,
         main: Option<&MainConfig>,
     ) -> Vec<TemplateConfig> {
         let mut out: Vec<TemplateConfig> = Vec::new();
@@ -89,6 +93,7 @@ impl Walker<'_> {
                 "use \"atomic\" (default: temp file + rename) or \"in-place\" (for bind-mounted files that cannot be renamed over)",
             );
             let backup = self.boolean(&t, "backup").unwrap_or(false);
+            let limits = self.render_limits(&t, default_limits);
             self.finish(&t, TEMPLATE_KEYS);
             if let (Some(d), Some(ds)) = (&destination, &dest_s) {
                 if let Some((_, first)) = dests.iter().find(|(p, _)| p == d) {
@@ -122,6 +127,7 @@ impl Walker<'_> {
                 wait,
                 write,
                 backup,
+                limits,
             });
         }
         out
@@ -183,4 +189,6 @@ const TEMPLATE_KEYS: &[&str] = &[
     "wait",
     "write",
     "backup",
+    "render_timeout",
+    "max_output",
 ];

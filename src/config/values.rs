@@ -1,4 +1,4 @@
-//! Typed values: durations, signals, commands, waits, file modes and enum strings.
+//! Typed values: durations, sizes, signals, commands, waits, file modes and enum strings.
 //!
 //! Strings from the config become types here, once, so nothing downstream parses a duration
 //! or a signal name again. The plain parsers ([`parse_duration`], [`parse_signal`]) are
@@ -27,6 +27,19 @@ pub enum DurationError {
     NoUnit(String),
     #[error("{value:?} has an unknown unit {unit:?}")]
     UnknownUnit { value: String, unit: String },
+}
+
+/// A size rewire refuses rather than guesses.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SizeError {
+    #[error("{0:?} is not a size")]
+    NotASize(String),
+    #[error("{0:?} has no unit")]
+    NoUnit(String),
+    #[error("{value:?} has an unknown unit {unit:?}")]
+    UnknownUnit { value: String, unit: String },
+    #[error("{0:?} is too large")]
+    TooLarge(String),
 }
 
 /// A signal name nobody knows.
@@ -83,6 +96,41 @@ pub fn parse_duration(s: &str) -> Result<Duration, DurationError> {
     Ok(total)
 }
 
+/// Sizes: a number with a unit, binary (`KiB`, `MiB`, `GiB`) or decimal (`kB`, `MB`, `GB`), or
+/// `B` for bytes: "16MiB", "1.5MiB", "512KiB", "4096B". A space before the unit is allowed
+/// ("16 MiB"); a bare number is refused (bytes or megabytes?); a TOML integer means bytes.
+pub fn parse_size(s: &str) -> Result<u64, SizeError> {
+    let text = s.trim();
+    let split = text
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(text.len());
+    let number: f64 = text[..split]
+        .parse()
+        .map_err(|_| SizeError::NotASize(s.to_string()))?;
+    let unit = text[split..].trim_start();
+    let scale: u64 = match unit {
+        "B" => 1,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        "kB" | "KB" => 1_000,
+        "MB" => 1_000_000,
+        "GB" => 1_000_000_000,
+        "" => return Err(SizeError::NoUnit(s.to_string())),
+        other => {
+            return Err(SizeError::UnknownUnit {
+                value: s.to_string(),
+                unit: other.to_string(),
+            });
+        }
+    };
+    let bytes = number * scale as f64;
+    if bytes >= u64::MAX as f64 {
+        return Err(SizeError::TooLarge(s.to_string()));
+    }
+    Ok(bytes.round() as u64)
+}
+
 /// A signal by name, with or without `SIG`, in any case: `"hup"`, `"SIGTERM"`.
 pub fn parse_signal(s: &str) -> Result<Signal, UnknownSignal> {
     let upper = s.trim().to_ascii_uppercase();
@@ -109,6 +157,57 @@ impl Walker<'_> {
                 None
             }
         }
+    }
+
+    /// A size within `range`: a string with a unit ("16MiB", see [`parse_size`]) or a whole
+    /// number of bytes; else an error and `None`.
+    pub(super) fn size(
+        &mut self,
+        t: &Tbl,
+        key: &str,
+        range: std::ops::RangeInclusive<u64>,
+    ) -> Option<u64> {
+        let hint = "write a number with a unit: \"512KiB\", \"16MiB\", \"1GiB\" (or a whole number of bytes)";
+        let v = t.get(key)?;
+        let n = match v.get_ref() {
+            DeValue::Integer(_) => {
+                let n = self.integer(t, key)?;
+                match u64::try_from(*n.get_ref()) {
+                    Ok(n) => n,
+                    Err(_) => {
+                        self.error(n.span(), format!("`{key}` is negative"), hint);
+                        return None;
+                    }
+                }
+            }
+            DeValue::String(_) => {
+                let s = self.string_value(v, t, key)?;
+                match parse_size(s.get_ref()) {
+                    Ok(n) => n,
+                    Err(e) => {
+                        self.error(s.span(), format!("`{key}`: {e}"), hint);
+                        return None;
+                    }
+                }
+            }
+            other => {
+                self.type_error(v.span(), t, key, "a size such as \"16MiB\"", other);
+                return None;
+            }
+        };
+        if !range.contains(&n) {
+            self.error(
+                v.span(),
+                format!(
+                    "`{key}` must be between {} and {}",
+                    show_size(*range.start()),
+                    show_size(*range.end())
+                ),
+                hint,
+            );
+            return None;
+        }
+        Some(n)
     }
 
     pub(super) fn signal(&mut self, t: &Tbl, key: &str) -> Option<Signal> {
@@ -366,9 +465,26 @@ impl Walker<'_> {
     }
 }
 
+/// A size for messages: whole KiB/MiB/GiB when it is one, else bytes.
+pub fn show_size(n: u64) -> String {
+    for (unit, scale) in [("GiB", 1u64 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)] {
+        if n >= scale && n.is_multiple_of(scale) {
+            return format!("{}{unit}", n / scale);
+        }
+    }
+    format!("{n}B")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sizes_are_shown_in_whole_units() {
+        assert_eq!(show_size(1 << 20), "1MiB");
+        assert_eq!(show_size(1000), "1000B");
+        assert!(parse_size("99999999999999GiB").is_err());
+    }
 
     #[test]
     fn durations_are_strict() {
@@ -392,6 +508,25 @@ mod tests {
             parse_duration("5y").unwrap_err().to_string(),
             "\"5y\" has an unknown unit \"y\""
         );
+    }
+
+    #[test]
+    fn sizes_take_binary_and_decimal_units_and_refuse_bare_numbers() {
+        assert_eq!(parse_size("16MiB"), Ok(16 << 20));
+        assert_eq!(parse_size("16 MiB"), Ok(16 << 20));
+        assert_eq!(parse_size("1.5KiB"), Ok(1536));
+        assert_eq!(parse_size("2MB"), Ok(2_000_000));
+        assert_eq!(parse_size("10B"), Ok(10));
+        assert_eq!(
+            parse_size("16").unwrap_err().to_string(),
+            "\"16\" has no unit"
+        );
+        assert_eq!(
+            parse_size("16mb").unwrap_err().to_string(),
+            "\"16mb\" has an unknown unit \"mb\""
+        );
+        assert!(parse_size("MiB").is_err());
+        assert!(parse_size("").is_err());
     }
 
     #[test]

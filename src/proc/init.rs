@@ -11,6 +11,10 @@
 //!   everything that exited" (`waitpid(-1, WNOHANG)` until nothing is left); any other signal
 //!   is forwarded to the worker. When the worker exits, the parent exits with its status
 //!   (128+N if signal N killed it). It runs no other code: no runtime, no logging.
+//!   Before it exits it kills whatever is left under it (orphans re-parented to it: a check's
+//!   `sleep` whose `sh` died with rewire, the workers of a main that was SIGKILLed), so nothing
+//!   rewire started outlives it. As PID 1 the kernel would do that anyway when it exits; as a
+//!   subreaper (`run --subreaper`) only this makes it so.
 //! - the **child** (the worker) restores the signal mask and becomes the real rewire. It dies
 //!   with SIGTERM if the parent is killed, so it stops gracefully rather than run unsupervised.
 //!
@@ -117,12 +121,58 @@ pub fn reap_and_forward(worker: Pid) -> u8 {
             continue;
         }
         if let Some(code) = reap_all(worker) {
-            // Orphans that exited meanwhile are collected too; the rest die with the
-            // namespace (PID 1) or move to the next subreaper.
-            let _ = reap_all(worker);
+            kill_orphans();
             return code;
         }
     }
+}
+
+/// How long the reaper keeps killing and reaping what is left after the worker exited.
+const ORPHAN_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Kills (SIGKILL) and reaps every process left under the reaper once the worker is gone.
+/// Repeats, since a killed process's own children are re-parented here in turn.
+fn kill_orphans() {
+    let me = getpid();
+    let deadline = std::time::Instant::now() + ORPHAN_GRACE;
+    loop {
+        let left = children_of(me);
+        if left.is_empty() || std::time::Instant::now() >= deadline {
+            return;
+        }
+        for pid in left {
+            let _ = kill(pid, Signal::SIGKILL);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+        while let Ok(status) = waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
+            if status == WaitStatus::StillAlive {
+                break;
+            }
+        }
+    }
+}
+
+/// The processes whose parent is `parent`, from /proc (zombies excluded: they are reaped).
+fn children_of(parent: Pid) -> Vec<Pid> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+                return false;
+            };
+            // "pid (comm) state ppid ...": comm may hold spaces and parentheses.
+            let Some((_, rest)) = stat.rsplit_once(')') else {
+                return false;
+            };
+            let mut fields = rest.split_whitespace();
+            let state = fields.next();
+            let ppid = fields.next().and_then(|p| p.parse::<i32>().ok());
+            state != Some("Z") && ppid == Some(parent.as_raw())
+        })
+        .map(Pid::from_raw)
+        .collect()
 }
 
 /// Waits for every child that has exited. Returns the worker's exit status if it was one.

@@ -4,8 +4,9 @@
 //!
 //! Start: one registrar task per `[[service]]` (see [`registrar`](super::registrar::ServiceTask)); in
 //! parallel the main task runs `pre_start` to completion (a non-zero exit ends rewire with
-//! that status), waits until every template was written once (or `wait_for_templates` passed),
-//! then starts `exec`. Main inherits rewire's stdout and stderr (nginx logs there), gets
+//! that status), allows the template runners to write (`writes_allowed`: a `pre_start` of
+//! `rewire render` writes the same files, and must not race with them), waits until every
+//! template was written once (or `wait_for_templates` passed), then starts `exec`. Main inherits rewire's stdout and stderr (nginx logs there), gets
 //! `/dev/null` as stdin and runs in its own process group, so a Ctrl-C on the terminal reaches
 //! rewire only and the stop sequence decides what main gets. Its PID is published for
 //! `reload = { signal = "HUP", target = "main" }` and for forwarded signals. When it exits, the
@@ -18,10 +19,13 @@
 //! the config and never reaches main unless configured.
 //!
 //! Stop, in this order (a tested guarantee): no more restarts; deregister every service (peers
-//! stop routing here); wait `drain`; `pre_stop`; `stop_signal` to main's PID; SIGKILL to its
-//! process group after `stop_timeout`; `post_stop`; exit with main's status (128+N when signal N
-//! killed it). When main exited on its own, the registrations go and `post_stop` runs, but
-//! there is nothing to drain or stop.
+//! stop routing here; at most 2 s, a catalog that does not answer is down); wait `drain`;
+//! `pre_stop`; `stop_signal` to main's PID; SIGKILL to its process group after `stop_timeout`;
+//! `post_stop`; exit with main's status (128+N when signal N killed it). When main exited on
+//! its own, the registrations go and `post_stop` runs, but there is nothing to drain or stop.
+//! Each step is bounded (hooks by their `timeout`), so the whole takes at most drain +
+//! `pre_stop`'s and `post_stop`'s timeouts + `stop_timeout` + a few seconds; a second stop
+//! signal cuts it to the kill of main's group.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -50,6 +54,10 @@ pub const TIMED_OUT: u8 = 124;
 
 /// After SIGKILL, how long to wait for main to be gone before giving up on it.
 const KILL_GRACE: Duration = Duration::from_secs(5);
+/// How long the stop sequence waits for the catalog to confirm the deregistrations.
+const DEREGISTER_GRACE: Duration = Duration::from_secs(2);
+/// How long the stop sequence waits for its own tasks at the end.
+const TASKS_GRACE: Duration = Duration::from_secs(1);
 /// Main counts as having started fine after running this long: the restart backoff resets.
 const STABLE_RUN: Duration = Duration::from_secs(60);
 
@@ -60,6 +68,15 @@ pub fn exit_code(status: RunStatus) -> u8 {
         RunStatus::Signalled(s) => 128u8.saturating_add((s & 0x7f) as u8),
         RunStatus::TimedOut => TIMED_OUT,
     }
+}
+
+/// What the supervisor tells the rest of the daemon.
+pub struct Published {
+    /// Main's pid while it runs (signal reloads, forwarded signals).
+    pub main_pid: watch::Sender<Option<Pid>>,
+    /// True once `pre_start` has exited (at once without one): the template runners write
+    /// only from then on.
+    pub writes_allowed: watch::Sender<bool>,
 }
 
 pub struct Supervisor {
@@ -88,11 +105,18 @@ impl Supervisor {
         config: &Config,
         catalog: Arc<dyn Catalog>,
         board: Arc<Board>,
-        main_pid: watch::Sender<Option<Pid>>,
+        published: Published,
         env: BTreeMap<String, String>,
         maintenance: watch::Receiver<bool>,
         root: CancellationToken,
     ) -> Supervisor {
+        let Published {
+            main_pid,
+            writes_allowed,
+        } = published;
+        if config.main.as_ref().is_none_or(|m| m.pre_start.is_none()) {
+            writes_allowed.send_replace(true);
+        }
         let ctx = registrar::Context {
             catalog,
             board: board.clone(),
@@ -119,6 +143,7 @@ impl Supervisor {
                     pid: main_pid,
                     exit: exit_tx,
                     stopping: stopping.clone(),
+                    writes_allowed,
                 }
                 .run()
                 .instrument(info_span!("main")),
@@ -232,8 +257,9 @@ impl Supervisor {
 
     /// The stop sequence; returns the status rewire exits with. `exit` is main's status when
     /// main already exited on its own.
-    /// `hurry` (a second stop signal) skips what is left of the drain and `pre_stop`, and kills
-    /// main without waiting for `stop_timeout`; deregistration and `post_stop` still run.
+    /// `hurry` (a second stop signal) cuts short what is left of the deregistration, the drain
+    /// and `pre_stop`, kills main's process group without waiting for `stop_timeout`, and skips
+    /// `post_stop`: the caller is told "get out now".
     pub async fn stop(mut self, exit: Option<u8>, hurry: CancellationToken) -> u8 {
         if let Some(m) = &self.main {
             m.stopping.cancel();
@@ -241,17 +267,30 @@ impl Supervisor {
         self.set_main_state("stopping");
 
         // 1. Deregister first, so peers stop routing here before anything else happens.
-        // Every registrar task stops first, so no heartbeat in flight re-creates an entry.
+        // Every registrar task stops first, so no heartbeat in flight re-creates an entry. A
+        // catalog that does not answer within DEREGISTER_GRACE is down: the entries expire
+        // with their TTL, and the stop goes on (it is bounded, see the module docs).
         let tasks = std::mem::take(&mut self.services);
-        let regs = futures_util::future::join_all(tasks.into_iter().map(ServiceTask::finish)).await;
+        let retired = std::mem::take(&mut self.retired);
         let catalog = self.ctx.catalog.clone();
-        futures_util::future::join_all(
-            regs.iter()
-                .map(|reg| registrar::deregister(catalog.as_ref(), &self.ctx.board, reg)),
-        )
-        .await;
-        for h in std::mem::take(&mut self.retired) {
-            let _ = h.await;
+        let board = self.ctx.board.clone();
+        let deregistration = async {
+            let regs =
+                futures_util::future::join_all(tasks.into_iter().map(ServiceTask::finish)).await;
+            futures_util::future::join_all(
+                regs.iter()
+                    .map(|reg| registrar::deregister(catalog.as_ref(), &board, reg)),
+            )
+            .await;
+            for h in retired {
+                let _ = h.await;
+            }
+        };
+        tokio::select! {
+            r = tokio::time::timeout(DEREGISTER_GRACE, deregistration) => if r.is_err() {
+                warn!(grace = ?DEREGISTER_GRACE, "the catalog did not confirm every deregistration in time; going on (the entries expire with their TTL)");
+            },
+            _ = hurry.cancelled() => warn!("deregistration cut short (second stop signal)"),
         }
 
         let cfg = self.main_cfg.clone();
@@ -293,15 +332,22 @@ impl Supervisor {
             }
         }
 
-        // 5. post_stop.
+        // 5. post_stop, unless a second stop signal asked to be gone now.
         if let Some(hook) = cfg.as_ref().and_then(|c| c.post_stop.as_ref()) {
-            run_hook("post_stop", hook, &self.ctx.env).await;
+            if hurry.is_cancelled() {
+                warn!("post_stop skipped (second stop signal)");
+            } else {
+                tokio::select! {
+                    _ = run_hook("post_stop", hook, &self.ctx.env) => {}
+                    _ = hurry.cancelled() => warn!("post_stop cut short (second stop signal)"),
+                }
+            }
         }
         self.set_main_state("stopped");
         // Every task this supervisor started has been awaited above (registrars, retirements,
-        // main); the tracker confirms it, so nothing of the container's lifecycle is left.
+        // main), or given up on with a warning; the tracker confirms it, briefly.
         self.ctx.tasks.close();
-        if tokio::time::timeout(KILL_GRACE, self.ctx.tasks.wait())
+        if tokio::time::timeout(TASKS_GRACE, self.ctx.tasks.wait())
             .await
             .is_err()
         {
@@ -393,6 +439,8 @@ struct MainTask {
     pid: watch::Sender<Option<Pid>>,
     exit: watch::Sender<Option<u8>>,
     stopping: CancellationToken,
+    /// Set once `pre_start` has exited successfully (at once when there is none).
+    writes_allowed: watch::Sender<bool>,
 }
 
 impl MainTask {
@@ -409,7 +457,10 @@ impl MainTask {
                 o = run_hook("pre_start", pre, &self.env) => o,
             };
             match outcome {
-                Some(0) => info!("pre_start done"),
+                Some(0) => {
+                    info!("pre_start done");
+                    self.writes_allowed.send_replace(true);
+                }
                 Some(code) => {
                     error!(status = code, "pre_start failed; not starting main");
                     self.finish(code, "pre_start failed");
@@ -473,7 +524,9 @@ impl MainTask {
     async fn run_once(&self, exec: &Program) -> u8 {
         let mut cmd = command::build(exec, &self.env);
         cmd.stdin(std::process::Stdio::null());
-        let mut child = match cmd.spawn() {
+        // Should rewire die without its stop sequence (SIGKILL), main gets its stop signal, so
+        // it takes its own workers down.
+        let mut child = match command::spawn(cmd, self.cfg.stop_signal).await {
             Ok(c) => c,
             Err(e) => {
                 error!(program = %exec, error = %e, "cannot start main");
@@ -485,7 +538,6 @@ impl MainTask {
                 return CANNOT_START;
             }
         };
-        drop(cmd);
         let pid = child.id().map(|p| Pid::from_raw(p as i32));
         let pid_num = pid.map(Pid::as_raw).unwrap_or_default();
         info!(pid = pid_num, program = %exec, "main started");

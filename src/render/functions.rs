@@ -5,6 +5,12 @@
 //! answer yet is recorded as missing and answered with a placeholder. Filters beyond Tera's
 //! core come from `tera-contrib` plus rewire's own quoting and `addr_port`. Every function and
 //! filter refuses arguments it does not take, so a typo is an error, not a silent default.
+//!
+//! Catalog data is never trusted, so the filters that put it into a config refuse what could
+//! change the config's structure: the quoting filters fail on a newline or any other control
+//! character (a new line is a new directive), `addr_port` on an address that is neither an IP
+//! nor a hostname. The tests `port`, `listen_address` and `file_path` check a KV setting before
+//! a template uses it (`{% if v is not port %}{{ throw(...) }}{% endif %}`).
 
 use std::collections::BTreeMap;
 
@@ -38,6 +44,9 @@ pub(super) fn register(tera: &mut Tera) {
     );
     tera.register_filter("striptags", tera_contrib::regex::striptags);
     tera.register_test("matching", tera_contrib::regex::Matching::default());
+    tera.register_test("port", test_port);
+    tera.register_test("listen_address", test_listen_address);
+    tera.register_test("file_path", test_file_path);
 }
 
 /// `status="passing"` (default), `"any"`, or a comma list such as `"passing,warning"`.
@@ -183,49 +192,148 @@ fn filter_by_tag(list: Vec<Value>, kwargs: Kwargs, _: &State) -> TeraResult<Valu
     ))
 }
 
-/// A double-quoted nginx string: backslash, double quote and control characters escaped.
-pub fn nginx_quote(s: &str) -> String {
+/// A value holding a control character, which no quoting makes harmless in every config
+/// (a newline ends a directive in nginx and HAProxy alike).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "{filter}: the value holds a control character ({found:?}), which could start a new directive: refused ({value:?})"
+)]
+pub struct ControlChar {
+    filter: &'static str,
+    found: char,
+    value: String,
+}
+
+fn no_control(filter: &'static str, s: &str) -> Result<(), ControlChar> {
+    match s.chars().find(|c| c.is_control() && *c != '\t') {
+        Some(found) => Err(ControlChar {
+            filter,
+            found,
+            value: s.chars().take(80).collect(),
+        }),
+        None => Ok(()),
+    }
+}
+
+/// A double-quoted nginx string: backslash, double quote and tab escaped; any other control
+/// character is refused. (nginx still expands `$variables` inside quotes in directives that
+/// take variables: check such values with a test such as `file_path` first.)
+pub fn nginx_quote(s: &str) -> Result<String, ControlChar> {
+    no_control("nginx_quote", s)?;
     let mut out = String::with_capacity(s.len() + 2);
     out.push('"');
     for c in s.chars() {
         match c {
             '"' => out.push_str("\\\""),
             '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
             '\t' => out.push_str("\\t"),
-            c if c.is_control() => {}
             c => out.push(c),
         }
     }
     out.push('"');
-    out
+    Ok(out)
 }
 
-/// A single-quoted HAProxy string (nothing inside is interpreted); `'` becomes `'\''`.
-pub fn haproxy_quote(s: &str) -> String {
-    let cleaned: String = s.chars().filter(|c| !c.is_control()).collect();
-    format!("'{}'", cleaned.replace('\'', r"'\''"))
+/// A single-quoted HAProxy string (nothing inside is interpreted); `'` becomes `'\''`; a
+/// control character other than tab is refused.
+pub fn haproxy_quote(s: &str) -> Result<String, ControlChar> {
+    no_control("haproxy_quote", s)?;
+    Ok(format!("'{}'", s.replace('\'', r"'\''")))
 }
 
-fn filter_nginx_quote(v: &str, _: Kwargs, _: &State) -> Value {
-    Value::safe_string(&nginx_quote(v))
+fn filter_nginx_quote(v: &str, _: Kwargs, _: &State) -> TeraResult<Value> {
+    nginx_quote(v)
+        .map(|q| Value::safe_string(&q))
+        .map_err(|e| tera::Error::message(e.to_string()))
 }
 
-fn filter_haproxy_quote(v: &str, _: Kwargs, _: &State) -> Value {
-    Value::safe_string(&haproxy_quote(v))
+fn filter_haproxy_quote(v: &str, _: Kwargs, _: &State) -> TeraResult<Value> {
+    haproxy_quote(v)
+        .map(|q| Value::safe_string(&q))
+        .map_err(|e| tera::Error::message(e.to_string()))
 }
 
-/// `instance | addr_port`, or `"::1" | addr_port(port=80)`.
+/// The text of a test's operand: a string, or a number written as one.
+fn operand(v: &Value) -> Option<String> {
+    v.as_str()
+        .map(str::to_string)
+        .or_else(|| v.as_i64().map(|n| n.to_string()))
+}
+
+/// `v is port`: a port number, 1-65535 (digits only).
+pub fn is_port(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 5
+        && s.bytes().all(|b| b.is_ascii_digit())
+        && s.parse::<u32>().is_ok_and(|p| (1..=65535).contains(&p))
+}
+
+/// `v is listen_address`: `PORT`, `ADDR:PORT`, `[IPv6]:PORT` or `*:PORT`, where ADDR is an
+/// IPv4 address or a hostname.
+pub fn is_listen_address(s: &str) -> bool {
+    let Some((addr, port)) = s.rsplit_once(':') else {
+        return is_port(s);
+    };
+    if !is_port(port) {
+        return false;
+    }
+    if let Some(v6) = addr.strip_prefix('[').and_then(|a| a.strip_suffix(']')) {
+        return v6.parse::<std::net::Ipv6Addr>().is_ok();
+    }
+    addr == "*" || (!addr.contains(':') && crate::model::check_address(addr).is_ok())
+}
+
+/// `v is file_path` (or `file_path(suffix=".pid")`): an absolute path of letters, digits and
+/// `. _ - /`, without `..` (so no quoting, variable or directory walk is needed), ending in
+/// `suffix` when given. A catalog value naming a file that a root process writes (a pid file, a
+/// log, a socket) must not be able to name /etc/shadow: the suffix narrows it to its kind.
+pub fn is_file_path(s: &str, suffix: Option<&str>) -> bool {
+    s.starts_with('/')
+        && s.len() <= 4096
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b'/'))
+        && !s.split('/').any(|c| c == "..")
+        && !s.ends_with('/')
+        && suffix.is_none_or(|x| s.len() > x.len() + 1 && s.ends_with(x))
+}
+
+fn test_port(v: &Value, kwargs: Kwargs, _: &State) -> TeraResult<bool> {
+    only(&kwargs, "port", &[])?;
+    Ok(operand(v).is_some_and(|s| is_port(&s)))
+}
+
+fn test_listen_address(v: &Value, kwargs: Kwargs, _: &State) -> TeraResult<bool> {
+    only(&kwargs, "listen_address", &[])?;
+    Ok(operand(v).is_some_and(|s| is_listen_address(&s)))
+}
+
+fn test_file_path(v: &Value, kwargs: Kwargs, _: &State) -> TeraResult<bool> {
+    only(&kwargs, "file_path", &["suffix"])?;
+    let suffix: Option<String> = kwargs.get("suffix")?;
+    Ok(v.as_str()
+        .is_some_and(|s| is_file_path(s, suffix.as_deref())))
+}
+
+/// `instance | addr_port`, or `"::1" | addr_port(port=80)`. An address string is checked
+/// (an IP or a hostname) and a port must be 1-65535: a KV value cannot smuggle `; ...` in.
 fn filter_addr_port(v: &Value, kwargs: Kwargs, _: &State) -> TeraResult<Value> {
     only(&kwargs, "addr_port", &["port"])?;
     let port_kw: Option<u64> = kwargs.get("port")?;
+    if let Some(p) = port_kw
+        && !(1..=65535).contains(&p)
+    {
+        return Err(tera::Error::message(format!(
+            "addr_port: port {p} is outside 1-65535"
+        )));
+    }
     if let Some(addr) = v.as_str() {
         let port = port_kw.ok_or_else(|| {
             tera::Error::message(
                 "addr_port on a string needs port=..., e.g. \"::1\" | addr_port(port=80)",
             )
         })?;
+        crate::model::check_address(addr)
+            .map_err(|e| tera::Error::message(format!("addr_port: {e}")))?;
         return Ok(Value::from(addr_port(addr, port)));
     }
     if port_kw.is_none()
@@ -255,9 +363,63 @@ mod tests {
 
     #[test]
     fn quoting_filters() {
-        assert_eq!(nginx_quote(r#"a"b\c"#), r#""a\"b\\c""#);
-        assert_eq!(haproxy_quote("it's"), r"'it'\''s'");
+        assert_eq!(nginx_quote(r#"a"b\c"#).unwrap(), r#""a\"b\\c""#);
+        assert_eq!(haproxy_quote("it's").unwrap(), r"'it'\''s'");
         assert_eq!(addr_port("10.0.0.1", 80), "10.0.0.1:80");
         assert_eq!(addr_port("fe80::1", 80), "[fe80::1]:80");
+    }
+
+    #[test]
+    fn quoting_refuses_what_would_start_a_new_directive() {
+        let pid = "/run/nginx.pid\nload_module /tmp/evil.so";
+        let e = nginx_quote(pid).unwrap_err().to_string();
+        assert!(
+            e.contains("nginx_quote") && e.contains("control character"),
+            "{e}"
+        );
+        assert!(haproxy_quote("x\r\nhttp-request return").is_err());
+        assert!(nginx_quote("nul\0").is_err());
+        assert_eq!(nginx_quote("a\tb").unwrap(), r#""a\tb""#);
+    }
+
+    #[test]
+    fn setting_checks_accept_the_documented_forms_only() {
+        for ok in [
+            "80",
+            "65535",
+            "127.0.0.1:8080",
+            "*:80",
+            "[::1]:80",
+            "web.local:443",
+        ] {
+            assert!(is_listen_address(ok), "{ok}");
+        }
+        for bad in [
+            "0",
+            "65536",
+            "80; location /leak/ { alias /etc/; autoindex on; } #",
+            ":80\n    http-request return status 200 file /etc/shadow",
+            "::1:80",
+            "[::1]",
+            "a b:80",
+            "127.0.0.1:80 ssl",
+            "",
+        ] {
+            assert!(!is_listen_address(bad), "{bad:?}");
+        }
+        assert!(is_port("443") && !is_port("+80") && !is_port("080000"));
+        assert!(is_file_path("/run/nginx.pid", Some(".pid")));
+        assert!(is_file_path("/var/log/nginx/access.log", Some(".log")));
+        for bad in [
+            "/etc/shadow",
+            "/run/../etc/x.pid",
+            "run/nginx.pid",
+            "/run/nginx.pid\nload_module /x.so",
+            "/run/$host.pid",
+            "/run/\"x\".pid",
+            "/.pid",
+        ] {
+            assert!(!is_file_path(bad, Some(".pid")), "{bad:?}");
+        }
     }
 }

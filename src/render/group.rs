@@ -8,7 +8,7 @@
 use std::collections::BTreeMap;
 
 use nix::unistd::Pid;
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 use super::pipeline::{self, ReloadError, Reloaded};
 use crate::config::{Reload, TemplateConfig, Wait};
@@ -93,8 +93,14 @@ pub struct Written<'t> {
 }
 
 /// Runs `reload` once for every file in `written` (nothing to run without a reload). When it
-/// fails, every one of them is restored before the error is returned; the caller reports it
-/// per template.
+/// fails, every one of them that had a previous version is restored before the error is
+/// returned; the caller reports it per template.
+///
+/// A file that did not exist before is kept (see [`kept_after_failed_reload`]): it passed its
+/// check, and removing it would leave the program with no config at all. That is the normal
+/// case at start: nginx under `[main]` is not running yet, so `nginx -s reload` fails, and
+/// deleting the first render would keep main from ever getting its config. The caller tries
+/// the reload again later.
 pub async fn reload_or_restore<'a, 't: 'a>(
     reload: Option<&Reload>,
     written: impl IntoIterator<Item = &'a Written<'t>> + Clone,
@@ -115,13 +121,25 @@ pub async fn reload_or_restore<'a, 't: 'a>(
         Err(e) => {
             error!(templates = %templates(), "{e}; restoring the previous files");
             for w in written {
-                if let Err(re) = pipeline::restore(w.template, w.previous.as_deref()) {
+                if kept_after_failed_reload(w) {
+                    warn!(
+                        template = %w.template.name,
+                        dest = %w.template.destination.display(),
+                        "kept: there was no previous file to restore, and this one passed its check"
+                    );
+                } else if let Err(re) = pipeline::restore(w.template, w.previous.as_deref()) {
                     error!(template = %w.template.name, error = %re, "cannot restore the previous file");
                 }
             }
         }
     }
     result
+}
+
+/// Whether a failed reload leaves this file in place: it had no previous version (a restore
+/// would delete it, leaving the program without a config).
+pub fn kept_after_failed_reload(w: &Written) -> bool {
+    w.previous.is_none()
 }
 
 #[cfg(test)]
@@ -148,6 +166,7 @@ mod tests {
             wait: DEFAULT_WAIT,
             write: WriteMode::Atomic,
             backup: false,
+            limits: crate::config::DEFAULT_RENDER_LIMITS,
         }
     }
 
@@ -164,7 +183,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_failed_reload_restores_every_file_of_the_group() {
+    async fn a_failed_reload_restores_every_file_of_the_group_but_never_deletes_a_new_one() {
         let dir = tempfile::tempdir().unwrap();
         let mut a = template("a", None);
         a.destination = dir.path().join("a.conf");
@@ -189,9 +208,10 @@ mod tests {
         let r = reload_or_restore(Some(&failing), &written, None, &BTreeMap::new()).await;
         assert!(r.is_err());
         assert_eq!(std::fs::read_to_string(&a.destination).unwrap(), "old a");
-        assert!(
-            !b.destination.exists(),
-            "a file that did not exist is removed"
+        assert_eq!(
+            std::fs::read_to_string(&b.destination).unwrap(),
+            "new b",
+            "a checked file without a predecessor is kept"
         );
     }
 }

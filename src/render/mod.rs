@@ -14,3 +14,4 @@ pub mod pipeline;
 pub mod runner;
 pub mod template;
 pub mod values;
+pub mod worker;

@@ -149,11 +149,39 @@ fn backup(t: &TemplateConfig, previous: Option<&[u8]>) {
     if !t.backup {
         return;
     }
-    if let Some(old) = previous {
-        let mut name = t.destination.as_os_str().to_os_string();
-        name.push(".bak");
-        if let Err(e) = files::write_atomic(&PathBuf::from(name), old, t.perms, true) {
-            warn!(template = %t.name, error = %e, "cannot write the backup file");
+    if let Some(old) = previous
+        && let Err(e) = files::write_atomic(&backup_path(t), old, t.perms, true)
+    {
+        warn!(template = %t.name, error = %e, "cannot write the backup file");
+    }
+}
+
+fn backup_path(t: &TemplateConfig) -> PathBuf {
+    let mut name = t.destination.as_os_str().to_os_string();
+    name.push(".bak");
+    PathBuf::from(name)
+}
+
+/// Removes the temp files an earlier rewire left beside the templates' destinations (killed
+/// during a write or a check); files a running rewire holds are left alone (see
+/// [`files::remove_leftovers`]). Called at start by `rewire run` and `rewire render`.
+pub fn remove_leftovers(templates: &[TemplateConfig]) {
+    for t in templates {
+        let mut places = vec![t.destination.clone()];
+        if t.backup {
+            places.push(backup_path(t));
+        }
+        for place in places {
+            match files::remove_leftovers(&place) {
+                Ok(removed) => {
+                    for file in removed {
+                        info!(template = %t.name, file = %file.display(), "removed a temp file an earlier run left behind");
+                    }
+                }
+                Err(e) => {
+                    warn!(template = %t.name, dest = %place.display(), error = %e, "cannot look for leftover temp files");
+                }
+            }
         }
     }
 }
@@ -168,7 +196,13 @@ async fn run_check(
         program: check.program.with_file(file),
         timeout: check.timeout,
     };
-    let outcome = command::run(&spec, env, None).await?;
+    // Named as configured ("{file}", not the temp path), so the error reads the same each time.
+    let outcome = command::run(&spec, env, None)
+        .await
+        .map_err(|e| command::SpawnError {
+            program: check.program.to_string(),
+            source: e.source,
+        })?;
     if outcome.success() {
         return Ok(());
     }

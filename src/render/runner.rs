@@ -11,6 +11,19 @@
 //!
 //! Each group tells the [`Wanted`] set which queries its last render used, so
 //! the catalog watches exactly those.
+//!
+//! Nothing is written before `pre_start` has exited: it may be `rewire render` writing the same
+//! files, and a runner's rollback must never undo what it wrote.
+//!
+//! Cancellation: the generation's token (SIGHUP, stop) abandons a render in flight (its thread
+//! ends on its own at its deadline, see [`worker`](super::worker)) but lets a write, check and
+//! reload in progress finish, so a file in place is never left without its reload. The daemon's
+//! token (`Shared::abort`, the stop sequence) drops the whole round at once: a check or reload
+//! in flight is killed with its process group.
+//!
+//! Failures are retried without waiting for new data, backing off (about 1 s doubling to
+//! 1 min): bytes a check or reload rejected, a write that failed (disk full, read-only file
+//! system, a check program missing), and a reload owed to files kept in place.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
@@ -24,8 +37,9 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, error, info, info_span, warn};
 
 use super::group::{self, Group, Written};
-use super::pipeline::{self, Applied, ApplyError};
+use super::pipeline::{self, Applied, ApplyError, Reloaded};
 use super::template::{Engine, Rendered};
+use super::worker::Slot;
 use crate::backoff::Backoff;
 use crate::config::{CheckMode, TemplateConfig};
 use crate::debounce::{self, Debounce};
@@ -43,6 +57,10 @@ pub struct Shared {
     pub board: Arc<Board>,
     pub env: BTreeMap<String, String>,
     pub main_pid: watch::Receiver<Option<Pid>>,
+    /// False until `pre_start` has exited (or when there is none): nothing is written before.
+    pub writes_allowed: watch::Receiver<bool>,
+    /// Cancelled when the daemon stops: a round in progress is dropped at once.
+    pub abort: CancellationToken,
 }
 
 /// How often a template that waits for data says so again.
@@ -51,6 +69,9 @@ const PENDING_LOG_EVERY: Duration = Duration::from_secs(60);
 pub async fn run_group(group: Group, shared: Shared, stop: CancellationToken) {
     let span = info_span!("group", templates = %group.name());
     async move {
+        if !writes_allowed(shared.writes_allowed.clone(), &stop).await {
+            return;
+        }
         // Says which queries the last render used; dropped (withdrawing them) when the group ends.
         let owner = shared.wanted.owner();
         let mut snaps = shared.store.subscribe();
@@ -64,7 +85,12 @@ pub async fn run_group(group: Group, shared: Shared, stop: CancellationToken) {
                 render_now = false;
                 debounce.take();
                 let snap = shared.store.snapshot();
-                seen = render_round(&group, &shared, &snap, &mut state).await;
+                let round = render_round(&group, &shared, &snap, &mut state, &stop);
+                seen = tokio::select! {
+                    biased;
+                    _ = shared.abort.cancelled() => break,
+                    seen = round => seen,
+                };
                 owner.set(seen.keys().cloned().collect());
                 continue;
             }
@@ -86,8 +112,15 @@ pub async fn run_group(group: Group, shared: Shared, stop: CancellationToken) {
                 }
                 _ = debounce::due(&debounce) => render_now = true,
                 _ = sleep_until_some(state.next_retry()), if state.next_retry().is_some() => {
-                    // Bytes a check or reload rejected may pass now.
+                    // Bytes a check, write or reload rejected may pass now.
                     render_now = true;
+                }
+                _ = sleep_until_some(state.owed.as_ref().map(|o| o.at)), if state.owed.is_some() => {
+                    tokio::select! {
+                        biased;
+                        _ = shared.abort.cancelled() => break,
+                        () = retry_owed_reload(&group, &shared, &mut state) => {}
+                    }
                 }
                 _ = tokio::time::sleep(state.pending_recheck()), if state.pending_since.is_some() => {
                     // Re-render now and then while waiting, so the "still waiting" log repeats.
@@ -98,6 +131,14 @@ pub async fn run_group(group: Group, shared: Shared, stop: CancellationToken) {
     }
     .instrument(span)
     .await
+}
+
+/// Waits until writes are allowed (`pre_start` has exited). False when stopped first.
+async fn writes_allowed(mut allowed: watch::Receiver<bool>, stop: &CancellationToken) -> bool {
+    tokio::select! {
+        r = allowed.wait_for(|a| *a) => r.is_ok(),
+        _ = stop.cancelled() => false,
+    }
 }
 
 /// Whether any query the group used has a different answer in `snap`.
@@ -112,9 +153,10 @@ async fn sleep_until_some(at: Option<Instant>) {
     }
 }
 
-/// Bytes a check or reload rejected: not tried again before `retry_at`. A reload fails for
-/// reasons that pass (the program was restarting) and so can a check (`nginx -t` resolving a
-/// name), so the same bytes are tried again, backing off (about 1 s, doubling, up to 1 min).
+/// Bytes a check, write or reload rejected: not tried again before `retry_at`. A reload fails
+/// for reasons that pass (the program was restarting) and so can a check (`nginx -t` resolving
+/// a name) or a write (a full disk, a read-only mount, a check program not installed yet), so
+/// the same bytes are tried again, backing off (about 1 s, doubling, up to 1 min).
 /// Except after a `check_mode = "swap"` rejection: retrying would put the rejected file in
 /// the real place for the length of every check. Those bytes wait for new data (`None`). New
 /// bytes are always tried at once.
@@ -127,9 +169,17 @@ struct Rejected {
 const RETRY_FIRST: Duration = Duration::from_secs(2);
 const RETRY_MAX: Duration = Duration::from_secs(60);
 
+/// A reload still owed to files a failed reload left in place (they had no previous version).
+struct Owed {
+    /// The templates whose files wait for it.
+    templates: BTreeSet<String>,
+    at: Instant,
+    backoff: Backoff,
+}
+
 #[derive(Default)]
 struct GroupState {
-    /// Per template: bytes a check or reload rejected.
+    /// Per template: bytes a check, write or reload rejected.
     rejected: HashMap<String, Rejected>,
     /// Per template: the last message logged, and when (log once, then every 60 s).
     logged: HashMap<String, (String, Instant)>,
@@ -137,60 +187,49 @@ struct GroupState {
     pending_since: Option<Instant>,
     /// The last round found queries without data: render as soon as they arrive.
     discovering: bool,
-    /// Per template: how long its last render took.
-    render_cost: HashMap<String, Duration>,
+    /// Per template: where its renders run, and whether one is still running.
+    slots: HashMap<String, Slot>,
+    /// A reload owed to files kept in place after a failed reload.
+    owed: Option<Owed>,
 }
 
-/// A render that took less than this last time runs on the async worker itself: handing it to
-/// a blocking thread and back costs more than that on a busy machine, and it sits on the path
-/// from a catalog change to the file in place. Longer renders (thousands of instances, heavy
-/// templates) go to a blocking thread so they never stall the watches.
-const INLINE_RENDER: Duration = Duration::from_micros(300);
-
-/// Renders one template, inline or on a blocking thread (see [`INLINE_RENDER`]).
+/// Renders one template within its limits (see [`worker`](super::worker)). None when `stop`
+/// fired first: the render is abandoned (its thread ends at its deadline).
 async fn render(
     shared: &Shared,
     t: &TemplateConfig,
     snap: &Arc<Snapshot>,
     state: &mut GroupState,
-) -> Rendered {
-    let timed = |engine: &Engine, name: &str, snap: &Arc<Snapshot>| {
-        let started = std::time::Instant::now();
-        let r =
-            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| engine.render(name, snap)));
-        (r, started.elapsed())
-    };
-    let (result, took) = match state.render_cost.get(&t.name) {
-        Some(cost) if *cost < INLINE_RENDER => timed(&shared.engine, &t.name, snap),
-        _ => {
-            let engine = shared.engine.clone();
-            let name = t.name.clone();
-            let snap = snap.clone();
-            match tokio::task::spawn_blocking(move || timed(&engine, &name, &snap)).await {
-                Ok(done) => done,
-                Err(e) => (Err(e.into_panic()), Duration::ZERO),
-            }
-        }
-    };
-    state.render_cost.insert(t.name.clone(), took);
-    result.unwrap_or_else(|panic| Rendered::Failed {
-        deps: BTreeSet::new(),
-        error: format!("render panicked: {}", panic_text(&panic)),
-    })
-}
-
-fn panic_text(panic: &Box<dyn std::any::Any + Send>) -> &str {
-    panic
-        .downcast_ref::<&str>()
-        .copied()
-        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
-        .unwrap_or("(no message)")
+    stop: &CancellationToken,
+) -> Option<Rendered> {
+    let slot = state.slots.entry(t.name.clone()).or_default();
+    tokio::select! {
+        r = slot.render(&shared.engine, &t.name, t.limits, snap) => Some(r),
+        _ = stop.cancelled() => None,
+    }
 }
 
 /// Discovery normally takes a few milliseconds; only a wait longer than this is worth a warning.
 const PENDING_QUIET: Duration = Duration::from_secs(3);
 
 impl GroupState {
+    /// Remembers that these templates' files wait for a reload; tried again after a backoff.
+    fn owe_reload(&mut self, templates: impl IntoIterator<Item = String>) {
+        let owed = self.owed.get_or_insert_with(|| Owed {
+            templates: BTreeSet::new(),
+            at: Instant::now(),
+            backoff: Backoff::new(RETRY_FIRST, RETRY_MAX).expect("constant bounds are valid"),
+        });
+        owed.templates.extend(templates);
+        owed.at = Instant::now() + owed.backoff.next_delay();
+    }
+
+    fn owes_reload(&self, template: &str) -> bool {
+        self.owed
+            .as_ref()
+            .is_some_and(|o| o.templates.contains(template))
+    }
+
     fn reject(&mut self, template: &str, hash: [u8; 32], retry: bool) {
         let mut backoff = match self.rejected.remove(template) {
             Some(r) if r.hash == hash => r.backoff,
@@ -254,12 +293,14 @@ fn hash(bytes: &[u8]) -> [u8; 32] {
 type WrittenFile<'g> = (Written<'g>, [u8; 32], usize);
 
 /// Renders, applies and reloads every template of the group once. Returns the versions of
-/// every query the renders used.
+/// every query the renders used. When `stop` fires during a render, the templates not rendered
+/// yet wait for the next generation, but what was written is still reloaded.
 async fn render_round(
     group: &Group,
     shared: &Shared,
     snap: &Arc<Snapshot>,
     state: &mut GroupState,
+    stop: &CancellationToken,
 ) -> BTreeMap<Query, Option<u64>> {
     let mut seen = BTreeMap::new();
     let mut written: Vec<WrittenFile> = Vec::new();
@@ -267,7 +308,9 @@ async fn render_round(
     state.discovering = false;
     for t in &group.templates {
         let dest = t.destination.display().to_string();
-        let rendered = render(shared, t, snap, state).await;
+        let Some(rendered) = render(shared, t, snap, state, stop).await else {
+            break;
+        };
         for q in rendered.deps() {
             seen.insert(q.clone(), snap.get(q).map(|e| e.version));
         }
@@ -283,9 +326,13 @@ async fn render_round(
                     Ok(Applied::Unchanged) => {
                         state.rejected.remove(&t.name);
                         state.logged.remove(&t.name);
-                        shared
-                            .board
-                            .record(&t.name, &dest, now, TemplateEvent::Unchanged);
+                        // A file kept after a failed reload stays in error until its reload
+                        // goes through.
+                        if !state.owes_reload(&t.name) {
+                            shared
+                                .board
+                                .record(&t.name, &dest, now, TemplateEvent::Unchanged);
+                        }
                         debug!(template = %t.name, "unchanged");
                     }
                     Ok(Applied::Written { previous }) => {
@@ -301,16 +348,18 @@ async fn render_round(
                         ));
                     }
                     Err(e) => {
-                        if matches!(e, ApplyError::Rejected { .. }) {
-                            state.reject(&t.name, h, t.check_mode != CheckMode::Swap);
+                        // Tried again after a backoff, except bytes a swap check rejected: a
+                        // retry would put them in place for the length of every check.
+                        let swap_rejected = matches!(e, ApplyError::Rejected { .. })
+                            && t.check_mode == CheckMode::Swap;
+                        state.reject(&t.name, h, !swap_rejected);
+                        let text = e.to_string();
+                        if state.should_log(&t.name, &text) {
+                            error!(template = %t.name, "{text}; the destination was left as it was");
                         }
-                        error!(template = %t.name, "{e}; the destination was left as it was");
-                        shared.board.record(
-                            &t.name,
-                            &dest,
-                            now,
-                            TemplateEvent::Failed(e.to_string()),
-                        );
+                        shared
+                            .board
+                            .record(&t.name, &dest, now, TemplateEvent::Failed(text));
                     }
                 }
             }
@@ -355,6 +404,7 @@ async fn render_round(
     )
     .await;
     let now = SystemTime::now();
+    let mut kept = Vec::new();
     for (w, h, bytes) in written {
         let t = w.template;
         let dest = t.destination.display().to_string();
@@ -366,6 +416,19 @@ async fn render_round(
                     .board
                     .record(&t.name, &dest, now, TemplateEvent::Written);
             }
+            Err(e) if group::kept_after_failed_reload(&w) => {
+                state.rejected.remove(&t.name);
+                kept.push(t.name.clone());
+                let detail = format!(
+                    "{e}; the new file was kept (there was no previous one) and the reload is tried again"
+                );
+                shared.board.record(
+                    &t.name,
+                    &dest,
+                    now,
+                    TemplateEvent::WrittenNotReloaded(detail),
+                );
+            }
             Err(e) => {
                 state.reject(&t.name, h, true);
                 let detail = format!("{e}; the previous file was restored");
@@ -375,5 +438,72 @@ async fn render_round(
             }
         }
     }
+    match reloaded {
+        // Whatever was owed went with this reload.
+        Ok(_) => settle_owed(shared, state, group),
+        Err(_) if !kept.is_empty() => state.owe_reload(kept),
+        Err(_) => {}
+    }
     seen
+}
+
+/// Runs the reload owed to files kept in place after a failed one.
+async fn retry_owed_reload(group: &Group, shared: &Shared, state: &mut GroupState) {
+    let Some(reload) = group.reload.as_ref() else {
+        state.owed = None;
+        return;
+    };
+    let main_pid = *shared.main_pid.borrow();
+    match pipeline::reload(reload, main_pid, &shared.env).await {
+        Ok(r) => {
+            match r {
+                Reloaded::Done => info!("reloaded (the reload owed to files kept in place)"),
+                Reloaded::NotRunning(why) => {
+                    info!("not reloaded: {why}; the program reads the new file when it starts")
+                }
+            }
+            settle_owed(shared, state, group);
+        }
+        Err(e) => {
+            let names: Vec<String> = state
+                .owed
+                .as_ref()
+                .map(|o| o.templates.iter().cloned().collect())
+                .unwrap_or_default();
+            warn!(templates = %names.join("+"), "{e}; trying again later");
+            let now = SystemTime::now();
+            for t in group.templates.iter().filter(|t| names.contains(&t.name)) {
+                let detail = format!(
+                    "{e}; the new file is in place (there was no previous one) and the reload is tried again"
+                );
+                shared.board.record(
+                    &t.name,
+                    &t.destination.display().to_string(),
+                    now,
+                    TemplateEvent::ReloadFailed(detail),
+                );
+            }
+            state.owe_reload(names);
+        }
+    }
+}
+
+/// A reload went through: the files that waited for one are current.
+fn settle_owed(shared: &Shared, state: &mut GroupState, group: &Group) {
+    let Some(owed) = state.owed.take() else {
+        return;
+    };
+    let now = SystemTime::now();
+    for t in group
+        .templates
+        .iter()
+        .filter(|t| owed.templates.contains(&t.name))
+    {
+        shared.board.record(
+            &t.name,
+            &t.destination.display().to_string(),
+            now,
+            TemplateEvent::Reloaded,
+        );
+    }
 }

@@ -8,6 +8,13 @@
 //! missing and renders again. One pass collects every missing query, so a template that
 //! needs ten services costs two renders, not eleven.
 //!
+//! Every render has a [`Budget`]: a deadline and a largest output (`render_timeout`,
+//! `max_output`). Output goes through a writer that refuses bytes past the limit, and Tera's VM
+//! (patched: `vendor/tera`) asks [`interrupt`] every 1024 instructions whether the deadline has
+//! passed or its capture buffers grew past the limit, so even a loop that prints nothing stops.
+//! Where the render runs (inline or on a thread of its own) is [`worker`](super::worker)'s
+//! business.
+//!
 //! The functions are registered once; rendering borrows the engine, so templates render
 //! concurrently on several threads without cloning Tera. The functions and filters live in
 //! [`functions`](super::functions::register); turning store data into template values (once per
@@ -15,13 +22,15 @@
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Instant;
 
 use tera::{Context, Tera};
 
 use super::functions;
-use crate::config::TemplateConfig;
+use crate::config::{RenderLimits, TemplateConfig};
 use crate::model::Query;
 use crate::store::{Entry, Snapshot};
 
@@ -43,7 +52,50 @@ pub enum Rendered {
     Failed {
         deps: BTreeSet<Query>,
         error: String,
+        /// Set when a limit stopped the render (the error says which and what to do).
+        limit: Option<Limit>,
     },
+}
+
+/// The limit that stopped a render.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Limit {
+    /// It ran past its deadline (`render_timeout`).
+    Time,
+    /// Its output (or the text it captured) grew past `max_output`.
+    Output,
+}
+
+/// What one render may spend.
+#[derive(Debug, Clone, Copy)]
+pub struct Budget {
+    /// The template's limits, for the error message.
+    pub limits: RenderLimits,
+    /// When to stop: `limits.timeout` after the start, or earlier for a render tried inline
+    /// first (see [`worker`](super::worker)).
+    pub deadline: Instant,
+    /// The deadline is an inline time slice, not the template's own.
+    pub slice: bool,
+}
+
+impl Budget {
+    /// The whole of `limits`, from now.
+    pub fn starting_now(limits: RenderLimits) -> Budget {
+        Budget {
+            limits,
+            deadline: Instant::now() + limits.timeout,
+            slice: false,
+        }
+    }
+
+    /// A time slice of `slice` from now (at most the template's own timeout).
+    pub fn slice(limits: RenderLimits, slice: std::time::Duration) -> Budget {
+        Budget {
+            limits,
+            deadline: Instant::now() + slice.min(limits.timeout),
+            slice: slice < limits.timeout,
+        }
+    }
 }
 
 impl Rendered {
@@ -73,6 +125,42 @@ pub fn pending_reason(
     parts.join("; ")
 }
 
+/// The largest template or partial read.
+const MAX_TEMPLATE: u64 = 16 << 20;
+
+/// Reads a template named in the config (any path the config's author chose), refusing a FIFO
+/// or device without blocking on it.
+fn read_template(path: &Path) -> Result<String, String> {
+    let bytes = crate::confined::read_path(path, MAX_TEMPLATE).map_err(|e| match e {
+        crate::confined::Refused::NotFound => "cannot read: no such file".to_string(),
+        other => format!("cannot read: {other}"),
+    })?;
+    String::from_utf8(bytes).map_err(|_| "cannot read: not UTF-8 text".to_string())
+}
+
+/// Reads a partial beside a template: a regular file inside `dir` (symlinks that stay inside
+/// are followed). `Ok(None)`: a directory or gone, not a partial.
+fn read_partial(dir: &Path, path: &Path) -> Result<Option<String>, String> {
+    use crate::confined::{Refused, open_dir, read_beneath};
+    use std::os::fd::AsFd;
+    let Some(name) = path.file_name() else {
+        return Ok(None);
+    };
+    let d = open_dir(dir).map_err(|e| format!("cannot open {}: {e}", dir.display()))?;
+    let mut buf = Vec::new();
+    match read_beneath(d.as_fd(), Path::new(name), MAX_TEMPLATE, &mut buf) {
+        Ok(()) => String::from_utf8(buf)
+            .map(Some)
+            .map_err(|_| "partial is not UTF-8 text".to_string()),
+        Err(Refused::NotFound) | Err(Refused::NotRegular("a directory")) => Ok(None),
+        Err(Refused::Escapes(_)) => Err(format!(
+            "refused: a symlink leads out of the template directory {}; partials are read only from inside it",
+            dir.display()
+        )),
+        Err(e) => Err(format!("refused: {e}")),
+    }
+}
+
 /// A template that failed to load (syntax error, unreadable file).
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("template {source_path}: {message}")]
@@ -93,6 +181,9 @@ struct RenderCtx {
     deps: BTreeSet<Query>,
     missing: BTreeSet<Query>,
     waiting: Vec<String>,
+    budget: Budget,
+    /// Set by [`interrupt`] when it stopped the render.
+    stopped: Option<Limit>,
 }
 
 thread_local! {
@@ -112,6 +203,7 @@ impl Engine {
         let prefixes: Vec<String> = dirs.iter().map(|d| format!("{}/", d.display())).collect();
         tera.set_fallback_prefixes(prefixes)
             .expect("fallback prefixes are set before any template is added");
+        tera.set_interrupt(Some(interrupt));
         functions::register(&mut tera);
 
         let mut errors = Vec::new();
@@ -123,17 +215,19 @@ impl Engine {
             if sources.contains_key(&key) {
                 continue;
             }
-            match std::fs::read_to_string(&t.source) {
+            match read_template(&t.source) {
                 Ok(text) => {
                     sources.insert(key, text);
                 }
-                Err(e) => errors.push(LoadError {
+                Err(message) => errors.push(LoadError {
                     source_path: t.source.clone(),
-                    message: format!("cannot read: {e}"),
+                    message,
                 }),
             }
         }
-        // Partials: `*.tera` files beside the templates, includable by their file name.
+        // Partials: `*.tera` files beside the templates, includable by their file name. Only
+        // regular files inside the directory: a partial linked to a file elsewhere (say,
+        // /etc/shadow) would put that file into a config.
         for dir in &dirs {
             let Ok(rd) = std::fs::read_dir(dir) else {
                 continue;
@@ -145,7 +239,6 @@ impl Engine {
                         && !p
                             .file_name()
                             .is_some_and(|n| n.to_string_lossy().starts_with('.'))
-                        && p.is_file()
                 })
                 .collect();
             partials.sort();
@@ -154,8 +247,15 @@ impl Engine {
                 if sources.contains_key(&key) {
                     continue;
                 }
-                if let Ok(text) = std::fs::read_to_string(&p) {
-                    sources.insert(key, text);
+                match read_partial(dir, &p) {
+                    Ok(Some(text)) => {
+                        sources.insert(key, text);
+                    }
+                    Ok(None) => {}
+                    Err(message) => errors.push(LoadError {
+                        source_path: p.clone(),
+                        message,
+                    }),
                 }
             }
         }
@@ -193,12 +293,20 @@ impl Engine {
         }
     }
 
-    /// Renders one template against a snapshot.
+    /// Renders one template against a snapshot with the default limits (tests, benchmarks).
     pub fn render(&self, name: &str, snapshot: &Arc<Snapshot>) -> Rendered {
+        let budget = Budget::starting_now(crate::config::DEFAULT_RENDER_LIMITS);
+        self.render_within(name, snapshot, budget)
+    }
+
+    /// Renders one template against a snapshot, stopping at the budget's deadline or when the
+    /// output passes its size (then [`Rendered::Failed`] with `limit` set).
+    pub fn render_within(&self, name: &str, snapshot: &Arc<Snapshot>, budget: Budget) -> Rendered {
         let Some(tera_name) = self.names.get(name) else {
             return Rendered::Failed {
                 deps: BTreeSet::new(),
                 error: format!("no template named {name:?}"),
+                limit: None,
             };
         };
         CTX.with(|c| {
@@ -207,12 +315,31 @@ impl Engine {
                 deps: BTreeSet::new(),
                 missing: BTreeSet::new(),
                 waiting: Vec::new(),
+                budget,
+                stopped: None,
             })
         });
-        let result = self.tera.render(tera_name, &Context::new());
+        let mut out = Bounded {
+            bytes: Vec::new(),
+            max: budget.limits.max_output,
+            over: false,
+        };
+        let result = self.tera.render_to(tera_name, &Context::new(), &mut out);
         let ctx = CTX
             .with(|c| c.borrow_mut().take())
             .expect("render context was set above");
+        let stopped = if out.over {
+            Some(Limit::Output)
+        } else {
+            ctx.stopped
+        };
+        if let Some(limit) = stopped {
+            return Rendered::Failed {
+                deps: ctx.deps,
+                error: stopped_text(limit, &budget),
+                limit: Some(limit),
+            };
+        }
         if !ctx.missing.is_empty() || !ctx.waiting.is_empty() {
             return Rendered::Pending {
                 deps: ctx.deps,
@@ -220,7 +347,7 @@ impl Engine {
                 waiting: ctx.waiting,
             };
         }
-        match result {
+        match result.and_then(|()| String::from_utf8(out.bytes).map_err(tera::Error::from)) {
             Ok(text) => Rendered::Done {
                 text,
                 deps: ctx.deps,
@@ -228,9 +355,71 @@ impl Engine {
             Err(e) => Rendered::Failed {
                 deps: ctx.deps,
                 error: tera_error_text(&e),
+                limit: None,
             },
         }
     }
+}
+
+/// The error for a render a limit stopped: which limit, and what to do about it.
+fn stopped_text(limit: Limit, budget: &Budget) -> String {
+    match limit {
+        Limit::Time if !budget.slice => format!(
+            "render stopped after {} (render_timeout): a loop that never ends, or more work than one render should do? Fix the template, or raise render_timeout for it",
+            humantime::format_duration(budget.limits.timeout)
+        ),
+        Limit::Time => "render stopped at its inline time slice".to_string(),
+        Limit::Output => format!(
+            "render stopped: its output passed {} bytes (max_output): a loop that prints without end? Fix the template, or raise max_output for it",
+            budget.limits.max_output
+        ),
+    }
+}
+
+/// The writer a render prints into: refuses bytes past `max` (Tera then stops with an I/O
+/// error, which [`Engine::render_within`] reports as the limit).
+struct Bounded {
+    bytes: Vec<u8>,
+    max: u64,
+    over: bool,
+}
+
+impl Write for Bounded {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if (self.bytes.len() + buf.len()) as u64 > self.max {
+            self.over = true;
+            return Err(std::io::Error::other("max_output reached"));
+        }
+        self.bytes.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Tera's VM asks this every 1024 instructions (vendor/tera): stop when the render's deadline
+/// has passed, or when text captured by `{% set %}` blocks (which never reaches the writer)
+/// grew past the output limit. Renders outside [`Engine::render_within`] are never stopped.
+fn interrupt(captured: usize) -> bool {
+    CTX.with(|c| {
+        let Ok(mut c) = c.try_borrow_mut() else {
+            return false;
+        };
+        let Some(ctx) = c.as_mut() else {
+            return false;
+        };
+        let limit = if captured as u64 > ctx.budget.limits.max_output {
+            Limit::Output
+        } else if Instant::now() >= ctx.budget.deadline {
+            Limit::Time
+        } else {
+            return false;
+        };
+        ctx.stopped = Some(limit);
+        true
+    })
 }
 
 /// Tera's error with its causes, as one text (the report names the file and line).
@@ -268,7 +457,7 @@ pub(super) fn wait_for(reason: String) {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::config::{CheckMode, DEFAULT_WAIT, WriteMode};
     use crate::model::{Data, Instance, Status};
@@ -292,6 +481,7 @@ mod tests {
                 wait: DEFAULT_WAIT,
                 write: WriteMode::Atomic,
                 backup: false,
+                limits: crate::config::DEFAULT_RENDER_LIMITS,
             })
             .collect();
         Engine::load(&templates)

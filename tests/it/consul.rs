@@ -43,6 +43,8 @@ fn catalog_config(settings: &ConsulSettings) -> CatalogConfig {
             max: Duration::from_secs(1),
         },
         deregister_after: Duration::from_secs(600),
+        max_file: rewire::config::DEFAULT_MAX_FILE,
+        max_response: rewire::config::DEFAULT_MAX_RESPONSE,
     }
 }
 

@@ -43,6 +43,8 @@ fn catalog_config(settings: &EtcdSettings, block_wait: Duration) -> CatalogConfi
             max: Duration::from_millis(500),
         },
         deregister_after: Duration::from_secs(600),
+        max_file: rewire::config::DEFAULT_MAX_FILE,
+        max_response: rewire::config::DEFAULT_MAX_RESPONSE,
     }
 }
 

@@ -6,11 +6,13 @@
 //!
 //! Run one module with `cargo test --test it consul::`, one test with its name.
 
+mod attacks;
 mod cli;
 mod consul;
 mod daemon;
 mod etcd;
 mod examples;
+mod hardening;
 mod harness_selftest;
 mod import;
 mod packaging;

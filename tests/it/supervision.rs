@@ -347,12 +347,21 @@ fn sighup_reconciles_registrations_and_leaves_main_alone() {
             && entry("d").is_some()
     });
     assert!(entry("a").is_some());
-    let log = rw.log();
-    let registered = |id: &str| {
+    let registered = |log: &str, id: &str| {
         log.lines()
             .filter(|l| l.contains(&format!("id={id}")) && l.contains(" registered "))
             .count()
     };
+    // The record is in the catalog a moment before the line about it is in the log.
+    let log_path = rw.daemon.log_path().to_path_buf();
+    rw.wait_for("c's second registration in the log", || {
+        registered(
+            &std::fs::read_to_string(&log_path).unwrap_or_default(),
+            "c-test",
+        ) >= 2
+    });
+    let log = rw.log();
+    let registered = |id: &str| registered(&log, id);
     assert_eq!(
         registered("a-test"),
         1,

@@ -13,6 +13,7 @@ pub mod manual;
 pub mod render;
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -22,6 +23,7 @@ use crate::catalog::Catalog;
 use crate::config::{Config, TemplateConfig};
 use crate::model::Query;
 use crate::render::template::{Engine, LoadError, Rendered};
+use crate::render::worker::Slot;
 use crate::store::Store;
 
 /// Picks the templates named on the command line (all when none is named).
@@ -95,8 +97,11 @@ pub(super) fn template_problems(command: &str, errors: &[LoadError]) -> String {
 
 /// Renders `templates` until every query they use has data, or the deadline passes.
 /// Returns each template's last render and the last catalog error seen, if any.
+///
+/// Each render is bounded by its template's limits and runs off the async worker (see
+/// [`worker`](crate::render::worker)); one a limit stopped is not rendered again.
 pub async fn render_until_ready(
-    engine: &Engine,
+    engine: &Arc<Engine>,
     templates: &[&TemplateConfig],
     catalog: &dyn Catalog,
     store: &Store,
@@ -105,12 +110,18 @@ pub async fn render_until_ready(
     let deadline = Instant::now() + timeout;
     let mut last_error = None;
     let mut pause = Duration::from_millis(50);
+    let mut slots: BTreeMap<String, Slot> = BTreeMap::new();
+    let mut results: BTreeMap<String, Rendered> = BTreeMap::new();
     loop {
         let snap = store.snapshot();
-        let results: BTreeMap<String, Rendered> = templates
-            .iter()
-            .map(|t| (t.name.clone(), engine.render(&t.name, &snap)))
-            .collect();
+        for t in templates {
+            if let Some(Rendered::Failed { limit: Some(_), .. }) = results.get(&t.name) {
+                continue;
+            }
+            let slot = slots.entry(t.name.clone()).or_default();
+            let r = slot.render(engine, &t.name, t.limits, &snap).await;
+            results.insert(t.name.clone(), r);
+        }
         // Every dependency the snapshot lacks, including keys with a default (which do not
         // block a render but must show their real value when they exist).
         let mut to_fetch: BTreeSet<Query> = results

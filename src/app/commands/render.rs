@@ -26,9 +26,10 @@ pub async fn run(
     let templates = select(config, &args.templates, "render")?;
     // Broken templates are this command's findings (exit 1), not a usage error.
     let engine = match Engine::load(&config.templates) {
-        Ok(e) => e,
+        Ok(e) => Arc::new(e),
         Err(errors) => return Ok(Outcome::Findings(template_problems("render", &errors))),
     };
+    pipeline::remove_leftovers(&config.templates);
     let env = &command::child_env(config);
     let store = Store::new();
     let (results, last_error) =
@@ -73,10 +74,12 @@ pub async fn run(
             }
             if let Err(e) = group::reload_or_restore(reload.as_ref(), &group, None, env).await {
                 for w in &group {
-                    failures.push((
-                        w.template.name.clone(),
-                        format!("{e}; the previous file was restored"),
-                    ));
+                    let what = if group::kept_after_failed_reload(w) {
+                        "the new file was kept (there was no previous one)"
+                    } else {
+                        "the previous file was restored"
+                    };
+                    failures.push((w.template.name.clone(), format!("{e}; {what}")));
                 }
             }
         }

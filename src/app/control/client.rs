@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixStream;
 
+use super::trust::{self, Untrusted};
 use super::{Answer, IO_TIMEOUT, Request, text};
 use crate::app::Outcome;
 use crate::status::Report;
@@ -25,6 +26,8 @@ pub enum ClientError {
         #[source]
         source: std::io::Error,
     },
+    #[error("refusing the control socket: {0}")]
+    Untrusted(#[from] Untrusted),
     #[error("the daemon on {socket} said: {message}")]
     Refused { socket: PathBuf, message: String },
     #[error("the daemon on {socket} answered without its status")]
@@ -40,25 +43,37 @@ pub enum ClientError {
     },
 }
 
-/// Sends one request and returns the answer (its `ok` already checked).
+/// Sends one request and returns the answer (its `ok` already checked). The socket, its
+/// directory and the process answering must belong to root or to this user ([`trust`]).
 pub async fn request(socket: &Path, req: Request) -> Result<Answer, ClientError> {
     let unreachable = |source: std::io::Error| ClientError::Unreachable {
         socket: socket.to_path_buf(),
         source,
     };
+    trust::check_socket(socket)?;
     let exchange = async {
         let mut stream = UnixStream::connect(socket).await?;
+        // The daemon's uid, as the kernel saw it at listen(): no file trick changes it.
+        let daemon = stream.peer_cred()?.uid();
+        if !trust::trusted(daemon) {
+            return Ok(Err(Untrusted::Peer {
+                socket: socket.to_path_buf(),
+                uid: daemon,
+            }));
+        }
         let mut line = req.to_line();
         line.push('\n');
         stream.write_all(line.as_bytes()).await?;
         let mut answer = String::new();
         BufReader::new(stream).read_line(&mut answer).await?;
-        serde_json::from_str::<Answer>(&answer).map_err(|e| {
-            std::io::Error::new(
-                std::io::ErrorKind::InvalidData,
-                format!("unreadable answer: {e}"),
-            )
-        })
+        serde_json::from_str::<Answer>(&answer)
+            .map(Ok)
+            .map_err(|e| {
+                std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    format!("unreadable answer: {e}"),
+                )
+            })
     };
     let answer = tokio::time::timeout(IO_TIMEOUT, exchange)
         .await
@@ -68,7 +83,7 @@ pub async fn request(socket: &Path, req: Request) -> Result<Answer, ClientError>
                 "no answer within 5s",
             ))
         })?
-        .map_err(unreachable)?;
+        .map_err(unreachable)??;
     if answer.ok == Some(true) {
         Ok(answer)
     } else {

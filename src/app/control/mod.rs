@@ -1,8 +1,10 @@
 //! The control socket: `rewire status` and `rewire maintenance on|off` talk to the daemon here.
 //!
-//! A unix stream socket (`[control] socket`, mode 0600: maintenance takes the container out of
-//! the catalog, so only its owner may ask). One request per connection, one JSON object per
-//! line each way:
+//! A unix stream socket (`[control] socket`, mode 0600, or 0660 for `[control] group`).
+//! Maintenance takes the container out of the catalog, so only root and the daemon's own user
+//! may switch it (checked by the peer's uid); anyone who can connect may read the status. Both
+//! sides refuse a socket (or directory) another user owns ([`trust`]). One request per
+//! connection, one JSON object per line each way:
 //!
 //! ```text
 //! → {"command":"status"}                    ← {"ok":true,"status":{...the report...}}
@@ -17,6 +19,7 @@
 pub mod client;
 pub mod server;
 pub mod text;
+pub mod trust;
 
 use std::time::Duration;
 

@@ -1,10 +1,18 @@
 //! The daemon's side of the control socket: bind it, answer each connection, remove it.
 //!
-//! A socket file left by a dead daemon is replaced; one that a live daemon answers on is not
-//! (the second daemon runs without a control socket and says so).
+//! The socket is bound inside a fresh 0700 directory, given its final mode (0600, or 0660 for
+//! `[control] group`) and only then renamed into place: it never exists at its path with a
+//! wider mode, whatever the umask (a bind-then-chmod left a window in which any local user
+//! could connect). Before binding, the directory and any file at the path are checked
+//! ([`trust`](super::trust)): a socket another user owns is refused, never replaced. Each
+//! connection's peer is identified (SO_PEERCRED): anyone who can connect may read the status,
+//! only root and the daemon's own user may change state.
+//!
+//! A socket file left by a dead daemon of ours is replaced; one that a live daemon answers on
+//! is not (the second daemon runs without a control socket and says so).
 
-use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
-use std::path::Path;
+use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,25 +23,51 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
+use super::trust::{self, Untrusted};
 use super::{Answer, Command, IO_TIMEOUT, Request};
+use crate::config::ControlConfig;
 use crate::status::Board;
 /// Longest request line accepted.
 const MAX_REQUEST: usize = 4096;
+
+/// Why the control socket could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum BindError {
+    #[error(transparent)]
+    Untrusted(#[from] Untrusted),
+    #[error("another rewire answers on {}; give each daemon its own [control] socket", .0.display())]
+    InUse(PathBuf),
+    #[error("[control] group {0:?} does not exist: create it, or name a group from /etc/group")]
+    NoGroup(String),
+    #[error("{what} {}: {source}", .path.display())]
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+fn io(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> BindError {
+    let path = path.to_path_buf();
+    move |source| BindError::Io { what, path, source }
+}
 
 /// Binds the socket and serves it until `stop` fires; the socket file is removed on stop. The
 /// accept loop and each connection run on `tasks`; a connection still talking when `stop`
 /// fires is dropped.
 pub fn start(
-    socket: &Path,
+    control: &ControlConfig,
     board: Arc<Board>,
     stop: CancellationToken,
     tasks: &TaskTracker,
-) -> std::io::Result<mpsc::UnboundedReceiver<Command>> {
-    let listener = bind(socket)?;
+) -> Result<mpsc::UnboundedReceiver<Command>, BindError> {
+    let socket = &control.socket;
+    let listener = bind(control)?;
     let identity = std::fs::metadata(socket).map(|m| (m.dev(), m.ino())).ok();
     let (tx, rx) = mpsc::unbounded_channel();
     let path = socket.to_path_buf();
-    info!(socket = %path.display(), "control socket listening");
+    info!(socket = %path.display(), group = ?control.group, "control socket listening");
     let connections = tasks.clone();
     tasks.spawn(async move {
         loop {
@@ -69,44 +103,89 @@ pub fn start(
     Ok(rx)
 }
 
-/// Binds `socket`, replacing a stale socket file nobody answers on.
-fn bind(socket: &Path) -> std::io::Result<UnixListener> {
-    if let Some(dir) = socket.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir)?;
-    }
-    match std::fs::symlink_metadata(socket) {
-        Ok(m) if m.file_type().is_socket() => {
-            if std::os::unix::net::UnixStream::connect(socket).is_ok() {
-                return Err(std::io::Error::new(
-                    std::io::ErrorKind::AddrInUse,
-                    format!(
-                        "another rewire answers on {}; give each daemon its own [control] socket",
-                        socket.display()
-                    ),
-                ));
-            }
-            info!(socket = %socket.display(), "replacing a stale control socket");
-            std::fs::remove_file(socket)?;
+/// Binds the control socket (see the module docs), replacing a stale socket of ours nobody
+/// answers on.
+fn bind(control: &ControlConfig) -> Result<UnixListener, BindError> {
+    let socket = &control.socket;
+    let gid = match &control.group {
+        None => None,
+        Some(name) => match nix::unistd::Group::from_name(name) {
+            Ok(Some(g)) => Some(g.gid),
+            Ok(None) => return Err(BindError::NoGroup(name.clone())),
+            Err(e) => return Err(io("cannot look up group", Path::new(name))(e.into())),
+        },
+    };
+    let dir = trust::dir_of(socket);
+    if !dir.exists() {
+        // Only its owner (and the group, when one is named) may reach what rewire creates.
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(if gid.is_some() { 0o710 } else { 0o700 })
+            .create(dir)
+            .map_err(io("cannot create", dir))?;
+        if let Some(gid) = gid {
+            nix::unistd::chown(dir, None, Some(gid))
+                .map_err(|e| io("cannot give the group", dir)(e.into()))?;
         }
-        Ok(_) => {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::AlreadyExists,
-                format!("{} exists and is not a socket", socket.display()),
-            ));
-        }
-        Err(_) => {}
     }
-    let listener = UnixListener::bind(socket)?;
-    std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o600))?;
+    if trust::check_socket(socket)? {
+        if std::os::unix::net::UnixStream::connect(socket).is_ok() {
+            return Err(BindError::InUse(socket.clone()));
+        }
+        info!(socket = %socket.display(), "replacing a stale control socket");
+    }
+    let mode = if gid.is_some() { 0o660 } else { 0o600 };
+    let listener = bind_private(dir, socket, mode, gid)?;
+    listener
+        .set_nonblocking(true)
+        .map_err(io("cannot set up", socket))?;
+    UnixListener::from_std(listener).map_err(io("cannot set up", socket))
+}
+
+/// Binds inside a fresh 0700 directory next to `socket`, sets the final mode and group there,
+/// then renames the socket into place (atomically replacing a stale one).
+fn bind_private(
+    dir: &Path,
+    socket: &Path,
+    mode: u32,
+    gid: Option<nix::unistd::Gid>,
+) -> Result<std::os::unix::net::UnixListener, BindError> {
+    use rand::Rng;
+    /// Removes the private directory however the bind ends.
+    struct Scratch(PathBuf);
+    impl Drop for Scratch {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+    // Short: a socket path may not exceed 107 bytes, and this one is the final one plus 13.
+    let scratch = dir.join(format!(".rw{:08x}", rand::rng().random::<u32>()));
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&scratch)
+        .map_err(io("cannot create", &scratch))?;
+    let scratch = Scratch(scratch);
+    let private = scratch.0.join("s");
+    let listener = std::os::unix::net::UnixListener::bind(&private)
+        .map_err(io("cannot bind the control socket at", &private))?;
+    if let Some(gid) = gid {
+        nix::unistd::chown(&private, None, Some(gid))
+            .map_err(|e| io("cannot give the group", &private)(e.into()))?;
+    }
+    std::fs::set_permissions(&private, std::fs::Permissions::from_mode(mode))
+        .map_err(io("cannot set the mode of", &private))?;
+    std::fs::rename(&private, socket).map_err(io("cannot put the control socket at", socket))?;
     Ok(listener)
 }
 
 async fn serve(stream: UnixStream, board: Arc<Board>, tx: mpsc::UnboundedSender<Command>) {
+    // Who connected: decides whether the request may change state.
+    let peer = stream.peer_cred().ok().map(|c| c.uid());
     let (read, mut write) = stream.into_split();
     let mut line = String::new();
     let mut reader = BufReader::new(read).take(MAX_REQUEST as u64);
     let reply = match tokio::time::timeout(IO_TIMEOUT, reader.read_line(&mut line)).await {
-        Ok(Ok(_)) => answer(line.trim(), &board, &tx),
+        Ok(Ok(_)) => answer(line.trim(), peer, &board, &tx),
         Ok(Err(e)) => Answer::refused(format!("cannot read the request: {e}")),
         Err(_) => Answer::refused("no request within 5s"),
     };
@@ -118,7 +197,12 @@ async fn serve(stream: UnixStream, board: Arc<Board>, tx: mpsc::UnboundedSender<
     let _ = write.shutdown().await;
 }
 
-fn answer(request: &str, board: &Board, tx: &mpsc::UnboundedSender<Command>) -> Answer {
+fn answer(
+    request: &str,
+    peer: Option<u32>,
+    board: &Board,
+    tx: &mpsc::UnboundedSender<Command>,
+) -> Answer {
     match Request::parse(request) {
         Err(e) => Answer::refused(e.to_string()),
         Ok(Request::Status) => Answer {
@@ -126,6 +210,14 @@ fn answer(request: &str, board: &Board, tx: &mpsc::UnboundedSender<Command>) -> 
             status: Some(board.report()),
             ..Answer::default()
         },
+        Ok(Request::Maintenance { .. }) if !peer.is_some_and(trust::trusted) => {
+            let who = peer.map_or_else(|| "an unknown user".to_string(), |u| format!("uid {u}"));
+            warn!(peer = ?peer, "control socket: refused a maintenance request from another user");
+            Answer::refused(format!(
+                "maintenance may be switched only by root or the daemon's user (uid {}); {who} may read the status",
+                trust::me()
+            ))
+        }
         Ok(Request::Maintenance { on }) => {
             if tx.send(Command::Maintenance(on)).is_err() {
                 return Answer::refused("the daemon is stopping");
@@ -143,7 +235,10 @@ fn answer(request: &str, board: &Board, tx: &mpsc::UnboundedSender<Command>) -> 
 /// the daemon's token is cancelled; this waits a moment for that, then removes a socket no
 /// daemon answers on, and never one a live daemon answers on.
 pub fn cleanup(socket: &Path) {
-    let is_socket = || std::fs::symlink_metadata(socket).is_ok_and(|m| m.file_type().is_socket());
+    let is_socket = || {
+        std::fs::symlink_metadata(socket)
+            .is_ok_and(|m| m.file_type().is_socket() && m.uid() == trust::me())
+    };
     let deadline = std::time::Instant::now() + Duration::from_millis(500);
     while is_socket() && std::time::Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(10));
@@ -167,7 +262,15 @@ mod tests {
         let board = Arc::new(Board::new(1, "c".into(), "dir:x".into()));
         let stop = CancellationToken::new();
         let tasks = TaskTracker::new();
-        let mut rx = start(&sock, board, stop.clone(), &tasks).unwrap();
+        let control = ControlConfig {
+            socket: sock.clone(),
+            group: None,
+        };
+        let mut rx = start(&control, board, stop.clone(), &tasks).unwrap();
+        assert_eq!(
+            std::fs::metadata(&sock).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
         let a = client::request(&sock, Request::Status).await.unwrap();
         assert_eq!(a.status.unwrap().catalog, "dir:x");
         client::request(&sock, Request::Maintenance { on: true })
@@ -176,7 +279,7 @@ mod tests {
         assert_eq!(rx.recv().await, Some(Command::Maintenance(true)));
         // A live daemon's socket is not taken over.
         let second = start(
-            &sock,
+            &control,
             Arc::new(Board::new(2, "c".into(), "d".into())),
             stop.clone(),
             &tasks,

@@ -15,9 +15,11 @@
 //!
 //! Stop (SIGTERM/SIGINT, or the configured stop signals): the supervisor runs its sequence
 //! (deregister, drain, pre_stop, stop main, post_stop) while the runners keep the files
-//! current; then the generation stops (a write in flight finishes), the root token is
-//! cancelled, every task is awaited (for at most [`GRACE`]), and the process exits with
-//! main's status, or 0.
+//! current; then the root token is cancelled (a round in progress is dropped, its check
+//! killed), every task is awaited for at most [`TAIL`], and the process exits with main's
+//! status, or 0. A second stop signal cuts the sequence short (main's group is killed at once)
+//! and skips the wait. Nothing waits for a render thread, a command's output pipe or a blocking
+//! read: `app::run` gives the runtime half a second to shut down, then the process exits.
 
 mod reload;
 
@@ -38,7 +40,7 @@ use super::{Failure, Outcome, Reloader};
 use crate::catalog::{self, Catalog, CatalogError};
 use crate::config::Config;
 use crate::model::Query;
-use crate::proc::supervisor::Supervisor;
+use crate::proc::supervisor::{Published, Supervisor};
 use crate::proc::{Runs, tasks, watches};
 use crate::render::group;
 use crate::render::runner::{self, Shared};
@@ -47,13 +49,17 @@ use crate::status::Board;
 use crate::store::{Health, Store};
 use crate::wanted::Wanted;
 
-/// How long tasks get to finish after a stop before rewire exits anyway.
+/// How long a config generation's tasks get to finish after a SIGHUP (a write, check and
+/// reload in progress) before the new generation starts anyway.
 const GRACE: Duration = Duration::from_secs(10);
+/// At the end of the stop sequence, how long the remaining tasks get after they were cancelled.
+const TAIL: Duration = Duration::from_millis(1500);
 
 /// Runs the daemon until a stop signal, or until main exits for good.
 pub async fn run(config: Config, reloader: Reloader) -> Result<Outcome, Failure> {
     let catalog = open_and_check(&config).await?;
     let engine = Arc::new(Engine::load(&config.templates).map_err(Failure::Templates)?);
+    crate::render::pipeline::remove_leftovers(&config.templates);
     let mut signals = Signals::new(config.main.as_ref()).map_err(Failure::Signals)?;
     let mut daemon = Daemon::start(config, catalog, engine, reloader);
     let exit = daemon.serve(&mut signals).await;
@@ -116,6 +122,7 @@ struct Parts {
     board: Arc<Board>,
     wanted: Wanted,
     main_pid: watch::Receiver<Option<Pid>>,
+    writes_allowed: watch::Receiver<bool>,
     /// What `[[watch]]` handlers and `[[task]]`s keep across SIGHUP, and their runs in flight.
     watch_slots: watches::Slots,
     task_slots: tasks::Slots,
@@ -133,6 +140,8 @@ impl Parts {
             board: self.board.clone(),
             env: crate::command::child_env(config),
             main_pid: self.main_pid.clone(),
+            writes_allowed: self.writes_allowed.clone(),
+            abort: self.root.clone(),
         };
         for group in group::groups(&config.templates) {
             generation.tracker.spawn(runner::run_group(
@@ -209,8 +218,9 @@ impl Daemon {
         tasks.spawn(collector.run(root.clone()));
         let catalog = start_catalog(&tasks, catalog, wanted_rx.clone(), store.clone(), &root);
         let (main_pid_tx, main_pid) = watch::channel::<Option<Pid>>(None);
+        let (writes_tx, writes_allowed) = watch::channel(false);
         let control = control::server::start(
-            &config.control.socket,
+            &config.control,
             board.clone(),
             root.clone(),
             &tasks,
@@ -229,6 +239,7 @@ impl Daemon {
             board,
             wanted,
             main_pid,
+            writes_allowed,
         };
         let generation = parts.spawn_generation(&config, engine);
         tasks.spawn(tell_systemd_when_ready(
@@ -246,7 +257,10 @@ impl Daemon {
             &config,
             catalog.catalog.clone(),
             parts.board.clone(),
-            main_pid_tx,
+            Published {
+                main_pid: main_pid_tx,
+                writes_allowed: writes_tx,
+            },
             crate::command::child_env(&config),
             maintenance_rx,
             parts.root.clone(),
@@ -300,6 +314,7 @@ impl Daemon {
                 return;
             }
         };
+        crate::render::pipeline::remove_leftovers(&new.templates);
         let changes = reload::Changes::between(&self.config, &new);
         if changes.catalog {
             match open_and_check(&new).await {
@@ -361,14 +376,24 @@ impl Daemon {
                 }
             }
         };
-        self.generation.shut().await;
+        // Everything else stops now. Runners drop a round in progress (a check in flight is
+        // killed with its process group; a render thread is left to end at its deadline),
+        // watches and handler runs end. Nothing in flight may hold the exit: the wait is
+        // bounded, and a stop signal (a second one, or one arriving now) cuts it.
         self.parts.root.cancel();
+        self.generation.tracker.close();
         self.tasks.close();
-        if tokio::time::timeout(GRACE, self.tasks.wait())
-            .await
-            .is_err()
-        {
-            warn!(grace = ?GRACE, "tasks still running after the grace period; exiting anyway");
+        let rest = async {
+            self.generation.tracker.wait().await;
+            self.tasks.wait().await;
+        };
+        if !hurry.is_cancelled() {
+            tokio::select! {
+                r = tokio::time::timeout(TAIL, rest) => if r.is_err() {
+                    warn!(grace = ?TAIL, "tasks still running after the grace period; exiting anyway");
+                },
+                s = next_stop(signals) => warn!(signal = %s, "stop signal: exiting now"),
+            }
         }
         control::server::cleanup(&self.config.control.socket);
         info!(status, "stopped");
@@ -392,6 +417,15 @@ async fn tell_systemd_when_ready(
     }
     info!(templates = templates.len(), "every template written; ready");
     super::systemd::notify("READY=1");
+}
+
+/// The next stop signal (others are ignored while stopping).
+async fn next_stop(signals: &mut Signals) -> nix::sys::signal::Signal {
+    loop {
+        if let Incoming::Stop(s) = signals.next().await {
+            return s;
+        }
+    }
 }
 
 fn start_catalog(

@@ -14,6 +14,7 @@ use reqwest::{Method, Url};
 use super::decode::{self, Answer, BACKEND, Reply};
 use super::poll::Source;
 use crate::catalog::CatalogError;
+use crate::catalog::http::{BodyError, read_body};
 use crate::model::Query;
 
 /// Added to `wait + wait/16` for a blocking read's timeout: the agent may hold the request
@@ -45,6 +46,10 @@ pub(super) struct Agent {
     pub(super) datacenter: Option<String>,
     pub(super) stale: bool,
     pub(super) wait: Duration,
+    /// `[catalog] max_response`: the largest answer read.
+    pub(super) max_response: u64,
+    /// `[catalog] max_file`: the largest KV value accepted.
+    pub(super) max_value: u64,
 }
 
 impl Agent {
@@ -156,7 +161,18 @@ impl Agent {
             .map_err(|e| transport(what, &e))?;
         let status = resp.status().as_u16();
         let headers = resp.headers().clone();
-        let body = Vec::from(resp.bytes().await.map_err(|e| transport(what, &e))?);
+        let body = read_body(resp, self.max_response)
+            .await
+            .map_err(|e| match e {
+                BodyError::Transport(e) => transport(what, &e),
+                too_big => CatalogError::Malformed {
+                    backend: BACKEND.into(),
+                    detail: format!(
+                        "{what} at {}: {too_big}",
+                        self.address.as_str().trim_end_matches('/')
+                    ),
+                },
+            })?;
         Ok((status, headers, body))
     }
 
@@ -173,6 +189,7 @@ impl Agent {
         let index = header(&headers, "x-consul-index").map(str::to_owned);
         let leader = header(&headers, "x-consul-knownleader").map(str::to_owned);
         let token_set = self.token.is_some();
+        let max_value = self.max_value;
         let big = body.len() > BIG_BODY;
         let interpret = move |query: &Query| {
             decode::interpret(
@@ -185,6 +202,7 @@ impl Agent {
                     body: &body,
                 },
                 token_set,
+                max_value,
             )
         };
         if big {

@@ -90,12 +90,14 @@ pub fn status_error(what: &str, status: u16, body: &[u8], token_set: bool) -> Ca
     }
 }
 
-/// Interprets the answer to a read of `query`.
+/// Interprets the answer to a read of `query`. A KV value over `max_value` bytes
+/// (`[catalog] max_file`) fails the read, naming the key.
 pub fn interpret(
     query: &Query,
     what: &str,
     a: Answer<'_>,
     token_set: bool,
+    max_value: u64,
 ) -> Result<Reply, CatalogError> {
     let is_kv = matches!(query, Query::Key(_) | Query::Keys(_));
     let found = match a.status {
@@ -122,9 +124,9 @@ pub fn interpret(
     let data = match query {
         Query::Service(name) => Data::Instances(health_service(name, a.body).map_err(malformed)?),
         Query::Services => Data::Services(catalog_services(a.body).map_err(malformed)?),
-        Query::Key(path) if found => Data::Key(kv_key(path, a.body).map_err(malformed)?),
+        Query::Key(path) if found => Data::Key(kv_key(path, a.body, max_value).map_err(malformed)?),
         Query::Key(_) => Data::Key(None),
-        Query::Keys(_) if found => Data::Keys(kv_keys(a.body).map_err(malformed)?),
+        Query::Keys(_) if found => Data::Keys(kv_keys(a.body, max_value).map_err(malformed)?),
         Query::Keys(_) => Data::Keys(Vec::new()),
     };
     Ok(Reply { index, data })
@@ -277,10 +279,18 @@ struct KvPair {
 
 /// A KV value: base64 in JSON, `null` for an empty value. Templates want text: invalid UTF-8
 /// is replaced (with a warning) rather than failing the whole read.
-fn kv_value(key: &str, value: Option<&str>) -> Result<String, Malformed> {
+fn kv_value(key: &str, value: Option<&str>, max: u64) -> Result<String, Malformed> {
     let Some(b64) = value else {
         return Ok(String::new());
     };
+    // The decoded length, from the base64 length (padding aside), before decoding anything.
+    let size = (b64.trim_end_matches('=').len() as u64 * 3) / 4;
+    if size > max {
+        return Err(Malformed(format!(
+            "key {key:?}: the value is {} bytes, over the limit of {} ([catalog] max_file)",
+            size, max
+        )));
+    }
     let bytes = base64::engine::general_purpose::STANDARD
         .decode(b64)
         .map_err(|e| Malformed(format!("key {key:?}: value is not base64: {e}")))?;
@@ -294,7 +304,7 @@ fn kv_value(key: &str, value: Option<&str>) -> Result<String, Malformed> {
 }
 
 /// `/v1/kv/<path>` (200): a one-element list.
-pub fn kv_key(path: &str, body: &[u8]) -> Result<Option<String>, Malformed> {
+pub fn kv_key(path: &str, body: &[u8], max: u64) -> Result<Option<String>, Malformed> {
     let pairs: Option<Vec<KvPair>> =
         serde_json::from_slice(body).map_err(|e| Malformed(format!("key {path:?}: {e}")))?;
     let pairs = pairs.unwrap_or_default();
@@ -303,13 +313,13 @@ pub fn kv_key(path: &str, body: &[u8]) -> Result<Option<String>, Malformed> {
         .iter()
         .find(|p| p.key == wanted)
         .or_else(|| pairs.first());
-    pair.map(|p| kv_value(&p.key, p.value.as_deref()))
+    pair.map(|p| kv_value(&p.key, p.value.as_deref(), max))
         .transpose()
 }
 
 /// `/v1/kv/<prefix>?recurse` (200): every key under the prefix. Folders (a key ending in `/`
 /// with no value, as the UI creates them) are structure, not data, and are skipped.
-pub fn kv_keys(body: &[u8]) -> Result<Vec<KeyValue>, Malformed> {
+pub fn kv_keys(body: &[u8], max: u64) -> Result<Vec<KeyValue>, Malformed> {
     let pairs: Option<Vec<KvPair>> =
         serde_json::from_slice(body).map_err(|e| Malformed(format!("key list: {e}")))?;
     pairs
@@ -318,7 +328,7 @@ pub fn kv_keys(body: &[u8]) -> Result<Vec<KeyValue>, Malformed> {
         .filter(|p| !(p.key.ends_with('/') && p.value.is_none()))
         .map(|p| {
             Ok(KeyValue {
-                value: kv_value(&p.key, p.value.as_deref())?,
+                value: kv_value(&p.key, p.value.as_deref(), max)?,
                 path: p.key,
             })
         })
@@ -413,7 +423,7 @@ mod tests {
 
     #[test]
     fn kv_recurse_decodes_values_and_skips_folders() {
-        let list = kv_keys(KV_RECURSE.as_bytes()).unwrap();
+        let list = kv_keys(KV_RECURSE.as_bytes(), u64::MAX).unwrap();
         let pairs: Vec<_> = list
             .iter()
             .map(|kv| (kv.path.as_str(), kv.value.as_str()))
@@ -427,13 +437,34 @@ mod tests {
     #[test]
     fn kv_single_key_decodes() {
         let body = br#"[{"LockIndex":0,"Key":"app/a","Flags":0,"Value":"aGVsbG8=","CreateIndex":14,"ModifyIndex":14}]"#;
-        assert_eq!(kv_key("app/a", body).unwrap().as_deref(), Some("hello"));
+        assert_eq!(
+            kv_key("app/a", body, u64::MAX).unwrap().as_deref(),
+            Some("hello")
+        );
         let body = br#"[{"Key":"app/e","Value":null}]"#;
-        assert_eq!(kv_key("app/e", body).unwrap().as_deref(), Some(""));
-        assert_eq!(kv_key("app/e", b"[]").unwrap(), None);
-        assert!(kv_key("k", br#"[{"Key":"k","Value":"***"}]"#).is_err());
+        assert_eq!(
+            kv_key("app/e", body, u64::MAX).unwrap().as_deref(),
+            Some("")
+        );
+        assert_eq!(kv_key("app/e", b"[]", u64::MAX).unwrap(), None);
+        assert!(kv_key("k", br#"[{"Key":"k","Value":"***"}]"#, u64::MAX).is_err());
         let latin1 = br#"[{"Key":"k","Value":"/w=="}]"#;
-        assert_eq!(kv_key("k", latin1).unwrap().as_deref(), Some("\u{fffd}"));
+        assert_eq!(
+            kv_key("k", latin1, u64::MAX).unwrap().as_deref(),
+            Some("\u{fffd}")
+        );
+    }
+
+    #[test]
+    fn kv_values_over_the_cap_are_refused_by_name() {
+        let body = br#"[{"Key":"app/big","Value":"aGVsbG8="}]"#;
+        assert_eq!(
+            kv_key("app/big", body, 5).unwrap().as_deref(),
+            Some("hello")
+        );
+        let e = kv_key("app/big", body, 4).unwrap_err().to_string();
+        assert!(e.contains("\"app/big\"") && e.contains("max_file"), "{e}");
+        assert!(kv_keys(body, 4).is_err());
     }
 
     fn answer(status: u16, index: Option<&'static str>, body: &'static str) -> Answer<'static> {
@@ -448,7 +479,7 @@ mod tests {
     #[test]
     fn missing_kv_is_an_answer_with_an_index() {
         let key = Query::Key("missing".into());
-        let r = interpret(&key, "GET", answer(404, Some("17"), ""), false).unwrap();
+        let r = interpret(&key, "GET", answer(404, Some("17"), ""), false, u64::MAX).unwrap();
         assert_eq!(
             r,
             Reply {
@@ -457,7 +488,7 @@ mod tests {
             }
         );
         let keys = Query::Keys("missing/".into());
-        let r = interpret(&keys, "GET", answer(404, Some("17"), ""), false).unwrap();
+        let r = interpret(&keys, "GET", answer(404, Some("17"), ""), false, u64::MAX).unwrap();
         assert_eq!(
             r,
             Reply {
@@ -467,17 +498,17 @@ mod tests {
         );
         // A 404 elsewhere is not "missing".
         let svc = Query::Service("web".into());
-        assert!(interpret(&svc, "GET", answer(404, Some("17"), ""), false).is_err());
+        assert!(interpret(&svc, "GET", answer(404, Some("17"), ""), false, u64::MAX).is_err());
     }
 
     #[test]
     fn index_header_is_required_and_zero_counts_as_one() {
         let q = Query::Services;
-        let err = interpret(&q, "GET", answer(200, None, "{}"), false).unwrap_err();
+        let err = interpret(&q, "GET", answer(200, None, "{}"), false, u64::MAX).unwrap_err();
         assert!(matches!(err, CatalogError::Malformed { .. }), "{err}");
-        let err = interpret(&q, "GET", answer(200, Some("x1"), "{}"), false).unwrap_err();
+        let err = interpret(&q, "GET", answer(200, Some("x1"), "{}"), false, u64::MAX).unwrap_err();
         assert!(matches!(err, CatalogError::Malformed { .. }), "{err}");
-        let r = interpret(&q, "GET", answer(200, Some("0"), "{}"), false).unwrap();
+        let r = interpret(&q, "GET", answer(200, Some("0"), "{}"), false, u64::MAX).unwrap();
         assert_eq!(r.index, 1);
     }
 
@@ -486,9 +517,16 @@ mod tests {
         let q = Query::Services;
         let mut a = answer(200, Some("5"), "{}");
         a.known_leader = Some("false");
-        let err = interpret(&q, "GET", a, false).unwrap_err();
+        let err = interpret(&q, "GET", a, false, u64::MAX).unwrap_err();
         assert!(matches!(err, CatalogError::Unreachable { .. }), "{err}");
-        let err = interpret(&q, "GET", answer(500, None, "No cluster leader"), false).unwrap_err();
+        let err = interpret(
+            &q,
+            "GET",
+            answer(500, None, "No cluster leader"),
+            false,
+            u64::MAX,
+        )
+        .unwrap_err();
         assert!(matches!(err, CatalogError::Unreachable { .. }), "{err}");
         assert!(err.to_string().contains("No cluster leader"), "{err}");
     }
@@ -498,7 +536,7 @@ mod tests {
         let q = Query::Key("k".into());
         let mut a = answer(403, Some("1"), "ACL not found");
         a.known_leader = Some("false"); // 1.8.7 sends this with a bad token
-        let err = interpret(&q, "GET /v1/kv/k", a, true).unwrap_err();
+        let err = interpret(&q, "GET /v1/kv/k", a, true, u64::MAX).unwrap_err();
         let CatalogError::Denied { detail, hint, .. } = &err else {
             panic!("{err}")
         };

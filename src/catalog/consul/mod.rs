@@ -117,6 +117,8 @@ impl ConsulCatalog {
             datacenter: resolved.datacenter,
             stale: resolved.stale,
             wait,
+            max_response: catalog.max_response,
+            max_value: catalog.max_file,
         };
         Ok(ConsulCatalog {
             agent: Arc::new(agent),
@@ -310,6 +312,8 @@ mod tests {
                 max: Duration::from_secs(30),
             },
             deregister_after: Duration::from_secs(600),
+            max_file: crate::config::DEFAULT_MAX_FILE,
+            max_response: crate::config::DEFAULT_MAX_RESPONSE,
         }
     }
 

@@ -1,166 +1,252 @@
 //! Reading instance and key files: small, many, and never trusted.
 //!
+//! Whoever may write the catalog directory decides what is there, and rewire often runs as
+//! root. So every file is read through [`confined`](crate::confined): resolved beneath the
+//! catalog root (symlinks that stay inside are followed, as Kubernetes ConfigMap volumes need;
+//! one leading out is refused), opened without blocking (a FIFO cannot hang a reader),
+//! regular files only, at most `[catalog] max_file` bytes.
+//!
 //! A whole-tree read opens thousands of files, so they are opened relative to their service
-//! directory and read on a few threads. A file that cannot be read or decoded is skipped
-//! with a warning naming it; the rest of the catalog still works.
+//! directory (falling back to the root for a link that leaves it) and read on a few threads.
+//! A file that cannot be used is [`Read::Refused`] with the reason; what happens then (keep the
+//! last good copy, warn once) is the tree's business.
 
+use std::ffi::OsString;
+use std::fs::File;
+use std::os::fd::AsFd;
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use tracing::warn;
-
 use super::tree::Entry;
 use crate::catalog::record::Record;
+use crate::config::show_size;
+use crate::confined::{self, Kind, Refused};
 
 thread_local! {
-    /// A reader thread's buffer, reused from one instance file to the next.
-    pub(super) static READ_BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+    /// A reader thread's buffer, reused from one file to the next.
+    static READ_BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
-/// Reads a small file relative to an open directory into `buf`. A whole-tree read opens
-/// thousands of files: `openat` skips walking the path from `/` for each one, and reading in
-/// chunks skips the `statx` that `std::fs::read` makes for a size hint.
-pub(super) fn read_at(
-    dir: &std::fs::File,
-    name: &std::ffi::OsStr,
-    buf: &mut Vec<u8>,
-) -> std::io::Result<()> {
-    use std::io::Read;
-    use std::os::fd::{AsRawFd, FromRawFd};
-    use std::os::unix::ffi::OsStrExt;
-    let name = std::ffi::CString::new(name.as_bytes())
-        .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
-    // SAFETY: a valid directory descriptor and a NUL-terminated name.
-    let fd = unsafe {
-        libc::openat(
-            dir.as_raw_fd(),
-            name.as_ptr(),
-            libc::O_RDONLY | libc::O_CLOEXEC,
+/// What reading one catalog file gave.
+#[derive(Debug)]
+pub(super) enum Read<T> {
+    Good(T),
+    /// Not there (deleted, or never was).
+    Gone,
+    /// There, but not usable: why, for the warning.
+    Refused(String),
+}
+
+/// Reads the catalog directory's files. Cheap to share between the watch loop and the
+/// blocking threads that do the reading.
+#[derive(Debug)]
+pub(super) struct Reader {
+    pub(super) root: PathBuf,
+    pub(super) node: String,
+    pub(super) max_file: u64,
+}
+
+/// The catalog root, opened once per read so that every file is resolved beneath it.
+pub(super) struct Root(File);
+
+impl Root {
+    pub(super) fn fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.0.as_fd()
+    }
+
+    /// Another descriptor of the root, for the tree to hold.
+    pub(super) fn handle(&self) -> Option<Arc<File>> {
+        self.0.try_clone().ok().map(Arc::new)
+    }
+}
+
+/// An open directory inside the root, with its path relative to the root.
+pub(super) struct OpenDir {
+    pub(super) file: File,
+    pub(super) rel: PathBuf,
+}
+
+impl Reader {
+    pub(super) fn open_root(&self) -> std::io::Result<Root> {
+        confined::open_dir(&self.root).map(Root)
+    }
+
+    /// Opens `rel` (relative to the root) beneath `dir` when given (one short lookup), else, or
+    /// when a link leaves `dir`, beneath the root.
+    fn open(
+        &self,
+        root: &Root,
+        dir: Option<&OpenDir>,
+        rel: &Path,
+        directory: bool,
+    ) -> Result<File, Refused> {
+        if let Some(d) = dir
+            && let Ok(name) = rel.strip_prefix(&d.rel)
+        {
+            match confined::open_beneath(d.file.as_fd(), name, directory) {
+                Err(Refused::Escapes(_)) => {}
+                other => return other,
+            }
+        }
+        confined::open_beneath(root.fd(), rel, directory)
+    }
+
+    /// Opens a directory inside the root. `Ok(None)`: not there, or not a directory.
+    pub(super) fn open_dir(&self, root: &Root, rel: &Path) -> Result<Option<OpenDir>, String> {
+        match self.open(root, None, rel, true) {
+            Ok(file) => Ok(Some(OpenDir {
+                file,
+                rel: rel.to_path_buf(),
+            })),
+            Err(Refused::NotFound) => Ok(None),
+            Err(e) => Err(self.why(e)),
+        }
+    }
+
+    /// Opens an entry of `dir` and tells what it is (`Ok(None)`: gone meanwhile).
+    pub(super) fn open_entry(
+        &self,
+        root: &Root,
+        dir: &OpenDir,
+        name: &std::ffi::OsStr,
+    ) -> Result<Option<(File, Kind)>, String> {
+        let rel = dir.rel.join(name);
+        match self.open(root, Some(dir), &rel, false) {
+            Ok(file) => {
+                let kind = confined::kind(&file).map_err(|e| self.why(e))?;
+                Ok(Some((file, kind)))
+            }
+            Err(Refused::NotFound) => Ok(None),
+            Err(e) => Err(self.why(e)),
+        }
+    }
+
+    /// Reads an open regular file as a key's value.
+    pub(super) fn read_value(&self, file: File) -> Read<String> {
+        READ_BUF.with_borrow_mut(
+            |buf| match confined::read_regular(file, self.max_file, buf) {
+                Ok(()) => Read::Good(String::from_utf8_lossy(buf).into_owned()),
+                Err(e) => self.refused(e),
+            },
         )
-    };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error());
     }
-    // SAFETY: `fd` was just opened and is owned by nothing else.
-    let mut file = unsafe { std::fs::File::from_raw_fd(fd) };
-    buf.clear();
-    loop {
-        let start = buf.len();
-        buf.resize(start + 4096, 0);
-        match file.read(&mut buf[start..]) {
-            Ok(0) => {
-                buf.truncate(start);
-                return Ok(());
+
+    /// Reads a key file (`rel` relative to the root).
+    pub(super) fn read_kv(&self, root: &Root, rel: &Path) -> Read<String> {
+        match self.open(root, None, rel, false) {
+            Ok(file) => self.read_value(file),
+            Err(e) => self.refused(e),
+        }
+    }
+
+    /// Reads an instance file (`rel` relative to the root; `dir` its service directory, when
+    /// open).
+    pub(super) fn read_instance(
+        &self,
+        root: &Root,
+        dir: Option<&OpenDir>,
+        rel: &Path,
+        service: &str,
+        id: &str,
+    ) -> Read<Entry> {
+        READ_BUF.with_borrow_mut(|buf| {
+            let read = self
+                .open(root, dir, rel, false)
+                .and_then(|f| confined::read_regular(f, self.max_file, buf));
+            match read {
+                Ok(()) => decode_instance(buf, service, id, &self.node),
+                Err(e) => self.refused(e),
             }
-            Ok(n) => buf.truncate(start + n),
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => buf.truncate(start),
-            Err(e) => {
-                buf.truncate(start);
-                return Err(e);
-            }
+        })
+    }
+
+    fn refused<T>(&self, e: Refused) -> Read<T> {
+        match e {
+            Refused::NotFound => Read::Gone,
+            other => Read::Refused(self.why(other)),
+        }
+    }
+
+    /// Why a file is refused, for the warning.
+    fn why(&self, e: Refused) -> String {
+        match e {
+            Refused::TooBig { size, max } => format!(
+                "{} is over the limit of {} (raise [catalog] max_file if it is meant to be this big)",
+                show_size(size),
+                show_size(max)
+            ),
+            Refused::Escapes(_) => format!(
+                "a symlink leads out of the catalog directory {}; only links that stay inside are followed",
+                self.root.display()
+            ),
+            other => other.to_string(),
         }
     }
 }
 
-pub(super) fn read_instance(path: &Path, service: &str, id: &str, node: &str) -> Option<Entry> {
-    match std::fs::read(path) {
-        Ok(bytes) => decode_instance(path, Ok(&bytes), service, id, node),
-        Err(e) => decode_instance(path, Err(e), service, id, node),
-    }
-}
-
-/// Decodes an instance file's bytes (or reports why they could not be read).
-pub(super) fn decode_instance(
-    path: &Path,
-    bytes: std::io::Result<&[u8]>,
-    service: &str,
-    id: &str,
-    node: &str,
-) -> Option<Entry> {
-    let bytes = match bytes {
-        Ok(b) => b,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
-        Err(e) => {
-            warn!(file = %path.display(), error = %e, "cannot read instance file; skipping it");
-            return None;
-        }
-    };
+/// Decodes an instance file's bytes.
+pub(super) fn decode_instance(bytes: &[u8], service: &str, id: &str, node: &str) -> Read<Entry> {
     let record: Record = match serde_json::from_slice(bytes) {
         Ok(r) => r,
         Err(e) => {
-            warn!(file = %path.display(), error = %e, "malformed instance file skipped: fix its JSON (see the README's catalog format)");
-            return None;
+            return Read::Refused(format!(
+                "malformed instance file: {e} (see the README's catalog format)"
+            ));
         }
     };
     let expiry = match record.expiry() {
         Ok(x) => x,
-        Err(e) => {
-            warn!(file = %path.display(), error = %e, "malformed instance file skipped");
-            return None;
-        }
+        Err(e) => return Read::Refused(format!("invalid instance: {e}")),
     };
     // Status is re-derived from `expiry` at answer time; decode against the epoch so the
     // stored instance keeps the status the file states.
     match record.into_instance(service, id, node, SystemTime::UNIX_EPOCH) {
-        Ok(instance) => Some(Entry {
+        Ok(instance) => Read::Good(Entry {
             instance: Arc::new(instance),
             expiry,
         }),
-        Err(e) => {
-            warn!(file = %path.display(), error = %e, "invalid instance skipped");
-            None
-        }
+        Err(e) => Read::Refused(format!("invalid instance: {e}")),
     }
 }
 
-pub(super) fn read_kv(path: &Path) -> Option<String> {
-    match std::fs::read(path) {
-        Ok(bytes) => Some(String::from_utf8_lossy(&bytes).into_owned()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-        Err(e) if e.raw_os_error() == Some(libc::EISDIR) => None,
-        Err(e) => {
-            warn!(file = %path.display(), error = %e, "cannot read key file; skipping it");
-            None
-        }
-    }
+/// The names in an open directory, without `.` and `..`, sorted.
+pub(super) fn list(dir: &OpenDir) -> Vec<OsString> {
+    let Ok(fd) = dir.file.try_clone() else {
+        return Vec::new();
+    };
+    let Ok(d) = nix::dir::Dir::from_fd(fd.into()) else {
+        return Vec::new();
+    };
+    let mut names: Vec<OsString> = d
+        .into_iter()
+        .filter_map(Result::ok)
+        .map(|e| OsString::from(std::ffi::OsStr::from_bytes(e.file_name().to_bytes())))
+        .filter(|n| n != "." && n != "..")
+        .collect();
+    names.sort();
+    names
 }
 
-pub(super) fn list_dir(dir: &Path) -> Vec<PathBuf> {
-    match std::fs::read_dir(dir) {
-        Ok(rd) => rd.filter_map(|e| e.ok().map(|e| e.path())).collect(),
-        Err(_) => Vec::new(),
-    }
-}
-
-pub(super) fn collect_files(dir: &Path, out: &mut Vec<PathBuf>) {
-    for p in list_dir(dir) {
-        if file_name(&p).is_none() {
-            continue;
-        }
-        if p.is_dir() {
-            collect_files(&p, out);
-        } else {
-            out.push(p);
-        }
-    }
-}
-
-/// The name of a file, unless it is hidden (our temp files, editors' swap files).
-pub(super) fn file_name(p: &Path) -> Option<String> {
-    let n = p.file_name()?.to_string_lossy();
-    (!n.starts_with('.')).then(|| n.into_owned())
+/// Whether a name is hidden (our temp files, editors' swap files, Kubernetes' `..data`).
+pub(super) fn hidden(name: &std::ffi::OsStr) -> bool {
+    name.as_bytes().first() == Some(&b'.')
 }
 
 /// `<id>.json` → `<id>`; anything else (temp files, backups) is not an instance.
-pub(super) fn instance_id(p: &Path) -> Option<String> {
-    let n = file_name(p)?;
+pub(super) fn instance_id(name: &std::ffi::OsStr) -> Option<String> {
+    if hidden(name) {
+        return None;
+    }
+    let n = name.to_string_lossy();
     let id = n.strip_suffix(".json")?;
     (!id.is_empty()).then(|| id.to_string())
 }
 
-pub(super) fn kv_key(kv_root: &Path, p: &Path) -> Option<String> {
-    let rel = p.strip_prefix(kv_root).ok()?;
+/// The key a path under `kv/` names (`rel` relative to `kv/`), unless a component is hidden
+/// or a backup (`~`).
+pub(super) fn kv_key(rel: &Path) -> Option<String> {
     let mut parts = Vec::new();
     for c in rel.components() {
         let s = c.as_os_str().to_string_lossy();

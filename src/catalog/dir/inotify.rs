@@ -5,6 +5,16 @@
 //! it affects. A timer fires exactly when an instance expires or becomes due for removal. A
 //! directory that vanishes, or a watch that fails (inotify limits), is retried every second
 //! while the store keeps the last good data.
+//!
+//! Two rules keep bad moments from reaching a config:
+//!
+//! - Files are read on tokio's blocking pool, never on an async worker: whatever a read meets,
+//!   the watch loop, the control socket and the stop sequence keep running.
+//! - Deletions wait [`DELETION_HOLD`] of quiet before they count. `rm -rf catalog` deletes one
+//!   file at a time, each looking like a deregistration, and the directories last; applied as
+//!   they came, the deletions would render a config without upstreams before the root is seen
+//!   to go. Held, they are applied only once the root (and the `services/` and `kv/` it had)
+//!   are still there; otherwise the burst is an outage and the last good data stays.
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
@@ -13,14 +23,67 @@ use std::time::Duration;
 
 use notify::{EventKind, RecursiveMode, Watcher};
 use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use super::DirCatalog;
-use super::tree::{Touched, Tree, answer, next_deadline};
+use super::tree::{Touched, Tree, answer, due_for_removal, next_deadline};
 use crate::catalog::{Catalog, CatalogError};
 use crate::model::{Data, Query};
 use crate::store::{Health, Store};
+
+/// How long deletions wait for quiet before they are applied (see the module docs). `rm -rf`
+/// raises an event per file, microseconds apart, so its burst never goes quiet this long
+/// before the directories themselves are gone.
+pub(super) const DELETION_HOLD: Duration = Duration::from_millis(100);
+
+/// Deletions are applied at the latest this long after the first one was held, even under
+/// constant churn.
+const DELETION_HOLD_MAX: Duration = Duration::from_secs(5);
+
+/// Runs `f` (file reading) on the blocking pool. `None` when `stop` fired first: nothing waits
+/// for the read, which ends on its own.
+async fn off_worker<T: Send + 'static>(
+    stop: &CancellationToken,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Option<T> {
+    let task = tokio::task::spawn_blocking(f);
+    tokio::select! {
+        _ = stop.cancelled() => None,
+        joined = task => match joined {
+            Ok(v) => Some(v),
+            Err(e) => std::panic::resume_unwind(e.into_panic()),
+        },
+    }
+}
+
+/// Deletions seen and not applied yet.
+#[derive(Default)]
+struct Held {
+    paths: BTreeSet<PathBuf>,
+    first: Option<Instant>,
+    last: Option<Instant>,
+}
+
+impl Held {
+    fn add(&mut self, p: PathBuf) {
+        let now = Instant::now();
+        self.first.get_or_insert(now);
+        self.last = Some(now);
+        self.paths.insert(p);
+    }
+
+    fn due(&self) -> Option<Instant> {
+        Some((self.last? + DELETION_HOLD).min(self.first? + DELETION_HOLD_MAX))
+    }
+
+    fn take(&mut self) -> Vec<PathBuf> {
+        self.first = None;
+        self.last = None;
+        std::mem::take(&mut self.paths).into_iter().collect()
+    }
+}
 
 impl DirCatalog {
     /// Keeps `store` current for `wanted` until `stop` fires (see [`Catalog::watch`]).
@@ -37,17 +100,29 @@ impl DirCatalog {
         let mut loaded = false;
         let mut published: BTreeSet<Query> = BTreeSet::new();
         // Directories to read again, and when (see `Touched::new_dirs`).
-        let mut reread: Vec<(tokio::time::Instant, PathBuf)> = Vec::new();
+        let mut reread: Vec<(Instant, PathBuf)> = Vec::new();
+        let mut held = Held::default();
         let mut retry = tokio::time::interval(Duration::from_secs(1));
         retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
         loop {
             if watcher.is_none() || !loaded {
                 // (Re)start: watch the tree (and its parent, to see it come back), then load.
+                held.take();
                 match self.start_watcher(tx.clone()) {
                     Ok(w) => {
                         watcher = Some(w);
-                        match self.load() {
+                        let reader = self.reader.clone();
+                        let prev = std::mem::take(&mut tree);
+                        let Some((read, prev)) = off_worker(&stop, move || {
+                            let read = reader.load(Some(&prev));
+                            (read, prev)
+                        })
+                        .await
+                        else {
+                            return;
+                        };
+                        match read {
                             Ok(t) => {
                                 tree = t;
                                 loaded = true;
@@ -57,6 +132,7 @@ impl DirCatalog {
                                 }
                             }
                             Err(e) => {
+                                tree = prev;
                                 loaded = false;
                                 if store.set_health(Health::Unreachable(e.to_string())) {
                                     warn!(error = %e, "catalog unavailable; keeping the last good data");
@@ -87,7 +163,16 @@ impl DirCatalog {
                     store.update_many(fresh);
                 }
                 published = want;
-                self.reap(&tree, now, deregister_after);
+                let due = due_for_removal(&tree, now, deregister_after);
+                if !due.is_empty() {
+                    let reader = self.reader.clone();
+                    if off_worker(&stop, move || reader.reap(&due, now, deregister_after))
+                        .await
+                        .is_none()
+                    {
+                        return;
+                    }
+                }
             }
             let deadline = if loaded {
                 next_deadline(&tree, now, deregister_after)
@@ -100,30 +185,34 @@ impl DirCatalog {
                 .unwrap_or(Duration::from_secs(3600));
 
             let next_reread = reread.iter().map(|(at, _)| *at).min();
+            let held_due = held.due();
+            // What to re-read this round, and whether a burst of deletions proved an outage.
+            let mut paths: Vec<PathBuf> = Vec::new();
+            let mut everything = false;
+            let mut rereading = false;
             tokio::select! {
                 _ = stop.cancelled() => return,
                 _ = async { tokio::time::sleep_until(next_reread.expect("guarded")).await }, if next_reread.is_some() && loaded => {
-                    let now_i = tokio::time::Instant::now();
-                    let due: Vec<PathBuf> = reread.iter().filter(|(at, _)| *at <= now_i).map(|(_, p)| p.clone()).collect();
+                    let now_i = Instant::now();
+                    paths.extend(reread.iter().filter(|(at, _)| *at <= now_i).map(|(_, p)| p.clone()));
                     reread.retain(|(at, _)| *at > now_i);
-                    let mut touched = Touched::default();
-                    for p in due {
-                        let mut t = self.apply_path(&mut tree, &p);
-                        t.new_dirs.clear();
-                        touched.merge(t);
+                    rereading = true;
+                }
+                _ = async { tokio::time::sleep_until(held_due.expect("guarded")).await }, if held_due.is_some() && loaded => {
+                    let deletions = held.take();
+                    match self.reader.still_there(&tree) {
+                        Ok(()) => paths.extend(deletions),
+                        Err(e) => {
+                            warn!(error = %e, deletions = deletions.len(), "the catalog directory went away; treating it as an outage, not as deregistrations");
+                            everything = true;
+                        }
                     }
-                    let now = (self.clock)();
-                    let updates: Vec<(Query, Data)> = published
-                        .iter()
-                        .filter(|q| touched.affects(q))
-                        .map(|q| (q.clone(), answer(&tree, q, now)))
-                        .collect();
-                    store.update_many(updates);
                 }
                 changed = wanted.changed() => {
                     if changed.is_err() {
                         return;
                     }
+                    continue;
                 }
                 _ = tokio::time::sleep(sleep_for), if loaded => {
                     // An expiry passed: re-answer every service (statuses depend on the clock).
@@ -134,85 +223,136 @@ impl DirCatalog {
                         .map(|q| (q.clone(), answer(&tree, q, now)))
                         .collect();
                     store.update_many(updates);
+                    continue;
                 }
-                _ = retry.tick(), if !loaded => {}
+                _ = retry.tick(), if !loaded => continue,
                 Some(ev) = events.recv() => {
-                    let mut touched = Touched::default();
                     let mut batch = vec![ev];
                     while let Ok(more) = events.try_recv() {
                         batch.push(more);
                     }
-                    for ev in batch {
-                        match ev {
-                            Ok(ev) => {
-                                if !worth_reading(&ev) {
-                                    continue;
-                                }
-                                if ev.need_rescan() {
-                                    touched.everything = true;
-                                }
-                                for p in &ev.paths {
-                                    if p == &self.root || !p.starts_with(&self.root) {
-                                        if p == &self.root || self.root.starts_with(p) {
-                                            touched.everything = true;
-                                        }
-                                        continue;
-                                    }
-                                    if loaded {
-                                        touched.merge(self.apply_path(&mut tree, p));
-                                    }
-                                }
-                            }
-                            Err(e) => {
-                                warn!(error = %e, "file watch error; re-reading the catalog directory");
-                                touched.everything = true;
-                            }
-                        }
+                    everything = self.sort_events(batch, &mut paths, &mut held);
+                }
+            }
+            if !loaded {
+                continue;
+            }
+            let mut touched = Touched::default();
+            if !everything && !paths.is_empty() {
+                let reader = self.reader.clone();
+                let mut t = std::mem::take(&mut tree);
+                let Some((applied, t)) = off_worker(&stop, move || {
+                    let applied = reader.apply_paths(&mut t, &paths);
+                    (applied, t)
+                })
+                .await
+                else {
+                    return;
+                };
+                tree = t;
+                match applied {
+                    Ok(t) => touched = t,
+                    Err(e) => {
+                        debug!(error = %e, "cannot open the catalog directory; re-reading it");
+                        everything = true;
                     }
-                    let base = tokio::time::Instant::now();
-                    for d in touched.new_dirs.drain(..) {
-                        for ms in [50u64, 500] {
-                            reread.push((base + Duration::from_millis(ms), d.clone()));
-                        }
+                }
+            }
+            let base = Instant::now();
+            for d in touched.new_dirs.drain(..) {
+                // Re-reads do not schedule more re-reads.
+                if !rereading {
+                    for ms in [50u64, 500] {
+                        reread.push((base + Duration::from_millis(ms), d.clone()));
                     }
-                    if touched.everything {
-                        debug!("re-reading the whole catalog directory");
-                        loaded = false;
-                        if !self.root.is_dir() {
-                            watcher = None;
-                        }
+                }
+            }
+            if everything {
+                debug!("re-reading the whole catalog directory");
+                loaded = false;
+                if !self.reader.root.is_dir() {
+                    watcher = None;
+                }
+                continue;
+            }
+            let now = (self.clock)();
+            let updates: Vec<(Query, Data)> = published
+                .iter()
+                .filter(|q| touched.affects(q))
+                .map(|q| (q.clone(), answer(&tree, q, now)))
+                .collect();
+            store.update_many(updates);
+        }
+    }
+
+    /// Sorts a batch of events: paths to re-read now go to `paths`, deletions to `held`.
+    /// Returns whether the whole tree must be read again.
+    fn sort_events(
+        &self,
+        batch: Vec<notify::Result<notify::Event>>,
+        paths: &mut Vec<PathBuf>,
+        held: &mut Held,
+    ) -> bool {
+        let root = &self.reader.root;
+        let mut everything = false;
+        for ev in batch {
+            match ev {
+                Ok(ev) => {
+                    if !worth_reading(&ev) {
                         continue;
                     }
-                    let now = (self.clock)();
-                    let updates: Vec<(Query, Data)> = published
-                        .iter()
-                        .filter(|q| touched.affects(q))
-                        .map(|q| (q.clone(), answer(&tree, q, now)))
-                        .collect();
-                    store.update_many(updates);
+                    if ev.need_rescan() {
+                        everything = true;
+                    }
+                    for p in ev.paths {
+                        if p == *root || !p.starts_with(root) {
+                            if p == *root || root.starts_with(&p) {
+                                everything = true;
+                            }
+                            continue;
+                        }
+                        // Gone now: a deletion (or one side of a rename), held until the
+                        // burst it belongs to is over.
+                        if std::fs::symlink_metadata(&p).is_err() {
+                            held.add(p);
+                        } else {
+                            paths.push(p);
+                        }
+                    }
+                }
+                Err(e) => {
+                    warn!(error = %e, "file watch error; re-reading the catalog directory");
+                    everything = true;
                 }
             }
         }
+        everything
     }
 
     fn start_watcher(
         &self,
         tx: mpsc::UnboundedSender<notify::Result<notify::Event>>,
     ) -> Result<notify::RecommendedWatcher, CatalogError> {
+        let root = &self.reader.root;
         let io = |e: notify::Error| CatalogError::Io {
-            path: self.root.display().to_string(),
+            path: root.display().to_string(),
             source: std::io::Error::other(inotify_hint(e)),
         };
-        let mut w = notify::recommended_watcher(move |ev| {
-            let _ = tx.send(ev);
-        })
+        // Symlinked directories are not followed: one could lead out of the catalog (files are
+        // read only beneath it anyway), and inotify would watch wherever it points.
+        let mut w = notify::RecommendedWatcher::new(
+            move |ev| {
+                let _ = tx.send(ev);
+            },
+            notify::Config::default().with_follow_symlinks(false),
+        )
         .map_err(io)?;
         // The parent, so that a deleted-and-recreated catalog directory is noticed.
-        if let Some(parent) = self.root.parent().filter(|p| p.is_dir()) {
+        if let Some(parent) = root.parent().filter(|p| p.is_dir()) {
             w.watch(parent, RecursiveMode::NonRecursive).map_err(io)?;
         }
-        if self.root.is_dir() {
-            w.watch(&self.root, RecursiveMode::Recursive).map_err(io)?;
+        if root.is_dir() {
+            w.watch(root, RecursiveMode::Recursive).map_err(io)?;
         } else {
             return Err(self.missing_root());
         }
@@ -239,6 +379,7 @@ fn inotify_hint(e: notify::Error) -> String {
 /// writer will close it), never while a writer is still at it: `echo ... > web-3.json` truncates, writes
 /// and closes, and reading at the truncation would see an empty file and drop the instance for
 /// a moment (and reading at the create as well as the close would warn twice about a bad one).
+/// A FIFO or device created in the catalog is read (and refused) at once.
 fn worth_reading(ev: &notify::Event) -> bool {
     use notify::event::{AccessKind, AccessMode, CreateKind, ModifyKind};
     match ev.kind {
@@ -247,8 +388,8 @@ fn worth_reading(ev: &notify::Event) -> bool {
         EventKind::Modify(ModifyKind::Data(_)) => false,
         EventKind::Create(CreateKind::File) => ev.paths.iter().any(|p| {
             use std::os::unix::fs::MetadataExt;
-            // A symlink or a second link to a file that is already whole.
-            std::fs::symlink_metadata(p).is_ok_and(|m| m.file_type().is_symlink() || m.nlink() > 1)
+            // A symlink, a second link to a file that is already whole, or no file at all.
+            std::fs::symlink_metadata(p).is_ok_and(|m| !m.file_type().is_file() || m.nlink() > 1)
         }),
         _ => true,
     }

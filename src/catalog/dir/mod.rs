@@ -16,7 +16,8 @@
 //! `docker kill` leaves nothing behind for long.
 //!
 //! `tree.rs` holds the in-memory tree and the answers it gives, `files.rs` reading instance
-//! and key files, `inotify.rs` the watch loop.
+//! and key files (confined to the catalog directory, regular files only, capped at
+//! `[catalog] max_file`), `inotify.rs` the watch loop.
 
 mod files;
 mod inotify;
@@ -31,6 +32,7 @@ use async_trait::async_trait;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+use self::files::Reader;
 use self::tree::{Tree, answer};
 use super::record::{Record, truncate_note};
 use super::{Catalog, CatalogError};
@@ -42,8 +44,8 @@ use crate::store::Store;
 pub type Clock = Arc<dyn Fn() -> SystemTime + Send + Sync>;
 
 pub struct DirCatalog {
-    root: PathBuf,
-    node: String,
+    /// Root, node name and size cap: what the blocking reader threads need.
+    reader: Arc<Reader>,
     clock: Clock,
     /// How long an expired instance file may linger before any rewire deletes it.
     deregister_after: Duration,
@@ -63,8 +65,11 @@ impl DirCatalog {
 
     pub fn with_clock(root: impl Into<PathBuf>, clock: Clock) -> DirCatalog {
         DirCatalog {
-            root: root.into(),
-            node: crate::host::hostname(),
+            reader: Arc::new(Reader {
+                root: root.into(),
+                node: crate::host::hostname(),
+                max_file: crate::config::DEFAULT_MAX_FILE,
+            }),
             clock,
             deregister_after: Duration::from_secs(600),
             recent: std::sync::Mutex::new(None),
@@ -77,16 +82,23 @@ impl DirCatalog {
         self
     }
 
+    /// Sets the largest file read (`[catalog] max_file`).
+    pub fn with_max_file(mut self, max: u64) -> DirCatalog {
+        let r = &self.reader;
+        self.reader = Arc::new(Reader {
+            root: r.root.clone(),
+            node: r.node.clone(),
+            max_file: max,
+        });
+        self
+    }
+
     pub fn root(&self) -> &Path {
-        &self.root
+        &self.reader.root
     }
 
     pub(super) fn services_dir(&self) -> PathBuf {
-        self.root.join("services")
-    }
-
-    pub(super) fn kv_dir(&self) -> PathBuf {
-        self.root.join("kv")
+        self.root().join("services")
     }
 
     pub(super) fn instance_path(&self, service: &str, id: &str) -> PathBuf {
@@ -95,7 +107,7 @@ impl DirCatalog {
 
     pub(super) fn missing_root(&self) -> CatalogError {
         CatalogError::Io {
-            path: self.root.display().to_string(),
+            path: self.root().display().to_string(),
             source: std::io::Error::new(
                 std::io::ErrorKind::NotFound,
                 "the catalog directory does not exist: create it (with services/ and kv/ inside) or point [catalog] path at it",
@@ -118,7 +130,7 @@ impl DirCatalog {
         check_name(&reg.name)
             .map_err(|e| CatalogError::Unsupported(format!("service name {e}")))?;
         check_name(&reg.id).map_err(|e| CatalogError::Unsupported(format!("service id {e}")))?;
-        let mut record = Record::from_registration(reg, status, &self.node);
+        let mut record = Record::from_registration(reg, status, &self.reader.node);
         let expires = (self.clock)() + reg.ttl;
         record.expires_at = Some(humantime::format_rfc3339_millis(expires).to_string());
         if !note.is_empty() {
@@ -134,10 +146,21 @@ impl DirCatalog {
     }
 }
 
+/// The same error again, for each query a failed read answers.
+fn copy_error(e: &CatalogError) -> CatalogError {
+    match e {
+        CatalogError::Io { path, source } => CatalogError::Io {
+            path: path.clone(),
+            source: std::io::Error::new(source.kind(), source.to_string()),
+        },
+        other => CatalogError::Unsupported(other.to_string()),
+    }
+}
+
 #[async_trait]
 impl Catalog for DirCatalog {
     fn describe(&self) -> String {
-        format!("dir:{}", self.root.display())
+        format!("dir:{}", self.root().display())
     }
 
     async fn fetch(&self, query: &Query) -> Result<Data, CatalogError> {
@@ -155,18 +178,25 @@ impl Catalog for DirCatalog {
             .map(|(_, t)| t.clone());
         let tree = match cached {
             Some(t) => Ok(t),
-            None => tokio::task::block_in_place(|| self.load()).map(|t| {
-                let t = Arc::new(t);
-                *lock(&self.recent) = Some((std::time::Instant::now(), t.clone()));
-                t
-            }),
+            None => {
+                // On the blocking pool: reading never holds an async worker.
+                let reader = self.reader.clone();
+                match tokio::task::spawn_blocking(move || reader.load(None)).await {
+                    Ok(read) => read.map(|t| {
+                        let t = Arc::new(t);
+                        *lock(&self.recent) = Some((std::time::Instant::now(), t.clone()));
+                        t
+                    }),
+                    Err(e) => std::panic::resume_unwind(e.into_panic()),
+                }
+            }
         };
         queries
             .iter()
             .map(|q| {
                 let r = match &tree {
                     Ok(t) => Ok(answer(t, q, now)),
-                    Err(_) => Err(self.missing_root()),
+                    Err(e) => Err(copy_error(e)),
                 };
                 (q.clone(), r)
             })
@@ -295,6 +325,178 @@ mod tests {
             k.iter().map(|k| k.path.as_str()).collect::<Vec<_>>(),
             ["app/db/url", "app/name"]
         );
+    }
+
+    fn reader(root: &Path, max_file: u64) -> Reader {
+        Reader {
+            root: root.to_path_buf(),
+            node: "h".into(),
+            max_file,
+        }
+    }
+
+    fn ids(tree: &Tree, service: &str) -> Vec<String> {
+        tree.services
+            .get(service)
+            .map(|l| l.keys().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    #[test]
+    fn a_file_turned_invalid_keeps_its_last_good_copy_until_deleted() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        write(
+            root,
+            "services/web/a.json",
+            r#"{"address":"10.0.0.1","port":80}"#,
+        );
+        write(root, "kv/app/port", "8080");
+        let r = reader(root, 1 << 20);
+        let mut tree = r.load(None).unwrap();
+        // A half-typed edit, then a value over the cap.
+        write(root, "services/web/a.json", r#"{"address":"10.0.0.1","po"#);
+        std::fs::write(root.join("kv/app/port"), "9".repeat(2 << 20)).unwrap();
+        let paths = [root.join("services/web/a.json"), root.join("kv/app/port")];
+        r.apply_paths(&mut tree, &paths).unwrap();
+        assert_eq!(ids(&tree, "web"), ["a"]);
+        assert_eq!(tree.kv.get("app/port").map(String::as_str), Some("8080"));
+        assert_eq!(tree.refused.len(), 2, "{:?}", tree.refused);
+        // A full re-read keeps them too.
+        let tree2 = r.load(Some(&tree)).unwrap();
+        assert_eq!(ids(&tree2, "web"), ["a"]);
+        assert_eq!(tree2.kv.get("app/port").map(String::as_str), Some("8080"));
+        // Fixed: the new content; deleted: gone.
+        write(
+            root,
+            "services/web/a.json",
+            r#"{"address":"10.0.0.2","port":80}"#,
+        );
+        r.apply_paths(&mut tree, &paths[..1]).unwrap();
+        assert_eq!(tree.services["web"]["a"].instance.address, "10.0.0.2");
+        assert_eq!(tree.refused.len(), 1);
+        std::fs::remove_file(root.join("services/web/a.json")).unwrap();
+        std::fs::remove_file(root.join("kv/app/port")).unwrap();
+        r.apply_paths(&mut tree, &paths).unwrap();
+        assert!(tree.services.is_empty() && tree.kv.is_empty() && tree.refused.is_empty());
+    }
+
+    #[test]
+    fn fifos_devices_and_links_leaving_the_root_are_refused_without_blocking() {
+        use std::os::unix::fs::symlink;
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("catalog");
+        write(&root, "kv/app/ok", "fine");
+        write(dir.path(), "secret", "root only");
+        nix::unistd::mkfifo(
+            &root.join("kv/app/pipe"),
+            nix::sys::stat::Mode::from_bits_truncate(0o644),
+        )
+        .unwrap();
+        std::fs::create_dir_all(root.join("services/web")).unwrap();
+        symlink(
+            root.join("kv/app/pipe"),
+            root.join("services/web/fifo.json"),
+        )
+        .unwrap();
+        symlink("/dev/zero", root.join("kv/app/zero")).unwrap();
+        symlink(dir.path().join("secret"), root.join("kv/app/shadow")).unwrap();
+        symlink("../../../secret", root.join("kv/app/up")).unwrap();
+        // Inside the root: followed.
+        symlink("ok", root.join("kv/app/alias")).unwrap();
+        symlink("../kv/app", root.join("kv/linked")).unwrap();
+        symlink("..", root.join("kv/app/loop")).unwrap();
+        write(
+            &root,
+            "services/web/big.json",
+            &format!(
+                r#"{{"address":"10.0.0.1","port":80,"meta":{{"x":"{}"}}}}"#,
+                "x".repeat(2000)
+            ),
+        );
+        let tree = reader(&root, 1024).load(None).unwrap();
+        let keys: Vec<&str> = tree.kv.keys().map(String::as_str).collect();
+        assert_eq!(keys, ["app/alias", "app/ok", "linked/alias", "linked/ok"]);
+        assert!(tree.services.is_empty());
+        let refused: Vec<String> = tree
+            .refused
+            .keys()
+            .map(|p| p.display().to_string())
+            .collect();
+        assert_eq!(
+            refused,
+            [
+                "kv/app/loop",
+                "kv/app/pipe",
+                "kv/app/shadow",
+                "kv/app/up",
+                "kv/app/zero",
+                "kv/linked/loop",
+                "kv/linked/pipe",
+                "kv/linked/shadow",
+                "kv/linked/up",
+                "kv/linked/zero",
+                "services/web/big.json",
+                "services/web/fifo.json",
+            ]
+        );
+        assert!(tree.refused[Path::new("kv/app/pipe")].contains("a FIFO"));
+        assert!(tree.refused[Path::new("kv/app/shadow")].contains("leads out of the catalog"));
+        assert!(tree.refused[Path::new("services/web/big.json")].contains("max_file"));
+    }
+
+    #[test]
+    fn a_kubernetes_volume_update_rereads_its_directory() {
+        use std::os::unix::fs::symlink;
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        write(root, "kv/nginx/..v1/listen", "80");
+        symlink("..v1", root.join("kv/nginx/..data")).unwrap();
+        symlink("..data/listen", root.join("kv/nginx/listen")).unwrap();
+        let r = reader(root, 1 << 20);
+        let mut tree = r.load(None).unwrap();
+        assert_eq!(tree.kv.get("nginx/listen").map(String::as_str), Some("80"));
+        // What kubelet does: a new version directory, the ..data link swapped by a rename.
+        write(root, "kv/nginx/..v2/listen", "8080");
+        symlink("..v2", root.join("kv/nginx/..data_tmp")).unwrap();
+        std::fs::rename(
+            root.join("kv/nginx/..data_tmp"),
+            root.join("kv/nginx/..data"),
+        )
+        .unwrap();
+        let touched = r
+            .apply_paths(&mut tree, &[root.join("kv/nginx/..data")])
+            .unwrap();
+        assert!(touched.kv);
+        assert_eq!(
+            tree.kv.get("nginx/listen").map(String::as_str),
+            Some("8080")
+        );
+        assert_eq!(tree.kv.len(), 1, "{:?}", tree.kv);
+    }
+
+    #[test]
+    fn a_vanished_services_or_kv_directory_is_an_outage() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        write(
+            root,
+            "services/web/a.json",
+            r#"{"address":"10.0.0.1","port":80}"#,
+        );
+        write(root, "kv/k", "v");
+        let r = reader(root, 1 << 20);
+        let tree = r.load(None).unwrap();
+        assert!(r.still_there(&tree).is_ok());
+        std::fs::remove_dir_all(root.join("services")).unwrap();
+        let e = r.load(Some(&tree)).err().expect("an outage").to_string();
+        assert!(e.contains("services/ vanished"), "{e}");
+        assert!(r.still_there(&tree).is_err());
+        // A fresh catalog without services/ is fine, and so is a new root directory.
+        assert!(r.load(None).is_ok());
+        std::fs::remove_dir_all(root).unwrap();
+        write(root, "kv/k", "v");
+        assert!(r.load(Some(&tree)).is_ok());
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

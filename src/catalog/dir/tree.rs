@@ -1,23 +1,25 @@
 //! The catalog directory held in memory, and the answers it gives.
 //!
-//! [`DirCatalog::load`] reads the whole tree (files in parallel); after that an inotify event
-//! re-reads only what one path may have touched ([`DirCatalog::apply_path`]), so one change
-//! among 10 000 instances costs one file read. Expiry is decided at answer time from the
-//! catalog's clock.
+//! [`Reader::load`] reads the whole tree (files in parallel); after that an inotify event
+//! re-reads only what one path may have touched ([`Reader::apply_path`]), so one change among
+//! 10 000 instances costs one file read. Expiry is decided at answer time from the catalog's
+//! clock.
+//!
+//! A file that turns unusable (a half-typed edit, a typo, a FIFO, a file over `max_file`)
+//! keeps the last good copy of what it held: only its deletion (or, for an instance, its
+//! expiry) removes it. It is warned about once, when it turns bad, and noted when it is good
+//! again.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
+use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
-use super::DirCatalog;
-use super::files::{
-    READ_BUF, collect_files, decode_instance, file_name, instance_id, kv_key, list_dir,
-    parallel_map, read_at, read_instance, read_kv,
-};
+use super::files::{OpenDir, Read, Reader, Root, hidden, instance_id, kv_key, list, parallel_map};
 use crate::catalog::CatalogError;
+use crate::confined::Kind;
 use crate::model::{Data, Instance, KeyValue, Query, Status};
 
 /// One instance file, decoded.
@@ -32,178 +34,505 @@ pub(super) struct Entry {
 pub(super) struct Tree {
     pub(super) services: BTreeMap<String, BTreeMap<String, Entry>>,
     pub(super) kv: BTreeMap<String, String>,
+    /// Files that cannot be used now (path relative to the root → why). Each was warned about
+    /// once; a good copy read before stays in use.
+    pub(super) refused: BTreeMap<PathBuf, String>,
+    /// Whether `services/` and `kv/` were there at the last full read: one that vanishes
+    /// afterwards from the same root directory is an outage (`rm -rf`), not an empty catalog.
+    /// (A root directory replaced by a new one is a new catalog: it is read as it is.)
+    pub(super) has_services: bool,
+    pub(super) has_kv: bool,
+    /// The root directory read last, held open: while it is, its inode cannot be reused, so
+    /// a root deleted and created again never passes for the same one.
+    pub(super) root: Option<Arc<std::fs::File>>,
 }
 
-impl DirCatalog {
+impl Tree {
+    /// Whether `path` is still the root directory this tree was read from.
+    fn same_root(&self, path: &Path) -> bool {
+        use std::os::unix::fs::MetadataExt;
+        let Some(held) = self.root.as_ref().and_then(|f| f.metadata().ok()) else {
+            return false;
+        };
+        held.nlink() > 0
+            && std::fs::metadata(path)
+                .is_ok_and(|m| m.is_dir() && (m.dev(), m.ino()) == (held.dev(), held.ino()))
+    }
+}
+
+/// Directories deeper than this under `kv/` are not read (a link loop that stays inside the
+/// root is also stopped by remembering the directories seen).
+const MAX_KV_DEPTH: usize = 32;
+
+/// Kubernetes' atomic writer (ConfigMap and Secret volumes) swaps this link to publish a new
+/// version of every file in the directory at once.
+const KUBERNETES_DATA: &str = "..data";
+
+impl Reader {
     /// Reads the whole tree, files in parallel (10 000 small files take ~30-50 ms in series).
-    pub(super) fn load(&self) -> Result<Tree, CatalogError> {
-        if !self.root.is_dir() {
-            return Err(self.missing_root());
-        }
-        // Each service directory is opened once and its files are opened relative to it.
-        let mut dirs: Vec<std::fs::File> = Vec::new();
-        let mut files: Vec<(usize, String, String, PathBuf)> = Vec::new();
-        for service_dir in list_dir(&self.services_dir()) {
-            let Some(service) = file_name(&service_dir) else {
-                continue;
-            };
-            if !service_dir.is_dir() {
-                continue;
+    /// `prev` is what was known before: a file that is unusable now keeps its copy from there,
+    /// and files already known to be unusable are not warned about again.
+    pub(super) fn load(&self, prev: Option<&Tree>) -> Result<Tree, CatalogError> {
+        let root = self.open_root().map_err(|e| self.root_error(e))?;
+        let mut tree = Tree {
+            root: root.handle(),
+            ..Tree::default()
+        };
+        let services_rel = Path::new("services");
+        match self.open_dir(&root, services_rel) {
+            Ok(Some(services)) => {
+                tree.has_services = true;
+                self.load_services(&root, &services, prev, &mut tree);
             }
-            let Ok(dir) = std::fs::File::open(&service_dir) else {
-                continue;
-            };
-            dirs.push(dir);
-            for file in list_dir(&service_dir) {
-                if let Some(id) = instance_id(&file) {
-                    files.push((dirs.len() - 1, service.clone(), id, file));
-                }
-            }
+            Ok(None) => {}
+            Err(why) => self.refuse(&mut tree, prev, services_rel, why),
         }
-        let node = self.node.as_str();
-        let entries = parallel_map(&files, |(dir, service, id, path)| {
-            READ_BUF.with_borrow_mut(|buf| {
-                let read = match path.file_name() {
-                    Some(name) => read_at(&dirs[*dir], name, buf),
-                    None => Err(std::io::ErrorKind::NotFound.into()),
+        let kv_rel = Path::new("kv");
+        match self.open_dir(&root, kv_rel) {
+            Ok(Some(kv)) => {
+                tree.has_kv = true;
+                self.load_kv(&root, &kv, 0, &mut Vec::new(), prev, &mut tree);
+            }
+            Ok(None) => {}
+            Err(why) => self.refuse(&mut tree, prev, kv_rel, why),
+        }
+        if let Some(prev) = prev.filter(|p| p.same_root(&self.root)) {
+            for (dir, had) in [("services", prev.has_services), ("kv", prev.has_kv)] {
+                let has = if dir == "services" {
+                    tree.has_services
+                } else {
+                    tree.has_kv
                 };
-                decode_instance(path, read.map(|()| buf.as_slice()), service, id, node)
-            })
-        });
-        let mut tree = Tree::default();
-        for ((_, service, id, _), entry) in files.into_iter().zip(entries) {
-            if let Some(entry) = entry {
-                tree.services.entry(service).or_default().insert(id, entry);
-            }
-        }
-        let kv_root = self.kv_dir();
-        let mut kv_files = Vec::new();
-        collect_files(&kv_root, &mut kv_files);
-        for path in kv_files {
-            if let Some(key) = kv_key(&kv_root, &path)
-                && let Some(value) = read_kv(&path)
-            {
-                tree.kv.insert(key, value);
+                if had && !has {
+                    return Err(self.vanished(dir));
+                }
             }
         }
         Ok(tree)
     }
 
+    fn load_services(&self, root: &Root, services: &OpenDir, prev: Option<&Tree>, tree: &mut Tree) {
+        // Each service directory is opened once and its files are opened relative to it.
+        let mut dirs: Vec<OpenDir> = Vec::new();
+        let mut files: Vec<(usize, String, String, PathBuf)> = Vec::new();
+        for name in list(services) {
+            if hidden(&name) {
+                continue;
+            }
+            let service = name.to_string_lossy().into_owned();
+            let rel = services.rel.join(&name);
+            let dir = match self.open_dir(root, &rel) {
+                Ok(Some(d)) => d,
+                // A stray file in services/, or gone meanwhile.
+                Ok(None) => continue,
+                Err(why) => {
+                    self.refuse(tree, prev, &rel, why);
+                    continue;
+                }
+            };
+            for file in list(&dir) {
+                if let Some(id) = instance_id(&file) {
+                    files.push((dirs.len(), service.clone(), id, dir.rel.join(&file)));
+                }
+            }
+            dirs.push(dir);
+        }
+        let reads = parallel_map(&files, |(dir, service, id, rel)| {
+            self.read_instance(root, Some(&dirs[*dir]), rel, service, id)
+        });
+        for ((_, service, id, rel), read) in files.into_iter().zip(reads) {
+            let entry = match read {
+                Read::Good(e) => Some(e),
+                Read::Gone => None,
+                Read::Refused(why) => {
+                    self.refuse(tree, prev, &rel, why);
+                    prev.and_then(|p| p.services.get(&service)?.get(&id).cloned())
+                }
+            };
+            if let Some(e) = entry {
+                tree.services.entry(service).or_default().insert(id, e);
+            }
+        }
+    }
+
+    /// Reads every key under `dir` (recursively; directories linked inside the root are
+    /// followed, except back into a directory being read: a link loop).
+    fn load_kv(
+        &self,
+        root: &Root,
+        dir: &OpenDir,
+        depth: usize,
+        ancestors: &mut Vec<(u64, u64)>,
+        prev: Option<&Tree>,
+        tree: &mut Tree,
+    ) {
+        use std::os::unix::fs::MetadataExt;
+        let id = dir.file.metadata().map(|m| (m.dev(), m.ino())).ok();
+        if let Some(id) = id {
+            if ancestors.contains(&id) {
+                self.refuse(tree, prev, &dir.rel, "a symlink loop".into());
+                return;
+            }
+            ancestors.push(id);
+        }
+        self.load_kv_entries(root, dir, depth, ancestors, prev, tree);
+        if id.is_some() {
+            ancestors.pop();
+        }
+    }
+
+    fn load_kv_entries(
+        &self,
+        root: &Root,
+        dir: &OpenDir,
+        depth: usize,
+        ancestors: &mut Vec<(u64, u64)>,
+        prev: Option<&Tree>,
+        tree: &mut Tree,
+    ) {
+        for name in list(dir) {
+            let rel = dir.rel.join(&name);
+            let Some(key) = kv_key_of(&rel) else {
+                continue;
+            };
+            match self.open_entry(root, dir, &name) {
+                Ok(None) => {}
+                Ok(Some((file, Kind::Directory))) => {
+                    if depth < MAX_KV_DEPTH {
+                        let sub = OpenDir { file, rel };
+                        self.load_kv(root, &sub, depth + 1, ancestors, prev, tree);
+                    } else {
+                        self.refuse(
+                            tree,
+                            prev,
+                            &rel,
+                            format!("more than {MAX_KV_DEPTH} directories deep"),
+                        );
+                    }
+                }
+                Ok(Some((file, _))) => match self.read_value(file) {
+                    Read::Good(v) => {
+                        tree.kv.insert(key, v);
+                    }
+                    Read::Gone => {}
+                    Read::Refused(why) => self.keep_kv(tree, prev, &rel, key, why),
+                },
+                Err(why) => self.keep_kv(tree, prev, &rel, key, why),
+            }
+        }
+    }
+
+    /// A key file that cannot be read: keep its last good value, if any.
+    fn keep_kv(&self, tree: &mut Tree, prev: Option<&Tree>, rel: &Path, key: String, why: String) {
+        self.refuse(tree, prev, rel, why);
+        if let Some(v) = prev.and_then(|p| p.kv.get(&key)) {
+            tree.kv.insert(key, v.clone());
+        }
+    }
+
+    /// Records an unusable file in a tree being loaded; warns unless `prev` knew already.
+    fn refuse(&self, tree: &mut Tree, prev: Option<&Tree>, rel: &Path, why: String) {
+        let known = prev.is_some_and(|p| p.refused.contains_key(rel));
+        if !known {
+            warn!(file = %self.root.join(rel).display(), reason = %why, "catalog file skipped; fix or remove it");
+        }
+        tree.refused.insert(rel.to_path_buf(), why);
+    }
+
+    fn root_error(&self, e: std::io::Error) -> CatalogError {
+        let source = if e.kind() == std::io::ErrorKind::NotFound {
+            std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                "the catalog directory does not exist: create it (with services/ and kv/ inside) or point [catalog] path at it; the last good data stays in use meanwhile",
+            )
+        } else {
+            e
+        };
+        CatalogError::Io {
+            path: self.root.display().to_string(),
+            source,
+        }
+    }
+
+    fn vanished(&self, dir: &str) -> CatalogError {
+        CatalogError::Io {
+            path: self.root.join(dir).display().to_string(),
+            source: std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                format!(
+                    "{dir}/ vanished: keeping the last good data until it is back (to empty the catalog on purpose, leave an empty {dir}/)"
+                ),
+            ),
+        }
+    }
+
+    /// Whether the root and the top directories the last full read found are still there. A
+    /// burst of deletions is applied only then: `rm -rf catalog` is an outage, not a catalog
+    /// emptied one file at a time.
+    pub(super) fn still_there(&self, tree: &Tree) -> Result<(), CatalogError> {
+        let is_dir = |p: &Path| std::fs::metadata(p).is_ok_and(|m| m.is_dir());
+        if !tree.same_root(&self.root) {
+            return Err(self.root_error(std::io::ErrorKind::NotFound.into()));
+        }
+        for (dir, had) in [("services", tree.has_services), ("kv", tree.has_kv)] {
+            if had && !is_dir(&self.root.join(dir)) {
+                return Err(self.vanished(dir));
+            }
+        }
+        Ok(())
+    }
+
+    /// Re-reads what changed paths may have touched. `Err`: the root cannot be opened (the
+    /// caller re-reads everything).
+    pub(super) fn apply_paths(
+        &self,
+        tree: &mut Tree,
+        paths: &[PathBuf],
+    ) -> Result<Touched, CatalogError> {
+        let root = self.open_root().map_err(|e| self.root_error(e))?;
+        let mut touched = Touched::default();
+        let mut done = BTreeSet::new();
+        for p in paths {
+            if done.insert(p.clone()) {
+                touched.merge(self.apply_path(&root, tree, p));
+            }
+        }
+        Ok(touched)
+    }
+
     /// Re-reads what one changed path may have touched.
-    pub(super) fn apply_path(&self, tree: &mut Tree, path: &Path) -> Touched {
+    fn apply_path(&self, root: &Root, tree: &mut Tree, path: &Path) -> Touched {
         let mut touched = Touched::default();
         let Ok(rel) = path.strip_prefix(&self.root) else {
             return touched;
         };
-        let parts: Vec<String> = rel
-            .components()
-            .map(|c| c.as_os_str().to_string_lossy().into_owned())
-            .collect();
+        let mut parts: Vec<String> = Vec::new();
+        for c in rel.components() {
+            match c {
+                Component::Normal(n) => parts.push(n.to_string_lossy().into_owned()),
+                _ => return touched,
+            }
+        }
+        // Kubernetes published a new version of a directory: re-read the directory.
+        if parts.last().is_some_and(|n| n == KUBERNETES_DATA) {
+            parts.pop();
+            debug!(dir = %parts.join("/"), "a Kubernetes volume was updated; re-reading its directory");
+        }
         match parts.as_slice() {
             [] => touched.everything = true,
             [top] if top == "services" || top == "kv" => touched.everything = true,
             [top, service] if top == "services" => {
-                // A service directory appeared or went: re-read just it.
-                let dir = self.services_dir().join(service);
-                let mut fresh = BTreeMap::new();
-                for file in list_dir(&dir) {
-                    if let Some(id) = instance_id(&file)
-                        && let Some(e) = read_instance(&file, service, &id, &self.node)
-                    {
-                        fresh.insert(id, e);
-                    }
-                }
-                if fresh.is_empty() {
-                    tree.services.remove(service);
-                } else {
-                    tree.services.insert(service.clone(), fresh);
-                }
+                // A service directory appeared, went or was replaced: re-read just it.
+                self.reread_service(root, tree, service);
                 touched.services.insert(service.clone());
-                touched.new_dirs.push(dir.clone());
+                touched.new_dirs.push(path.to_path_buf());
             }
-            [top, service, _file] if top == "services" => {
-                let Some(id) = instance_id(path) else {
+            [top, service, file] if top == "services" => {
+                let Some(id) = instance_id(std::ffi::OsStr::new(file)) else {
                     return touched;
                 };
-                let entry = read_instance(path, service, &id, &self.node);
-                let list = tree.services.entry(service.clone()).or_default();
-                match entry {
-                    Some(e) => {
-                        list.insert(id, e);
-                    }
-                    None => {
-                        list.remove(&id);
-                    }
-                }
-                if list.is_empty() {
-                    tree.services.remove(service);
-                }
+                let rel = Path::new("services").join(service).join(file);
+                let read = self.read_instance(root, None, &rel, service, &id);
+                self.apply_instance(tree, &rel, service, &id, read);
                 touched.services.insert(service.clone());
             }
-            [top, ..] if top == "kv" => {
-                let kv_root = self.kv_dir();
-                if path.is_dir() {
-                    // A directory of keys moved in or out: re-read the subtree.
-                    let Some(prefix) = kv_key(&kv_root, path) else {
-                        return touched;
-                    };
-                    let prefix = format!("{prefix}/");
-                    tree.kv.retain(|k, _| !k.starts_with(&prefix));
-                    let mut files = Vec::new();
-                    collect_files(path, &mut files);
-                    for f in files {
-                        if let Some(k) = kv_key(&kv_root, &f)
-                            && let Some(v) = read_kv(&f)
-                        {
-                            tree.kv.insert(k, v);
-                        }
-                    }
-                    touched.kv = true;
-                } else if let Some(key) = kv_key(&kv_root, path) {
-                    match read_kv(path) {
-                        Some(v) => {
-                            tree.kv.insert(key, v);
-                        }
-                        None => {
-                            // Gone: a file, or a whole directory of keys.
-                            let prefix = format!("{key}/");
-                            tree.kv.retain(|k, _| *k != key && !k.starts_with(&prefix));
-                        }
-                    }
-                    touched.kv = true;
-                }
+            [top, rest @ ..] if top == "kv" => {
+                let rel: PathBuf = std::iter::once("kv")
+                    .chain(rest.iter().map(String::as_str))
+                    .collect();
+                self.apply_kv(root, tree, &rel);
+                touched.kv = true;
             }
             _ => {}
         }
         touched
     }
 
-    /// Deletes instance files expired for longer than their service's `deregister_after`.
-    /// Re-reads each file first, so a registration refreshed a moment ago survives.
-    pub(super) fn reap(&self, tree: &Tree, now: SystemTime, deregister_after: Duration) {
-        for (service, list) in &tree.services {
-            for (id, e) in list {
-                let Some(expiry) = e.expiry else { continue };
-                if expiry + deregister_after > now {
-                    continue;
+    fn reread_service(&self, root: &Root, tree: &mut Tree, service: &str) {
+        let rel = Path::new("services").join(service);
+        let dir = match self.open_dir(root, &rel) {
+            Ok(d) => d,
+            Err(why) => {
+                self.note_refused(tree, &rel, why, tree.services.contains_key(service));
+                return;
+            }
+        };
+        let mut ids: BTreeSet<String> = tree
+            .services
+            .get(service)
+            .map(|l| l.keys().cloned().collect())
+            .unwrap_or_default();
+        if let Some(dir) = &dir {
+            self.note_good(tree, &rel);
+            for name in list(dir) {
+                if let Some(id) = instance_id(&name) {
+                    let file = rel.join(&name);
+                    let read = self.read_instance(root, Some(dir), &file, service, &id);
+                    self.apply_instance(tree, &file, service, &id, read);
+                    ids.remove(&id);
                 }
-                let path = self.instance_path(service, id);
-                if let Some(fresh) = read_instance(&path, service, id, &self.node)
-                    && fresh.expiry.is_some_and(|x| x + deregister_after <= now)
-                {
-                    match std::fs::remove_file(&path) {
-                        Ok(()) => {
-                            info!(file = %path.display(), "removed an instance expired for longer than deregister_after")
-                        }
-                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                        Err(e) => {
-                            warn!(file = %path.display(), error = %e, "cannot remove expired instance")
-                        }
+            }
+        }
+        // What the directory no longer holds (or the whole directory, if it went).
+        for id in ids {
+            let file = rel.join(format!("{id}.json"));
+            self.apply_instance(tree, &file, service, &id, Read::Gone);
+        }
+    }
+
+    fn apply_instance(
+        &self,
+        tree: &mut Tree,
+        rel: &Path,
+        service: &str,
+        id: &str,
+        read: Read<Entry>,
+    ) {
+        match read {
+            Read::Good(e) => {
+                self.note_good(tree, rel);
+                tree.services
+                    .entry(service.to_string())
+                    .or_default()
+                    .insert(id.to_string(), e);
+            }
+            Read::Gone => {
+                tree.refused.remove(rel);
+                if let Some(list) = tree.services.get_mut(service) {
+                    list.remove(id);
+                    if list.is_empty() {
+                        tree.services.remove(service);
                     }
+                }
+            }
+            Read::Refused(why) => {
+                let kept = tree
+                    .services
+                    .get(service)
+                    .is_some_and(|l| l.contains_key(id));
+                self.note_refused(tree, rel, why, kept);
+            }
+        }
+    }
+
+    fn apply_kv(&self, root: &Root, tree: &mut Tree, rel: &Path) {
+        let Some(key) = kv_key_of(rel) else {
+            return;
+        };
+        let prefix = format!("{key}/");
+        let opened = match self.open_dir(root, rel) {
+            Ok(Some(dir)) => Some(dir),
+            Ok(None) => None,
+            Err(why) => {
+                let kept = tree.kv.contains_key(&key);
+                self.note_refused(tree, rel, why, kept);
+                return;
+            }
+        };
+        if let Some(dir) = opened {
+            // A directory of keys appeared, moved or was republished: re-read the subtree.
+            let mut fresh = Tree::default();
+            self.load_kv(root, &dir, 0, &mut Vec::new(), Some(tree), &mut fresh);
+            let subtree = |p: &PathBuf| p.starts_with(rel) && p != rel;
+            tree.kv.retain(|k, _| *k != key && !k.starts_with(&prefix));
+            tree.kv.extend(fresh.kv);
+            let now_refused: BTreeSet<PathBuf> = fresh.refused.keys().cloned().collect();
+            tree.refused
+                .retain(|p, _| !subtree(p) || now_refused.contains(p));
+            tree.refused.extend(fresh.refused);
+            return;
+        }
+        match self.read_kv(root, rel) {
+            Read::Good(v) => {
+                self.note_good(tree, rel);
+                tree.kv.insert(key, v);
+            }
+            Read::Gone => {
+                // Gone: a file, or a whole directory of keys.
+                tree.refused.retain(|p, _| !p.starts_with(rel));
+                tree.kv.retain(|k, _| *k != key && !k.starts_with(&prefix));
+            }
+            Read::Refused(why) => {
+                let kept = tree.kv.contains_key(&key);
+                self.note_refused(tree, rel, why, kept);
+            }
+        }
+    }
+
+    /// A file turned unusable: warn once (until it is good again), keep what it held.
+    fn note_refused(&self, tree: &mut Tree, rel: &Path, why: String, kept: bool) {
+        let file = self.root.join(rel);
+        if tree.refused.contains_key(rel) {
+            debug!(file = %file.display(), reason = %why, "catalog file still unusable");
+        } else if kept {
+            warn!(file = %file.display(), reason = %why, "catalog file unusable; keeping its last good content until it is fixed or removed");
+        } else {
+            warn!(file = %file.display(), reason = %why, "catalog file skipped; fix or remove it");
+        }
+        tree.refused.insert(rel.to_path_buf(), why);
+    }
+
+    fn note_good(&self, tree: &mut Tree, rel: &Path) {
+        if tree.refused.remove(rel).is_some() {
+            info!(file = %self.root.join(rel).display(), "catalog file is usable again");
+        }
+    }
+
+    /// Deletes instance files expired for longer than `deregister_after` (`due`, from
+    /// [`due_for_removal`]). Re-reads each file first, so a registration refreshed a moment ago
+    /// survives (and a file that does not read as an expired instance is left alone).
+    pub(super) fn reap(
+        &self,
+        due: &[(String, String)],
+        now: SystemTime,
+        deregister_after: Duration,
+    ) {
+        let Ok(root) = self.open_root() else {
+            return;
+        };
+        for (service, id) in due {
+            let rel = Path::new("services")
+                .join(service)
+                .join(format!("{id}.json"));
+            let Read::Good(fresh) = self.read_instance(&root, None, &rel, service, id) else {
+                continue;
+            };
+            if fresh.expiry.is_none_or(|x| x + deregister_after > now) {
+                continue;
+            }
+            let path = self.root.join(&rel);
+            match std::fs::remove_file(&path) {
+                Ok(()) => {
+                    info!(file = %path.display(), "removed an instance expired for longer than deregister_after")
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    warn!(file = %path.display(), error = %e, "cannot remove expired instance")
                 }
             }
         }
     }
+}
+
+/// The key a path relative to the root names, if it is under `kv/`.
+fn kv_key_of(rel: &Path) -> Option<String> {
+    kv_key(rel.strip_prefix("kv").ok()?)
+}
+
+/// Instances expired for longer than `deregister_after`, whose files are due for removal.
+pub(super) fn due_for_removal(
+    tree: &Tree,
+    now: SystemTime,
+    deregister_after: Duration,
+) -> Vec<(String, String)> {
+    tree.services
+        .iter()
+        .flat_map(|(service, list)| {
+            list.iter()
+                .filter(|(_, e)| e.expiry.is_some_and(|x| x + deregister_after <= now))
+                .map(move |(id, _)| (service.clone(), id.clone()))
+        })
+        .collect()
 }
 
 /// Which answers a batch of file events may have changed.

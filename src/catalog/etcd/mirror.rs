@@ -148,20 +148,23 @@ pub struct Mirror {
     base: String,
     services: BTreeMap<String, Service>,
     kv: BTreeMap<String, String>,
+    /// `[catalog] max_file`: a bigger value (record or KV) is refused.
+    max_value: u64,
 }
 
 impl Mirror {
-    pub fn new(base: &str) -> Mirror {
+    pub fn new(base: &str, max_value: u64) -> Mirror {
         Mirror {
             base: base.to_string(),
             services: BTreeMap::new(),
             kv: BTreeMap::new(),
+            max_value,
         }
     }
 
     /// A mirror of a range read's key/value pairs.
-    pub fn from_kvs(base: &str, kvs: Vec<Kv>) -> Mirror {
-        let mut m = Mirror::new(base);
+    pub fn from_kvs(base: &str, max_value: u64, kvs: Vec<Kv>) -> Mirror {
+        let mut m = Mirror::new(base, max_value);
         let mut ignored = Changes::default();
         for kv in kvs {
             m.put(kv, &mut ignored);
@@ -201,10 +204,21 @@ impl Mirror {
         Some((slot, key))
     }
 
+    /// A put: an invalid or oversized value keeps what the key held before (only a deletion,
+    /// or the lease's expiry, removes an instance), with a warning naming the key.
     fn put(&mut self, kv: Kv, changes: &mut Changes) {
         let Some((slot, key)) = self.slot(&kv.key) else {
             return;
         };
+        if kv.value.len() as u64 > self.max_value {
+            warn!(
+                key = %key,
+                bytes = kv.value.len(),
+                limit = self.max_value,
+                "etcd value over [catalog] max_file ignored; keeping what the key held before"
+            );
+            return;
+        }
         match slot {
             Slot::Instance { service, id } => match decode_instance(service, id, &kv.value) {
                 Ok(instance) => {
@@ -212,9 +226,15 @@ impl Mirror {
                     self.put_instance(service, id, instance, changes);
                 }
                 Err(e) => {
-                    warn!(key = %key, error = %e, "invalid instance skipped");
-                    let (service, id) = (service.to_string(), id.to_string());
-                    self.remove_instance(&service, &id, changes);
+                    let kept = self
+                        .services
+                        .get(service)
+                        .is_some_and(|s| s.get(id).is_some());
+                    if kept {
+                        warn!(key = %key, error = %e, "invalid instance record; keeping the last good one until it is fixed or deleted");
+                    } else {
+                        warn!(key = %key, error = %e, "invalid instance skipped");
+                    }
                 }
             },
             Slot::Kv(path) => {
@@ -385,6 +405,7 @@ mod tests {
     fn sample() -> Mirror {
         Mirror::from_kvs(
             BASE,
+            u64::MAX,
             vec![
                 kv(
                     "/rewire/services/web/w1",
@@ -467,6 +488,7 @@ mod tests {
     fn invalid_instances_are_skipped() {
         let m = Mirror::from_kvs(
             BASE,
+            u64::MAX,
             vec![
                 kv(
                     "/rewire/services/web/ok",
@@ -554,7 +576,7 @@ mod tests {
 
     #[test]
     fn services_change_only_when_a_tag_appears_or_vanishes() {
-        let mut m = Mirror::new(BASE);
+        let mut m = Mirror::new(BASE, u64::MAX);
         let mut c = Changes::default();
         m.apply(
             put(
@@ -608,11 +630,21 @@ mod tests {
     }
 
     #[test]
-    fn an_invalid_update_removes_the_old_instance() {
+    fn an_invalid_or_oversized_update_keeps_the_last_good_value() {
         let mut m = sample();
+        let before = m.answer(&Query::Service("web".into()));
         let mut c = Changes::default();
         m.apply(put("/rewire/services/web/w1", "garbage"), &mut c);
-        assert!(c.affects(&Query::Service("web".into())));
+        assert!(c.is_empty(), "{c:?}");
+        assert_eq!(m.answer(&Query::Service("web".into())), before);
+        let mut small = Mirror::from_kvs(BASE, 4, vec![kv("/rewire/kv/app/name", "shop")]);
+        small.apply(put("/rewire/kv/app/name", "too long"), &mut c);
+        assert!(c.is_empty(), "{c:?}");
+        assert_eq!(
+            small.answer(&Query::Key("app/name".into())),
+            Data::Key(Some("shop".into()))
+        );
+        m.apply(delete("/rewire/services/web/w1"), &mut c);
         assert_eq!(ids(&m.answer(&Query::Service("web".into()))), ["w2"]);
     }
 
@@ -631,7 +663,7 @@ mod tests {
                 )
             })
             .collect();
-        let mut m = Mirror::from_kvs(BASE, kvs);
+        let mut m = Mirror::from_kvs(BASE, u64::MAX, kvs);
         let q = Query::Service("web".into());
         let store = crate::store::Store::new();
         store.update(q.clone(), m.answer(&q));

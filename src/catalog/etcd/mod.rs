@@ -65,6 +65,8 @@ pub struct EtcdCatalog {
     node: String,
     /// Lease and last written status per registration id.
     leases: Mutex<HashMap<String, Held>>,
+    /// `[catalog] max_file`: the largest value (record or KV) accepted.
+    max_value: u64,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -97,7 +99,7 @@ impl EtcdCatalog {
         let backoff = Backoff::new(catalog.retry.base, catalog.retry.max)
             .map_err(|e| CatalogError::Unsupported(format!("etcd: {e}")))?;
         Ok(EtcdCatalog {
-            transport: Transport::new(&r.endpoints, &r.tls, r.user)?,
+            transport: Transport::new(&r.endpoints, &r.tls, r.user, catalog.max_response)?,
             base: r.base,
             backoff,
             // etcd sends progress notifications every 10 min by default, so on a quiet prefix
@@ -105,6 +107,7 @@ impl EtcdCatalog {
             progress_timeout: catalog.block_wait.max(Duration::from_secs(1)),
             node: crate::host::hostname(),
             leases: Mutex::new(HashMap::new()),
+            max_value: catalog.max_file,
         })
     }
 
@@ -138,7 +141,7 @@ impl EtcdCatalog {
             .call("/v3/kv/range", &wire::range_request(key.as_bytes(), end))
             .await?;
         let range = wire::decode_range(&bytes).map_err(|m| EtcdError::Malformed(m.0))?;
-        Ok(Mirror::from_kvs(&self.base, range.kvs))
+        Ok(Mirror::from_kvs(&self.base, self.max_value, range.kvs))
     }
 
     /// Grants a lease, puts the record under it and remembers it (revoking an older lease of
@@ -307,6 +310,7 @@ impl Catalog for EtcdCatalog {
             store,
             stop,
         )
+        .max_value(self.max_value)
         .run()
         .await;
     }

@@ -36,8 +36,6 @@ const TUNING: Tuning = Tuning {
     keepalive_probes: Some((Duration::from_secs(5), 3)),
     pool_idle_timeout: Some(Duration::from_secs(30)),
 };
-/// A watch line longer than this is not etcd talking.
-const MAX_LINE: usize = 64 << 20;
 
 /// Errors from one member, sorted by what the caller does next.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -128,6 +126,8 @@ pub struct Transport {
     endpoints: Vec<Endpoint>,
     preferred: AtomicUsize,
     auth: Option<Auth>,
+    /// `[catalog] max_response`: the largest answer, or watch message, read.
+    max_response: u64,
 }
 
 impl Transport {
@@ -135,6 +135,7 @@ impl Transport {
         endpoints: &[String],
         tls: &Tls,
         user: Option<(String, Secret)>,
+        max_response: u64,
     ) -> Result<Transport, CatalogError> {
         let shared = http::build("etcd", http::builder("etcd", &TUNING, Some(tls))?)?;
         let mut eps = Vec::with_capacity(endpoints.len());
@@ -180,6 +181,7 @@ impl Transport {
                 disabled: AtomicBool::new(false),
                 refresh: tokio::sync::Mutex::new(()),
             }),
+            max_response,
         })
     }
 
@@ -258,9 +260,9 @@ impl Transport {
             .await
             .map_err(|e| unreachable_err(ep, &e))?;
         let status = resp.status();
-        let bytes = resp.bytes().await.map_err(|e| unreachable_err(ep, &e))?;
+        let bytes = self.body(ep, path, resp).await?;
         if status.is_success() {
-            Ok(bytes.to_vec())
+            Ok(bytes)
         } else {
             Err(EtcdError::from_gateway(wire::decode_error(
                 status.as_u16(),
@@ -286,7 +288,7 @@ impl Transport {
         };
         let status = resp.status();
         if !status.is_success() {
-            let bytes = tokio::time::timeout(REQUEST_TIMEOUT, resp.bytes())
+            let bytes = tokio::time::timeout(REQUEST_TIMEOUT, self.body(ep, "/v3/watch", resp))
                 .await
                 .ok()
                 .and_then(Result::ok)
@@ -301,7 +303,23 @@ impl Transport {
             buf: Vec::new(),
             scanned: 0,
             endpoint: ep.shown.clone(),
+            max_line: self.max_response,
         })
+    }
+
+    /// Reads an answer's body, refusing one over `max_response`.
+    async fn body(
+        &self,
+        ep: &Endpoint,
+        path: &str,
+        resp: reqwest::Response,
+    ) -> Result<Vec<u8>, EtcdError> {
+        http::read_body(resp, self.max_response)
+            .await
+            .map_err(|e| match e {
+                http::BodyError::Transport(e) => unreachable_err(ep, &e),
+                too_big => EtcdError::Malformed(format!("{}: {path}: {too_big}", ep.shown)),
+            })
     }
 
     /// Forgets `used` if it is still the current token (a watch was canceled for it).
@@ -438,6 +456,8 @@ pub struct LineStream {
     /// How much of `buf` is known to hold no newline.
     scanned: usize,
     endpoint: String,
+    /// `[catalog] max_response`: a longer message is not etcd talking.
+    max_line: u64,
 }
 
 impl LineStream {
@@ -458,14 +478,17 @@ impl LineStream {
                 return Ok(Some(line));
             }
             self.scanned = self.buf.len();
-            if self.buf.len() > MAX_LINE {
-                return Err(EtcdError::Malformed(format!(
-                    "{}: a watch message longer than {MAX_LINE} bytes",
-                    self.endpoint
-                )));
-            }
             match self.resp.chunk().await {
-                Ok(Some(chunk)) => self.buf.extend_from_slice(&chunk),
+                Ok(Some(chunk)) => {
+                    if (self.buf.len() + chunk.len()) as u64 > self.max_line {
+                        return Err(EtcdError::Malformed(format!(
+                            "{}: a watch message over the limit of {} ([catalog] max_response)",
+                            self.endpoint,
+                            crate::config::show_size(self.max_line)
+                        )));
+                    }
+                    self.buf.extend_from_slice(&chunk)
+                }
                 Ok(None) => {
                     if self.buf.iter().all(u8::is_ascii_whitespace) {
                         return Ok(None);

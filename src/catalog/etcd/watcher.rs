@@ -89,6 +89,8 @@ enum End {
 pub struct Watcher<'a> {
     transport: &'a Transport,
     base: &'a str,
+    /// `[catalog] max_file`, for the mirror.
+    max_value: u64,
     progress_timeout: Duration,
     failover: Failover,
     store: Arc<Store>,
@@ -119,6 +121,7 @@ impl<'a> Watcher<'a> {
             failover: Failover::new(transport.len(), backoff),
             transport,
             base,
+            max_value: u64::MAX,
             progress_timeout,
             store,
             stop,
@@ -130,6 +133,12 @@ impl<'a> Watcher<'a> {
             down: None,
             created_at: None,
         }
+    }
+
+    /// Sets the largest value the mirror accepts (`[catalog] max_file`).
+    pub fn max_value(mut self, max: u64) -> Watcher<'a> {
+        self.max_value = max;
+        self
     }
 
     pub async fn run(mut self) {
@@ -190,7 +199,7 @@ impl<'a> Watcher<'a> {
         );
         let bytes = self.transport.call_at(idx, "/v3/kv/range", &body).await?;
         let range = wire::decode_range(&bytes).map_err(|m| EtcdError::Malformed(m.0))?;
-        let mirror = Mirror::from_kvs(self.base, range.kvs);
+        let mirror = Mirror::from_kvs(self.base, self.max_value, range.kvs);
         debug!(
             revision = range.header.revision,
             instances = mirror.instance_count(),

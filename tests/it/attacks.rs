@@ -1,0 +1,874 @@
+//! Issue 12's attacks on rewire's input side, each reproduced through the real binary: what a
+//! catalog writer, a template directory or another local user could do to a config or to the
+//! daemon, and what rewire does instead.
+//!
+//! - A FIFO in the catalog never blocks a render, the daemon or its stop.
+//! - `rm -rf catalog` is an outage: the destination keeps its upstreams.
+//! - A file that turns invalid keeps the last good instance.
+//! - KV injections fail the render through real `nginx -t` / `haproxy -c`, the last good
+//!   config stays.
+//! - Symlinks leading out of the catalog, and partials leading out of the template directory,
+//!   are refused.
+//! - Size caps: a 50 MB instance file, a link to /dev/zero, a Consul value over `max_file`, a
+//!   huge Consul body: refused by name, memory flat.
+//! - The control socket: 0600 from the start under umask 000, a squatted path refused, other
+//!   users may read the status of a `[control] group` socket but never switch maintenance.
+//!
+//! Tests that switch to another user (`nobody`) need root; as another user they say SKIPPED.
+
+use std::io::{Read, Write};
+use std::os::unix::fs::{MetadataExt, PermissionsExt, symlink};
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::{Command, Output};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use crate::project::{self, Project, UPSTREAM};
+use crate::support::process::{self as proc, SIGTERM};
+use crate::support::{self, Consul, TIMEOUT, wait_for};
+
+const NOBODY: u32 = 65534;
+
+fn mkfifo(path: &Path) {
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    nix::unistd::mkfifo(path, nix::sys::stat::Mode::from_bits_truncate(0o644)).unwrap();
+}
+
+/// A template group rendering `web.tera` to out/web.conf at once (wait 0).
+fn config(p: &Project, catalog: &str) -> String {
+    format!(
+        "{}{catalog}\n[defaults]\nwait = {{ min = \"0s\", max = \"0s\" }}\n\n[[template]]\nsource = \"web.tera\"\ndestination = \"out/web.conf\"\n",
+        p.control()
+    )
+}
+
+/// The web upstream plus one KV value.
+fn web_and_key(key: &str) -> String {
+    format!("{UPSTREAM}value = {{{{ key(path=\"{key}\", default=\"none\") }}}}\n")
+}
+
+/// `VmRSS` or `VmHWM` (peak) of a process, in KiB.
+fn memory_kib(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix(field)?
+                .trim_start_matches(':')
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()
+        })
+        .unwrap_or(0)
+}
+
+fn status_json(p: &Project) -> Option<serde_json::Value> {
+    let o = p.rewire(&["status", "--json"]);
+    serde_json::from_slice(&o.stdout).ok()
+}
+
+/// The state and detail of template `name` in `rewire status`.
+fn template_state(p: &Project, name: &str) -> (String, String) {
+    let s = status_json(p).unwrap_or_default();
+    let t = &s["templates"][name];
+    (
+        t["state"].as_str().unwrap_or("").to_string(),
+        t["detail"].as_str().unwrap_or("").to_string(),
+    )
+}
+
+#[test]
+fn a_fifo_in_the_catalog_never_blocks_render_run_or_stop() {
+    let p = Project::new();
+    p.file("web.tera", &web_and_key("app/name"))
+        .config(&config(&p, ""));
+    p.instance("web", "a", "10.0.0.1", 80);
+    // The issue's two shapes: a FIFO under kv/ at start, and an instance file linked to a FIFO.
+    mkfifo(&p.path("catalog/kv/app/name"));
+    mkfifo(&p.path("pipe"));
+    symlink(p.path("pipe"), p.path("catalog/services/web/x.json")).unwrap();
+
+    let started = Instant::now();
+    let o = p.rewire(&["render", "--timeout", "5s"]);
+    let err = project::stderr(&o);
+    assert_eq!(project::code(&o), 0, "{err}");
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "render took {:?}",
+        started.elapsed()
+    );
+    assert!(err.contains("a FIFO, not a regular file"), "{err}");
+    assert!(err.contains("leads out of the catalog directory"), "{err}");
+    let out = p.read("out/web.conf");
+    assert!(
+        out.contains("10.0.0.1:80") && out.contains("value = none"),
+        "{out}"
+    );
+
+    let mut r = p.run();
+    wait_for("the daemon's first round", TIMEOUT, || {
+        r.log().contains("rewire running")
+    });
+    // A FIFO appearing while running, then a real change: the change still arrives.
+    mkfifo(&p.path("catalog/services/web/y.json"));
+    p.instance("web", "b", "10.0.0.2", 80);
+    wait_for("a change after the FIFO", TIMEOUT, || {
+        p.read("out/web.conf").contains("10.0.0.2:80")
+    });
+    assert_eq!(project::code(&p.rewire(&["status"])), 0, "{}", r.log());
+    let stopping = Instant::now();
+    assert_eq!(r.stop(), Some(0), "{}", r.log());
+    assert!(
+        stopping.elapsed() < Duration::from_secs(10),
+        "stop took {:?}",
+        stopping.elapsed()
+    );
+}
+
+fn shipped(p: &Project, name: &str) {
+    let root = env!("CARGO_MANIFEST_DIR");
+    p.file(
+        name,
+        &std::fs::read_to_string(format!("{root}/templates/{name}")).unwrap(),
+    );
+}
+
+fn nginx_check(p: &Project) -> Option<String> {
+    let nginx =
+        support::nginx::binary().or_else(|| support::skip("nginx", "binary not found", false))?;
+    Some(format!(
+        "check = [\"{}\", \"-t\", \"-q\", \"-p\", \"{}/\", \"-c\", \"{{file}}\"]\n",
+        nginx.display(),
+        p.root().display()
+    ))
+}
+
+fn haproxy_check() -> Option<String> {
+    let haproxy = support::haproxy::binary()
+        .or_else(|| support::skip("haproxy", "binary not found", false))?;
+    Some(format!(
+        "check = [\"{}\", \"-c\", \"-dW\", \"-f\", \"{{file}}\"]\n",
+        haproxy.display()
+    ))
+}
+
+/// The shipped template `source` rendered to out/conf by `rewire run`/`render`, checked by
+/// `check`, with the default wait unless `wait` says otherwise.
+fn shipped_config(p: &Project, source: &str, check: &str, wait: &str) -> String {
+    format!(
+        "{}{wait}\n[[template]]\nname = \"conf\"\nsource = \"{source}\"\ndestination = \"out/conf\"\n{check}",
+        p.control()
+    )
+}
+
+#[test]
+fn rm_rf_of_the_catalog_keeps_the_last_good_config_until_it_is_back() {
+    let p = Project::new();
+    let Some(check) = nginx_check(&p) else {
+        return;
+    };
+    shipped(&p, "nginx.conf.tera");
+    // The shipped template with the default wait, as in the issue.
+    p.config(&shipped_config(&p, "nginx.conf.tera", &check, ""));
+    p.kv("nginx/pid", &p.path("nginx.pid").display().to_string());
+    for n in 0..40 {
+        p.instance("web", &format!("w{n}"), &format!("10.0.1.{n}"), 8080);
+    }
+    p.instance("api", "a1", "10.0.2.1", 9090);
+    let mut r = p.run();
+    wait_for("every upstream written", TIMEOUT, || {
+        let c = p.read("out/conf");
+        c.contains("10.0.1.39:8080") && c.contains("10.0.2.1:9090")
+    });
+    let before = p.read("out/conf");
+
+    std::fs::remove_dir_all(p.path("catalog")).unwrap();
+    wait_for("the outage reported", TIMEOUT, || {
+        r.log().contains("keeping the last good data")
+    });
+    // The old behaviour wrote an upstream-less config wait.min (0.5 s) after the deletions;
+    // watch the file for longer than wait.max (2 s) plus a check.
+    let watch_until = Instant::now() + Duration::from_secs(4);
+    while Instant::now() < watch_until {
+        assert_eq!(
+            p.read("out/conf"),
+            before,
+            "the config changed during the outage:\n{}",
+            r.log()
+        );
+        std::thread::sleep(support::POLL_INTERVAL);
+    }
+    let s = status_json(&p).unwrap_or_default();
+    assert!(
+        s["catalog_health"]
+            .as_str()
+            .is_some_and(|h| h.contains("does not exist")),
+        "{s}"
+    );
+    eprintln!("{}", r.log());
+
+    // It comes back with whatever the catalog holds then.
+    std::fs::create_dir_all(p.path("catalog/kv")).unwrap();
+    p.kv("nginx/pid", &p.path("nginx.pid").display().to_string());
+    p.instance("web", "new", "10.0.3.1", 8080);
+    wait_for("the catalog's return rendered", TIMEOUT, || {
+        let c = p.read("out/conf");
+        c.contains("10.0.3.1:8080") && !c.contains("10.0.1.0:8080")
+    });
+    assert_eq!(r.stop(), Some(0), "{}", r.log());
+}
+
+#[test]
+fn an_instance_file_turned_invalid_keeps_its_last_good_content_until_deleted() {
+    let p = Project::new();
+    p.file("web.tera", UPSTREAM).config(&config(&p, ""));
+    p.instance("web", "a", "10.0.0.1", 80);
+    p.instance("web", "b", "10.0.0.2", 80);
+    let mut r = p.run();
+    wait_for("first render", TIMEOUT, || {
+        p.read("out/web.conf").contains("10.0.0.2:80")
+    });
+    // A half-typed edit in place (an editor saving), then a typo.
+    std::fs::write(
+        p.path("catalog/services/web/a.json"),
+        r#"{"address": "10.0.0.1", "po"#,
+    )
+    .unwrap();
+    p.instance("web", "c", "10.0.0.3", 80);
+    wait_for("a later change rendered", TIMEOUT, || {
+        p.read("out/web.conf").contains("10.0.0.3:80")
+    });
+    std::fs::write(
+        p.path("catalog/services/web/a.json"),
+        r#"{"address": "10.0.0.1", "port": "80"}"#,
+    )
+    .unwrap();
+    p.instance("web", "d", "10.0.0.4", 80);
+    wait_for("another change rendered", TIMEOUT, || {
+        p.read("out/web.conf").contains("10.0.0.4:80")
+    });
+    assert!(
+        p.read("out/web.conf").contains("10.0.0.1:80"),
+        "{}",
+        p.read("out/web.conf")
+    );
+    let warnings = r.log().matches("keeping its last good content").count();
+    assert_eq!(warnings, 1, "warned {warnings} times:\n{}", r.log());
+    // Fixed: the fix shows; deleted: gone.
+    p.instance("web", "a", "10.0.0.11", 80);
+    wait_for("the fixed file", TIMEOUT, || {
+        p.read("out/web.conf").contains("10.0.0.11:80")
+    });
+    assert!(
+        r.log().contains("catalog file is usable again"),
+        "{}",
+        r.log()
+    );
+    p.remove_instance("web", "a");
+    wait_for("the deleted file", TIMEOUT, || {
+        !p.read("out/web.conf").contains("10.0.0.11:80")
+    });
+    assert_eq!(r.stop(), Some(0), "{}", r.log());
+}
+
+/// The issue's payloads, each with the message that names the setting.
+const NGINX_LISTEN: &str = "80; location /leak/ { alias /etc/; autoindex on; } #";
+const NGINX_PID: &str = "/run/nginx.pid;\nload_module /tmp/rewire-evil/evil.so";
+const HAPROXY_LISTEN: &str =
+    ":80\n    http-request return status 200 content-type text/plain file /etc/shadow";
+
+#[test]
+fn kv_injections_fail_the_render_and_the_last_good_config_stays() {
+    let p = Project::new();
+    let (Some(nginx), Some(haproxy)) = (nginx_check(&p), haproxy_check()) else {
+        return;
+    };
+    // One-shot renders: exit 1, naming the setting, nothing written.
+    for (template, check, key, value) in [
+        ("nginx.conf.tera", &nginx, "nginx/listen", NGINX_LISTEN),
+        ("nginx.conf.tera", &nginx, "nginx/pid", NGINX_PID),
+        (
+            "haproxy.cfg.tera",
+            &haproxy,
+            "haproxy/listen",
+            HAPROXY_LISTEN,
+        ),
+    ] {
+        let q = Project::new();
+        shipped(&q, template);
+        q.config(&shipped_config(
+            &q,
+            template,
+            &check.replace(
+                &p.root().display().to_string(),
+                &q.root().display().to_string(),
+            ),
+            "",
+        ));
+        q.instance("web", "a", "127.0.0.1", 18080).kv(key, value);
+        let o = q.rewire(&["render"]);
+        let err = project::stderr(&o);
+        assert_eq!(project::code(&o), 1, "{key}: {err}");
+        assert!(err.contains(&format!("{key} must be")), "{key}: {err}");
+        assert!(!q.path("out/conf").exists(), "{key}: written anyway");
+    }
+
+    // The daemon: a good config first, then each payload: the template fails, the file stays.
+    for (template, check, settings, payloads) in [
+        (
+            "nginx.conf.tera",
+            &nginx,
+            vec![("nginx/pid", p.path("nginx.pid").display().to_string())],
+            vec![("nginx/listen", NGINX_LISTEN), ("nginx/pid", NGINX_PID)],
+        ),
+        (
+            "haproxy.cfg.tera",
+            &haproxy,
+            vec![],
+            vec![("haproxy/listen", HAPROXY_LISTEN)],
+        ),
+    ] {
+        let q = Project::new();
+        let check = check.replace(
+            &p.root().display().to_string(),
+            &q.root().display().to_string(),
+        );
+        shipped(&q, template);
+        q.config(&shipped_config(
+            &q,
+            template,
+            &check,
+            "[defaults]\nwait = { min = \"0s\", max = \"0s\" }\n",
+        ));
+        q.instance("web", "a", "127.0.0.1", 18080);
+        for (k, v) in &settings {
+            q.kv(k, v);
+        }
+        let mut r = q.run();
+        wait_for("the good config", TIMEOUT, || {
+            q.read("out/conf").contains("127.0.0.1:18080")
+        });
+        wait_for("the template ok", TIMEOUT, || {
+            template_state(&q, "conf").0 == "ok"
+        });
+        let good = q.read("out/conf");
+        for (key, value) in payloads {
+            q.kv(key, value);
+            wait_for(&format!("{key} refused"), TIMEOUT, || {
+                let (state, detail) = template_state(&q, "conf");
+                state == "error" && detail.contains(&format!("{key} must be"))
+            });
+            assert_eq!(q.read("out/conf"), good, "{key}: the config changed");
+            assert!(
+                !q.read("out/conf").contains("/etc/shadow")
+                    && !q.read("out/conf").contains("load_module")
+            );
+            // Put the good value back: the template recovers.
+            match settings.iter().find(|(k, _)| *k == key) {
+                Some((_, v)) => {
+                    q.kv(key, v);
+                }
+                None => std::fs::remove_file(q.path(&format!("catalog/kv/{key}"))).unwrap(),
+            }
+            wait_for("the template ok again", TIMEOUT, || {
+                template_state(&q, "conf").0 == "ok"
+            });
+        }
+        assert_eq!(r.stop(), Some(0), "{}", r.log());
+    }
+}
+
+#[test]
+fn links_out_of_the_catalog_and_partials_out_of_the_template_dir_are_refused() {
+    let p = Project::new();
+    let outside = tempfile::tempdir().unwrap();
+    let shadow = outside.path().join("shadow");
+    std::fs::write(&shadow, "root:secret-hash:19000::::::\n").unwrap();
+    std::fs::set_permissions(&shadow, std::fs::Permissions::from_mode(0o600)).unwrap();
+    p.file(
+        "web.tera",
+        "secret = {{ key(path=\"app/secret\", default=\"refused\") }}\nalias = {{ key(path=\"app/alias\") }}\n",
+    )
+    .config(&config(&p, ""));
+    p.kv("app/real", "inside");
+    symlink(&shadow, p.path("catalog/kv/app/secret")).unwrap();
+    symlink("real", p.path("catalog/kv/app/alias")).unwrap();
+    let o = p.rewire(&["render", "--timeout", "5s"]);
+    let err = project::stderr(&o);
+    assert_eq!(project::code(&o), 0, "{err}");
+    assert_eq!(p.read("out/web.conf"), "secret = refused\nalias = inside\n");
+    assert!(err.contains("leads out of the catalog directory"), "{err}");
+
+    // A partial linked to the same file: `check` and `render` refuse it by name.
+    symlink(&shadow, p.path("evil.tera")).unwrap();
+    p.file("web.tera", "{% include \"evil.tera\" %}\n");
+    std::fs::remove_file(p.path("out/web.conf")).unwrap();
+    for args in [&["check"][..], &["render", "--timeout", "5s"][..]] {
+        let o = p.rewire(args);
+        let err = project::stderr(&o);
+        assert_ne!(project::code(&o), 0, "{args:?}: {err}");
+        assert!(
+            err.contains("evil.tera") && err.contains("leads out of the template directory"),
+            "{args:?}: {err}"
+        );
+    }
+    assert!(!p.path("out/web.conf").exists());
+}
+
+#[test]
+fn huge_files_and_device_links_are_refused_and_memory_stays_flat() {
+    let p = Project::new();
+    p.file("web.tera", &web_and_key("app/name"))
+        .config(&config(&p, ""));
+    p.instance("web", "a", "10.0.0.1", 80);
+    let mut r = p.run();
+    wait_for("first render", TIMEOUT, || {
+        p.read("out/web.conf").contains("10.0.0.1:80")
+    });
+    let pid = r.child.id();
+    let before = memory_kib(pid, "VmRSS");
+
+    // A 50 MB instance file (moved in whole), a link to /dev/zero, a character device inside.
+    let big = p.path("big.tmp");
+    let mut f = std::fs::File::create(&big).unwrap();
+    f.write_all(br#"{"address": "10.0.0.9", "port": 80, "meta": {"x": ""#)
+        .unwrap();
+    let chunk = vec![b'x'; 1 << 20];
+    for _ in 0..50 {
+        f.write_all(&chunk).unwrap();
+    }
+    f.write_all(b"\"}}").unwrap();
+    drop(f);
+    std::fs::rename(&big, p.path("catalog/services/web/huge.json")).unwrap();
+    std::fs::create_dir_all(p.path("catalog/kv/app")).unwrap();
+    symlink("/dev/zero", p.path("catalog/kv/app/name")).unwrap();
+    if proc::is_root() {
+        nix::sys::stat::mknod(
+            &p.path("catalog/kv/app/zero"),
+            nix::sys::stat::SFlag::S_IFCHR,
+            nix::sys::stat::Mode::from_bits_truncate(0o644),
+            nix::sys::stat::makedev(1, 5),
+        )
+        .unwrap();
+    }
+    p.instance("web", "b", "10.0.0.2", 80);
+    wait_for("a later change rendered", TIMEOUT, || {
+        p.read("out/web.conf").contains("10.0.0.2:80")
+    });
+    wait_for("the huge file refused", TIMEOUT, || {
+        r.log().contains("over the limit of 1MiB")
+    });
+    let after = memory_kib(pid, "VmRSS");
+    let peak = memory_kib(pid, "VmHWM");
+    eprintln!(
+        "dir catalog, 50 MB instance file + /dev/zero link: VmRSS {before} KiB -> {after} KiB, VmHWM {peak} KiB"
+    );
+    assert!(
+        after < before + 16 * 1024,
+        "RSS grew from {before} to {after} KiB"
+    );
+    assert!(
+        peak < before + 16 * 1024,
+        "peak RSS {peak} KiB (from {before})"
+    );
+    let out = p.read("out/web.conf");
+    assert!(
+        !out.contains("10.0.0.9") && out.contains("value = none"),
+        "{out}"
+    );
+    assert_eq!(r.stop(), Some(0), "{}", r.log());
+
+    // The one-shot render refuses them too, promptly, naming the file and the setting.
+    let started = Instant::now();
+    let o = p.rewire(&["render", "--timeout", "5s"]);
+    let err = project::stderr(&o);
+    assert_eq!(project::code(&o), 0, "{err}");
+    assert!(started.elapsed() < Duration::from_secs(20));
+    assert!(
+        err.contains("huge.json") && err.contains("max_file"),
+        "{err}"
+    );
+}
+
+/// A fake Consul agent: answers the ACL preflight as an agent without ACLs, and every other
+/// request with a 200 whose body (no Content-Length, ended by closing) runs to `body_mib` MiB.
+fn fake_consul(body_mib: usize, stop: Arc<AtomicBool>) -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    listener.set_nonblocking(true).unwrap();
+    std::thread::spawn(move || {
+        while !stop.load(Ordering::Relaxed) {
+            let Ok((mut conn, _)) = listener.accept() else {
+                std::thread::sleep(Duration::from_millis(5));
+                continue;
+            };
+            std::thread::spawn(move || {
+                let _ = conn.set_nonblocking(false);
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") && conn.read(&mut byte).is_ok_and(|n| n == 1) {
+                    head.push(byte[0]);
+                }
+                let head = String::from_utf8_lossy(&head);
+                if head.contains("/v1/acl/token/self") {
+                    let body = "ACL support disabled";
+                    let _ = write!(
+                        conn,
+                        "HTTP/1.1 401 Unauthorized\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                        body.len()
+                    );
+                    return;
+                }
+                let _ = conn.write_all(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nX-Consul-Index: 7\r\nX-Consul-Knownleader: true\r\nConnection: close\r\n\r\n[");
+                let chunk = vec![b' '; 64 << 10];
+                for _ in 0..body_mib * 16 {
+                    if conn.write_all(&chunk).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[test]
+fn consul_values_over_max_file_and_bodies_over_max_response_are_refused_by_name() {
+    // A huge body from a fake agent: refused at the cap, memory bounded by it.
+    let stop = Arc::new(AtomicBool::new(false));
+    let addr = fake_consul(300, stop.clone());
+    let p = Project::new();
+    p.file("web.tera", "{{ key(path=\"app/name\") }}\n").config(&format!(
+        "{}[catalog]\nbackend = \"consul\"\naddress = \"http://{addr}\"\nmax_response = \"8MiB\"\nretry = {{ base = \"100ms\", max = \"1s\" }}\n\n[[template]]\nsource = \"web.tera\"\ndestination = \"out/web.conf\"\n",
+        p.control()
+    ));
+    let mut r = p.run();
+    wait_for("the body refused", TIMEOUT, || {
+        r.log()
+            .contains("over the limit of 8MiB ([catalog] max_response)")
+    });
+    // A few more refused rounds, then the peak.
+    wait_for("refused again", TIMEOUT, || {
+        r.log().matches("max_response").count() >= 1
+    });
+    let peak = memory_kib(r.child.id(), "VmHWM");
+    eprintln!("consul: a 300 MB body with max_response = 8MiB: peak VmHWM {peak} KiB");
+    assert!(peak < 64 * 1024, "peak RSS {peak} KiB");
+    r.signal(SIGTERM);
+    assert_eq!(r.stop(), Some(0), "{}", r.log());
+    stop.store(true, Ordering::Relaxed);
+
+    // A KV value over max_file in a real agent (Consul itself caps values at 512 KiB).
+    let Some(consul) = Consul::try_start() else {
+        return;
+    };
+    consul.put_ok("/v1/kv/app/big", vec![b'x'; 200 << 10]);
+    let p = Project::new();
+    p.file("web.tera", "{{ key(path=\"app/big\") | length }}\n").config(&format!(
+        "[catalog]\nbackend = \"consul\"\naddress = \"{}\"\nmax_file = \"100KiB\"\n\n[[template]]\nsource = \"web.tera\"\ndestination = \"out/web.conf\"\n",
+        consul.http_url()
+    ));
+    let o = p.rewire(&["render", "--timeout", "3s"]);
+    let err = project::stderr(&o);
+    assert_eq!(project::code(&o), 1, "{err}");
+    assert!(
+        err.contains("\"app/big\"") && err.contains("max_file"),
+        "{err}"
+    );
+    assert!(!p.path("out/web.conf").exists());
+    // Raised, it renders.
+    p.config(&p.read("rewire.toml").replace("100KiB", "1MiB"));
+    let o = p.rewire(&["render", "--timeout", "10s"]);
+    assert_eq!(project::code(&o), 0, "{}", project::stderr(&o));
+    assert_eq!(p.read("out/web.conf"), format!("{}\n", 200 << 10));
+}
+
+// --- the control socket ----------------------------------------------------------------------
+
+/// Root is needed to act as another user; otherwise the test says so and does nothing.
+fn as_root() -> bool {
+    proc::is_root()
+        || support::skip::<()>("root", "is needed to act as user nobody", true).is_some()
+}
+
+/// A directory every user may traverse but only root may write (the socket's directory in
+/// these tests: `nobody` must reach the socket for the socket's own mode to be what stops it).
+fn open_dir() -> tempfile::TempDir {
+    let d = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(d.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    d
+}
+
+/// `rewire ARGS` as user nobody (no config: `--socket` in ARGS).
+fn as_nobody(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_rewire"))
+        .args(args)
+        .uid(NOBODY)
+        .gid(NOBODY)
+        .current_dir("/")
+        .env_remove("REWIRE_CONFIG")
+        .env_remove("REWIRE_SOCKET")
+        .env_remove("XDG_RUNTIME_DIR")
+        .output()
+        .expect("run rewire as nobody")
+}
+
+#[test]
+fn the_control_socket_is_0600_from_the_start_even_under_umask_000() {
+    if !as_root() {
+        return;
+    }
+    let dir = open_dir();
+    let sock = dir.path().join("rewire.sock");
+    let p = Project::new();
+    p.file("web.tera", UPSTREAM).config(&format!(
+        "[control]\nsocket = \"{}\"\n\n[[template]]\nsource = \"web.tera\"\ndestination = \"out/web.conf\"\n",
+        sock.display()
+    ));
+    p.instance("web", "a", "10.0.0.1", 80);
+
+    // Watch every mode the socket path shows, as fast as possible, across restarts.
+    let done = Arc::new(AtomicBool::new(false));
+    let watcher = {
+        let (done, sock) = (done.clone(), sock.clone());
+        std::thread::spawn(move || {
+            let mut modes = std::collections::BTreeSet::new();
+            while !done.load(Ordering::Relaxed) {
+                if let Ok(m) = std::fs::symlink_metadata(&sock) {
+                    modes.insert(m.permissions().mode() & 0o7777);
+                }
+            }
+            modes
+        })
+    };
+    // And user nobody trying to switch maintenance on all along.
+    let attacker = {
+        let (done, sock) = (done.clone(), sock.clone());
+        std::thread::spawn(move || {
+            let mut tries = 0;
+            while !done.load(Ordering::Relaxed) {
+                let o = as_nobody(&["maintenance", "on", "--socket", &sock.display().to_string()]);
+                assert_ne!(
+                    o.status.code(),
+                    Some(0),
+                    "nobody switched maintenance on: {}",
+                    String::from_utf8_lossy(&o.stdout)
+                );
+                tries += 1;
+            }
+            tries
+        })
+    };
+    for round in 0..5 {
+        let mut cmd = p.command(&["run"]);
+        let log = std::fs::File::create(p.path(&format!("run-{round}.log"))).unwrap();
+        cmd.stdout(log.try_clone().unwrap()).stderr(log);
+        // SAFETY: umask is async-signal-safe and touches nothing shared.
+        unsafe {
+            cmd.pre_exec(|| {
+                nix::sys::stat::umask(nix::sys::stat::Mode::empty());
+                Ok(())
+            });
+        }
+        let mut child = cmd.spawn().unwrap();
+        wait_for("the daemon answers", TIMEOUT, || {
+            project::code(&p.rewire(&["status", "--socket", &sock.display().to_string()])) == 0
+        });
+        proc::signal(child.id() as i32, SIGTERM).unwrap();
+        assert!(child.wait().unwrap().success());
+    }
+    done.store(true, Ordering::Relaxed);
+    let modes = watcher.join().unwrap();
+    let tries = attacker.join().unwrap();
+    let seen: Vec<String> = modes.iter().map(|m| format!("{m:04o}")).collect();
+    eprintln!(
+        "socket modes seen over 5 starts under umask 000: {seen:?}; nobody tried {tries} times"
+    );
+    assert!(modes.iter().all(|m| *m == 0o600), "modes seen: {seen:?}");
+    assert!(tries > 0);
+    for round in 0..5 {
+        let log = p.read(&format!("run-{round}.log"));
+        assert!(!log.contains("maintenance on"), "{log}");
+    }
+}
+
+#[test]
+fn a_group_may_read_the_status_but_only_root_or_the_owner_may_switch_maintenance() {
+    if !as_root() {
+        return;
+    }
+    let dir = open_dir();
+    let sock = dir.path().join("rewire.sock");
+    let socket = sock.display().to_string();
+    let p = Project::new();
+    p.file("web.tera", UPSTREAM).config(&format!(
+        "[control]\nsocket = \"{socket}\"\ngroup = \"nogroup\"\n\n[[template]]\nsource = \"web.tera\"\ndestination = \"out/web.conf\"\n\n[main]\nexec = [\"sh\", \"-c\", \"echo \\\"$REWIRE_SOCKET\\\" > child-env.txt; exec sleep 600\"]\n"
+    ));
+    p.instance("web", "a", "10.0.0.1", 80);
+    let mut r = p.run();
+    wait_for("the daemon answers", TIMEOUT, || {
+        project::code(&p.rewire(&["status", "--socket", &socket])) == 0
+    });
+    let m = std::fs::metadata(&sock).unwrap();
+    assert_eq!((m.permissions().mode() & 0o777, m.gid()), (0o660, NOBODY));
+    // Children find the daemon without the config.
+    wait_for("main started", TIMEOUT, || {
+        p.read("child-env.txt") == format!("{socket}\n")
+    });
+
+    let o = as_nobody(&["status", "--socket", &socket]);
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let o = as_nobody(&["maintenance", "on", "--socket", &socket]);
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("maintenance may be switched only by root"),
+        "{err}"
+    );
+    assert_eq!(status_json(&p).unwrap()["maintenance"], false);
+    // Its owner may.
+    let o = p.rewire(&["maintenance", "on", "--socket", &socket]);
+    assert_eq!(project::code(&o), 0, "{}", project::stderr(&o));
+    assert_eq!(status_json(&p).unwrap()["maintenance"], true);
+    // Main (sleep) dies of the stop signal: rewire exits with its status.
+    assert_eq!(r.stop(), Some(143), "{}", r.log());
+}
+
+#[test]
+fn a_socket_squatted_by_another_user_is_refused_by_daemon_and_client() {
+    if !as_root() {
+        return;
+    }
+    // A shared sticky directory (like /tmp), and user nobody's own rewire daemon holding the
+    // path first.
+    let base = open_dir();
+    let shared = base.path().join("shared");
+    std::fs::create_dir(&shared).unwrap();
+    std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o1777)).unwrap();
+    let sock = shared.join("rewire.sock");
+    let socket = sock.display().to_string();
+    let squat = base.path().join("squatter");
+    for d in ["catalog/services", "catalog/kv", "out"] {
+        std::fs::create_dir_all(squat.join(d)).unwrap();
+    }
+    std::fs::write(squat.join("t.tera"), "fake\n").unwrap();
+    std::fs::write(
+        squat.join("rewire.toml"),
+        format!("[control]\nsocket = \"{socket}\"\n\n[[template]]\nsource = \"t.tera\"\ndestination = \"out/t\"\n"),
+    )
+    .unwrap();
+    std::fs::set_permissions(squat.join("out"), std::fs::Permissions::from_mode(0o777)).unwrap();
+    let mut squatter = proc::Daemon::start(
+        "squatter",
+        {
+            let mut c = Command::new(env!("CARGO_BIN_EXE_rewire"));
+            c.args(["run", "-c"])
+                .arg(squat.join("rewire.toml"))
+                .current_dir(&squat)
+                .uid(NOBODY)
+                .gid(NOBODY)
+                .env_remove("REWIRE_CONFIG");
+            c
+        },
+        &base.path().join("squatter.log"),
+        TIMEOUT,
+        || std::fs::symlink_metadata(&sock).is_ok_and(|m| m.uid() == NOBODY),
+    )
+    .unwrap_or_else(|report| panic!("{report}"));
+
+    // The client refuses to talk to it.
+    let p = Project::new();
+    for args in [
+        &["status", "--socket", &socket][..],
+        &["maintenance", "on", "--socket", &socket][..],
+    ] {
+        let o = p.rewire(args);
+        let err = project::stderr(&o);
+        assert_eq!(project::code(&o), 1, "{err}");
+        assert!(err.contains(&format!("belongs to uid {NOBODY}")), "{err}");
+    }
+    // The daemon refuses to take the path over (and runs on without a control socket).
+    p.file("web.tera", UPSTREAM).config(&format!(
+        "[control]\nsocket = \"{socket}\"\n\n[[template]]\nsource = \"web.tera\"\ndestination = \"out/web.conf\"\n"
+    ));
+    p.instance("web", "a", "10.0.0.1", 80);
+    let mut r = p.run();
+    wait_for("the refusal", TIMEOUT, || {
+        r.log().contains("control socket unavailable")
+    });
+    assert!(
+        r.log().contains(&format!("belongs to uid {NOBODY}")),
+        "{}",
+        r.log()
+    );
+    assert_eq!(std::fs::symlink_metadata(&sock).unwrap().uid(), NOBODY);
+    assert!(squatter.is_running());
+    assert_eq!(r.stop(), Some(0), "{}", r.log());
+
+    // The default path of a user without a runtime directory: a private directory that must be
+    // theirs. Another user's directory there is refused.
+    let tmp = open_dir();
+    let private = tmp.path().join(format!("rewire-{NOBODY}"));
+    std::fs::create_dir(&private).unwrap();
+    std::fs::set_permissions(&private, std::fs::Permissions::from_mode(0o777)).unwrap();
+    std::fs::write(tmp.path().join("rewire.toml"), "").unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_rewire"))
+        .args(["status", "-c"])
+        .arg(tmp.path().join("rewire.toml"))
+        .uid(NOBODY)
+        .gid(NOBODY)
+        .current_dir("/")
+        .env("TMPDIR", tmp.path())
+        .env_remove("XDG_RUNTIME_DIR")
+        .env_remove("REWIRE_SOCKET")
+        .env_remove("REWIRE_CONFIG")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains(&private.display().to_string())
+            && err.contains("must be a directory of rewire's user"),
+        "{err}"
+    );
+    squatter.kill();
+}
+
+#[test]
+fn etcd_values_over_max_file_and_watch_messages_over_max_response_are_refused() {
+    let Some(etcd) = support::Etcd::try_start() else {
+        return;
+    };
+    let p = Project::new();
+    p.file("web.tera", "{{ key(path=\"app/name\") | length }}\n").config(&format!(
+        "{}[catalog]\nbackend = \"etcd\"\nendpoints = [\"{}\"]\nmax_file = \"16KiB\"\nmax_response = \"64KiB\"\nretry = {{ base = \"100ms\", max = \"1s\" }}\n\n[defaults]\nwait = {{ min = \"0s\", max = \"0s\" }}\n\n[[template]]\nsource = \"web.tera\"\ndestination = \"out/web.conf\"\n",
+        p.control(),
+        etcd.endpoints()[0]
+    ));
+    etcd.put("/rewire/kv/app/name", "shop");
+    let mut r = p.run();
+    wait_for("first render", TIMEOUT, || p.read("out/web.conf") == "4\n");
+    // Over max_file: the key keeps what it held.
+    etcd.put("/rewire/kv/app/name", &"x".repeat(20 << 10));
+    wait_for("the value refused", TIMEOUT, || {
+        r.log().contains("over [catalog] max_file")
+    });
+    etcd.put("/rewire/kv/app/name", "market");
+    wait_for("a later value", TIMEOUT, || p.read("out/web.conf") == "6\n");
+    // A watch message over max_response: refused by name; the last good data stays.
+    etcd.put("/rewire/kv/other", &"y".repeat(100 << 10));
+    wait_for("the message refused", TIMEOUT, || {
+        r.log()
+            .contains("over the limit of 64KiB ([catalog] max_response)")
+    });
+    assert_eq!(p.read("out/web.conf"), "6\n");
+    assert_eq!(r.stop(), Some(0), "{}", r.log());
+}
