@@ -175,3 +175,52 @@ pub enum OnOff {
 fn parse_duration(s: &str) -> Result<Duration, crate::config::DurationError> {
     crate::config::parse_duration(s)
 }
+
+/// The command line as `main` parses it: [`Cli`], with `--catalog` hidden from the help of the
+/// commands that never open a catalog (`status`, `maintenance`, `import`, `completions`,
+/// `man`); it stays global so `rewire --catalog URL render` keeps working.
+pub fn command() -> clap::Command {
+    use clap::CommandFactory;
+    let mut cmd = Cli::command();
+    let catalog = cmd
+        .get_arguments()
+        .find(|a| a.get_id() == "catalog")
+        .cloned()
+        .map(|a| a.hide(true));
+    // A subcommand that defines an argument itself does not receive the global one.
+    if let Some(catalog) = catalog {
+        for name in ["status", "maintenance", "import", "completions", "man"] {
+            cmd = cmd.mut_subcommand(name, |s| s.arg(catalog.clone()));
+        }
+    }
+    cmd
+}
+
+/// Parses the process's arguments with [`command`]; exits (2) with clap's message on a usage
+/// error, 0 after `--help` or `--version`.
+pub fn parse() -> Cli {
+    use clap::FromArgMatches;
+    let matches = command().get_matches();
+    Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn catalog_is_offered_only_where_a_catalog_is_read() {
+        let mut cmd = command();
+        let help = |cmd: &mut clap::Command, sub: &str| {
+            cmd.find_subcommand_mut(sub)
+                .unwrap()
+                .render_help()
+                .to_string()
+        };
+        assert!(!help(&mut cmd, "status").contains("--catalog"));
+        assert!(!help(&mut cmd, "maintenance").contains("--catalog"));
+        assert!(help(&mut cmd, "render").contains("--catalog"));
+        let cli = Cli::try_parse_from(["rewire", "--catalog", "dir:/x", "render"]).unwrap();
+        assert_eq!(cli.catalog.as_deref(), Some("dir:/x"));
+    }
+}

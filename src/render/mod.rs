@@ -11,6 +11,7 @@
 pub mod functions;
 pub mod group;
 pub mod pipeline;
+pub mod removals;
 pub mod runner;
 pub mod template;
 pub mod values;

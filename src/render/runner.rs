@@ -80,6 +80,13 @@ pub async fn run_group(group: Group, shared: Shared, stop: CancellationToken) {
         let mut seen: BTreeMap<Query, Option<u64>> = BTreeMap::new();
         let mut state = GroupState::default();
         let mut render_now = true;
+        let mut removals = super::removals::Removals::new(
+            group
+                .templates
+                .iter()
+                .map(|t| t.destination.clone())
+                .collect(),
+        );
         loop {
             if render_now {
                 render_now = false;
@@ -92,6 +99,8 @@ pub async fn run_group(group: Group, shared: Shared, stop: CancellationToken) {
                     seen = round => seen,
                 };
                 owner.set(seen.keys().cloned().collect());
+                // A destination directory the round created can be watched now.
+                removals.watch_dirs();
                 continue;
             }
             tokio::select! {
@@ -111,6 +120,13 @@ pub async fn run_group(group: Group, shared: Shared, stop: CancellationToken) {
                     }
                 }
                 _ = debounce::due(&debounce) => render_now = true,
+                dest = removals.removed() => {
+                    // Deleted by hand: write it again now, not at the next catalog change.
+                    if super::removals::missing(&dest) {
+                        info!(dest = %dest.display(), "destination removed; writing it again");
+                        render_now = true;
+                    }
+                }
                 _ = sleep_until_some(state.next_retry()), if state.next_retry().is_some() => {
                     // Bytes a check, write or reload rejected may pass now.
                     render_now = true;

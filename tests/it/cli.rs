@@ -26,6 +26,22 @@ fn render_writes_the_file_in_stable_order() {
 }
 
 #[test]
+fn instances_sort_by_numeric_address_then_port_then_id_hostnames_last() {
+    let p = basic();
+    p.instance("web", "c", "10.0.0.12", 80)
+        .instance("web", "d", "10.0.0.7", 80)
+        .instance("web", "e", "10.0.0.7", 79)
+        .instance("web", "f", "2001:db8::1", 80)
+        .instance("web", "g", "app.internal", 80);
+    let o = p.rewire(&["render"]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert_eq!(
+        p.read("out/web.conf"),
+        "upstream web {\n  server 10.0.0.1:80;\n  server 10.0.0.2:80;\n  server 10.0.0.7:79;\n  server 10.0.0.7:80;\n  server 10.0.0.12:80;\n  server [2001:db8::1]:80;\n  server app.internal:80;\n}\n"
+    );
+}
+
+#[test]
 fn unchanged_output_is_not_rewritten() {
     let p = basic();
     assert_eq!(code(&p.rewire(&["render"])), 0);
@@ -424,4 +440,31 @@ fn status_without_a_config_asks_the_default_socket_and_names_socket_in_the_hint(
         "{err}"
     );
     assert!(err.contains("--socket"), "{err}");
+}
+
+#[test]
+fn files_without_json_are_warned_about_once_and_render_errors_are_reported_once() {
+    let p = basic();
+    p.file(
+        "catalog/services/web/web-3",
+        "{\"address\": \"10.0.0.3\", \"port\": 80}",
+    )
+    .file("catalog/services/web/.hidden", "x")
+    .file("catalog/services/web/b.json~", "x");
+    let o = p.rewire(&["render"]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let err = stderr(&o);
+    assert_eq!(err.matches("not an instance file").count(), 1, "{err}");
+    assert!(err.contains("services/web/web-3"), "{err}");
+    assert!(!p.read("out/web.conf").contains("10.0.0.3"));
+    // A render error: once, in the report (not also as a log line).
+    p.file("web.tera", "{{ nope }}\n");
+    let o = p.rewire(&["render"]);
+    assert_eq!(code(&o), 1);
+    let err = stderr(&o);
+    assert_eq!(
+        err.matches("Variable `nope` is not defined").count(),
+        1,
+        "{err}"
+    );
 }

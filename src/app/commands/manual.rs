@@ -3,14 +3,11 @@
 
 use std::io::Write as _;
 
-use clap::CommandFactory;
-
-use crate::app::cli::Cli;
 use crate::app::{Failure, Outcome};
 
 /// Prints the completion script for `shell`.
 pub fn completions(shell: clap_complete::Shell) -> Result<Outcome, Failure> {
-    let mut command = Cli::command();
+    let mut command = crate::app::cli::command();
     let mut script = Vec::new();
     clap_complete::generate(shell, &mut command, "rewire", &mut script);
     print(&script)
@@ -27,7 +24,7 @@ fn print(bytes: &[u8]) -> Result<Outcome, Failure> {
 /// Prints the man page: the command's, then each subcommand's name, synopsis, description and
 /// options, in one page (`man rewire` shows everything).
 pub fn man() -> Result<Outcome, Failure> {
-    let command = Cli::command();
+    let command = crate::app::cli::command();
     let mut page = Vec::new();
     clap_mangen::Man::new(command.clone())
         .render(&mut page)

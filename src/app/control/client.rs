@@ -19,7 +19,7 @@ pub enum ClientError {
     #[error(
         "no rewire daemon answers on {socket}: {source}\n  hint: is `rewire run` running? Give its socket with --socket PATH \
          (or REWIRE_SOCKET), or its config with -c FILE ([control] socket); without either, rewire asks \
-         the default socket ($XDG_RUNTIME_DIR/rewire.sock, /run/rewire.sock as root, else /tmp/rewire-UID.sock)"
+         the default socket (`rewire status --help` and docs/configuration.md, [control], say which)"
     )]
     Unreachable {
         socket: PathBuf,
