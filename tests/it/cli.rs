@@ -468,3 +468,26 @@ fn files_without_json_are_warned_about_once_and_render_errors_are_reported_once(
         "{err}"
     );
 }
+
+#[test]
+fn check_reports_a_misspelt_function_argument_with_its_location_and_a_suggestion() {
+    let p = Project::new();
+    p.file(
+        "t.tera",
+        "upstream web {\n{% for s in service(nam=\"web\") %}{% endfor %}}\n",
+    )
+    .config("[[template]]\nsource = \"t.tera\"\ndestination = \"out/t\"\n");
+    let o = p.rewire(&["check"]);
+    assert_eq!(code(&o), 1, "{}", stderr(&o));
+    let err = stderr(&o);
+    assert!(
+        err.contains(&format!("{}:2:21", p.path("t.tera").display())),
+        "{err}"
+    );
+    assert!(
+        err.contains("service() has no argument `nam`; did you mean `name`?"),
+        "{err}"
+    );
+    p.file("t.tera", UPSTREAM);
+    assert_eq!(code(&p.rewire(&["check"])), 0);
+}
