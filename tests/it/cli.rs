@@ -491,3 +491,49 @@ fn check_reports_a_misspelt_function_argument_with_its_location_and_a_suggestion
     p.file("t.tera", UPSTREAM);
     assert_eq!(code(&p.rewire(&["check"])), 0);
 }
+
+#[test]
+fn render_and_diff_say_what_they_wait_for_and_check_warns_about_a_missing_catalog() {
+    let p = Project::new();
+    p.file("web.tera", UPSTREAM).config(
+        "[catalog]\npath = \"no-such-catalog\"\n\n[[template]]\nsource = \"web.tera\"\ndestination = \"out/web.conf\"\n",
+    );
+    let o = p.rewire(&["check"]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("the dir catalog's directory does not exist"),
+        "{}",
+        stderr(&o)
+    );
+    let started = std::time::Instant::now();
+    let o = p.rewire(&["render", "--timeout", "6s"]);
+    assert_eq!(code(&o), 1);
+    let err = stderr(&o);
+    // At once what and from where, then progress (plain lines: stderr is not a terminal),
+    // and the final explanation.
+    let catalog = format!("from dir:{}", p.path("no-such-catalog").display());
+    assert!(
+        err.contains(&format!(
+            "rewire: waiting for service(web) {catalog} (up to 6s)"
+        )),
+        "{err}"
+    );
+    assert!(
+        err.contains("rewire: still waiting after 5s for service(web)"),
+        "{err}"
+    );
+    assert!(err.contains("not written after 6s"), "{err}");
+    assert!(started.elapsed() >= Duration::from_secs(6));
+    let o = p.rewire(&["diff", "--timeout", "2s"]);
+    assert_eq!(code(&o), 2, "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("rewire: waiting for service(web)"),
+        "{}",
+        stderr(&o)
+    );
+    // A catalog that answers at once: nothing about waiting.
+    std::fs::create_dir_all(p.path("no-such-catalog/services")).unwrap();
+    let o = p.rewire(&["render"]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert!(!stderr(&o).contains("waiting for"), "{}", stderr(&o));
+}

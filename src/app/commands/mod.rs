@@ -10,6 +10,7 @@ pub mod check;
 pub mod diff;
 pub mod import;
 pub mod manual;
+mod progress;
 pub mod render;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -112,6 +113,8 @@ pub async fn render_until_ready(
     let mut pause = Duration::from_millis(50);
     let mut slots: BTreeMap<String, Slot> = BTreeMap::new();
     let mut results: BTreeMap<String, Rendered> = BTreeMap::new();
+    let progress = progress::Progress::start(catalog.describe(), timeout);
+    let _shown = progress.guard();
     loop {
         let snap = store.snapshot();
         for t in templates {
@@ -146,6 +149,7 @@ pub async fn render_until_ready(
             return (results, last_error);
         }
         let queries: Vec<Query> = to_fetch.into_iter().collect();
+        progress.waiting_for(&queries, last_error.as_deref());
         let mut progressed = false;
         for (q, r) in catalog.fetch_many(&queries).await {
             match r {
