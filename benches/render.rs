@@ -45,6 +45,7 @@ fn engine() -> Engine {
         wait: DEFAULT_WAIT,
         write: WriteMode::Atomic,
         backup: false,
+        runtime: None,
         limits: rewire::config::DEFAULT_RENDER_LIMITS,
     }])
     .expect("the shipped template parses")

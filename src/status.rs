@@ -58,6 +58,13 @@ pub struct TemplateStatus {
     pub writes: u64,
     /// The destination has held a complete render at least once since start.
     pub ready: bool,
+    /// How the last written change reached the program: `reload`, `reload: <why the
+    /// runtime API could not>`, or `runtime: <the server changes>`.
+    #[serde(default)]
+    pub last_path: String,
+    /// Servers removed through a runtime API that wait for their connections to end.
+    #[serde(default)]
+    pub leaving: Vec<String>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, Default, PartialEq)]
@@ -145,6 +152,8 @@ impl Board {
                     renders: 0,
                     writes: 0,
                     ready: false,
+                    last_path: String::new(),
+                    leaving: Vec::new(),
                 });
             // A SIGHUP may have moved the destination.
             if t.destination != dest {

@@ -5,12 +5,13 @@
 //! cargo bench --bench scale -- [nginx] [haproxy] [haproxy-runtime] [--kill] [--events N]
 //!     [--backends N] [--rps N] [--connections N] [--interval 1.5s] [--drain 3s]
 //!     [--wait-min 0s --wait-max 0s] [--nginx-keepalive-timeout 0] [--timeout 5s]
-//!     [--method GET|POST] [--templates DIR] [--keep] [-v]
+//!     [--method GET|POST] [--haproxy-reload master|signal] [--templates DIR] [--keep] [-v]
 //! ```
 //!
 //! Each mode starts a front `rewire run` supervising nginx (reload by HUP) or HAProxy in
-//! master-worker mode (`-W -S`, reload by USR2; `haproxy-runtime` adds
-//! `runtime = { haproxy = "<admin socket>" }` to the template), rendering the shipped
+//! master-worker mode (`-W -S`, reloaded through the master CLI, or by USR2 with
+//! `--haproxy-reload signal`; `haproxy-runtime` adds `runtime = { haproxy = "<admin socket>" }`
+//! to the template), rendering the shipped
 //! template from `templates/`, and N backends (default 6), each this binary's small HTTP
 //! server under its own `rewire run` registering `web` in a shared dir catalog (health every
 //! 2 s, TTL 6 s, the given drain). Then 20 keep-alive connections send 200 requests/s in all
@@ -151,6 +152,15 @@ fn parse(args: &[String]) -> Result<(Vec<Mode>, Options), String> {
             "--wait-max" => wait_max = Some(duration(a, &value()?)?),
             "--nginx-keepalive-timeout" => o.nginx_keepalive_timeout = Some(value()?),
             "--templates" => o.templates = PathBuf::from(value()?),
+            "--haproxy-reload" => {
+                o.haproxy_reload = match value()?.as_str() {
+                    "master" => scenario::HaproxyReload::Master,
+                    "signal" => scenario::HaproxyReload::Signal,
+                    other => {
+                        return Err(format!("{a} takes master or signal, not {other:?}"));
+                    }
+                }
+            }
             "--method" => {
                 o.method = value()?
                     .parse()

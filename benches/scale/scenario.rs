@@ -13,14 +13,16 @@
 //! - start -> in the front's config, and start -> first request served (the first response
 //!   carrying the new backend's id);
 //! - the reloads rewire asked for during the events, and (HAProxy) the reloads the master
-//!   did, by its own counter: HAProxy 2.6 ignores a SIGUSR2 that arrives while it is still
-//!   busy with the previous reload (measured: two signals 0.2 s apart reload once, 0.3 s apart
-//!   twice), and then serves an older config than the file holds.
+//!   did, by its own counter. rewire reloads HAProxy through its master CLI by default
+//!   (`reload = { haproxy_master = ... }`, confirmed by that counter); with
+//!   `haproxy_reload = Signal` it sends SIGUSR2, which HAProxy 2.6 ignores while it is still
+//!   busy with the previous reload (two signals 0.2 s apart reload once, 0.3 s apart twice),
+//!   and the counters show the difference.
 //!
-//! Setup is not measured: the front starts first (HAProxy's master ignores signals for a moment
-//! after it starts), then the backends; it is ready once the front's file lists every backend
-//! and requests through the front reach each of them. When HAProxy dropped a reload during
-//! setup, the run sends SIGUSR2 once more itself and says so in the report.
+//! Setup is not measured: the front starts first, then the backends; it is ready once the
+//! front's file lists every backend and requests through the front reach each of them. When
+//! HAProxy dropped a reload during setup, the run sends SIGUSR2 once more itself and says so
+//! in the report.
 //!
 //! Everything runs on loopback in a temp dir; [`Procs`] kills every process on the way out,
 //! panics included. The bench (`benches/scale/main.rs`) and the test (`tests/scale.rs`) share
@@ -47,7 +49,7 @@ use super::procs::Procs;
 pub enum Mode {
     /// nginx, `reload = { signal = "HUP", target = "main" }` on every change.
     Nginx,
-    /// HAProxy master-worker, `reload = { signal = "USR2", target = "main" }` on every change.
+    /// HAProxy master-worker, reloaded on every change (see [`HaproxyReload`]).
     Haproxy,
     /// HAProxy with `runtime = { haproxy = "<admin socket>" }`: server changes through the
     /// Runtime API, no reload.
@@ -72,15 +74,26 @@ impl Mode {
     fn describe(self) -> &'static str {
         match self {
             Mode::Nginx => "nginx, reload (HUP) per change",
-            Mode::Haproxy => "HAProxy master-worker, reload (USR2) per change",
+            Mode::Haproxy => "HAProxy master-worker, reload per change",
             Mode::HaproxyRuntime => "HAProxy master-worker, Runtime API updates",
         }
     }
 }
 
+/// How the front's rewire reloads HAProxy.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HaproxyReload {
+    /// `reload = { haproxy_master = "<master socket>" }`: through the master CLI, confirmed.
+    Master,
+    /// `reload = { signal = "USR2", target = "main" }`.
+    Signal,
+}
+
 #[derive(Clone, Debug)]
 pub struct Options {
     pub mode: Mode,
+    /// How HAProxy is reloaded (the HAProxy modes).
+    pub haproxy_reload: HaproxyReload,
     /// Backends running at the start.
     pub backends: usize,
     /// Scale events (alternately a stop and a start).
@@ -123,6 +136,7 @@ impl Options {
     pub fn new(mode: Mode, rewire: PathBuf, self_exe: SelfExe) -> Options {
         Options {
             mode,
+            haproxy_reload: HaproxyReload::Master,
             backends: 6,
             events: 50,
             interval: Duration::from_millis(1500),
@@ -147,8 +161,15 @@ impl Options {
 
     /// A short name for summary tables: "nginx, SIGTERM, drain 3s".
     pub fn label(&self) -> String {
-        let keepalive = match (&self.nginx_keepalive_timeout, self.mode) {
-            (Some(k), Mode::Nginx) => format!(" (keepalive_timeout {k})"),
+        let keepalive = match (
+            &self.nginx_keepalive_timeout,
+            self.mode,
+            self.haproxy_reload,
+        ) {
+            (Some(k), Mode::Nginx, _) => format!(" (keepalive_timeout {k})"),
+            (_, Mode::Haproxy | Mode::HaproxyRuntime, HaproxyReload::Signal) => {
+                " (USR2)".to_string()
+            }
             _ => String::new(),
         };
         if self.kill {
@@ -169,8 +190,18 @@ impl Options {
             Some((min, max)) => format!("wait {}/{}", secs(min), secs(max)),
             None => "wait default (500ms/2s)".into(),
         };
-        let keepalive = match (&self.nginx_keepalive_timeout, self.mode) {
-            (Some(k), Mode::Nginx) => format!(", client keepalive_timeout {k}"),
+        let keepalive = match (
+            &self.nginx_keepalive_timeout,
+            self.mode,
+            self.haproxy_reload,
+        ) {
+            (Some(k), Mode::Nginx, _) => format!(", client keepalive_timeout {k}"),
+            (_, Mode::Haproxy | Mode::HaproxyRuntime, HaproxyReload::Master) => {
+                " (reloads through the master CLI)".to_string()
+            }
+            (_, Mode::Haproxy | Mode::HaproxyRuntime, HaproxyReload::Signal) => {
+                " (reloads by SIGUSR2)".to_string()
+            }
             _ => String::new(),
         };
         format!(
@@ -763,8 +794,15 @@ fn front_config(o: &Options, catalog: &Path, front: &Path, template: &str, dest:
             );
         }
         Mode::Haproxy | Mode::HaproxyRuntime => {
+            let reload = match o.haproxy_reload {
+                HaproxyReload::Master => format!(
+                    "{{ haproxy_master = {} }}",
+                    toml_str(front.join("master.sock"))
+                ),
+                HaproxyReload::Signal => "{ signal = \"USR2\", target = \"main\" }".into(),
+            };
             c += &format!(
-                "check = {}\nreload = {{ signal = \"USR2\", target = \"main\" }}\n",
+                "check = {}\nreload = {reload}\n",
                 toml_argv(&[
                     &o.haproxy.display().to_string(),
                     "-c",

@@ -211,6 +211,8 @@ mod tests {
     #[test]
     fn catalog_is_offered_only_where_a_catalog_is_read() {
         let mut cmd = command();
+        // As parsing does: global arguments reach the subcommands when the command is built.
+        cmd.build();
         let help = |cmd: &mut clap::Command, sub: &str| {
             cmd.find_subcommand_mut(sub)
                 .unwrap()

@@ -2,6 +2,11 @@
 //!
 //! Signals that cannot be caught (KILL, STOP) or that rewire needs (CHLD) are refused, as is
 //! a signal that would both stop rewire and be forwarded.
+//!
+//! `drain` defaults to [`SERVICE_DRAIN`] when the config registers a `[[service]]`: a front
+//! needs its quiescence (`wait.max`, 2 s by default), a check and a reload to stop routing to
+//! a backend that deregistered, and stopping the backend sooner fails the requests sent to it
+//! meanwhile. An explicit `drain = "0s"` beside a `[[service]]` is allowed but warned about.
 
 use std::time::Duration;
 
@@ -9,6 +14,11 @@ use nix::sys::signal::Signal;
 
 use super::walker::{Tbl, Walker};
 use super::{MainConfig, Restart};
+
+/// The drain when the config registers a `[[service]]` and does not say: a front with rewire's
+/// default wait (500 ms, at most 2 s) plus a check and a reload stops routing here within
+/// about 2.5 s.
+pub const SERVICE_DRAIN: Duration = Duration::from_secs(3);
 
 impl Walker<'_> {
     pub(super) fn main(&mut self, root: &Tbl) -> Option<MainConfig> {
@@ -25,7 +35,24 @@ impl Walker<'_> {
             .signals(&t, "stop_signals")
             .unwrap_or_else(|| vec![Signal::SIGTERM, Signal::SIGINT]);
         let stop_signal = self.signal(&t, "stop_signal").unwrap_or(Signal::SIGTERM);
-        let drain = self.duration(&t, "drain").unwrap_or(Duration::ZERO);
+        let registers = root.map.get("service").is_some();
+        let drain = match self.duration(&t, "drain") {
+            Some(d) => {
+                if d.is_zero()
+                    && registers
+                    && let Some(span) = t.key_span("drain")
+                {
+                    self.warn(
+                        span,
+                        "drain = \"0s\" stops main as soon as the [[service]] is deregistered, before fronts stop routing to it",
+                        "a backend's drain should be at least the front's wait.max + its check + its reload + ~0.5 s (3s with rewire's defaults); remove the line for that default",
+                    );
+                }
+                d
+            }
+            None if registers => SERVICE_DRAIN,
+            None => Duration::ZERO,
+        };
         let forward_signals = self
             .signals(&t, "forward_signals")
             .unwrap_or_else(|| vec![Signal::SIGUSR1, Signal::SIGUSR2]);

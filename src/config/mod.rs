@@ -44,6 +44,7 @@ pub use self::control::{default_socket, default_socket_for, private_socket_dir};
 pub use self::error::{ConfigError, ConfigErrors};
 pub use self::interpolate::{InterpolateError, interpolate};
 pub use self::load::load;
+pub use self::main::SERVICE_DRAIN;
 pub use self::parse::parse_str;
 pub use self::values::{
     DurationError, SizeError, UnknownSignal, parse_duration, parse_signal, parse_size, show_size,
@@ -62,6 +63,9 @@ pub struct Config {
     pub watches: Vec<WatchConfig>,
     pub tasks: Vec<TaskConfig>,
     pub main: Option<MainConfig>,
+    /// What is allowed but probably a mistake, with its location: `rewire check` prints these,
+    /// `rewire run` logs them at start.
+    pub warnings: Vec<ConfigError>,
 }
 
 impl Config {
@@ -294,6 +298,12 @@ pub enum Reload {
         signal: Signal,
         target: SignalTarget,
     },
+    /// `reload` on HAProxy's master CLI (`haproxy -W -S <socket>`), confirmed by the master's
+    /// reload counter: a master still busy with the previous reload ignores a SIGUSR2, while
+    /// its CLI refuses connections until it is ready, so nothing is lost.
+    HaproxyMaster {
+        socket: PathBuf,
+    },
 }
 
 impl Reload {
@@ -302,6 +312,7 @@ impl Reload {
         match self {
             Reload::Command(c) => format!("cmd:{}", c.program),
             Reload::Signal { signal, target } => format!("sig:{signal}:{target:?}"),
+            Reload::HaproxyMaster { socket } => format!("haproxy-master:{}", socket.display()),
         }
     }
 }
@@ -344,6 +355,25 @@ pub struct TemplateConfig {
     /// Keep the previous content as `<destination>.bak`.
     pub backup: bool,
     pub limits: RenderLimits,
+    /// Changes the program can take without a reload, and how to make them.
+    pub runtime: Option<RuntimeApi>,
+}
+
+/// A program's API for changes without a reload (`[[template]] runtime = { ... }`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RuntimeApi {
+    /// HAProxy's Runtime API on an admin-level stats socket: server lines added, removed or
+    /// changed inside existing backends are applied there; anything else reloads.
+    Haproxy { socket: PathBuf },
+}
+
+impl RuntimeApi {
+    /// The admin socket of an HAProxy runtime.
+    pub fn haproxy_socket(&self) -> &Path {
+        match self {
+            RuntimeApi::Haproxy { socket } => socket,
+        }
+    }
 }
 
 /// Where a registered service's address comes from.
@@ -407,6 +437,8 @@ pub struct MainConfig {
     pub stop_signals: Vec<Signal>,
     /// Sent to main on stop.
     pub stop_signal: Signal,
+    /// Between deregistering and `pre_stop`: 3 s by default when the config registers a
+    /// `[[service]]` (peers need that long to stop routing here), else 0.
     pub drain: Duration,
     pub forward_signals: Vec<Signal>,
     pub restart: Restart,
@@ -453,21 +485,20 @@ mod reference_tests {
 
     /// The quoted strings in every key list of `src`.
     fn key_lists(src: &str) -> Vec<String> {
+        const CONST_LIST: &str = "KEYS: &[&str] = &[";
+        let mut starts: Vec<usize> = src
+            .match_indices(CONST_LIST)
+            .map(|(i, _)| i + CONST_LIST.len())
+            .collect();
+        // Only a literal list inside a `finish(...)` call (not a constant's name).
+        starts.extend(src.match_indices(".finish(&").filter_map(|(i, _)| {
+            let call = &src[i..];
+            let open = call.find("&[")?;
+            (open < call.find(')')?).then_some(i + open + 2)
+        }));
         let mut keys = Vec::new();
-        let mut rest = src;
-        while let Some(i) = rest
-            .find("KEYS: &[&str] = &[")
-            .map(|i| i + "KEYS: &[&str] = &[".len())
-            .into_iter()
-            .chain(rest.find(".finish(&").and_then(|i| {
-                let after = &rest[i..];
-                let open = after.find("&[")?;
-                // Only a literal list inside this call (not a constant's name).
-                (open < after.find(')')?).then_some(i + open + 2)
-            }))
-            .min()
-        {
-            let list = &rest[i..];
+        for start in starts {
+            let list = &src[start..];
             let end = list.find(']').unwrap_or(list.len());
             keys.extend(
                 list[..end]
@@ -475,7 +506,6 @@ mod reference_tests {
                     .map(|k| k.trim().trim_matches('"').to_string())
                     .filter(|k| !k.is_empty() && !k.contains(char::is_whitespace)),
             );
-            rest = &list[end..];
         }
         keys
     }

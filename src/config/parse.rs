@@ -47,6 +47,7 @@ pub(super) fn parse(text: &str, path: &Path, env: &dyn Fn(&str) -> Option<String
         dir: path.parent().unwrap_or(Path::new("/")).to_path_buf(),
         env,
         errors: Vec::new(),
+        warnings: Vec::new(),
         disk: Vec::new(),
     };
     let (root, parse_errors) = DeTable::parse_recoverable(text);
@@ -67,8 +68,11 @@ pub(super) fn parse(text: &str, path: &Path, env: &dyn Fn(&str) -> Option<String
     }
     let root_span = root.span();
     let root = Tbl::new(root.get_ref(), root_span, "");
-    let config = w.config(&root, &path);
+    let mut config = w.config(&root, &path);
     w.finish(&root, ROOT_KEYS);
+    if let Some(c) = &mut config {
+        c.warnings = std::mem::take(&mut w.warnings);
+    }
     Parsed {
         config,
         errors: w.errors,
@@ -123,6 +127,7 @@ impl Walker<'_> {
             watches,
             tasks,
             main,
+            warnings: Vec::new(),
         })
     }
 }
@@ -323,6 +328,95 @@ mod tests {
         assert!(
             errors("[defaults]\nwait = { min = \"5s\", max = \"1s\" }\n")[0]
                 .contains("less than min")
+        );
+    }
+
+    #[test]
+    fn drain_defaults_to_three_seconds_when_a_service_registers() {
+        let with =
+            parse("[[service]]\nname = \"web\"\nport = 80\n[main]\nexec = [\"app\"]\n").unwrap();
+        assert_eq!(with.main.unwrap().drain, Duration::from_secs(3));
+        assert!(with.warnings.is_empty());
+        let without = parse("[main]\nexec = [\"app\"]\n").unwrap();
+        assert_eq!(without.main.unwrap().drain, Duration::ZERO);
+        let set = parse(
+            "[[service]]\nname = \"web\"\nport = 80\n[main]\nexec = [\"app\"]\ndrain = \"1s\"\n",
+        )
+        .unwrap();
+        assert_eq!(set.main.unwrap().drain, Duration::from_secs(1));
+    }
+
+    #[test]
+    fn a_zero_drain_beside_a_service_is_warned_about_with_its_location() {
+        let c = parse(
+            "[[service]]\nname = \"web\"\nport = 80\n[main]\nexec = [\"app\"]\ndrain = \"0s\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.main.unwrap().drain, Duration::ZERO);
+        let w: Vec<String> = c.warnings.iter().map(ToString::to_string).collect();
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert!(
+            w[0].starts_with("/etc/rewire/rewire.toml:6:1: drain = \"0s\" stops main"),
+            "{w:?}"
+        );
+        assert!(w[0].contains("wait.max + its check + its reload"), "{w:?}");
+        // Without a service, 0s is the default and says nothing.
+        let c = parse("[main]\nexec = [\"app\"]\ndrain = \"0s\"\n").unwrap();
+        assert!(c.warnings.is_empty());
+    }
+
+    #[test]
+    fn runtime_and_master_reload_are_read() {
+        let c = parse(
+            "[[template]]\nsource = \"h.tera\"\ndestination = \"/etc/haproxy/haproxy.cfg\"\nreload = { haproxy_master = \"/run/haproxy-master.sock\" }\nruntime = { haproxy = \"run/admin.sock\" }\n",
+        )
+        .unwrap();
+        let t = &c.templates[0];
+        assert_eq!(
+            t.reload,
+            Some(Reload::HaproxyMaster {
+                socket: "/run/haproxy-master.sock".into()
+            })
+        );
+        assert_eq!(
+            t.runtime,
+            Some(crate::config::RuntimeApi::Haproxy {
+                socket: "/etc/rewire/run/admin.sock".into()
+            })
+        );
+    }
+
+    #[test]
+    fn runtime_needs_a_reload_and_a_known_program() {
+        let errs = errors(
+            "[[template]]\nsource = \"h.tera\"\ndestination = \"h.cfg\"\nruntime = { haproxy = \"/run/admin.sock\" }\n",
+        );
+        assert_eq!(errs.len(), 1, "{errs:#?}");
+        assert!(
+            errs[0].contains(":4:1: `runtime` needs a `reload`"),
+            "{errs:#?}"
+        );
+        assert!(errs[0].contains("haproxy_master"), "{errs:#?}");
+        let errs = errors(
+            "[[template]]\nsource = \"h.tera\"\ndestination = \"h.cfg\"\nreload = [\"x\"]\nruntime = { nginx = \"/x\" }\n",
+        );
+        assert!(
+            errs.iter().any(|e| e.contains("unknown key `nginx`")),
+            "{errs:#?}"
+        );
+        let errs = errors(
+            "[[template]]\nsource = \"h.tera\"\ndestination = \"h.cfg\"\nreload = [\"x\"]\nruntime = {}\n",
+        );
+        assert!(
+            errs.iter().any(|e| e.contains("names no program")),
+            "{errs:#?}"
+        );
+        let errs = errors(
+            "[[template]]\nsource = \"h.tera\"\ndestination = \"h.cfg\"\nreload = { haproxy_master = \"/m\", signal = \"HUP\" }\n",
+        );
+        assert!(
+            errs.iter().any(|e| e.contains("unknown key `signal`")),
+            "{errs:#?}"
         );
     }
 

@@ -1,10 +1,10 @@
-//! `[[template]]`: source, destination, mode, check, reload, wait, write mode, backup, render
-//! limits.
+//! `[[template]]`: source, destination, mode, check, reload, runtime, wait, write mode, backup,
+//! render limits.
 //!
 //! Besides each key, the section checks what only makes sense across keys or templates: a
 //! temp-file check must mention `{file}`, two templates may not write one destination, a
-//! reload to `main` needs a `[main] exec`. Whether the source exists is left to the disk
-//! checks of `load`.
+//! reload to `main` needs a `[main] exec`, a `runtime` needs a `reload` for what it cannot
+//! change. Whether the source exists is left to the disk checks of `load`.
 
 use std::ops::Range;
 use std::path::PathBuf;
@@ -17,7 +17,8 @@ use super::load::DiskCheck;
 use super::parse::normalize;
 use super::walker::{Tbl, Walker, join, line_col};
 use super::{
-    CheckMode, MainConfig, Reload, RenderLimits, SignalTarget, TemplateConfig, Wait, WriteMode,
+    CheckMode, MainConfig, Reload, RenderLimits, RuntimeApi, SignalTarget, TemplateConfig, Wait,
+    WriteMode,
 };
 
 impl Walker<'_> {
@@ -83,6 +84,18 @@ impl Walker<'_> {
                 );
             }
             let reload = self.reload(&t, main);
+            let runtime = self.runtime(&t);
+            if runtime.is_some()
+                && reload.is_none()
+                && t.get("reload").is_none()
+                && let Some(span) = t.key_span("runtime")
+            {
+                self.error(
+                    span,
+                    "`runtime` needs a `reload` for the changes the Runtime API cannot make (a new backend, changed settings)",
+                    "add e.g. reload = { haproxy_master = \"/run/haproxy-master.sock\" } (HAProxy run with -W -S /run/haproxy-master.sock)",
+                );
+            }
             let wait = self.wait(&t, "wait", default_wait);
             let write = self.choice(
                 &t,
@@ -127,14 +140,54 @@ impl Walker<'_> {
                 wait,
                 write,
                 backup,
+                runtime,
                 limits,
             });
         }
         out
     }
 
+    /// `runtime = { haproxy = "/run/haproxy/admin.sock" }`.
+    fn runtime(&mut self, t: &Tbl) -> Option<RuntimeApi> {
+        let v = t.get("runtime")?;
+        let DeValue::Table(map) = v.get_ref() else {
+            self.type_error(
+                v.span(),
+                t,
+                "runtime",
+                "a table such as { haproxy = \"/run/haproxy/admin.sock\" }",
+                v.get_ref(),
+            );
+            return None;
+        };
+        let sub = Tbl::new(map, v.span(), &join(&t.name, "runtime"));
+        let socket = self.path(&sub, "haproxy");
+        self.finish(&sub, &["haproxy"]);
+        match socket {
+            Some(socket) => Some(RuntimeApi::Haproxy { socket }),
+            None => {
+                if map.is_empty() {
+                    self.error(
+                        v.span(),
+                        "`runtime` names no program",
+                        "write runtime = { haproxy = \"/run/haproxy/admin.sock\" } (an admin-level stats socket)",
+                    );
+                }
+                None
+            }
+        }
+    }
+
     pub(super) fn reload(&mut self, t: &Tbl, main: Option<&MainConfig>) -> Option<Reload> {
         let v = t.get("reload")?;
+        if let DeValue::Table(map) = v.get_ref()
+            && map.get("haproxy_master").is_some()
+        {
+            let sub = Tbl::new(map, v.span(), &join(&t.name, "reload"));
+            let socket = self.path(&sub, "haproxy_master");
+            self.finish(&sub, &["haproxy_master"]);
+            return socket.map(|socket| Reload::HaproxyMaster { socket });
+        }
         if let DeValue::Table(map) = v.get_ref()
             && map.get("signal").is_some()
         {
@@ -189,6 +242,7 @@ const TEMPLATE_KEYS: &[&str] = &[
     "wait",
     "write",
     "backup",
+    "runtime",
     "render_timeout",
     "max_output",
 ];

@@ -69,6 +69,8 @@ pub(super) struct Walker<'s> {
     pub(super) dir: PathBuf,
     pub(super) env: &'s dyn Fn(&str) -> Option<String>,
     pub(super) errors: Vec<ConfigError>,
+    /// Allowed, but probably a mistake (see [`Config::warnings`](super::Config::warnings)).
+    pub(super) warnings: Vec<ConfigError>,
     /// What only the disk can confirm, checked by [`load`](super::load::load), not here.
     pub(super) disk: Vec<DiskCheck>,
 }
@@ -80,14 +82,30 @@ impl Walker<'_> {
         what: impl Into<String>,
         hint: impl Into<String>,
     ) {
+        let e = self.located(span, what.into(), hint.into());
+        self.errors.push(e);
+    }
+
+    /// Notes something allowed but probably wrong; the config is still valid.
+    pub(super) fn warn(
+        &mut self,
+        span: Range<usize>,
+        what: impl Into<String>,
+        hint: impl Into<String>,
+    ) {
+        let w = self.located(span, what.into(), hint.into());
+        self.warnings.push(w);
+    }
+
+    fn located(&self, span: Range<usize>, what: String, hint: String) -> ConfigError {
         let (line, col) = line_col(self.src, span.start);
-        self.errors.push(ConfigError {
+        ConfigError {
             file: self.file.to_path_buf(),
             line,
             col,
-            what: what.into(),
-            hint: hint.into(),
-        });
+            what,
+            hint,
+        }
     }
 
     /// Reports keys of `t` that nobody read.

@@ -6,7 +6,10 @@
 //! - The health command runs every `interval` (with its timeout, in its own process group).
 //!   Runs never overlap: one task runs them one after the other.
 //! - The service is registered after the first passing run (or at once with `initial_status`),
-//!   never before: peers must not route to a container that is still starting.
+//!   never before: peers must not route to a container that is still starting. Until then a
+//!   failing check runs again after a tenth of `interval` (at least 100 ms): the first check
+//!   often runs before the server listens, and waiting a whole interval would hold back every
+//!   new backend by that much.
 //! - A pass refreshes the TTL with the command's output as notes. A failure or a timeout marks
 //!   the registration critical *at once* (ContainerPilot sent nothing and let the TTL lapse).
 //! - Any TTL update error (Consul forgot the check, an etcd lease expired, someone deleted the
@@ -39,6 +42,14 @@ use crate::status::{Board, ServiceStatus};
 
 /// How long one catalog call may take before the registrar gives up on it for this round.
 const CATALOG_CALL_TIMEOUT: Duration = Duration::from_secs(15);
+/// The shortest pause between health checks before the first registration.
+const FIRST_PASS_RETRY_MIN: Duration = Duration::from_millis(100);
+
+/// The pause after a failing check before the service was ever registered: a tenth of the
+/// interval, at least [`FIRST_PASS_RETRY_MIN`], never more than the interval.
+pub fn first_pass_retry(interval: Duration) -> Duration {
+    (interval / 10).max(FIRST_PASS_RETRY_MIN).min(interval)
+}
 
 /// The registration id: the configured one, else `<name>-<hostname>-<port>`.
 pub fn service_id(svc: &ServiceConfig) -> String {
@@ -80,7 +91,22 @@ pub struct ServiceTask {
     pub config: ServiceConfig,
     pub id: String,
     stop: CancellationToken,
-    handle: JoinHandle<Option<Registration>>,
+    handle: JoinHandle<Finished>,
+}
+
+/// What a registrar task leaves behind.
+struct Finished {
+    /// What it had registered when it stopped.
+    registered: Option<Registration>,
+    /// It registered at least once: peers may have routed here.
+    ever: bool,
+}
+
+/// What a stopped registrar says: the registration to remove, and whether the service was
+/// ever registered (a drain is pointless for one that never was).
+pub struct Stopped {
+    pub registration: Registration,
+    pub ever_registered: bool,
 }
 
 /// What a registrar task needs from the daemon.
@@ -132,21 +158,28 @@ impl ServiceTask {
     /// Stops the task (a health command in flight is killed) and returns what it had
     /// registered, or the registration its config describes when it had none, so the caller
     /// can deregister it.
-    pub async fn finish(self) -> Registration {
+    pub async fn finish(self) -> Stopped {
         self.stop.cancel();
         let fallback = registration(&self.config, String::new(), Status::Critical);
         let mut handle = self.handle;
+        // When the task cannot say, it may have registered.
+        let unknown = |registration| Stopped {
+            registration,
+            ever_registered: true,
+        };
         match tokio::time::timeout(CATALOG_CALL_TIMEOUT, &mut handle).await {
-            Ok(Ok(Some(reg))) => reg,
-            Ok(Ok(None)) => fallback,
+            Ok(Ok(f)) => Stopped {
+                registration: f.registered.unwrap_or(fallback),
+                ever_registered: f.ever,
+            },
             Ok(Err(e)) => {
                 warn!(service = %self.config.name, error = %e, "registrar task failed");
-                fallback
+                unknown(fallback)
             }
             Err(_) => {
                 warn!(service = %self.config.name, "registrar task did not stop in time; aborting it");
                 handle.abort();
-                fallback
+                unknown(fallback)
             }
         }
     }
@@ -181,6 +214,8 @@ struct Registrar {
     /// Registration has failed since it last worked: said once at warn, then at debug, so an
     /// outage does not log a line per health interval.
     register_failing: bool,
+    /// Registered at least once.
+    ever_registered: bool,
 }
 
 impl Registrar {
@@ -193,10 +228,11 @@ impl Registrar {
             last_address_error: None,
             warned_loopback: false,
             register_failing: false,
+            ever_registered: false,
         }
     }
 
-    async fn run(mut self, stop: CancellationToken) -> Option<Registration> {
+    async fn run(mut self, stop: CancellationToken) -> Finished {
         let mut maintenance = self.ctx.maintenance.clone();
         let mut in_maintenance = *maintenance.borrow_and_update();
         self.board(|s| {
@@ -267,8 +303,15 @@ impl Registrar {
                 }
             };
             self.report(status, &note).await;
+            if status != Status::Passing && self.registered.is_none() && !self.ever_registered {
+                // Still starting: look again soon rather than a whole interval later.
+                ticker.reset_after(first_pass_retry(self.svc.interval));
+            }
         }
-        self.registered
+        Finished {
+            registered: self.registered,
+            ever: self.ever_registered,
+        }
     }
 
     /// With `initial_status` (or without a health command), registers before any check.
@@ -375,6 +418,7 @@ impl Registrar {
         match result {
             Ok(()) => {
                 self.register_failing = false;
+                self.ever_registered = true;
                 info!(address = %reg.address, port = reg.port, status = reg.status.as_str(), "registered");
                 self.registered = Some(reg.clone());
                 self.board_registered(&reg, note);
@@ -490,6 +534,22 @@ mod tests {
             initial_status: None,
             deregister_after: Duration::from_secs(600),
         }
+    }
+
+    #[test]
+    fn a_failing_first_check_is_retried_after_a_tenth_of_the_interval() {
+        let ms = Duration::from_millis;
+        assert_eq!(first_pass_retry(ms(2_000)), ms(200));
+        assert_eq!(
+            first_pass_retry(Duration::from_secs(10)),
+            Duration::from_secs(1)
+        );
+        assert_eq!(first_pass_retry(ms(500)), ms(100), "at least 100 ms");
+        assert_eq!(
+            first_pass_retry(ms(50)),
+            ms(50),
+            "never more than the interval"
+        );
     }
 
     #[test]

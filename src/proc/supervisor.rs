@@ -19,13 +19,14 @@
 //! the config and never reaches main unless configured.
 //!
 //! Stop, in this order (a tested guarantee): no more restarts; deregister every service (peers
-//! stop routing here; at most 2 s, a catalog that does not answer is down); wait `drain`;
-//! `pre_stop`; `stop_signal` to main's PID; SIGKILL to its process group after `stop_timeout`;
-//! `post_stop`; exit with main's status (128+N when signal N killed it). When main exited on
-//! its own, the registrations go and `post_stop` runs, but there is nothing to drain or stop.
-//! Each step is bounded (hooks by their `timeout`), so the whole takes at most drain +
-//! `pre_stop`'s and `post_stop`'s timeouts + `stop_timeout` + a few seconds; a second stop
-//! signal cuts it to the kill of main's group.
+//! stop routing here; at most 2 s, a catalog that does not answer is down); wait `drain`
+//! (skipped when no service was ever registered: no peer routes here); `pre_stop`;
+//! `stop_signal` to main's PID; SIGKILL to its process group after `stop_timeout`; `post_stop`;
+//! exit with main's status (128+N when signal N killed it). When main exited on its own, the
+//! registrations go and `post_stop` runs, but there is nothing to drain or stop. Each step is
+//! bounded (hooks by their `timeout`), so the whole takes at most drain + `pre_stop`'s and
+//! `post_stop`'s timeouts + `stop_timeout` + a few seconds; a second stop signal cuts it to the
+//! kill of main's group.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -230,7 +231,7 @@ impl Supervisor {
         let catalog = self.ctx.catalog.clone();
         let board = self.ctx.board.clone();
         self.ctx.tasks.spawn(async move {
-            let reg = task.finish().await;
+            let reg = task.finish().await.registration;
             registrar::deregister(catalog.as_ref(), &board, &reg).await;
             board.update(|r| {
                 r.services.remove(&reg.id);
@@ -275,30 +276,41 @@ impl Supervisor {
         let catalog = self.ctx.catalog.clone();
         let board = self.ctx.board.clone();
         let deregistration = async {
-            let regs =
+            let stopped =
                 futures_util::future::join_all(tasks.into_iter().map(ServiceTask::finish)).await;
             futures_util::future::join_all(
-                regs.iter()
-                    .map(|reg| registrar::deregister(catalog.as_ref(), &board, reg)),
+                stopped
+                    .iter()
+                    .map(|s| registrar::deregister(catalog.as_ref(), &board, &s.registration)),
             )
             .await;
             for h in retired {
                 let _ = h.await;
             }
+            // No peer routes to services that were never registered: nothing to drain.
+            // (Without any [[service]] the drain is the user's own pause and stays.)
+            stopped.is_empty() || stopped.iter().any(|s| s.ever_registered)
         };
-        tokio::select! {
-            r = tokio::time::timeout(DEREGISTER_GRACE, deregistration) => if r.is_err() {
+        // A deregistration that was not confirmed drains anyway: peers may still route here.
+        let drain_needed = tokio::select! {
+            r = tokio::time::timeout(DEREGISTER_GRACE, deregistration) => r.unwrap_or_else(|_| {
                 warn!(grace = ?DEREGISTER_GRACE, "the catalog did not confirm every deregistration in time; going on (the entries expire with their TTL)");
-            },
-            _ = hurry.cancelled() => warn!("deregistration cut short (second stop signal)"),
-        }
+                true
+            }),
+            _ = hurry.cancelled() => {
+                warn!("deregistration cut short (second stop signal)");
+                true
+            }
+        };
 
         let cfg = self.main_cfg.clone();
         if exit.is_none()
             && let Some(cfg) = &cfg
         {
             // 2. Drain: peers notice the deregistration and finish their requests.
-            if !cfg.drain.is_zero() {
+            if !cfg.drain.is_zero() && !drain_needed {
+                info!("no service was ever registered: skipping the drain");
+            } else if !cfg.drain.is_zero() {
                 info!(drain = %humantime::format_duration(cfg.drain), "draining");
                 tokio::select! {
                     _ = tokio::time::sleep(cfg.drain) => {}

@@ -7,9 +7,13 @@
 
 use std::collections::BTreeMap;
 
+use std::path::Path;
+use std::time::Duration;
+
 use nix::unistd::Pid;
 use tracing::{error, info, warn};
 
+use super::haproxy;
 use super::pipeline::{self, ReloadError, Reloaded};
 use crate::config::{Reload, TemplateConfig, Wait};
 
@@ -101,16 +105,33 @@ pub struct Written<'t> {
 /// case at start: nginx under `[main]` is not running yet, so `nginx -s reload` fails, and
 /// deleting the first render would keep main from ever getting its config. The caller tries
 /// the reload again later.
+///
+/// `confirm` is an HAProxy admin socket (a group with `runtime = { haproxy = ... }`): a
+/// reload counts once a new worker answers there. HAProxy ignores a SIGUSR2 that arrives
+/// during the previous reload, so a signal that changed nothing within a second is sent
+/// again (three times at most); a master CLI reload confirms itself.
 pub async fn reload_or_restore<'a, 't: 'a>(
     reload: Option<&Reload>,
     written: impl IntoIterator<Item = &'a Written<'t>> + Clone,
     main_pid: Option<Pid>,
     env: &BTreeMap<String, String>,
+    confirm: Option<&Path>,
 ) -> Result<Reloaded, ReloadError> {
     let Some(r) = reload else {
         return Ok(Reloaded::Done);
     };
-    let result = pipeline::reload(r, main_pid, env).await;
+    let before = match (confirm, r) {
+        (Some(socket), Reload::Signal { .. } | Reload::Command(_)) => {
+            haproxy::runtime::worker_pid(socket)
+                .await
+                .map(|pid| (socket, pid))
+        }
+        _ => None,
+    };
+    let mut result = pipeline::reload(r, main_pid, env).await;
+    if let (Ok(Reloaded::Done), Some((socket, pid))) = (&result, before) {
+        result = confirm_new_worker(r, socket, pid, main_pid, env).await;
+    }
     let templates = || names(written.clone().into_iter().map(|w| w.template));
     match &result {
         Ok(Reloaded::Done) => info!(templates = %templates(), "reloaded"),
@@ -134,6 +155,38 @@ pub async fn reload_or_restore<'a, 't: 'a>(
         }
     }
     result
+}
+
+/// How long a reloaded HAProxy has to show a new worker before the reload is sent again.
+const NEW_WORKER_WITHIN: Duration = Duration::from_secs(1);
+const RELOAD_SENDS: u32 = 3;
+
+/// Waits for a worker other than `old` on `socket`, re-sending the reload when none comes.
+async fn confirm_new_worker(
+    r: &Reload,
+    socket: &Path,
+    old: u32,
+    main_pid: Option<Pid>,
+    env: &BTreeMap<String, String>,
+) -> Result<Reloaded, ReloadError> {
+    for sends in 1..=RELOAD_SENDS {
+        if haproxy::runtime::new_worker(socket, old, NEW_WORKER_WITHIN * sends).await {
+            return Ok(Reloaded::Done);
+        }
+        if sends == RELOAD_SENDS {
+            break;
+        }
+        warn!(socket = %socket.display(), pid = old, "HAProxy did not reload (its worker is unchanged): sending the reload again");
+        match pipeline::reload(r, main_pid, env).await {
+            Ok(Reloaded::Done) => {}
+            other => return other,
+        }
+    }
+    Err(ReloadError::Unconfirmed {
+        socket: socket.to_path_buf(),
+        pid: old,
+        sends: RELOAD_SENDS,
+    })
 }
 
 /// Whether a failed reload leaves this file in place: it had no previous version (a restore
@@ -166,6 +219,7 @@ mod tests {
             wait: DEFAULT_WAIT,
             write: WriteMode::Atomic,
             backup: false,
+            runtime: None,
             limits: crate::config::DEFAULT_RENDER_LIMITS,
         }
     }
@@ -205,7 +259,7 @@ mod tests {
             program: Program::Argv(vec!["false".into()]),
             timeout: Duration::from_secs(5),
         });
-        let r = reload_or_restore(Some(&failing), &written, None, &BTreeMap::new()).await;
+        let r = reload_or_restore(Some(&failing), &written, None, &BTreeMap::new(), None).await;
         assert!(r.is_err());
         assert_eq!(std::fs::read_to_string(&a.destination).unwrap(), "old a");
         assert_eq!(

@@ -11,6 +11,7 @@ use nix::sys::signal::kill;
 use nix::unistd::Pid;
 use tracing::{info, warn};
 
+use super::haproxy;
 use crate::command::{self, Outcome};
 use crate::config::{CheckMode, CommandSpec, Reload, SignalTarget, TemplateConfig, WriteMode};
 use crate::files;
@@ -56,6 +57,18 @@ pub enum ReloadError {
     Spawn(#[from] command::SpawnError),
     #[error("cannot signal {what}: {detail}")]
     Signal { what: String, detail: String },
+    #[error("reload through {}: {source}", socket.display())]
+    HaproxyMaster {
+        socket: PathBuf,
+        #[source]
+        source: haproxy::master::MasterError,
+    },
+    #[error("HAProxy did not reload: the worker answering on {} is still pid {pid} after {sends} signal(s)", socket.display())]
+    Unconfirmed {
+        socket: PathBuf,
+        pid: u32,
+        sends: u32,
+    },
 }
 
 fn indent_output(output: &str) -> String {
@@ -238,13 +251,22 @@ pub enum Reloaded {
     NotRunning(String),
 }
 
-/// Runs a reload: a command, or a signal to a pidfile's process or to the supervised main.
+/// Runs a reload: a command, a signal to a pidfile's process or to the supervised main, or
+/// HAProxy's master CLI.
 pub async fn reload(
     r: &Reload,
     main_pid: Option<Pid>,
     env: &BTreeMap<String, String>,
 ) -> Result<Reloaded, ReloadError> {
     match r {
+        Reload::HaproxyMaster { socket } => match haproxy::master::reload(socket).await {
+            Ok(haproxy::master::Reloaded::Done { .. }) => Ok(Reloaded::Done),
+            Ok(haproxy::master::Reloaded::NotRunning(why)) => Ok(Reloaded::NotRunning(why)),
+            Err(source) => Err(ReloadError::HaproxyMaster {
+                socket: socket.clone(),
+                source,
+            }),
+        },
         Reload::Command(spec) => {
             let outcome: Outcome = command::run(spec, env, None).await?;
             if outcome.success() {

@@ -37,7 +37,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, error, info, info_span, warn};
 
 use super::group::{self, Group, Written};
-use super::pipeline::{self, Applied, ApplyError, Reloaded};
+use super::pipeline::{self, Applied, ApplyError, ReloadError, Reloaded};
+use super::runtimes::{self, Runtimes};
 use super::template::{Engine, Rendered};
 use super::worker::Slot;
 use crate::backoff::Backoff;
@@ -78,7 +79,10 @@ pub async fn run_group(group: Group, shared: Shared, stop: CancellationToken) {
         let mut debounce = Debounce::new(group.wait());
         // Query → entry version at the last render (None: no answer yet).
         let mut seen: BTreeMap<Query, Option<u64>> = BTreeMap::new();
-        let mut state = GroupState::default();
+        let mut state = GroupState {
+            runtimes: Runtimes::new(&group),
+            ..GroupState::default()
+        };
         let mut render_now = true;
         let mut removals = super::removals::Removals::new(
             group
@@ -130,6 +134,11 @@ pub async fn run_group(group: Group, shared: Shared, stop: CancellationToken) {
                 _ = sleep_until_some(state.next_retry()), if state.next_retry().is_some() => {
                     // Bytes a check, write or reload rejected may pass now.
                     render_now = true;
+                }
+                _ = sleep_until_some(state.runtimes.next_due()), if state.runtimes.next_due().is_some() => {
+                    // Servers added at runtime waiting for their first check, and removed
+                    // ones whose connections may be gone by now.
+                    state.runtimes.housekeeping().await;
                 }
                 _ = sleep_until_some(state.owed.as_ref().map(|o| o.at)), if state.owed.is_some() => {
                     tokio::select! {
@@ -207,6 +216,8 @@ struct GroupState {
     slots: HashMap<String, Slot>,
     /// A reload owed to files kept in place after a failed reload.
     owed: Option<Owed>,
+    /// The group's runtime APIs (HAProxy), which may take a change without a reload.
+    runtimes: Runtimes,
 }
 
 /// Renders one template within its limits (see [`worker`](super::worker)). None when `stop`
@@ -305,8 +316,29 @@ fn hash(bytes: &[u8]) -> [u8; 32] {
     Sha256::digest(bytes).into()
 }
 
-/// Written this round: the file, the new bytes' hash and their length.
-type WrittenFile<'g> = (Written<'g>, [u8; 32], usize);
+/// Written this round: the file, the new bytes' hash, and the bytes.
+type WrittenFile<'g> = (Written<'g>, [u8; 32], String);
+
+/// Reloads the group (restoring `written` if that fails) and tells its runtimes what HAProxy
+/// runs now.
+async fn reload_group(
+    group: &Group,
+    shared: &Shared,
+    state: &mut GroupState,
+    written: &[WrittenFile<'_>],
+) -> Result<Reloaded, ReloadError> {
+    let main_pid = *shared.main_pid.borrow();
+    let result = group::reload_or_restore(
+        group.reload.as_ref(),
+        written.iter().map(|(w, _, _)| w),
+        main_pid,
+        &shared.env,
+        state.runtimes.confirm_socket(),
+    )
+    .await;
+    state.runtimes.after_reload(&result);
+    result
+}
 
 /// Renders, applies and reloads every template of the group once. Returns the versions of
 /// every query the renders used. When `stop` fires during a render, the templates not rendered
@@ -320,6 +352,8 @@ async fn render_round(
 ) -> BTreeMap<Query, Option<u64>> {
     let mut seen = BTreeMap::new();
     let mut written: Vec<WrittenFile> = Vec::new();
+    // Runtime templates whose file already held the render (what HAProxy may run).
+    let mut unchanged: Vec<(&str, String)> = Vec::new();
     let mut any_pending = false;
     state.discovering = false;
     for t in &group.templates {
@@ -340,6 +374,9 @@ async fn render_round(
                 }
                 match pipeline::apply(t, text.as_bytes(), &shared.env).await {
                     Ok(Applied::Unchanged) => {
+                        if state.runtimes.has(&t.name) {
+                            unchanged.push((&t.name, text));
+                        }
                         state.rejected.remove(&t.name);
                         state.logged.remove(&t.name);
                         // A file kept after a failed reload stays in error until its reload
@@ -353,14 +390,14 @@ async fn render_round(
                     }
                     Ok(Applied::Written { previous }) => {
                         state.logged.remove(&t.name);
-                        debug!(template = %t.name, dest = %dest, bytes = text.len(), "written; reload next");
+                        debug!(template = %t.name, dest = %dest, bytes = text.len(), "written; reload or runtime update next");
                         written.push((
                             Written {
                                 template: t,
                                 previous,
                             },
                             h,
-                            text.len(),
+                            text,
                         ));
                     }
                     Err(e) => {
@@ -408,29 +445,92 @@ async fn render_round(
     if !any_pending {
         state.pending_since = None;
     }
-    if written.is_empty() {
+    if written.is_empty() && unchanged.is_empty() {
         return seen;
     }
-    let main_pid = *shared.main_pid.borrow();
-    let reloaded = group::reload_or_restore(
-        group.reload.as_ref(),
-        written.iter().map(|(w, _, _)| w),
-        main_pid,
-        &shared.env,
-    )
-    .await;
+    let decision = if state.runtimes.is_empty() {
+        runtimes::Decision {
+            applied: Default::default(),
+            reload: (!written.is_empty()).then(Default::default),
+        }
+    } else {
+        let files: Vec<runtimes::WrittenFile> = written
+            .iter()
+            .filter(|(w, _, _)| state.runtimes.has(&w.template.name))
+            .map(|(w, _, text)| runtimes::WrittenFile {
+                template: &w.template.name,
+                previous: w.previous.as_deref(),
+                new: text.as_bytes(),
+            })
+            .collect();
+        let unchanged: Vec<(&str, &[u8])> =
+            unchanged.iter().map(|(n, t)| (*n, t.as_bytes())).collect();
+        let others = written
+            .iter()
+            .any(|(w, _, _)| !state.runtimes.has(&w.template.name));
+        state.runtimes.round(&files, &unchanged, others).await
+    };
+    let reloaded = match &decision.reload {
+        Some(why) => {
+            for (template, why) in why.iter().filter(|(t, _)| !t.is_empty()) {
+                info!(template = %template, "the change needs a reload: {why}");
+            }
+            Some(reload_group(group, shared, state, &written).await)
+        }
+        None => None,
+    };
+    if !state.runtimes.is_empty()
+        && let Some(why) = state.runtimes.verify().await
+        && reloaded.is_none()
+    {
+        // HAProxy differs from its file in a way only a reload repairs (nothing to restore:
+        // the files are right).
+        info!(templates = %group.name(), "reloading to repair HAProxy: {why}");
+        let _ = reload_group(group, shared, state, &[]).await;
+    }
     let now = SystemTime::now();
     let mut kept = Vec::new();
-    for (w, h, bytes) in written {
+    for (w, h, text) in written {
         let t = w.template;
         let dest = t.destination.display().to_string();
-        match &reloaded {
-            Ok(_) => {
-                info!(template = %t.name, dest = %dest, bytes, "written");
+        let result = match &reloaded {
+            Some(r) => r.as_ref().map(|_| ()),
+            None => Ok(()),
+        };
+        match result {
+            Ok(()) => {
+                let path = match decision.applied.get(&t.name) {
+                    Some(changes) => {
+                        let what = if changes.is_empty() {
+                            "no server changed".to_string()
+                        } else {
+                            changes.join(", ")
+                        };
+                        info!(template = %t.name, dest = %dest, bytes = text.len(), changes = %what, "written; HAProxy updated through its Runtime API, without a reload");
+                        format!("runtime: {what}")
+                    }
+                    None => {
+                        info!(template = %t.name, dest = %dest, bytes = text.len(), "written");
+                        let why = decision
+                            .reload
+                            .as_ref()
+                            .and_then(|r| r.get(&t.name))
+                            .filter(|_| state.runtimes.has(&t.name));
+                        match why {
+                            Some(why) => format!("reload: {why}"),
+                            None => "reload".to_string(),
+                        }
+                    }
+                };
                 state.rejected.remove(&t.name);
                 shared
                     .board
                     .record(&t.name, &dest, now, TemplateEvent::Written);
+                let leaving = state.runtimes.leaving(&t.name);
+                shared.board.template(&t.name, &dest, |s| {
+                    s.last_path = path;
+                    s.leaving = leaving;
+                });
             }
             Err(e) if group::kept_after_failed_reload(&w) => {
                 state.rejected.remove(&t.name);
@@ -456,9 +556,10 @@ async fn render_round(
     }
     match reloaded {
         // Whatever was owed went with this reload.
-        Ok(_) => settle_owed(shared, state, group),
-        Err(_) if !kept.is_empty() => state.owe_reload(kept),
-        Err(_) => {}
+        Some(Ok(_)) => settle_owed(shared, state, group),
+        Some(Err(_)) if !kept.is_empty() => state.owe_reload(kept),
+        // No reload (the runtime API took the change): an owed reload stays owed.
+        Some(Err(_)) | None => {}
     }
     seen
 }
@@ -470,7 +571,10 @@ async fn retry_owed_reload(group: &Group, shared: &Shared, state: &mut GroupStat
         return;
     };
     let main_pid = *shared.main_pid.borrow();
-    match pipeline::reload(reload, main_pid, &shared.env).await {
+    let result = pipeline::reload(reload, main_pid, &shared.env).await;
+    // The program runs the files on disk now (or still the old ones): the runtimes must know.
+    state.runtimes.after_reload(&result);
+    match result {
         Ok(r) => {
             match r {
                 Reloaded::Done => info!("reloaded (the reload owed to files kept in place)"),

@@ -503,6 +503,7 @@ pub(crate) mod tests {
                 wait: DEFAULT_WAIT,
                 write: WriteMode::Atomic,
                 backup: false,
+                runtime: None,
                 limits: crate::config::DEFAULT_RENDER_LIMITS,
             })
             .collect();
@@ -633,17 +634,24 @@ pub(crate) mod tests {
             panic!()
         };
         assert_eq!(text, "2 4 1 2 3");
-        // A misspelt argument or status is an error, not a silent default.
-        for (t, want) in [
-            (
-                "{{ service(name=\"web\", stauts=\"any\") | length }}",
-                "no argument `stauts`",
-            ),
-            (
-                "{{ service(name=\"web\", status=\"bogus\") | length }}",
-                "\"any\"",
-            ),
-        ] {
+        // A misspelt argument is refused when the template loads, with its place.
+        let errs = engine_for(
+            dir.path(),
+            &[("u", "{{ service(name=\"web\", stauts=\"any\") | length }}")],
+        )
+        .err()
+        .expect("a misspelt argument is refused at load");
+        assert!(
+            errs[0]
+                .message
+                .contains("no argument `stauts`; did you mean `status`?")
+        );
+        assert!(errs[0].message.contains("/u:1:24"), "{}", errs[0].message);
+        // A bad status value is a render error, not a silent default.
+        for (t, want) in [(
+            "{{ service(name=\"web\", status=\"bogus\") | length }}",
+            "\"any\"",
+        )] {
             let engine = engine_for(dir.path(), &[("u", t)]).unwrap();
             let Rendered::Failed { error, .. } = engine.render("u", &store.snapshot()) else {
                 panic!("{t} rendered")

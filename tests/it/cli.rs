@@ -537,3 +537,19 @@ fn render_and_diff_say_what_they_wait_for_and_check_warns_about_a_missing_catalo
     assert_eq!(code(&o), 0, "{}", stderr(&o));
     assert!(!stderr(&o).contains("waiting for"), "{}", stderr(&o));
 }
+
+#[test]
+fn check_warns_about_a_zero_drain_beside_a_service() {
+    let p = Project::new();
+    p.config(
+        "[catalog]\nbackend = \"dir\"\npath = \"catalog\"\n[[service]]\nname = \"web\"\nport = 80\n[main]\nexec = [\"true\"]\ndrain = \"0s\"\n",
+    );
+    let o = p.rewire(&["check"]);
+    assert_eq!(code(&o), 0, "a warning, not a problem: {}", stderr(&o));
+    let err = stderr(&o);
+    assert!(
+        err.contains("rewire.toml:9:1: drain = \"0s\" stops main"),
+        "{err}"
+    );
+    assert!(err.contains("wait.max"), "{err}");
+}

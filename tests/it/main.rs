@@ -12,6 +12,7 @@ mod consul;
 mod daemon;
 mod etcd;
 mod examples;
+mod haproxy_runtime;
 mod hardening;
 mod harness_selftest;
 mod import;

@@ -1,9 +1,10 @@
 //! The scale benchmark's short version (benches/scale): 10 scale events under load through a
-//! real nginx and a real HAProxy (master-worker), each reloaded by rewire on every change.
-//! These tests pin that the scenario runs to the end and measures what it promises (requests,
-//! failures by kind, latency, signal -> out of the front's config, start -> first request);
-//! they do not judge the failure count of reload modes, which depends on a race (README,
-//! "Scaling without failed requests").
+//! real nginx and a real HAProxy (master-worker), reloaded by rewire on every change, and
+//! HAProxy updated through its Runtime API. These tests pin that the scenario runs to the end
+//! and measures what it promises (requests, failures by kind, latency, signal -> out of the
+//! front's config, start -> first request); they do not judge the failure count of reload
+//! modes, which depends on a race (README, "Scaling without failed requests"). The runtime
+//! mode must fail no request and reload nothing.
 //!
 //! Backends are this test binary run again: `scale_backend_role` serves (or health-checks) when
 //! `REWIRE_SCALE_ROLE` is set, and passes at once otherwise.
@@ -126,10 +127,12 @@ fn assert_measured(r: &Report, o: &Options) {
     );
     let (p50, p99, _) = r.latency_ms();
     assert!(p50 > 0.0 && p99 >= p50, "{table}");
-    assert!(
-        r.reloads_sent.is_some_and(|n| n > 0),
-        "the front reloaded:\n{table}"
-    );
+    if o.mode != Mode::HaproxyRuntime {
+        assert!(
+            r.reloads_sent.is_some_and(|n| n > 0),
+            "the front reloaded:\n{table}"
+        );
+    }
     if o.mode != Mode::Nginx {
         assert!(
             r.reloads_done.is_some(),
@@ -152,4 +155,23 @@ fn haproxy_reload_mode_runs_ten_scale_events_and_reports_them() {
     };
     let r = run(&o);
     assert_measured(&r, &o);
+}
+
+#[test]
+fn haproxy_runtime_mode_fails_no_request_and_never_reloads_during_ten_scale_events() {
+    let Some(o) = short(Mode::HaproxyRuntime) else {
+        return;
+    };
+    let r = run(&o);
+    assert_measured(&r, &o);
+    let table = r.table();
+    // The table lists the failures by kind (connect, unsent, reset, eof, non-2xx, timeout)
+    // with samples.
+    assert_eq!(
+        r.failed(),
+        0,
+        "graceful scale-downs failed requests:\n{table}"
+    );
+    assert_eq!(r.reloads_sent, Some(0), "rewire reloaded HAProxy:\n{table}");
+    assert_eq!(r.reloads_done, Some(0), "HAProxy reloaded:\n{table}");
 }

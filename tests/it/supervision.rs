@@ -1021,3 +1021,62 @@ fn the_autopilot_nginx_example_balances_across_backends_and_follows_a_stopped_on
         "a stopped backend left its registration"
     );
 }
+
+#[test]
+fn a_backend_that_never_registered_skips_its_drain() {
+    let p = Project::new();
+    let main = format!(
+        "[main]\nexec = [\"sh\", \"-c\", {}]\ndrain = \"30s\"\n",
+        q(format!(
+            "echo $$ > {}; while :; do sleep 0.05 & wait $!; done",
+            p.path("main.pid").display()
+        ))
+    );
+    p.config(&format!(
+        "{}[[service]]\nname = \"web\"\nid = \"web-test\"\nport = 8000\naddress = \"127.0.0.1\"\n\
+         health = [\"false\"]\ninterval = \"200ms\"\nttl = \"5s\"\n\n{main}",
+        preamble(&p)
+    ));
+    let mut rw = Rewire::start(&p, &[]);
+    rw.wait_for("main started", || read_pid(&p.path("main.pid")).is_some());
+    let stopped = std::time::Instant::now();
+    rw.signal(SIGTERM);
+    rw.wait_exit();
+    assert!(
+        stopped.elapsed() < Duration::from_secs(10),
+        "waited out the 30 s drain: {}",
+        rw.log()
+    );
+    assert!(
+        rw.log()
+            .contains("no service was ever registered: skipping the drain"),
+        "{}",
+        rw.log()
+    );
+}
+
+#[test]
+fn a_starting_service_registers_soon_after_its_first_pass_not_an_interval_later() {
+    let p = Project::new();
+    let ready = p.path("ready");
+    // Fails until `ready` exists; the interval is long, so only the quick retry before the
+    // first registration can register it in time.
+    p.config(&format!(
+        "{}[[service]]\nname = \"web\"\nid = \"web-test\"\nport = 8000\naddress = \"127.0.0.1\"\n\
+         health = [\"test\", \"-e\", {}]\ninterval = \"20s\"\nttl = \"60s\"\n",
+        preamble(&p),
+        q(ready.display().to_string())
+    ));
+    let mut rw = Rewire::start(&p, &[]);
+    rw.wait_for("the first check failed", || {
+        rw_log_has(&p, "health check not passing yet")
+    });
+    std::fs::write(&ready, "").unwrap();
+    let created = std::time::Instant::now();
+    rw.wait_for("registered", || registration_is(&p, "passing"));
+    assert!(
+        created.elapsed() < Duration::from_secs(8),
+        "registered {:?} after the check could pass (interval 20 s, retry 2 s)",
+        created.elapsed()
+    );
+}

@@ -79,6 +79,9 @@ pub fn run(config: &Config) -> Outcome {
                 config.tasks.len(),
                 if config.main.is_some() { ", main" } else { "" }
             );
+            for w in &config.warnings {
+                warn!("{w}");
+            }
             for t in &config.templates {
                 if let Some(dir) = t.destination.parent()
                     && !dir.exists()

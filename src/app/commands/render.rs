@@ -72,7 +72,15 @@ pub async fn run(
             if reload.is_none() {
                 continue;
             }
-            if let Err(e) = group::reload_or_restore(reload.as_ref(), &group, None, env).await {
+            // A group with an HAProxy runtime confirms its reload there, as the daemon does.
+            let confirm = group
+                .iter()
+                .find_map(|w| w.template.runtime.as_ref())
+                .map(|r| r.haproxy_socket().to_path_buf());
+            if let Err(e) =
+                group::reload_or_restore(reload.as_ref(), &group, None, env, confirm.as_deref())
+                    .await
+            {
                 for w in &group {
                     let what = if group::kept_after_failed_reload(w) {
                         "the new file was kept (there was no previous one)"

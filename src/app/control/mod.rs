@@ -153,6 +153,8 @@ mod tests {
                 renders: 1,
                 writes: 1,
                 ready: true,
+                last_path: String::new(),
+                leaving: Vec::new(),
             },
         );
         let answer = Answer {

@@ -79,6 +79,15 @@ pub fn status(r: &Report) -> String {
             if let Some(written) = t.last_written {
                 line.push_str(&format!(", last written {}", time(written)));
             }
+            if !t.last_path.is_empty() {
+                line.push_str(&format!("\n    last change by {}", one_line(&t.last_path)));
+            }
+            if !t.leaving.is_empty() {
+                line.push_str(&format!(
+                    "\n    leaving (deleted once their connections end): {}",
+                    t.leaving.join(", ")
+                ));
+            }
             let detail = one_line(&t.detail);
             if !detail.is_empty() {
                 let what = if t.state == TemplateState::Error {
@@ -174,6 +183,8 @@ mod tests {
                 renders: 1,
                 writes: 0,
                 ready: false,
+                last_path: "runtime: +be_web/web-2 10.0.0.2:80".into(),
+                leaving: vec!["be_web/web-1".into()],
             },
         );
         report.services.insert(

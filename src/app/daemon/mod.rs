@@ -253,6 +253,9 @@ impl Daemon {
             templates = config.templates.len(),
             "rewire running"
         );
+        for w in &config.warnings {
+            warn!("{w}");
+        }
         let supervisor = Supervisor::start(
             &config,
             catalog.catalog.clone(),

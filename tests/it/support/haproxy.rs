@@ -165,10 +165,21 @@ impl Haproxy {
         line.split_whitespace().nth(2)?.parse().ok()
     }
 
+    /// The reload counter once the master CLI answers (it refuses connections while the
+    /// master starts or re-executes itself), `None` when it did not within `timeout`.
+    pub fn wait_reload_count(&self, timeout: Duration) -> Option<u32> {
+        let mut n = None;
+        super::poll_until(timeout, || {
+            n = self.reload_count();
+            n.is_some()
+        });
+        n
+    }
+
     /// SIGUSR2 and wait until the master reports the reload done (count increased) or
     /// `timeout`; returns whether it did.
     pub fn reload_and_wait(&self, timeout: Duration) -> bool {
-        let before = self.reload_count().unwrap_or(0);
+        let before = self.wait_reload_count(timeout).unwrap_or(0);
         self.reload();
         super::poll_until(timeout, || self.reload_count().is_some_and(|n| n > before))
     }
