@@ -129,6 +129,7 @@ mod tests {
             ttl: Duration::from_secs(25),
             initial_status: None,
             deregister_after: Duration::from_secs(600),
+            job: None,
         }
     }
 

@@ -18,8 +18,10 @@
 //! template is written only once every query it uses has data.
 //!
 //! Beside the data flow, [`proc`] runs what the container needs: the supervisor (registrations
-//! with TTL health, `pre_start`, main, the stop sequence), `[[watch]]` handlers and `[[task]]`s,
-//! and, as PID 1, the reaper (forked before the runtime exists).
+//! with TTL health, `pre_start`, main, the stop sequence), the jobs (`[[job]]`s and main as one
+//! graph ordered by events, published as an immutable snapshot like the store's, started before
+//! the catalog preflight, stopped in reverse), `[[watch]]` handlers and `[[task]]`s, and, as
+//! PID 1, the reaper (forked before the runtime exists).
 //!
 //! # Layout
 //!
@@ -43,7 +45,8 @@
 //!
 //! One catalog watch task (the backend decides how many connections it needs), the wanted-set
 //! collector, one runner task per template group, one task per `[[watch]]` and `[[task]]` (and
-//! their runs), the supervisor's (one registrar per `[[service]]`, main), the control socket.
+//! their runs), the supervisor's (one registrar per `[[service]]`, main), one per `[[job]]`
+//! (spawned before the preflight, awaited at its turn in the stop sequence), the control socket.
 //! Each runs on a `TaskTracker` and takes a child of one `CancellationToken`; the stop sequence
 //! lives in `app::daemon` and waits for every tracker, for a bounded time, before the process
 //! exits. Nothing else holds the exit: renders run on detached threads of their own

@@ -6,7 +6,7 @@
 //! and formats the text from the same struct, so a renamed field cannot silently blank a line.
 
 use std::collections::BTreeMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 use crate::lock::lock;
@@ -86,6 +86,42 @@ pub struct MainStatus {
     pub last_exit: Option<String>,
 }
 
+/// One job (a `[[job]]`, or `main`) as the job supervisor publishes it: the entries of the
+/// immutable [`Jobs`] snapshot (see `proc::jobs`).
+#[derive(Clone, Debug, Serialize, Deserialize, Default, PartialEq)]
+pub struct JobStatus {
+    /// waiting, running, restarting, exited, failed, stopping, stopped, ...
+    pub state: String,
+    pub pid: Option<i32>,
+    pub restarts: u32,
+    pub last_exit: Option<String>,
+    /// The last health check: `Some(true)` passing; `None` before the first one (or when the
+    /// job has no health command, or its process is not running).
+    #[serde(default)]
+    pub healthy: Option<bool>,
+    #[serde(default)]
+    pub health_note: String,
+    /// The job has a health command (without one, a `[[service]]` naming the job is passing
+    /// while the process runs).
+    #[serde(default)]
+    pub checked: bool,
+    /// The event it waits for before (re)starting, e.g. `consul-agent healthy (timeout 1m)`.
+    #[serde(default)]
+    pub waits_for: Option<String>,
+    /// How often each event happened (`started`, `healthy`, ...): `when` waits on these.
+    #[serde(default)]
+    pub events: BTreeMap<String, u64>,
+}
+
+impl JobStatus {
+    pub fn count(&self, event: &str) -> u64 {
+        self.events.get(event).copied().unwrap_or(0)
+    }
+}
+
+/// Every job by name: one immutable snapshot, replaced on each change.
+pub type Jobs = BTreeMap<String, JobStatus>;
+
 #[derive(Clone, Debug, Serialize, Deserialize, Default, PartialEq)]
 pub struct TaskStatus {
     pub runs: u64,
@@ -105,12 +141,17 @@ pub struct Report {
     pub watches: Vec<String>,
     pub tasks: BTreeMap<String, TaskStatus>,
     pub main: Option<MainStatus>,
+    /// Every job, `main` included when there is one.
+    #[serde(default)]
+    pub jobs: Jobs,
 }
 
 pub struct Board {
     report: Mutex<Report>,
     /// Bumped whenever a template becomes ready, so the supervisor can wait for all.
     ready_tx: watch::Sender<u64>,
+    /// The job supervisor's published state, read (never written) for the report.
+    jobs: Mutex<Option<watch::Receiver<Arc<Jobs>>>>,
 }
 
 impl Board {
@@ -124,7 +165,13 @@ impl Board {
                 ..Report::default()
             }),
             ready_tx,
+            jobs: Mutex::new(None),
         }
+    }
+
+    /// Makes the report show the jobs published on `rx`.
+    pub fn attach_jobs(&self, rx: watch::Receiver<Arc<Jobs>>) {
+        *lock(&self.jobs) = Some(rx);
     }
 
     pub fn update(&self, f: impl FnOnce(&mut Report)) {
@@ -133,7 +180,11 @@ impl Board {
     }
 
     pub fn report(&self) -> Report {
-        lock(&self.report).clone()
+        let mut r = lock(&self.report).clone();
+        if let Some(rx) = lock(&self.jobs).as_ref() {
+            r.jobs = Jobs::clone(&rx.borrow());
+        }
+        r
     }
 
     /// Records one template's new state.

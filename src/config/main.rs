@@ -12,8 +12,8 @@ use std::time::Duration;
 
 use nix::sys::signal::Signal;
 
+use super::MainConfig;
 use super::walker::{Tbl, Walker};
-use super::{MainConfig, Restart};
 
 /// The drain when the config registers a `[[service]]` and does not say: a front with rewire's
 /// default wait (500 ms, at most 2 s) plus a check and a reload stops routing here within
@@ -75,18 +75,8 @@ impl Walker<'_> {
                 );
             }
         }
-        let restart = self.choice(
-            &t,
-            "restart",
-            &[
-                ("never", Restart::Never),
-                ("on-failure", Restart::OnFailure),
-                ("always", Restart::Always),
-            ],
-            Restart::Never,
-            "restart policy",
-            "use \"never\", \"on-failure\" or \"always\"",
-        );
+        let restart = self.restart(&t);
+        let when = self.when(&t, super::MAIN_JOB, true);
         let wait_for_templates = self
             .duration(&t, "wait_for_templates")
             .unwrap_or(Duration::from_secs(60));
@@ -103,6 +93,7 @@ impl Walker<'_> {
             forward_signals,
             restart,
             wait_for_templates,
+            when,
         })
     }
 }
@@ -119,4 +110,5 @@ const MAIN_KEYS: &[&str] = &[
     "forward_signals",
     "restart",
     "wait_for_templates",
+    "when",
 ];

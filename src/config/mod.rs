@@ -21,6 +21,7 @@ mod control;
 mod defaults;
 mod error;
 mod interpolate;
+mod job;
 mod load;
 mod main;
 mod parse;
@@ -43,6 +44,7 @@ use crate::model::{CatalogUrl, CatalogUrlError, Status};
 pub use self::control::{default_socket, default_socket_for, private_socket_dir};
 pub use self::error::{ConfigError, ConfigErrors};
 pub use self::interpolate::{InterpolateError, interpolate};
+pub use self::job::MAIN_JOB;
 pub use self::load::load;
 pub use self::main::SERVICE_DRAIN;
 pub use self::parse::parse_str;
@@ -62,6 +64,7 @@ pub struct Config {
     pub services: Vec<ServiceConfig>,
     pub watches: Vec<WatchConfig>,
     pub tasks: Vec<TaskConfig>,
+    pub jobs: Vec<JobConfig>,
     pub main: Option<MainConfig>,
     /// What is allowed but probably a mistake, with its location: `rewire check` prints these,
     /// `rewire run` logs them at start.
@@ -402,6 +405,8 @@ pub struct ServiceConfig {
     /// Register at once with this status instead of waiting for the first passing check.
     pub initial_status: Option<Status>,
     pub deregister_after: Duration,
+    /// The `[[job]]` whose health this service reports (instead of its own `health`).
+    pub job: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -410,6 +415,8 @@ pub struct WatchConfig {
     pub tag: Option<String>,
     pub on_change: CommandSpec,
     pub wait: Wait,
+    /// The handler runs only once this event happened.
+    pub when: Option<When>,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -417,6 +424,8 @@ pub struct TaskConfig {
     pub name: String,
     pub every: Duration,
     pub exec: CommandSpec,
+    /// The task starts its rhythm only once this event happened.
+    pub when: Option<When>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -443,6 +452,99 @@ pub struct MainConfig {
     pub forward_signals: Vec<Signal>,
     pub restart: Restart,
     pub wait_for_templates: Duration,
+    /// Main (and its `pre_start`) waits for this event first.
+    pub when: Option<When>,
+}
+
+/// What happens to a job; `when` waits for one of these of another job.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Event {
+    /// The process was started.
+    Started,
+    /// Its health command passed (after not passing, or for the first time).
+    Healthy,
+    /// Its health command failed (after passing, or for the first time).
+    Unhealthy,
+    /// The process exited, whatever its status.
+    Exited,
+    /// The process exited with status 0.
+    Succeeded,
+    /// The process exited non-zero or was killed, or could not be started at all.
+    Failed,
+    /// rewire's stop sequence reached the job.
+    Stopping,
+    /// The job is stopped for good (rewire is stopping).
+    Stopped,
+}
+
+impl Event {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Event::Started => "started",
+            Event::Healthy => "healthy",
+            Event::Unhealthy => "unhealthy",
+            Event::Exited => "exited",
+            Event::Succeeded => "succeeded",
+            Event::Failed => "failed",
+            Event::Stopping => "stopping",
+            Event::Stopped => "stopped",
+        }
+    }
+
+    /// Events that only the stop sequence produces: a job waiting for one runs as a hook of
+    /// the stop (see `proc::jobs`), not before it.
+    pub fn is_stop(self) -> bool {
+        matches!(self, Event::Stopping | Event::Stopped)
+    }
+}
+
+impl fmt::Display for Event {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// `when = { after = "NAME", is = "EVENT", timeout = "60s" }`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct When {
+    /// A job's name, or `main`.
+    pub after: String,
+    pub is: Event,
+    /// How long to wait for the first occurrence; `None`: forever.
+    pub timeout: Option<Duration>,
+}
+
+impl fmt::Display for When {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {}", self.after, self.is)?;
+        if let Some(t) = self.timeout {
+            write!(f, " (timeout {})", humantime::format_duration(t))?;
+        }
+        Ok(())
+    }
+}
+
+/// A job's health command and how often it runs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct JobHealth {
+    pub check: CommandSpec,
+    pub interval: Duration,
+}
+
+/// `[[job]]`: a supervised process beside `[main]`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct JobConfig {
+    pub name: String,
+    pub exec: Program,
+    pub restart: Restart,
+    /// How many restarts in a row before the job is given up (`None`: no limit).
+    pub restart_limit: Option<u32>,
+    pub stop_signal: Signal,
+    pub stop_timeout: Duration,
+    pub health: Option<JobHealth>,
+    pub when: Option<When>,
+    /// Run again on every occurrence of the `when` event, not only the first.
+    pub each: bool,
 }
 
 /// Applies `--catalog URL`, keeping the config's settings (token, TLS) for the same backend.

@@ -15,7 +15,7 @@ use super::load::DiskCheck;
 use super::walker::{Tbl, Walker, finish_sorted};
 
 const ROOT_KEYS: &[&str] = &[
-    "catalog", "control", "defaults", "template", "service", "watch", "task", "main",
+    "catalog", "control", "defaults", "template", "service", "watch", "task", "job", "main",
 ];
 
 /// Parses config text. `path` names the file in errors and anchors relative paths.
@@ -49,6 +49,8 @@ pub(super) fn parse(text: &str, path: &Path, env: &dyn Fn(&str) -> Option<String
         errors: Vec::new(),
         warnings: Vec::new(),
         disk: Vec::new(),
+        whens: Vec::new(),
+        service_jobs: Vec::new(),
     };
     let (root, parse_errors) = DeTable::parse_recoverable(text);
     for e in parse_errors {
@@ -117,6 +119,8 @@ impl Walker<'_> {
         let services = self.services(root, catalog.deregister_after);
         let watches = self.watches(root, defaults.wait);
         let tasks = self.tasks(root);
+        let jobs = self.jobs(root);
+        self.check_jobs(&jobs, main.is_some());
         Some(Config {
             path: path.to_path_buf(),
             catalog,
@@ -126,6 +130,7 @@ impl Walker<'_> {
             services,
             watches,
             tasks,
+            jobs,
             main,
             warnings: Vec::new(),
         })

@@ -76,6 +76,15 @@ impl Walker<'_> {
                 .duration(&t, "interval")
                 .unwrap_or(Duration::from_secs(10));
             let health = self.command(&t, "health", interval);
+            let job = self.service_job(&t);
+            if job.is_some() && health.is_some() {
+                let span = t.key_span("health").unwrap_or(t.span.clone());
+                self.error(
+                    span,
+                    "a [[service]] with `job` reports that job's health: it cannot have its own `health`",
+                    "remove `health` here (give the [[job]] its `health`), or remove `job`",
+                );
+            }
             let ttl = self.duration(&t, "ttl").unwrap_or(interval * 5 / 2);
             if ttl <= interval {
                 let span = t.key_span("ttl").unwrap_or(t.span.clone());
@@ -118,6 +127,7 @@ impl Walker<'_> {
                 ttl,
                 initial_status,
                 deregister_after,
+                job,
             });
         }
         out
@@ -137,4 +147,5 @@ const SERVICE_KEYS: &[&str] = &[
     "ttl",
     "initial_status",
     "deregister_after",
+    "job",
 ];

@@ -38,13 +38,20 @@ impl Walker<'_> {
                 );
             }
             let name = self.string(&t, "name").map(Spanned::into_inner);
-            self.finish(&t, &["every", "exec", "timeout", "name"]);
+            let label = name.clone().unwrap_or_else(|| format!("task[{}]", i + 1));
+            let when = self.when(&t, &label, false);
+            self.finish(&t, &["every", "exec", "timeout", "name", "when"]);
             if let (Some(every), Some(mut exec)) = (every, exec) {
                 if let Some(timeout) = timeout {
                     exec.timeout = timeout;
                 }
                 let name = name.unwrap_or_else(|| format!("task{}-{}", i + 1, exec.program.name()));
-                out.push(TaskConfig { name, every, exec });
+                out.push(TaskConfig {
+                    name,
+                    every,
+                    exec,
+                    when,
+                });
             }
         }
         out

@@ -73,6 +73,10 @@ pub(super) struct Walker<'s> {
     pub(super) warnings: Vec<ConfigError>,
     /// What only the disk can confirm, checked by [`load`](super::load::load), not here.
     pub(super) disk: Vec<DiskCheck>,
+    /// Every `when` read so far, for the graph checks at the end.
+    pub(super) whens: Vec<super::job::WhenRef>,
+    /// Every `[[service]] job = ...` read so far.
+    pub(super) service_jobs: Vec<super::job::ServiceJobRef>,
 }
 
 impl Walker<'_> {
@@ -360,7 +364,7 @@ pub(super) fn line_col(src: &str, offset: usize) -> (usize, usize) {
 }
 
 /// The known key closest to a mistyped one, if it is close enough to be what was meant.
-fn suggest<'k>(key: &str, known: &[&'k str]) -> Option<&'k str> {
+pub(super) fn suggest<'k>(key: &str, known: &[&'k str]) -> Option<&'k str> {
     known
         .iter()
         .map(|k| (strsim::levenshtein(key, k), *k))

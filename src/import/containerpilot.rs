@@ -9,16 +9,20 @@
 //!
 //! v3's jobs are sorted by what they do: `when.interval` is a `[[task]]`, a job run on a
 //! watch's `changed` is a `[[watch]]` (or a `[[template]]` when it runs
-//! `consul-template -once`), `stopping`/`stopped` hooks are `pre_stop`/`post_stop`, a job the
-//! app waits for with `exitSuccess` is `pre_start`, and the long-running app is `[main]`.
-//! Everything else (a Consul agent beside the app, `when` on another job's health) waits for
-//! rewire's `[[job]]` and is reported as not supported yet.
+//! `consul-template -once`), `stopping`/`stopped` hooks of the app are `pre_stop`/`post_stop`,
+//! a job the app waits for with `exitSuccess` is `pre_start`, and the long-running app is
+//! `[main]` (its `when` on another job's event becomes `[main] when`). Everything else is a
+//! `[[job]]`: a co-process beside the app (a Consul agent), or a job started by another job's
+//! event (`when {source, once|each}` becomes `when`/`each`, `restarts` `restart`/
+//! `restart_limit`, `health` the job's `health`/`interval`/`timeout`, and a job's `port` a
+//! `[[service]]` with `job = NAME` reporting that health).
 
 use super::argv;
 use super::consul_template::{self, Cli};
 use super::gotmpl::{self, Piece};
 use super::plan::{
-    Catalog, Command, Finding, Location, Plan, Reload, Run, Service, Task, Template, Wait, Watch,
+    Catalog, Command, Finding, Job as PlanJob, Location, Plan, Reload, Run, Service, Task,
+    Template, Wait, Watch, When as PlanWhen,
 };
 use super::templates::{Source, Templates};
 use super::tree::{self, Node, Value};
@@ -566,7 +570,7 @@ fn v2(ctx: &mut Ctx, top: &Obj, templates: &mut Templates, plan: &mut Plan) {
         ctx.unmapped(
             n,
             &format!("coprocesses[{i}]"),
-            "co-processes are not supported yet (rewire's [[job]] is coming)",
+            "v2 co-processes are not mapped: write a [[job]] (name, exec, restart) for each",
         );
     }
     for (i, n) in top.all("tasks").into_iter().enumerate() {
@@ -733,6 +737,8 @@ struct Job<'a> {
     obj: Obj<'a>,
     path: String,
     when: When,
+    /// `when.timeout`.
+    timeout: Option<String>,
 }
 
 fn v3(ctx: &mut Ctx, top: &Obj, templates: &mut Templates, plan: &mut Plan) {
@@ -744,13 +750,14 @@ fn v3(ctx: &mut Ctx, top: &Obj, templates: &mut Templates, plan: &mut Plan) {
             continue;
         };
         let name = ctx.string(&obj, "name").unwrap_or_default();
-        let when = when(ctx, &obj);
+        let (when, timeout) = when(ctx, &obj);
         jobs.push(Job {
             name,
             node: n,
             obj,
             path,
             when,
+            timeout,
         });
     }
     // Watches: name -> (tag, node). Used by the jobs that react to them.
@@ -837,10 +844,42 @@ fn v3(ctx: &mut Ctx, top: &Obj, templates: &mut Templates, plan: &mut Plan) {
         })
         .or_else(|| candidates.first().copied());
     let main_name = main_idx.map(|i| jobs[i].name.clone());
+    let setup_for_main = |job: &Job| {
+        setup.contains(&job.name)
+            && main_name.is_some()
+            && jobs
+                .iter()
+                .find(|u| matches!(&u.when, When::Event { source, event, .. } if source == &job.name && event == "exitSuccess"))
+                .map(|u| &u.name)
+                == main_name.as_ref()
+    };
+    // What neither [main], its hooks, a task, a watch handler nor a template is: a [[job]]
+    // (a co-process beside the app, or a job started by another job's event).
+    let becomes_job = |i: usize, job: &Job| {
+        if Some(i) == main_idx || setup_for_main(job) || job.name.is_empty() {
+            return false;
+        }
+        match &job.when {
+            When::Startup => !runs_consul_template(job),
+            When::Event { source, event, .. } => {
+                // [main] has no health command in rewire (its [[service]] has one): a job
+                // cannot wait for main's health.
+                names.contains(source)
+                    && event_word(event).is_some()
+                    && !(main_name.as_ref() == Some(source)
+                        && matches!(
+                            event.as_str(),
+                            "stopping" | "stopped" | "healthy" | "unhealthy"
+                        ))
+            }
+            _ => false,
+        }
+    };
 
     for (i, job) in jobs.iter().enumerate() {
         let j = &job.obj;
         let path = job.path.as_str();
+        let as_job = becomes_job(i, job);
         // Registration belongs to the service, whatever runs it.
         if j.has("port") {
             let mut svc = Service {
@@ -851,6 +890,11 @@ fn v3(ctx: &mut Ctx, top: &Obj, templates: &mut Templates, plan: &mut Plan) {
                 ..Service::default()
             };
             health(ctx, j, &mut svc);
+            if as_job {
+                // The [[job]] runs the health command; the service reports it.
+                svc.health = None;
+                svc.job = Some(job.name.clone());
+            }
             interfaces(ctx, j, &mut svc);
             consul_options(ctx, j, &mut svc);
             if svc.name.is_empty() {
@@ -859,7 +903,9 @@ fn v3(ctx: &mut Ctx, top: &Obj, templates: &mut Templates, plan: &mut Plan) {
                 plan.services.push(svc);
             }
         }
-        if Some(i) == main_idx {
+        if as_job {
+            to_job(ctx, job, main_name.as_deref(), plan);
+        } else if Some(i) == main_idx {
             main_job(ctx, job, &jobs, plan);
         } else if setup.contains(&job.name) {
             let user = jobs.iter().find(|u| matches!(&u.when, When::Event { source, event, .. } if source == &job.name && event == "exitSuccess"));
@@ -868,7 +914,7 @@ fn v3(ctx: &mut Ctx, top: &Obj, templates: &mut Templates, plan: &mut Plan) {
                     plan.main.pre_start = hook(ctx, e, &j.child("exec"), templates, plan);
                 }
                 if job.when != When::Startup {
-                    ctx.unmapped(job.node, &j.child("when"), "a pre_start that waits for another event is not supported yet (rewire's [[job]] with when is coming)");
+                    ctx.unmapped(job.node, &j.child("when"), "a pre_start that waits for another event: not mapped (make it a [[job]] with that `when`, and [main] wait for its \"succeeded\")");
                 }
                 mark_timing(ctx, job);
             } else {
@@ -972,14 +1018,14 @@ fn v3(ctx: &mut Ctx, top: &Obj, templates: &mut Templates, plan: &mut Plan) {
     }
 }
 
-/// Reads `when`.
-fn when(ctx: &mut Ctx, j: &Obj) -> When {
+/// Reads `when`, and its `timeout`.
+fn when(ctx: &mut Ctx, j: &Obj) -> (When, Option<String>) {
     let Some(n) = j.get("when") else {
-        return When::Startup;
+        return (When::Startup, None);
     };
     let Some(w) = Obj::new(n, &j.child("when")) else {
         ctx.unmapped(n, &j.child("when"), "expected an object");
-        return When::Invalid;
+        return (When::Invalid, None);
     };
     let out = if let Some(every) = ctx.duration(&w, "interval") {
         When::Interval(every)
@@ -1002,15 +1048,9 @@ fn when(ctx: &mut Ctx, j: &Obj) -> When {
             _ => When::Invalid,
         }
     };
-    if let Some(t) = w.get("timeout") {
-        ctx.note(
-            t,
-            &w.child("timeout"),
-            "rewire does not give up waiting for an event",
-        );
-    }
+    let timeout = ctx.duration(&w, "timeout");
     ctx.rest(&w, "not a when setting rewire knows");
-    out
+    (out, timeout)
 }
 
 /// Marks the timing keys of a job as handled (their meaning moved with the mapping).
@@ -1027,6 +1067,81 @@ fn mark_timing(ctx: &mut Ctx, job: &Job) {
     }
 }
 
+/// A v3 job as a `[[job]]`: exec, restarts, stopTimeout, health, when.
+fn to_job(ctx: &mut Ctx, job: &Job, main_name: Option<&str>, plan: &mut Plan) {
+    let j = &job.obj;
+    let mut out = PlanJob {
+        name: job.name.clone(),
+        origin: format!("from {}: {}", ctx.file.display(), job.path),
+        ..PlanJob::default()
+    };
+    if let Some(e) = j.get("exec") {
+        out.exec = command(ctx, e, &j.child("exec")).map(Command::Argv);
+    }
+    (out.restart, out.restart_limit) = restarts(ctx, j);
+    out.stop_timeout = ctx.duration(j, "stopTimeout");
+    if j.has("health") {
+        let mut svc = Service::default();
+        health(ctx, j, &mut svc);
+        out.health = svc.health;
+        out.interval = svc.interval;
+    }
+    if let Some(n) = j.get("timeout") {
+        ctx.unmapped(
+            n,
+            &j.child("timeout"),
+            "a [[job]] has no run-time limit in rewire (stop it from a [[task]] if it must not run long)",
+        );
+    }
+    if let When::Event {
+        source,
+        event,
+        once,
+    } = &job.when
+    {
+        let after = if main_name == Some(source.as_str()) {
+            crate::config::MAIN_JOB.to_string()
+        } else {
+            source.clone()
+        };
+        out.when = Some(PlanWhen {
+            after,
+            is: event_word(event).unwrap_or(event).to_string(),
+            timeout: job.timeout.clone(),
+        });
+        out.each = !once;
+    }
+    plan.jobs.push(out);
+}
+
+/// `restarts`: "unlimited" is `always`; "never" or 0 is `never`; N is `always` with
+/// `restart_limit = N`.
+fn restarts(ctx: &mut Ctx, j: &Obj) -> (Option<&'static str>, Option<u32>) {
+    let Some(n) = j.get("restarts") else {
+        return (None, None);
+    };
+    match &n.value {
+        Value::Str(s) if s == "unlimited" => (Some("always"), None),
+        Value::Str(s) if s == "never" => (Some("never"), None),
+        Value::Num(s) if s == "0" => (Some("never"), None),
+        Value::Num(s) => match s.parse::<u32>() {
+            Ok(limit) => (Some("always"), Some(limit)),
+            Err(_) => {
+                ctx.unmapped(n, &j.child("restarts"), "expected a whole number");
+                (None, None)
+            }
+        },
+        _ => {
+            ctx.unmapped(
+                n,
+                &j.child("restarts"),
+                "expected \"unlimited\", \"never\" or a number",
+            );
+            (None, None)
+        }
+    }
+}
+
 fn unsupported_job(ctx: &mut Ctx, job: &Job) {
     let j = &job.obj;
     let what = match &job.when {
@@ -1039,7 +1154,7 @@ fn unsupported_job(ctx: &mut Ctx, job: &Job) {
         job.node,
         &job.path,
         format!(
-            "job {:?} {what}: co-processes and event-driven jobs are not supported yet (rewire's [[job]] name, exec, restart, health, interval, when is coming)",
+            "job {:?} {what}: not mapped (a [[job]] needs a name, and its `when` an event of another job: healthy, unhealthy, exitSuccess, exitFailed, stopping, stopped)",
             job.name
         ),
     );
@@ -1124,25 +1239,46 @@ fn main_job(ctx: &mut Ctx, job: &Job, jobs: &[Job], plan: &mut Plan) {
                 && jobs
                     .iter()
                     .any(|s| &s.name == source && s.when == When::Startup) => {}
-        When::Event { source, event, .. } => {
+        When::Event {
+            source,
+            event,
+            once,
+        } => {
             let at = j.get("when").unwrap_or(job.node);
-            ctx.unmapped(
-                at,
-                &j.child("when"),
-                format!("starting [main] on {source:?} {event} is not supported yet: rewire's [main] when = {{ after = {source:?}, is = {:?} }} is coming with [[job]]", event_word(event)),
-            );
+            match event_word(event) {
+                Some(is) if jobs.iter().any(|s| &s.name == source) => {
+                    plan.main.when = Some(PlanWhen {
+                        after: source.clone(),
+                        is: is.to_string(),
+                        timeout: job.timeout.clone(),
+                    });
+                    if !once {
+                        ctx.note(at, &j.child("when"), "[main] starts once: `each` became the first occurrence");
+                    }
+                }
+                _ => ctx.unmapped(
+                    at,
+                    &j.child("when"),
+                    format!("starting [main] on {source:?} {event}: rewire's `when` waits for an event of a job (healthy, unhealthy, exitSuccess, exitFailed, stopping, stopped)"),
+                ),
+            }
         }
         _ => {}
     }
 }
 
-/// ContainerPilot's event names in the words of rewire's planned `when.is`.
-fn event_word(event: &str) -> &str {
-    match event {
+/// ContainerPilot's event names in the words of rewire's `when.is`; `None` for an event
+/// rewire's jobs do not have.
+fn event_word(event: &str) -> Option<&'static str> {
+    Some(match event {
         "exitSuccess" => "succeeded",
         "exitFailed" => "failed",
-        other => other,
-    }
+        "healthy" => "healthy",
+        "unhealthy" => "unhealthy",
+        "stopping" => "stopping",
+        "stopped" => "stopped",
+        _ => return None,
+    })
 }
 
 #[cfg(test)]

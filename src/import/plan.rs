@@ -95,6 +95,8 @@ pub struct Service {
     pub interval: Option<String>,
     pub ttl: Option<String>,
     pub deregister_after: Option<String>,
+    /// The `[[job]]` whose health this service reports.
+    pub job: Option<String>,
     pub origin: String,
 }
 
@@ -124,6 +126,31 @@ pub struct Main {
     pub stop_timeout: Option<String>,
     pub stop_signal: Option<String>,
     pub restart: Option<&'static str>,
+    /// `when = { after, is, timeout }`.
+    pub when: Option<When>,
+    pub origin: String,
+}
+
+/// `when = { after = "NAME", is = "EVENT", timeout = "60s" }`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct When {
+    pub after: String,
+    pub is: String,
+    pub timeout: Option<String>,
+}
+
+/// A `[[job]]`: a supervised process beside `[main]`.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Job {
+    pub name: String,
+    pub exec: Option<Command>,
+    pub restart: Option<&'static str>,
+    pub restart_limit: Option<u32>,
+    pub stop_timeout: Option<String>,
+    pub health: Option<Run>,
+    pub interval: Option<String>,
+    pub when: Option<When>,
+    pub each: bool,
     pub origin: String,
 }
 
@@ -136,6 +163,7 @@ impl Main {
             && self.stop_timeout.is_none()
             && self.stop_signal.is_none()
             && self.restart.is_none()
+            && self.when.is_none()
     }
 }
 
@@ -152,6 +180,7 @@ pub struct Plan {
     pub services: Vec<Service>,
     pub watches: Vec<Watch>,
     pub tasks: Vec<Task>,
+    pub jobs: Vec<Job>,
 }
 
 /// A converted template to write under the output directory.

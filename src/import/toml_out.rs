@@ -8,7 +8,9 @@
 
 use std::fmt::Write;
 
-use super::plan::{Command, Main, Plan, Reload, Run, Service, Task, Template, Wait, Watch};
+use super::plan::{
+    Command, Job, Main, Plan, Reload, Run, Service, Task, Template, Wait, Watch, When,
+};
 
 /// A TOML basic string.
 pub fn quote(s: &str) -> String {
@@ -140,6 +142,9 @@ pub fn render(plan: &Plan) -> String {
         s.put("wait", wait(w));
         sections.push((s, None));
     }
+    for j in &plan.jobs {
+        sections.push((job(j), None));
+    }
     if !plan.main.is_empty() {
         sections.push((main(&plan.main), None));
     }
@@ -201,6 +206,47 @@ fn main(m: &Main) -> Section {
     if let Some(r) = m.restart {
         s.put("restart", quote(r));
     }
+    if let Some(w) = &m.when {
+        s.put("when", when(w));
+    }
+    s
+}
+
+fn when(w: &When) -> String {
+    match &w.timeout {
+        Some(t) => format!(
+            "{{ after = {}, is = {}, timeout = {} }}",
+            quote(&w.after),
+            quote(&w.is),
+            quote(t)
+        ),
+        None => format!("{{ after = {}, is = {} }}", quote(&w.after), quote(&w.is)),
+    }
+}
+
+fn job(j: &Job) -> Section {
+    let mut s = Section::new("[[job]]", &j.origin);
+    s.put("name", quote(&j.name));
+    if let Some(c) = &j.exec {
+        s.put("exec", command(c));
+    }
+    if let Some(r) = j.restart {
+        s.put("restart", quote(r));
+    }
+    if let Some(n) = j.restart_limit {
+        s.put("restart_limit", n.to_string());
+    }
+    s.opt("stop_timeout", &j.stop_timeout);
+    if let Some(h) = &j.health {
+        s.put("health", run(h));
+    }
+    s.opt("interval", &j.interval);
+    if let Some(w) = &j.when {
+        s.put("when", when(w));
+    }
+    if j.each {
+        s.put("each", "true".into());
+    }
     s
 }
 
@@ -244,6 +290,7 @@ fn service(v: &Service) -> Section {
     s.opt("interval", &v.interval);
     s.opt("ttl", &v.ttl);
     s.opt("deregister_after", &v.deregister_after);
+    s.opt("job", &v.job);
     s
 }
 

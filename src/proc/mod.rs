@@ -2,6 +2,7 @@
 //!
 //! - [`supervisor`]: the container's lifecycle (registrations, `pre_start`, main, the stop
 //!   sequence), with [`registrar`] keeping each `[[service]]` registered while healthy.
+//! - [`jobs`]: `[[job]]`s and main as a graph ordered by events (`when`), stopped in reverse.
 //! - [`watches`] (`[[watch]]` handlers) and [`tasks`] (`[[task]]`s).
 //! - [`init`]: the PID 1 reaper, forked before the runtime exists.
 //!
@@ -9,6 +10,7 @@
 //! files is the render side's business.
 
 pub mod init;
+pub mod jobs;
 pub mod registrar;
 pub mod supervisor;
 pub mod tasks;

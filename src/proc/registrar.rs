@@ -38,7 +38,7 @@ use crate::command::{self, Outcome};
 use crate::config::{AddressSpec, ServiceConfig};
 use crate::host::{self, AddressError};
 use crate::model::{Registration, Status};
-use crate::status::{Board, ServiceStatus};
+use crate::status::{Board, Jobs, ServiceStatus};
 
 /// How long one catalog call may take before the registrar gives up on it for this round.
 const CATALOG_CALL_TIMEOUT: Duration = Duration::from_secs(15);
@@ -119,6 +119,8 @@ pub struct Context {
     /// The supervisor's tasks: registrar tasks run here, so the stop sequence can wait for
     /// every one of them.
     pub tasks: TaskTracker,
+    /// The jobs' published state: a service with `job` reports that job's health.
+    pub jobs: watch::Receiver<Arc<Jobs>>,
 }
 
 impl ServiceTask {
@@ -182,6 +184,24 @@ impl ServiceTask {
                 unknown(fallback)
             }
         }
+    }
+}
+
+/// A `[[service]] job = ...`'s health: the job's last health check; without a health
+/// command, passing while its process runs.
+fn job_health(jobs: &Jobs, job: &str) -> (Status, String) {
+    let Some(s) = jobs.get(job) else {
+        return (Status::Critical, format!("job {job:?} is unknown"));
+    };
+    match (s.checked, s.healthy) {
+        (true, Some(true)) => (Status::Passing, s.health_note.clone()),
+        (true, Some(false)) => (Status::Critical, s.health_note.clone()),
+        (true, None) => (
+            Status::Critical,
+            format!("job {job:?} has no health result yet ({})", s.state),
+        ),
+        (false, _) if s.pid.is_some() => (Status::Passing, format!("job {job:?} is running")),
+        (false, _) => (Status::Critical, format!("job {job:?} is {}", s.state)),
     }
 }
 
@@ -281,9 +301,10 @@ impl Registrar {
                 }
                 _ = ticker.tick() => {}
             }
-            let (status, note) = match &self.svc.health {
-                None => (Status::Passing, String::new()),
-                Some(spec) => {
+            let (status, note) = match (&self.svc.health, &self.svc.job) {
+                (_, Some(job)) => job_health(&self.ctx.jobs.borrow(), job),
+                (None, None) => (Status::Passing, String::new()),
+                (Some(spec), None) => {
                     let outcome = tokio::select! {
                         // Dropping the run kills the health command.
                         _ = stop.cancelled() => break,
@@ -318,8 +339,8 @@ impl Registrar {
     async fn register_initial(&mut self) {
         let status = match (self.svc.initial_status, &self.svc.health) {
             (Some(s), _) => s,
-            (None, None) => Status::Passing,
-            (None, Some(_)) => return,
+            (None, None) if self.svc.job.is_none() => Status::Passing,
+            (None, _) => return,
         };
         let Some(address) = self.address() else {
             return;
@@ -533,6 +554,7 @@ mod tests {
             ttl: Duration::from_secs(25),
             initial_status: None,
             deregister_after: Duration::from_secs(600),
+            job: None,
         }
     }
 

@@ -18,15 +18,20 @@
 //! reads as "stop the workers") reach main's PID through [`Supervisor::forward`]; HUP re-reads
 //! the config and never reaches main unless configured.
 //!
-//! Stop, in this order (a tested guarantee): no more restarts; deregister every service (peers
-//! stop routing here; at most 2 s, a catalog that does not answer is down); wait `drain`
-//! (skipped when no service was ever registered: no peer routes here); `pre_stop`;
-//! `stop_signal` to main's PID; SIGKILL to its process group after `stop_timeout`; `post_stop`;
-//! exit with main's status (128+N when signal N killed it). When main exited on its own, the
+//! Main is also the node `main` of the job graph ([`jobs`](super::jobs)): its `when` gates
+//! `pre_start` and the process, and it publishes `started`, `exited`, `succeeded`, `failed`.
+//!
+//! Stop, in this order (a tested guarantee): no more restarts (of main or any job); deregister
+//! every service (peers stop routing here; at most 2 s, a catalog that does not answer is
+//! down); wait `drain` (skipped when no service was ever registered: no peer routes here);
+//! then the job graph in reverse, main's turn being: `pre_stop`; `stop_signal` to main's PID;
+//! SIGKILL to its process group after `stop_timeout`; `post_stop`. Exit with main's status
+//! (128+N when signal N killed it), 0 without main. When main exited on its own, the
 //! registrations go and `post_stop` runs, but there is nothing to drain or stop. Each step is
 //! bounded (hooks by their `timeout`), so the whole takes at most drain + `pre_stop`'s and
-//! `post_stop`'s timeouts + `stop_timeout` + a few seconds; a second stop signal cuts it to the
-//! kill of main's group.
+//! `post_stop`'s timeouts + `stop_timeout` + a few seconds, and with `[[job]]`s the sum of the
+//! turns along the longest dependency chain (see [`jobs`](super::jobs)); a second stop signal
+//! cuts it to the kill of every group.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -41,11 +46,14 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, debug, error, info, info_span, warn};
 
+use super::jobs::{Bus, Jobs, MainTurn, bus};
 use super::registrar::{self, ServiceTask};
 use crate::backoff::Backoff;
 use crate::catalog::Catalog;
 use crate::command::{self, RunStatus};
-use crate::config::{CommandSpec, Config, MainConfig, Program, Restart};
+use crate::config::{
+    CommandSpec, Config, Event, JobConfig, MAIN_JOB, MainConfig, Program, Restart,
+};
 use crate::status::{Board, MainStatus};
 
 /// Exit status when a hook or main could not be started at all (as a shell says it).
@@ -71,8 +79,11 @@ pub fn exit_code(status: RunStatus) -> u8 {
     }
 }
 
-/// What the supervisor tells the rest of the daemon.
+/// What the supervisor tells the rest of the daemon, and the jobs it drives.
 pub struct Published {
+    /// The `[[job]]`s, started before the catalog preflight; main is a node of their graph,
+    /// and the stop sequence stops them all.
+    pub jobs: Jobs,
     /// Main's pid while it runs (signal reloads, forwarded signals).
     pub main_pid: watch::Sender<Option<Pid>>,
     /// True once `pre_start` has exited (at once without one): the template runners write
@@ -89,6 +100,10 @@ pub struct Supervisor {
     root: CancellationToken,
     main_cfg: Option<MainConfig>,
     main: Option<MainHandle>,
+    /// `[[job]]`s and main's node in the graph; taken by the stop sequence.
+    jobs: Option<Jobs>,
+    /// The `[[job]]`s as started (a SIGHUP does not restart them).
+    job_cfgs: Vec<JobConfig>,
 }
 
 /// The main task, seen from the supervisor.
@@ -112,6 +127,7 @@ impl Supervisor {
         root: CancellationToken,
     ) -> Supervisor {
         let Published {
+            jobs,
             main_pid,
             writes_allowed,
         } = published;
@@ -124,6 +140,7 @@ impl Supervisor {
             env: env.clone(),
             maintenance,
             tasks: TaskTracker::new(),
+            jobs: jobs.subscribe(),
         };
         let services = config
             .services
@@ -145,6 +162,7 @@ impl Supervisor {
                     exit: exit_tx,
                     stopping: stopping.clone(),
                     writes_allowed,
+                    bus: jobs.bus().clone(),
                 }
                 .run()
                 .instrument(info_span!("main")),
@@ -163,6 +181,8 @@ impl Supervisor {
             root,
             main_cfg: config.main.clone(),
             main,
+            job_cfgs: jobs.configs(),
+            jobs: Some(jobs),
         }
     }
 
@@ -222,6 +242,11 @@ impl Supervisor {
                 "[main] exec changed; the main process is not restarted by a reload: restart rewire to apply it"
             );
         }
+        if self.job_cfgs != config.jobs {
+            warn!(
+                "[[job]]s changed; running jobs are not restarted by a reload: restart rewire to apply it"
+            );
+        }
         if self.main_cfg.is_some() && config.main.is_some() {
             self.main_cfg = config.main.clone();
         }
@@ -265,6 +290,10 @@ impl Supervisor {
         if let Some(m) = &self.main {
             m.stopping.cancel();
         }
+        if let Some(j) = &self.jobs {
+            // No job starts or restarts from now on (stop hooks aside).
+            j.halt();
+        }
         self.set_main_state("stopping");
 
         // 1. Deregister first, so peers stop routing here before anything else happens.
@@ -304,55 +333,47 @@ impl Supervisor {
         };
 
         let cfg = self.main_cfg.clone();
+        // 2. Drain: peers notice the deregistration and finish their requests.
         if exit.is_none()
             && let Some(cfg) = &cfg
+            && !cfg.drain.is_zero()
         {
-            // 2. Drain: peers notice the deregistration and finish their requests.
-            if !cfg.drain.is_zero() && !drain_needed {
+            if !drain_needed {
                 info!("no service was ever registered: skipping the drain");
-            } else if !cfg.drain.is_zero() {
+            } else {
                 info!(drain = %humantime::format_duration(cfg.drain), "draining");
                 tokio::select! {
                     _ = tokio::time::sleep(cfg.drain) => {}
                     _ = hurry.cancelled() => {}
                 }
             }
-            // 3. pre_stop, while main still runs.
-            if let Some(hook) = &cfg.pre_stop
-                && !hurry.is_cancelled()
-            {
-                tokio::select! {
-                    _ = run_hook("pre_stop", hook, &self.ctx.env) => {}
-                    _ = hurry.cancelled() => warn!("pre_stop cut short"),
-                }
-            }
-            // 4. Stop main: stop_signal, then SIGKILL to its group after stop_timeout.
-            self.stop_main(cfg, &hurry).await;
         }
 
-        // Main is gone (or never started): wait for its task, e.g. a pre_start being killed.
+        // 3. The jobs, the graph in reverse: main's turn comes once every job waiting for
+        // one of its events has stopped, and before the jobs it waits for (its Consul agent).
         let mut code = exit;
-        if let Some(m) = self.main.take() {
-            if let Some(c) = *m.exit.borrow() {
-                code = Some(c);
-            }
-            if tokio::time::timeout(KILL_GRACE, m.task).await.is_err() {
-                warn!("the main task did not finish");
-            }
-            if let Some(c) = *m.exit.borrow() {
-                code = Some(c);
-            }
-        }
-
-        // 5. post_stop, unless a second stop signal asked to be gone now.
-        if let Some(hook) = cfg.as_ref().and_then(|c| c.post_stop.as_ref()) {
-            if hurry.is_cancelled() {
-                warn!("post_stop skipped (second stop signal)");
-            } else {
-                tokio::select! {
-                    _ = run_hook("post_stop", hook, &self.ctx.env) => {}
-                    _ = hurry.cancelled() => warn!("post_stop cut short (second stop signal)"),
+        let main = self.main.take();
+        let env = self.ctx.env.clone();
+        {
+            let main_turn: Option<MainTurn<'_>> = match (main, &cfg) {
+                (Some(m), Some(cfg)) => {
+                    Some(Box::pin(main_turn(m, cfg, &env, exit, &hurry, &mut code)))
                 }
+                _ => None,
+            };
+            if let Some(jobs) = self.jobs.take() {
+                let jobs_hurry = jobs.hurry_token();
+                let stopping = jobs.stop(main_turn);
+                tokio::pin!(stopping);
+                tokio::select! {
+                    _ = &mut stopping => {}
+                    _ = hurry.cancelled() => {
+                        jobs_hurry.cancel();
+                        stopping.await;
+                    }
+                }
+            } else if let Some(turn) = main_turn {
+                turn.await;
             }
         }
         self.set_main_state("stopped");
@@ -368,55 +389,98 @@ impl Supervisor {
         code.unwrap_or(0)
     }
 
-    async fn stop_main(&mut self, cfg: &MainConfig, hurry: &CancellationToken) {
-        let Some(m) = self.main.as_mut() else {
-            return;
-        };
-        let Some(pid) = *m.pid.borrow() else {
-            return;
-        };
-        info!(pid = %pid, signal = %cfg.stop_signal, "stopping main");
-        if let Err(e) = kill(pid, cfg.stop_signal) {
-            warn!(pid = %pid, error = %e, "cannot signal main");
-        }
-        let exited = tokio::select! {
-            r = tokio::time::timeout(cfg.stop_timeout, m.exit.wait_for(Option::is_some)) => r.is_ok(),
-            _ = hurry.cancelled() => false,
-        };
-        if exited {
-            return;
-        }
-        if hurry.is_cancelled() {
-            warn!(pid = %pid, "killing main's process group now (second stop signal)");
-        } else {
-            warn!(
-                pid = %pid,
-                stop_timeout = %humantime::format_duration(cfg.stop_timeout),
-                "main did not stop in time; killing its process group"
-            );
-        }
-        // Main leads its own process group (it was started with pgid 0), so the group id is
-        // its pid; the group goes, workers included.
-        if let Err(e) = killpg(pid, Signal::SIGKILL) {
-            debug!(error = %e, "killpg");
-            let _ = kill(pid, Signal::SIGKILL);
-        }
-        if tokio::time::timeout(KILL_GRACE, m.exit.wait_for(Option::is_some))
-            .await
-            .is_err()
-        {
-            error!(pid = %pid, "main is still there after SIGKILL");
-        }
-    }
-
     fn set_main_state(&self, state: &str) {
-        if self.main.is_some() {
+        if self.main_cfg.is_some() {
             self.ctx.board.update(|r| {
                 if let Some(m) = r.main.as_mut() {
                     m.state = state.to_string();
                 }
             });
         }
+    }
+}
+
+/// Main's turn in the stop sequence: `pre_stop`, `stop_signal` (SIGKILL to its group after
+/// `stop_timeout`), wait for the main task, `post_stop`. When main already exited on its own
+/// (`exit`), only `post_stop` is left. Writes main's final status to `code`.
+async fn main_turn(
+    mut m: MainHandle,
+    cfg: &MainConfig,
+    env: &BTreeMap<String, String>,
+    exit: Option<u8>,
+    hurry: &CancellationToken,
+    code: &mut Option<u8>,
+) {
+    if exit.is_none() {
+        // pre_stop, while main still runs.
+        if let Some(hook) = &cfg.pre_stop
+            && !hurry.is_cancelled()
+        {
+            tokio::select! {
+                _ = run_hook("pre_stop", hook, env) => {}
+                _ = hurry.cancelled() => warn!("pre_stop cut short"),
+            }
+        }
+        stop_main(&mut m, cfg, hurry).await;
+    }
+    // Main is gone (or never started): wait for its task, e.g. a pre_start being killed.
+    if let Some(c) = *m.exit.borrow() {
+        *code = Some(c);
+    }
+    if tokio::time::timeout(KILL_GRACE, m.task).await.is_err() {
+        warn!("the main task did not finish");
+    }
+    if let Some(c) = *m.exit.borrow() {
+        *code = Some(c);
+    }
+    // post_stop, unless a second stop signal asked to be gone now.
+    if let Some(hook) = &cfg.post_stop {
+        if hurry.is_cancelled() {
+            warn!("post_stop skipped (second stop signal)");
+        } else {
+            tokio::select! {
+                _ = run_hook("post_stop", hook, env) => {}
+                _ = hurry.cancelled() => warn!("post_stop cut short (second stop signal)"),
+            }
+        }
+    }
+}
+
+async fn stop_main(m: &mut MainHandle, cfg: &MainConfig, hurry: &CancellationToken) {
+    let Some(pid) = *m.pid.borrow() else {
+        return;
+    };
+    info!(pid = %pid, signal = %cfg.stop_signal, "stopping main");
+    if let Err(e) = kill(pid, cfg.stop_signal) {
+        warn!(pid = %pid, error = %e, "cannot signal main");
+    }
+    let exited = tokio::select! {
+        r = tokio::time::timeout(cfg.stop_timeout, m.exit.wait_for(Option::is_some)) => r.is_ok(),
+        _ = hurry.cancelled() => false,
+    };
+    if exited {
+        return;
+    }
+    if hurry.is_cancelled() {
+        warn!(pid = %pid, "killing main's process group now (second stop signal)");
+    } else {
+        warn!(
+            pid = %pid,
+            stop_timeout = %humantime::format_duration(cfg.stop_timeout),
+            "main did not stop in time; killing its process group"
+        );
+    }
+    // Main leads its own process group (it was started with pgid 0), so the group id is
+    // its pid; the group goes, workers included.
+    if let Err(e) = killpg(pid, Signal::SIGKILL) {
+        debug!(error = %e, "killpg");
+        let _ = kill(pid, Signal::SIGKILL);
+    }
+    if tokio::time::timeout(KILL_GRACE, m.exit.wait_for(Option::is_some))
+        .await
+        .is_err()
+    {
+        error!(pid = %pid, "main is still there after SIGKILL");
     }
 }
 
@@ -453,11 +517,16 @@ struct MainTask {
     stopping: CancellationToken,
     /// Set once `pre_start` has exited successfully (at once when there is none).
     writes_allowed: watch::Sender<bool>,
+    /// Main's node in the job graph: its `when`, its events.
+    bus: Bus,
 }
 
 impl MainTask {
     async fn run(self) {
         self.state("starting", None);
+        if !self.wait_for_when().await {
+            return;
+        }
         if let Some(pre) = &self.cfg.pre_start {
             self.state("pre_start", None);
             let outcome = tokio::select! {
@@ -522,6 +591,10 @@ impl MainTask {
                     m.restarts = restarts;
                 }
             });
+            self.bus.update(MAIN_JOB, |s| {
+                s.state = "restarting".into();
+                s.restarts = restarts;
+            });
             tokio::select! {
                 _ = self.stopping.cancelled() => {
                     self.finish(code, "exited");
@@ -530,6 +603,50 @@ impl MainTask {
                 _ = tokio::time::sleep(delay) => {}
             }
         }
+    }
+
+    /// Waits for `[main] when`. False when main must not start: rewire is stopping, or the
+    /// wait timed out (main then finishes with [`TIMED_OUT`], naming what it waited for).
+    async fn wait_for_when(&self) -> bool {
+        let Some(when) = &self.cfg.when else {
+            self.bus.update(MAIN_JOB, |s| s.state = "starting".into());
+            return true;
+        };
+        self.state(&format!("waiting for {when}"), None);
+        self.bus.update(MAIN_JOB, |s| {
+            s.state = "waiting".into();
+            s.waits_for = Some(when.to_string());
+        });
+        let mut rx = self.bus.subscribe();
+        let wait = async {
+            match when.timeout {
+                Some(t) => tokio::time::timeout(t, bus::occurred(&mut rx, when, 0))
+                    .await
+                    .is_ok(),
+                None => {
+                    bus::occurred(&mut rx, when, 0).await;
+                    true
+                }
+            }
+        };
+        let fired = tokio::select! {
+            _ = self.stopping.cancelled() => return false,
+            fired = wait => fired,
+        };
+        self.bus.update(MAIN_JOB, |s| s.waits_for = None);
+        if fired {
+            info!(after = %when.after, event = %when.is, "starting main: the event it waits for happened");
+            return true;
+        }
+        let why = bus::timed_out(when);
+        error!("{why}; not starting main");
+        self.bus.update(MAIN_JOB, |s| {
+            s.state = format!("failed: {why}");
+            s.last_exit = Some(why.clone());
+        });
+        self.bus.emit(MAIN_JOB, Event::Failed);
+        self.finish(TIMED_OUT, &format!("failed: {why}"));
+        false
     }
 
     /// Starts main once and waits for it to exit; returns its status.
@@ -542,6 +659,11 @@ impl MainTask {
             Ok(c) => c,
             Err(e) => {
                 error!(program = %exec, error = %e, "cannot start main");
+                self.bus.update(MAIN_JOB, |s| {
+                    s.state = "failed".into();
+                    s.last_exit = Some(format!("cannot start: {e}"));
+                });
+                self.bus.emit(MAIN_JOB, Event::Failed);
                 self.board.update(|r| {
                     if let Some(m) = r.main.as_mut() {
                         m.last_exit = Some(format!("cannot start: {e}"));
@@ -555,6 +677,11 @@ impl MainTask {
         info!(pid = pid_num, program = %exec, "main started");
         self.pid.send_replace(pid);
         self.state("running", pid);
+        self.bus.update(MAIN_JOB, |s| {
+            s.state = "running".into();
+            s.pid = pid.map(Pid::as_raw);
+        });
+        self.bus.emit(MAIN_JOB, Event::Started);
         let status = child.wait().await;
         self.pid.send_replace(None);
         let (code, how) = match status {
@@ -579,6 +706,20 @@ impl MainTask {
         } else {
             warn!(pid = pid_num, "main {how}");
         }
+        self.bus.update(MAIN_JOB, |s| {
+            s.state = if code == 0 { "exited" } else { "failed" }.into();
+            s.pid = None;
+            s.last_exit = Some(how.clone());
+        });
+        self.bus.emit(MAIN_JOB, Event::Exited);
+        self.bus.emit(
+            MAIN_JOB,
+            if code == 0 {
+                Event::Succeeded
+            } else {
+                Event::Failed
+            },
+        );
         self.board.update(|r| {
             if let Some(m) = r.main.as_mut() {
                 m.state = "exited".into();

@@ -21,7 +21,8 @@ use super::Runs;
 use crate::command;
 use crate::config::{Config, TaskConfig};
 use crate::lock::lock;
-use crate::status::{Board, TaskStatus};
+use crate::status::{Board, Jobs, TaskStatus};
+use tokio::sync::watch;
 
 /// What tasks keep across SIGHUP (see the module docs). Cheap to clone.
 #[derive(Clone, Default)]
@@ -50,8 +51,7 @@ pub fn spawn_all(
     stop: &CancellationToken,
     board: &Arc<Board>,
     env: &BTreeMap<String, String>,
-    runs: &Runs,
-    slots: &Slots,
+    (runs, slots, jobs): (&Runs, &Slots, &watch::Receiver<Arc<Jobs>>),
 ) {
     board.update(|r| {
         let names: BTreeSet<&str> = config.tasks.iter().map(|t| t.name.as_str()).collect();
@@ -69,6 +69,7 @@ pub fn spawn_all(
                 board.clone(),
                 env.clone(),
                 runs.clone(),
+                jobs.clone(),
                 stop.child_token(),
             )
             .instrument(span),
@@ -82,8 +83,14 @@ async fn run_task(
     board: Arc<Board>,
     env: BTreeMap<String, String>,
     runs: Runs,
+    jobs: watch::Receiver<Arc<Jobs>>,
     stop: CancellationToken,
 ) {
+    if let Some(when) = &t.when
+        && !super::jobs::bus::gate(jobs, when, &stop).await
+    {
+        return;
+    }
     // Keep the rhythm across a reload: the next run is `every` after the last one started.
     let last = *lock(&slot.last_start);
     let first = match last {

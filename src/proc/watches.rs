@@ -78,6 +78,8 @@ pub struct Context {
     pub board: Arc<Board>,
     pub env: BTreeMap<String, String>,
     pub runs: Runs,
+    /// The jobs' published state (a `[[watch]]` with `when` waits on it).
+    pub jobs: tokio::sync::watch::Receiver<Arc<crate::status::Jobs>>,
 }
 
 /// Starts one task per `[[watch]]` of this config generation, on `tracker`.
@@ -145,6 +147,11 @@ async fn run_watch(
     shared: Context,
     stop: CancellationToken,
 ) {
+    if let Some(when) = &w.when
+        && !super::jobs::bus::gate(shared.jobs.clone(), when, &stop).await
+    {
+        return;
+    }
     let query = Query::Service(w.service.clone());
     // Withdrawn when this task ends (the owner is dropped).
     let owner = shared.wanted.owner();

@@ -195,6 +195,7 @@ fn check_accepts_the_design_sketch_and_the_shipped_examples() {
         "examples/quickstart/rewire.toml",
         "examples/autopilot-nginx/rewire.toml",
         "examples/autopilot-nginx/app.toml",
+        "examples/autopilot-nginx/consul.toml",
     ] {
         let o = std::process::Command::new(env!("CARGO_BIN_EXE_rewire"))
             .args(["check", "-c", &format!("{root}/{example}")])

@@ -149,7 +149,7 @@ fn containerpilot_v2_autopilot_nginx_imports_checks_and_renders() {
 }
 
 #[test]
-fn containerpilot_v3_agent_job_is_reported_and_the_rest_maps() {
+fn containerpilot_v3_jobs_become_jobs_and_main_waits_for_the_agent() {
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("rewire");
     let o = import(
@@ -158,23 +158,8 @@ fn containerpilot_v3_agent_job_is_reported_and_the_rest_maps() {
         &out,
     );
     let err = stderr(&o);
-    assert_eq!(o.status.code(), Some(1), "{err}");
-    let not_mapped: Vec<&str> = err
-        .lines()
-        .filter(|l| l.contains(": not mapped: "))
-        .collect();
-    assert_eq!(not_mapped.len(), 2, "{err}");
-    assert!(
-        not_mapped[0].contains("jobs[0]")
-            && not_mapped[0].contains("\"consul-agent\"")
-            && not_mapped[0].contains("not supported yet"),
-        "{err}"
-    );
-    assert!(
-        not_mapped[1].contains("jobs[1].when")
-            && not_mapped[1].contains("after = \"consul-agent\", is = \"healthy\""),
-        "{err}"
-    );
+    assert_eq!(o.status.code(), Some(0), "everything maps now:\n{err}");
+    assert!(!err.contains(": not mapped: "), "{err}");
     // The placeholder outside a string is located and explained.
     assert!(err.contains("containerpilot.json5:17:13: note: {{ .PORT }} outside a JSON string is read as the string \"${PORT}\""), "{err}");
     let config = read(&out.join("rewire.toml"));
@@ -190,6 +175,14 @@ fn containerpilot_v3_agent_job_is_reported_and_the_rest_maps() {
         "service = \"cache\"",
         "every = \"60m\"",
         "socket = \"/var/run/containerpilot.socket\"",
+        // The agent beside the app is a [[job]]; the app waits for its health.
+        "[[job]]\nname = \"consul-agent\"\nexec = [\"/usr/local/bin/consul\", \"agent\", \"-data-dir=/data\", \"-retry-join\", \"${CONSUL}\", \"-retry-interval\", \"10s\"]\nrestart = \"always\"\nhealth = [\"consul\", \"info\"]\ninterval = \"5s\"\n",
+        "when = { after = \"consul-agent\", is = \"healthy\" }",
+        // each -> each = true; restarts N -> restart_limit; when.timeout kept.
+        "when = { after = \"consul-agent\", is = \"unhealthy\" }\neach = true\n",
+        "restart = \"always\"\nrestart_limit = 3\nstop_timeout = \"3s\"\nhealth = { exec = [\"/usr/bin/curl\", \"-fs\", \"http://localhost:9100/metrics\"], timeout = \"2s\" }\ninterval = \"10s\"\nwhen = { after = \"consul-agent\", is = \"healthy\", timeout = \"60s\" }\n",
+        // A job's port registers a service that reports the job's health.
+        "name = \"metrics-sidecar\"\nport = 9100\ninterval = \"10s\"\nttl = \"30s\"\njob = \"metrics-sidecar\"",
     ] {
         assert!(config.contains(line), "missing {line:?} in:\n{config}");
     }

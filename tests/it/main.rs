@@ -16,6 +16,7 @@ mod haproxy_runtime;
 mod hardening;
 mod harness_selftest;
 mod import;
+mod jobs;
 mod packaging;
 mod project;
 mod scale;

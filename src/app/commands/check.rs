@@ -42,6 +42,13 @@ fn programs(config: &Config) -> Vec<(String, String)> {
     for t in &config.tasks {
         add(format!("task {}", t.name), Some(&t.exec.program));
     }
+    for j in &config.jobs {
+        add(format!("job {} exec", j.name), Some(&j.exec));
+        add(
+            format!("job {} health", j.name),
+            j.health.as_ref().map(|h| &h.check.program),
+        );
+    }
     if let Some(m) = &config.main {
         add("main pre_start".into(), spec(m.pre_start.as_ref()));
         add("main exec".into(), m.exec.as_ref());
@@ -71,12 +78,16 @@ pub fn run(config: &Config) -> Outcome {
     match Engine::load(&config.templates) {
         Ok(_) => {
             println!(
-                "{}: ok ({} template(s), {} service(s), {} watch(es), {} task(s){})",
+                "{}: ok ({} template(s), {} service(s), {} watch(es), {} task(s){}{})",
                 config.path.display(),
                 config.templates.len(),
                 config.services.len(),
                 config.watches.len(),
                 config.tasks.len(),
+                match config.jobs.len() {
+                    0 => String::new(),
+                    n => format!(", {n} job(s)"),
+                },
                 if config.main.is_some() { ", main" } else { "" }
             );
             for w in &config.warnings {

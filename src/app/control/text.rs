@@ -4,7 +4,7 @@
 use std::fmt::Write as _;
 use std::time::SystemTime;
 
-use crate::status::{Report, TemplateState};
+use crate::status::{JobStatus, Report, TemplateState};
 
 /// The human-readable form of a status report.
 pub fn status(r: &Report) -> String {
@@ -115,7 +115,36 @@ pub fn status(r: &Report) -> String {
         })
         .collect();
     section(&mut out, "tasks", tasks);
+
+    // Only when there are jobs besides main (main has its own line above).
+    if r.jobs.keys().any(|n| n != crate::config::MAIN_JOB) {
+        let jobs = r.jobs.iter().map(|(name, j)| job_line(name, j)).collect();
+        section(&mut out, "jobs", jobs);
+    }
     out
+}
+
+/// `consul-agent: running (pid 12), healthy, 1 restart(s), last exit: ..., waits for: ...`
+fn job_line(name: &str, j: &JobStatus) -> String {
+    let mut line = format!("{name}: {}", one_line(&j.state));
+    if let Some(pid) = j.pid {
+        line.push_str(&format!(" (pid {pid})"));
+    }
+    match j.healthy {
+        Some(true) => line.push_str(", healthy"),
+        Some(false) => line.push_str(&format!(", unhealthy: {}", one_line(&j.health_note))),
+        None => {}
+    }
+    if j.restarts > 0 {
+        line.push_str(&format!(", {} restart(s)", j.restarts));
+    }
+    if let Some(last) = j.last_exit.as_deref().filter(|l| !l.is_empty()) {
+        line.push_str(&format!(", last exit: {last}"));
+    }
+    if let Some(w) = &j.waits_for {
+        line.push_str(&format!(", waits for: {w}"));
+    }
+    line
 }
 
 fn section(out: &mut String, title: &str, items: Vec<String>) {
@@ -209,6 +238,7 @@ mod tests {
         );
         let t = status(&report);
         assert!(t.contains("main: running (pid 42)"), "{t}");
+        assert!(!t.contains("jobs:"), "no jobs section without jobs:\n{t}");
         assert!(
             t.contains("web-h-80 (web)  10.0.0.1:80  passing, registered  ok"),
             "{t}"
@@ -224,5 +254,34 @@ mod tests {
             "{t}"
         );
         assert!(t.starts_with("rewire (pid 7)  config /etc/rewire.toml\ncatalog: dir:/cat\n"));
+    }
+
+    #[test]
+    fn every_job_shows_state_pid_health_restarts_last_exit_and_what_it_waits_for() {
+        let mut report = Report::default();
+        report.jobs.insert(
+            "consul-agent".into(),
+            JobStatus {
+                state: "running".into(),
+                pid: Some(7),
+                restarts: 2,
+                last_exit: Some("exited with status 1".into()),
+                healthy: Some(true),
+                ..JobStatus::default()
+            },
+        );
+        report.jobs.insert(
+            "main".into(),
+            JobStatus {
+                state: "waiting".into(),
+                waits_for: Some("consul-agent healthy (timeout 1m)".into()),
+                ..JobStatus::default()
+            },
+        );
+        let t = status(&report);
+        assert!(
+            t.contains("jobs:\n  consul-agent: running (pid 7), healthy, 2 restart(s), last exit: exited with status 1\n  main: waiting, waits for: consul-agent healthy (timeout 1m)\n"),
+            "{t}"
+        );
     }
 }

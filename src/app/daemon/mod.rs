@@ -32,7 +32,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 use super::control::{self, Command};
 use super::signals::{Incoming, Signals};
@@ -40,12 +40,13 @@ use super::{Failure, Outcome, Reloader};
 use crate::catalog::{self, Catalog, CatalogError};
 use crate::config::Config;
 use crate::model::Query;
+use crate::proc::jobs::Jobs;
 use crate::proc::supervisor::{Published, Supervisor};
 use crate::proc::{Runs, tasks, watches};
 use crate::render::group;
 use crate::render::runner::{self, Shared};
 use crate::render::template::Engine;
-use crate::status::Board;
+use crate::status::{Board, Jobs as JobsState};
 use crate::store::{Health, Store};
 use crate::wanted::Wanted;
 
@@ -57,11 +58,28 @@ const TAIL: Duration = Duration::from_millis(1500);
 
 /// Runs the daemon until a stop signal, or until main exits for good.
 pub async fn run(config: Config, reloader: Reloader) -> Result<Outcome, Failure> {
-    let catalog = open_and_check(&config).await?;
+    let catalog = catalog::open(&config.catalog)?;
     let engine = Arc::new(Engine::load(&config.templates).map_err(Failure::Templates)?);
     crate::render::pipeline::remove_leftovers(&config.templates);
     let mut signals = Signals::new(config.main.as_ref()).map_err(Failure::Signals)?;
-    let mut daemon = Daemon::start(config, catalog, engine, reloader);
+    // The jobs start before the preflight: the catalog may be a Consul agent that one of
+    // them runs. Templates and registrations start after it, as without jobs.
+    let jobs = Jobs::start(&config, crate::command::child_env(&config));
+    let catalog = tokio::select! {
+        checked = preflight(catalog, !config.jobs.is_empty()) => match checked {
+            Ok(c) => c,
+            Err(e) => {
+                jobs.stop(None).await;
+                return Err(e.into());
+            }
+        },
+        s = next_stop(&mut signals) => {
+            info!(signal = %s, "stopping before the catalog answered");
+            jobs.stop(None).await;
+            return Ok(Outcome::Relayed(0));
+        }
+    };
+    let mut daemon = Daemon::start(config, catalog, engine, reloader, jobs);
     let exit = daemon.serve(&mut signals).await;
     let status = daemon.stop(exit, &mut signals).await;
     Ok(Outcome::Relayed(status))
@@ -70,13 +88,38 @@ pub async fn run(config: Config, reloader: Reloader) -> Result<Outcome, Failure>
 /// Opens the configured catalog and asks it whether it can be used at all: a refusal (a bad
 /// token) stops rewire; an unreachable catalog is retried while rewire runs.
 async fn open_and_check(config: &Config) -> Result<Arc<dyn Catalog>, CatalogError> {
-    let catalog = catalog::open(&config.catalog)?;
-    match catalog.preflight().await {
-        Ok(()) => Ok(catalog),
-        Err(e @ CatalogError::Denied { .. }) | Err(e @ CatalogError::Unsupported(_)) => Err(e),
-        Err(e) => {
-            warn!(error = %e, "catalog not reachable yet; starting anyway and retrying");
-            Ok(catalog)
+    preflight(catalog::open(&config.catalog)?, false).await
+}
+
+/// How long the preflight keeps asking an unreachable catalog when there are `[[job]]`s (the
+/// catalog may be an agent a job is starting), before going on as without jobs.
+const PREFLIGHT_PATIENCE: Duration = Duration::from_secs(30);
+
+/// Asks the catalog whether it can be used at all. With `patient` (there are jobs), an
+/// unreachable catalog is asked again for up to [`PREFLIGHT_PATIENCE`], so a bad token is
+/// still refused when the agent comes up a moment after rewire.
+async fn preflight(
+    catalog: Arc<dyn Catalog>,
+    patient: bool,
+) -> Result<Arc<dyn Catalog>, CatalogError> {
+    let deadline = tokio::time::Instant::now() + PREFLIGHT_PATIENCE;
+    let mut backoff =
+        crate::backoff::Backoff::new(Duration::from_millis(100), Duration::from_secs(2))
+            .expect("100ms <= 2s");
+    loop {
+        match catalog.preflight().await {
+            Ok(()) => return Ok(catalog),
+            Err(e @ CatalogError::Denied { .. }) | Err(e @ CatalogError::Unsupported(_)) => {
+                return Err(e);
+            }
+            Err(e) if patient && tokio::time::Instant::now() < deadline => {
+                debug!(error = %e, "catalog not reachable yet; a job may be starting it");
+                tokio::time::sleep(backoff.next_delay()).await;
+            }
+            Err(e) => {
+                warn!(error = %e, "catalog not reachable yet; starting anyway and retrying");
+                return Ok(catalog);
+            }
         }
     }
 }
@@ -127,6 +170,8 @@ struct Parts {
     watch_slots: watches::Slots,
     task_slots: tasks::Slots,
     runs: Runs,
+    /// The jobs' published state: `[[task]]`s and `[[watch]]`es with a `when` wait on it.
+    jobs: watch::Receiver<Arc<JobsState>>,
 }
 
 impl Parts {
@@ -156,8 +201,7 @@ impl Parts {
             &generation.stop,
             &self.board,
             &shared.env,
-            &self.runs,
-            &self.task_slots,
+            (&self.runs, &self.task_slots, &self.jobs),
         );
         let handlers = watches::Context {
             store: self.store.clone(),
@@ -165,6 +209,7 @@ impl Parts {
             board: self.board.clone(),
             env: shared.env,
             runs: self.runs.clone(),
+            jobs: self.jobs.clone(),
         };
         watches::spawn_all(
             config,
@@ -198,6 +243,7 @@ impl Daemon {
         catalog: Arc<dyn Catalog>,
         engine: Arc<Engine>,
         reloader: Reloader,
+        jobs: Jobs,
     ) -> Daemon {
         let root = CancellationToken::new();
         let tasks = TaskTracker::new();
@@ -207,6 +253,7 @@ impl Daemon {
             config.path.display().to_string(),
             catalog.describe(),
         ));
+        board.attach_jobs(jobs.subscribe());
         let (wanted_tx, wanted_rx) = watch::channel(BTreeSet::new());
         tasks.spawn(show_catalog_health(
             board.clone(),
@@ -240,6 +287,7 @@ impl Daemon {
             wanted,
             main_pid,
             writes_allowed,
+            jobs: jobs.subscribe(),
         };
         let generation = parts.spawn_generation(&config, engine);
         tasks.spawn(tell_systemd_when_ready(
@@ -261,6 +309,7 @@ impl Daemon {
             catalog.catalog.clone(),
             parts.board.clone(),
             Published {
+                jobs,
                 main_pid: main_pid_tx,
                 writes_allowed: writes_tx,
             },
