@@ -48,15 +48,19 @@ impl Removals {
             dests,
             watched: HashSet::new(),
         };
-        removals.watch_dirs();
+        // Nothing was written yet: a missing destination is the first render's job.
+        let _ = removals.watch_dirs();
         removals
     }
 
-    /// Watches every destination directory that exists and is not watched yet.
-    pub fn watch_dirs(&mut self) {
+    /// Watches every destination directory that exists and is not watched yet. True when a
+    /// destination in a directory watched just now is already missing (removed between the
+    /// write that created the directory and this watch): the caller writes it again.
+    pub fn watch_dirs(&mut self) -> bool {
         let Some(watcher) = self.watcher.as_mut() else {
-            return;
+            return false;
         };
+        let mut missed = false;
         for dir in self.dests.iter().filter_map(|d| d.parent()) {
             if self.watched.contains(dir) || !dir.is_dir() {
                 continue;
@@ -64,12 +68,17 @@ impl Removals {
             match watcher.watch(dir, RecursiveMode::NonRecursive) {
                 Ok(()) => {
                     self.watched.insert(dir.to_path_buf());
+                    missed |= self
+                        .dests
+                        .iter()
+                        .any(|d| d.parent() == Some(dir) && missing(d));
                 }
                 Err(e) => {
                     debug!(dir = %dir.display(), error = %e, "cannot watch a destination directory")
                 }
             }
         }
+        missed
     }
 
     /// The next destination removed; pending forever without a watcher.

@@ -93,7 +93,6 @@ pub async fn run_group(group: Group, shared: Shared, stop: CancellationToken) {
         );
         loop {
             if render_now {
-                render_now = false;
                 debounce.take();
                 let snap = shared.store.snapshot();
                 let round = render_round(&group, &shared, &snap, &mut state, &stop);
@@ -103,8 +102,12 @@ pub async fn run_group(group: Group, shared: Shared, stop: CancellationToken) {
                     seen = round => seen,
                 };
                 owner.set(seen.keys().cloned().collect());
-                // A destination directory the round created can be watched now.
-                removals.watch_dirs();
+                // A destination directory the round created can be watched now; a file
+                // removed before the watch began is written again at once.
+                render_now = removals.watch_dirs();
+                if render_now {
+                    info!("destination removed; writing it again");
+                }
                 continue;
             }
             tokio::select! {
