@@ -3,7 +3,7 @@
 //! A shared leaf: the render pipeline writes templates through it, the dir catalog writes its
 //! registration files through it, `rewire diff` compares with it. It knows nothing of either.
 //!
-//! The rules (DESIGN.md, "Reliability"): never a torn file, never a broken config in place.
+//! The rules (docs/architecture.md, "Rules the code keeps"): never a torn file, never a broken config in place.
 //! A render is staged as `.<dest>.rewire-XXXXXX` in the destination's directory (leading dot
 //! and no `.conf` suffix, so `include *.conf` and `haproxy -f DIR` never load it), created
 //! with the final mode, fsynced, checked, renamed over the destination, and the directory is

@@ -3,13 +3,14 @@
 
 use std::process::ExitCode;
 
-use clap::Parser;
-use rewire::app::cli::{Cli, Command};
+use rewire::app::cli::Command;
 use rewire::app::{self, Failure, Outcome};
 use rewire::proc::init::{self, Fork};
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    // While this process has one thread: read (and hide from children) systemd's socket.
+    app::systemd::take_from_env();
+    let cli = rewire::app::cli::parse();
     let result = match &cli.command {
         // As PID 1 (or with `run --subreaper`), fork the reaper before any thread exists: the
         // runtime is built inside `app::run`, in the worker.

@@ -107,9 +107,28 @@ pub struct Instance {
 }
 
 impl Instance {
-    /// The order templates see: by address, then port, then id, so output is deterministic.
-    pub fn sort_key(&self) -> (&str, u16, &str) {
-        (&self.address, self.port, &self.id)
+    /// The order templates see: by address (IP addresses numerically, IPv4 before IPv6, then
+    /// hostnames as strings), then port, then id, so output is deterministic and
+    /// 10.0.0.7 comes before 10.0.0.12.
+    pub fn sort_key(&self) -> (AddressOrder<'_>, u16, &str) {
+        (AddressOrder::of(&self.address), self.port, &self.id)
+    }
+}
+
+/// An address as instances are ordered by it: IP addresses first, numerically; hostnames
+/// after them, as strings.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum AddressOrder<'a> {
+    Ip(std::net::IpAddr),
+    Host(&'a str),
+}
+
+impl<'a> AddressOrder<'a> {
+    pub fn of(address: &'a str) -> AddressOrder<'a> {
+        match address.parse() {
+            Ok(ip) => AddressOrder::Ip(ip),
+            Err(_) => AddressOrder::Host(address),
+        }
     }
 }
 
@@ -189,7 +208,15 @@ impl Data {
         match &mut self {
             Data::Instances(list) => {
                 if !list.is_sorted_by(|a, b| a.sort_key() <= b.sort_key()) {
-                    list.sort_by(|a, b| a.sort_key().cmp(&b.sort_key()));
+                    // Each address parsed once, not once per comparison (the same order as
+                    // `sort_key`: IPs before hostnames, which `Ok` before `Err` gives).
+                    list.sort_by_cached_key(|i| {
+                        let addr = match AddressOrder::of(&i.address) {
+                            AddressOrder::Ip(ip) => Ok(ip),
+                            AddressOrder::Host(h) => Err(h.to_string()),
+                        };
+                        (addr, i.port, i.id.clone())
+                    });
                 }
                 for i in list.iter_mut() {
                     if !i.tags.is_sorted_by(|a, b| a < b) {
@@ -407,7 +434,7 @@ mod tests {
     }
 
     #[test]
-    fn normalize_sorts_instances_by_address_port_id() {
+    fn normalize_sorts_instances_by_numeric_address_then_port_then_id() {
         let mk = |id: &str, addr: &str, port| Instance {
             id: id.into(),
             name: "web".into(),
@@ -423,6 +450,9 @@ mod tests {
                 mk("z", "10.0.0.2", 80),
                 mk("y", "10.0.0.1", 81),
                 mk("x", "10.0.0.1", 80),
+                mk("h", "backend.internal", 80),
+                mk("v6", "::1", 80),
+                mk("w", "10.0.0.12", 80),
             ]
             .into_iter()
             .map(Arc::new)
@@ -431,7 +461,7 @@ mod tests {
         .normalize();
         let Data::Instances(list) = d else { panic!() };
         let ids: Vec<_> = list.iter().map(|i| i.id.as_str()).collect();
-        assert_eq!(ids, ["x", "y", "z"]);
+        assert_eq!(ids, ["x", "y", "z", "w", "v6", "h"]);
         assert_eq!(list[0].tags, ["a", "b"]);
     }
 

@@ -94,6 +94,22 @@ pub enum Command {
         after_help = "Examples:\n  rewire import containerpilot containerpilot.json --out rewire/\n  rewire import consul-template config.hcl            (prints rewire.toml)\n\nEach field without a rewire equivalent is listed on stderr with its location.\nExit status: 0 everything mapped; 1 something needs a person; 2 unreadable input, or a file in DIR exists (--force)."
     )]
     Import(crate::import::ImportArgs),
+
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    #[command(
+        after_help = "Examples:\n  rewire completions bash > /etc/bash_completion.d/rewire\n  rewire completions zsh > \"${fpath[1]}/_rewire\"\n  rewire completions fish > ~/.config/fish/completions/rewire.fish"
+    )]
+    Completions(CompletionsArgs),
+
+    /// Print the man page (roff) on stdout.
+    #[command(after_help = "Example:\n  rewire man > /usr/local/share/man/man1/rewire.1")]
+    Man,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct CompletionsArgs {
+    #[arg(value_enum)]
+    pub shell: clap_complete::Shell,
 }
 
 #[derive(Debug, clap::Args)]
@@ -176,4 +192,55 @@ pub enum OnOff {
 
 fn parse_duration(s: &str) -> Result<Duration, crate::config::DurationError> {
     crate::config::parse_duration(s)
+}
+
+/// The command line as `main` parses it: [`Cli`], with `--catalog` hidden from the help of the
+/// commands that never open a catalog (`status`, `maintenance`, `import`, `completions`,
+/// `man`); it stays global so `rewire --catalog URL render` keeps working.
+pub fn command() -> clap::Command {
+    use clap::CommandFactory;
+    let mut cmd = Cli::command();
+    let catalog = cmd
+        .get_arguments()
+        .find(|a| a.get_id() == "catalog")
+        .cloned()
+        .map(|a| a.hide(true));
+    // A subcommand that defines an argument itself does not receive the global one.
+    if let Some(catalog) = catalog {
+        for name in ["status", "maintenance", "import", "completions", "man"] {
+            cmd = cmd.mut_subcommand(name, |s| s.arg(catalog.clone()));
+        }
+    }
+    cmd
+}
+
+/// Parses the process's arguments with [`command`]; exits (2) with clap's message on a usage
+/// error, 0 after `--help` or `--version`.
+pub fn parse() -> Cli {
+    use clap::FromArgMatches;
+    let matches = command().get_matches();
+    Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn catalog_is_offered_only_where_a_catalog_is_read() {
+        let mut cmd = command();
+        // As parsing does: global arguments reach the subcommands when the command is built.
+        cmd.build();
+        let help = |cmd: &mut clap::Command, sub: &str| {
+            cmd.find_subcommand_mut(sub)
+                .unwrap()
+                .render_help()
+                .to_string()
+        };
+        assert!(!help(&mut cmd, "status").contains("--catalog"));
+        assert!(!help(&mut cmd, "maintenance").contains("--catalog"));
+        assert!(help(&mut cmd, "render").contains("--catalog"));
+        let cli = Cli::try_parse_from(["rewire", "--catalog", "dir:/x", "render"]).unwrap();
+        assert_eq!(cli.catalog.as_deref(), Some("dir:/x"));
+    }
 }

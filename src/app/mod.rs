@@ -2,7 +2,7 @@
 //! an exit status.
 //!
 //! Every command returns `Result<Outcome, Failure>`. [`exit_status`] alone maps that to the
-//! process's status (DESIGN.md, "CLI contract"): 0 done; 1 the command's answer is "no"
+//! process's status (docs/architecture.md, "Exit statuses"): 0 done; 1 the command's answer is "no"
 //! (changes, problems, templates not written, no daemon); main's status (or 128+N) passed
 //! through; 2 for a usage error, an unusable config or an internal error. `main` prints the
 //! one [`report`] and exits; nothing below this module picks an exit status or prints an error
@@ -16,6 +16,7 @@ mod control;
 mod daemon;
 mod logging;
 mod signals;
+pub mod systemd;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -86,6 +87,8 @@ pub enum Failure {
     },
     #[error("rewire import: {0}")]
     Import(crate::import::ImportError),
+    #[error("rewire: cannot write to stdout: {0}")]
+    Stdout(std::io::Error),
 }
 
 fn load_errors(errors: &[LoadError]) -> String {
@@ -163,10 +166,26 @@ async fn dispatch(cli: Cli) -> Result<Outcome, Failure> {
         }) => return Ok(control::client::metric(socket, None, name, *value).await),
         // Import reads another tool's files: no rewire.toml involved.
         Command::Import(args) => return commands::import::run(args),
+        Command::Completions(args) => return commands::manual::completions(args.shell),
+        Command::Man => return commands::manual::man(),
         _ => {}
     }
     let config = match load_config(&cli) {
         Ok(c) => c,
+        // `status` and `maintenance` need only the socket: without a readable config, ask the
+        // default one (the unreachable message names --socket and the path it tried).
+        Err(Failure::Config(errors)) if errors.unreadable() => {
+            let socket = config::default_socket();
+            return match &cli.command {
+                Command::Status(args) => {
+                    Ok(control::client::status(&socket, None, args.json).await)
+                }
+                Command::Maintenance(args) => {
+                    Ok(control::client::maintenance(&socket, None, args.state == OnOff::On).await)
+                }
+                _ => Err(Failure::Config(errors)),
+            };
+        }
         // Finding problems is `check`'s job: an invalid (but readable) config is its answer.
         Err(Failure::Config(errors)) if matches!(cli.command, Command::Check) => {
             return if errors.unreadable() {
@@ -183,6 +202,8 @@ async fn dispatch(cli: Cli) -> Result<Outcome, Failure> {
         Command::Diff(args) => commands::diff::run(&config, open_catalog(&config)?, args).await,
         Command::Run(_) => daemon::run(config, Reloader::new(&cli)).await,
         Command::Import(args) => commands::import::run(args),
+        Command::Completions(args) => commands::manual::completions(args.shell),
+        Command::Man => commands::manual::man(),
         Command::Status(args) => {
             Ok(
                 control::client::status(&config.control.socket, Some(&config.path), args.json)

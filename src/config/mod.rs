@@ -645,3 +645,88 @@ pub fn override_catalog(config: &mut Config, url: &str) -> Result<(), CatalogUrl
     config.catalog.backend = backend;
     Ok(())
 }
+
+#[cfg(test)]
+mod reference_tests {
+    //! docs/configuration.md must name every key the parser accepts: the key lists are read
+    //! from the section files themselves (each `*_KEYS` constant and each `finish(&t, &[...])`
+    //! list), so a key added to a section without a line in the reference fails here.
+
+    use std::path::Path;
+
+    /// The quoted strings in every key list of `src`.
+    fn key_lists(src: &str) -> Vec<String> {
+        const CONST_LIST: &str = "KEYS: &[&str] = &[";
+        let mut starts: Vec<usize> = src
+            .match_indices(CONST_LIST)
+            .map(|(i, _)| i + CONST_LIST.len())
+            .collect();
+        // Only a literal list inside a `finish(...)` call (not a constant's name).
+        starts.extend(src.match_indices(".finish(&").filter_map(|(i, _)| {
+            let call = &src[i..];
+            let open = call.find("&[")?;
+            (open < call.find(')')?).then_some(i + open + 2)
+        }));
+        let mut keys = Vec::new();
+        for start in starts {
+            let list = &src[start..];
+            let end = list.find(']').unwrap_or(list.len());
+            keys.extend(
+                list[..end]
+                    .split(',')
+                    .map(|k| k.trim().trim_matches('"').to_string())
+                    .filter(|k| !k.is_empty() && !k.contains(char::is_whitespace)),
+            );
+        }
+        keys
+    }
+
+    /// The part of the reference under the heading for `[section]` or `[[section]]`, up to
+    /// the next level-2 heading; the whole reference when there is no such heading.
+    fn section<'d>(doc: &'d str, name: &str) -> Option<&'d str> {
+        let start = doc
+            .find(&format!("## `[{name}]`"))
+            .or_else(|| doc.find(&format!("## `[[{name}]]`")))?;
+        let body = &doc[start + 3..];
+        Some(&body[..body.find("\n## ").unwrap_or(body.len())])
+    }
+
+    #[test]
+    fn the_configuration_reference_names_every_key_the_parser_accepts() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let doc = std::fs::read_to_string(root.join("docs/configuration.md")).unwrap();
+        let mut missing = Vec::new();
+        let mut sections = 0;
+        for entry in std::fs::read_dir(root.join("src/config")).unwrap() {
+            let path = entry.unwrap().path();
+            let stem = path.file_stem().unwrap().to_string_lossy().into_owned();
+            let src = std::fs::read_to_string(&path).unwrap();
+            // parse.rs holds the top-level section names: each needs its own heading.
+            if stem == "parse" {
+                for name in key_lists(&src) {
+                    if section(&doc, &name).is_none() {
+                        missing.push(format!("no heading for [{name}] / [[{name}]]"));
+                    }
+                }
+                continue;
+            }
+            let keys = key_lists(&src);
+            if keys.is_empty() {
+                continue;
+            }
+            sections += 1;
+            let text = section(&doc, &stem).unwrap_or(&doc);
+            for key in keys {
+                if !text.contains(&format!("`{key}`")) {
+                    missing.push(format!("`{key}` (src/config/{stem}.rs)"));
+                }
+            }
+        }
+        assert!(sections >= 8, "found key lists in only {sections} files");
+        assert!(
+            missing.is_empty(),
+            "docs/configuration.md lacks:\n  {}",
+            missing.join("\n  ")
+        );
+    }
+}

@@ -263,7 +263,7 @@ impl Walker<'_> {
         default_timeout: Duration,
     ) -> Option<CommandSpec> {
         match v.get_ref() {
-            // `pre_stop = []` reads as "no hook", as in DESIGN.md's sketch.
+            // `pre_stop = []` reads as "no hook", as in the design sketch (tests/data/design-sketch.toml).
             DeValue::Array(items) if items.is_empty() => None,
             DeValue::Array(items) => {
                 let argv = self.string_items(items, t, key)?;

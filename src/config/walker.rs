@@ -116,7 +116,10 @@ impl Walker<'_> {
     pub(super) fn finish(&mut self, t: &Tbl, known: &[&str]) {
         let used = t.used.borrow().clone();
         for (k, _) in t.map.iter() {
-            if used.contains(k.get_ref().as_ref()) {
+            // A key the section accepts but did not read was skipped for a reason already
+            // reported (e.g. `path` under an unknown backend): "unknown key `path`, did you
+            // mean `path`?" would only confuse.
+            if used.contains(k.get_ref().as_ref()) || known.contains(&k.get_ref().as_ref()) {
                 continue;
             }
             let key = k.get_ref().to_string();
@@ -212,6 +215,15 @@ impl Walker<'_> {
         hint: &str,
     ) -> Option<Spanned<String>> {
         if t.map.get(key).is_none() {
+            // A misspelt `key` is reported once, by `finish` ("unknown key `destinaton`, did
+            // you mean `destination`?"), not also as missing.
+            let misspelt = t
+                .map
+                .iter()
+                .any(|(k, _)| suggest(k.get_ref(), &[key]).is_some());
+            if misspelt {
+                return None;
+            }
             self.error(
                 t.span.clone(),
                 format!("{} needs `{key}`", t.section()),

@@ -68,6 +68,195 @@ fn parse_status_filter(s: &str) -> TeraResult<Option<Vec<Status>>> {
         .map(Some)
 }
 
+/// The arguments each of rewire's functions, filters and tests takes: what `only` enforces at
+/// render time and what [`misspelt_arguments`] checks at load time.
+pub(super) const ARGUMENTS: &[(&str, &[&str])] = &[
+    ("service", &["name", "tag", "status"]),
+    ("services", &[]),
+    ("key", &["path", "default"]),
+    ("keys", &["prefix"]),
+    ("env", &["name", "default"]),
+    ("by_tag", &["tag"]),
+    ("port", &[]),
+    ("listen_address", &[]),
+    ("file_path", &["suffix"]),
+    ("addr_port", &["port"]),
+];
+
+fn arguments_of(function: &str) -> &'static [&'static str] {
+    ARGUMENTS
+        .iter()
+        .find(|(f, _)| *f == function)
+        .map_or(&[], |(_, args)| args)
+}
+
+/// A call of one of rewire's functions with an argument it does not take, found in the text.
+#[derive(Debug, PartialEq, Eq)]
+pub struct MisspeltArgument {
+    /// Byte offset of the argument's name in the template text.
+    pub offset: usize,
+    pub function: &'static str,
+    pub argument: String,
+}
+
+impl MisspeltArgument {
+    /// `service() has no argument `nam`; did you mean `name`? It takes name, tag, status`.
+    pub fn message(&self) -> String {
+        let known = arguments_of(self.function);
+        let suggestion = known
+            .iter()
+            .map(|k| (strsim::levenshtein(&self.argument, k), *k))
+            .filter(|(d, k)| *d <= 2.max(k.len() / 3))
+            .min()
+            .map(|(_, k)| format!("; did you mean `{k}`?"))
+            .unwrap_or_default();
+        let takes = if known.is_empty() {
+            "it takes no arguments".to_string()
+        } else {
+            format!("it takes {}", known.join(", "))
+        };
+        format!(
+            "{}() has no argument `{}`{suggestion} ({takes})",
+            self.function, self.argument
+        )
+    }
+}
+
+/// Finds calls of rewire's functions, filters and tests with an argument they do not take,
+/// by reading the template text (Tera's syntax tree is private). Only the insides of `{{ }}`
+/// and `{% %}` are read; strings are skipped. A render would report the same at run time, but
+/// only once data arrives: this catches `service(nam="web")` in `rewire check` and on SIGHUP.
+pub fn misspelt_arguments(text: &str) -> Vec<MisspeltArgument> {
+    let b = text.as_bytes();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i + 1 < b.len() {
+        // The start of a tag: `{{` or `{%` (comments `{# #}` are skipped whole).
+        if b[i] == b'{' && b[i + 1] == b'#' {
+            i = text[i..].find("#}").map_or(b.len(), |e| i + e + 2);
+            continue;
+        }
+        if !(b[i] == b'{' && (b[i + 1] == b'{' || b[i + 1] == b'%')) {
+            i += 1;
+            continue;
+        }
+        let close = if b[i + 1] == b'{' { "}}" } else { "%}" };
+        let start = i + 2;
+        let end = find_outside_strings(text, start, close).unwrap_or(b.len());
+        scan_tag(text, start, end, &mut out);
+        i = end + 2;
+    }
+    out
+}
+
+/// The first `needle` at or after `from` that is not inside a string literal.
+fn find_outside_strings(text: &str, from: usize, needle: &str) -> Option<usize> {
+    let b = text.as_bytes();
+    let mut i = from;
+    while i < b.len() {
+        match b[i] {
+            q @ (b'"' | b'\'' | b'`') => {
+                i = text[i + 1..]
+                    .find(q as char)
+                    .map_or(b.len(), |e| i + 1 + e + 1);
+            }
+            _ if text[i..].starts_with(needle) => return Some(i),
+            _ => i += 1,
+        }
+    }
+    None
+}
+
+/// Scans `text[start..end]` (one tag) for `name(` calls of known functions.
+fn scan_tag(text: &str, start: usize, end: usize, out: &mut Vec<MisspeltArgument>) {
+    let b = text.as_bytes();
+    let ident = |c: u8| c.is_ascii_alphanumeric() || c == b'_';
+    let mut i = start;
+    while i < end {
+        match b[i] {
+            q @ (b'"' | b'\'' | b'`') => {
+                i = text[i + 1..end]
+                    .find(q as char)
+                    .map_or(end, |e| i + 1 + e + 1);
+            }
+            c if ident(c) && (i == start || !ident(b[i - 1])) => {
+                let word_end = (i..end).find(|&j| !ident(b[j])).unwrap_or(end);
+                let word = &text[i..word_end];
+                let after = text[word_end..end].trim_start();
+                let preceded_by_dot = text[start..i].trim_end().ends_with('.');
+                if after.starts_with('(')
+                    && !preceded_by_dot
+                    && let Some((function, _)) = ARGUMENTS.iter().find(|(f, _)| *f == word)
+                {
+                    let open = end - after.len();
+                    check_call(text, open + 1, end, function, out);
+                }
+                i = word_end;
+            }
+            _ => i += 1,
+        }
+    }
+}
+
+/// Reads the arguments of one call starting after its `(`: each `name =` at depth 1.
+fn check_call(
+    text: &str,
+    from: usize,
+    end: usize,
+    function: &'static str,
+    out: &mut Vec<MisspeltArgument>,
+) {
+    let b = text.as_bytes();
+    let known = arguments_of(function);
+    let ident = |c: u8| c.is_ascii_alphanumeric() || c == b'_';
+    let mut depth = 1;
+    let mut i = from;
+    // Only at the start of an argument (after `(` or `,`) can a name be one.
+    let mut at_argument = true;
+    while i < end && depth > 0 {
+        match b[i] {
+            q @ (b'"' | b'\'' | b'`') => {
+                i = text[i + 1..end]
+                    .find(q as char)
+                    .map_or(end, |e| i + 1 + e + 1);
+                at_argument = false;
+                continue;
+            }
+            b'(' | b'[' | b'{' => depth += 1,
+            b')' | b']' | b'}' => depth -= 1,
+            b',' if depth == 1 => {
+                at_argument = true;
+                i += 1;
+                continue;
+            }
+            c if c.is_ascii_whitespace() => {
+                i += 1;
+                continue;
+            }
+            c if ident(c) && depth == 1 && at_argument => {
+                let word_end = (i..end).find(|&j| !ident(b[j])).unwrap_or(end);
+                let rest = text[word_end..end].trim_start();
+                if rest.starts_with('=') && !rest.starts_with("==") {
+                    let name = &text[i..word_end];
+                    if !known.contains(&name) {
+                        out.push(MisspeltArgument {
+                            offset: i,
+                            function,
+                            argument: name.to_string(),
+                        });
+                    }
+                }
+                at_argument = false;
+                i = word_end;
+                continue;
+            }
+            _ => {}
+        }
+        at_argument = false;
+        i += 1;
+    }
+}
+
 /// Refuses arguments a function does not take: `service(name="web", stauts="any")` would
 /// otherwise render only passing instances without a word.
 fn only(kwargs: &Kwargs, function: &str, known: &[&str]) -> TeraResult<()> {
@@ -84,7 +273,7 @@ fn only(kwargs: &Kwargs, function: &str, known: &[&str]) -> TeraResult<()> {
 }
 
 fn fn_service(kwargs: Kwargs, _: &State) -> TeraResult<Value> {
-    only(&kwargs, "service", &["name", "tag", "status"])?;
+    only(&kwargs, "service", arguments_of("service"))?;
     let name: String = kwargs.must_get("name")?;
     let tag: Option<String> = kwargs.get("tag")?;
     let status: Option<String> = kwargs.get("status")?;
@@ -115,14 +304,14 @@ fn fn_service(kwargs: Kwargs, _: &State) -> TeraResult<Value> {
 }
 
 fn fn_services(kwargs: Kwargs, _: &State) -> TeraResult<Value> {
-    only(&kwargs, "services", &[])?;
+    only(&kwargs, "services", arguments_of("services"))?;
     Ok(lookup(Query::Services, true)
         .map(|e| entry_value(&e).clone())
         .unwrap_or_else(|| Value::from(Vec::<Value>::new())))
 }
 
 fn fn_key(kwargs: Kwargs, _: &State) -> TeraResult<Value> {
-    only(&kwargs, "key", &["path", "default"])?;
+    only(&kwargs, "key", arguments_of("key"))?;
     let path: String = kwargs.must_get("path")?;
     let default: Option<Value> = kwargs.get("default")?;
     let path = path.trim_matches('/').to_string();
@@ -144,7 +333,7 @@ fn fn_key(kwargs: Kwargs, _: &State) -> TeraResult<Value> {
 }
 
 fn fn_keys(kwargs: Kwargs, _: &State) -> TeraResult<Value> {
-    only(&kwargs, "keys", &["prefix"])?;
+    only(&kwargs, "keys", arguments_of("keys"))?;
     let prefix: String = kwargs.must_get("prefix")?;
     let prefix = prefix.trim_start_matches('/').to_string();
     let Some(entry) = lookup(Query::Keys(prefix.clone()), true) else {
@@ -197,7 +386,7 @@ fn fn_is_leader(kwargs: Kwargs, _: &State) -> TeraResult<Value> {
 }
 
 fn fn_env(kwargs: Kwargs, _: &State) -> TeraResult<Value> {
-    only(&kwargs, "env", &["name", "default"])?;
+    only(&kwargs, "env", arguments_of("env"))?;
     let name: String = kwargs.must_get("name")?;
     let default: Option<Value> = kwargs.get("default")?;
     match (std::env::var(&name), default) {
@@ -210,7 +399,7 @@ fn fn_env(kwargs: Kwargs, _: &State) -> TeraResult<Value> {
 }
 
 fn filter_by_tag(list: Vec<Value>, kwargs: Kwargs, _: &State) -> TeraResult<Value> {
-    only(&kwargs, "by_tag", &["tag"])?;
+    only(&kwargs, "by_tag", arguments_of("by_tag"))?;
     let tag: String = kwargs.must_get("tag")?;
     Ok(Value::from(
         list.into_iter()
@@ -329,17 +518,17 @@ pub fn is_file_path(s: &str, suffix: Option<&str>) -> bool {
 }
 
 fn test_port(v: &Value, kwargs: Kwargs, _: &State) -> TeraResult<bool> {
-    only(&kwargs, "port", &[])?;
+    only(&kwargs, "port", arguments_of("port"))?;
     Ok(operand(v).is_some_and(|s| is_port(&s)))
 }
 
 fn test_listen_address(v: &Value, kwargs: Kwargs, _: &State) -> TeraResult<bool> {
-    only(&kwargs, "listen_address", &[])?;
+    only(&kwargs, "listen_address", arguments_of("listen_address"))?;
     Ok(operand(v).is_some_and(|s| is_listen_address(&s)))
 }
 
 fn test_file_path(v: &Value, kwargs: Kwargs, _: &State) -> TeraResult<bool> {
-    only(&kwargs, "file_path", &["suffix"])?;
+    only(&kwargs, "file_path", arguments_of("file_path"))?;
     let suffix: Option<String> = kwargs.get("suffix")?;
     Ok(v.as_str()
         .is_some_and(|s| is_file_path(s, suffix.as_deref())))
@@ -348,7 +537,7 @@ fn test_file_path(v: &Value, kwargs: Kwargs, _: &State) -> TeraResult<bool> {
 /// `instance | addr_port`, or `"::1" | addr_port(port=80)`. An address string is checked
 /// (an IP or a hostname) and a port must be 1-65535: a KV value cannot smuggle `; ...` in.
 fn filter_addr_port(v: &Value, kwargs: Kwargs, _: &State) -> TeraResult<Value> {
-    only(&kwargs, "addr_port", &["port"])?;
+    only(&kwargs, "addr_port", arguments_of("addr_port"))?;
     let port_kw: Option<u64> = kwargs.get("port")?;
     if let Some(p) = port_kw
         && !(1..=65535).contains(&p)
@@ -390,6 +579,69 @@ fn filter_addr_port(v: &Value, kwargs: Kwargs, _: &State) -> TeraResult<Value> {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn misspelt_arguments_of_rewires_functions_are_found_in_the_text() {
+        let text = "{{ service(nam=\"web\") }}\n{% for s in service(name=\"a\", stauts=\"any\") | by_tag(tga=\"x\") %}{% endfor %}\n";
+        let found: Vec<(String, &str)> = misspelt_arguments(text)
+            .into_iter()
+            .map(|m| (m.argument, m.function))
+            .collect();
+        assert_eq!(
+            found,
+            [
+                ("nam".to_string(), "service"),
+                ("stauts".to_string(), "service"),
+                ("tga".to_string(), "by_tag"),
+            ]
+        );
+        let m = &misspelt_arguments(text)[0];
+        assert_eq!(&text[m.offset..m.offset + 3], "nam");
+        assert_eq!(
+            m.message(),
+            "service() has no argument `nam`; did you mean `name`? (it takes name, tag, status)"
+        );
+    }
+
+    #[test]
+    fn correct_calls_strings_comments_and_other_functions_are_left_alone() {
+        for text in [
+            "{{ service(name=\"web\", tag=\"v2\", status=\"any\") | length }}",
+            "{{ key(path=\"a\", default=\"service(nam=1)\") }}",
+            "{# service(nam=\"x\") #}text service(nam=x)",
+            "{{ range(end=3) }}{{ x.service(nam=1) }}",
+            "{% if service(name=\"a\") | length == 0 %}{% endif %}",
+            "{{ s | addr_port(port=80) }}{% if v is file_path(suffix=\".pid\") %}{% endif %}",
+            "{{ env(name=\"A\", default=key(path=\"b\", default=\"c\")) }}",
+        ] {
+            assert_eq!(misspelt_arguments(text), [], "{text}");
+        }
+    }
+
+    #[test]
+    fn the_template_reference_names_every_function_filter_and_test() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        let doc = std::fs::read_to_string(root.join("docs/templates.md")).unwrap();
+        let src = include_str!("functions.rs");
+        // Only `register`'s body: the registrations.
+        let src = &src[src.find("pub(super) fn register(").unwrap()..];
+        let src = &src[..src.find("\n}\n").unwrap()];
+        let mut missing = Vec::new();
+        for kind in ["register_function(", "register_filter(", "register_test("] {
+            for (i, _) in src.match_indices(kind) {
+                // The name may be on the next line (rustfmt).
+                let Some(name) = src[i + kind.len()..].trim_start().strip_prefix('"') else {
+                    continue;
+                };
+                let name = &name[..name.find('"').unwrap()];
+                if !doc.contains(&format!("`{name}")) {
+                    missing.push(name.to_string());
+                }
+            }
+        }
+        assert!(missing.is_empty(), "docs/templates.md lacks {missing:?}");
+    }
+
     use super::*;
 
     #[test]

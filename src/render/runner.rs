@@ -86,9 +86,15 @@ pub async fn run_group(group: Group, shared: Shared, stop: CancellationToken) {
             ..GroupState::default()
         };
         let mut render_now = true;
+        let mut removals = super::removals::Removals::new(
+            group
+                .templates
+                .iter()
+                .map(|t| t.destination.clone())
+                .collect(),
+        );
         loop {
             if render_now {
-                render_now = false;
                 debounce.take();
                 let snap = shared.store.snapshot();
                 let round = render_round(&group, &shared, &snap, &mut state, &stop);
@@ -98,6 +104,12 @@ pub async fn run_group(group: Group, shared: Shared, stop: CancellationToken) {
                     seen = round => seen,
                 };
                 owner.set(seen.keys().cloned().collect());
+                // A destination directory the round created can be watched now; a file
+                // removed before the watch began is written again at once.
+                render_now = removals.watch_dirs();
+                if render_now {
+                    info!("destination removed; writing it again");
+                }
                 continue;
             }
             tokio::select! {
@@ -117,6 +129,13 @@ pub async fn run_group(group: Group, shared: Shared, stop: CancellationToken) {
                     }
                 }
                 _ = debounce::due(&debounce) => render_now = true,
+                dest = removals.removed() => {
+                    // Deleted by hand: write it again now, not at the next catalog change.
+                    if super::removals::missing(&dest) {
+                        info!(dest = %dest.display(), "destination removed; writing it again");
+                        render_now = true;
+                    }
+                }
                 _ = sleep_until_some(state.next_retry()), if state.next_retry().is_some() => {
                     // Bytes a check, write or reload rejected may pass now.
                     render_now = true;

@@ -161,6 +161,22 @@ fn read_partial(dir: &Path, path: &Path) -> Result<Option<String>, String> {
     }
 }
 
+/// `message`, then where: ` --> FILE:LINE:COL`, the line and a caret (as Tera shows its own
+/// errors).
+fn located(file: &str, text: &str, offset: usize, message: &str) -> String {
+    let before = &text[..offset];
+    let line = before.matches('\n').count() + 1;
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    let col = text[line_start..offset].chars().count() + 1;
+    let line_text = text[line_start..].lines().next().unwrap_or("");
+    let width = line.to_string().len();
+    format!(
+        "{message}\n{pad} --> {file}:{line}:{col}\n{pad} |\n{line} | {line_text}\n{pad} | {caret}^",
+        pad = " ".repeat(width),
+        caret = " ".repeat(col - 1),
+    )
+}
+
 /// A template that failed to load (syntax error, unreadable file).
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("template {source_path}: {message}")]
@@ -261,6 +277,12 @@ impl Engine {
         }
         // Parse one by one to report every broken file, then all together so includes resolve.
         for (name, text) in &sources {
+            for m in functions::misspelt_arguments(text) {
+                errors.push(LoadError {
+                    source_path: PathBuf::from(name),
+                    message: located(name, text, m.offset, &m.message()),
+                });
+            }
             let mut probe = Tera::default();
             functions::register(&mut probe);
             if let Err(e) = probe.add_raw_template(name, text) {
@@ -612,23 +634,26 @@ pub(crate) mod tests {
             panic!()
         };
         assert_eq!(text, "2 4 1 2 3");
-        // A misspelt argument or status is an error, not a silent default.
-        for (t, want) in [
-            (
-                "{{ service(name=\"web\", stauts=\"any\") | length }}",
-                "no argument `stauts`",
-            ),
-            (
-                "{{ service(name=\"web\", status=\"bogus\") | length }}",
-                "\"any\"",
-            ),
-        ] {
-            let engine = engine_for(dir.path(), &[("u", t)]).unwrap();
-            let Rendered::Failed { error, .. } = engine.render("u", &store.snapshot()) else {
-                panic!("{t} rendered")
-            };
-            assert!(error.contains(want), "{error}");
-        }
+        // A misspelt argument is refused when the template loads, with its place.
+        let errs = engine_for(
+            dir.path(),
+            &[("u", "{{ service(name=\"web\", stauts=\"any\") | length }}")],
+        )
+        .err()
+        .expect("a misspelt argument is refused at load");
+        assert!(
+            errs[0]
+                .message
+                .contains("no argument `stauts`; did you mean `status`?")
+        );
+        assert!(errs[0].message.contains("/u:1:24"), "{}", errs[0].message);
+        // A bad status value is a render error, not a silent default.
+        let t = "{{ service(name=\"web\", status=\"bogus\") | length }}";
+        let engine = engine_for(dir.path(), &[("u", t)]).unwrap();
+        let Rendered::Failed { error, .. } = engine.render("u", &store.snapshot()) else {
+            panic!("{t} rendered")
+        };
+        assert!(error.contains("\"any\""), "{error}");
     }
 
     #[test]

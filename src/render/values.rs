@@ -4,7 +4,7 @@
 //! use and keeps the result in the entry's derived slot, so every later render (and every
 //! other template) reuses it. When one instance of 1 000 changes, the new entry's conversion
 //! reuses the 999 unchanged instances' values from the entry it replaced (10 000 instances:
-//! ~1 ms cached against ~4.6 ms converted on every call, DESIGN.md). Big first conversions
+//! ~1 ms cached against ~4.6 ms converted on every call). Big first conversions
 //! run on several threads.
 
 use std::collections::BTreeMap;

@@ -26,6 +26,22 @@ fn render_writes_the_file_in_stable_order() {
 }
 
 #[test]
+fn instances_sort_by_numeric_address_then_port_then_id_hostnames_last() {
+    let p = basic();
+    p.instance("web", "c", "10.0.0.12", 80)
+        .instance("web", "d", "10.0.0.7", 80)
+        .instance("web", "e", "10.0.0.7", 79)
+        .instance("web", "f", "2001:db8::1", 80)
+        .instance("web", "g", "app.internal", 80);
+    let o = p.rewire(&["render"]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert_eq!(
+        p.read("out/web.conf"),
+        "upstream web {\n  server 10.0.0.1:80;\n  server 10.0.0.2:80;\n  server 10.0.0.7:79;\n  server 10.0.0.7:80;\n  server 10.0.0.12:80;\n  server [2001:db8::1]:80;\n  server app.internal:80;\n}\n"
+    );
+}
+
+#[test]
 fn unchanged_output_is_not_rewritten() {
     let p = basic();
     assert_eq!(code(&p.rewire(&["render"])), 0);
@@ -360,6 +376,167 @@ fn kill_9_mid_write_never_leaves_a_partial_file() {
         let name = e.unwrap().file_name().to_string_lossy().into_owned();
         assert!(name == "big" || name.starts_with(".big.rewire-"), "{name}");
     }
+}
+
+#[test]
+fn a_template_is_picked_by_its_name_without_the_extension() {
+    let p = Project::new();
+    p.file("templates/nginx.conf.tera", UPSTREAM)
+        .file("templates/haproxy.cfg.tera", "h\n")
+        .config("[[template]]\nsource = \"templates/nginx.conf.tera\"\ndestination = \"out/nginx.conf\"\n\n[[template]]\nsource = \"templates/haproxy.cfg.tera\"\ndestination = \"out/haproxy.cfg\"\n");
+    p.instance("web", "a", "10.0.0.1", 80);
+    let o = p.rewire(&["render", "--template", "nginx", "--timeout", "10s"]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert!(p.read("out/nginx.conf").contains("10.0.0.1:80"));
+    assert!(!p.path("out/haproxy.cfg").exists());
+    // The whole name still works, and an unknown one lists the names.
+    let o = p.rewire(&["render", "--template", "haproxy.cfg", "--timeout", "10s"]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let o = p.rewire(&["render", "--template", "apache"]);
+    assert_eq!(code(&o), 2);
+    assert!(
+        stderr(&o).contains("nginx.conf, haproxy.cfg"),
+        "{}",
+        stderr(&o)
+    );
+}
+
+#[test]
+fn an_unknown_backend_and_a_misspelt_key_are_each_reported_once() {
+    let p = Project::new();
+    p.file("t.tera", "x").config(
+        "[catalog]\nbackend = \"zookeeper\"\npath = \"catalog\"\n\n[[template]]\nsource = \"t.tera\"\ndestinaton = \"out/t\"\n",
+    );
+    let o = p.rewire(&["check"]);
+    assert_eq!(code(&o), 1);
+    let err = stderr(&o);
+    assert!(
+        err.contains("unknown catalog backend \"zookeeper\""),
+        "{err}"
+    );
+    assert!(!err.contains("unknown key `path`"), "{err}");
+    assert!(err.contains("unknown key `destinaton`"), "{err}");
+    assert!(err.contains("did you mean `destination`?"), "{err}");
+    assert!(!err.contains("needs `destination`"), "{err}");
+    assert!(err.contains("2 problems in the config"), "{err}");
+}
+
+#[test]
+fn status_without_a_config_asks_the_default_socket_and_names_socket_in_the_hint() {
+    let p = Project::new();
+    let runtime = p.path("xdg");
+    std::fs::create_dir_all(&runtime).unwrap();
+    // No rewire.toml here: no "cannot read the config", but the default socket, named.
+    let o = p
+        .command(&["status"])
+        .env("XDG_RUNTIME_DIR", &runtime)
+        .env_remove("REWIRE_SOCKET")
+        .output()
+        .unwrap();
+    assert_eq!(code(&o), 1);
+    let err = stderr(&o);
+    assert!(!err.contains("cannot read the config"), "{err}");
+    assert!(
+        err.contains(&format!("{}", runtime.join("rewire.sock").display())),
+        "{err}"
+    );
+    assert!(err.contains("--socket"), "{err}");
+}
+
+#[test]
+fn files_without_json_are_warned_about_once_and_render_errors_are_reported_once() {
+    let p = basic();
+    p.file(
+        "catalog/services/web/web-3",
+        "{\"address\": \"10.0.0.3\", \"port\": 80}",
+    )
+    .file("catalog/services/web/.hidden", "x")
+    .file("catalog/services/web/b.json~", "x");
+    let o = p.rewire(&["render"]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let err = stderr(&o);
+    assert_eq!(err.matches("not an instance file").count(), 1, "{err}");
+    assert!(err.contains("services/web/web-3"), "{err}");
+    assert!(!p.read("out/web.conf").contains("10.0.0.3"));
+    // A render error: once, in the report (not also as a log line).
+    p.file("web.tera", "{{ nope }}\n");
+    let o = p.rewire(&["render"]);
+    assert_eq!(code(&o), 1);
+    let err = stderr(&o);
+    assert_eq!(
+        err.matches("Variable `nope` is not defined").count(),
+        1,
+        "{err}"
+    );
+}
+
+#[test]
+fn check_reports_a_misspelt_function_argument_with_its_location_and_a_suggestion() {
+    let p = Project::new();
+    p.file(
+        "t.tera",
+        "upstream web {\n{% for s in service(nam=\"web\") %}{% endfor %}}\n",
+    )
+    .config("[[template]]\nsource = \"t.tera\"\ndestination = \"out/t\"\n");
+    let o = p.rewire(&["check"]);
+    assert_eq!(code(&o), 1, "{}", stderr(&o));
+    let err = stderr(&o);
+    assert!(
+        err.contains(&format!("{}:2:21", p.path("t.tera").display())),
+        "{err}"
+    );
+    assert!(
+        err.contains("service() has no argument `nam`; did you mean `name`?"),
+        "{err}"
+    );
+    p.file("t.tera", UPSTREAM);
+    assert_eq!(code(&p.rewire(&["check"])), 0);
+}
+
+#[test]
+fn render_and_diff_say_what_they_wait_for_and_check_warns_about_a_missing_catalog() {
+    let p = Project::new();
+    p.file("web.tera", UPSTREAM).config(
+        "[catalog]\npath = \"no-such-catalog\"\n\n[[template]]\nsource = \"web.tera\"\ndestination = \"out/web.conf\"\n",
+    );
+    let o = p.rewire(&["check"]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("the dir catalog's directory does not exist"),
+        "{}",
+        stderr(&o)
+    );
+    let started = std::time::Instant::now();
+    let o = p.rewire(&["render", "--timeout", "6s"]);
+    assert_eq!(code(&o), 1);
+    let err = stderr(&o);
+    // At once what and from where, then progress (plain lines: stderr is not a terminal),
+    // and the final explanation.
+    let catalog = format!("from dir:{}", p.path("no-such-catalog").display());
+    assert!(
+        err.contains(&format!(
+            "rewire: waiting for service(web) {catalog} (up to 6s)"
+        )),
+        "{err}"
+    );
+    assert!(
+        err.contains("rewire: still waiting after 5s for service(web)"),
+        "{err}"
+    );
+    assert!(err.contains("not written after 6s"), "{err}");
+    assert!(started.elapsed() >= Duration::from_secs(6));
+    let o = p.rewire(&["diff", "--timeout", "2s"]);
+    assert_eq!(code(&o), 2, "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("rewire: waiting for service(web)"),
+        "{}",
+        stderr(&o)
+    );
+    // A catalog that answers at once: nothing about waiting.
+    std::fs::create_dir_all(p.path("no-such-catalog/services")).unwrap();
+    let o = p.rewire(&["render"]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert!(!stderr(&o).contains("waiting for"), "{}", stderr(&o));
 }
 
 #[test]

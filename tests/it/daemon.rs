@@ -444,3 +444,46 @@ fn files_written_into_a_new_service_directory_at_once_are_all_seen() {
     });
     assert_eq!(r.stop(), Some(0));
 }
+
+#[test]
+fn a_destination_deleted_by_hand_is_written_again_at_once() {
+    let (p, mut r) = web_daemon("");
+    let first = p.read("out/web.conf");
+    std::fs::remove_file(p.path("out/web.conf")).unwrap();
+    // No catalog change: inotify on out/ tells the runner.
+    wait_for("the file is back", TIMEOUT, || {
+        p.read("out/web.conf") == first
+    });
+    assert!(
+        r.log().contains("destination removed; writing it again"),
+        "{}",
+        r.log()
+    );
+    // Moved away counts too.
+    std::fs::rename(p.path("out/web.conf"), p.path("out/moved")).unwrap();
+    wait_for("the file is back again", TIMEOUT, || {
+        p.read("out/web.conf") == first
+    });
+    assert_eq!(r.stop(), Some(0), "{}", r.log());
+}
+
+#[test]
+fn sighup_rejects_a_template_with_a_misspelt_argument_before_applying_the_config() {
+    let (p, mut r) = web_daemon("");
+    p.file(
+        "web.tera",
+        "{% for s in service(nam=\"web\") %}{% endfor %}\n",
+    );
+    r.signal(SIGHUP);
+    wait_for("the rejection", TIMEOUT, || {
+        r.log().contains("has no argument `nam`")
+    });
+    let log = r.log();
+    assert!(!log.contains("new config applied"), "{log}");
+    // The old template keeps running.
+    p.instance("web", "b", "10.0.0.2", 80);
+    wait_for("old template still renders", TIMEOUT, || {
+        p.read("out/web.conf").contains("10.0.0.2:80")
+    });
+    assert_eq!(r.stop(), Some(0), "{}", r.log());
+}

@@ -100,6 +100,15 @@ pub fn run(config: &Config) -> Outcome {
                     warn!(template = %t.name, dir = %dir.display(), "the destination directory does not exist yet; it will be created");
                 }
             }
+            if let crate::config::Backend::Dir(d) = &config.catalog.backend
+                && !d.path.is_dir()
+            {
+                warn!(
+                    path = %d.path.display(),
+                    "the dir catalog's directory does not exist: render and run will wait for it \
+                     (create it with services/ and kv/ inside, or set [catalog] path)"
+                );
+            }
             for (what, program) in programs(config) {
                 if !program_exists(&program) {
                     warn!(

@@ -1,4 +1,4 @@
-//! The one-shot commands: `render`, `diff` and `check`.
+//! The one-shot commands: `render`, `diff` and `check` (and `import`, `completions`, `man`).
 //!
 //! `render` and `diff` share discovery ([`render_until_ready`]): render every template against
 //! a store of their own, fetch whatever the renders found missing, and render again until
@@ -9,6 +9,8 @@
 pub mod check;
 pub mod diff;
 pub mod import;
+pub mod manual;
+mod progress;
 pub mod render;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -36,9 +38,28 @@ fn select<'c>(
     }
     let mut out = Vec::new();
     for n in names {
-        match config.templates.iter().find(|t| &t.name == n) {
-            Some(t) => out.push(t),
-            None => {
+        // The exact name, else the name without its extension (`nginx` for `nginx.conf`, the
+        // default name of templates/nginx.conf.tera) when that picks one template.
+        let exact = config.templates.iter().find(|t| &t.name == n);
+        let stem: Vec<&TemplateConfig> = config
+            .templates
+            .iter()
+            .filter(|t| name_stem(&t.name) == n)
+            .collect();
+        match (exact, stem.as_slice()) {
+            (Some(t), _) => out.push(t),
+            (None, [t]) => out.push(*t),
+            (None, [_, _, ..]) => {
+                let names: Vec<&str> = stem.iter().map(|t| t.name.as_str()).collect();
+                return Err(Failure::Usage {
+                    command,
+                    message: format!(
+                        "{n:?} could mean any of: {}; give the whole name",
+                        names.join(", ")
+                    ),
+                });
+            }
+            (None, []) => {
                 let known: Vec<&str> = config.templates.iter().map(|t| t.name.as_str()).collect();
                 return Err(Failure::Usage {
                     command,
@@ -55,6 +76,14 @@ fn select<'c>(
         }
     }
     Ok(out)
+}
+
+/// A template name without its last extension: `nginx` for `nginx.conf`.
+fn name_stem(name: &str) -> &str {
+    match name.rsplit_once('.') {
+        Some((stem, _)) if !stem.is_empty() => stem,
+        _ => name,
+    }
 }
 
 /// Every template problem, then a summary naming the command.
@@ -84,6 +113,8 @@ pub async fn render_until_ready(
     let mut pause = Duration::from_millis(50);
     let mut slots: BTreeMap<String, Slot> = BTreeMap::new();
     let mut results: BTreeMap<String, Rendered> = BTreeMap::new();
+    let progress = progress::Progress::start(catalog.describe(), timeout);
+    let _shown = progress.guard();
     loop {
         let snap = store.snapshot();
         for t in templates {
@@ -118,6 +149,7 @@ pub async fn render_until_ready(
             return (results, last_error);
         }
         let queries: Vec<Query> = to_fetch.into_iter().collect();
+        progress.waiting_for(&queries, last_error.as_deref());
         let mut progressed = false;
         for (q, r) in catalog.fetch_many(&queries).await {
             match r {

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use tracing::{error, info};
+use tracing::info;
 
 use super::{render_until_ready, select, template_problems};
 use crate::app::cli::RenderArgs;
@@ -96,9 +96,7 @@ pub async fn run(
     if failures.is_empty() {
         return Ok(Outcome::Done);
     }
-    for (name, why) in &failures {
-        error!(template = %name, "{why}");
-    }
+    // The report below is the one account of each failure (a log line too would say it twice).
     let mut report = format!(
         "rewire render: {} of {} template(s) failed:",
         failures.len(),

@@ -16,7 +16,11 @@ use crate::status::Report;
 /// Why a client request did not get an answer.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    #[error("no rewire daemon answers on {socket}: {source}")]
+    #[error(
+        "no rewire daemon answers on {socket}: {source}\n  hint: is `rewire run` running? Give its socket with --socket PATH \
+         (or REWIRE_SOCKET), or its config with -c FILE ([control] socket); without either, rewire asks \
+         the default socket (`rewire status --help` and docs/configuration.md, [control], say which)"
+    )]
     Unreachable {
         socket: PathBuf,
         #[source]

@@ -331,6 +331,11 @@ impl Daemon {
             jobs: jobs.subscribe(),
         };
         let generation = parts.spawn_generation(&config, engine);
+        tasks.spawn(tell_systemd_when_ready(
+            parts.board.clone(),
+            config.templates.iter().map(|t| t.name.clone()).collect(),
+            parts.root.clone(),
+        ));
         info!(
             config = %config.path.display(),
             catalog = %catalog.catalog.describe(),
@@ -477,6 +482,7 @@ impl Daemon {
     /// The stop sequence; returns the status rewire exits with. `exit` is main's status when
     /// main already exited on its own.
     async fn stop(self, exit: Option<u8>, signals: &mut Signals) -> u8 {
+        super::systemd::notify("STOPPING=1");
         // Elections first (on_demoted, then release), so a successor is elected while this
         // container still deregisters and drains.
         self.elections.stop().await;
@@ -522,6 +528,24 @@ impl Daemon {
         info!(status, "stopped");
         status
     }
+}
+
+/// Sends systemd `READY=1` once every template of the first config has been written (at once
+/// without templates): a unit ordered after rewire then finds its files in place.
+async fn tell_systemd_when_ready(
+    board: Arc<Board>,
+    templates: Vec<String>,
+    stop: CancellationToken,
+) {
+    let mut ready = board.subscribe_ready();
+    while !board.all_ready(&templates) {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            changed = ready.changed() => if changed.is_err() { return },
+        }
+    }
+    info!(templates = templates.len(), "every template written; ready");
+    super::systemd::notify("READY=1");
 }
 
 /// The next stop signal (others are ignored while stopping).

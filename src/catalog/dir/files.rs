@@ -46,6 +46,36 @@ pub(super) struct Reader {
     pub(super) root: PathBuf,
     pub(super) node: String,
     pub(super) max_file: u64,
+    /// Files in a service directory that are not instances (no `.json`), each warned about
+    /// once: `web-3` instead of `web-3.json` is an easy mistake that otherwise shows nowhere.
+    pub(super) ignored: std::sync::Mutex<std::collections::HashSet<PathBuf>>,
+}
+
+impl Reader {
+    pub(super) fn new(root: PathBuf, node: String, max_file: u64) -> Reader {
+        Reader {
+            root,
+            node,
+            max_file,
+            ignored: Default::default(),
+        }
+    }
+
+    /// Warns (once per file) about a file in `services/<service>/` that is not read because
+    /// its name does not end in `.json`. Hidden files and backups (`~`) are silently skipped.
+    pub(super) fn note_not_an_instance(&self, rel: &Path, name: &std::ffi::OsStr) {
+        let n = name.to_string_lossy();
+        if hidden(name) || n.ends_with('~') || n.ends_with(".json") {
+            return;
+        }
+        let mut ignored = crate::lock::lock(&self.ignored);
+        if ignored.insert(rel.to_path_buf()) {
+            tracing::warn!(
+                file = %self.root.join(rel).display(),
+                "not an instance file (instance files end in .json); ignored"
+            );
+        }
+    }
 }
 
 /// The catalog root, opened once per read so that every file is resolved beneath it.

@@ -98,6 +98,8 @@ impl DirCatalog {
         let mut watcher: Option<notify::RecommendedWatcher> = None;
         let mut tree = Tree::default();
         let mut loaded = false;
+        // Whether any read ever succeeded: before one there is no "last good data" to keep.
+        let mut ever_loaded = false;
         let mut published: BTreeSet<Query> = BTreeSet::new();
         // Directories to read again, and when (see `Touched::new_dirs`).
         let mut reread: Vec<(Instant, PathBuf)> = Vec::new();
@@ -126,6 +128,7 @@ impl DirCatalog {
                             Ok(t) => {
                                 tree = t;
                                 loaded = true;
+                                ever_loaded = true;
                                 published.clear();
                                 if store.set_health(Health::Healthy) {
                                     info!(catalog = %self.describe(), "catalog directory is readable");
@@ -136,7 +139,7 @@ impl DirCatalog {
                                 loaded = false;
                                 store.failed();
                                 if store.set_health(Health::Unreachable(e.to_string())) {
-                                    warn!(error = %e, "catalog unavailable; keeping the last good data");
+                                    warn!(error = %e, "catalog unavailable; {}", keeping(ever_loaded));
                                 }
                             }
                         }
@@ -146,7 +149,7 @@ impl DirCatalog {
                         loaded = false;
                         store.failed();
                         if store.set_health(Health::Unreachable(e.to_string())) {
-                            warn!(error = %e, "cannot watch the catalog directory; keeping the last good data");
+                            warn!(error = %e, "cannot watch the catalog directory; {}", keeping(ever_loaded));
                         }
                     }
                 }
@@ -394,5 +397,14 @@ fn worth_reading(ev: &notify::Event) -> bool {
             std::fs::symlink_metadata(p).is_ok_and(|m| !m.file_type().is_file() || m.nlink() > 1)
         }),
         _ => true,
+    }
+}
+
+/// What an outage means for the data: kept, or (before the first read) still awaited.
+fn keeping(ever_loaded: bool) -> &'static str {
+    if ever_loaded {
+        "keeping the last good data"
+    } else {
+        "nothing read yet: templates wait until it is readable"
     }
 }

@@ -67,11 +67,11 @@ impl DirCatalog {
 
     pub fn with_clock(root: impl Into<PathBuf>, clock: Clock) -> DirCatalog {
         DirCatalog {
-            reader: Arc::new(Reader {
-                root: root.into(),
-                node: crate::host::hostname(),
-                max_file: crate::config::DEFAULT_MAX_FILE,
-            }),
+            reader: Arc::new(Reader::new(
+                root.into(),
+                crate::host::hostname(),
+                crate::config::DEFAULT_MAX_FILE,
+            )),
             clock,
             deregister_after: Duration::from_secs(600),
             recent: std::sync::Mutex::new(None),
@@ -87,11 +87,7 @@ impl DirCatalog {
     /// Sets the largest file read (`[catalog] max_file`).
     pub fn with_max_file(mut self, max: u64) -> DirCatalog {
         let r = &self.reader;
-        self.reader = Arc::new(Reader {
-            root: r.root.clone(),
-            node: r.node.clone(),
-            max_file: max,
-        });
+        self.reader = Arc::new(Reader::new(r.root.clone(), r.node.clone(), max));
         self
     }
 
@@ -337,11 +333,7 @@ mod tests {
     }
 
     fn reader(root: &Path, max_file: u64) -> Reader {
-        Reader {
-            root: root.to_path_buf(),
-            node: "h".into(),
-            max_file,
-        }
+        Reader::new(root.to_path_buf(), "h".into(), max_file)
     }
 
     fn ids(tree: &Tree, service: &str) -> Vec<String> {

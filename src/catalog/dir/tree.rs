@@ -131,8 +131,9 @@ impl Reader {
                 }
             };
             for file in list(&dir) {
-                if let Some(id) = instance_id(&file) {
-                    files.push((dirs.len(), service.clone(), id, dir.rel.join(&file)));
+                match instance_id(&file) {
+                    Some(id) => files.push((dirs.len(), service.clone(), id, dir.rel.join(&file))),
+                    None => self.note_not_an_instance(&dir.rel.join(&file), &file),
                 }
             }
             dirs.push(dir);
@@ -329,6 +330,7 @@ impl Reader {
             }
             [top, service, file] if top == "services" => {
                 let Some(id) = instance_id(std::ffi::OsStr::new(file)) else {
+                    self.note_not_an_instance(rel, std::ffi::OsStr::new(file));
                     return touched;
                 };
                 let rel = Path::new("services").join(service).join(file);
@@ -365,6 +367,9 @@ impl Reader {
         if let Some(dir) = &dir {
             self.note_good(tree, &rel);
             for name in list(dir) {
+                if instance_id(&name).is_none() {
+                    self.note_not_an_instance(&rel.join(&name), &name);
+                }
                 if let Some(id) = instance_id(&name) {
                     let file = rel.join(&name);
                     let read = self.read_instance(root, Some(dir), &file, service, &id);
