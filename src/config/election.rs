@@ -2,13 +2,14 @@
 //!
 //! The name becomes a catalog key and a file name, so it passes the service-name check. The
 //! `service` it names must be a `[[service]]` of this file: its health gates running for leader
-//! and it gives the default published value (its id, address and port). A `[[job]]` will gate
-//! the same way (see [`Gate`]).
+//! and it gives the default published value (its id, address and port). A `job` names a
+//! `[[job]]` with a health command instead: its health gates the same way, and the default
+//! value comes from the `[[service]]` reporting that job's health, if any (see [`Gate`]).
 
 use std::time::Duration;
 
 use super::walker::{Tbl, Walker};
-use super::{AddressSpec, ElectionConfig, Gate, LeaderValueSpec, ServiceConfig};
+use super::{AddressSpec, ElectionConfig, Gate, JobConfig, LeaderValueSpec, ServiceConfig};
 use crate::model::{check_address, check_name};
 
 /// Default term length: a holder that stops renewing is replaced about this long after.
@@ -24,6 +25,7 @@ const ELECTION_KEYS: &[&str] = &[
     "lock_delay",
     "value",
     "service",
+    "job",
     "on_elected",
     "on_demoted",
     "on_change",
@@ -34,6 +36,7 @@ impl Walker<'_> {
         &mut self,
         root: &Tbl,
         services: &[ServiceConfig],
+        jobs: &[JobConfig],
     ) -> Vec<ElectionConfig> {
         let mut out: Vec<ElectionConfig> = Vec::new();
         for t in self.tables(root, "election") {
@@ -88,6 +91,45 @@ impl Walker<'_> {
                     None
                 }
             });
+            let job_gate = self.string(&t, "job").and_then(|j| {
+                match jobs.iter().find(|job| job.name == *j.get_ref()) {
+                    Some(job) if job.health.is_some() => Some(Gate::Job(j.into_inner())),
+                    Some(_) => {
+                        self.error(
+                            j.span(),
+                            format!("`job` {:?} has no `health` command to gate on", j.get_ref()),
+                            "give that [[job]] a `health` command, or remove `job`",
+                        );
+                        None
+                    }
+                    None => {
+                        let known: Vec<&str> = jobs.iter().map(|j| j.name.as_str()).collect();
+                        self.error(
+                            j.span(),
+                            format!("`job` {:?} is not a [[job]] of this file", j.get_ref()),
+                            if known.is_empty() {
+                                "add a [[job]] with that name and a `health` command, or remove `job`"
+                                    .to_string()
+                            } else {
+                                format!("the [[job]] names here: {}", known.join(", "))
+                            },
+                        );
+                        None
+                    }
+                }
+            });
+            let gate = match (gate, job_gate) {
+                (Some(_), Some(_)) => {
+                    let span = t.key_span("job").unwrap_or(t.span.clone());
+                    self.error(
+                        span,
+                        "an [[election]] takes `service` or `job`, not both",
+                        "keep the one whose health should decide who may lead",
+                    );
+                    None
+                }
+                (s, j) => s.or(j),
+            };
             let value = self.leader_value(&t);
             let on_elected = self.command(&t, "on_elected", HOOK_TIMEOUT);
             let on_demoted = self.command(&t, "on_demoted", HOOK_TIMEOUT);
@@ -174,6 +216,37 @@ mod tests {
         assert_eq!(e.lock_delay.as_secs(), 5);
         assert_eq!(e.gate, Some(Gate::Service("redis".into())));
         assert!(e.on_elected.is_some() && e.on_demoted.is_none());
+    }
+
+    #[test]
+    fn a_job_with_a_health_command_may_gate_an_election() {
+        let c = parse(
+            "[[job]]\nname = \"db\"\nexec = [\"db\"]\nhealth = [\"db-ping\"]\n\n[[election]]\nname = \"primary\"\njob = \"db\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.elections[0].gate, Some(Gate::Job("db".into())));
+        let errs = |text: &str| -> String {
+            parse(text)
+                .unwrap_err()
+                .0
+                .iter()
+                .map(|e| e.to_string())
+                .collect::<Vec<_>>()
+                .join("\n")
+        };
+        let all = errs(
+            "[[job]]\nname = \"db\"\nexec = [\"db\"]\n\n[[election]]\nname = \"primary\"\njob = \"db\"\n",
+        );
+        assert!(
+            all.contains(":7:7: `job` \"db\" has no `health` command"),
+            "{all}"
+        );
+        let all = errs("[[election]]\nname = \"primary\"\njob = \"nope\"\n");
+        assert!(all.contains("`job` \"nope\" is not a [[job]]"), "{all}");
+        let all = errs(
+            "[[service]]\nname = \"redis\"\nport = 6379\n[[job]]\nname = \"db\"\nexec = [\"db\"]\nhealth = [\"db-ping\"]\n[[election]]\nname = \"p\"\nservice = \"redis\"\njob = \"db\"\n",
+        );
+        assert!(all.contains("takes `service` or `job`, not both"), "{all}");
     }
 
     #[test]

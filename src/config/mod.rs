@@ -448,12 +448,13 @@ pub struct ElectionConfig {
     pub on_change: Option<CommandSpec>,
 }
 
-/// What must be healthy before a process runs for leader. A `Job` variant joins this when
-/// `[[job]]` exists.
+/// What must be healthy before a process runs for leader.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Gate {
     /// A `[[service]]` of this config, by name: its health command must pass.
     Service(String),
+    /// A `[[job]]` of this config with a health command, by name: that command must pass.
+    Job(String),
 }
 
 /// The holder's published value as configured; what is not set comes from the gate's service.

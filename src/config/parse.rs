@@ -120,8 +120,8 @@ impl Walker<'_> {
         let services = self.services(root, catalog.deregister_after);
         let watches = self.watches(root, defaults.wait);
         let tasks = self.tasks(root);
-        let elections = self.elections(root, &services);
         let jobs = self.jobs(root);
+        let elections = self.elections(root, &services, &jobs);
         self.check_jobs(&jobs, main.is_some());
         Some(Config {
             path: path.to_path_buf(),

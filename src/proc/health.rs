@@ -1,9 +1,8 @@
 //! The last health results of this process's own services, for whoever must wait on them.
 //!
-//! The registrar reports each `[[service]]`'s health command here after every run; an
-//! `[[election]]` reads it to decide whether this process may run for leader, or must resign.
-//! Keys name the source (`service:<name>`), so `[[job]]` health can join without a second
-//! mechanism. Published on a `watch` channel: readers see the latest state and wake on change.
+//! The registrar reports each `[[service]]`'s health command here after every run, and each
+//! `[[job]]` its own; an `[[election]]` reads it to decide whether this process may run for
+//! leader, or must resign. Keys name the source (`service:<name>`, `job:<name>`). Published on a `watch` channel: readers see the latest state and wake on change.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -38,6 +37,11 @@ impl Default for Registry {
 /// The key of a `[[service]]`'s health.
 pub fn service_key(name: &str) -> String {
     format!("service:{name}")
+}
+
+/// The key of a `[[job]]`'s health command.
+pub fn job_key(name: &str) -> String {
+    format!("job:{name}")
 }
 
 impl Registry {

@@ -67,7 +67,8 @@ pub async fn run(config: Config, reloader: Reloader) -> Result<Outcome, Failure>
     let mut signals = Signals::new(config.main.as_ref()).map_err(Failure::Signals)?;
     // The jobs start before the preflight: the catalog may be a Consul agent that one of
     // them runs. Templates and registrations start after it, as without jobs.
-    let jobs = Jobs::start(&config, crate::command::child_env(&config));
+    let health = health::Registry::default();
+    let jobs = Jobs::start(&config, crate::command::child_env(&config), health.clone());
     let catalog = tokio::select! {
         checked = preflight(catalog, !config.jobs.is_empty()) => match checked {
             Ok(c) => c,
@@ -82,7 +83,7 @@ pub async fn run(config: Config, reloader: Reloader) -> Result<Outcome, Failure>
             return Ok(Outcome::Relayed(0));
         }
     };
-    let mut daemon = Daemon::start(config, catalog, engine, reloader, jobs);
+    let mut daemon = Daemon::start(config, catalog, engine, reloader, jobs, health);
     let exit = daemon.serve(&mut signals).await;
     let status = daemon.stop(exit, &mut signals).await;
     Ok(Outcome::Relayed(status))
@@ -250,6 +251,7 @@ impl Daemon {
         engine: Arc<Engine>,
         reloader: Reloader,
         jobs: Jobs,
+        health: health::Registry,
     ) -> Daemon {
         let root = CancellationToken::new();
         let tasks = TaskTracker::new();
@@ -305,7 +307,6 @@ impl Daemon {
         for w in &config.warnings {
             warn!("{w}");
         }
-        let health = health::Registry::default();
         let supervisor = Supervisor::start(
             &config,
             registrar::Context {

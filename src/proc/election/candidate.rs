@@ -175,13 +175,13 @@ impl Candidate {
 
     /// Whether this process may run for leader now.
     fn eligible(&self, health: &BTreeMap<String, Health>) -> Result<(), String> {
-        match &self.cfg.gate {
-            None => Ok(()),
-            Some(Gate::Service(name)) => match health.get(&health::service_key(name)) {
-                Some(h) if h.passing => Ok(()),
-                Some(_) => Err(format!("service {name}'s health check is failing")),
-                None => Err(format!("waiting for service {name}'s first health check")),
-            },
+        let Some((key, what)) = gate_key(self.cfg.gate.as_ref()) else {
+            return Ok(());
+        };
+        match health.get(&key) {
+            Some(h) if h.passing => Ok(()),
+            Some(_) => Err(format!("{what}'s health check is failing")),
+            None => Err(format!("waiting for {what}'s first health check")),
         }
     }
 
@@ -356,10 +356,10 @@ impl Candidate {
                     if r.is_err() {
                         return End::Stop;
                     }
-                    if let Some(Gate::Service(name)) = &self.cfg.gate {
+                    if let Some((key, _)) = gate_key(self.cfg.gate.as_ref()) {
                         let failing = health
                             .borrow_and_update()
-                            .get(&health::service_key(name))
+                            .get(&key)
                             .is_none_or(|h| h.failures >= FAILURES_TO_RESIGN);
                         if failing {
                             return End::Unhealthy;
@@ -448,6 +448,14 @@ impl Candidate {
             env.extend(leader_env(h));
         }
         env
+    }
+}
+
+/// The health registry's key for a gate, and how to name it in messages.
+fn gate_key(gate: Option<&Gate>) -> Option<(String, String)> {
+    match gate? {
+        Gate::Service(name) => Some((health::service_key(name), format!("service {name}"))),
+        Gate::Job(name) => Some((health::job_key(name), format!("job {name}"))),
     }
 }
 

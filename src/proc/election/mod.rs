@@ -213,6 +213,15 @@ impl ValueSource {
     fn new(e: &ElectionConfig, services: &[ServiceConfig]) -> ValueSource {
         let svc = match &e.gate {
             Some(Gate::Service(name)) => services.iter().find(|s| s.name == *name),
+            // The service reporting the job's health, if any.
+            Some(Gate::Job(job)) => services
+                .iter()
+                .find(|s| s.job.as_deref() == Some(job.as_str()))
+                .or(if services.len() == 1 {
+                    services.first()
+                } else {
+                    None
+                }),
             None if services.len() == 1 => services.first(),
             None => None,
         };

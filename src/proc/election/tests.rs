@@ -199,8 +199,16 @@ async fn a_holder_cut_off_from_the_catalog_demotes_itself_before_its_ttl_ends() 
 
 #[tokio::test(start_paused = true)]
 async fn only_a_healthy_candidate_runs_and_a_failing_holder_steps_down() {
-    let h = start(election(Some(Gate::Service("redis".into()))));
-    let key = health::service_key("redis");
+    gated_by(Gate::Service("redis".into()), health::service_key("redis")).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_jobs_health_gates_like_a_services() {
+    gated_by(Gate::Job("db".into()), health::job_key("db")).await;
+}
+
+async fn gated_by(gate: Gate, key: String) {
+    let h = start(election(Some(gate)));
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(
         view(&h.store),

@@ -70,7 +70,11 @@ struct Running {
 impl Jobs {
     /// Starts every `[[job]]` (each waits for its `when` first). `main` appears on the bus as
     /// a node; the supervisor drives it.
-    pub fn start(config: &Config, env: BTreeMap<String, String>) -> Jobs {
+    pub fn start(
+        config: &Config,
+        env: BTreeMap<String, String>,
+        health: crate::proc::health::Registry,
+    ) -> Jobs {
         let mut names: Vec<&str> = config.jobs.iter().map(|j| j.name.as_str()).collect();
         if config.main.is_some() {
             names.push(MAIN_JOB);
@@ -94,6 +98,7 @@ impl Jobs {
                         halt: halt.clone(),
                         turn: turn.clone(),
                         hurry: hurry.clone(),
+                        health: health.clone(),
                     }
                     .run()
                     .instrument(info_span!("job", name = %cfg.name)),

@@ -5,6 +5,7 @@
 //! A job's process inherits rewire's stdout and stderr, as main does (a Consul agent logs
 //! there), gets `/dev/null` as stdin and leads its own process group.
 
+use crate::proc::health;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -34,6 +35,8 @@ pub(super) struct JobTask {
     pub turn: CancellationToken,
     /// A second stop signal: kill without waiting for `stop_timeout`.
     pub hurry: CancellationToken,
+    /// Where the health command's results also go (an `[[election]]` may gate on them).
+    pub health: health::Registry,
 }
 
 /// Why a job's loop ended early.
@@ -224,6 +227,7 @@ impl JobTask {
             s.last_exit = Some(how);
             s.healthy = None;
         });
+        self.health.clear(&health::job_key(name));
         self.bus.emit(name, Event::Exited);
         self.bus.emit(
             name,
@@ -295,6 +299,7 @@ impl JobTask {
                 s.healthy = Some(ok);
                 s.health_note = note.clone();
             });
+            self.health.report(&health::job_key(name), ok);
             if last != Some(ok) {
                 last = Some(ok);
                 if ok {
