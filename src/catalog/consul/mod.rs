@@ -21,9 +21,9 @@
 //! everything against a real agent.
 
 mod agent;
-mod decode;
+pub(crate) mod decode;
 mod poll;
-mod register;
+pub(crate) mod register;
 mod settings;
 
 use std::collections::BTreeSet;

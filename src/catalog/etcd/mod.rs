@@ -23,10 +23,10 @@
 //!
 //! Records written by hand without a `node` get an empty node: an etcd catalog spans machines.
 
-mod mirror;
+pub(crate) mod mirror;
 mod transport;
 mod watcher;
-mod wire;
+pub(crate) mod wire;
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
