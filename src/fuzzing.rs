@@ -31,7 +31,7 @@ fn header_and_body(data: &[u8]) -> (&str, &[u8]) {
 
 /// An environment where some names are set and some are not, always the same way.
 fn env(name: &str) -> Option<String> {
-    (name.len() % 2 == 0).then(|| format!("v_{name}"))
+    name.len().is_multiple_of(2).then(|| format!("v_{name}"))
 }
 
 /// What a catalog hands to templates must pass the checks every backend promises.
@@ -327,7 +327,7 @@ pub fn control(data: &[u8]) {
     };
     if let Ok(req) = Request::parse(line) {
         // What a client sends, the daemon reads back the same.
-        assert_eq!(Request::parse(&req.clone().to_line()), Ok(req));
+        assert_eq!(Request::parse(&req.to_line()), Ok(req));
     }
 }
 
@@ -404,11 +404,13 @@ pub fn import(data: &[u8]) {
 mod tests {
     use super::*;
 
+    type Target = fn(&[u8]);
+
     /// Runs every committed seed through its target, so the corpus stays meaningful (and a
     /// regression the fuzzer once found stays fixed) without a nightly toolchain.
     #[test]
     fn the_seed_corpus_runs_clean_through_every_target() {
-        let targets: [(&str, fn(&[u8])); 9] = [
+        let targets: [(&str, Target); 9] = [
             ("config", config),
             ("interpolate", interpolate),
             ("dir_record", dir_record),
