@@ -75,6 +75,8 @@ pub mod config;
 pub mod confined;
 pub mod debounce;
 pub mod files;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod host;
 pub mod import;
 pub mod lock;

@@ -12,7 +12,7 @@
 
 pub mod cli;
 mod commands;
-mod control;
+pub(crate) mod control;
 mod daemon;
 mod logging;
 mod signals;

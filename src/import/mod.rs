@@ -24,6 +24,7 @@ mod walk;
 use std::path::{Path, PathBuf};
 
 pub use plan::{Finding, Location};
+pub(crate) use toml_out::render as render_plan;
 
 /// `rewire import ...`
 #[derive(Debug, clap::Args)]
@@ -177,13 +178,13 @@ pub fn import(args: &ImportArgs) -> Result<Outcome, ImportError> {
 }
 
 #[derive(Debug, Clone, Copy)]
-enum Kind {
+pub(crate) enum Kind {
     ContainerPilot,
     ConsulTemplate,
 }
 
 /// The pure part: input text to plan, converted templates and findings.
-fn translate(
+pub(crate) fn translate(
     kind: Kind,
     file: &Path,
     src: &str,

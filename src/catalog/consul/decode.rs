@@ -222,13 +222,21 @@ pub fn health_service(service: &str, body: &[u8]) -> Result<Vec<Arc<Instance>>, 
         } else {
             s.address
         };
-        let name = if s.service.is_empty() {
-            service.to_string()
-        } else {
-            s.service
-        };
+        // An answer for `service` holds instances of `service` only: one naming another
+        // service is a malformed answer (found by fuzzing), not an instance to render.
+        let name = service.to_string();
         let checked = check_name(&name)
             .map_err(|e| format!("service name {e}"))
+            .and_then(|()| {
+                if s.service.is_empty() || s.service == service {
+                    Ok(())
+                } else {
+                    Err(format!(
+                        "an instance of service {:?} in the answer for {service:?}",
+                        s.service
+                    ))
+                }
+            })
             .and_then(|()| check_name(&s.id).map_err(|e| format!("instance id {e}")))
             .and_then(|()| check_address(&address).map_err(|e| e.to_string()))
             .and_then(|()| check_port(s.port).map_err(|e| e.to_string()));
@@ -556,5 +564,15 @@ mod tests {
         let s = snippet(long.as_bytes());
         assert!(s.chars().count() <= 203, "{}", s.len());
         assert!(s.ends_with("..."));
+    }
+
+    #[test]
+    fn an_instance_of_another_service_in_a_health_answer_is_skipped() {
+        let body = br#"[{"Node":{"Node":"n","Address":"10.0.0.1"},"Service":{"ID":"a","Service":"wecoDsulb","Port":80},
+            "Checks":[{"CheckID":"_node_maintenance","Status":"maintenance"}]},
+            {"Node":{"Node":"n","Address":"10.0.0.2"},"Service":{"ID":"b","Service":"web","Port":80},"Checks":[]}]"#;
+        let list = health_service("web", body).unwrap();
+        assert_eq!(list.len(), 1, "{list:?}");
+        assert_eq!((list[0].id.as_str(), list[0].name.as_str()), ("b", "web"));
     }
 }

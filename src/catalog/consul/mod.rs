@@ -22,10 +22,10 @@
 //! against a real agent.
 
 mod agent;
-mod decode;
+pub(crate) mod decode;
 mod election;
 mod poll;
-mod register;
+pub(crate) mod register;
 mod settings;
 
 use std::collections::BTreeSet;

@@ -52,7 +52,7 @@ pub fn truncate_output(note: &str, max: usize) -> Cow<'_, str> {
 }
 
 /// The verdict on `GET /v1/acl/token/self`.
-pub(super) fn preflight_verdict(
+pub(crate) fn preflight_verdict(
     status: u16,
     body: &[u8],
     token_set: bool,

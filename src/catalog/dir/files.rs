@@ -23,6 +23,7 @@ use super::tree::Entry;
 use crate::catalog::record::Record;
 use crate::config::show_size;
 use crate::confined::{self, Kind, Refused};
+use crate::model::check_name;
 
 thread_local! {
     /// A reader thread's buffer, reused from one file to the next.
@@ -218,6 +219,13 @@ impl Reader {
 
 /// Decodes an instance file's bytes.
 pub(super) fn decode_instance(bytes: &[u8], service: &str, id: &str, node: &str) -> Read<Entry> {
+    // The id comes from the file name, which may hold anything but `/`: it ends up in
+    // configs (HAProxy server names), so it passes the same check as every other backend's.
+    if let Err(e) = check_name(id) {
+        return Read::Refused(format!(
+            "invalid instance: instance id {e} (rename the file)"
+        ));
+    }
     let record: Record = match serde_json::from_slice(bytes) {
         Ok(r) => r,
         Err(e) => {
@@ -308,4 +316,24 @@ pub(super) fn parallel_map<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> R + 
             .flat_map(|h| h.join().expect("catalog reader thread panicked"))
             .collect()
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Found by the dir_record fuzz target: a file named `api=-2.json` became an instance
+    /// whose id the model's checks refuse.
+    #[test]
+    fn an_instance_file_whose_name_is_not_a_valid_id_is_refused() {
+        let body = br#"{"address": "10.0.1.6", "port": 9000, "status": "critical"}"#;
+        let Read::Refused(why) = decode_instance(body, "api", "api=-2", "n") else {
+            panic!("an id with '=' was accepted");
+        };
+        assert!(why.contains("instance id"), "{why}");
+        assert!(matches!(
+            decode_instance(body, "api", "api-2", "n"),
+            Read::Good(_)
+        ));
+    }
 }

@@ -251,6 +251,20 @@ impl Catalog for DirCatalog {
     }
 }
 
+/// An instance file's bytes as the tree takes them (`<service>/<id>.json`), for the fuzz
+/// targets ([`crate::fuzzing`]): the instance, or why the file is refused.
+pub(crate) fn decode_instance_file(
+    bytes: &[u8],
+    service: &str,
+    id: &str,
+) -> Result<Arc<crate::model::Instance>, String> {
+    match files::decode_instance(bytes, service, id, "node") {
+        files::Read::Good(entry) => Ok(entry.instance),
+        files::Read::Refused(why) => Err(why),
+        files::Read::Gone => Err("gone".into()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeMap;

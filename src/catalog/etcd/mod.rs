@@ -27,10 +27,10 @@
 //! create-if-absent transaction.
 
 mod election;
-mod mirror;
+pub(crate) mod mirror;
 mod transport;
 mod watcher;
-mod wire;
+pub(crate) mod wire;
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};

@@ -1,0 +1,4 @@
+//! Feeds the fuzzer's bytes to `rewire::fuzzing::consul` (see there for what it checks).
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| rewire::fuzzing::consul(data));

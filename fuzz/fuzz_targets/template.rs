@@ -1,0 +1,4 @@
+//! Feeds the fuzzer's bytes to `rewire::fuzzing::template` (see there for what it checks).
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| rewire::fuzzing::template(data));
