@@ -340,7 +340,7 @@ pub fn template(data: &[u8]) {
     let dir = scratch();
     std::fs::write(dir.join("t.conf.tera"), text).expect("write the template");
     let config = format!(
-        "[catalog]\nurl = \"dir:{d}\"\n\n[[template]]\nsource = \"t.conf.tera\"\ndestination = \"{d}/out/t.conf\"\n",
+        "[catalog]\nbackend = \"dir\"\npath = \"{d}\"\n\n[[template]]\nsource = \"t.conf.tera\"\ndestination = \"{d}/out/t.conf\"\n",
         d = dir.display()
     );
     let config = crate::config::parse_str(&config, &dir.join("rewire.toml"), &env)

@@ -190,5 +190,146 @@ pub fn families(view: &View) -> Vec<MetricFamily> {
             out.extend(exit.collect());
         }
     }
+
+    // Jobs besides main (main has its own families above).
+    let jobs: Vec<_> = r
+        .jobs
+        .iter()
+        .filter(|(name, _)| name.as_str() != crate::config::MAIN_JOB)
+        .collect();
+    if !jobs.is_empty() {
+        let up = gauges("rewire_job_up", "1 while the job's process runs.", &["job"]);
+        let healthy = gauges(
+            "rewire_job_healthy",
+            "1 while the job's health command passes, 0 otherwise (jobs with a health command).",
+            &["job"],
+        );
+        let restarts = counters(
+            "rewire_job_restarts_total",
+            "Times the job was restarted.",
+            &["job"],
+        );
+        let events = counters(
+            "rewire_job_events_total",
+            "Events of the job (started, healthy, unhealthy, exited, succeeded, failed, stopping, stopped).",
+            &["job", "event"],
+        );
+        for (name, j) in jobs {
+            up.with_label_values(&[name])
+                .set(flag(j.state == "running"));
+            if j.checked {
+                healthy
+                    .with_label_values(&[name])
+                    .set(flag(j.healthy == Some(true)));
+            }
+            restarts
+                .with_label_values(&[name])
+                .inc_by(u64::from(j.restarts));
+            for (event, n) in &j.events {
+                events.with_label_values(&[name, event]).inc_by(*n);
+            }
+        }
+        out.extend(up.collect());
+        out.extend(healthy.collect());
+        out.extend(restarts.collect());
+        out.extend(events.collect());
+    }
+
+    if !r.elections.is_empty() {
+        let leader = gauges(
+            "rewire_election_leader",
+            "1 while this process holds the election.",
+            &["election"],
+        );
+        let has_holder = gauges(
+            "rewire_election_has_holder",
+            "1 while someone (this process or another) holds the election.",
+            &["election"],
+        );
+        let terms = counters(
+            "rewire_election_terms_total",
+            "Terms this process has held since it started.",
+            &["election"],
+        );
+        let token = gauges(
+            "rewire_election_fencing_token",
+            "The current holder's fencing token (absent while nobody holds the election).",
+            &["election"],
+        );
+        for (name, e) in &r.elections {
+            leader
+                .with_label_values(&[name])
+                .set(flag(e.role == "leader"));
+            has_holder
+                .with_label_values(&[name])
+                .set(flag(!e.holder.is_empty()));
+            terms.with_label_values(&[name]).inc_by(e.terms);
+            if let Some(t) = e.token {
+                // Tokens count terms in the catalog: far below f64's exact range.
+                token.with_label_values(&[name]).set(t as f64);
+            }
+        }
+        out.extend(leader.collect());
+        out.extend(has_holder.collect());
+        out.extend(terms.collect());
+        out.extend(token.collect());
+    }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::status::{ElectionStatus, JobStatus};
+
+    #[test]
+    fn jobs_and_elections_are_read_from_the_report() {
+        let mut report = Report::default();
+        report.jobs.insert(
+            "consul-agent".into(),
+            JobStatus {
+                state: "running".into(),
+                pid: Some(7),
+                restarts: 2,
+                last_exit: None,
+                healthy: Some(true),
+                health_note: String::new(),
+                checked: true,
+                waits_for: None,
+                events: [("started".to_string(), 3), ("healthy".to_string(), 1)].into(),
+            },
+        );
+        report.elections.insert(
+            "primary".into(),
+            ElectionStatus {
+                role: "leader".into(),
+                holder: "redis-a (10.0.0.5:6379)".into(),
+                token: Some(7),
+                since: None,
+                detail: String::new(),
+                terms: 1,
+            },
+        );
+        let families = families(&View {
+            report: &report,
+            contact: &Contact::default(),
+            health: &Health::Healthy,
+            backend: "dir",
+        });
+        let text = prometheus::TextEncoder::new()
+            .encode_to_string(&families)
+            .unwrap();
+        for line in [
+            "rewire_job_up{job=\"consul-agent\"} 1",
+            "rewire_job_healthy{job=\"consul-agent\"} 1",
+            "rewire_job_restarts_total{job=\"consul-agent\"} 2",
+            "rewire_job_events_total{event=\"started\",job=\"consul-agent\"} 3",
+            "rewire_election_leader{election=\"primary\"} 1",
+            "rewire_election_has_holder{election=\"primary\"} 1",
+            "rewire_election_terms_total{election=\"primary\"} 1",
+            "rewire_election_fencing_token{election=\"primary\"} 7",
+        ] {
+            assert!(text.lines().any(|l| l == line), "no {line:?} in:\n{text}");
+        }
+    }
 }
