@@ -16,7 +16,7 @@
 //! thread would be killed whenever that thread retired). Commands get SIGKILL, main gets its
 //! `stop_signal` so it can take its own workers down. Grandchildren (what a `sh -c` started)
 //! are not covered by this: as PID 1 or with `rewire run --subreaper` the reaper kills
-//! whatever is left when rewire ends (see [`proc::init`](crate::proc::init)).
+//! whatever is left when rewire ends (see `proc::init`).
 
 use std::collections::BTreeMap;
 use std::io;

@@ -13,7 +13,7 @@
 //!   creates the key only while its `create_revision` is 0; that revision is the token.
 //!
 //! The ballot knows nothing of hooks, health or deadlines:
-//! [`proc::election`](crate::proc::election) runs the term. A ballot holds at most one term
+//! `proc::election` runs the term. A ballot holds at most one term
 //! at a time.
 
 use std::time::Duration;

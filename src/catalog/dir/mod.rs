@@ -252,7 +252,7 @@ impl Catalog for DirCatalog {
 }
 
 /// An instance file's bytes as the tree takes them (`<service>/<id>.json`), for the fuzz
-/// targets ([`crate::fuzzing`]): the instance, or why the file is refused.
+/// targets (`fuzzing.rs`): the instance, or why the file is refused.
 pub(crate) fn decode_instance_file(
     bytes: &[u8],
     service: &str,
