@@ -259,7 +259,11 @@ fn lex_action(
                 pos = end;
                 Tok::Number(n)
             }
-            _ if b == b'_' || b.is_ascii_alphabetic() || b >= 0x80 => {
+            // A non-ASCII byte starts an identifier only when its character is a letter
+            // (found by fuzzing: an unassigned code point made no progress, looping forever).
+            _ if (b == b'_' || b.is_ascii_alphabetic() || b >= 0x80)
+                && ident_end(src, pos) > pos =>
+            {
                 let end = ident_end(src, pos);
                 let name = src[pos..end].to_string();
                 pos = end;
@@ -495,5 +499,13 @@ mod tests {
         assert!(e.what.contains("unclosed action"), "{e:?}");
         let e = lex("{{ \"abc }}", "{{", "}}").unwrap_err();
         assert!(e.what.contains("unterminated quoted string"), "{e:?}");
+    }
+
+    #[test]
+    fn a_character_that_is_no_letter_is_an_error_not_a_hang() {
+        // The fuzzer's input, minimised: U+0382 is not assigned, so not alphabetic.
+        let e = lex("{{ range services \u{382}}", "{{", "}}").unwrap_err();
+        assert!(e.what.contains("unexpected"), "{e:?}");
+        assert_eq!(kinds("{{ .Ñame }}"), vec![Tok::Field("Ñame".into())]);
     }
 }
