@@ -98,6 +98,9 @@ pub struct JobStatus {
     pub pid: Option<i32>,
     pub restarts: u32,
     pub last_exit: Option<String>,
+    /// The last exit status as a number (128+N when signal N killed it).
+    #[serde(default)]
+    pub last_exit_code: Option<i32>,
     /// The last health check: `Some(true)` passing; `None` before the first one (or when the
     /// job has no health command, or its process is not running).
     #[serde(default)]

@@ -209,6 +209,11 @@ pub fn families(view: &View) -> Vec<MetricFamily> {
             "Times the job was restarted.",
             &["job"],
         );
+        let exit = gauges(
+            "rewire_job_last_exit_code",
+            "The job's last exit status (128+N: killed by signal N).",
+            &["job"],
+        );
         let events = counters(
             "rewire_job_events_total",
             "Events of the job (started, healthy, unhealthy, exited, succeeded, failed, stopping, stopped).",
@@ -225,6 +230,9 @@ pub fn families(view: &View) -> Vec<MetricFamily> {
             restarts
                 .with_label_values(&[name])
                 .inc_by(u64::from(j.restarts));
+            if let Some(code) = j.last_exit_code {
+                exit.with_label_values(&[name]).set(f64::from(code));
+            }
             for (event, n) in &j.events {
                 events.with_label_values(&[name, event]).inc_by(*n);
             }
@@ -232,6 +240,7 @@ pub fn families(view: &View) -> Vec<MetricFamily> {
         out.extend(up.collect());
         out.extend(healthy.collect());
         out.extend(restarts.collect());
+        out.extend(exit.collect());
         out.extend(events.collect());
     }
 
@@ -291,7 +300,8 @@ mod tests {
                 state: "running".into(),
                 pid: Some(7),
                 restarts: 2,
-                last_exit: None,
+                last_exit: Some("exited with status 3".into()),
+                last_exit_code: Some(3),
                 healthy: Some(true),
                 health_note: String::new(),
                 checked: true,
@@ -323,6 +333,7 @@ mod tests {
             "rewire_job_up{job=\"consul-agent\"} 1",
             "rewire_job_healthy{job=\"consul-agent\"} 1",
             "rewire_job_restarts_total{job=\"consul-agent\"} 2",
+            "rewire_job_last_exit_code{job=\"consul-agent\"} 3",
             "rewire_job_events_total{event=\"started\",job=\"consul-agent\"} 3",
             "rewire_election_leader{election=\"primary\"} 1",
             "rewire_election_has_holder{election=\"primary\"} 1",

@@ -221,10 +221,17 @@ impl JobTask {
         } else {
             warn!(job = %name, "job {how}");
         }
+        // As a shell says it: the status, or 128+N when signal N killed it.
+        let code = match status {
+            Some(RunStatus::Exited(c)) => Some(c),
+            Some(RunStatus::Signalled(s)) => Some(128 + s),
+            Some(RunStatus::TimedOut) | None => None,
+        };
         self.bus.update(name, |s| {
             s.state = if success { "exited" } else { "failed" }.into();
             s.pid = None;
             s.last_exit = Some(how);
+            s.last_exit_code = code;
             s.healthy = None;
         });
         self.health.clear(&health::job_key(name));
