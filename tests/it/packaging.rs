@@ -61,7 +61,14 @@ fn systemd_hears_ready_once_templates_are_written_and_stopping_on_stop() {
     // Nothing yet: the template waits for its key.
     let early = socket.recv(&mut buf);
     assert!(early.is_err(), "notified before any template was written");
-    p.kv("app/port", "8080");
+    // Written whole (temp file + rename), so the daemon never reads it empty.
+    std::fs::create_dir_all(p.path("catalog/kv/app")).unwrap();
+    std::fs::write(p.path("catalog/kv/.port.tmp"), "8080").unwrap();
+    std::fs::rename(
+        p.path("catalog/kv/.port.tmp"),
+        p.path("catalog/kv/app/port"),
+    )
+    .unwrap();
     let mut got = String::new();
     wait_for("READY=1", TIMEOUT, || {
         if let Ok(n) = socket.recv(&mut buf) {
