@@ -95,3 +95,56 @@ fn datacenters_and_nodes_on_the_dir_catalog_are_refused_by_check_and_render_with
     }
     assert!(!p.path("out/dc.conf").exists());
 }
+
+/// A consul-template file reading another datacenter, nodes and datacenters converts (nothing
+/// listed for a person) and renders against the agent the bytes consul-template would.
+#[test]
+fn imported_go_templates_with_datacenters_render_what_consul_template_would() {
+    let Some(consul) = Consul::try_start() else {
+        return;
+    };
+    consul.kv_put("app/x", "42");
+    consul.register_service(r#"{"ID":"web2","Name":"web","Address":"10.0.0.2","Port":81}"#);
+    consul.register_service(r#"{"ID":"web1","Name":"web","Address":"10.0.0.3","Port":80}"#);
+    let p = Project::new();
+    p.file(
+        "ct/config.hcl",
+        &format!(
+            "consul {{\n  address = \"{}\"\n}}\ntemplate {{\n  source = \"dc.ctmpl\"\n  destination = \"out/dc.conf\"\n}}\n",
+            consul.http_addr()
+        ),
+    )
+    .file(
+        "ct/dc.ctmpl",
+        "{{ range service \"web@dc1\" }}{{ .ID }} {{ .Address }}:{{ .Port }}\n{{ end }}\
+         {{- range nodes }}node {{ .Node }} {{ .Address }} {{ .Datacenter }}\n{{ end }}\
+         {{- range datacenters }}dc {{ . }}\n{{ end }}\
+         {{- key \"app/x@dc1\" }}\n",
+    );
+    let out = p.path("imported");
+    let rewire = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_rewire"))
+            .args(args)
+            .current_dir(p.root())
+            .env_remove("REWIRE_CONFIG")
+            .output()
+            .unwrap()
+    };
+    let hcl = p.path("ct/config.hcl");
+    let o = rewire(&[
+        "import",
+        "consul-template",
+        hcl.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(project::code(&o), 0, "{}", project::stderr(&o));
+    let config = out.join("rewire.toml");
+    let o = rewire(&["render", "--timeout", "20s", "-c", config.to_str().unwrap()]);
+    assert_eq!(project::code(&o), 0, "{}", project::stderr(&o));
+    // consul-template's order for instances: by node, then id.
+    assert_eq!(
+        std::fs::read_to_string(out.join("out/dc.conf")).unwrap(),
+        "web1 10.0.0.3:80\nweb2 10.0.0.2:81\nnode rewire-test 127.0.0.1 dc1\ndc dc1\n42\n"
+    );
+}
