@@ -227,7 +227,9 @@ fn find_outside_strings(text: &str, from: usize, needle: &str) -> Option<usize> 
                     .find(q as char)
                     .map_or(b.len(), |e| i + 1 + e + 1);
             }
-            _ if text[i..].starts_with(needle) => return Some(i),
+            // Bytes, not `text[i..]`: `i` steps through multi-byte characters one byte at a
+            // time (a tag holding `ڌ` made the slice panic; found by fuzzing).
+            _ if b[i..].starts_with(needle.as_bytes()) => return Some(i),
             _ => i += 1,
         }
     }
@@ -730,6 +732,15 @@ mod tests {
     }
 
     use super::*;
+
+    #[test]
+    fn tags_holding_multi_byte_characters_are_scanned_without_a_panic() {
+        // Found by fuzzing: the scan for a tag's end stepped into the middle of `ڌ`.
+        assert!(
+            misspelt_arguments("{{ ڌ }}{% if é %}{{ service(nam=\"ڌ\") }}{% endif %}").len() == 1
+        );
+        assert!(consul_only_calls("{{ ڌ nodes() }}", "dir").len() == 1);
+    }
 
     #[test]
     fn quoting_filters() {

@@ -31,9 +31,13 @@ impl SyntaxError {
     }
 }
 
-/// 1-based line and column (in characters) of a byte offset.
+/// 1-based line and column (in characters) of a byte offset. An offset inside a character
+/// (hcl-edit's error locations can be: found by fuzzing) counts as that character's.
 pub fn line_col(src: &str, offset: usize) -> (usize, usize) {
-    let offset = offset.min(src.len());
+    let mut offset = offset.min(src.len());
+    while !src.is_char_boundary(offset) {
+        offset -= 1;
+    }
     let before = &src[..offset];
     let line = before.matches('\n').count() + 1;
     let col = before.rfind('\n').map_or(before.chars().count(), |nl| {
@@ -166,4 +170,17 @@ pub fn check_tera(text: &str) -> Result<(), String> {
             }
             text
         })
+}
+
+#[cfg(test)]
+mod line_col_tests {
+    use super::line_col;
+
+    #[test]
+    fn an_offset_inside_a_character_counts_as_that_character() {
+        // Found by fuzzing: hcl-edit reported an error at byte 9 of `g{ دo-0د`, inside `د`.
+        assert_eq!(line_col("g{ دo-0د", 9), (1, 8));
+        assert_eq!(line_col("a\nدb", 4), (2, 2));
+        assert_eq!(line_col("ab", 99), (1, 3));
+    }
 }
