@@ -48,6 +48,7 @@ use crate::model::Query;
 use crate::status::{Board, TemplateEvent};
 use crate::store::{Snapshot, Store};
 use crate::telemetry::metrics::{CheckResult, Metrics, ReloadResult, RenderResult};
+use crate::timing::{self, stage};
 use crate::wanted::Wanted;
 
 /// What every group needs from the daemon.
@@ -120,6 +121,7 @@ pub async fn run_group(group: Group, shared: Shared, stop: CancellationToken) {
                     }
                     let snap = snaps.borrow_and_update().clone();
                     if touches(&seen, &snap) {
+                        timing::mark(stage::RUNNER_WOKEN);
                         debounce.poke();
                         // Discovery (data arriving for queries the last render found missing)
                         // renders at once: nothing was written, so there is nothing to settle.
@@ -378,6 +380,7 @@ async fn render_round(
         let now = SystemTime::now();
         match rendered {
             Rendered::Done { text, .. } => {
+                timing::mark(stage::RENDER_DONE);
                 shared.metrics.render(&t.name, RenderResult::Ok, took);
                 let h = hash(text.as_bytes());
                 if state.held_back(&t.name, &h) {

@@ -32,6 +32,7 @@ use super::tree::{Touched, Tree, answer, due_for_removal, next_deadline};
 use crate::catalog::{Catalog, CatalogError};
 use crate::model::{Data, Query};
 use crate::store::{Health, Store};
+use crate::timing::{self, stage};
 
 /// How long deletions wait for quiet before they are applied (see the module docs). `rm -rf`
 /// raises an event per file, microseconds apart, so its burst never goes quiet this long
@@ -232,6 +233,7 @@ impl DirCatalog {
                 }
                 _ = retry.tick(), if !loaded => continue,
                 Some(ev) = events.recv() => {
+                    timing::mark(stage::RECEIVED);
                     let mut batch = vec![ev];
                     while let Ok(more) = events.try_recv() {
                         batch.push(more);
@@ -255,6 +257,7 @@ impl DirCatalog {
                     return;
                 };
                 tree = t;
+                timing::mark(stage::DECODED);
                 match applied {
                     Ok(t) => touched = t,
                     Err(e) => {
