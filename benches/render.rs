@@ -34,20 +34,23 @@ fn instances(n: usize) -> Vec<Arc<Instance>> {
 
 fn engine() -> Engine {
     let source = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("templates/nginx.conf.tera");
-    Engine::load(&[TemplateConfig {
-        name: "nginx".into(),
-        source,
-        destination: "/dev/null".into(),
-        perms: None,
-        check: None,
-        check_mode: CheckMode::Temp,
-        reload: None,
-        wait: DEFAULT_WAIT,
-        write: WriteMode::Atomic,
-        backup: false,
-        runtime: None,
-        limits: rewire::config::DEFAULT_RENDER_LIMITS,
-    }])
+    Engine::load(
+        &[TemplateConfig {
+            name: "nginx".into(),
+            source,
+            destination: "/dev/null".into(),
+            perms: None,
+            check: None,
+            check_mode: CheckMode::Temp,
+            reload: None,
+            wait: DEFAULT_WAIT,
+            write: WriteMode::Atomic,
+            backup: false,
+            runtime: None,
+            limits: rewire::config::DEFAULT_RENDER_LIMITS,
+        }],
+        "dir",
+    )
     .expect("the shipped template parses")
 }
 

@@ -215,6 +215,8 @@ pub fn consul(data: &[u8]) {
                 Query::Services,
                 Query::Key("a/b".into()),
                 Query::Keys("a".into()),
+                Query::Nodes.in_datacenter(Some("dc2".into())),
+                Query::Datacenters,
             ] {
                 let answer = decode::Answer {
                     status,
@@ -223,7 +225,8 @@ pub fn consul(data: &[u8]) {
                     body,
                 };
                 if let Ok(reply) = decode::interpret(&query, "fuzz", answer, false, CAP) {
-                    assert!(reply.index >= 1);
+                    // The datacenter list carries no index (it cannot block).
+                    assert!(reply.index >= 1 || !query.blocks());
                     assert_data(&reply.data, "Consul");
                 }
             }
@@ -251,6 +254,29 @@ fn assert_data(data: &Data, what: &str) {
                     "{} > cap",
                     v.len()
                 );
+            }
+        }
+        Data::Nodes(list) => {
+            for n in list {
+                assert!(
+                    check_name(&n.name).is_ok(),
+                    "{what} accepted node {:?}",
+                    n.name
+                );
+                assert!(
+                    check_address(&n.address).is_ok()
+                        && n.tagged_addresses
+                            .values()
+                            .all(|a| check_address(a).is_ok()),
+                    "{what} accepted node {:?} with address {:?}",
+                    n.name,
+                    n.address
+                );
+            }
+        }
+        Data::Datacenters(list) => {
+            for dc in list {
+                assert!(check_name(dc).is_ok(), "{what} accepted datacenter {dc:?}");
             }
         }
         Data::Key(Some(v)) => {
@@ -345,7 +371,9 @@ pub fn template(data: &[u8]) {
     );
     let config = crate::config::parse_str(&config, &dir.join("rewire.toml"), &env)
         .expect("the fuzz target's own config parses");
-    if let Err(errors) = crate::render::template::Engine::load(&config.templates) {
+    if let Err(errors) =
+        crate::render::template::Engine::load(&config.templates, config.catalog.backend.name())
+    {
         for e in &errors {
             let _ = e.to_string();
         }

@@ -34,6 +34,15 @@ pub enum Query {
     /// One `[[election]]` of this process: who holds it and whether this process does.
     /// Published by the election itself, never read from the catalog (see [`Query::is_catalog`]).
     Election(String),
+    /// Every node of the datacenter (Consul only).
+    Nodes,
+    /// Every datacenter the agent knows (Consul only; Consul cannot block on it, so it is
+    /// read again every few seconds).
+    Datacenters,
+    /// Another query asked of a named datacenter (Consul only): `service("web", dc="dc2")`.
+    /// Built with [`Query::in_datacenter`], which never nests it.
+    #[serde(rename = "datacenter")]
+    InDatacenter(String, Box<Query>),
 }
 
 impl Query {
@@ -41,6 +50,38 @@ impl Query {
     /// own candidate, so it never joins the set the catalog watches.
     pub fn is_catalog(&self) -> bool {
         !matches!(self, Query::Election(_))
+    }
+
+    /// `self` asked of datacenter `dc` (`None`: the catalog's own).
+    pub fn in_datacenter(self, dc: Option<String>) -> Query {
+        match (dc, self) {
+            (None, q) => q,
+            (Some(dc), Query::InDatacenter(_, q)) => Query::InDatacenter(dc, q),
+            (Some(dc), q) => Query::InDatacenter(dc, Box::new(q)),
+        }
+    }
+
+    /// The datacenter named for this query (if any) and the query itself.
+    pub fn datacenter(&self) -> (Option<&str>, &Query) {
+        match self {
+            Query::InDatacenter(dc, q) => (Some(dc), q),
+            q => (None, q),
+        }
+    }
+
+    /// Whether only Consul can answer this query (the dir catalog and etcd know neither
+    /// datacenters nor nodes).
+    pub fn needs_consul(&self) -> bool {
+        matches!(
+            self,
+            Query::Nodes | Query::Datacenters | Query::InDatacenter(..)
+        )
+    }
+
+    /// Whether the catalog can hold a read of this query until it changes. Consul's
+    /// datacenter list cannot be watched, only read again.
+    pub fn blocks(&self) -> bool {
+        !matches!(self.datacenter().1, Query::Datacenters)
     }
 }
 
@@ -52,6 +93,9 @@ impl fmt::Display for Query {
             Query::Key(path) => write!(f, "key({path})"),
             Query::Keys(prefix) => write!(f, "keys({prefix})"),
             Query::Election(name) => write!(f, "election({name})"),
+            Query::Nodes => write!(f, "nodes()"),
+            Query::Datacenters => write!(f, "datacenters()"),
+            Query::InDatacenter(dc, q) => write!(f, "{q}@{dc}"),
         }
     }
 }
@@ -139,6 +183,17 @@ pub struct ServiceSummary {
     pub tags: Vec<String>,
 }
 
+/// One node (machine) of a Consul datacenter, as `nodes()` lists it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Node {
+    pub id: String,
+    pub name: String,
+    pub address: String,
+    pub datacenter: String,
+    pub tagged_addresses: BTreeMap<String, String>,
+    pub meta: BTreeMap<String, String>,
+}
+
 /// A key/value pair under a prefix.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct KeyValue {
@@ -160,6 +215,8 @@ pub enum Data {
     Key(Option<String>),
     Keys(Vec<KeyValue>),
     Election(ElectionView),
+    Nodes(Vec<Node>),
+    Datacenters(Vec<String>),
 }
 
 /// What the holder of an election publishes (its `value`): where the others find it.
@@ -245,6 +302,14 @@ impl Data {
                 }
             }
             Data::Keys(list) => list.sort_by(|a, b| a.path.cmp(&b.path)),
+            // consul-template's order: by node name, then address.
+            Data::Nodes(list) => {
+                list.sort_by(|a, b| (&a.name, &a.address).cmp(&(&b.name, &b.address)))
+            }
+            Data::Datacenters(list) => {
+                list.sort();
+                list.dedup();
+            }
             Data::Key(_) | Data::Election(_) => {}
         }
         self
@@ -258,6 +323,9 @@ impl Data {
             Query::Key(_) => Data::Key(None),
             Query::Keys(_) => Data::Keys(Vec::new()),
             Query::Election(_) => Data::Election(ElectionView::default()),
+            Query::Nodes => Data::Nodes(Vec::new()),
+            Query::Datacenters => Data::Datacenters(Vec::new()),
+            Query::InDatacenter(_, q) => Data::empty_for(q),
         }
     }
 
@@ -417,6 +485,22 @@ impl CatalogUrl {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_datacenter_wraps_a_query_once_and_only_the_datacenter_list_does_not_block() {
+        let web = Query::Service("web".into());
+        assert_eq!(web.clone().in_datacenter(None), web);
+        let east = web.clone().in_datacenter(Some("east".into()));
+        assert_eq!(east.datacenter(), (Some("east"), &web));
+        assert_eq!(east.to_string(), "service(web)@east");
+        let west = east.clone().in_datacenter(Some("west".into()));
+        assert_eq!(west.datacenter(), (Some("west"), &web), "never nested");
+        assert!(east.needs_consul() && Query::Nodes.needs_consul() && !web.needs_consul());
+        assert!(east.blocks() && Query::Nodes.blocks());
+        assert!(!Query::Datacenters.blocks());
+        assert!(!Query::Datacenters.in_datacenter(Some("x".into())).blocks());
+        assert_eq!(Data::empty_for(&east), Data::Instances(Vec::new()));
+    }
 
     #[test]
     fn catalog_urls_parse() {

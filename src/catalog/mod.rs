@@ -78,6 +78,16 @@ impl CatalogError {
     }
 }
 
+/// The refusal of a query only Consul answers (`nodes()`, `datacenters()`, `dc=`) by
+/// another catalog.
+pub fn consul_only(query: &Query, backend: &str) -> CatalogError {
+    CatalogError::Unsupported(format!(
+        "{query} needs the Consul catalog: the {backend} catalog has no datacenters or nodes \
+         (set [catalog] backend = \"consul\", or drop dc=, nodes() and datacenters() from the \
+         templates)"
+    ))
+}
+
 /// A service catalog backend.
 ///
 /// Implementations must be cheap to share (`Arc<dyn Catalog>`) and must never give up:

@@ -1,8 +1,11 @@
 //! rewire's template functions and filters, registered on every engine.
 //!
-//! Functions (`service`, `services`, `key`, `keys`, `env`, `leader`, `is_leader`) read the store snapshot of the
-//! current render (see [`template`](super::template)), never the network; a query without an
-//! answer yet is recorded as missing and answered with a placeholder. Filters beyond Tera's
+//! Functions (`service`, `services`, `key`, `keys`, `nodes`, `datacenters`, `env`, `leader`,
+//! `is_leader`) read the store snapshot of the current render (see
+//! [`template`](super::template)), never the network; a query without an answer yet is
+//! recorded as missing and answered with a placeholder. `nodes`, `datacenters` and a `dc=`
+//! argument only work on Consul: the engine refuses them at load time on other catalogs
+//! ([`consul_only_calls`]). Filters beyond Tera's
 //! core come from `tera-contrib` plus rewire's own quoting and `addr_port`. Every function and
 //! filter refuses arguments it does not take, so a typo is an error, not a silent default.
 //!
@@ -25,6 +28,8 @@ pub(super) fn register(tera: &mut Tera) {
     tera.register_function("services", fn_services);
     tera.register_function("key", fn_key);
     tera.register_function("keys", fn_keys);
+    tera.register_function("nodes", fn_nodes);
+    tera.register_function("datacenters", fn_datacenters);
     tera.register_function("env", fn_env);
     tera.register_function("leader", fn_leader);
     tera.register_function("is_leader", fn_is_leader);
@@ -71,10 +76,12 @@ fn parse_status_filter(s: &str) -> TeraResult<Option<Vec<Status>>> {
 /// The arguments each of rewire's functions, filters and tests takes: what `only` enforces at
 /// render time and what [`misspelt_arguments`] checks at load time.
 pub(super) const ARGUMENTS: &[(&str, &[&str])] = &[
-    ("service", &["name", "tag", "status"]),
-    ("services", &[]),
-    ("key", &["path", "default"]),
-    ("keys", &["prefix"]),
+    ("service", &["name", "tag", "status", "dc"]),
+    ("services", &["dc"]),
+    ("key", &["path", "default", "dc"]),
+    ("keys", &["prefix", "dc"]),
+    ("nodes", &["dc"]),
+    ("datacenters", &[]),
     ("env", &["name", "default"]),
     ("by_tag", &["tag"]),
     ("port", &[]),
@@ -127,6 +134,66 @@ impl MisspeltArgument {
 /// and `{% %}` are read; strings are skipped. A render would report the same at run time, but
 /// only once data arrives: this catches `service(nam="web")` in `rewire check` and on SIGHUP.
 pub fn misspelt_arguments(text: &str) -> Vec<MisspeltArgument> {
+    let mut out = Vec::new();
+    for call in calls(text) {
+        let known = arguments_of(call.function);
+        for (offset, argument) in call.arguments {
+            if !known.contains(&argument.as_str()) {
+                out.push(MisspeltArgument {
+                    offset,
+                    function: call.function,
+                    argument,
+                });
+            }
+        }
+    }
+    out
+}
+
+/// Calls in the text that only Consul can answer, as (byte offset, message): found at load
+/// time like [`misspelt_arguments`], so `rewire check` says it before anything runs.
+pub fn consul_only_calls(text: &str, backend: &str) -> Vec<(usize, String)> {
+    let mut out = Vec::new();
+    for call in calls(text) {
+        if matches!(call.function, "nodes" | "datacenters") {
+            out.push((
+                call.offset,
+                format!(
+                    "{}() lists Consul's {}: the {backend} catalog has none \
+                     (set [catalog] backend = \"consul\" or drop the call)",
+                    call.function, call.function
+                ),
+            ));
+        }
+        for (offset, argument) in &call.arguments {
+            if argument == "dc" {
+                out.push((
+                    *offset,
+                    format!(
+                        "{}(dc=...) reads another Consul datacenter: the {backend} catalog has no \
+                         datacenters (set [catalog] backend = \"consul\" or drop dc=)",
+                        call.function
+                    ),
+                ));
+            }
+        }
+    }
+    out
+}
+
+/// One call of one of rewire's functions, filters or tests, as read from the text.
+struct Call {
+    /// Byte offset of the function's name.
+    offset: usize,
+    function: &'static str,
+    /// Each named argument: its byte offset and name.
+    arguments: Vec<(usize, String)>,
+}
+
+/// Every call of a function named in [`ARGUMENTS`], found by reading the template text
+/// (Tera's syntax tree is private). Only the insides of `{{ }}` and `{% %}` are read; strings
+/// are skipped.
+fn calls(text: &str) -> Vec<Call> {
     let b = text.as_bytes();
     let mut out = Vec::new();
     let mut i = 0;
@@ -168,7 +235,7 @@ fn find_outside_strings(text: &str, from: usize, needle: &str) -> Option<usize> 
 }
 
 /// Scans `text[start..end]` (one tag) for `name(` calls of known functions.
-fn scan_tag(text: &str, start: usize, end: usize, out: &mut Vec<MisspeltArgument>) {
+fn scan_tag(text: &str, start: usize, end: usize, out: &mut Vec<Call>) {
     let b = text.as_bytes();
     let ident = |c: u8| c.is_ascii_alphanumeric() || c == b'_';
     let mut i = start;
@@ -189,7 +256,11 @@ fn scan_tag(text: &str, start: usize, end: usize, out: &mut Vec<MisspeltArgument
                     && let Some((function, _)) = ARGUMENTS.iter().find(|(f, _)| *f == word)
                 {
                     let open = end - after.len();
-                    check_call(text, open + 1, end, function, out);
+                    out.push(Call {
+                        offset: i,
+                        function,
+                        arguments: call_arguments(text, open + 1, end),
+                    });
                 }
                 i = word_end;
             }
@@ -199,15 +270,9 @@ fn scan_tag(text: &str, start: usize, end: usize, out: &mut Vec<MisspeltArgument
 }
 
 /// Reads the arguments of one call starting after its `(`: each `name =` at depth 1.
-fn check_call(
-    text: &str,
-    from: usize,
-    end: usize,
-    function: &'static str,
-    out: &mut Vec<MisspeltArgument>,
-) {
+fn call_arguments(text: &str, from: usize, end: usize) -> Vec<(usize, String)> {
+    let mut out = Vec::new();
     let b = text.as_bytes();
-    let known = arguments_of(function);
     let ident = |c: u8| c.is_ascii_alphanumeric() || c == b'_';
     let mut depth = 1;
     let mut i = from;
@@ -237,14 +302,7 @@ fn check_call(
                 let word_end = (i..end).find(|&j| !ident(b[j])).unwrap_or(end);
                 let rest = text[word_end..end].trim_start();
                 if rest.starts_with('=') && !rest.starts_with("==") {
-                    let name = &text[i..word_end];
-                    if !known.contains(&name) {
-                        out.push(MisspeltArgument {
-                            offset: i,
-                            function,
-                            argument: name.to_string(),
-                        });
-                    }
+                    out.push((i, text[i..word_end].to_string()));
                 }
                 at_argument = false;
                 i = word_end;
@@ -255,6 +313,7 @@ fn check_call(
         at_argument = false;
         i += 1;
     }
+    out
 }
 
 /// Refuses arguments a function does not take: `service(name="web", stauts="any")` would
@@ -272,13 +331,20 @@ fn only(kwargs: &Kwargs, function: &str, known: &[&str]) -> TeraResult<()> {
     Ok(())
 }
 
+/// `dc="dc2"`: the query goes to that Consul datacenter; missing or `""`: the catalog's own.
+fn datacenter(kwargs: &Kwargs) -> TeraResult<Option<String>> {
+    let dc: Option<String> = kwargs.get("dc")?;
+    Ok(dc.filter(|d| !d.is_empty()))
+}
+
 fn fn_service(kwargs: Kwargs, _: &State) -> TeraResult<Value> {
     only(&kwargs, "service", arguments_of("service"))?;
     let name: String = kwargs.must_get("name")?;
     let tag: Option<String> = kwargs.get("tag")?;
     let status: Option<String> = kwargs.get("status")?;
     let statuses = parse_status_filter(status.as_deref().unwrap_or("passing"))?;
-    let Some(entry) = lookup(Query::Service(name), true) else {
+    let query = Query::Service(name).in_datacenter(datacenter(&kwargs)?);
+    let Some(entry) = lookup(query, true) else {
         return Ok(Value::from(Vec::<Value>::new()));
     };
     let Data::Instances(list) = &entry.data else {
@@ -305,9 +371,28 @@ fn fn_service(kwargs: Kwargs, _: &State) -> TeraResult<Value> {
 
 fn fn_services(kwargs: Kwargs, _: &State) -> TeraResult<Value> {
     only(&kwargs, "services", arguments_of("services"))?;
-    Ok(lookup(Query::Services, true)
+    list_of(Query::Services.in_datacenter(datacenter(&kwargs)?))
+}
+
+/// The answer to a query that is a plain list (services, nodes, datacenters), empty until it
+/// comes.
+fn list_of(query: Query) -> TeraResult<Value> {
+    Ok(lookup(query, true)
         .map(|e| entry_value(&e).clone())
         .unwrap_or_else(|| Value::from(Vec::<Value>::new())))
+}
+
+/// `nodes(dc="dc2")`: every node of the datacenter (Consul only), by name: `name`, `address`,
+/// `id`, `datacenter`, `tagged_addresses`, `meta`.
+fn fn_nodes(kwargs: Kwargs, _: &State) -> TeraResult<Value> {
+    only(&kwargs, "nodes", arguments_of("nodes"))?;
+    list_of(Query::Nodes.in_datacenter(datacenter(&kwargs)?))
+}
+
+/// `datacenters()`: the names of every datacenter the Consul agent knows, sorted.
+fn fn_datacenters(kwargs: Kwargs, _: &State) -> TeraResult<Value> {
+    only(&kwargs, "datacenters", arguments_of("datacenters"))?;
+    list_of(Query::Datacenters)
 }
 
 fn fn_key(kwargs: Kwargs, _: &State) -> TeraResult<Value> {
@@ -315,9 +400,10 @@ fn fn_key(kwargs: Kwargs, _: &State) -> TeraResult<Value> {
     let path: String = kwargs.must_get("path")?;
     let default: Option<Value> = kwargs.get("default")?;
     let path = path.trim_matches('/').to_string();
+    let query = Query::Key(path.clone()).in_datacenter(datacenter(&kwargs)?);
     // A default stands in for a key the catalog says is absent, never for an answer that has
     // not come (catalog unreachable, still connecting): that would overwrite good data.
-    match lookup(Query::Key(path.clone()), true) {
+    match lookup(query, true) {
         Some(e) => match (&e.data, default) {
             (Data::Key(Some(v)), _) => Ok(Value::from(v.as_str())),
             (_, Some(d)) => Ok(d),
@@ -336,7 +422,8 @@ fn fn_keys(kwargs: Kwargs, _: &State) -> TeraResult<Value> {
     only(&kwargs, "keys", arguments_of("keys"))?;
     let prefix: String = kwargs.must_get("prefix")?;
     let prefix = prefix.trim_start_matches('/').to_string();
-    let Some(entry) = lookup(Query::Keys(prefix.clone()), true) else {
+    let query = Query::Keys(prefix.clone()).in_datacenter(datacenter(&kwargs)?);
+    let Some(entry) = lookup(query, true) else {
         return Ok(Value::from(Vec::<Value>::new()));
     };
     let Data::Keys(list) = &entry.data else {
@@ -599,7 +686,7 @@ mod tests {
         assert_eq!(&text[m.offset..m.offset + 3], "nam");
         assert_eq!(
             m.message(),
-            "service() has no argument `nam`; did you mean `name`? (it takes name, tag, status)"
+            "service() has no argument `nam`; did you mean `name`? (it takes name, tag, status, dc)"
         );
     }
 

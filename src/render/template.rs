@@ -208,8 +208,10 @@ thread_local! {
 
 impl Engine {
     /// Reads and parses every template (and the `*.tera` partials beside them).
-    /// All problems are returned, each naming the file and line.
-    pub fn load(templates: &[TemplateConfig]) -> Result<Engine, Vec<LoadError>> {
+    /// All problems are returned, each naming the file and line. `backend` is the catalog's
+    /// name (`Backend::name`): on any but `"consul"`, `nodes()`, `datacenters()` and `dc=`
+    /// are problems too.
+    pub fn load(templates: &[TemplateConfig], backend: &str) -> Result<Engine, Vec<LoadError>> {
         let mut tera = Tera::default();
         tera.autoescape_on(Vec::<&'static str>::new());
         let dirs: BTreeSet<PathBuf> = templates
@@ -282,6 +284,14 @@ impl Engine {
                     source_path: PathBuf::from(name),
                     message: located(name, text, m.offset, &m.message()),
                 });
+            }
+            if backend != "consul" {
+                for (offset, message) in functions::consul_only_calls(text, backend) {
+                    errors.push(LoadError {
+                        source_path: PathBuf::from(name),
+                        message: located(name, text, offset, &message),
+                    });
+                }
             }
             let mut probe = Tera::default();
             functions::register(&mut probe);
@@ -486,6 +496,14 @@ pub(crate) mod tests {
     use crate::store::Store;
 
     pub(crate) fn engine_for(dir: &Path, files: &[(&str, &str)]) -> Result<Engine, Vec<LoadError>> {
+        engine_on(dir, files, "dir")
+    }
+
+    fn engine_on(
+        dir: &Path,
+        files: &[(&str, &str)],
+        backend: &str,
+    ) -> Result<Engine, Vec<LoadError>> {
         for (name, text) in files {
             std::fs::write(dir.join(name), text).unwrap();
         }
@@ -507,7 +525,7 @@ pub(crate) mod tests {
                 limits: crate::config::DEFAULT_RENDER_LIMITS,
             })
             .collect();
-        Engine::load(&templates)
+        Engine::load(&templates, backend)
     }
 
     fn arcs(list: Vec<Instance>) -> Vec<Arc<Instance>> {
@@ -565,6 +583,90 @@ pub(crate) mod tests {
         };
         assert_eq!(text, "10.0.0.1:80;[::1]:81;X|dy");
         assert!(deps.contains(&Query::Key("app/y".into())));
+    }
+
+    const REMOTE: &str = "{% for s in service(name=\"web\", dc=\"east\") %}{{ s.address }};{% endfor %}\n\
+        {% for n in nodes() %}{{ n.node }}={{ n.tagged_addresses.wan }};{% endfor %}\n\
+        {{ datacenters() | join(sep=\",\") }}|{{ key(path=\"a\", dc=\"\") }}";
+
+    #[test]
+    fn datacenters_and_nodes_are_refused_on_other_catalogs_with_file_and_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let errors = match engine_on(dir.path(), &[("t", REMOTE)], "etcd") {
+            Err(errors) => errors,
+            Ok(_) => panic!("etcd cannot answer dc= or nodes()"),
+        };
+        let text: Vec<String> = errors.iter().map(|e| e.message.clone()).collect();
+        assert_eq!(errors.len(), 4, "{text:#?}");
+        assert!(
+            text[0].contains(":1:") && text[0].contains("service(dc=...)"),
+            "{text:#?}"
+        );
+        assert!(
+            text[0].contains("etcd catalog has no datacenters"),
+            "{text:#?}"
+        );
+        assert!(
+            text[1].contains(":2:") && text[1].contains("nodes()"),
+            "{text:#?}"
+        );
+        assert!(
+            text[2].contains(":3:") && text[2].contains("datacenters()"),
+            "{text:#?}"
+        );
+        assert!(
+            text[3].contains(":3:") && text[3].contains("key(dc=...)"),
+            "{text:#?}"
+        );
+        assert!(engine_on(dir.path(), &[("t", REMOTE)], "consul").is_ok());
+    }
+
+    #[test]
+    fn a_datacenter_is_part_of_the_query_and_nodes_and_datacenters_render() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = engine_on(dir.path(), &[("t", REMOTE)], "consul").unwrap();
+        let store = Store::new();
+        let Rendered::Pending { missing, .. } = engine.render("t", &store.snapshot()) else {
+            panic!()
+        };
+        let east = Query::Service("web".into()).in_datacenter(Some("east".into()));
+        // dc="" is the catalog's own datacenter: a plain key query.
+        assert_eq!(
+            missing,
+            BTreeSet::from([
+                east.clone(),
+                Query::Nodes,
+                Query::Datacenters,
+                Query::Key("a".into())
+            ])
+        );
+        // The local service's answer does not answer the remote one.
+        store.update(
+            Query::Service("web".into()),
+            Data::Instances(arcs(vec![inst("l", "10.0.0.1", 80, &[], Status::Passing)])),
+        );
+        store.update(
+            east,
+            Data::Instances(arcs(vec![inst("r", "10.9.0.1", 80, &[], Status::Passing)])),
+        );
+        let node = crate::model::Node {
+            id: "n-1".into(),
+            name: "n1".into(),
+            address: "10.0.0.9".into(),
+            datacenter: "dc1".into(),
+            tagged_addresses: BTreeMap::from([("wan".into(), "1.2.3.4".into())]),
+            meta: BTreeMap::new(),
+        };
+        store.update(Query::Nodes, Data::Nodes(vec![node]));
+        store.update(
+            Query::Datacenters,
+            Data::Datacenters(vec!["dc1".into(), "east".into()]),
+        );
+        store.update(Query::Key("a".into()), Data::Key(Some("A".into())));
+        let Rendered::Done { text, .. } = engine.render("t", &store.snapshot()) else {
+            panic!()
+        };
+        assert_eq!(text, "10.9.0.1;\nn1=1.2.3.4;\ndc1,east|A");
     }
 
     #[test]

@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use tera::Value;
 
-use crate::model::{Data, Holder, Instance};
+use crate::model::{Data, Holder, Instance, Node};
 use crate::store::Entry;
 
 /// The template view of an entry, converted once per entry and cached in its slot.
@@ -117,6 +117,12 @@ pub fn data_value(data: &Data) -> Value {
                 })
                 .collect::<Vec<_>>(),
         ),
+        Data::Nodes(list) => Value::from(list.iter().map(node_value).collect::<Vec<_>>()),
+        Data::Datacenters(list) => Value::from(
+            list.iter()
+                .map(|d| Value::from(d.as_str()))
+                .collect::<Vec<_>>(),
+        ),
         Data::Election(view) => {
             let mut m = BTreeMap::new();
             m.insert(
@@ -127,6 +133,28 @@ pub fn data_value(data: &Data) -> Value {
             Value::from(m)
         }
     }
+}
+
+/// A node as `nodes()` hands it out: `name` (also as `node`), `address`, `id`, `datacenter`,
+/// `tagged_addresses` and `meta`.
+fn node_value(n: &Node) -> Value {
+    let map = |m: &BTreeMap<String, String>| {
+        Value::from(
+            m.iter()
+                .map(|(k, v)| (k.clone(), Value::from(v.as_str())))
+                .collect::<BTreeMap<_, _>>(),
+        )
+    };
+    let mut m = BTreeMap::new();
+    m.insert("name".to_string(), Value::from(n.name.as_str()));
+    // `node` too, as on instances: consul-template's `.Node` reads the same on both.
+    m.insert("node".to_string(), Value::from(n.name.as_str()));
+    m.insert("address".to_string(), Value::from(n.address.as_str()));
+    m.insert("id".to_string(), Value::from(n.id.as_str()));
+    m.insert("datacenter".to_string(), Value::from(n.datacenter.as_str()));
+    m.insert("tagged_addresses".to_string(), map(&n.tagged_addresses));
+    m.insert("meta".to_string(), map(&n.meta));
+    Value::from(m)
 }
 
 /// An election's holder as templates see it: `id`, `address`, `port` and `addr_port` (when

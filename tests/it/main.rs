@@ -10,6 +10,7 @@ mod attacks;
 mod cli;
 mod consul;
 mod daemon;
+mod datacenters;
 mod election;
 mod etcd;
 mod examples;

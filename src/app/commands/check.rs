@@ -75,7 +75,7 @@ fn program_exists(program: &str) -> bool {
 /// `rewire check`: the config is already parsed (its problems are reported before this
 /// runs); check the templates' syntax and warn about what will not work here.
 pub fn run(config: &Config) -> Outcome {
-    match Engine::load(&config.templates) {
+    match Engine::load(&config.templates, config.catalog.backend.name()) {
         Ok(_) => {
             println!(
                 "{}: ok ({} template(s), {} service(s), {} watch(es), {} task(s){}{})",

@@ -19,13 +19,14 @@ pub async fn run(
     args: &DiffArgs,
 ) -> Result<Outcome, Failure> {
     let templates = select(config, &args.templates, "diff")?;
-    let engine =
-        Arc::new(
-            Engine::load(&config.templates).map_err(|errors| Failure::TemplateProblems {
+    let engine = Arc::new(
+        Engine::load(&config.templates, config.catalog.backend.name()).map_err(|errors| {
+            Failure::TemplateProblems {
                 command: "diff",
                 errors,
-            })?,
-        );
+            }
+        })?,
+    );
     let store = Store::new();
     let (results, last_error) =
         render_until_ready(&engine, &templates, catalog.as_ref(), &store, args.timeout).await;

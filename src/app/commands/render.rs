@@ -25,7 +25,7 @@ pub async fn run(
 ) -> Result<Outcome, Failure> {
     let templates = select(config, &args.templates, "render")?;
     // Broken templates are this command's findings (exit 1), not a usage error.
-    let engine = match Engine::load(&config.templates) {
+    let engine = match Engine::load(&config.templates, config.catalog.backend.name()) {
         Ok(e) => Arc::new(e),
         Err(errors) => return Ok(Outcome::Findings(template_problems("render", &errors))),
     };

@@ -63,7 +63,10 @@ const TAIL: Duration = Duration::from_millis(1500);
 /// Runs the daemon until a stop signal, or until main exits for good.
 pub async fn run(config: Config, reloader: Reloader) -> Result<Outcome, Failure> {
     let catalog = catalog::open(&config.catalog)?;
-    let engine = Arc::new(Engine::load(&config.templates).map_err(Failure::Templates)?);
+    let engine = Arc::new(
+        Engine::load(&config.templates, config.catalog.backend.name())
+            .map_err(Failure::Templates)?,
+    );
     crate::render::pipeline::remove_leftovers(&config.templates);
     let mut signals = Signals::new(config.main.as_ref()).map_err(Failure::Signals)?;
     let listener =

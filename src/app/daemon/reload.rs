@@ -26,7 +26,8 @@ pub enum Rejected {
 /// Reads the config the way the command line gave it, and parses its templates.
 pub fn read(reloader: &Reloader) -> Result<(Config, Arc<Engine>), Rejected> {
     let new = reloader.load().map_err(Rejected::Load)?;
-    let engine = Engine::load(&new.templates).map_err(Rejected::Templates)?;
+    let engine =
+        Engine::load(&new.templates, new.catalog.backend.name()).map_err(Rejected::Templates)?;
     Ok((new, Arc::new(engine)))
 }
 

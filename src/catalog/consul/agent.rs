@@ -84,19 +84,28 @@ impl Agent {
     }
 
     /// The URL of one read of `query`; `index` > 0 makes it a blocking query.
+    /// A query's own datacenter (`service("web", dc="dc2")`) wins over `[catalog] datacenter`.
     pub(super) fn read_url(&self, query: &Query, index: u64) -> Url {
+        let (dc, query) = query.datacenter();
         let mut url = match query {
             Query::Service(name) => self.url(["health", "service", name.as_str()]),
             Query::Services => self.url(["catalog", "services"]),
             Query::Key(path) | Query::Keys(path) => {
                 self.url(std::iter::once("kv").chain(path.trim_start_matches('/').split('/')))
             }
-            // Never sent: elections are not catalog queries (`Query::is_catalog`).
+            Query::Nodes => self.url(["catalog", "nodes"]),
+            Query::Datacenters => self.url(["catalog", "datacenters"]),
+            // Never sent: elections are not catalog queries (`Query::is_catalog`), and
+            // `Query::datacenter` has taken the datacenter off.
             Query::Election(name) => self.url(["kv", "rewire", "elections", name.as_str()]),
+            Query::InDatacenter(_, q) => return self.read_url(q, index),
         };
         {
             let mut q = url.query_pairs_mut();
-            if let Some(dc) = &self.datacenter {
+            // The list of datacenters is the same from every datacenter.
+            if !matches!(query, Query::Datacenters)
+                && let Some(dc) = dc.or(self.datacenter.as_deref())
+            {
                 q.append_pair("dc", dc);
             }
             if self.stale {
@@ -105,7 +114,7 @@ impl Agent {
             if matches!(query, Query::Keys(_)) {
                 q.append_key_only("recurse");
             }
-            if index > 0 {
+            if index > 0 && query.blocks() {
                 q.append_pair("index", &index.to_string());
                 q.append_pair("wait", &go_duration(self.wait));
             }

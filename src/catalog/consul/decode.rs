@@ -19,7 +19,8 @@ use tracing::warn;
 
 use crate::catalog::CatalogError;
 use crate::model::{
-    Data, Instance, KeyValue, Query, ServiceSummary, Status, check_address, check_name, check_port,
+    Data, Instance, KeyValue, Node, Query, ServiceSummary, Status, check_address, check_name,
+    check_port,
 };
 
 pub const BACKEND: &str = "consul";
@@ -100,6 +101,7 @@ pub fn interpret(
     token_set: bool,
     max_value: u64,
 ) -> Result<Reply, CatalogError> {
+    let query = query.datacenter().1;
     let is_kv = matches!(query, Query::Key(_) | Query::Keys(_));
     let found = match a.status {
         200..=299 => true,
@@ -121,7 +123,12 @@ pub fn interpret(
         backend: BACKEND.into(),
         detail: format!("{what}: {detail}"),
     };
-    let index = parse_index(a.index).map_err(malformed)?;
+    // Consul cannot block on the list of datacenters and sends no index with it.
+    let index = if query.blocks() {
+        parse_index(a.index).map_err(malformed)?
+    } else {
+        0
+    };
     let data = match query {
         Query::Service(name) => Data::Instances(health_service(name, a.body).map_err(malformed)?),
         Query::Services => Data::Services(catalog_services(a.body).map_err(malformed)?),
@@ -129,10 +136,12 @@ pub fn interpret(
         Query::Key(_) => Data::Key(None),
         Query::Keys(_) if found => Data::Keys(kv_keys(a.body, max_value).map_err(malformed)?),
         Query::Keys(_) => Data::Keys(Vec::new()),
-        Query::Election(_) => {
-            return Err(malformed(Malformed(
-                "an election is not a catalog query".into(),
-            )));
+        Query::Nodes => Data::Nodes(catalog_nodes(a.body).map_err(malformed)?),
+        Query::Datacenters => Data::Datacenters(datacenters(a.body).map_err(malformed)?),
+        Query::Election(_) | Query::InDatacenter(..) => {
+            return Err(malformed(Malformed(format!(
+                "{query} is not a query Consul answers"
+            ))));
         }
     };
     Ok(Reply { index, data })
@@ -286,6 +295,72 @@ pub fn catalog_services(body: &[u8]) -> Result<Vec<ServiceSummary>, Malformed> {
         });
     }
     Ok(out)
+}
+
+#[derive(Deserialize)]
+struct CatalogNode {
+    #[serde(rename = "ID", default)]
+    id: String,
+    #[serde(rename = "Node", default)]
+    node: String,
+    #[serde(rename = "Address", default)]
+    address: String,
+    #[serde(rename = "Datacenter", default)]
+    datacenter: String,
+    #[serde(rename = "TaggedAddresses", default)]
+    tagged_addresses: Option<BTreeMap<String, String>>,
+    #[serde(rename = "Meta", default)]
+    meta: Option<BTreeMap<String, String>>,
+}
+
+/// `/v1/catalog/nodes`: every node of the datacenter. Like instances, a node whose name or
+/// address could not go into a config unquoted is skipped with a warning.
+pub fn catalog_nodes(body: &[u8]) -> Result<Vec<Node>, Malformed> {
+    let list: Option<Vec<CatalogNode>> =
+        serde_json::from_slice(body).map_err(|e| Malformed(format!("node list: {e}")))?;
+    let mut out = Vec::new();
+    for n in list.unwrap_or_default() {
+        let checked = check_name(&n.node)
+            .map_err(|e| format!("node name {e}"))
+            .and_then(|()| check_address(&n.address).map_err(|e| e.to_string()));
+        if let Err(error) = checked {
+            warn!(node = %n.node, %error, "skipping a Consul node with invalid data");
+            continue;
+        }
+        // Tagged addresses (lan, wan, ...) reach templates too: only valid ones are kept.
+        let tagged_addresses = n
+            .tagged_addresses
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|(_, a)| check_address(a).is_ok())
+            .collect();
+        out.push(Node {
+            id: n.id,
+            name: n.node,
+            address: n.address,
+            datacenter: n.datacenter,
+            tagged_addresses,
+            meta: n.meta.unwrap_or_default(),
+        });
+    }
+    Ok(out)
+}
+
+/// `/v1/catalog/datacenters`: `["dc1", "dc2"]`; a name that is not a plain name is skipped.
+pub fn datacenters(body: &[u8]) -> Result<Vec<String>, Malformed> {
+    let list: Option<Vec<String>> =
+        serde_json::from_slice(body).map_err(|e| Malformed(format!("datacenter list: {e}")))?;
+    Ok(list
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|dc| match check_name(dc) {
+            Ok(()) => true,
+            Err(error) => {
+                warn!(datacenter = %dc, %error, "skipping a Consul datacenter with an invalid name");
+                false
+            }
+        })
+        .collect())
 }
 
 #[derive(Deserialize)]
@@ -455,6 +530,57 @@ mod tests {
         assert_eq!(names, ["consul", "legacy", "web"]);
         assert_eq!(list[2].tags, ["a", "b"]);
         assert!(list[1].tags.is_empty());
+    }
+
+    /// `GET /v1/catalog/nodes` from Consul 1.8.7 (dev agent), plus nodes a template must not see.
+    const NODES: &str = r#"[{"ID":"09b35521-7b83-a487-87c3-4042aa4f0362","Node":"vm","Address":"127.0.0.1","Datacenter":"dc1","TaggedAddresses":{"lan":"127.0.0.1","lan_ipv4":"127.0.0.1","wan":"127.0.0.1","wan_ipv4":"127.0.0.1"},"Meta":{"consul-network-segment":""},"CreateIndex":10,"ModifyIndex":11},
+        {"Node":"b","Address":"10.0.0.2","TaggedAddresses":{"wan":"1.2.3.4\nevil"},"Meta":null},
+        {"Node":"bad node;","Address":"10.0.0.3"},
+        {"Node":"c","Address":"10.0.0.4; include /etc/passwd"}]"#;
+
+    #[test]
+    fn catalog_nodes_keep_valid_nodes_and_addresses_only() {
+        let list = catalog_nodes(NODES.as_bytes()).unwrap();
+        let names: Vec<_> = list.iter().map(|n| n.name.as_str()).collect();
+        assert_eq!(names, ["vm", "b"]);
+        assert_eq!(list[0].address, "127.0.0.1");
+        assert_eq!(list[0].datacenter, "dc1");
+        assert_eq!(
+            list[0].tagged_addresses.get("wan").map(String::as_str),
+            Some("127.0.0.1")
+        );
+        assert!(
+            list[1].tagged_addresses.is_empty(),
+            "an address with a newline is dropped"
+        );
+        assert!(catalog_nodes(b"null").unwrap().is_empty());
+        assert!(catalog_nodes(b"{").is_err());
+    }
+
+    #[test]
+    fn the_datacenter_list_needs_no_index_and_skips_odd_names() {
+        let q = Query::Datacenters;
+        let a = Answer {
+            status: 200,
+            index: None,
+            known_leader: None,
+            body: br#"["dc1","dc2","bad dc\n"]"#,
+        };
+        let reply = interpret(&q, "datacenters", a, false, u64::MAX).unwrap();
+        assert_eq!(
+            reply.data,
+            Data::Datacenters(vec!["dc1".into(), "dc2".into()])
+        );
+        let remote = Query::Service("web".into()).in_datacenter(Some("dc2".into()));
+        let a = Answer {
+            status: 200,
+            index: Some("7"),
+            known_leader: Some("true"),
+            body: HEALTH_WEB.as_bytes(),
+        };
+        let reply = interpret(&remote, "web@dc2", a, false, u64::MAX).unwrap();
+        assert!(matches!(reply.data, Data::Instances(ref l) if l.len() == 3));
+        assert_eq!(reply.index, 7);
     }
 
     /// `GET /v1/kv/app/?recurse` from Consul 1.8.7.

@@ -352,6 +352,22 @@ mod tests {
             a.read_url(&Query::Keys("app/".into()), 42).as_str(),
             "http://127.0.0.1:8500/v1/kv/app/?dc=dc2&stale&recurse&index=42&wait=60000ms"
         );
+        // A query's own datacenter wins over [catalog] datacenter.
+        let remote = Query::Keys("app/".into()).in_datacenter(Some("east".into()));
+        assert_eq!(
+            a.read_url(&remote, 42).as_str(),
+            "http://127.0.0.1:8500/v1/kv/app/?dc=east&stale&recurse&index=42&wait=60000ms"
+        );
+        assert_eq!(
+            a.read_url(&Query::Nodes.in_datacenter(Some("east".into())), 3)
+                .as_str(),
+            "http://127.0.0.1:8500/v1/catalog/nodes?dc=east&stale&index=3&wait=60000ms"
+        );
+        // The datacenter list neither blocks nor depends on a datacenter.
+        assert_eq!(
+            a.read_url(&Query::Datacenters, 3).as_str(),
+            "http://127.0.0.1:8500/v1/catalog/datacenters?stale"
+        );
     }
 
     #[test]

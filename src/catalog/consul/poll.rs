@@ -50,6 +50,10 @@ pub const MIN_SPACING: Duration = Duration::from_millis(100);
 /// each would delay the changes that come in between.
 pub const EARLY: Duration = Duration::from_secs(1);
 
+/// How often a query Consul cannot block on (the datacenter list) is read again;
+/// consul-template's interval for the same endpoint.
+pub const NON_BLOCKING_INTERVAL: Duration = Duration::from_secs(15);
+
 /// Above this many distinct queries, warn: each holds one HTTP connection during its long
 /// poll, and Consul allows 200 connections per client IP by default
 /// (`limits.http_max_conns_per_client`).
@@ -167,6 +171,12 @@ impl Pacer {
         }
     }
 
+    /// After a reply to a query Consul cannot block on: the next read is a poll.
+    pub fn after_poll(&mut self) -> Duration {
+        self.errors.reset();
+        NON_BLOCKING_INTERVAL
+    }
+
     /// After a failed request.
     pub fn after_error(&mut self) -> Duration {
         self.errors.next_delay()
@@ -261,6 +271,14 @@ pub async fn watch_one<S: Source>(
         };
         let failed = result.is_err();
         let pause = match result {
+            // Nothing to block on (the datacenter list): read it again after a while.
+            Ok(reply) if !query.blocks() => {
+                outage.ok(&store, &query);
+                if store.update(query.clone(), reply.data) {
+                    debug!(%query, "consul data changed");
+                }
+                pacer.after_poll()
+            }
             Ok(reply) => {
                 outage.ok(&store, &query);
                 let step = cursor.observe(reply.index);
@@ -533,6 +551,36 @@ mod tests {
             assert!(pair[1] - pair[0] >= Duration::from_millis(50), "{pair:?}");
         }
         assert_eq!(store.snapshot().get(&q).unwrap().data, key("v"));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_datacenter_list_is_read_again_every_interval_and_each_answer_counts() {
+        let q = Query::Datacenters;
+        let store = Arc::new(Store::new());
+        let dcs = |l: &[&str]| Data::Datacenters(l.iter().map(|d| d.to_string()).collect());
+        // Consul sends no index with this list: every answer has index 0.
+        let mut fake = Fake::new(
+            vec![
+                (Duration::ZERO, reply(0, dcs(&["dc1"]))),
+                (Duration::ZERO, reply(0, dcs(&["dc1"]))),
+                (Duration::ZERO, reply(0, dcs(&["dc1", "dc2"]))),
+            ],
+            Reply {
+                index: 0,
+                data: dcs(&["dc1", "dc2"]),
+            },
+        );
+        Arc::get_mut(&mut fake).unwrap().idle_hold = Duration::ZERO;
+        run_for(
+            &fake,
+            &store,
+            &q,
+            NON_BLOCKING_INTERVAL * 3 + Duration::from_secs(1),
+        )
+        .await;
+        // Reads at 0, 15, 30 and 45 s, never blocking (index 0), and no faster.
+        assert_eq!(fake.asked(), [0, 0, 0, 0]);
+        assert_eq!(store.snapshot().get(&q).unwrap().data, dcs(&["dc1", "dc2"]));
     }
 
     #[tokio::test(start_paused = true)]

@@ -193,6 +193,7 @@ impl Catalog for DirCatalog {
             .iter()
             .map(|q| {
                 let r = match &tree {
+                    _ if q.needs_consul() => Err(super::consul_only(q, "dir")),
                     Ok(t) => Ok(answer(t, q, now)),
                     Err(e) => Err(copy_error(e)),
                 };

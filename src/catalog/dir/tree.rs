@@ -566,6 +566,8 @@ impl Touched {
                 Query::Services => !self.services.is_empty(),
                 Query::Key(_) | Query::Keys(_) => self.kv,
                 Query::Election(_) => false,
+                // Never asked (the template engine refuses Consul-only queries here).
+                Query::Nodes | Query::Datacenters | Query::InDatacenter(..) => false,
             }
     }
 }
@@ -597,8 +599,11 @@ pub(super) fn answer(tree: &Tree, q: &Query, now: SystemTime) -> Data {
                     .collect(),
             )
         }
-        // Never asked: elections are not catalog queries (`Query::is_catalog`).
-        Query::Election(_) => Data::empty_for(q),
+        // Never asked: elections are not catalog queries (`Query::is_catalog`), and the
+        // template engine refuses Consul-only queries on other catalogs.
+        Query::Election(_) | Query::Nodes | Query::Datacenters | Query::InDatacenter(..) => {
+            Data::empty_for(q)
+        }
     }
 }
 

@@ -130,6 +130,8 @@ impl Changes {
                     .is_some_and(|k| k.starts_with(prefix))
             }
             Query::Election(_) => false,
+            // Never asked (the template engine refuses Consul-only queries here).
+            Query::Nodes | Query::Datacenters | Query::InDatacenter(..) => false,
         }
     }
 }
@@ -339,8 +341,11 @@ impl Mirror {
                         .collect(),
                 )
             }
-            // Never asked: elections are not catalog queries (`Query::is_catalog`).
-            Query::Election(_) => Data::empty_for(q),
+            // Never asked: elections are not catalog queries (`Query::is_catalog`), and the
+            // template engine refuses Consul-only queries on other catalogs.
+            Query::Election(_) | Query::Nodes | Query::Datacenters | Query::InDatacenter(..) => {
+                Data::empty_for(q)
+            }
         }
     }
 

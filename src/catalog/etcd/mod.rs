@@ -283,6 +283,9 @@ impl Catalog for EtcdCatalog {
                     "an election is not a catalog query".into(),
                 ));
             }
+            Query::Nodes | Query::Datacenters | Query::InDatacenter(..) => {
+                return Err(super::consul_only(query, "etcd"));
+            }
         };
         let mirror = self
             .read(&key, end.as_deref())

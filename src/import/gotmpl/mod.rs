@@ -140,7 +140,15 @@ pub fn check_tera(text: &str) -> Result<(), String> {
     use tera::{Kwargs, State, Value};
     let mut tera = tera::Tera::default();
     tera.autoescape_on(Vec::<&'static str>::new());
-    for f in ["service", "services", "key", "keys", "env"] {
+    for f in [
+        "service",
+        "services",
+        "key",
+        "keys",
+        "env",
+        "nodes",
+        "datacenters",
+    ] {
         tera.register_function(f, |_: Kwargs, _: &State| Value::none());
     }
     for f in ["regex_replace", "json_encode", "b64_encode", "b64_decode"] {

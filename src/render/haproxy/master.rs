@@ -84,7 +84,7 @@ pub enum MasterError {
 pub async fn reload(socket: &Path) -> Result<Reloaded, MasterError> {
     let cli = Cli::new(socket);
     let deadline = Instant::now() + RELOAD_BUDGET;
-    let before = match counters(&cli, deadline).await {
+    let before = match counters(&cli, deadline, false).await {
         Err(MasterError::Cli(e)) if e.missing() => {
             return Ok(Reloaded::NotRunning(format!(
                 "no HAProxy master listens on {}",
@@ -102,7 +102,7 @@ pub async fn reload(socket: &Path) -> Result<Reloaded, MasterError> {
         }
         let sent = Instant::now();
         loop {
-            let now = counters(&cli, deadline).await?;
+            let now = counters(&cli, deadline, true).await?;
             if now.reloads > before.reloads {
                 if now.failed > before.failed {
                     return Err(MasterError::Failed { failed: now.failed });
@@ -131,14 +131,19 @@ pub async fn reload(socket: &Path) -> Result<Reloaded, MasterError> {
     Err(MasterError::Unconfirmed)
 }
 
-/// `show proc`, retried while the master is between processes (until `deadline`).
-async fn counters(cli: &Cli, deadline: Instant) -> Result<Counters, MasterError> {
+/// `show proc`, retried while the master is between processes (until `deadline`). Before a
+/// reload was sent, a missing socket means no master runs; after, it may be the master
+/// re-executing itself, so that is retried too.
+async fn counters(cli: &Cli, deadline: Instant, reloading: bool) -> Result<Counters, MasterError> {
     loop {
         match cli.ask("show proc").await {
             Ok(text) => {
                 return parse_show_proc(&text).ok_or(MasterError::Unreadable(text));
             }
-            Err(e) if e.missing() => return Err(e.into()),
+            Err(e) if e.missing() && (!reloading || Instant::now() >= deadline) => {
+                return Err(e.into());
+            }
+            Err(e) if e.missing() => tokio::time::sleep(POLL).await,
             Err(e)
                 if (e.not_listening() || matches!(e, CliError::Io { .. }))
                     && Instant::now() < deadline =>

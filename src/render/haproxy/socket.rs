@@ -48,10 +48,15 @@ pub enum CliError {
 impl CliError {
     /// Nobody listens: the file is missing, or HAProxy is between processes (a master
     /// re-executing itself refuses connections for a moment).
+    /// Nobody accepts on the socket right now. A connection reset while connecting counts:
+    /// HAProxy's master resets what waits in its backlog when it re-executes for a reload.
     pub fn not_listening(&self) -> bool {
         matches!(self, CliError::Connect { source, .. } if matches!(
             source.kind(),
-            io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused
+            io::ErrorKind::NotFound
+                | io::ErrorKind::ConnectionRefused
+                | io::ErrorKind::ConnectionReset
+                | io::ErrorKind::ConnectionAborted
         ))
     }
 

@@ -115,7 +115,7 @@ impl Conv<'_> {
                 continue;
             }
             match v.kind {
-                Kind::Instance | Kind::Service | Kind::Pair | Kind::Any => {}
+                Kind::Instance | Kind::Service | Kind::Node | Kind::Pair | Kind::Any => {}
                 _ => return fail(at, format!("field .{f} of a value that has no fields")),
             }
             match field(f) {

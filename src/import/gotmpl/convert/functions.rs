@@ -43,7 +43,6 @@ impl Conv<'_> {
                     }
                     Some(Some(dc)) => {
                         let dc = dc.trim_start_matches('@');
-                        self.needs_dc(at, "services");
                         Ok(Val::new(
                             format!("services(dc={})", tera_str(dc)),
                             Prec::Atom,
@@ -55,7 +54,7 @@ impl Conv<'_> {
             }
             "key" | "keyOrDefault" => {
                 want(if name == "key" { 1..=1 } else { 2..=2 })?;
-                let path = self.kv_path(&a(0), at, name)?;
+                let path = kv_path(&a(0));
                 if name == "key" {
                     Ok(Val::new(format!("key({path})"), Prec::Atom, Kind::Str))
                 } else {
@@ -74,9 +73,7 @@ impl Conv<'_> {
             }
             "ls" | "safeLs" | "tree" | "safeTree" => {
                 want(1..=1)?;
-                let path = self
-                    .kv_path(&a(0), at, name)?
-                    .replacen("path=", "prefix=", 1);
+                let path = kv_path(&a(0)).replacen("path=", "prefix=", 1);
                 if name.starts_with("safe") {
                     self.problem(
                         at,
@@ -281,11 +278,39 @@ impl Conv<'_> {
                 };
                 Ok(Val::new(call, Prec::Atom, Kind::Any))
             }
-            "node" | "nodes" | "datacenters" => fail(
+            "nodes" => {
+                want(0..=1)?;
+                match args.first().map(|(v, _)| v.lit.clone()) {
+                    None => Ok(Val::new("nodes()", Prec::Atom, Kind::Nodes)),
+                    Some(Some(dc)) => match dc.trim_start_matches('@') {
+                        "" => Ok(Val::new("nodes()", Prec::Atom, Kind::Nodes)),
+                        dc => Ok(Val::new(
+                            format!("nodes(dc={})", tera_str(dc)),
+                            Prec::Atom,
+                            Kind::Nodes,
+                        )),
+                    },
+                    Some(None) => fail(at, "nodes with a computed datacenter"),
+                }
+            }
+            "datacenters" => {
+                // `datacenters true` leaves out the ones that cannot be reached; rewire
+                // lists what the agent knows.
+                want(0..=1)?;
+                if n == 1 {
+                    self.problem(
+                        at,
+                        "datacenters true: rewire lists every datacenter the agent knows, \
+                         reachable or not",
+                        false,
+                    );
+                }
+                Ok(Val::new("datacenters()", Prec::Atom, Kind::Strings))
+            }
+            "node" => fail(
                 at,
-                format!(
-                    "{name}: rewire has no {name}() function yet (planned with Consul's node and datacenter queries)"
-                ),
+                "node: rewire has no node() function (one node's services); use nodes() or \
+                 service() and filter by .node",
             ),
             "byTag" | "byKey" | "byMeta" | "explode" | "explodeMap" | "parseJSON" | "parseInt"
             | "parseBool" | "parseFloat" | "parseUint" | "timestamp" | "file" | "plugin"
@@ -313,28 +338,6 @@ impl Conv<'_> {
                 at,
                 format!("unknown function `{other}` (consul-template does not define it either)"),
             ),
-        }
-    }
-
-    pub(super) fn needs_dc(&mut self, at: usize, function: &str) {
-        self.problem(
-            at,
-            format!("uses another datacenter: converted to {function}(dc=...), which rewire does not offer yet"),
-            true,
-        );
-    }
-
-    /// `path="..."` (and `dc=...`) for a key query such as `"app/db@dc2"`.
-    pub(super) fn kv_path(&mut self, v: &Val, at: usize, function: &str) -> Result<String, Fail> {
-        match &v.lit {
-            Some(lit) => match lit.split_once('@') {
-                Some((p, dc)) => {
-                    self.needs_dc(at, if function == "key" { "key" } else { "keys" });
-                    Ok(format!("path={}, dc={}", tera_str(p), tera_str(dc)))
-                }
-                None => Ok(format!("path={}", tera_str(lit))),
-            },
-            None => Ok(format!("path={}", v.s)),
         }
     }
 
@@ -397,7 +400,6 @@ impl Conv<'_> {
                     }
                 }
                 if let Some(dc) = dc {
-                    self.needs_dc(at, "service");
                     kwargs.push(format!("dc={}", tera_str(dc)));
                 }
             }
@@ -469,6 +471,17 @@ impl Conv<'_> {
             1 => Val::new(format!("{} ~ \"\"", parts[0]), Prec::Op, Kind::Str),
             _ => Val::new(parts.join(" ~ "), Prec::Op, Kind::Str),
         })
+    }
+}
+
+/// `path="..."` (and `dc=...`) for a key query such as `"app/db@dc2"`.
+fn kv_path(v: &Val) -> String {
+    match &v.lit {
+        Some(lit) => match lit.split_once('@') {
+            Some((p, dc)) => format!("path={}, dc={}", tera_str(p), tera_str(dc)),
+            None => format!("path={}", tera_str(lit)),
+        },
+        None => format!("path={}", v.s),
     }
 }
 
@@ -576,7 +589,7 @@ mod tests {
     }
 
     #[test]
-    fn other_datacenters_convert_but_need_a_person() {
+    fn other_datacenters_convert_to_dc_arguments() {
         let c =
             checked("{{ range service \"web@dc2\" }}{{ .Address }}{{ end }}{{ key \"a/b@dc2\" }}");
         assert!(
@@ -589,7 +602,22 @@ mod tests {
             "{}",
             c.text
         );
-        assert_eq!(c.problems.len(), 2);
-        assert!(c.problems[0].what.contains("service(dc=...)"));
+        assert!(c.problems.is_empty(), "{:?}", c.problems);
+    }
+
+    #[test]
+    fn nodes_and_datacenters_convert() {
+        let c = checked(
+            "{{ range nodes }}{{ .Node }} {{ .Address }} {{ .Datacenter }} {{ .TaggedAddresses.wan }} {{ .Meta.rack }}\n{{ end }}\
+             {{ range nodes \"@dc2\" }}{{ .Node }}{{ end }}{{ range datacenters }}{{ . }},{{ end }}",
+        );
+        assert!(c.problems.is_empty(), "{:?}", c.problems);
+        assert!(c.text.contains("for node in nodes()"), "{}", c.text);
+        assert!(c.text.contains("nodes(dc=\"dc2\")"), "{}", c.text);
+        assert!(c.text.contains("node.tagged_addresses.wan"), "{}", c.text);
+        assert!(c.text.contains("datacenters()"), "{}", c.text);
+        let c = checked("{{ range datacenters true }}{{ . }}{{ end }}");
+        assert_eq!(c.problems.len(), 1, "{:?}", c.problems);
+        assert!(!c.problems[0].needs_person);
     }
 }

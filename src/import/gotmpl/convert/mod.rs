@@ -102,6 +102,9 @@ enum Kind {
     Instance,
     Services,
     Service,
+    /// `nodes` and one of them.
+    Nodes,
+    Node,
     Pairs,
     Pair,
     /// A map of strings (`.ServiceMeta`).
@@ -119,6 +122,7 @@ impl Kind {
         match self {
             Kind::Instances => Kind::Instance,
             Kind::Services => Kind::Service,
+            Kind::Nodes => Kind::Node,
             Kind::Pairs => Kind::Pair,
             Kind::Strings | Kind::Meta => Kind::Str,
             _ => Kind::Any,
@@ -130,6 +134,7 @@ impl Kind {
         match self {
             Kind::Instances => "s",
             Kind::Services => "svc",
+            Kind::Nodes => "node",
             Kind::Pairs => "kv",
             Kind::Strings => "tag",
             Kind::Meta => "v",
@@ -273,6 +278,10 @@ fn field(name: &str) -> Result<(&'static str, Kind), &'static str> {
         "Tags" => ("tags", Kind::Strings),
         "Node" => ("node", Kind::Str),
         "ServiceMeta" => ("meta", Kind::Meta),
+        // A node's (`range nodes`): its name is `node` as on instances.
+        "Meta" => ("meta", Kind::Meta),
+        "Datacenter" => ("datacenter", Kind::Str),
+        "TaggedAddresses" => ("tagged_addresses", Kind::Meta),
         "Status" => ("status", Kind::Str),
         "Key" => ("key", Kind::Str),
         "Value" => ("value", Kind::Str),

@@ -67,7 +67,7 @@ impl Conv<'_> {
             let printed = match val.kind {
                 // Go prints a list as [a b].
                 Kind::Strings => format!("\"[\" ~ ({} | join(sep=\" \")) ~ \"]\"", val.receiver()),
-                Kind::Meta | Kind::Instances | Kind::Services | Kind::Pairs => {
+                Kind::Meta | Kind::Instances | Kind::Services | Kind::Nodes | Kind::Pairs => {
                     return fail(
                         pipe.span.start,
                         "printing a whole list or map: Go's formatting of it has no Tera equivalent",
