@@ -414,8 +414,9 @@ const STAGES: [&str; 9] = [
 ];
 
 /// Median ms from ack to each stage. A change's marks are those between 10 ms before its ack
-/// and 10 ms before the next change's ack (changes are at least 50 ms apart); `received` is
-/// the last one before the store update (a Consul index may move without a change), the
+/// and 10 ms before the next change's ack (changes are at least 50 ms apart). `received` and
+/// `decoded` are the last ones before the store update (a Consul index may move without a
+/// change; the dir writer's temp file raises events of its own before the rename), the
 /// others the first.
 ///
 /// Also `own`: per change, the file seen minus rewire's `received` (rewire's share alone: a
@@ -443,7 +444,7 @@ fn breakdown(
             .find(|(st, _)| *st == "store_updated")
             .map(|(_, ns)| *ns);
         for stage in STAGES {
-            let at = if stage == "received" {
+            let at = if stage == "received" || stage == "decoded" {
                 window
                     .iter()
                     .filter(|(st, ns)| *st == stage && stored.is_none_or(|s| *ns <= s))
