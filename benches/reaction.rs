@@ -1,17 +1,37 @@
-//! Reaction benchmark: a catalog change is acknowledged → the rendered file holds it.
+//! Reaction benchmark: a catalog change is acknowledged → the rendered file holds it, beside
+//! the store's own answer to the same change (its floor), and where rewire's time goes.
 //!
-//! `cargo bench --bench reaction -- [dir] [etcd] [consul] [--changes N] [--idle-secs S]`
+//! `cargo bench --bench reaction -- [dir] [etcd] [consul] [--changes N] [--idle-secs S]
+//! [--sizes 1,1000]`; `REWIRE_BIN=target/dist/rewire` measures a given binary (default: the
+//! one cargo built for the bench).
 //!
-//! For each backend, with 1 and with 1 000 instances of one service: start the release
-//! `rewire run` (wait.min = 0), then make N changes 50 ms apart. Each change moves one
-//! "marker" instance to a new port; the clock starts when the write is acknowledged (the
-//! rename returned, the etcd put or Consul register answered) and stops when the destination
-//! holds the new port (the destination's directory is watched with inotify, read by the
-//! measuring thread itself so that the observer adds one wake-up, and the file is re-read on
-//! each event). Prints median / p90 / p99, the daemon's RSS (VmRSS after 2 s idle)
-//! and its CPU over the idle period (utime + stime). Everything runs on loopback on this
-//! machine. Run by `cargo test --all-targets` (no `--bench`), it only does a short smoke run.
+//! For each backend, with 1 and with 1 000 instances of one service: start `rewire run` (one
+//! template, `wait = 0`, telemetry off), then make N changes 50 ms apart. Each change moves one
+//! "marker" instance to a new port. Three instants per change, all read from the same
+//! monotonic clock:
+//!
+//! - ack: the write is acknowledged (the dir writer's rename returned; the etcd put or the
+//!   Consul register answered);
+//! - floor: the store's own answer reached a plain client started before the change
+//!   (`support/floor.rs`: an inotify watch on the catalog directory; a raw etcd watch on the
+//!   prefix rewire watches; a raw Consul blocking query on the endpoint rewire uses, read to
+//!   its end), each a thread blocked until the kernel wakes it;
+//! - file: the destination holds the new port. The destination's directory is watched with
+//!   inotify in the measuring thread itself (blocked in `poll`, no polling loop: one wake-up),
+//!   and the file is re-read on each event.
+//!
+//! Prints median / p90 / p99 of file - ack, of floor - ack and of file - floor (rewire's
+//! overhead over the store), the daemon's RSS (VmRSS after 2 s idle) and its CPU over the idle
+//! period (utime + stime). Then a second rewire runs with `rewire::timing=trace` (see
+//! `src/timing.rs`) for half as many changes, and the median time from ack to each stage
+//! (received, decoded, store updated, runner woken, render done, temp written, fsync, rename,
+//! directory fsync) is printed: the trace lines cost a few microseconds each, which is why the
+//! first table comes from a rewire without them. Everything runs on loopback on this machine.
+//! Run by `cargo test --all-targets` (no `--bench`), it only does a short smoke run (dir,
+//! 1 instance, 5 changes), where a missing floor or breakdown is reported, never a failure.
 
+#[path = "support/floor.rs"]
+mod floor;
 #[path = "support/inotify.rs"]
 mod inotify;
 // The integration tests' harnesses; this benchmark needs only Consul, etcd and `poll_until`.
@@ -19,10 +39,14 @@ mod inotify;
 #[path = "../tests/it/support/mod.rs"]
 mod support;
 
+use floor::Floor;
 use inotify::DirEvents;
 
+use std::collections::BTreeMap;
+use std::io::BufRead;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 struct Args {
@@ -30,6 +54,7 @@ struct Args {
     changes: usize,
     idle: Duration,
     sizes: Vec<usize>,
+    bin: PathBuf,
 }
 
 fn args() -> Args {
@@ -40,6 +65,9 @@ fn args() -> Args {
         changes: if bench { 200 } else { 5 },
         idle: Duration::from_secs(if bench { 60 } else { 1 }),
         sizes: if bench { vec![1, 1000] } else { vec![1] },
+        bin: std::env::var_os("REWIRE_BIN")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_rewire"))),
     };
     let mut it = raw.iter();
     while let Some(x) = it.next() {
@@ -47,6 +75,11 @@ fn args() -> Args {
             "--changes" => a.changes = it.next().and_then(|v| v.parse().ok()).unwrap_or(a.changes),
             "--idle-secs" => {
                 a.idle = Duration::from_secs(it.next().and_then(|v| v.parse().ok()).unwrap_or(60))
+            }
+            "--sizes" => {
+                if let Some(v) = it.next() {
+                    a.sizes = v.split(',').filter_map(|n| n.trim().parse().ok()).collect();
+                }
             }
             "dir" | "etcd" | "consul" => a.backends.push(x.clone()),
             _ => {}
@@ -62,10 +95,18 @@ fn args() -> Args {
     a
 }
 
+/// The marker's value in every backend (the etcd floor looks for exactly these bytes).
+fn marker_value(addr: &str, port: u16) -> String {
+    format!(r#"{{"address":"{addr}","port":{port}}}"#)
+}
+
 /// Writes instances into one backend; returns when the write is acknowledged.
 trait Writer {
     fn put(&mut self, id: &str, addr: &str, port: u16);
     fn catalog_config(&self) -> String;
+    /// A plain observer of this store's answer to the marker's changes.
+    fn floor(&self) -> Option<Box<dyn Floor>>;
+    fn name(&self) -> &'static str;
 }
 
 struct DirWriter {
@@ -77,7 +118,7 @@ impl Writer for DirWriter {
         let dir = self.root.join("services/web");
         std::fs::create_dir_all(&dir).unwrap();
         let tmp = dir.join(format!(".{id}.tmp"));
-        std::fs::write(&tmp, format!(r#"{{"address":"{addr}","port":{port}}}"#)).unwrap();
+        std::fs::write(&tmp, marker_value(addr, port)).unwrap();
         std::fs::rename(&tmp, dir.join(format!("{id}.json"))).unwrap();
     }
     fn catalog_config(&self) -> String {
@@ -85,6 +126,14 @@ impl Writer for DirWriter {
             "[catalog]\nbackend = \"dir\"\npath = \"{}\"\n",
             self.root.display()
         )
+    }
+    fn floor(&self) -> Option<Box<dyn Floor>> {
+        floor::DirFloor::new(&self.root.join("services/web"))
+            .ok()
+            .map(|f| Box::new(f) as Box<dyn Floor>)
+    }
+    fn name(&self) -> &'static str {
+        "dir"
     }
 }
 
@@ -95,14 +144,26 @@ struct EtcdWriter {
 impl Writer for EtcdWriter {
     fn put(&mut self, id: &str, addr: &str, port: u16) {
         let key = format!("/rewire/services/web/{id}");
-        self.etcd
-            .put(&key, &format!(r#"{{"address":"{addr}","port":{port}}}"#));
+        self.etcd.put(&key, &marker_value(addr, port));
     }
     fn catalog_config(&self) -> String {
         format!(
             "[catalog]\nbackend = \"etcd\"\nendpoints = {:?}\nprefix = \"/rewire\"\n",
             self.etcd.endpoints()
         )
+    }
+    fn floor(&self) -> Option<Box<dyn Floor>> {
+        // The prefix rewire's one watch covers.
+        floor::EtcdFloor::new(
+            &self.etcd.client_addr(),
+            "/rewire/",
+            Box::new(|port| marker_value("10.9.9.9", port)),
+        )
+        .ok()
+        .map(|f| Box::new(f) as Box<dyn Floor>)
+    }
+    fn name(&self) -> &'static str {
+        "etcd 3.4"
     }
 }
 
@@ -121,6 +182,14 @@ impl Writer for ConsulWriter {
             self.consul.http_addr()
         )
     }
+    fn floor(&self) -> Option<Box<dyn Floor>> {
+        floor::ConsulFloor::new(&self.consul.http_addr(), "web")
+            .ok()
+            .map(|f| Box::new(f) as Box<dyn Floor>)
+    }
+    fn name(&self) -> &'static str {
+        "Consul 1.8.7"
+    }
 }
 
 fn writer(backend: &str, dir: &Path) -> Option<Box<dyn Writer>> {
@@ -137,15 +206,49 @@ fn writer(backend: &str, dir: &Path) -> Option<Box<dyn Writer>> {
     }
 }
 
-struct Row {
-    backend: String,
-    instances: usize,
+/// Milliseconds: median, p90, p99 (None without samples).
+#[derive(Clone, Copy)]
+struct Dist {
     median: f64,
     p90: f64,
     p99: f64,
+}
+
+impl Dist {
+    fn of(mut v: Vec<f64>) -> Option<Dist> {
+        if v.is_empty() {
+            return None;
+        }
+        v.sort_by(|x, y| x.total_cmp(y));
+        Some(Dist {
+            median: percentile(&v, 0.5),
+            p90: percentile(&v, 0.9),
+            p99: percentile(&v, 0.99),
+        })
+    }
+}
+
+fn cell(d: Option<Dist>) -> String {
+    match d {
+        Some(d) => format!("{:.2} / {:.2} / {:.2}", d.median, d.p90, d.p99),
+        None => "n/a".into(),
+    }
+}
+
+struct Row {
+    backend: String,
+    instances: usize,
+    rewire: Option<Dist>,
+    floor: Option<Dist>,
+    overhead: Option<Dist>,
     rss_kb: u64,
     idle_cpu: f64,
     idle_secs: u64,
+    /// Stage → median ms from ack (the traced run).
+    breakdown: BTreeMap<&'static str, f64>,
+    /// Floor and file in the traced run, to set the stages beside.
+    traced_floor: Option<f64>,
+    traced_file: Option<f64>,
 }
 
 fn proc_rss_kb(pid: u32) -> u64 {
@@ -171,6 +274,201 @@ fn proc_cpu_secs(pid: u32) -> f64 {
 fn percentile(sorted: &[f64], p: f64) -> f64 {
     let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
     sorted[i.min(sorted.len() - 1)]
+}
+
+/// `CLOCK_MONOTONIC` in nanoseconds: the clock of rewire's timing marks (and of `Instant`).
+fn mono_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: writes one timespec.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// Turns `Instant`s into `mono_ns` readings (both are CLOCK_MONOTONIC on Linux; the offset
+/// between them is taken once).
+struct Clock {
+    base: Instant,
+    base_ns: u64,
+}
+
+impl Clock {
+    fn new() -> Clock {
+        Clock {
+            base: Instant::now(),
+            base_ns: mono_ns(),
+        }
+    }
+    fn ns(&self, at: Instant) -> i128 {
+        self.base_ns as i128 + at.saturating_duration_since(self.base).as_nanos() as i128
+            - self.base.saturating_duration_since(at).as_nanos() as i128
+    }
+}
+
+fn ms(from: Instant, to: Instant) -> f64 {
+    if to >= from {
+        to.duration_since(from).as_secs_f64() * 1000.0
+    } else {
+        -(from.duration_since(to).as_secs_f64() * 1000.0)
+    }
+}
+
+struct Sample {
+    ack: Instant,
+    floor: Option<Instant>,
+    file: Instant,
+}
+
+/// The timing marks a traced rewire printed: (stage, mono_ns).
+type Marks = Arc<Mutex<Vec<(String, u64)>>>;
+
+struct Daemon {
+    child: Child,
+    marks: Marks,
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start(a: &Args, dir: &Path, traced: bool) -> Daemon {
+    let mut cmd = Command::new(&a.bin);
+    cmd.args(["run", "-c"])
+        .arg(dir.join("rewire.toml"))
+        .stdout(Stdio::null());
+    if traced {
+        cmd.env("REWIRE_LOG", "warn,rewire::timing=trace")
+            .args(["--log-format", "json"])
+            .stderr(Stdio::piped());
+    } else {
+        cmd.env("REWIRE_LOG", "warn").stderr(Stdio::inherit());
+    }
+    let mut child = cmd.spawn().expect("start rewire");
+    let marks: Marks = Arc::default();
+    if let Some(err) = child.stderr.take() {
+        let marks = marks.clone();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(err).lines() {
+                let Ok(line) = line else { return };
+                let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
+                match (v["stage"].as_str(), v["mono_ns"].as_u64()) {
+                    (Some(stage), Some(ns)) => marks.lock().unwrap().push((stage.to_string(), ns)),
+                    _ => eprintln!("{line}"),
+                }
+            }
+        });
+    }
+    Daemon { child, marks }
+}
+
+/// Makes `changes` changes and measures each (see the module docs).
+fn changes(
+    w: &mut dyn Writer,
+    floor: &mut Option<Box<dyn Floor>>,
+    dest: &Path,
+    first_port: u16,
+    changes: usize,
+) -> Vec<Sample> {
+    let events = DirEvents::new(dest.parent().unwrap()).expect("watch the destination's directory");
+    let mut samples = Vec::with_capacity(changes);
+    for n in 0..changes {
+        let port = first_port + n as u16;
+        let marker = format!(":{port};");
+        if let Some(f) = floor.as_mut() {
+            f.arm(port);
+        }
+        events.drain();
+        w.put("marker", "10.9.9.9", port);
+        let ack = Instant::now();
+        loop {
+            if std::fs::read_to_string(dest).is_ok_and(|t| t.contains(&marker)) {
+                break;
+            }
+            if !events.wait(Duration::from_secs(30)) {
+                panic!("{}: change {n} never reached the file", w.name());
+            }
+        }
+        let file = Instant::now();
+        let floor = floor.as_mut().and_then(|f| f.seen(Duration::from_secs(5)));
+        samples.push(Sample { ack, floor, file });
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    samples
+}
+
+const STAGES: [&str; 9] = [
+    "received",
+    "decoded",
+    "store_updated",
+    "runner_woken",
+    "render_done",
+    "temp_written",
+    "fsync",
+    "rename",
+    "dir_fsync",
+];
+
+/// Median ms from ack to each stage. A change's marks are those between 10 ms before its ack
+/// and 10 ms before the next change's ack (changes are at least 50 ms apart). `received` and
+/// `decoded` are the last ones before the store update (a Consul index may move without a
+/// change; the dir writer's temp file raises events of its own before the rename), the
+/// others the first.
+///
+/// Also `own`: per change, the file seen minus rewire's `received` (rewire's share alone: a
+/// Consul agent serves each waiting query in turn, so rewire's answer may leave the agent
+/// after the floor's).
+fn breakdown(
+    samples: &[Sample],
+    marks: &[(String, u64)],
+    clock: &Clock,
+) -> BTreeMap<&'static str, f64> {
+    let mut per: BTreeMap<&'static str, Vec<f64>> = BTreeMap::new();
+    for (i, s) in samples.iter().enumerate() {
+        let ack = clock.ns(s.ack);
+        let from = ack - 10_000_000;
+        let to = samples
+            .get(i + 1)
+            .map_or(i128::MAX, |n| clock.ns(n.ack) - 10_000_000);
+        let window: Vec<(&str, i128)> = marks
+            .iter()
+            .map(|(st, ns)| (st.as_str(), *ns as i128))
+            .filter(|(_, ns)| *ns >= from && *ns < to)
+            .collect();
+        let stored = window
+            .iter()
+            .find(|(st, _)| *st == "store_updated")
+            .map(|(_, ns)| *ns);
+        for stage in STAGES {
+            let at = if stage == "received" || stage == "decoded" {
+                window
+                    .iter()
+                    .filter(|(st, ns)| *st == stage && stored.is_none_or(|s| *ns <= s))
+                    .map(|(_, ns)| *ns)
+                    .next_back()
+            } else {
+                window
+                    .iter()
+                    .find(|(st, _)| *st == stage)
+                    .map(|(_, ns)| *ns)
+            };
+            if let Some(at) = at {
+                per.entry(stage).or_default().push((at - ack) as f64 / 1e6);
+                if stage == "received" {
+                    per.entry("own")
+                        .or_default()
+                        .push((clock.ns(s.file) - at) as f64 / 1e6);
+                }
+            }
+        }
+    }
+    per.into_iter()
+        .filter_map(|(k, v)| Some((k, Dist::of(v)?.median)))
+        .collect()
 }
 
 fn run_one(backend: &str, instances: usize, a: &Args) -> Option<Row> {
@@ -202,58 +500,81 @@ fn run_one(backend: &str, instances: usize, a: &Args) -> Option<Row> {
         ),
     )
     .unwrap();
-    let mut child: Child = Command::new(env!("CARGO_BIN_EXE_rewire"))
-        .args(["run", "-c"])
-        .arg(dir.path().join("rewire.toml"))
-        .env("REWIRE_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("start rewire");
-    let pid = child.id();
-    let ready = support::poll_until(Duration::from_secs(60), || {
-        std::fs::read_to_string(&dest)
-            .is_ok_and(|t| t.contains(":10000;") && t.lines().count() == instances)
-    });
-    assert!(ready, "{backend}: first render never arrived");
-
-    let events = DirEvents::new(dest.parent().unwrap()).expect("watch the destination's directory");
-
-    let mut samples = Vec::with_capacity(a.changes);
-    for n in 0..a.changes {
-        let port = 10_001 + n as u16;
+    let ready = |port: u16| {
         let marker = format!(":{port};");
-        events.drain();
-        w.put("marker", "10.9.9.9", port);
-        let acked = Instant::now();
-        loop {
-            if std::fs::read_to_string(&dest).is_ok_and(|t| t.contains(&marker)) {
-                break;
-            }
-            if !events.wait(Duration::from_secs(30)) {
-                panic!("{backend}: change {n} never reached the file");
-            }
-        }
-        samples.push(acked.elapsed().as_secs_f64() * 1000.0);
-        std::thread::sleep(Duration::from_millis(50));
+        support::poll_until(Duration::from_secs(60), || {
+            std::fs::read_to_string(&dest)
+                .is_ok_and(|t| t.contains(&marker) && t.lines().count() == instances)
+        })
+    };
+    let mut floor = w.floor();
+    if floor.is_none() {
+        eprintln!("reaction: {backend}: no floor observer; only rewire is measured");
     }
+
+    // The measured run: rewire at its default logging.
+    let d = start(a, dir.path(), false);
+    let pid = d.child.id();
+    assert!(ready(10_000), "{backend}: first render never arrived");
+    let samples = changes(w.as_mut(), &mut floor, &dest, 10_001, a.changes);
     std::thread::sleep(Duration::from_secs(2));
     let rss_kb = proc_rss_kb(pid);
     let cpu0 = proc_cpu_secs(pid);
     std::thread::sleep(a.idle);
     let idle_cpu = proc_cpu_secs(pid) - cpu0;
-    let _ = child.kill();
-    let _ = child.wait();
-    samples.sort_by(|x, y| x.total_cmp(y));
+    drop(d);
+    let last = 10_000 + a.changes as u16;
+
+    // The traced run: where the time goes.
+    let clock = Clock::new();
+    let d = start(a, dir.path(), true);
+    let traced = if ready(last) {
+        let n = (a.changes / 2).max(3);
+        let samples = changes(w.as_mut(), &mut floor, &dest, last + 1, n);
+        // The last marks (dir fsync) may still be on their way through the pipe.
+        std::thread::sleep(Duration::from_millis(200));
+        let marks = d.marks.lock().unwrap().clone();
+        Some((breakdown(&samples, &marks, &clock), samples))
+    } else {
+        eprintln!("reaction: {backend}: the traced rewire never rendered; no breakdown");
+        None
+    };
+    drop(d);
+
+    let rewire = Dist::of(samples.iter().map(|s| ms(s.ack, s.file)).collect());
+    let floor_d = Dist::of(
+        samples
+            .iter()
+            .filter_map(|s| Some(ms(s.ack, s.floor?)))
+            .collect(),
+    );
+    let overhead = Dist::of(
+        samples
+            .iter()
+            .filter_map(|s| Some(ms(s.floor?, s.file)))
+            .collect(),
+    );
+    let (breakdown, traced_floor, traced_file) = match traced {
+        Some((b, t)) => (
+            b,
+            Dist::of(t.iter().filter_map(|s| Some(ms(s.ack, s.floor?))).collect())
+                .map(|d| d.median),
+            Dist::of(t.iter().map(|s| ms(s.ack, s.file)).collect()).map(|d| d.median),
+        ),
+        None => (BTreeMap::new(), None, None),
+    };
     Some(Row {
-        backend: backend.to_string(),
+        backend: w.name().to_string(),
         instances,
-        median: percentile(&samples, 0.5),
-        p90: percentile(&samples, 0.9),
-        p99: percentile(&samples, 0.99),
+        rewire,
+        floor: floor_d,
+        overhead,
         rss_kb,
         idle_cpu,
         idle_secs: a.idle.as_secs(),
+        breakdown,
+        traced_floor,
+        traced_file,
     })
 }
 
@@ -269,24 +590,52 @@ fn main() {
         }
     }
     println!(
-        "\nReaction: catalog write acknowledged -> destination updated ({} changes, 50 ms apart, wait.min = 0)",
-        a.changes
+        "\nReaction: catalog write acknowledged -> destination updated ({} changes, 50 ms apart, wait = 0, one template, telemetry off; {})",
+        a.changes,
+        a.bin.display()
     );
     println!(
-        "| backend | instances | median ms | p90 ms | p99 ms | RSS after 2 s idle | idle CPU |"
+        "median / p90 / p99, ms; floor: the store's answer reaching a plain client; overhead: file - floor, per change"
+    );
+    println!(
+        "| backend | instances | floor (from ack) | rewire (from ack) | overhead over the floor | RSS after 2 s idle | idle CPU |"
     );
     println!("|---|---:|---:|---:|---:|---:|---:|");
-    for r in rows {
+    for r in &rows {
         println!(
-            "| {} | {} | {:.2} | {:.2} | {:.2} | {:.1} MB | {:.2} s / {} s |",
+            "| {} | {} | {} | {} | {} | {:.1} MB | {:.2} s / {} s |",
             r.backend,
             r.instances,
-            r.median,
-            r.p90,
-            r.p99,
+            cell(r.floor),
+            cell(r.rewire),
+            cell(r.overhead),
             r.rss_kb as f64 / 1024.0,
             r.idle_cpu,
             r.idle_secs
+        );
+    }
+    println!(
+        "\nWhere the time goes: median ms from ack to each stage (a rewire with rewire::timing=trace, {} changes)",
+        (a.changes / 2).max(3)
+    );
+    let mut head = String::from("| backend | instances | floor");
+    let mut rule = String::from("|---|---:|---:");
+    for s in STAGES {
+        head.push_str(&format!(" | {}", s.replace('_', " ")));
+        rule.push_str("|---:");
+    }
+    println!("{head} | file seen | received → file |");
+    println!("{rule}|---:|---:|");
+    let f = |v: Option<f64>| v.map_or("n/a".to_string(), |v| format!("{v:.3}"));
+    for r in &rows {
+        let mut line = format!("| {} | {} | {}", r.backend, r.instances, f(r.traced_floor));
+        for s in STAGES {
+            line.push_str(&format!(" | {}", f(r.breakdown.get(s).copied())));
+        }
+        println!(
+            "{line} | {} | {} |",
+            f(r.traced_file),
+            f(r.breakdown.get("own").copied())
         );
     }
 }

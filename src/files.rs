@@ -20,6 +20,8 @@ use std::path::{Path, PathBuf};
 
 use rand::Rng;
 
+use crate::timing::{self, stage};
+
 /// A staged file: written and fsynced next to its destination, not yet in place.
 /// Dropping it without [`Staged::commit`] removes it.
 #[derive(Debug)]
@@ -52,12 +54,14 @@ impl Staged {
                 io::Error::new(e.kind(), format!("cannot rename into {}: {e}", self.dest.display()))
             }
         })?;
+        timing::mark(stage::RENAME);
         self.committed = true;
         // The temp name is gone: nothing left to guard.
         self.lock = None;
         if let Some(dir) = self.dest.parent() {
             // The file is visible now; the directory fsync makes the rename durable.
             File::open(dir)?.sync_all()?;
+            timing::mark(stage::DIR_FSYNC);
         }
         Ok(())
     }
@@ -229,7 +233,9 @@ pub fn stage(dest: &Path, bytes: &[u8], perms: Option<u32>) -> io::Result<Staged
             }
         }
         file.write_all(bytes)?;
+        timing::mark(stage::TEMP_WRITTEN);
         file.sync_all()?;
+        timing::mark(stage::FSYNC);
         return Ok(staged);
     }
     Err(io::Error::new(

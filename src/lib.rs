@@ -86,4 +86,5 @@ pub mod render;
 pub mod status;
 pub mod store;
 pub mod telemetry;
+pub mod timing;
 pub mod wanted;

@@ -264,16 +264,27 @@ impl Data {
     pub fn normalize(mut self) -> Data {
         match &mut self {
             Data::Instances(list) => {
-                if !list.is_sorted_by(|a, b| a.sort_key() <= b.sort_key()) {
-                    // Each address parsed once, not once per comparison (the same order as
-                    // `sort_key`: IPs before hostnames, which `Ok` before `Err` gives).
-                    list.sort_by_cached_key(|i| {
-                        let addr = match AddressOrder::of(&i.address) {
-                            AddressOrder::Ip(ip) => Ok(ip),
-                            AddressOrder::Host(h) => Err(h.to_string()),
-                        };
-                        (addr, i.port, i.id.clone())
-                    });
+                // Each address is parsed once, here and in the sort, and nothing is copied:
+                // backends that keep instances by id (the etcd mirror, the dir tree) hand
+                // over a list in id order, sorted again on every change.
+                let mut prev = None;
+                let sorted = list.iter().all(|i| {
+                    let key = i.sort_key();
+                    let in_order = prev.is_none_or(|p| p <= key);
+                    prev = Some(key);
+                    in_order
+                });
+                if !sorted {
+                    let order: Vec<usize> = {
+                        let mut keyed: Vec<_> =
+                            list.iter().map(|i| i.sort_key()).zip(0..).collect();
+                        // The position breaks ties (two instances with one id): deterministic.
+                        keyed.sort_unstable();
+                        keyed.into_iter().map(|(_, n)| n).collect()
+                    };
+                    let mut taken: Vec<Option<Arc<Instance>>> =
+                        std::mem::take(list).into_iter().map(Some).collect();
+                    *list = order.into_iter().filter_map(|n| taken[n].take()).collect();
                 }
                 for i in list.iter_mut() {
                     if !i.tags.is_sorted_by(|a, b| a < b) {

@@ -186,6 +186,8 @@ impl Store {
             health: current.health.clone(),
         });
         *current = next.clone();
+        // Marked before the send: a runner may wake (and mark) before send_replace returns.
+        crate::timing::mark(crate::timing::stage::STORE_UPDATED);
         self.tx.send_replace(next);
         true
     }

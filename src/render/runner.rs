@@ -48,6 +48,7 @@ use crate::model::Query;
 use crate::status::{Board, TemplateEvent};
 use crate::store::{Snapshot, Store};
 use crate::telemetry::metrics::{CheckResult, Metrics, ReloadResult, RenderResult};
+use crate::timing::{self, stage};
 use crate::wanted::Wanted;
 
 /// What every group needs from the daemon.
@@ -120,6 +121,7 @@ pub async fn run_group(group: Group, shared: Shared, stop: CancellationToken) {
                     }
                     let snap = snaps.borrow_and_update().clone();
                     if touches(&seen, &snap) {
+                        timing::mark(stage::RUNNER_WOKEN);
                         debounce.poke();
                         // Discovery (data arriving for queries the last render found missing)
                         // renders at once: nothing was written, so there is nothing to settle.
@@ -280,11 +282,12 @@ impl GroupState {
         );
     }
 
-    /// Whether these bytes were rejected and their retry is not due yet.
-    fn held_back(&self, template: &str, hash: &[u8; 32]) -> bool {
-        self.rejected
-            .get(template)
-            .is_some_and(|r| r.hash == *hash && r.retry_at.is_none_or(|at| Instant::now() < at))
+    /// Whether these bytes were rejected and their retry is not due yet. Hashed only when
+    /// something of this template was rejected: the common case costs a map lookup.
+    fn held_back(&self, template: &str, bytes: &[u8]) -> bool {
+        self.rejected.get(template).is_some_and(|r| {
+            r.retry_at.is_none_or(|at| Instant::now() < at) && r.hash == hash(bytes)
+        })
     }
 
     /// The next retry still ahead (a past one has had its render).
@@ -323,9 +326,9 @@ fn hash(bytes: &[u8]) -> [u8; 32] {
     Sha256::digest(bytes).into()
 }
 
-/// Written this round: the file, the new bytes' hash, the bytes, and when the newest catalog
-/// answer it shows arrived (where its reaction time starts).
-type WrittenFile<'g> = (Written<'g>, [u8; 32], String, Option<std::time::Instant>);
+/// Written this round: the file, the bytes, and when the newest catalog answer it shows
+/// arrived (where its reaction time starts).
+type WrittenFile<'g> = (Written<'g>, String, Option<std::time::Instant>);
 
 /// Reloads the group (restoring `written` if that fails) and tells its runtimes what HAProxy
 /// runs now.
@@ -338,7 +341,7 @@ async fn reload_group(
     let main_pid = *shared.main_pid.borrow();
     let result = group::reload_or_restore(
         group.reload.as_ref(),
-        written.iter().map(|(w, _, _, _)| w),
+        written.iter().map(|(w, _, _)| w),
         main_pid,
         &shared.env,
         state.runtimes.confirm_socket(),
@@ -378,9 +381,9 @@ async fn render_round(
         let now = SystemTime::now();
         match rendered {
             Rendered::Done { text, .. } => {
+                timing::mark(stage::RENDER_DONE);
                 shared.metrics.render(&t.name, RenderResult::Ok, took);
-                let h = hash(text.as_bytes());
-                if state.held_back(&t.name, &h) {
+                if state.held_back(&t.name, text.as_bytes()) {
                     debug!(template = %t.name, "same bytes as the last rejected render; trying again later");
                     continue;
                 }
@@ -411,7 +414,6 @@ async fn render_round(
                                 template: t,
                                 previous,
                             },
-                            h,
                             text,
                             newest,
                         ));
@@ -430,7 +432,7 @@ async fn render_round(
                         // retry would put them in place for the length of every check.
                         let swap_rejected = matches!(e, ApplyError::Rejected { .. })
                             && t.check_mode == CheckMode::Swap;
-                        state.reject(&t.name, h, !swap_rejected);
+                        state.reject(&t.name, hash(text.as_bytes()), !swap_rejected);
                         let text = e.to_string();
                         if state.should_log(&t.name, &text) {
                             error!(template = %t.name, "{text}; the destination was left as it was");
@@ -484,8 +486,8 @@ async fn render_round(
     } else {
         let files: Vec<runtimes::WrittenFile> = written
             .iter()
-            .filter(|(w, _, _, _)| state.runtimes.has(&w.template.name))
-            .map(|(w, _, text, _)| runtimes::WrittenFile {
+            .filter(|(w, _, _)| state.runtimes.has(&w.template.name))
+            .map(|(w, text, _)| runtimes::WrittenFile {
                 template: &w.template.name,
                 previous: w.previous.as_deref(),
                 new: text.as_bytes(),
@@ -495,7 +497,7 @@ async fn render_round(
             unchanged.iter().map(|(n, t)| (*n, t.as_bytes())).collect();
         let others = written
             .iter()
-            .any(|(w, _, _, _)| !state.runtimes.has(&w.template.name));
+            .any(|(w, _, _)| !state.runtimes.has(&w.template.name));
         state.runtimes.round(&files, &unchanged, others).await
     };
     let reloaded = match &decision.reload {
@@ -521,7 +523,7 @@ async fn render_round(
     }
     let now = SystemTime::now();
     let mut kept = Vec::new();
-    for (w, h, text, newest) in written {
+    for (w, text, newest) in written {
         let t = w.template;
         let dest = t.destination.display().to_string();
         if let Some(r) = &reloaded
@@ -596,7 +598,7 @@ async fn render_round(
             }
             Err(e) => {
                 shared.metrics.rollback(&t.name);
-                state.reject(&t.name, h, true);
+                state.reject(&t.name, hash(text.as_bytes()), true);
                 let detail = format!("{e}; the previous file was restored");
                 shared
                     .board

@@ -54,15 +54,26 @@ fn instances_value_reusing(
     let Some(old_values) = old_values.as_array().filter(|v| v.len() == old.len()) else {
         return data_value_of(list);
     };
+    let same = |o: &Arc<Instance>, inst: &Arc<Instance>| Arc::ptr_eq(o, inst) || **o == **inst;
     let mut j = 0;
     Value::from(
         list.iter()
             .map(|inst| {
-                while j < old.len() && old[j].sort_key() < inst.sort_key() {
+                // Mostly the next old instance is this one: no sort key (an address parse)
+                // needed. Keys are unique within a service, so the walk moves past it.
+                if j < old.len() && same(&old[j], inst) {
+                    j += 1;
+                    return old_values[j - 1].clone();
+                }
+                let key = inst.sort_key();
+                while j < old.len() && old[j].sort_key() < key {
                     j += 1;
                 }
                 match old.get(j) {
-                    Some(o) if Arc::ptr_eq(o, inst) || **o == **inst => old_values[j].clone(),
+                    Some(o) if same(o, inst) => {
+                        j += 1;
+                        old_values[j - 1].clone()
+                    }
                     _ => instance_value(inst),
                 }
             })

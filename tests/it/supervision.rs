@@ -328,7 +328,9 @@ fn sighup_reconciles_registrations_and_leaves_main_alone() {
     ));
     let mut rw = Rewire::start(&p, &[]);
     rw.wait_for("three registrations", || {
-        ["a", "b", "c"].iter().all(|n| entry(n).is_some()) && p.path("main.pid").exists()
+        // The pid itself, not only the file: main creates it a moment before writing it.
+        ["a", "b", "c"].iter().all(|n| entry(n).is_some())
+            && read_pid(&p.path("main.pid")).is_some()
     });
     let main_pid = read_pid(&p.path("main.pid"));
 

@@ -93,6 +93,13 @@ pub async fn run(
         }
     }
 
+    // The process exits next: the catalog data is left to the exit rather than freed piece by
+    // piece (with 10 000 instances, their template values and the catalog's own copy that is
+    // ~4 ms, and glibc then trims its arenas for ~3 ms more, of a ~100 ms command).
+    std::mem::forget(results);
+    std::mem::forget(store);
+    std::mem::forget(catalog);
+
     if failures.is_empty() {
         return Ok(Outcome::Done);
     }

@@ -16,6 +16,7 @@ use super::poll::Source;
 use crate::catalog::CatalogError;
 use crate::catalog::http::{BodyError, read_body};
 use crate::model::Query;
+use crate::timing::{self, stage};
 
 /// Added to `wait + wait/16` for a blocking read's timeout: the agent may hold the request
 /// that long, plus the time to forward it to a server and send a large answer.
@@ -197,6 +198,7 @@ impl Agent {
         };
         let req = self.request(Method::GET, url);
         let (status, headers, body) = self.exchange(&what, req, timeout).await?;
+        timing::mark(stage::RECEIVED);
         let index = header(&headers, "x-consul-index").map(str::to_owned);
         let leader = header(&headers, "x-consul-knownleader").map(str::to_owned);
         let token_set = self.token.is_some();
@@ -216,7 +218,7 @@ impl Agent {
                 max_value,
             )
         };
-        if big {
+        let reply = if big {
             let query = query.clone();
             tokio::task::spawn_blocking(move || interpret(&query))
                 .await
@@ -226,7 +228,9 @@ impl Agent {
                 })?
         } else {
             interpret(query)
-        }
+        };
+        timing::mark(stage::DECODED);
+        reply
     }
 
     pub(super) async fn put(

@@ -9,6 +9,7 @@
 //! Every instance is validated before a template can see it; a bad one is skipped with a
 //! warning naming its service and id.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -162,34 +163,39 @@ pub fn parse_index(header: Option<&str>) -> Result<u64, Malformed> {
     Ok(index.max(1))
 }
 
+// The health answer is read borrowing from the body: strings without escapes (nearly all)
+// are not copied until an instance keeps them, and what no template sees (the service name
+// repeated in every entry, the check statuses, the node address when the service has its
+// own) is never copied at all. A 1 000-instance answer is ~1.9 MB from a `-dev` agent.
+
 #[derive(Deserialize)]
-struct HealthEntry {
-    #[serde(rename = "Node")]
-    node: NodeJson,
-    #[serde(rename = "Service")]
-    service: ServiceJson,
-    #[serde(rename = "Checks", default)]
-    checks: Option<Vec<CheckJson>>,
+struct HealthEntry<'a> {
+    #[serde(rename = "Node", borrow)]
+    node: NodeJson<'a>,
+    #[serde(rename = "Service", borrow)]
+    service: ServiceJson<'a>,
+    #[serde(rename = "Checks", default, borrow)]
+    checks: Option<Vec<CheckJson<'a>>>,
 }
 
 #[derive(Deserialize)]
-struct NodeJson {
-    #[serde(rename = "Node", default)]
-    node: String,
-    #[serde(rename = "Address", default)]
-    address: String,
+struct NodeJson<'a> {
+    #[serde(rename = "Node", default, borrow)]
+    node: Cow<'a, str>,
+    #[serde(rename = "Address", default, borrow)]
+    address: Cow<'a, str>,
 }
 
 #[derive(Deserialize)]
-struct ServiceJson {
-    #[serde(rename = "ID", default)]
-    id: String,
-    #[serde(rename = "Service", default)]
-    service: String,
+struct ServiceJson<'a> {
+    #[serde(rename = "ID", default, borrow)]
+    id: Cow<'a, str>,
+    #[serde(rename = "Service", default, borrow)]
+    service: Cow<'a, str>,
     #[serde(rename = "Tags", default)]
     tags: Option<Vec<String>>,
-    #[serde(rename = "Address", default)]
-    address: String,
+    #[serde(rename = "Address", default, borrow)]
+    address: Cow<'a, str>,
     #[serde(rename = "Meta", default)]
     meta: Option<BTreeMap<String, String>>,
     #[serde(rename = "Port", default)]
@@ -197,9 +203,9 @@ struct ServiceJson {
 }
 
 #[derive(Deserialize)]
-struct CheckJson {
-    #[serde(rename = "Status", default)]
-    status: String,
+struct CheckJson<'a> {
+    #[serde(rename = "Status", default, borrow)]
+    status: Cow<'a, str>,
 }
 
 /// Consul's check states; anything unknown counts as critical (never route to what we can't read).
@@ -214,10 +220,11 @@ fn check_status(s: &str) -> Status {
 /// `/v1/health/service/<name>` (without `?passing`): every instance with the worst status of
 /// its checks, the node's own (`serfHealth`, maintenance) included, as `?passing` counts them.
 pub fn health_service(service: &str, body: &[u8]) -> Result<Vec<Arc<Instance>>, Malformed> {
-    let entries: Option<Vec<HealthEntry>> =
+    let entries: Option<Vec<HealthEntry<'_>>> =
         serde_json::from_slice(body).map_err(|e| Malformed(format!("health entries: {e}")))?;
-    let mut out = Vec::new();
-    for e in entries.unwrap_or_default() {
+    let entries = entries.unwrap_or_default();
+    let mut out = Vec::with_capacity(entries.len());
+    for e in entries {
         let status = e
             .checks
             .iter()
@@ -233,8 +240,7 @@ pub fn health_service(service: &str, body: &[u8]) -> Result<Vec<Arc<Instance>>, 
         };
         // An answer for `service` holds instances of `service` only: one naming another
         // service is a malformed answer (found by fuzzing), not an instance to render.
-        let name = service.to_string();
-        let checked = check_name(&name)
+        let checked = check_name(service)
             .map_err(|e| format!("service name {e}"))
             .and_then(|()| {
                 if s.service.is_empty() || s.service == service {
@@ -255,10 +261,10 @@ pub fn health_service(service: &str, body: &[u8]) -> Result<Vec<Arc<Instance>>, 
                 tags.sort();
                 tags.dedup();
                 out.push(Arc::new(Instance {
-                    id: s.id,
-                    name,
-                    node: e.node.node,
-                    address,
+                    id: s.id.into_owned(),
+                    name: service.to_string(),
+                    node: e.node.node.into_owned(),
+                    address: address.into_owned(),
                     port,
                     tags,
                     meta: s.meta.unwrap_or_default(),
@@ -266,7 +272,7 @@ pub fn health_service(service: &str, body: &[u8]) -> Result<Vec<Arc<Instance>>, 
                 }));
             }
             Err(error) => {
-                warn!(service = %name, id = %s.id, %error, "skipping a Consul instance with invalid data");
+                warn!(service = %service, id = %s.id, %error, "skipping a Consul instance with invalid data");
             }
         }
     }
@@ -457,6 +463,26 @@ mod tests {
         assert!(list[1].tags.is_empty() && list[1].meta.is_empty());
         assert_eq!(list[1].status, Status::Warning);
         assert_eq!(list[2].status, Status::Passing, "no checks: passing");
+    }
+
+    #[test]
+    fn escaped_strings_in_a_health_answer_decode_like_plain_ones() {
+        // Most strings are borrowed from the body; those with escapes cannot be.
+        let body = br#"[{"Node":{"Node":"n\u0031","Address":"10.0.0.1"},"Service":{"ID":"web\u002d1","Service":"w\u0065b","Address":"","Port":80},
+            "Checks":[{"CheckID":"serfHealth","Status":"pass\u0069ng"}]}]"#;
+        let list = health_service("web", body).unwrap();
+        assert_eq!(list.len(), 1, "{list:?}");
+        let i = &list[0];
+        assert_eq!(
+            (
+                i.id.as_str(),
+                i.name.as_str(),
+                i.node.as_str(),
+                i.address.as_str()
+            ),
+            ("web-1", "web", "n1", "10.0.0.1")
+        );
+        assert_eq!(i.status, Status::Passing);
     }
 
     #[test]

@@ -30,6 +30,7 @@ use super::wire::{self, Event, WatchMessage};
 use crate::backoff::Backoff;
 use crate::model::Query;
 use crate::store::{Health, Store};
+use crate::timing::{self, stage};
 
 /// When to try again: at once, on the next member, until every member failed once more (a
 /// stream that broke is retried at once, so one dropped connection is not an outage); then wait
@@ -251,13 +252,17 @@ impl<'a> Watcher<'a> {
                         }
                         Err(e) => return End::Failed(e),
                     };
+                    timing::mark(stage::RECEIVED);
                     match wire::decode_watch_line(&line) {
                         Err(m) => return End::Failed(EtcdError::Malformed(m.0)),
                         Ok(WatchMessage::Created { .. }) => {
                             self.created_at = Some(Instant::now());
                             self.up();
                         }
-                        Ok(WatchMessage::Events { events, .. }) => self.apply(events),
+                        Ok(WatchMessage::Events { events, .. }) => {
+                            timing::mark(stage::DECODED);
+                            self.apply(events);
+                        }
                         Ok(WatchMessage::Progress { revision }) => {
                             self.revision = self.revision.max(revision);
                         }
