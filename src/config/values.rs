@@ -27,6 +27,8 @@ pub enum DurationError {
     NoUnit(String),
     #[error("{value:?} has an unknown unit {unit:?}")]
     UnknownUnit { value: String, unit: String },
+    #[error("{0:?} is too long: rewire takes durations up to 100 years")]
+    TooLong(String),
 }
 
 /// A size rewire refuses rather than guesses.
@@ -46,6 +48,10 @@ pub enum SizeError {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("unknown signal {0:?}")]
 pub struct UnknownSignal(pub String);
+
+/// The longest duration rewire takes: far beyond any real timeout or TTL, and short enough
+/// that adding it to the current time can never overflow a clock.
+pub const MAX_DURATION: Duration = Duration::from_secs(100 * 365 * 86_400);
 
 /// Strict durations: one or more `<number><unit>` with units ms, s, m, h, d (e.g. "1m30s").
 /// "10 sec" or "10" are refused rather than guessed.
@@ -91,7 +97,13 @@ pub fn parse_duration(s: &str) -> Result<Duration, DurationError> {
                 });
             }
         };
-        total += Duration::from_secs_f64(number * scale);
+        // A number too large for a Duration (found by fuzzing: "3044...4s" with 130 digits)
+        // is refused, not a panic.
+        total = Duration::try_from_secs_f64(number * scale)
+            .ok()
+            .and_then(|d| total.checked_add(d))
+            .filter(|t| *t <= MAX_DURATION)
+            .ok_or_else(|| DurationError::TooLong(s.to_string()))?;
     }
     Ok(total)
 }
@@ -496,6 +508,21 @@ mod tests {
         assert!(parse_duration("10").is_err());
         assert!(parse_duration("s").is_err());
         assert!(parse_duration("").is_err());
+        // Found by fuzzing: a number too large for a Duration panicked.
+        let huge = format!("3{}s", "4".repeat(130));
+        assert_eq!(
+            parse_duration(&huge),
+            Err(DurationError::TooLong(huge.clone()))
+        );
+        assert!(matches!(
+            parse_duration("18446744073709551615s1s"),
+            Err(DurationError::TooLong(_))
+        ));
+        assert!(parse_duration("36500d").is_ok());
+        assert!(matches!(
+            parse_duration("36501d"),
+            Err(DurationError::TooLong(_))
+        ));
     }
 
     #[test]
