@@ -211,17 +211,19 @@ fn instance_value(i: &Instance) -> Value {
         static EMPTY_LIST: Value = Value::from(Vec::<Value>::new());
         static SCRATCH: std::cell::RefCell<String> = const { std::cell::RefCell::new(String::new()) };
     }
-    let mut m: indexmap::IndexMap<&'static str, Value> = indexmap::IndexMap::with_capacity(10);
-    m.insert("address", Value::from(i.address.as_str()));
+    // Tera's own map, filled directly: one hashing per key, no second map to copy from.
+    let mut m = tera::Map::with_capacity(9);
+    let key = tera::value::Key::Str;
+    m.insert(key("address"), Value::from(i.address.as_str()));
     m.insert(
-        "addr_port",
+        key("addr_port"),
         SCRATCH.with_borrow_mut(|s| {
             s.clear();
             write_addr_port(s, &i.address, u64::from(i.port));
             Value::from(s.as_str())
         }),
     );
-    m.insert("id", Value::from(i.id.as_str()));
+    m.insert(key("id"), Value::from(i.id.as_str()));
     let meta = if i.meta.is_empty() {
         EMPTY_MAP.with(Value::clone)
     } else {
@@ -235,13 +237,13 @@ fn instance_value(i: &Instance) -> Value {
                 )
             })
             .collect();
-        Value::from(meta)
+        Value::from_map(meta)
     };
-    m.insert("meta", meta);
-    m.insert("name", Value::from(i.name.as_str()));
-    m.insert("node", Value::from(i.node.as_str()));
-    m.insert("port", Value::from(i.port));
-    m.insert("status", Value::from(i.status.as_str()));
+    m.insert(key("meta"), meta);
+    m.insert(key("name"), Value::from(i.name.as_str()));
+    m.insert(key("node"), Value::from(i.node.as_str()));
+    m.insert(key("port"), Value::from(i.port));
+    m.insert(key("status"), Value::from(i.status.as_str()));
     let tags = if i.tags.is_empty() {
         EMPTY_LIST.with(Value::clone)
     } else {
@@ -252,8 +254,8 @@ fn instance_value(i: &Instance) -> Value {
                 .collect::<Vec<_>>(),
         )
     };
-    m.insert("tags", tags);
-    Value::from(m)
+    m.insert(key("tags"), tags);
+    Value::from_map(m)
 }
 
 /// `host:port`, with IPv6 addresses bracketed: `[::1]:8080`.

@@ -487,3 +487,52 @@ fn sighup_rejects_a_template_with_a_misspelt_argument_before_applying_the_config
     });
     assert_eq!(r.stop(), Some(0), "{}", r.log());
 }
+
+/// Renames are how most writers publish a file. Events for hidden names are dropped before any
+/// lookup and the names a rename moved away are not looked up either (src/catalog/dir/
+/// inotify.rs: a lookup of such a name waits for the writer's rename to finish); these are the
+/// moves that must still be followed.
+#[test]
+fn files_renamed_into_place_and_away_are_followed() {
+    let (p, mut r) = web_daemon("");
+    let dir = p.path("catalog/services/web");
+    // Replaced through a hidden temp file (the harness writes every instance this way).
+    p.instance("web", "a", "10.0.0.1", 81);
+    wait_for("replaced instance", TIMEOUT, || {
+        let t = p.read("out/web.conf");
+        t.contains("10.0.0.1:81") && !t.contains("10.0.0.1:80;")
+    });
+    // Moved in from a visible name that is not an instance's.
+    std::fs::write(
+        dir.join("b.json.new"),
+        r#"{"address": "10.0.0.2", "port": 80}"#,
+    )
+    .unwrap();
+    std::fs::rename(dir.join("b.json.new"), dir.join("b.json")).unwrap();
+    wait_for("instance moved in", TIMEOUT, || {
+        p.read("out/web.conf").contains("10.0.0.2:80")
+    });
+    // Moved away to a name that is not an instance's: a deregistration.
+    std::fs::rename(dir.join("a.json"), dir.join("a.json.bak")).unwrap();
+    wait_for("instance moved away", TIMEOUT, || {
+        !p.read("out/web.conf").contains("10.0.0.1:81")
+    });
+    // Moved back over a hidden name's event burst: it comes back.
+    std::fs::rename(dir.join("a.json.bak"), dir.join(".a.json")).unwrap();
+    std::fs::rename(dir.join(".a.json"), dir.join("a.json")).unwrap();
+    wait_for("instance moved back", TIMEOUT, || {
+        p.read("out/web.conf").contains("10.0.0.1:81")
+    });
+    // A hidden file is never an instance, however it got there.
+    std::fs::write(
+        dir.join(".c.json"),
+        r#"{"address": "10.0.0.3", "port": 80}"#,
+    )
+    .unwrap();
+    p.instance("web", "d", "10.0.0.4", 80);
+    wait_for("a later change", TIMEOUT, || {
+        p.read("out/web.conf").contains("10.0.0.4:80")
+    });
+    assert!(!p.read("out/web.conf").contains("10.0.0.3"));
+    assert_eq!(r.stop(), Some(0), "{}", r.log());
+}

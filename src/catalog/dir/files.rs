@@ -263,7 +263,7 @@ pub(super) fn list(dir: &OpenDir) -> Vec<OsString> {
         .map(|e| OsString::from(std::ffi::OsStr::from_bytes(e.file_name().to_bytes())))
         .filter(|n| n != "." && n != "..")
         .collect();
-    names.sort();
+    names.sort_unstable();
     names
 }
 

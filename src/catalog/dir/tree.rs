@@ -66,7 +66,7 @@ const MAX_KV_DEPTH: usize = 32;
 
 /// Kubernetes' atomic writer (ConfigMap and Secret volumes) swaps this link to publish a new
 /// version of every file in the directory at once.
-const KUBERNETES_DATA: &str = "..data";
+pub(super) const KUBERNETES_DATA: &str = "..data";
 
 impl Reader {
     /// Reads the whole tree, files in parallel (10 000 small files take ~30-50 ms in series).

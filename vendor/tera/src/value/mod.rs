@@ -692,6 +692,15 @@ impl Value {
         }
     }
 
+    /// A map value that takes `map` as it is. (`Value::from(map)` goes through the generic
+    /// `From<IndexMap<K, T>>`, which inserts every entry again into a new map: twice the
+    /// hashing for callers that already hold a `Map`.) Added for rewire.
+    pub fn from_map(map: Map) -> Value {
+        Value {
+            inner: ValueInner::Map(Arc::new(map)),
+        }
+    }
+
     /// If the Value is a map return the associated Map, otherwise None.
     pub fn as_map(&self) -> Option<&Map> {
         match &self.inner {
