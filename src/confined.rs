@@ -383,6 +383,24 @@ mod tests {
     }
 
     #[test]
+    fn every_size_against_every_cap() {
+        let (t, dir) = tree();
+        let mut buf = Vec::new();
+        for len in 0..40usize {
+            let bytes: Vec<u8> = (0..len).map(|i| b'a' + (i % 26) as u8).collect();
+            std::fs::write(t.path().join("root/f"), &bytes).unwrap();
+            for cap in 0..40u64 {
+                let file = open_beneath(dir.as_fd(), Path::new("f"), false).unwrap();
+                match read_regular(file, cap, &mut buf) {
+                    Ok(()) => assert!(len as u64 <= cap && buf == bytes, "{len} / {cap}"),
+                    Err(Refused::TooBig { .. }) => assert!(len as u64 > cap, "{len} / {cap}"),
+                    Err(e) => panic!("{len} / {cap}: {e}"),
+                }
+            }
+        }
+    }
+
+    #[test]
     fn files_over_the_cap_are_refused_by_size() {
         let (t, dir) = tree();
         std::fs::write(t.path().join("root/big"), vec![b'x'; 1000]).unwrap();
