@@ -536,3 +536,39 @@ fn files_renamed_into_place_and_away_are_followed() {
     assert!(!p.read("out/web.conf").contains("10.0.0.3"));
     assert_eq!(r.stop(), Some(0), "{}", r.log());
 }
+
+/// A Kubernetes ConfigMap volume mounted as a service directory: the files are links through
+/// `..data`, and an update swaps `..data` to a new timestamped directory with one rename (the
+/// kubelet's atomic writer). Every step but that rename has a hidden name.
+#[test]
+fn a_kubernetes_volume_swap_is_followed() {
+    use std::os::unix::fs::symlink;
+    let p = Project::new();
+    p.file("web.tera", UPSTREAM).config(&config(&p, ""));
+    let dir = p.path("catalog/services/web");
+    std::fs::create_dir_all(dir.join("..2026_12_02_1")).unwrap();
+    std::fs::write(
+        dir.join("..2026_12_02_1/a.json"),
+        r#"{"address": "10.0.0.1", "port": 80}"#,
+    )
+    .unwrap();
+    symlink("..2026_12_02_1", dir.join("..data")).unwrap();
+    symlink("..data/a.json", dir.join("a.json")).unwrap();
+    let mut r = started(&p);
+    assert!(p.read("out/web.conf").contains("10.0.0.1:80"));
+
+    std::fs::create_dir_all(dir.join("..2026_12_02_2")).unwrap();
+    std::fs::write(
+        dir.join("..2026_12_02_2/a.json"),
+        r#"{"address": "10.0.0.1", "port": 81}"#,
+    )
+    .unwrap();
+    symlink("..2026_12_02_2", dir.join("..data_tmp")).unwrap();
+    std::fs::rename(dir.join("..data_tmp"), dir.join("..data")).unwrap();
+    std::fs::remove_dir_all(dir.join("..2026_12_02_1")).unwrap();
+    wait_for("the new version", TIMEOUT, || {
+        p.read("out/web.conf").contains("10.0.0.1:81")
+    });
+    assert!(!p.read("out/web.conf").contains("10.0.0.1:80"));
+    assert_eq!(r.stop(), Some(0), "{}", r.log());
+}
