@@ -546,23 +546,19 @@ fn a_kubernetes_volume_swap_is_followed() {
     let p = Project::new();
     p.file("web.tera", UPSTREAM).config(&config(&p, ""));
     let dir = p.path("catalog/services/web");
-    std::fs::create_dir_all(dir.join("..2026_12_02_1")).unwrap();
-    std::fs::write(
-        dir.join("..2026_12_02_1/a.json"),
-        r#"{"address": "10.0.0.1", "port": 80}"#,
-    )
-    .unwrap();
+    // A timestamped version directory holding `a.json` on `port`.
+    let version = |name: &str, port: u16| {
+        std::fs::create_dir_all(dir.join(name)).unwrap();
+        let json = format!(r#"{{"address": "10.0.0.1", "port": {port}}}"#);
+        std::fs::write(dir.join(name).join("a.json"), json).unwrap();
+    };
+    version("..2026_12_02_1", 80);
     symlink("..2026_12_02_1", dir.join("..data")).unwrap();
     symlink("..data/a.json", dir.join("a.json")).unwrap();
     let mut r = started(&p);
     assert!(p.read("out/web.conf").contains("10.0.0.1:80"));
 
-    std::fs::create_dir_all(dir.join("..2026_12_02_2")).unwrap();
-    std::fs::write(
-        dir.join("..2026_12_02_2/a.json"),
-        r#"{"address": "10.0.0.1", "port": 81}"#,
-    )
-    .unwrap();
+    version("..2026_12_02_2", 81);
     symlink("..2026_12_02_2", dir.join("..data_tmp")).unwrap();
     std::fs::rename(dir.join("..data_tmp"), dir.join("..data")).unwrap();
     std::fs::remove_dir_all(dir.join("..2026_12_02_1")).unwrap();
