@@ -32,7 +32,8 @@ fn main() {
         return;
     }
     let order = std::path::Path::new(&var("CARGO_MANIFEST_DIR")).join("link/symbol-order.txt");
-    if !order.exists() {
+    // `-Wl,` splits its argument at commas: a path with one cannot be passed this way.
+    if !order.exists() || order.to_string_lossy().contains(',') {
         return;
     }
     println!(
