@@ -9,8 +9,9 @@
 //!
 //! Only layout changes: a name the file lists that the build does not have is skipped, silently,
 //! so a stale file costs memory, never correctness. `dist` keeps its names across source
-//! changes; `release` renames a changed codegen unit's shared helpers, so its list goes stale
-//! with any change to this crate (see `scripts/order-symbols`).
+//! changes, but not across a change of dependencies (Cargo hashes them into every name);
+//! `release` renames a changed codegen unit's shared helpers, so its list goes stale with any
+//! change to this crate (see `scripts/order-symbols`).
 //!
 //! The option is lld's and GNU ld refuses it, so it is passed only where lld links:
 //! x86_64-unknown-linux-gnu with the toolchain's own lld present (rustup's toolchains since

@@ -93,3 +93,22 @@ fn systemd_hears_ready_once_templates_are_written_and_stopping_on_stop() {
     let status = child.wait().unwrap();
     assert!(status.code().is_some(), "{}", p.read("rewire.log"));
 }
+
+/// rewire's one libm function, `pow`, is its own (src/main.rs), so libm.so is not loaded: it
+/// kept ~0.6 MB of an idle daemon resident. A dependency that starts calling libm brings it
+/// back; then define that function beside `pow` or accept the cost knowingly.
+#[test]
+fn a_running_daemon_does_not_load_libm() {
+    let p = Project::new();
+    p.file("web.tera", crate::project::UPSTREAM).config(&format!(
+        "{}\n[[template]]\nsource = \"web.tera\"\ndestination = \"out/web.conf\"\n",
+        p.control()
+    ));
+    p.instance("web", "a", "10.0.0.1", 80);
+    let mut r = p.run();
+    wait_for("first render", TIMEOUT, || p.path("out/web.conf").exists());
+    let maps = std::fs::read_to_string(format!("/proc/{}/maps", r.child.id())).unwrap();
+    assert!(maps.contains("libc.so"), "not the daemon's maps:\n{maps}");
+    assert!(!maps.contains("libm.so"), "libm is loaded:\n{maps}");
+    assert_eq!(r.stop(), Some(0), "{}", r.log());
+}
