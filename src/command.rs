@@ -342,7 +342,10 @@ impl Kept {
 
 /// Reads the pipe to its end (or an error) into `kept`.
 async fn read_into(mut reader: tokio::net::unix::pipe::Receiver, kept: &mut Kept) {
-    let mut buf = [0u8; 8192];
+    // On the heap: an array here made every future that runs a command (a template group's
+    // runner, a job, the registrar, the supervisor) 8 KB bigger, in the task and in the stack
+    // frames that build and poll it.
+    let mut buf = vec![0u8; 8192];
     loop {
         match reader.read(&mut buf).await {
             Ok(0) | Err(_) => return,
