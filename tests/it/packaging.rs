@@ -100,10 +100,11 @@ fn systemd_hears_ready_once_templates_are_written_and_stopping_on_stop() {
 #[test]
 fn a_running_daemon_does_not_load_libm() {
     let p = Project::new();
-    p.file("web.tera", crate::project::UPSTREAM).config(&format!(
-        "{}\n[[template]]\nsource = \"web.tera\"\ndestination = \"out/web.conf\"\n",
-        p.control()
-    ));
+    p.file("web.tera", crate::project::UPSTREAM)
+        .config(&format!(
+            "{}\n[[template]]\nsource = \"web.tera\"\ndestination = \"out/web.conf\"\n",
+            p.control()
+        ));
     p.instance("web", "a", "10.0.0.1", 80);
     let mut r = p.run();
     wait_for("first render", TIMEOUT, || p.path("out/web.conf").exists());

@@ -193,6 +193,30 @@ impl Reader {
         })
     }
 
+    /// Reads the instance file `name` in the open service directory `dir`.
+    pub(super) fn read_instance_in(
+        &self,
+        root: &Root,
+        dir: &OpenDir,
+        name: &std::ffi::OsStr,
+        service: &str,
+        id: &str,
+    ) -> Read<Entry> {
+        READ_BUF.with_borrow_mut(|buf| {
+            let opened = match confined::open_beneath(dir.file.as_fd(), Path::new(name), false) {
+                // A link that leaves the service directory may still stay inside the root.
+                Err(Refused::Escapes(_)) => {
+                    confined::open_beneath(root.fd(), &dir.rel.join(name), false)
+                }
+                other => other,
+            };
+            match opened.and_then(|f| confined::read_regular(f, self.max_file, buf)) {
+                Ok(()) => decode_instance(buf, service, id, &self.node),
+                Err(e) => self.refused(e),
+            }
+        })
+    }
+
     fn refused<T>(&self, e: Refused) -> Read<T> {
         match e {
             Refused::NotFound => Read::Gone,

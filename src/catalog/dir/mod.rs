@@ -397,6 +397,31 @@ mod tests {
         assert!(tree.services.is_empty() && tree.kv.is_empty() && tree.refused.is_empty());
     }
 
+    /// A link out of its service directory that stays inside the root is opened from the root
+    /// (the first try, beneath the service directory, refuses it).
+    #[test]
+    fn an_instance_linked_from_elsewhere_in_the_root_is_read() {
+        use std::os::unix::fs::symlink;
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("catalog");
+        write(
+            &root,
+            "shared/b.json",
+            r#"{"address": "10.0.0.2", "port": 80}"#,
+        );
+        write(
+            &root,
+            "services/web/a.json",
+            r#"{"address": "10.0.0.1", "port": 80}"#,
+        );
+        symlink("../../shared/b.json", root.join("services/web/b.json")).unwrap();
+        let tree = reader(&root, 1024).load(None).unwrap();
+        let web = &tree.services["web"];
+        assert_eq!(web.keys().collect::<Vec<_>>(), ["a", "b"]);
+        assert_eq!(web["b"].instance.address, "10.0.0.2");
+        assert!(tree.refused.is_empty(), "{:?}", tree.refused);
+    }
+
     #[test]
     fn fifos_devices_and_links_leaving_the_root_are_refused_without_blocking() {
         use std::os::unix::fs::symlink;
