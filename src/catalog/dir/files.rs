@@ -104,8 +104,8 @@ impl Reader {
         confined::open_dir(&self.root).map(Root)
     }
 
-    /// Opens `rel` (relative to the root) beneath `dir` when given (one short lookup), else, or
-    /// when a link leaves `dir`, beneath the root.
+    /// Opens `rel` (relative to the root) beneath `dir` when given and `rel` is inside it,
+    /// else beneath the root.
     fn open(
         &self,
         root: &Root,
@@ -116,12 +116,26 @@ impl Reader {
         if let Some(d) = dir
             && let Ok(name) = rel.strip_prefix(&d.rel)
         {
-            match confined::open_beneath(d.file.as_fd(), name, directory) {
-                Err(Refused::Escapes(_)) => {}
-                other => return other,
-            }
+            return self.open_in(root, d, name, directory);
         }
         confined::open_beneath(root.fd(), rel, directory)
+    }
+
+    /// Opens `name` beneath the open directory `dir` (one short lookup), or beneath the root
+    /// when a link leaves `dir` (it may still stay inside the root).
+    fn open_in(
+        &self,
+        root: &Root,
+        dir: &OpenDir,
+        name: &Path,
+        directory: bool,
+    ) -> Result<File, Refused> {
+        match confined::open_beneath(dir.file.as_fd(), name, directory) {
+            Err(Refused::Escapes(_)) => {
+                confined::open_beneath(root.fd(), &dir.rel.join(name), directory)
+            }
+            other => other,
+        }
     }
 
     /// Opens a directory inside the root. `Ok(None)`: not there, or not a directory.
@@ -182,15 +196,7 @@ impl Reader {
         service: &str,
         id: &str,
     ) -> Read<Entry> {
-        READ_BUF.with_borrow_mut(|buf| {
-            let read = self
-                .open(root, dir, rel, false)
-                .and_then(|f| confined::read_regular(f, self.max_file, buf));
-            match read {
-                Ok(()) => decode_instance(buf, service, id, &self.node),
-                Err(e) => self.refused(e),
-            }
-        })
+        self.read_opened_instance(self.open(root, dir, rel, false), service, id)
     }
 
     /// Reads the instance file `name` in the open service directory `dir`.
@@ -202,14 +208,17 @@ impl Reader {
         service: &str,
         id: &str,
     ) -> Read<Entry> {
+        let opened = self.open_in(root, dir, Path::new(name), false);
+        self.read_opened_instance(opened, service, id)
+    }
+
+    fn read_opened_instance(
+        &self,
+        opened: Result<File, Refused>,
+        service: &str,
+        id: &str,
+    ) -> Read<Entry> {
         READ_BUF.with_borrow_mut(|buf| {
-            let opened = match confined::open_beneath(dir.file.as_fd(), Path::new(name), false) {
-                // A link that leaves the service directory may still stay inside the root.
-                Err(Refused::Escapes(_)) => {
-                    confined::open_beneath(root.fd(), &dir.rel.join(name), false)
-                }
-                other => other,
-            };
             match opened.and_then(|f| confined::read_regular(f, self.max_file, buf)) {
                 Ok(()) => decode_instance(buf, service, id, &self.node),
                 Err(e) => self.refused(e),

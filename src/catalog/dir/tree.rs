@@ -83,9 +83,7 @@ impl Reader {
         match self.open_dir(&root, services_rel) {
             Ok(Some(services)) => {
                 tree.has_services = true;
-                crate::timing::mark("x_load_start");
                 self.load_services(&root, &services, prev, &mut tree);
-                crate::timing::mark("x_tree_built");
             }
             Ok(None) => {}
             Err(why) => self.refuse(&mut tree, prev, services_rel, why),
@@ -137,7 +135,6 @@ impl Reader {
             files.extend(list(&dir).into_iter().map(|file| (dirs.len(), file)));
             dirs.push((name.to_string_lossy().into_owned(), dir));
         }
-        crate::timing::mark("x_listed");
         let reads = parallel_map(&files, |(d, file)| {
             let (service, dir) = &dirs[*d];
             let id = instance_id(file)?;
@@ -145,7 +142,7 @@ impl Reader {
             Some((id, read))
         });
         // Each service's instances, collected before they go into its map in one sorted build.
-        let mut found: Vec<Vec<(String, Entry)>> = dirs.iter().map(|_| Vec::new()).collect();
+        let mut found: Vec<Vec<(String, Entry)>> = vec![Vec::new(); dirs.len()];
         for ((d, file), read) in files.into_iter().zip(reads) {
             let (service, dir) = &dirs[d];
             let Some((id, read)) = read else {
@@ -588,7 +585,6 @@ impl Touched {
 }
 
 pub(super) fn answer(tree: &Tree, q: &Query, now: SystemTime) -> Data {
-    crate::timing::mark("x_answer");
     match q {
         Query::Service(name) => Data::Instances(
             tree.services
