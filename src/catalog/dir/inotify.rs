@@ -384,7 +384,11 @@ impl DirCatalog {
         // Symlinked directories are not followed: one could lead out of the catalog (files are
         // read only beneath it anyway), and inotify would watch wherever it points.
         let mut w = notify::RecommendedWatcher::new(
-            move |ev| {
+            move |ev: notify::Result<notify::Event>| {
+                // Dropped on the watcher's own thread: the async side is not woken for them.
+                if ev.as_ref().is_ok_and(|e| never_completes(&e.kind)) {
+                    return;
+                }
                 let _ = tx.send(ev);
             },
             notify::Config::default().with_follow_symlinks(false),
@@ -424,11 +428,11 @@ fn inotify_hint(e: notify::Error) -> String {
 /// a moment (and reading at the create as well as the close would warn twice about a bad one).
 /// A FIFO or device created in the catalog is read (and refused) at once.
 fn worth_reading(ev: &notify::Event) -> bool {
-    use notify::event::{AccessKind, AccessMode, CreateKind, ModifyKind};
+    use notify::event::CreateKind;
+    if never_completes(&ev.kind) {
+        return false;
+    }
     match ev.kind {
-        EventKind::Access(AccessKind::Close(AccessMode::Write)) => true,
-        EventKind::Access(_) => false,
-        EventKind::Modify(ModifyKind::Data(_)) => false,
         EventKind::Create(CreateKind::File) => {
             ev.paths.iter().filter(|p| !never_read(p)).any(|p| {
                 use std::os::unix::fs::MetadataExt;
@@ -438,6 +442,21 @@ fn worth_reading(ev: &notify::Event) -> bool {
             })
         }
         _ => true,
+    }
+}
+
+/// Events that never leave a file in a new, complete state: opens, reads, closes after
+/// reading and writes still in progress. Rewire's own reads of the catalog raise the first
+/// three (and anything opening a file beside the catalog, in the watched parent), so they are
+/// dropped before they wake the watch loop: on the path from a change to the config, they
+/// would wake it a second time while the render is under way.
+fn never_completes(kind: &EventKind) -> bool {
+    use notify::event::{AccessKind, AccessMode, ModifyKind};
+    match kind {
+        EventKind::Access(AccessKind::Close(AccessMode::Write)) => false,
+        EventKind::Access(_) => true,
+        EventKind::Modify(ModifyKind::Data(_)) => true,
+        _ => false,
     }
 }
 
@@ -471,5 +490,82 @@ fn keeping(ever_loaded: bool) -> &'static str {
         "keeping the last good data"
     } else {
         "nothing read yet: templates wait until it is readable"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+    use std::time::Duration;
+
+    /// The kinds of every event a real inotify watch reports while `act` runs in `dir`.
+    fn events_during(dir: &std::path::Path, act: impl FnOnce()) -> Vec<EventKind> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let mut w = notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
+            if let Ok(ev) = ev {
+                let _ = tx.send(ev);
+            }
+        })
+        .expect("inotify");
+        w.watch(dir, RecursiveMode::NonRecursive).expect("watch");
+        act();
+        // A marker file closes the sequence: inotify keeps order, so everything `act` raised
+        // has been delivered once the marker's own events arrive.
+        let marker = dir.join("zz-marker");
+        std::fs::write(&marker, b"").unwrap();
+        let mut kinds = Vec::new();
+        loop {
+            let ev = rx
+                .recv_timeout(Duration::from_secs(10))
+                .expect("events within 10 s");
+            if ev.paths.contains(&marker) {
+                return kinds;
+            }
+            kinds.push(ev.kind);
+        }
+    }
+
+    #[test]
+    fn reading_a_catalog_file_raises_only_events_dropped_before_the_loop() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("web-1.json");
+        std::fs::write(&file, br#"{"address": "10.0.0.1", "port": 80}"#).unwrap();
+        let kinds = events_during(dir.path(), || {
+            let _ = std::fs::read(&file).unwrap();
+            let _ = std::fs::read_dir(dir.path()).unwrap().count();
+        });
+        assert!(!kinds.is_empty(), "inotify reported no opens");
+        assert!(
+            kinds.iter().all(never_completes),
+            "an event of a plain read would wake the loop: {kinds:?}"
+        );
+    }
+
+    #[test]
+    fn a_finished_write_and_a_rename_still_reach_the_loop() {
+        let dir = tempfile::tempdir().unwrap();
+        let kinds = events_during(dir.path(), || {
+            let mut f = std::fs::File::create(dir.path().join(".tmp")).unwrap();
+            f.write_all(b"{}").unwrap();
+            drop(f);
+            std::fs::rename(dir.path().join(".tmp"), dir.path().join("web-2.json")).unwrap();
+        });
+        assert!(
+            kinds.iter().any(|k| matches!(
+                k,
+                EventKind::Access(notify::event::AccessKind::Close(
+                    notify::event::AccessMode::Write
+                ))
+            ) && !never_completes(k)),
+            "{kinds:?}"
+        );
+        assert!(
+            kinds.iter().any(|k| matches!(
+                k,
+                EventKind::Modify(notify::event::ModifyKind::Name(_))
+            ) && !never_completes(k)),
+            "{kinds:?}"
+        );
     }
 }
