@@ -171,7 +171,6 @@ async fn server_changes_reach_haproxy_through_the_runtime_api_without_a_reload()
         return;
     };
     let admin = h.dir().join("admin.sock");
-    runtime_answers(&admin).await;
     let old = filled(&h, &start);
     let reloads = h.wait_reload_count(Duration::from_secs(10));
     assert!(reloads.is_some(), "the master CLI answers");
@@ -242,7 +241,6 @@ async fn a_checked_server_added_at_runtime_takes_traffic_only_after_passing_chec
         return;
     };
     let admin = h.dir().join("admin.sock");
-    runtime_answers(&admin).await;
     let mut rt = Runtime::new(&admin);
     // Nothing listens on this port yet: the checks fail, so it must never be used.
     let late_port = free_port();
@@ -280,7 +278,6 @@ async fn a_removed_server_with_a_request_in_flight_is_deleted_when_it_ends_or_re
         return;
     };
     let admin = h.dir().join("admin.sock");
-    runtime_answers(&admin).await;
     let cli = Cli::new(&admin);
     let mut rt = Runtime::new(&admin);
     let both = filled(&h, &both);
@@ -347,20 +344,6 @@ async fn a_removed_server_with_a_request_in_flight_is_deleted_when_it_ends_or_re
     });
 }
 
-/// Waits until HAProxy's Runtime API answers on `admin`. The helper's start waits for the
-/// frontend's port, and the admin socket may be bound a moment later; a plan made before then
-/// rightly falls back to a reload.
-async fn runtime_answers(admin: &Path) {
-    let deadline = tokio::time::Instant::now() + TIMEOUT;
-    while let Err(e) = Cli::new(admin).observe().await {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "HAProxy's Runtime API never answered: {e}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 /// Runs the runtime's housekeeping (new servers' first checks, deletions) until nothing is
 /// left to do, as the daemon's runner does.
 async fn settle(rt: &mut Runtime) {
@@ -384,7 +367,6 @@ async fn haproxy_changed_by_hand_is_repaired_to_agree_with_the_file() {
         return;
     };
     let admin = h.dir().join("admin.sock");
-    runtime_answers(&admin).await;
     let cli = Cli::new(&admin);
     let mut rt = Runtime::new(&admin);
     assert_eq!(
@@ -444,7 +426,6 @@ async fn a_reload_that_changes_no_worker_is_sent_again_then_reported() {
         return;
     };
     let admin = h.dir().join("admin.sock");
-    runtime_answers(&admin).await;
     let env = std::collections::BTreeMap::new();
     // A "reload" that does nothing: HAProxy dropped it, as it drops a SIGUSR2 during a reload.
     let nothing = Reload::Command(CommandSpec {

@@ -104,8 +104,13 @@ impl Haproxy {
             .arg(self.pidfile())
             .current_dir(self.dir.path());
         let port = self.port;
+        // Ready once the frontend's port and, when the config has one, the admin socket both
+        // accept: an open port alone does not say that the Runtime API is there yet.
+        let admin = self.dir.path().join("admin.sock");
+        let has_admin = std::fs::read_to_string(self.cfg_path())
+            .is_ok_and(|c| c.contains(&*admin.to_string_lossy()));
         let daemon = Daemon::start("haproxy", cmd, &self.log_path(), READY_TIMEOUT, || {
-            port_open(port)
+            port_open(port) && (!has_admin || UnixStream::connect(&admin).is_ok())
         })?;
         self.daemon = Some(daemon);
         Ok(())
