@@ -154,21 +154,31 @@ impl Instance {
     /// The order templates see: by address (IP addresses numerically, IPv4 before IPv6, then
     /// hostnames as strings), then port, then id, so output is deterministic and
     /// 10.0.0.7 comes before 10.0.0.12.
-    pub fn sort_key(&self) -> (AddressOrder<'_>, u16, &str) {
+    pub fn sort_key(&self) -> (AddressOrder<&str>, u16, &str) {
         (AddressOrder::of(&self.address), self.port, &self.id)
+    }
+
+    /// [`Instance::sort_key`] owned, for a collection kept in template order (the etcd
+    /// mirror): it orders exactly as the borrowed key does.
+    pub fn owned_sort_key(&self) -> (AddressOrder<String>, u16, String) {
+        let address = match AddressOrder::of(&self.address) {
+            AddressOrder::Ip(ip) => AddressOrder::Ip(ip),
+            AddressOrder::Host(h) => AddressOrder::Host(h.to_owned()),
+        };
+        (address, self.port, self.id.clone())
     }
 }
 
 /// An address as instances are ordered by it: IP addresses first, numerically; hostnames
-/// after them, as strings.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-pub enum AddressOrder<'a> {
+/// after them, as strings (`H` is `&str` or `String`, which order alike).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum AddressOrder<H> {
     Ip(std::net::IpAddr),
-    Host(&'a str),
+    Host(H),
 }
 
-impl<'a> AddressOrder<'a> {
-    pub fn of(address: &'a str) -> AddressOrder<'a> {
+impl<'a> AddressOrder<&'a str> {
+    pub fn of(address: &'a str) -> AddressOrder<&'a str> {
         match address.parse() {
             Ok(ip) => AddressOrder::Ip(ip),
             Err(_) => AddressOrder::Host(address),

@@ -15,13 +15,13 @@ use tracing::warn;
 
 use super::wire::{Event, EventKind, Kv};
 use crate::catalog::record::{Record, RecordError};
-use crate::model::{Data, Instance, KeyValue, Query, ServiceSummary, check_name};
+use crate::model::{AddressOrder, Data, Instance, KeyValue, Query, ServiceSummary, check_name};
 
-/// Where an instance sorts in a template: (address, port, id).
-type Order = (String, u16, String);
+/// Where an instance sorts in a template: (address, port, id), IP addresses numerically.
+type Order = (AddressOrder<String>, u16, String);
 
 fn order_of(i: &Instance) -> Order {
-    (i.address.clone(), i.port, i.id.clone())
+    i.owned_sort_key()
 }
 
 /// One service's valid instances, kept in the order templates see them so that the store's
@@ -636,6 +636,34 @@ mod tests {
         let d = m.answer(&Query::Service("web".into()));
         assert_eq!(ids(&d), ["w2", "w1"]);
         assert_eq!(d.clone().normalize(), d, "already normalized");
+    }
+
+    #[test]
+    fn ip_addresses_are_held_in_numeric_order_not_string_order() {
+        // As strings "10.0.0.10" < "10.0.0.9"; templates see 10.0.0.9 first. Held in string
+        // order, every answer had to be sorted again by the store.
+        let addrs = ["db.local", "10.0.0.10", "::1", "10.0.0.9", "10.0.1.0"];
+        let kvs = addrs
+            .iter()
+            .enumerate()
+            .map(|(n, a)| {
+                kv(
+                    &format!("/rewire/services/web/w{n}"),
+                    &inst(a, 80, &[], "passing"),
+                )
+            })
+            .collect();
+        let m = Mirror::from_kvs(BASE, u64::MAX, kvs);
+        let d = m.answer(&Query::Service("web".into()));
+        let Data::Instances(list) = &d else {
+            panic!("not instances: {d:?}")
+        };
+        let held: Vec<&str> = list.iter().map(|i| i.address.as_str()).collect();
+        assert_eq!(
+            held,
+            ["10.0.0.9", "10.0.0.10", "10.0.1.0", "::1", "db.local"]
+        );
+        assert_eq!(d.clone().normalize(), d, "not in the store's order");
     }
 
     #[test]
