@@ -171,7 +171,7 @@ impl Instance {
 
 /// An address as instances are ordered by it: IP addresses first, numerically; hostnames
 /// after them, as strings (`H` is `&str` or `String`, which order alike).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum AddressOrder<H> {
     Ip(std::net::IpAddr),
     Host(H),
