@@ -21,7 +21,9 @@
 //!   and the file is re-read on each event.
 //!
 //! Prints median / p90 / p99 of file - ack, of floor - ack and of file - floor (rewire's
-//! overhead over the store), the daemon's RSS (VmRSS after 2 s idle) and its CPU over the idle
+//! overhead over the store); of a plain durable write of the same bytes beside the destination
+//! (create, write, fsync, rename: what the disk charges any program for one, timed 25 ms after
+//! each change, since a virtual disk's fsync varies from hour to hour); the daemon's RSS (VmRSS after 2 s idle) and its CPU over the idle
 //! period (utime + stime). Then a second rewire runs with `rewire::timing=trace` (see
 //! `src/timing.rs`) for half as many changes, and the median time from ack to each stage
 //! (received, decoded, store updated, runner woken, render done, temp written, fsync, rename,
@@ -241,6 +243,8 @@ struct Row {
     rewire: Option<Dist>,
     floor: Option<Dist>,
     overhead: Option<Dist>,
+    /// The same bytes written durably by a plain program between changes.
+    plain_write: Option<Dist>,
     rss_kb: u64,
     idle_cpu: f64,
     idle_secs: u64,
@@ -319,6 +323,8 @@ struct Sample {
     ack: Instant,
     floor: Option<Instant>,
     file: Instant,
+    /// A plain durable write of the same bytes on the same file system, 25 ms after the change.
+    plain_write: Duration,
 }
 
 /// The timing marks a traced rewire printed: (stage, mono_ns).
@@ -375,6 +381,10 @@ fn changes(
     changes: usize,
 ) -> Vec<Sample> {
     let events = DirEvents::new(dest.parent().unwrap()).expect("watch the destination's directory");
+    // Beside `out/`, not in it: nobody watches this directory (the dir catalog watches its
+    // root's parent, which reports the directory's creation once, not the files inside).
+    let probe = dest.parent().unwrap().with_file_name("probe");
+    std::fs::create_dir_all(&probe).expect("create the probe directory");
     let mut samples = Vec::with_capacity(changes);
     for n in 0..changes {
         let port = first_port + n as u16;
@@ -395,10 +405,42 @@ fn changes(
         }
         let file = Instant::now();
         let floor = floor.as_mut().and_then(|f| f.seen(Duration::from_secs(5)));
-        samples.push(Sample { ack, floor, file });
-        std::thread::sleep(Duration::from_millis(50));
+        // rewire's directory fsync follows its rename: let it finish before the probe.
+        std::thread::sleep(Duration::from_millis(25));
+        let bytes = std::fs::read(dest).unwrap_or_default();
+        let plain_write = durable_write(&probe, &bytes, n);
+        samples.push(Sample {
+            ack,
+            floor,
+            file,
+            plain_write,
+        });
+        std::thread::sleep(Duration::from_millis(25));
     }
     samples
+}
+
+/// What a durable replace of `bytes` costs this file system right now, without rewire: create a
+/// temp file, write, fsync, rename over `dir/file` (rewire's write path up to the moment the
+/// new file is visible; the directory fsync after it is not timed, as in rewire).
+fn durable_write(dir: &Path, bytes: &[u8], n: usize) -> Duration {
+    use std::io::Write;
+    let temp = dir.join(format!(".file.{n}"));
+    let started = Instant::now();
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&temp)
+        .expect("create the probe's temp file");
+    f.write_all(bytes).expect("write the probe");
+    f.sync_all().expect("fsync the probe");
+    std::fs::rename(&temp, dir.join("file")).expect("rename the probe");
+    let took = started.elapsed();
+    drop(f);
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .expect("fsync the probe's directory");
+    took
 }
 
 const STAGES: [&str; 9] = [
@@ -554,6 +596,12 @@ fn run_one(backend: &str, instances: usize, a: &Args) -> Option<Row> {
             .filter_map(|s| Some(ms(s.floor?, s.file)))
             .collect(),
     );
+    let plain_write = Dist::of(
+        samples
+            .iter()
+            .map(|s| s.plain_write.as_secs_f64() * 1000.0)
+            .collect(),
+    );
     let (breakdown, traced_floor, traced_file) = match traced {
         Some((b, t)) => (
             b,
@@ -569,6 +617,7 @@ fn run_one(backend: &str, instances: usize, a: &Args) -> Option<Row> {
         rewire,
         floor: floor_d,
         overhead,
+        plain_write,
         rss_kb,
         idle_cpu,
         idle_secs: a.idle.as_secs(),
@@ -595,20 +644,21 @@ fn main() {
         a.bin.display()
     );
     println!(
-        "median / p90 / p99, ms; floor: the store's answer reaching a plain client; overhead: file - floor, per change"
+        "median / p90 / p99, ms; floor: the store's answer reaching a plain client; overhead: file - floor, per change; plain durable write: create, write, fsync and rename the same bytes, 25 ms after each change"
     );
     println!(
-        "| backend | instances | floor (from ack) | rewire (from ack) | overhead over the floor | RSS after 2 s idle | idle CPU |"
+        "| backend | instances | floor (from ack) | rewire (from ack) | overhead over the floor | plain durable write | RSS after 2 s idle | idle CPU |"
     );
-    println!("|---|---:|---:|---:|---:|---:|---:|");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|");
     for r in &rows {
         println!(
-            "| {} | {} | {} | {} | {} | {:.1} MB | {:.2} s / {} s |",
+            "| {} | {} | {} | {} | {} | {} | {:.1} MB | {:.2} s / {} s |",
             r.backend,
             r.instances,
             cell(r.floor),
             cell(r.rewire),
             cell(r.overhead),
+            cell(r.plain_write),
             r.rss_kb as f64 / 1024.0,
             r.idle_cpu,
             r.idle_secs
