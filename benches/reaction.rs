@@ -23,8 +23,8 @@
 //! Prints median / p90 / p99 of file - ack, of floor - ack and of file - floor (rewire's
 //! overhead over the store); of a plain durable write of the same bytes beside the destination
 //! (create, write, fsync, rename: what the disk charges any program for one, timed 25 ms after
-//! each change, since a virtual disk's fsync varies from hour to hour); the daemon's RSS (VmRSS after 2 s idle) and its CPU over the idle
-//! period (utime + stime). Then a second rewire runs with `rewire::timing=trace` (see
+//! each change, since a virtual disk's fsync varies from hour to hour); the daemon's RSS (VmRSS
+//! after 2 s idle) and its CPU over the idle period (utime + stime). Then a second rewire runs with `rewire::timing=trace` (see
 //! `src/timing.rs`) for half as many changes, and the median time from ack to each stage
 //! (received, decoded, store updated, runner woken, render done, temp written, fsync, rename,
 //! directory fsync) is printed: the trace lines cost a few microseconds each, which is why the
@@ -395,20 +395,21 @@ fn changes(
         events.drain();
         w.put("marker", "10.9.9.9", port);
         let ack = Instant::now();
-        loop {
-            if std::fs::read_to_string(dest).is_ok_and(|t| t.contains(&marker)) {
-                break;
+        let text = loop {
+            if let Ok(t) = std::fs::read_to_string(dest)
+                && t.contains(&marker)
+            {
+                break t;
             }
             if !events.wait(Duration::from_secs(30)) {
                 panic!("{}: change {n} never reached the file", w.name());
             }
-        }
+        };
         let file = Instant::now();
         let floor = floor.as_mut().and_then(|f| f.seen(Duration::from_secs(5)));
         // rewire's directory fsync follows its rename: let it finish before the probe.
         std::thread::sleep(Duration::from_millis(25));
-        let bytes = std::fs::read(dest).unwrap_or_default();
-        let plain_write = durable_write(&probe, &bytes, n);
+        let plain_write = durable_write(&probe, text.as_bytes(), n);
         samples.push(Sample {
             ack,
             floor,

@@ -20,10 +20,6 @@ use crate::model::{AddressOrder, Data, Instance, KeyValue, Query, ServiceSummary
 /// Where an instance sorts in a template: (address, port, id), IP addresses numerically.
 type Order = (AddressOrder<String>, u16, String);
 
-fn order_of(i: &Instance) -> Order {
-    i.owned_sort_key()
-}
-
 /// One service's valid instances, kept in the order templates see them so that the store's
 /// normalizing sort is a linear pass, and a count of instances per tag so that `services()`
 /// learns of a new or vanished tag without looking at every instance.
@@ -50,7 +46,7 @@ impl Service {
             *n += 1;
             tags_changed |= *n == 1;
         }
-        let order = order_of(&i);
+        let order = i.owned_sort_key();
         self.by_id.insert(id, order.clone());
         self.instances.insert(order, i);
         tags_changed
