@@ -1,22 +1,87 @@
 //! Logs go to stderr (stdout is for `rewire diff` and `rewire status`), as text or JSON.
+//!
+//! `--log-level` is a level (`warn`) or a comma-separated list of `target=level` directives
+//! with an optional default level (`warn,rewire::timing=trace`). It is parsed into
+//! `tracing_subscriber`'s `Targets`, not `EnvFilter`: EnvFilter's span and field filters are
+//! not something rewire's users need, and its regex machinery switched on the full-DFA build in
+//! every `Regex::new` of the binary, so each `matching` test a template used cost a DFA
+//! construction at start (a quarter of `rewire render`'s own instructions with the bundled
+//! nginx template).
 
-use tracing_subscriber::EnvFilter;
+use tracing_subscriber::filter::{LevelFilter, Targets};
+use tracing_subscriber::prelude::*;
 
 use super::cli::LogFormat;
 
 pub fn init(level: &str, format: LogFormat) {
-    let filter = EnvFilter::try_new(level).unwrap_or_else(|e| {
+    let filter = parse_filter(level).unwrap_or_else(|e| {
         eprintln!("rewire: invalid --log-level {level:?} ({e}); using info");
-        EnvFilter::new("info")
+        Targets::new().with_default(LevelFilter::INFO)
     });
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let layer = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_target(false);
+    let registry = tracing_subscriber::registry().with(filter);
     let _ = match format {
-        LogFormat::Text => builder
-            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        LogFormat::Text => registry
+            .with(layer.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())))
             .try_init(),
-        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+        LogFormat::Json => registry.with(layer.json().flatten_event(true)).try_init(),
     };
+}
+
+/// Parses `--log-level`. A word without `=` must be a level: `Targets` would take any other
+/// word as a target name and show only that target's events, so a typo such as `warning`
+/// would silence every log line.
+fn parse_filter(spec: &str) -> Result<Targets, String> {
+    let mut directives = Vec::new();
+    for part in spec.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        if !part.contains('=') && part.parse::<LevelFilter>().is_err() {
+            return Err(format!(
+                "{part:?} is not a level: use off, error, warn, info, debug or trace, \
+                 or TARGET=LEVEL such as rewire=debug"
+            ));
+        }
+        directives.push(part);
+    }
+    if directives.is_empty() {
+        return Err("no level given".to_string());
+    }
+    directives.join(",").parse().map_err(|e| format!("{e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn enabled(spec: &str, target: &str, level: tracing::Level) -> bool {
+        parse_filter(spec).unwrap().would_enable(target, &level)
+    }
+
+    #[test]
+    fn a_level_applies_to_every_target() {
+        use tracing::Level;
+        assert!(enabled("warn", "rewire::render", Level::WARN));
+        assert!(!enabled("warn", "rewire::render", Level::INFO));
+        assert!(enabled("DEBUG", "hyper", Level::DEBUG));
+        assert!(!enabled("off", "rewire", Level::ERROR));
+    }
+
+    #[test]
+    fn target_directives_refine_the_default() {
+        use tracing::Level;
+        let spec = "warn, rewire::timing=trace";
+        assert!(enabled(spec, "rewire::timing", Level::TRACE));
+        assert!(!enabled(spec, "rewire::render", Level::INFO));
+        assert!(enabled("rewire=debug", "rewire::catalog", Level::DEBUG));
+        assert!(!enabled("rewire=debug", "hyper", Level::ERROR));
+    }
+
+    #[test]
+    fn a_word_that_is_not_a_level_is_refused() {
+        let e = parse_filter("warning").unwrap_err();
+        assert!(e.contains("\"warning\" is not a level"), "{e}");
+        assert!(parse_filter("").is_err());
+        assert!(parse_filter("rewire=loud").is_err());
+    }
 }

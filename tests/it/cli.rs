@@ -96,6 +96,27 @@ fn malformed_catalog_file_is_skipped_with_a_warning_naming_it() {
     assert!(err.contains("evil.json"), "{err}");
 }
 
+/// A misspelt level is named and replaced by info, not taken for a target name (which would
+/// show only that target's events: no log at all); `target=level` directives still filter.
+#[test]
+fn log_level_typo_is_named_and_directives_filter_by_target() {
+    let p = basic();
+    p.instance_json("web", "broken", "{\"address\": \"10.0.0.9\", ");
+    let o = p.rewire(&["--log-level", "warning", "render"]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let err = stderr(&o);
+    assert!(err.contains("invalid --log-level \"warning\""), "{err}");
+    assert!(
+        err.contains("broken.json"),
+        "the fallback level hid warnings: {err}"
+    );
+
+    let o = p.rewire(&["--log-level", "error,rewire=warn", "render"]);
+    assert!(stderr(&o).contains("broken.json"), "{}", stderr(&o));
+    let o = p.rewire(&["--log-level", "warn,rewire=error", "render"]);
+    assert!(!stderr(&o).contains("broken.json"), "{}", stderr(&o));
+}
+
 #[test]
 fn failing_check_keeps_the_old_file_and_reports_the_output() {
     let p = basic();

@@ -65,13 +65,15 @@ pub fn wait_for(desc: &str, timeout: Duration, f: impl FnMut() -> bool) {
 /// captured per test and shown for a failing one: `REWIRE_TEST_LOG=rewire=debug` (else
 /// `RUST_LOG`) sets the filter, errors only by default. The first call installs the subscriber.
 pub fn logs() {
-    use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_env("REWIRE_TEST_LOG")
-        .or_else(|_| EnvFilter::try_from_default_env())
-        .unwrap_or_else(|_| EnvFilter::new("error"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_test_writer()
+    use tracing_subscriber::filter::Targets;
+    use tracing_subscriber::prelude::*;
+    let filter: Targets = ["REWIRE_TEST_LOG", "RUST_LOG"]
+        .iter()
+        .find_map(|var| std::env::var(var).ok()?.parse().ok())
+        .unwrap_or_else(|| "error".parse().expect("a level"));
+    let _ = tracing_subscriber::registry()
+        .with(filter)
+        .with(tracing_subscriber::fmt::layer().with_test_writer())
         .try_init();
 }
 
