@@ -19,10 +19,35 @@ pub extern "C" fn pow(x: f64, y: f64) -> f64 {
     libm::pow(x, y)
 }
 
+/// For a command that reads a whole catalog once and exits (`render`, `diff`): let glibc's
+/// heaps grow in 16 MB steps rather than page by page.
+///
+/// Each thread but the main one allocates from its own arena, a 64 MB reservation that glibc
+/// opens with `mprotect` only as far as it has handed out: every time the top runs out, one
+/// `mprotect` of the few pages wanted, which takes the address space's lock for writing while
+/// the other threads are faulting in fresh pages. A one-shot render of 10 000 dir instances
+/// (reader and conversion threads allocating ~14 MB) made 3 538 such calls; `M_TOP_PAD` sizes a
+/// new arena's first opening, and with 16 MB it made 30. The pad is address space, not memory:
+/// pages count only once touched. It also keeps that much unreturned on trim, which is why the
+/// daemon, which lives on after a burst, does not set it.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn grow_heaps_in_big_steps() {
+    // SAFETY: mallopt only sets a parameter; called before any other thread exists.
+    unsafe {
+        libc::mallopt(libc::M_TOP_PAD, 16 << 20);
+    }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn grow_heaps_in_big_steps() {}
+
 fn main() -> ExitCode {
     // While this process has one thread: read (and hide from children) systemd's socket.
     app::systemd::take_from_env();
     let cli = rewire::app::cli::parse();
+    if matches!(cli.command, Command::Render(_) | Command::Diff(_)) {
+        grow_heaps_in_big_steps();
+    }
     let result = match &cli.command {
         // As PID 1 (or with `run --subreaper`), fork the reaper before any thread exists: the
         // runtime is built inside `app::run`, in the worker.
