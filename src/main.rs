@@ -30,16 +30,14 @@ pub extern "C" fn pow(x: f64, y: f64) -> f64 {
 /// new arena's first opening, and with 16 MB it made 30. The pad is address space, not memory:
 /// pages count only once touched. It also keeps that much unreturned on trim, which is why the
 /// daemon, which lives on after a burst, does not set it.
-#[cfg(all(target_os = "linux", target_env = "gnu"))]
+/// Other C libraries (musl) have no such parameter: nothing to do there.
 fn grow_heaps_in_big_steps() {
     // SAFETY: mallopt only sets a parameter; called before any other thread exists.
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
     unsafe {
         libc::mallopt(libc::M_TOP_PAD, 16 << 20);
     }
 }
-
-#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
-fn grow_heaps_in_big_steps() {}
 
 fn main() -> ExitCode {
     // While this process has one thread: read (and hide from children) systemd's socket.
