@@ -133,7 +133,7 @@ fn the_app_starts_only_after_the_agents_health_passes() {
         app.display()
     );
     p.config(&format!(
-        "{}[[job]]\nname = \"agent\"\nexec = {}\nhealth = [\"test\", \"-f\", {}]\ninterval = \"50ms\"\n\n\
+        "{}[[job]]\nname = \"agent\"\nexec = {}\nhealth = [\"test\", \"-f\", {}]\ninterval = \"50ms\"\ntimeout = \"10s\"\n\n\
          [main]\nexec = {}\nwhen = {{ after = \"agent\", is = \"healthy\", timeout = \"60s\" }}\n",
         preamble(&p),
         shell(&agent),
@@ -197,10 +197,13 @@ fn a_failing_job_is_restarted_with_backoff_until_its_restart_limit() {
 
 #[test]
 fn an_each_job_runs_again_on_every_unhealthy_event() {
+    // The health check's timeout defaults to its interval (50 ms here): on a loaded machine a
+    // `test` that took longer to start counted as one more unhealthy event (seen in CI: 3
+    // reports for 2 rounds). The events counted must be the test's own.
     let p = Project::new();
     let (sick, reports) = (p.path("sick"), p.path("reports"));
     p.config(&format!(
-        "{}[[job]]\nname = \"agent\"\nexec = {}\nhealth = [\"test\", \"!\", \"-e\", {}]\ninterval = \"50ms\"\n\n\
+        "{}[[job]]\nname = \"agent\"\nexec = {}\nhealth = [\"test\", \"!\", \"-e\", {}]\ninterval = \"50ms\"\ntimeout = \"10s\"\n\n\
          [[job]]\nname = \"reporter\"\nexec = {}\nwhen = {{ after = \"agent\", is = \"unhealthy\" }}\neach = true\n",
         preamble(&p),
         shell("while :; do sleep 0.05; done"),
@@ -425,7 +428,7 @@ fn a_service_naming_a_job_reports_that_jobs_health() {
     let sick = p.path("sick");
     std::fs::write(&sick, "").unwrap();
     p.config(&format!(
-        "{}[[job]]\nname = \"agent\"\nexec = {}\nhealth = [\"test\", \"!\", \"-e\", {}]\ninterval = \"50ms\"\n\n\
+        "{}[[job]]\nname = \"agent\"\nexec = {}\nhealth = [\"test\", \"!\", \"-e\", {}]\ninterval = \"50ms\"\ntimeout = \"10s\"\n\n\
          [[service]]\nname = \"agent\"\nid = \"agent-test\"\nport = 8301\naddress = \"127.0.0.1\"\njob = \"agent\"\n\
          interval = \"100ms\"\nttl = \"60s\"\n",
         preamble(&p),
