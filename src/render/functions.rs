@@ -5,9 +5,10 @@
 //! [`template`](super::template)), never the network; a query without an answer yet is
 //! recorded as missing and answered with a placeholder. `nodes`, `datacenters` and a `dc=`
 //! argument only work on Consul: the engine refuses them at load time on other catalogs
-//! ([`consul_only_calls`]). Filters beyond Tera's
-//! core come from `tera-contrib` plus rewire's own quoting and `addr_port`. Every function and
-//! filter refuses arguments it does not take, so a typo is an error, not a silent default.
+//! ([`consul_only_calls`]). Filters beyond Tera's core come from `tera-contrib` plus rewire's
+//! own quoting and `addr_port`; `matching` and `regex_replace` are tera-contrib's with a cache
+//! that stays warm ([`regexes`](super::regexes)). Every function and filter refuses arguments
+//! it does not take, so a typo is an error, not a silent default.
 //!
 //! Catalog data is never trusted, so the filters that put it into a config refuse what could
 //! change the config's structure: the quoting filters fail on a newline or any other control
@@ -45,12 +46,9 @@ pub(super) fn register(tera: &mut Tera) {
         "urlencode_strict",
         tera_contrib::urlencode::urlencode_strict,
     );
-    tera.register_filter(
-        "regex_replace",
-        tera_contrib::regex::RegexReplace::default(),
-    );
+    tera.register_filter("regex_replace", super::regexes::RegexReplace::default());
     tera.register_filter("striptags", tera_contrib::regex::striptags);
-    tera.register_test("matching", tera_contrib::regex::Matching::default());
+    tera.register_test("matching", super::regexes::Matching::default());
     tera.register_test("port", test_port);
     tera.register_test("listen_address", test_listen_address);
     tera.register_test("file_path", test_file_path);

@@ -13,6 +13,7 @@ pub mod functions;
 pub mod group;
 pub mod haproxy;
 pub mod pipeline;
+mod regexes;
 pub mod removals;
 pub mod runner;
 pub mod runtimes;
