@@ -3,13 +3,15 @@
 //!
 //! One inotify watch per destination directory (not the file: a watch on the file would follow
 //! the inode that rewire's own rename replaces), read on tokio's reactor. The watch asks the
-//! kernel for deletions and renames away only (`IN_DELETE | IN_MOVED_FROM`), so rewire's own
-//! write (open the old file, create the temp file, write it, rename it over) wakes nothing
-//! until its rename, when the file is already in place: one event for the temp name, which
-//! matches no destination. (The `notify` crate, used before, asks for opens, creates and
-//! writes too, and woke its own thread four to eight times on the path of every write.)
+//! kernel for deletions, renames away and the directory itself moving (`IN_DELETE |
+//! IN_MOVED_FROM | IN_MOVE_SELF`) and nothing else, so rewire's own write (open the old file,
+//! create the temp file, write it, rename it over) wakes nothing until its rename, when the
+//! file is already in place: one event for the temp name, which matches no destination. (The
+//! `notify` crate, used before, asks for opens, creates and writes too and cannot be told
+//! otherwise, so it woke its own thread on the path of every write.)
+//!
 //! A directory that does not exist yet is watched once a render has created it; one that is
-//! deleted is watched again when a render creates it anew.
+//! deleted or moved away is watched again when a render creates it anew.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::ffi::{CString, OsStr};
@@ -21,7 +23,7 @@ use tokio::io::unix::AsyncFd;
 use tracing::debug;
 
 /// What a destination directory is watched for.
-const MASK: u32 = libc::IN_DELETE | libc::IN_MOVED_FROM | libc::IN_ONLYDIR;
+const MASK: u32 = libc::IN_DELETE | libc::IN_MOVED_FROM | libc::IN_MOVE_SELF | libc::IN_ONLYDIR;
 
 pub struct Removals {
     /// The inotify instance; `None` when inotify is unavailable (limits reached) or failed.
@@ -96,16 +98,21 @@ impl Removals {
             let Some(fd) = self.fd.as_ref() else {
                 return std::future::pending().await;
             };
-            let mut buf = [0u8; 4096];
             let read = match fd.readable().await {
-                Ok(mut ready) => match ready.try_io(|fd| read(fd.get_ref(), &mut buf)) {
-                    Ok(result) => result,
-                    Err(_would_block) => continue,
-                },
+                Ok(mut ready) => {
+                    // Declared after the await, so the future does not carry it.
+                    let mut buf = [0u8; 4096];
+                    match ready.try_io(|fd| read(fd.get_ref(), &mut buf)) {
+                        Ok(Ok(n)) => Ok(buf[..n].to_vec()),
+                        Ok(Err(e)) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                        Ok(Err(e)) => Err(e),
+                        Err(_would_block) => continue,
+                    }
+                }
                 Err(e) => Err(e),
             };
             match read {
-                Ok(n) => self.take_events(&buf[..n]),
+                Ok(events) => self.take_events(&events),
                 Err(e) => {
                     debug!(error = %e, "cannot read destination removals; no longer following them");
                     self.fd = None;
@@ -114,19 +121,25 @@ impl Removals {
         }
     }
 
-    /// Sorts one read's events: destinations gone are queued; a directory whose watch ended
-    /// (deleted) is forgotten, and watched again if it is back already.
+    /// Sorts one read's events: destinations gone are queued. A directory whose watch ended
+    /// (deleted) or that was moved away (its watch would follow it) is forgotten, its missing
+    /// destinations are queued, and it is watched again once it exists.
     fn take_events(&mut self, mut buf: &[u8]) {
         let mut lost = false;
         while let Some((event, rest)) = Event::parse(buf) {
             buf = rest;
             if event.mask & libc::IN_Q_OVERFLOW != 0 {
                 // Events were dropped: look at every destination.
-                self.gone
-                    .extend(self.dests.iter().filter(|d| missing(d)).cloned());
+                lost = true;
                 continue;
             }
-            if event.mask & libc::IN_IGNORED != 0 {
+            if event.mask & (libc::IN_IGNORED | libc::IN_MOVE_SELF) != 0 {
+                if event.mask & libc::IN_MOVE_SELF != 0
+                    && let Some(fd) = self.fd.as_ref()
+                {
+                    // SAFETY: a valid descriptor; a stale watch number only fails.
+                    unsafe { libc::inotify_rm_watch(fd.get_ref().as_raw_fd(), event.wd) };
+                }
                 for dir in self.dirs.remove(&event.wd).unwrap_or_default() {
                     self.watched.remove(&dir);
                 }
@@ -143,9 +156,13 @@ impl Removals {
                 }
             }
         }
-        if lost && self.watch_dirs() {
-            self.gone
-                .extend(self.dests.iter().filter(|d| missing(d)).cloned());
+        if lost {
+            let _ = self.watch_dirs();
+            for dest in self.dests.iter().filter(|d| missing(d)) {
+                if !self.gone.contains(dest) {
+                    self.gone.push_back(dest.clone());
+                }
+            }
         }
     }
 }

@@ -464,6 +464,17 @@ fn a_destination_deleted_by_hand_is_written_again_at_once() {
     wait_for("the file is back again", TIMEOUT, || {
         p.read("out/web.conf") == first
     });
+    // The whole directory moved away: written again into a new one, which is watched in turn.
+    std::fs::rename(p.path("out"), p.path("out.old")).unwrap();
+    wait_for("the file is back in a new directory", TIMEOUT, || {
+        p.read("out/web.conf") == first
+    });
+    std::fs::remove_file(p.path("out/web.conf")).unwrap();
+    wait_for(
+        "the file is back after a removal in the new directory",
+        TIMEOUT,
+        || p.read("out/web.conf") == first,
+    );
     assert_eq!(r.stop(), Some(0), "{}", r.log());
 }
 
