@@ -48,7 +48,8 @@
 //!   `/ready`, `/status`). Reads the board, the store and the metrics; nothing reads it back.
 //! - Shared leaves: [`command`] (child processes), [`files`] (atomic files, diffs), [`confined`]
 //!   (reading files others may write: regular files inside one directory, capped), [`debounce`],
-//!   [`backoff`], [`status`] (the status board), [`host`] (hostname, addresses), [`lock`].
+//!   [`backoff`], [`status`] (the status board), [`host`] (hostname, addresses), [`lock`],
+//!   [`alloc`] (the allocator: a bump region for the one-shot commands).
 //!
 //! # Tasks and shutdown
 //!
@@ -67,6 +68,7 @@
 //! shut down. Every child is spawned from one long-lived thread with `PR_SET_PDEATHSIG`, so it
 //! dies with rewire even on `kill -9`.
 
+pub mod alloc;
 pub mod app;
 pub mod backoff;
 pub mod catalog;

@@ -7,6 +7,10 @@ use rewire::app::cli::Command;
 use rewire::app::{self, Failure, Outcome};
 use rewire::proc::init::{self, Fork};
 
+/// The system allocator, or a bump region in `render` and `diff` (see `rewire::alloc`).
+#[global_allocator]
+static ALLOC: rewire::alloc::Allocator = rewire::alloc::Allocator::new();
+
 /// `pow`, defined here so that the linker finds it before libm.
 ///
 /// The one libm function rewire calls is `pow` (tokio's scheduler keeps a moving average of
@@ -20,7 +24,9 @@ pub extern "C" fn pow(x: f64, y: f64) -> f64 {
 }
 
 /// For a command that reads a whole catalog once and exits (`render`, `diff`): let glibc's
-/// heaps grow in 16 MB steps rather than page by page.
+/// heaps grow in 16 MB steps rather than page by page. Most of such a command's memory comes
+/// from the bump region (`rewire::alloc`); this is for what goes past it (a catalog of
+/// 30 000 instances and more) and for the C library's own allocations.
 ///
 /// Each thread but the main one allocates from its own arena, a 64 MB reservation that glibc
 /// opens with `mprotect` only as far as it has handed out: every time the top runs out, one
@@ -44,6 +50,7 @@ fn main() -> ExitCode {
     app::systemd::take_from_env();
     let cli = rewire::app::cli::parse();
     if matches!(cli.command, Command::Render(_) | Command::Diff(_)) {
+        ALLOC.use_region(rewire::alloc::ONE_SHOT_REGION);
         grow_heaps_in_big_steps();
     }
     let result = match &cli.command {
