@@ -202,28 +202,40 @@ fn instances_value(list: &[Arc<Instance>]) -> Value {
     Value::from(values)
 }
 
+/// The keys of an instance's map, in the order templates iterate them.
+const INSTANCE_KEYS: [&str; 9] = [
+    "address",
+    "addr_port",
+    "id",
+    "meta",
+    "name",
+    "node",
+    "port",
+    "status",
+    "tags",
+];
+
 /// One instance as templates see it. This runs once per instance per change (10 000 times at
-/// a fresh start), so it avoids allocations it can: static keys, short strings inline in the
-/// value, one shared value for the common empty `meta` and `tags`.
+/// a fresh start), so it avoids work it can: static keys, short strings inline in the value,
+/// one shared value for the common empty `meta` and `tags`, and no hashing: the map is a clone
+/// of one holding the nine keys already (its hash table is copied, not rebuilt), whose values
+/// are then replaced in place. Inserting the keys one by one hashed each with SipHash: 16 M of
+/// the 203 M instructions of a 10 000-instance one-shot render.
 fn instance_value(i: &Instance) -> Value {
     thread_local! {
+        static SHAPE: tera::Map = INSTANCE_KEYS
+            .iter()
+            .map(|k| (tera::value::Key::Str(k), Value::none()))
+            .collect();
         static EMPTY_MAP: Value = Value::from(tera::Map::new());
         static EMPTY_LIST: Value = Value::from(Vec::<Value>::new());
         static SCRATCH: std::cell::RefCell<String> = const { std::cell::RefCell::new(String::new()) };
     }
-    // Tera's own map, filled directly: one hashing per key, no second map to copy from.
-    let mut m = tera::Map::with_capacity(9);
-    let key = tera::value::Key::Str;
-    m.insert(key("address"), Value::from(i.address.as_str()));
-    m.insert(
-        key("addr_port"),
-        SCRATCH.with_borrow_mut(|s| {
-            s.clear();
-            write_addr_port(s, &i.address, u64::from(i.port));
-            Value::from(s.as_str())
-        }),
-    );
-    m.insert(key("id"), Value::from(i.id.as_str()));
+    let addr_port = SCRATCH.with_borrow_mut(|s| {
+        s.clear();
+        write_addr_port(s, &i.address, u64::from(i.port));
+        Value::from(s.as_str())
+    });
     let meta = if i.meta.is_empty() {
         EMPTY_MAP.with(Value::clone)
     } else {
@@ -239,11 +251,6 @@ fn instance_value(i: &Instance) -> Value {
             .collect();
         Value::from_map(meta)
     };
-    m.insert(key("meta"), meta);
-    m.insert(key("name"), Value::from(i.name.as_str()));
-    m.insert(key("node"), Value::from(i.node.as_str()));
-    m.insert(key("port"), Value::from(i.port));
-    m.insert(key("status"), Value::from(i.status.as_str()));
     let tags = if i.tags.is_empty() {
         EMPTY_LIST.with(Value::clone)
     } else {
@@ -254,7 +261,22 @@ fn instance_value(i: &Instance) -> Value {
                 .collect::<Vec<_>>(),
         )
     };
-    m.insert(key("tags"), tags);
+    // In INSTANCE_KEYS order.
+    let values = [
+        Value::from(i.address.as_str()),
+        addr_port,
+        Value::from(i.id.as_str()),
+        meta,
+        Value::from(i.name.as_str()),
+        Value::from(i.node.as_str()),
+        Value::from(i.port),
+        Value::from(i.status.as_str()),
+        tags,
+    ];
+    let mut m = SHAPE.with(tera::Map::clone);
+    for (slot, value) in m.values_mut().zip(values) {
+        *slot = value;
+    }
     Value::from_map(m)
 }
 
@@ -265,12 +287,84 @@ pub fn addr_port(addr: &str, port: u64) -> String {
     out
 }
 
-/// `addr:port`, with an IPv6 address in brackets.
+/// `addr:port`, with an IPv6 address in brackets. Without `write!`: the formatting machinery
+/// cost 380 instructions per instance, 3% of a 10 000-instance one-shot render.
 pub(super) fn write_addr_port(out: &mut String, addr: &str, port: u64) {
-    use std::fmt::Write;
-    let _ = if addr.contains(':') && !addr.starts_with('[') {
-        write!(out, "[{addr}]:{port}")
-    } else {
-        write!(out, "{addr}:{port}")
-    };
+    let bracketed = addr.contains(':') && !addr.starts_with('[');
+    if bracketed {
+        out.push('[');
+    }
+    out.push_str(addr);
+    if bracketed {
+        out.push(']');
+    }
+    out.push(':');
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    let mut n = port;
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend(digits[at..].iter().map(|&d| char::from(d)));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::Status;
+    use tera::value::Key;
+
+    #[test]
+    fn an_instance_map_holds_each_field_under_its_key_in_order_and_finds_it_by_key() {
+        let i = Instance {
+            id: "w1".into(),
+            name: "web".into(),
+            node: "n1".into(),
+            address: "::1".into(),
+            port: 8080,
+            tags: vec!["a".into(), "b".into()],
+            meta: [("zone".to_string(), "eu".to_string())].into(),
+            status: Status::Warning,
+        };
+        // The second map is cloned from the same shape as the first: neither may share values.
+        let first = instance_value(&i);
+        let bare = Instance {
+            tags: vec![],
+            meta: Default::default(),
+            ..i.clone()
+        };
+        let second = instance_value(&bare);
+        let m = first.as_map().unwrap();
+        let keys: Vec<String> = m.keys().map(|k| k.to_string()).collect();
+        assert_eq!(keys, INSTANCE_KEYS);
+        let get = |m: &tera::Map, k: &'static str| m.get(&Key::Str(k)).cloned().unwrap();
+        assert_eq!(get(m, "address").as_str(), Some("::1"));
+        assert_eq!(get(m, "addr_port").as_str(), Some("[::1]:8080"));
+        assert_eq!(get(m, "id").as_str(), Some("w1"));
+        assert_eq!(get(m, "name").as_str(), Some("web"));
+        assert_eq!(get(m, "node").as_str(), Some("n1"));
+        assert_eq!(get(m, "port").as_i64(), Some(8080));
+        assert_eq!(get(m, "status").as_str(), Some("warning"));
+        assert_eq!(get(m, "tags").to_string(), r#"["a", "b"]"#);
+        let meta = get(m, "meta");
+        assert_eq!(get(meta.as_map().unwrap(), "zone").as_str(), Some("eu"));
+        let m2 = second.as_map().unwrap();
+        assert_eq!(get(m2, "tags").to_string(), "[]");
+        assert!(get(m2, "meta").as_map().unwrap().is_empty());
+        assert_eq!(get(m2, "port").as_i64(), Some(8080));
+    }
+
+    #[test]
+    fn addr_port_brackets_ipv6_and_prints_every_port() {
+        assert_eq!(addr_port("10.0.0.1", 0), "10.0.0.1:0");
+        assert_eq!(addr_port("::1", 8080), "[::1]:8080");
+        assert_eq!(addr_port("[::1]", 65535), "[::1]:65535");
+        assert_eq!(addr_port("db.internal", 10), "db.internal:10");
+        assert_eq!(addr_port("h", u64::MAX), format!("h:{}", u64::MAX));
+    }
 }
