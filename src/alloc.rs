@@ -95,7 +95,8 @@ impl Allocator {
     }
 
     /// Bytes handed out of the region so far (0 without one).
-    pub fn used(&self) -> usize {
+    #[cfg(test)]
+    fn used(&self) -> usize {
         match self.start.load(Ordering::Acquire) {
             0 => 0,
             start => self.next.load(Ordering::Relaxed) - start,
