@@ -83,6 +83,8 @@ pub mod host;
 pub mod import;
 pub mod lock;
 pub mod model;
+pub mod parallel;
+pub mod prefix_sort;
 pub mod proc;
 pub mod render;
 pub mod status;

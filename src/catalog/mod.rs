@@ -104,6 +104,12 @@ pub trait Catalog: Send + Sync + 'static {
         Ok(())
     }
 
+    /// Starts reading, in the background, what a one-shot command is about to fetch, when the
+    /// backend can tell without the queries (the dir catalog reads its whole tree for any
+    /// query). `rewire render` and `rewire diff` call it before they load their templates,
+    /// whose first render only finds out what to fetch.
+    fn warm_up(&self) {}
+
     /// Reads the current answer to one query once.
     async fn fetch(&self, query: &Query) -> Result<Data, CatalogError>;
 

@@ -21,7 +21,7 @@ use std::collections::BTreeMap;
 use tera::{Kwargs, State, Tera, TeraResult, Value};
 
 use super::template::{lookup, wait_for};
-use super::values::{addr_port, entry_value, holder_value};
+use super::values::{addr_port, entry_value, holder_value, instance_field};
 use crate::model::{Data, ElectionView, Instance, Query, Status};
 
 pub(super) fn register(tera: &mut Tera) {
@@ -491,7 +491,8 @@ fn filter_by_tag(list: Vec<Value>, kwargs: Kwargs, _: &State) -> TeraResult<Valu
     Ok(Value::from(
         list.into_iter()
             .filter(|v| {
-                v.get_from_path("tags")
+                v.as_map()
+                    .and_then(|m| instance_field(m, "tags"))
                     .and_then(|t| t.as_array())
                     .is_some_and(|tags| tags.iter().any(|t| t.as_str() == Some(tag.as_str())))
             })
@@ -644,9 +645,7 @@ fn filter_addr_port(v: &Value, kwargs: Kwargs, _: &State) -> TeraResult<Value> {
         return Ok(Value::from(addr_port(addr, port)));
     }
     if port_kw.is_none()
-        && let Some(precomputed) = v
-            .as_map()
-            .and_then(|m| m.get(&tera::value::Key::from("addr_port")))
+        && let Some(precomputed) = v.as_map().and_then(|m| instance_field(m, "addr_port"))
     {
         return Ok(precomputed.clone());
     }

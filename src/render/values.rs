@@ -185,21 +185,7 @@ fn instances_value(list: &[Arc<Instance>]) -> Value {
         // Not asked for small lists: it reads cgroup files.
         std::thread::available_parallelism().map_or(1, |n| n.get().min(4))
     };
-    if threads < 2 {
-        return Value::from(list.iter().map(|i| instance_value(i)).collect::<Vec<_>>());
-    }
-    let chunk = list.len().div_ceil(threads);
-    let values: Vec<Value> = std::thread::scope(|s| {
-        let parts: Vec<_> = list
-            .chunks(chunk)
-            .map(|c| s.spawn(|| c.iter().map(|i| instance_value(i)).collect::<Vec<_>>()))
-            .collect();
-        parts
-            .into_iter()
-            .flat_map(|p| p.join().unwrap_or_else(|e| std::panic::resume_unwind(e)))
-            .collect()
-    });
-    Value::from(values)
+    Value::from(crate::parallel::map(list, threads, |i| instance_value(i)))
 }
 
 /// The keys of an instance's map, in the order templates iterate them.
@@ -214,6 +200,20 @@ const INSTANCE_KEYS: [&str; 9] = [
     "status",
     "tags",
 ];
+
+/// Field `key` of a map, found without hashing when the map has an instance's shape (the
+/// key at its place in [`INSTANCE_KEYS`]); any other map is searched as usual. Filters read
+/// one field per instance: hashing `addr_port` cost ~330 instructions a lookup, 3 M of a
+/// 10 000-instance render.
+pub(super) fn instance_field<'m>(m: &'m tera::Map, key: &'m str) -> Option<&'m Value> {
+    if let Some(at) = INSTANCE_KEYS.iter().position(|k| *k == key)
+        && let Some((k, v)) = m.get_index(at)
+        && k.as_str() == Some(key)
+    {
+        return Some(v);
+    }
+    m.get(&tera::value::Key::Str(key))
+}
 
 /// One instance as templates see it. This runs once per instance per change (10 000 times at
 /// a fresh start), so it avoids work it can: static keys, short strings inline in the value,
@@ -318,6 +318,45 @@ mod tests {
     use super::*;
     use crate::model::Status;
     use tera::value::Key;
+
+    /// An instance's map answers from its shape; a map of any other shape (a user's own
+    /// dict, keys in another order, a missing key) answers as a lookup would.
+    #[test]
+    fn instance_fields_are_found_in_instance_maps_and_in_any_other_map() {
+        let i = Instance {
+            id: "w1".into(),
+            name: "web".into(),
+            node: "n1".into(),
+            address: "10.0.0.1".into(),
+            port: 80,
+            tags: vec!["a".into()],
+            meta: Default::default(),
+            status: Status::Passing,
+        };
+        let v = instance_value(&i);
+        let m = v.as_map().unwrap();
+        for k in INSTANCE_KEYS {
+            assert_eq!(instance_field(m, k), m.get(&Key::Str(k)), "{k}");
+        }
+        assert_eq!(
+            instance_field(m, "addr_port").and_then(Value::as_str),
+            Some("10.0.0.1:80")
+        );
+        assert_eq!(instance_field(m, "weight"), None);
+        let other: tera::Map = [("tags", "x"), ("addr_port", "h:1")]
+            .into_iter()
+            .map(|(k, v)| (Key::Str(k), Value::from(v)))
+            .collect();
+        assert_eq!(
+            instance_field(&other, "addr_port").and_then(Value::as_str),
+            Some("h:1")
+        );
+        assert_eq!(
+            instance_field(&other, "tags").and_then(Value::as_str),
+            Some("x")
+        );
+        assert_eq!(instance_field(&other, "id"), None);
+    }
 
     #[test]
     fn an_instance_map_holds_each_field_under_its_key_in_order_and_finds_it_by_key() {

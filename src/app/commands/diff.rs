@@ -19,6 +19,7 @@ pub async fn run(
     args: &DiffArgs,
 ) -> Result<Outcome, Failure> {
     let templates = select(config, &args.templates, "diff")?;
+    catalog.warm_up();
     let engine = Arc::new(
         Engine::load(&config.templates, config.catalog.backend.name()).map_err(|errors| {
             Failure::TemplateProblems {

@@ -24,6 +24,7 @@ pub async fn run(
     args: &RenderArgs,
 ) -> Result<Outcome, Failure> {
     let templates = select(config, &args.templates, "render")?;
+    catalog.warm_up();
     // Broken templates are this command's findings (exit 1), not a usage error.
     let engine = match Engine::load(&config.templates, config.catalog.backend.name()) {
         Ok(e) => Arc::new(e),

@@ -296,7 +296,16 @@ pub(super) fn list(dir: &OpenDir) -> Vec<OsString> {
         .map(|e| OsString::from(std::ffi::OsStr::from_bytes(e.file_name().to_bytes())))
         .filter(|n| n != "." && n != "..")
         .collect();
-    names.sort_unstable();
+    // Files are read in name order and the tree keeps instances by id, so their memory lies
+    // in the order they are answered (and, where names follow addresses, `web-1`, `web-2`,
+    // nearly in template order). Read in the directory's own order into a hash map instead, a
+    // 10 000-instance one-shot ran 8 M fewer instructions but took ~9 ms more CPU (cache
+    // misses walking instances scattered in memory).
+    crate::prefix_sort::sort_by_prefix(
+        &mut names,
+        |n| crate::prefix_sort::bytes_prefix(n.as_bytes()),
+        |a, b| a.cmp(b),
+    );
     names
 }
 
@@ -327,28 +336,6 @@ pub(super) fn kv_key(rel: &Path) -> Option<String> {
         parts.push(s.into_owned());
     }
     (!parts.is_empty()).then(|| parts.join("/"))
-}
-
-/// Runs `f` over `items` on a few threads, keeping order.
-pub(super) fn parallel_map<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> R + Sync) -> Vec<R> {
-    let threads = std::thread::available_parallelism()
-        .map(|n| n.get() * 2)
-        .unwrap_or(4)
-        .min(8);
-    if items.len() < 64 || threads < 2 {
-        return items.iter().map(&f).collect();
-    }
-    let chunk = items.len().div_ceil(threads);
-    std::thread::scope(|s| {
-        let handles: Vec<_> = items
-            .chunks(chunk)
-            .map(|c| s.spawn(|| c.iter().map(&f).collect::<Vec<R>>()))
-            .collect();
-        handles
-            .into_iter()
-            .flat_map(|h| h.join().expect("catalog reader thread panicked"))
-            .collect()
-    })
 }
 
 #[cfg(test)]

@@ -18,7 +18,7 @@ use std::time::{Duration, SystemTime};
 
 use tracing::{debug, info, warn};
 
-use super::files::{OpenDir, Read, Reader, Root, hidden, instance_id, kv_key, list, parallel_map};
+use super::files::{OpenDir, Read, Reader, Root, hidden, instance_id, kv_key, list};
 use crate::catalog::CatalogError;
 use crate::confined::Kind;
 use crate::model::{Data, Instance, KeyValue, Query, Status};
@@ -135,7 +135,12 @@ impl Reader {
             files.extend(list(&dir).into_iter().map(|file| (dirs.len(), file)));
             dirs.push((name.to_string_lossy().into_owned(), dir));
         }
-        let reads = parallel_map(&files, |(d, file)| {
+        // Twice the cores: a file not in the page cache blocks its thread on the disk.
+        let threads = std::thread::available_parallelism()
+            .map(|n| n.get() * 2)
+            .unwrap_or(4)
+            .min(8);
+        let reads = crate::parallel::map(&files, threads, |(d, file)| {
             let (service, dir) = &dirs[*d];
             let id = instance_id(file)?;
             let read = self.read_instance_in(root, dir, file, service, &id);
