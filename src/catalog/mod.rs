@@ -106,8 +106,8 @@ pub trait Catalog: Send + Sync + 'static {
 
     /// Starts reading, in the background, what a one-shot command is about to fetch, when the
     /// backend can tell without the queries (the dir catalog reads its whole tree for any
-    /// query). `rewire render` and `rewire diff` call it before they load their templates,
-    /// whose first render only finds out what to fetch.
+    /// query). `rewire render` and `rewire diff` call it once their templates load, before
+    /// the first render, which only finds out what to fetch.
     fn warm_up(&self) {}
 
     /// Reads the current answer to one query once.

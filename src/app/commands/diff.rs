@@ -19,7 +19,6 @@ pub async fn run(
     args: &DiffArgs,
 ) -> Result<Outcome, Failure> {
     let templates = select(config, &args.templates, "diff")?;
-    catalog.warm_up();
     let engine = Arc::new(
         Engine::load(&config.templates, config.catalog.backend.name()).map_err(|errors| {
             Failure::TemplateProblems {
@@ -28,6 +27,8 @@ pub async fn run(
             }
         })?,
     );
+    // While the first render finds out what to fetch (nothing is read for broken templates).
+    catalog.warm_up();
     let store = Store::new();
     let (results, last_error) =
         render_until_ready(&engine, &templates, catalog.as_ref(), &store, args.timeout).await;

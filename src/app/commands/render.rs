@@ -24,12 +24,13 @@ pub async fn run(
     args: &RenderArgs,
 ) -> Result<Outcome, Failure> {
     let templates = select(config, &args.templates, "render")?;
-    catalog.warm_up();
     // Broken templates are this command's findings (exit 1), not a usage error.
     let engine = match Engine::load(&config.templates, config.catalog.backend.name()) {
         Ok(e) => Arc::new(e),
         Err(errors) => return Ok(Outcome::Findings(template_problems("render", &errors))),
     };
+    // While the first render finds out what to fetch (nothing is read for broken templates).
+    catalog.warm_up();
     pipeline::remove_leftovers(&config.templates);
     let env = &command::child_env(config);
     let store = Store::new();

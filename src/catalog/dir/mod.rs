@@ -56,8 +56,8 @@ pub struct DirCatalog {
     /// triple its run time.
     recent: std::sync::Mutex<Option<(std::time::Instant, Arc<Tree>)>>,
     /// A full read started by `warm_up`, for the first `fetch_many` to take. The templates
-    /// load and render once (to learn their queries) meanwhile: ~4 ms of a 10 000-instance
-    /// one-shot that used to pass before the first file was opened.
+    /// render once meanwhile, to learn their queries: time that used to pass before the first
+    /// file was opened.
     warming: std::sync::Mutex<Option<tokio::task::JoinHandle<Result<Tree, CatalogError>>>>,
 }
 
