@@ -288,9 +288,9 @@ impl Data {
     pub fn normalize(mut self) -> Data {
         match &mut self {
             Data::Instances(list) => {
-                // Backends that keep instances by id (the etcd mirror, the dir tree) hand over
-                // a list in id order, sorted again on every change: each address is parsed
-                // once for its prefix, and again only to settle a tie.
+                // The dir tree hands over a list in id order, sorted again on every change;
+                // the etcd mirror keeps template order, found sorted in one pass. Either way
+                // each address is parsed once for its prefix, and again only to settle a tie.
                 crate::prefix_sort::sort_by_prefix(
                     list,
                     |i| i.sort_prefix(),
