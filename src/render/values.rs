@@ -217,10 +217,12 @@ pub(super) fn instance_field<'m>(m: &'m tera::Map, key: &'m str) -> Option<&'m V
 
 /// One instance as templates see it. This runs once per instance per change (10 000 times at
 /// a fresh start), so it avoids work it can: static keys, short strings inline in the value,
-/// one shared value for the common empty `meta` and `tags`, and no hashing: the map is a clone
-/// of one holding the nine keys already (its hash table is copied, not rebuilt), whose values
-/// are then replaced in place. Inserting the keys one by one hashed each with SipHash: 16 M of
-/// the 203 M instructions of a 10 000-instance one-shot render.
+/// one shared value for the common empty `meta` and `tags`, `meta` and `tags` shared with the
+/// instance converted before on this thread when they are equal (a service's instances mostly
+/// carry the same ones), and no hashing: the map is a clone of one holding the nine keys
+/// already (its hash table is copied, not rebuilt), whose values are then replaced in place.
+/// Inserting the keys one by one hashed each with SipHash: 16 M of the 203 M instructions of a
+/// 10 000-instance one-shot render.
 fn instance_value(i: &Instance) -> Value {
     thread_local! {
         static SHAPE: tera::Map = INSTANCE_KEYS
@@ -230,6 +232,9 @@ fn instance_value(i: &Instance) -> Value {
         static EMPTY_MAP: Value = Value::from(tera::Map::new());
         static EMPTY_LIST: Value = Value::from(Vec::<Value>::new());
         static SCRATCH: std::cell::RefCell<String> = const { std::cell::RefCell::new(String::new()) };
+        /// The last non-empty `meta` and `tags` converted on this thread.
+        static LAST_META: std::cell::RefCell<Value> = std::cell::RefCell::new(Value::none());
+        static LAST_TAGS: std::cell::RefCell<Value> = std::cell::RefCell::new(Value::none());
     }
     let addr_port = SCRATCH.with_borrow_mut(|s| {
         s.clear();
@@ -239,27 +244,46 @@ fn instance_value(i: &Instance) -> Value {
     let meta = if i.meta.is_empty() {
         EMPTY_MAP.with(Value::clone)
     } else {
-        let meta: tera::Map = i
-            .meta
-            .iter()
-            .map(|(k, v)| {
-                (
-                    tera::value::Key::String(Arc::from(k.as_str())),
-                    Value::from(v.as_str()),
-                )
-            })
-            .collect();
-        Value::from_map(meta)
+        LAST_META.with_borrow_mut(|last| {
+            let same = last.as_map().is_some_and(|m| {
+                m.len() == i.meta.len()
+                    && m.iter()
+                        .zip(&i.meta)
+                        .all(|((k, v), (mk, mv))| k.as_str() == Some(mk) && v.as_str() == Some(mv))
+            });
+            if !same {
+                let meta: tera::Map = i
+                    .meta
+                    .iter()
+                    .map(|(k, v)| {
+                        (
+                            tera::value::Key::String(Arc::from(k.as_str())),
+                            Value::from(v.as_str()),
+                        )
+                    })
+                    .collect();
+                *last = Value::from_map(meta);
+            }
+            last.clone()
+        })
     };
     let tags = if i.tags.is_empty() {
         EMPTY_LIST.with(Value::clone)
     } else {
-        Value::from(
-            i.tags
-                .iter()
-                .map(|t| Value::from(t.as_str()))
-                .collect::<Vec<_>>(),
-        )
+        LAST_TAGS.with_borrow_mut(|last| {
+            let same = last.as_array().is_some_and(|a| {
+                a.len() == i.tags.len() && a.iter().zip(&i.tags).all(|(v, t)| v.as_str() == Some(t))
+            });
+            if !same {
+                *last = Value::from(
+                    i.tags
+                        .iter()
+                        .map(|t| Value::from(t.as_str()))
+                        .collect::<Vec<_>>(),
+                );
+            }
+            last.clone()
+        })
     };
     // In INSTANCE_KEYS order.
     let values = [
@@ -396,6 +420,52 @@ mod tests {
         assert_eq!(get(m2, "tags").to_string(), "[]");
         assert!(get(m2, "meta").as_map().unwrap().is_empty());
         assert_eq!(get(m2, "port").as_i64(), Some(8080));
+    }
+
+    /// Instances converted one after another with the same `tags` and `meta` share one value
+    /// of each (nothing is built or allocated for the second); different ones get their own.
+    #[test]
+    fn equal_tags_and_meta_of_consecutive_instances_are_shared() {
+        let mk = |id: &str, tags: &[&str], zone: &str| Instance {
+            id: id.into(),
+            name: "web".into(),
+            node: "n1".into(),
+            address: "10.0.0.1".into(),
+            port: 80,
+            tags: tags.iter().map(|t| t.to_string()).collect(),
+            meta: [("zone".to_string(), zone.to_string())].into(),
+            status: Status::Passing,
+        };
+        let field =
+            |v: &Value, k: &'static str| v.as_map().unwrap().get(&Key::Str(k)).cloned().unwrap();
+        let tags_at = |v: &Value| field(v, "tags").as_array().unwrap().as_ptr();
+        let meta_at = |v: &Value| field(v, "meta").as_map().unwrap() as *const tera::Map;
+        let a = instance_value(&mk("a", &["v1", "blue"], "eu"));
+        let b = instance_value(&mk("b", &["v1", "blue"], "eu"));
+        assert_eq!(tags_at(&a), tags_at(&b));
+        assert_eq!(meta_at(&a), meta_at(&b));
+        // One tag more, one fewer, another value: each its own, and right.
+        for (tags, zone) in [
+            (&["v1", "blue", "x"][..], "eu"),
+            (&["v1"][..], "us"),
+            (&["v2", "blue"][..], "eu"),
+        ] {
+            let c = instance_value(&mk("c", tags, zone));
+            assert_ne!(tags_at(&c), tags_at(&a), "{tags:?}");
+            let expected: Vec<String> = tags.iter().map(|t| format!("{t:?}")).collect();
+            assert_eq!(
+                field(&c, "tags").to_string(),
+                format!("[{}]", expected.join(", "))
+            );
+            assert_eq!(field(&field(&c, "meta"), "zone").as_str(), Some(zone));
+        }
+        let d = instance_value(&mk("d", &["v1"], "eu"));
+        assert_ne!(
+            meta_at(&d),
+            meta_at(&a),
+            "the zone changed back: a new value"
+        );
+        assert_eq!(field(&field(&d, "meta"), "zone").as_str(), Some("eu"));
     }
 
     #[test]
