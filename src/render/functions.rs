@@ -316,9 +316,19 @@ fn call_arguments(text: &str, from: usize, end: usize) -> Vec<(usize, String)> {
     out
 }
 
-/// Refuses arguments a function does not take: `service(name="web", stauts="any")` would
-/// otherwise render only passing instances without a word.
-fn only(kwargs: &Kwargs, function: &str, known: &[&str]) -> TeraResult<()> {
+/// Refuses arguments one of rewire's functions (listed in [`ARGUMENTS`]) does not take:
+/// `service(name="web", stauts="any")` would otherwise render only passing instances without
+/// a word. The table is searched only when there are arguments: `addr_port` runs once per
+/// instance rendered, mostly without any.
+fn only(kwargs: &Kwargs, function: &str) -> TeraResult<()> {
+    if kwargs.iter().next().is_none() {
+        return Ok(());
+    }
+    only_these(kwargs, function, arguments_of(function))
+}
+
+/// Refuses arguments other than `known`.
+fn only_these(kwargs: &Kwargs, function: &str, known: &[&str]) -> TeraResult<()> {
     for (key, _) in kwargs.iter() {
         let key = key.as_str().unwrap_or("?");
         if !known.contains(&key) {
@@ -338,7 +348,7 @@ fn datacenter(kwargs: &Kwargs) -> TeraResult<Option<String>> {
 }
 
 fn fn_service(kwargs: Kwargs, _: &State) -> TeraResult<Value> {
-    only(&kwargs, "service", arguments_of("service"))?;
+    only(&kwargs, "service")?;
     let name: String = kwargs.must_get("name")?;
     let tag: Option<String> = kwargs.get("tag")?;
     let status: Option<String> = kwargs.get("status")?;
@@ -370,7 +380,7 @@ fn fn_service(kwargs: Kwargs, _: &State) -> TeraResult<Value> {
 }
 
 fn fn_services(kwargs: Kwargs, _: &State) -> TeraResult<Value> {
-    only(&kwargs, "services", arguments_of("services"))?;
+    only(&kwargs, "services")?;
     list_of(Query::Services.in_datacenter(datacenter(&kwargs)?))
 }
 
@@ -385,18 +395,18 @@ fn list_of(query: Query) -> TeraResult<Value> {
 /// `nodes(dc="dc2")`: every node of the datacenter (Consul only), by name: `name`, `address`,
 /// `id`, `datacenter`, `tagged_addresses`, `meta`.
 fn fn_nodes(kwargs: Kwargs, _: &State) -> TeraResult<Value> {
-    only(&kwargs, "nodes", arguments_of("nodes"))?;
+    only(&kwargs, "nodes")?;
     list_of(Query::Nodes.in_datacenter(datacenter(&kwargs)?))
 }
 
 /// `datacenters()`: the names of every datacenter the Consul agent knows, sorted.
 fn fn_datacenters(kwargs: Kwargs, _: &State) -> TeraResult<Value> {
-    only(&kwargs, "datacenters", arguments_of("datacenters"))?;
+    only(&kwargs, "datacenters")?;
     list_of(Query::Datacenters)
 }
 
 fn fn_key(kwargs: Kwargs, _: &State) -> TeraResult<Value> {
-    only(&kwargs, "key", arguments_of("key"))?;
+    only(&kwargs, "key")?;
     let path: String = kwargs.must_get("path")?;
     let default: Option<Value> = kwargs.get("default")?;
     let path = path.trim_matches('/').to_string();
@@ -419,7 +429,7 @@ fn fn_key(kwargs: Kwargs, _: &State) -> TeraResult<Value> {
 }
 
 fn fn_keys(kwargs: Kwargs, _: &State) -> TeraResult<Value> {
-    only(&kwargs, "keys", arguments_of("keys"))?;
+    only(&kwargs, "keys")?;
     let prefix: String = kwargs.must_get("prefix")?;
     let prefix = prefix.trim_start_matches('/').to_string();
     let query = Query::Keys(prefix.clone()).in_datacenter(datacenter(&kwargs)?);
@@ -446,7 +456,7 @@ fn fn_keys(kwargs: Kwargs, _: &State) -> TeraResult<Value> {
 /// The view of one `[[election]]` of this config. Until the election has seen the catalog's
 /// answer, the template waits (unknown is never rendered as "no leader").
 fn election_view(kwargs: &Kwargs, function: &str) -> TeraResult<Option<ElectionView>> {
-    only(kwargs, function, &["name"])?;
+    only_these(kwargs, function, &["name"])?;
     let name: String = kwargs.must_get("name")?;
     Ok(
         lookup(Query::Election(name), true).and_then(|e| match &e.data {
@@ -473,7 +483,7 @@ fn fn_is_leader(kwargs: Kwargs, _: &State) -> TeraResult<Value> {
 }
 
 fn fn_env(kwargs: Kwargs, _: &State) -> TeraResult<Value> {
-    only(&kwargs, "env", arguments_of("env"))?;
+    only(&kwargs, "env")?;
     let name: String = kwargs.must_get("name")?;
     let default: Option<Value> = kwargs.get("default")?;
     match (std::env::var(&name), default) {
@@ -486,7 +496,7 @@ fn fn_env(kwargs: Kwargs, _: &State) -> TeraResult<Value> {
 }
 
 fn filter_by_tag(list: Vec<Value>, kwargs: Kwargs, _: &State) -> TeraResult<Value> {
-    only(&kwargs, "by_tag", arguments_of("by_tag"))?;
+    only(&kwargs, "by_tag")?;
     let tag: String = kwargs.must_get("tag")?;
     Ok(Value::from(
         list.into_iter()
@@ -606,17 +616,17 @@ pub fn is_file_path(s: &str, suffix: Option<&str>) -> bool {
 }
 
 fn test_port(v: &Value, kwargs: Kwargs, _: &State) -> TeraResult<bool> {
-    only(&kwargs, "port", arguments_of("port"))?;
+    only(&kwargs, "port")?;
     Ok(operand(v).is_some_and(|s| is_port(&s)))
 }
 
 fn test_listen_address(v: &Value, kwargs: Kwargs, _: &State) -> TeraResult<bool> {
-    only(&kwargs, "listen_address", arguments_of("listen_address"))?;
+    only(&kwargs, "listen_address")?;
     Ok(operand(v).is_some_and(|s| is_listen_address(&s)))
 }
 
 fn test_file_path(v: &Value, kwargs: Kwargs, _: &State) -> TeraResult<bool> {
-    only(&kwargs, "file_path", arguments_of("file_path"))?;
+    only(&kwargs, "file_path")?;
     let suffix: Option<String> = kwargs.get("suffix")?;
     Ok(v.as_str()
         .is_some_and(|s| is_file_path(s, suffix.as_deref())))
@@ -625,7 +635,7 @@ fn test_file_path(v: &Value, kwargs: Kwargs, _: &State) -> TeraResult<bool> {
 /// `instance | addr_port`, or `"::1" | addr_port(port=80)`. An address string is checked
 /// (an IP or a hostname) and a port must be 1-65535: a KV value cannot smuggle `; ...` in.
 fn filter_addr_port(v: &Value, kwargs: Kwargs, _: &State) -> TeraResult<Value> {
-    only(&kwargs, "addr_port", arguments_of("addr_port"))?;
+    only(&kwargs, "addr_port")?;
     let port_kw: Option<u64> = kwargs.get("port")?;
     if let Some(p) = port_kw
         && !(1..=65535).contains(&p)
@@ -686,6 +696,31 @@ mod tests {
         assert_eq!(
             m.message(),
             "service() has no argument `nam`; did you mean `name`? (it takes name, tag, status, dc)"
+        );
+    }
+
+    /// At render time too (arguments the text scan cannot see, such as those of a function
+    /// called from an included file): a wrong name is refused, none or a known one passes.
+    #[test]
+    fn only_refuses_arguments_a_function_does_not_take() {
+        assert!(only(&Kwargs::default(), "addr_port").is_ok());
+        assert!(only(&Kwargs::from([("port", Value::from(80))]), "addr_port").is_ok());
+        let err = only(&Kwargs::from([("prot", Value::from(80))]), "addr_port").unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("addr_port() has no argument `prot`; it takes port"),
+            "{err}"
+        );
+        let err = only_these(
+            &Kwargs::from([("nme", Value::from("a"))]),
+            "leader",
+            &["name"],
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("leader() has no argument `nme`; it takes name"),
+            "{err}"
         );
     }
 
