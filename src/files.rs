@@ -244,13 +244,8 @@ pub fn stage(dest: &Path, bytes: &[u8], perms: Option<u32>) -> io::Result<Staged
     ))
 }
 
-/// Stage and commit in one go.
-pub fn write_atomic(
-    dest: &Path,
-    bytes: &[u8],
-    perms: Option<u32>,
-    _create_dirs: bool,
-) -> io::Result<()> {
+/// Stage and commit in one go (the destination's directory is created when missing).
+pub fn write_atomic(dest: &Path, bytes: &[u8], perms: Option<u32>) -> io::Result<()> {
     stage(dest, bytes, perms)?.commit()
 }
 
@@ -352,19 +347,19 @@ mod tests {
     fn atomic_write_keeps_mode_and_leaves_no_temp_files() {
         let dir = tempfile::tempdir().unwrap();
         let dest = dir.path().join("sub/out.conf");
-        write_atomic(&dest, b"one\n", None, true).unwrap();
+        write_atomic(&dest, b"one\n", None).unwrap();
         assert_eq!(
             std::fs::metadata(&dest).unwrap().permissions().mode() & 0o777,
             0o644
         );
         std::fs::set_permissions(&dest, std::fs::Permissions::from_mode(0o600)).unwrap();
-        write_atomic(&dest, b"two\n", None, true).unwrap();
+        write_atomic(&dest, b"two\n", None).unwrap();
         assert_eq!(std::fs::read(&dest).unwrap(), b"two\n");
         assert_eq!(
             std::fs::metadata(&dest).unwrap().permissions().mode() & 0o777,
             0o600
         );
-        write_atomic(&dest, b"three\n", Some(0o640), true).unwrap();
+        write_atomic(&dest, b"three\n", Some(0o640)).unwrap();
         assert_eq!(
             std::fs::metadata(&dest).unwrap().permissions().mode() & 0o777,
             0o640
@@ -385,7 +380,7 @@ mod tests {
         std::fs::write(&dest, "old\n").unwrap();
         let (bytes, mut held) = open_current(&dest).unwrap().unwrap();
         assert_eq!(bytes, b"old\n");
-        write_atomic(&dest, b"new\n", None, true).unwrap();
+        write_atomic(&dest, b"new\n", None).unwrap();
         assert_eq!(std::fs::read(&dest).unwrap(), b"new\n");
         use std::io::Seek;
         held.rewind().unwrap();
@@ -453,7 +448,7 @@ mod tests {
         std::fs::write(&target, "old").unwrap();
         let link = dir.path().join("link.conf");
         std::os::unix::fs::symlink(&target, &link).unwrap();
-        write_atomic(&link, b"new", None, true).unwrap();
+        write_atomic(&link, b"new", None).unwrap();
         assert!(
             std::fs::symlink_metadata(&link)
                 .unwrap()

@@ -163,7 +163,7 @@ fn backup(t: &TemplateConfig, previous: Option<&[u8]>) {
         return;
     }
     if let Some(old) = previous
-        && let Err(e) = files::write_atomic(&backup_path(t), old, t.perms, true)
+        && let Err(e) = files::write_atomic(&backup_path(t), old, t.perms)
     {
         warn!(template = %t.name, error = %e, "cannot write the backup file");
     }
@@ -231,7 +231,7 @@ async fn run_check(
 pub fn restore(t: &TemplateConfig, previous: Option<&[u8]>) -> std::io::Result<()> {
     match previous {
         Some(old) => match t.write {
-            WriteMode::Atomic => files::write_atomic(&t.destination, old, t.perms, true),
+            WriteMode::Atomic => files::write_atomic(&t.destination, old, t.perms),
             WriteMode::InPlace => files::write_in_place(&t.destination, old, t.perms),
         },
         None => match std::fs::remove_file(files::real_destination(&t.destination)) {

@@ -255,7 +255,7 @@ mod tests {
         let mut r = Removals::new(vec![dest.clone()]);
         assert!(!r.watch_dirs(), "nothing is missing");
 
-        crate::files::write_atomic(&dest, b"b", None, false).unwrap();
+        crate::files::write_atomic(&dest, b"b", None).unwrap();
         std::fs::write(&other, "x").unwrap();
         std::fs::remove_file(&other).unwrap();
         std::fs::remove_file(&dest).unwrap();

@@ -172,7 +172,7 @@ impl Ballot for DirBallot {
         // Held from here until `file` is closed: bump the counter, then publish the record.
         let token = self.read_token()? + 1;
         let path = self.token_path();
-        crate::files::write_atomic(&path, format!("{token}\n").as_bytes(), Some(0o644), true)
+        crate::files::write_atomic(&path, format!("{token}\n").as_bytes(), Some(0o644))
             .map_err(|e| self.io(&path, e))?;
         let record = Record {
             value: value.clone(),
@@ -181,8 +181,7 @@ impl Ballot for DirBallot {
         let mut bytes = serde_json::to_vec(&record).expect("a Record always serializes");
         bytes.push(b'\n');
         let path = self.record_path();
-        crate::files::write_atomic(&path, &bytes, Some(0o644), true)
-            .map_err(|e| self.io(&path, e))?;
+        crate::files::write_atomic(&path, &bytes, Some(0o644)).map_err(|e| self.io(&path, e))?;
         *lock(&self.term) = Some(Term { file, token });
         Ok(Some(token))
     }

@@ -142,7 +142,7 @@ impl DirCatalog {
         let mut bytes = serde_json::to_vec_pretty(&record).expect("a Record always serializes");
         bytes.push(b'\n');
         let path = self.instance_path(&reg.name, &reg.id);
-        crate::files::write_atomic(&path, &bytes, Some(0o644), true).map_err(|e| CatalogError::Io {
+        crate::files::write_atomic(&path, &bytes, Some(0o644)).map_err(|e| CatalogError::Io {
             path: path.display().to_string(),
             source: e,
         })
