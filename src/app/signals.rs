@@ -2,8 +2,14 @@
 //!
 //! Stop signals (`[main] stop_signals`, TERM and INT by default) start the stop sequence;
 //! `forward_signals` (USR1 and USR2 by default) go to main; HUP re-reads the config unless it
-//! is configured as a stop or forwarded signal. SIGTERM and SIGINT always stop rewire unless
-//! they are forwarded: otherwise `docker stop` would hang until SIGKILL.
+//! is configured as a stop or forwarded signal. SIGTERM, SIGINT and SIGQUIT always stop rewire
+//! unless they are forwarded: otherwise `docker stop` would hang until SIGKILL (QUIT is the
+//! `STOPSIGNAL` of the official nginx image), and a rewire killed outright leaves its
+//! registrations behind.
+//!
+//! Every other signal whose default action ends the process (USR1 and USR2 when not forwarded,
+//! ALRM, PWR, IO, ...) is caught and ignored with a warning: a stray `kill -USR1` from a log
+//! rotation, or one the PID 1 reaper passes on, must not end rewire without its stop sequence.
 
 use nix::sys::signal::Signal;
 use tokio::signal::unix::{SignalKind, signal};
@@ -16,7 +22,27 @@ pub enum Incoming {
     Stop(Signal),
     Reload,
     Forward(Signal),
+    /// Caught only so that it does not kill rewire (see the module docs).
+    Ignored(Signal),
 }
+
+/// Signals that always stop rewire unless forwarded.
+const ALWAYS_STOP: [Signal; 3] = [Signal::SIGTERM, Signal::SIGINT, Signal::SIGQUIT];
+
+/// Signals whose default action ends the process and that nothing in rewire raises itself
+/// (faults such as SEGV and ABRT keep their default: they mean rewire itself is broken).
+const WOULD_KILL: [Signal; 10] = [
+    Signal::SIGUSR1,
+    Signal::SIGUSR2,
+    Signal::SIGALRM,
+    Signal::SIGVTALRM,
+    Signal::SIGPROF,
+    Signal::SIGIO,
+    Signal::SIGPWR,
+    Signal::SIGXCPU,
+    Signal::SIGXFSZ,
+    Signal::SIGSTKFLT,
+];
 
 /// Which signals mean what, as configured (pure, so it is tested without signals).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -36,7 +62,7 @@ impl Plan {
         let mut all: Vec<Signal> = stop.clone();
         all.push(Signal::SIGHUP);
         all.extend(forward.iter().copied());
-        for s in [Signal::SIGTERM, Signal::SIGINT] {
+        for s in ALWAYS_STOP {
             if !all.contains(&s) {
                 all.push(s);
             }
@@ -44,6 +70,7 @@ impl Plan {
                 stop.push(s);
             }
         }
+        all.extend(WOULD_KILL);
         all.sort_by_key(|s| *s as i32);
         all.dedup();
         Plan { all, stop, forward }
@@ -54,8 +81,10 @@ impl Plan {
             Incoming::Stop(sig)
         } else if self.forward.contains(&sig) {
             Incoming::Forward(sig)
-        } else {
+        } else if sig == Signal::SIGHUP {
             Incoming::Reload
+        } else {
+            Incoming::Ignored(sig)
         }
     }
 }
@@ -76,7 +105,7 @@ impl Signals {
         Ok(Signals { streams, plan })
     }
 
-    /// Waits for the next signal.
+    /// Waits for the next signal. An ignored one is logged here.
     pub async fn next(&mut self) -> Incoming {
         let futures = self.streams.iter_mut().map(|(sig, stream)| {
             let sig = *sig;
@@ -86,7 +115,11 @@ impl Signals {
             })
         });
         let (sig, _, _) = futures_util::future::select_all(futures).await;
-        self.plan.meaning(sig)
+        let meaning = self.plan.meaning(sig);
+        if let Incoming::Ignored(s) = meaning {
+            tracing::warn!(signal = %s, "ignored: it is neither a stop signal nor forwarded (see [main] stop_signals and forward_signals)");
+        }
+        meaning
     }
 }
 
@@ -118,5 +151,40 @@ mod tests {
             Incoming::Forward(Signal::SIGINT)
         );
         assert!(plan.all.contains(&Signal::SIGTERM) && plan.all.contains(&Signal::SIGINT));
+    }
+
+    #[test]
+    fn quit_stops_and_other_deadly_signals_are_caught_and_ignored() {
+        let plan = Plan::new(None);
+        assert_eq!(
+            plan.meaning(Signal::SIGQUIT),
+            Incoming::Stop(Signal::SIGQUIT)
+        );
+        for s in [
+            Signal::SIGUSR1,
+            Signal::SIGUSR2,
+            Signal::SIGALRM,
+            Signal::SIGPWR,
+        ] {
+            assert!(plan.all.contains(&s), "{s} is not caught");
+            assert_eq!(plan.meaning(s), Incoming::Ignored(s));
+        }
+        // Forwarded, USR1 goes to main; QUIT forwarded is no longer a stop signal.
+        let text = "[main]\nexec = [\"x\"]\nforward_signals = [\"USR1\", \"QUIT\"]\n";
+        let config =
+            crate::config::parse_str(text, std::path::Path::new("/r.toml"), &|_| None).unwrap();
+        let plan = Plan::new(config.main.as_ref());
+        assert_eq!(
+            plan.meaning(Signal::SIGUSR1),
+            Incoming::Forward(Signal::SIGUSR1)
+        );
+        assert_eq!(
+            plan.meaning(Signal::SIGQUIT),
+            Incoming::Forward(Signal::SIGQUIT)
+        );
+        assert_eq!(
+            plan.meaning(Signal::SIGUSR2),
+            Incoming::Ignored(Signal::SIGUSR2)
+        );
     }
 }

@@ -35,6 +35,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use nix::sys::signal::{Signal, kill, killpg};
@@ -111,6 +112,8 @@ struct MainHandle {
     pid: watch::Receiver<Option<Pid>>,
     /// Main's final status, once it exited for good (or `pre_start` failed).
     exit: watch::Receiver<Option<u8>>,
+    /// Set once main was started (`post_stop` runs only after a main that ran).
+    ran: Arc<AtomicBool>,
     task: JoinHandle<()>,
 }
 
@@ -142,6 +145,7 @@ impl Supervisor {
             let stopping = CancellationToken::new();
             let pid = main_pid.subscribe();
             let (exit_tx, exit) = watch::channel(None);
+            let ran = Arc::new(AtomicBool::new(false));
             let templates: Vec<String> = config.templates.iter().map(|t| t.name.clone()).collect();
             let task = ctx.tasks.spawn(
                 MainTask {
@@ -151,6 +155,7 @@ impl Supervisor {
                     env: env.clone(),
                     pid: main_pid,
                     exit: exit_tx,
+                    ran: ran.clone(),
                     stopping: stopping.clone(),
                     writes_allowed,
                     bus: jobs.bus().clone(),
@@ -162,6 +167,7 @@ impl Supervisor {
                 stopping,
                 pid,
                 exit,
+                ran,
                 task,
             }
         });
@@ -424,9 +430,12 @@ async fn main_turn(
     if let Some(c) = *m.exit.borrow() {
         *code = Some(c);
     }
-    // post_stop, unless a second stop signal asked to be gone now.
+    // post_stop, unless a second stop signal asked to be gone now, or main never ran (stopped
+    // during `pre_start` or while waiting for its `when`): there is nothing to clean up after.
     if let Some(hook) = &cfg.post_stop {
-        if hurry.is_cancelled() {
+        if !m.ran.load(Ordering::Acquire) {
+            info!("post_stop skipped: main never started");
+        } else if hurry.is_cancelled() {
             warn!("post_stop skipped (second stop signal)");
         } else {
             tokio::select! {
@@ -445,11 +454,13 @@ async fn stop_main(m: &mut MainHandle, cfg: &MainConfig, hurry: &CancellationTok
     if let Err(e) = kill(pid, cfg.stop_signal) {
         warn!(pid = %pid, error = %e, "cannot signal main");
     }
+    let deadline = tokio::time::Instant::now() + cfg.stop_timeout;
     let exited = tokio::select! {
-        r = tokio::time::timeout(cfg.stop_timeout, m.exit.wait_for(Option::is_some)) => r.is_ok(),
+        r = tokio::time::timeout_at(deadline, m.exit.wait_for(Option::is_some)) => r.is_ok(),
         _ = hurry.cancelled() => false,
     };
     if exited {
+        stop_leftovers(pid, cfg, hurry, deadline).await;
         return;
     }
     if hurry.is_cancelled() {
@@ -472,6 +483,38 @@ async fn stop_main(m: &mut MainHandle, cfg: &MainConfig, hurry: &CancellationTok
         .is_err()
     {
         error!(pid = %pid, "main is still there after SIGKILL");
+    }
+}
+
+/// How often the stop sequence looks whether main's process group has emptied (nothing
+/// announces it: its members are not rewire's children).
+const LEFTOVER_POLL: Duration = Duration::from_millis(50);
+
+/// After main exited on its stop signal: what it left in its process group (the children of
+/// a shell wrapper that died on the signal, workers) gets the same signal, and SIGKILL at the
+/// end of `stop_timeout`. Without this they would outlive rewire, reparented to init.
+async fn stop_leftovers(
+    pgid: Pid,
+    cfg: &MainConfig,
+    hurry: &CancellationToken,
+    deadline: tokio::time::Instant,
+) {
+    let empty = || killpg(pgid, None).is_err();
+    if empty() {
+        return;
+    }
+    info!(pgid = %pgid, signal = %cfg.stop_signal, "main exited; stopping what it left in its process group");
+    let _ = killpg(pgid, cfg.stop_signal);
+    while !empty() {
+        if hurry.is_cancelled() || tokio::time::Instant::now() >= deadline {
+            warn!(pgid = %pgid, "main's process group did not empty in time; killing it");
+            let _ = killpg(pgid, Signal::SIGKILL);
+            return;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(LEFTOVER_POLL) => {}
+            _ = hurry.cancelled() => {}
+        }
     }
 }
 
@@ -509,6 +552,7 @@ struct MainTask {
     env: BTreeMap<String, String>,
     pid: watch::Sender<Option<Pid>>,
     exit: watch::Sender<Option<u8>>,
+    ran: Arc<AtomicBool>,
     stopping: CancellationToken,
     /// Set once `pre_start` has exited successfully (at once when there is none).
     writes_allowed: watch::Sender<bool>,
@@ -670,6 +714,7 @@ impl MainTask {
         let pid = child.id().map(|p| Pid::from_raw(p as i32));
         let pid_num = pid.map(Pid::as_raw).unwrap_or_default();
         info!(pid = pid_num, program = %exec, "main started");
+        self.ran.store(true, Ordering::Release);
         self.pid.send_replace(pid);
         self.state("running", pid);
         self.bus.update(MAIN_JOB, |s| {

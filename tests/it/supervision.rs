@@ -298,6 +298,84 @@ fn sigterm_deregisters_before_main_gets_its_stop_signal_and_main_status_is_the_e
 }
 
 #[test]
+fn a_stray_signal_is_ignored_and_sigquit_runs_the_stop_sequence() {
+    use nix::sys::signal::Signal;
+    let p = Project::new();
+    let port = free_port();
+    let env = [("EXIT_CODE", "42")];
+    p.config(&web_app(
+        &p,
+        port,
+        &env,
+        "drain = \"100ms\"\nforward_signals = []\n",
+    ));
+    let mut rw = Rewire::start(&p, &[]);
+    rw.wait_for("registered", || registration_is(&p, "passing"));
+    // Their default action would end rewire at once, its registration left behind.
+    for sig in [
+        Signal::SIGUSR1,
+        Signal::SIGUSR2,
+        Signal::SIGALRM,
+        Signal::SIGPWR,
+    ] {
+        rw.signal(sig as i32);
+        let name = sig.as_str().to_string();
+        rw.wait_for("the signal ignored, with a warning", || {
+            rw_log_has(&p, "ignored") && rw_log_has(&p, &name)
+        });
+    }
+    assert!(rw.daemon.is_running(), "{}", rw.log());
+    assert!(registration_is(&p, "passing"));
+    // QUIT (the nginx image's STOPSIGNAL) stops like TERM: deregistered, main's status back.
+    rw.signal(Signal::SIGQUIT as i32);
+    assert_eq!(rw.wait_exit().code(), Some(42), "{}", rw.log());
+    assert!(!catalog_file(&p).exists());
+}
+
+#[test]
+fn what_main_leaves_in_its_process_group_is_stopped_with_it() {
+    // A shell wrapper dies on SIGTERM and leaves its child behind in main's process group.
+    let p = Project::new();
+    let left = p.path("left.pid").display().to_string();
+    let script = format!("sleep 300 & echo $! > {left}; wait");
+    p.config(&format!(
+        "{}[main]\nexec = [\"sh\", \"-c\", {}]\nstop_timeout = \"10s\"\n",
+        preamble(&p),
+        q(script)
+    ));
+    let mut rw = Rewire::start(&p, &[]);
+    rw.wait_for("the wrapper's child running", || read_pid(&p.path("left.pid")).is_some());
+    let child = read_pid(&p.path("left.pid")).unwrap();
+    rw.signal(SIGTERM);
+    assert_eq!(rw.wait_exit().code(), Some(143), "{}", rw.log());
+    assert!(
+        support::poll_until(Duration::from_secs(5), || !alive(child)),
+        "main's child outlived rewire\n{}",
+        rw.log()
+    );
+}
+
+#[test]
+fn post_stop_runs_only_after_a_main_that_ran() {
+    let p = Project::new();
+    let mark = p.path("pre.mark").display().to_string();
+    let post = p.path("post.mark").display().to_string();
+    p.config(&format!(
+        "{}[main]\nexec = [\"sleep\", \"300\"]\npre_start = [\"sh\", \"-c\", {}]\n\
+         post_stop = [\"sh\", \"-c\", {}]\n",
+        preamble(&p),
+        q(format!("echo started > {mark}; sleep 300")),
+        q(format!("echo post >> {post}")),
+    ));
+    let mut rw = Rewire::start(&p, &[]);
+    rw.wait_for("pre_start running", || p.path("pre.mark").exists());
+    rw.signal(SIGTERM);
+    rw.wait_exit();
+    assert!(rw_log_has(&p, "post_stop skipped"), "{}", rw.log());
+    assert!(!p.path("post.mark").exists(), "post_stop ran without main");
+}
+
+#[test]
 fn sighup_reconciles_registrations_and_leaves_main_alone() {
     let p = Project::new();
     let svc = |name: &str, tags: &str| {

@@ -404,6 +404,7 @@ impl Daemon {
                     }
                     Incoming::Reload => self.reload().await,
                     Incoming::Forward(s) => self.supervisor.forward(s),
+                    Incoming::Ignored(_) => {}
                 },
                 Some(cmd) = self.control.recv() => match cmd {
                     Command::Maintenance(on) => {
