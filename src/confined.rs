@@ -98,6 +98,36 @@ pub fn open_beneath(dir: BorrowedFd<'_>, rel: &Path, directory: bool) -> Result<
     )))
 }
 
+/// Opens the directory `rel` beneath `root`, creating what is missing of it (mode 0755), for
+/// writing files into it with the `*at` calls: a symlink on the way that leads out of `root`
+/// is refused, never written through.
+pub fn dir_beneath(root: &Path, rel: &Path) -> Result<File, Refused> {
+    let root =
+        open_dir(root).map_err(|e| match Errno::from_raw(e.raw_os_error().unwrap_or(0)) {
+            Errno::ENOENT | Errno::ENOTDIR => Refused::NotFound,
+            _ => Refused::Io(e),
+        })?;
+    match open_beneath(root.as_fd(), rel, true) {
+        Err(Refused::NotFound) => {}
+        other => return other,
+    }
+    // Made one component at a time, each in the directory opened (beneath `root`) just before.
+    let mut made = std::path::PathBuf::new();
+    for c in rel.components() {
+        let parent = open_beneath(root.as_fd(), Path::new(".").join(&made).as_path(), true)?;
+        match nix::sys::stat::mkdirat(
+            parent.as_fd(),
+            c.as_os_str(),
+            Mode::from_bits_truncate(0o755),
+        ) {
+            Ok(()) | Err(Errno::EEXIST) => {}
+            Err(e) => return Err(e.into()),
+        }
+        made.push(c);
+    }
+    open_beneath(root.as_fd(), rel, true)
+}
+
 fn escapes(rel: &Path) -> Refused {
     Refused::Escapes(rel.display().to_string())
 }

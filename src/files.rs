@@ -249,6 +249,48 @@ pub fn write_atomic(dest: &Path, bytes: &[u8], perms: Option<u32>) -> io::Result
     stage(dest, bytes, perms)?.commit()
 }
 
+/// Writes `name` in the open directory `dir` atomically: a temp file `.<name>.rewire-XXXXXX`
+/// created with `mode`, written, fsynced, renamed over `name`, then the directory fsynced.
+///
+/// For files in a directory others may write (the dir catalog's records): the directory is
+/// the one opened (see [`crate::confined::dir_beneath`]) whatever its path leads to by now,
+/// and a symlink planted at `name` is replaced, never written through.
+pub fn write_atomic_in(dir: &File, name: &str, bytes: &[u8], mode: u32) -> io::Result<()> {
+    use nix::errno::Errno;
+    use nix::fcntl::{OFlag, openat, renameat};
+    use nix::sys::stat::Mode;
+    use nix::unistd::{UnlinkatFlags, unlinkat};
+    let mut rng = rand::rng();
+    for _ in 0..16 {
+        let suffix: u32 = rng.random_range(0..0x100_0000);
+        let temp = format!(".{name}.rewire-{suffix:06x}");
+        let flags =
+            OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+        let mut file = match openat(dir, temp.as_str(), flags, Mode::from_bits_truncate(mode)) {
+            Ok(fd) => File::from(fd),
+            Err(Errno::EEXIST) => continue,
+            Err(e) => return Err(e.into()),
+        };
+        let written = (|| {
+            if umask().is_none_or(|u| mode & u != 0) {
+                file.set_permissions(std::fs::Permissions::from_mode(mode))?;
+            }
+            file.write_all(bytes)?;
+            file.sync_all()?;
+            renameat(dir, temp.as_str(), dir, name).map_err(io::Error::from)
+        })();
+        if let Err(e) = written {
+            let _ = unlinkat(dir, temp.as_str(), UnlinkatFlags::NoRemoveDir);
+            return Err(e);
+        }
+        return dir.sync_all();
+    }
+    Err(io::Error::new(
+        io::ErrorKind::AlreadyExists,
+        "cannot find a free temp file name",
+    ))
+}
+
 /// Truncates and rewrites the destination itself: for bind-mounted files, which cannot be
 /// renamed over. Not atomic: a reader may see a short file for a moment.
 pub fn write_in_place(dest: &Path, bytes: &[u8], perms: Option<u32>) -> io::Result<()> {

@@ -19,11 +19,15 @@
 //! A dir catalog lives on one machine: there is no TTL to lapse, so a term ends when its
 //! process does, resigns, or finds the lock file replaced (someone removed the directory).
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io;
-use std::os::fd::AsRawFd;
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::os::fd::{AsFd, AsRawFd};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+
+use nix::fcntl::{AtFlags, OFlag, openat};
+use nix::sys::stat::{Mode, fstatat};
+use nix::unistd::{UnlinkatFlags, unlinkat};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -34,6 +38,7 @@ use tracing::{debug, warn};
 
 use crate::catalog::CatalogError;
 use crate::catalog::election::{Ballot, BallotSpec, Sight, set_sight};
+use crate::confined::{self, Refused};
 use crate::lock::lock;
 use crate::model::{Holder, LeaderValue};
 
@@ -55,83 +60,124 @@ struct Term {
 }
 
 pub struct DirBallot {
-    dir: PathBuf,
+    root: PathBuf,
+    /// `elections/<name>`, beneath `root`.
+    rel: PathBuf,
     term: std::sync::Mutex<Option<Term>>,
 }
+
+/// The largest `token` or `leader.json` read: both are a line or two.
+const MAX_FILE: u64 = 64 * 1024;
 
 impl DirBallot {
     pub fn new(root: &Path, spec: &BallotSpec) -> DirBallot {
         DirBallot {
-            dir: root.join("elections").join(&spec.name),
+            root: root.to_path_buf(),
+            rel: Path::new("elections").join(&spec.name),
             term: std::sync::Mutex::new(None),
         }
     }
 
-    fn lock_path(&self) -> PathBuf {
-        self.dir.join("lock")
+    fn path(&self, name: &str) -> PathBuf {
+        self.root.join(&self.rel).join(name)
     }
 
-    fn token_path(&self) -> PathBuf {
-        self.dir.join("token")
-    }
-
-    fn record_path(&self) -> PathBuf {
-        self.dir.join("leader.json")
-    }
-
-    fn io(&self, path: &Path, e: io::Error) -> CatalogError {
+    fn io(&self, name: &str, e: io::Error) -> CatalogError {
         CatalogError::Io {
-            path: path.display().to_string(),
+            path: self.path(name).display().to_string(),
             source: e,
         }
     }
 
-    fn open_lock(&self) -> Result<File, CatalogError> {
-        std::fs::create_dir_all(&self.dir).map_err(|e| self.io(&self.dir, e))?;
-        let path = self.lock_path();
-        OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o644)
-            .custom_flags(libc::O_CLOEXEC)
-            .open(&path)
-            .map_err(|e| self.io(&path, e))
+    /// The election's directory, opened beneath the catalog (never through a link leading out
+    /// of it); `create`: made when missing, else None when missing.
+    fn dir(&self, create: bool) -> Result<Option<File>, CatalogError> {
+        super::writable_dir(&self.root, &self.rel, create)
     }
 
-    fn read_token(&self) -> Result<u64, CatalogError> {
-        let path = self.token_path();
-        match std::fs::read_to_string(&path) {
-            Ok(text) => text.trim().parse().map_err(|_| CatalogError::Malformed {
-                backend: "dir".into(),
-                detail: format!(
-                    "{}: {:?} is not a token (a whole number)",
-                    path.display(),
-                    text.trim()
-                ),
-            }),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(0),
-            Err(e) => Err(self.io(&path, e)),
+    /// The lock file, created when missing; a symlink or anything but a regular file there is
+    /// refused (it would lock, or create, a file elsewhere).
+    fn open_lock(&self, dir: &File) -> Result<File, CatalogError> {
+        let flags = OFlag::O_RDWR
+            | OFlag::O_CREAT
+            | OFlag::O_NOFOLLOW
+            | OFlag::O_NONBLOCK
+            | OFlag::O_CLOEXEC;
+        let file = openat(dir, "lock", flags, Mode::from_bits_truncate(0o644))
+            .map(File::from)
+            .map_err(|e| {
+                let e = io::Error::from(e);
+                if e.raw_os_error() == Some(libc::ELOOP) {
+                    io::Error::new(
+                        e.kind(),
+                        "it is a symlink: remove it (rewire creates the lock file)",
+                    )
+                } else {
+                    e
+                }
+            })
+            .map_err(|e| self.io("lock", e))?;
+        match confined::kind(&file) {
+            Ok(confined::Kind::Regular { .. }) => Ok(file),
+            Ok(confined::Kind::Directory) => Err(self.io(
+                "lock",
+                io::Error::other("a directory, not a regular file: remove it"),
+            )),
+            Ok(confined::Kind::Other(what)) => Err(self.io(
+                "lock",
+                io::Error::other(format!("{what}, not a regular file: remove it")),
+            )),
+            Err(e) => Err(self.io("lock", io::Error::other(e.to_string()))),
         }
     }
 
-    fn read_record(&self) -> Option<Record> {
-        let bytes = std::fs::read(self.record_path()).ok()?;
+    /// A small file of the election's directory; None when there is none.
+    fn read(&self, dir: &File, name: &str) -> Result<Option<Vec<u8>>, CatalogError> {
+        let mut buf = Vec::new();
+        match confined::read_beneath(dir.as_fd(), Path::new(name), MAX_FILE, &mut buf) {
+            Ok(()) => Ok(Some(buf)),
+            Err(Refused::NotFound) => Ok(None),
+            Err(Refused::Io(e)) => Err(self.io(name, e)),
+            Err(e) => Err(self.io(name, io::Error::other(format!("{e}: remove it")))),
+        }
+    }
+
+    fn read_token(&self, dir: &File) -> Result<u64, CatalogError> {
+        let Some(bytes) = self.read(dir, "token")? else {
+            return Ok(0);
+        };
+        let text = String::from_utf8_lossy(&bytes);
+        text.trim().parse().map_err(|_| CatalogError::Malformed {
+            backend: "dir".into(),
+            detail: format!(
+                "{}: {:?} is not a token (a whole number)",
+                self.path("token").display(),
+                text.trim()
+            ),
+        })
+    }
+
+    fn read_record(&self, dir: &File) -> Option<Record> {
+        let bytes = self.read(dir, "leader.json").ok()??;
         let record: Record = serde_json::from_slice(&bytes).ok()?;
         record.value.check().ok()?;
         Some(record)
     }
 
+    fn write(&self, dir: &File, name: &str, bytes: &[u8]) -> Result<(), CatalogError> {
+        crate::files::write_atomic_in(dir, name, bytes, 0o644).map_err(|e| self.io(name, e))
+    }
+
     /// Who holds the election, as the lock and the files say.
     fn look(&self) -> Result<Sight, CatalogError> {
-        let file = self.open_lock()?;
-        if try_flock(&file, libc::LOCK_SH).map_err(|e| self.io(&self.lock_path(), e))? {
+        let dir = self.dir(true)?.expect("created when missing");
+        let file = self.open_lock(&dir)?;
+        if try_flock(&file, libc::LOCK_SH).map_err(|e| self.io("lock", e))? {
             // Nobody holds the exclusive lock; ours goes with `file`.
             return Ok(Sight::Vacant);
         }
-        let counter = self.read_token()?;
-        Ok(match self.read_record() {
+        let counter = self.read_token(&dir)?;
+        Ok(match self.read_record(&dir) {
             Some(r) if r.token == counter => Sight::Held(Holder {
                 value: r.value,
                 token: r.token,
@@ -165,23 +211,21 @@ impl Ballot for DirBallot {
         if let Some(t) = lock(&self.term).as_ref() {
             return Ok(Some(t.token));
         }
-        let file = self.open_lock()?;
-        if !try_flock(&file, libc::LOCK_EX).map_err(|e| self.io(&self.lock_path(), e))? {
+        let dir = self.dir(true)?.expect("created when missing");
+        let file = self.open_lock(&dir)?;
+        if !try_flock(&file, libc::LOCK_EX).map_err(|e| self.io("lock", e))? {
             return Ok(None);
         }
         // Held from here until `file` is closed: bump the counter, then publish the record.
-        let token = self.read_token()? + 1;
-        let path = self.token_path();
-        crate::files::write_atomic(&path, format!("{token}\n").as_bytes(), Some(0o644))
-            .map_err(|e| self.io(&path, e))?;
+        let token = self.read_token(&dir)? + 1;
+        self.write(&dir, "token", format!("{token}\n").as_bytes())?;
         let record = Record {
             value: value.clone(),
             token,
         };
         let mut bytes = serde_json::to_vec(&record).expect("a Record always serializes");
         bytes.push(b'\n');
-        let path = self.record_path();
-        crate::files::write_atomic(&path, &bytes, Some(0o644)).map_err(|e| self.io(&path, e))?;
+        self.write(&dir, "leader.json", &bytes)?;
         *lock(&self.term) = Some(Term { file, token });
         Ok(Some(token))
     }
@@ -192,12 +236,12 @@ impl Ballot for DirBallot {
             return Ok(false);
         };
         // Still the lock file others open? (A removed or replaced file locks nobody out.)
-        let ours = term
-            .file
-            .metadata()
-            .map_err(|e| self.io(&self.lock_path(), e))?;
-        Ok(match std::fs::metadata(self.lock_path()) {
-            Ok(now) => now.dev() == ours.dev() && now.ino() == ours.ino(),
+        let ours = term.file.metadata().map_err(|e| self.io("lock", e))?;
+        let Ok(Some(dir)) = self.dir(false) else {
+            return Ok(false);
+        };
+        Ok(match fstatat(&dir, "lock", AtFlags::AT_SYMLINK_NOFOLLOW) {
+            Ok(now) => now.st_dev == ours.dev() && now.st_ino == ours.ino(),
             Err(_) => false,
         })
     }
@@ -207,11 +251,14 @@ impl Ballot for DirBallot {
             return Ok(());
         };
         // The record goes first, while the lock still keeps others out.
-        if self.read_record().is_some_and(|r| r.token == term.token)
-            && let Err(e) = std::fs::remove_file(self.record_path())
-            && e.kind() != io::ErrorKind::NotFound
+        if let Ok(Some(dir)) = self.dir(false)
+            && self
+                .read_record(&dir)
+                .is_some_and(|r| r.token == term.token)
+            && let Err(e) = unlinkat(&dir, "leader.json", UnlinkatFlags::NoRemoveDir)
+            && e != nix::errno::Errno::ENOENT
         {
-            warn!(file = %self.record_path().display(), error = %e, "cannot remove the leader record");
+            warn!(file = %self.path("leader.json").display(), error = %e, "cannot remove the leader record");
         }
         drop(term.file);
         Ok(())
@@ -227,7 +274,7 @@ impl Ballot for DirBallot {
                 }
                 Err(e) => {
                     if !said_error {
-                        warn!(election = %self.dir.display(), error = %e, "cannot read the election");
+                        warn!(election = %self.root.join(&self.rel).display(), error = %e, "cannot read the election");
                         said_error = true;
                     } else {
                         debug!(error = %e, "cannot read the election");
@@ -306,5 +353,33 @@ mod tests {
         a.campaign(&value("a")).await.unwrap();
         std::fs::remove_dir_all(dir.path().join("elections")).unwrap();
         assert!(!a.renew().await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn an_election_never_locks_or_writes_through_links_leading_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("catalog");
+        let outside = dir.path().join("outside");
+        std::fs::create_dir_all(root.join("elections")).unwrap();
+        std::fs::create_dir_all(&outside).unwrap();
+        std::os::unix::fs::symlink(&outside, root.join("elections/primary")).unwrap();
+        let a = DirBallot::new(&root, &spec());
+        let err = a.campaign(&value("a")).await.unwrap_err();
+        assert!(
+            err.to_string().contains("leads out of the catalog"),
+            "{err}"
+        );
+        assert_eq!(std::fs::read_dir(&outside).unwrap().count(), 0);
+
+        // A lock file that is a link is refused, and says what to do.
+        std::fs::remove_file(root.join("elections/primary")).unwrap();
+        std::fs::create_dir_all(root.join("elections/primary")).unwrap();
+        let theirs = outside.join("theirs");
+        std::fs::write(&theirs, "").unwrap();
+        std::os::unix::fs::symlink(&theirs, root.join("elections/primary/lock")).unwrap();
+        let err = a.campaign(&value("a")).await.unwrap_err();
+        assert!(err.to_string().contains("symlink"), "{err}");
+        std::fs::remove_file(root.join("elections/primary/lock")).unwrap();
+        assert_eq!(a.campaign(&value("a")).await.unwrap(), Some(1));
     }
 }

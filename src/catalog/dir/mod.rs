@@ -26,6 +26,7 @@ mod inotify;
 mod tree;
 
 use std::collections::BTreeSet;
+use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -108,6 +109,11 @@ impl DirCatalog {
         self.services_dir().join(service).join(format!("{id}.json"))
     }
 
+    /// `services/<service>` opened for writing a record into it (see [`writable_dir`]).
+    fn service_dir(&self, service: &str, create: bool) -> Result<Option<File>, CatalogError> {
+        writable_dir(self.root(), &Path::new("services").join(service), create)
+    }
+
     pub(super) fn missing_root(&self) -> CatalogError {
         CatalogError::Io {
             path: self.root().display().to_string(),
@@ -142,10 +148,61 @@ impl DirCatalog {
         let mut bytes = serde_json::to_vec_pretty(&record).expect("a Record always serializes");
         bytes.push(b'\n');
         let path = self.instance_path(&reg.name, &reg.id);
-        crate::files::write_atomic(&path, &bytes, Some(0o644)).map_err(|e| CatalogError::Io {
-            path: path.display().to_string(),
+        let dir = self
+            .service_dir(&reg.name, true)?
+            .expect("created when missing");
+        crate::files::write_atomic_in(&dir, &format!("{}.json", reg.id), &bytes, 0o644).map_err(
+            |e| CatalogError::Io {
+                path: path.display().to_string(),
+                source: e,
+            },
+        )
+    }
+}
+
+/// The directory `rel` beneath the catalog `root`, opened for writing files into it with the
+/// `*at` calls; `create`: made when missing (the catalog directory itself too: it comes from
+/// the config), else None when missing. Whoever may write the catalog may plant symlinks in
+/// it, and rewire often runs as root: a link on the way that leads out of the catalog is
+/// refused, as the reader refuses it, so no record, lock or token is ever written elsewhere.
+pub(super) fn writable_dir(
+    root: &Path,
+    rel: &Path,
+    create: bool,
+) -> Result<Option<File>, CatalogError> {
+    use crate::confined::{Refused, dir_beneath, open_beneath, open_dir};
+    let opened = if create {
+        std::fs::create_dir_all(root).map_err(|e| CatalogError::Io {
+            path: root.display().to_string(),
             source: e,
-        })
+        })?;
+        dir_beneath(root, rel)
+    } else {
+        match open_dir(root) {
+            Ok(r) => open_beneath(std::os::fd::AsFd::as_fd(&r), rel, true),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(Refused::NotFound),
+            Err(e) => Err(Refused::Io(e)),
+        }
+    };
+    let path = root.join(rel).display().to_string();
+    match opened {
+        Ok(dir) => Ok(Some(dir)),
+        Err(Refused::NotFound) if !create => Ok(None),
+        Err(Refused::Escapes(_)) => Err(CatalogError::Io {
+            path,
+            source: std::io::Error::new(
+                std::io::ErrorKind::PermissionDenied,
+                format!(
+                    "a symlink leads out of the catalog directory {}; rewire writes only inside it: replace the link with a directory",
+                    root.display()
+                ),
+            ),
+        }),
+        Err(Refused::Io(e)) => Err(CatalogError::Io { path, source: e }),
+        Err(e) => Err(CatalogError::Io {
+            path,
+            source: std::io::Error::other(e.to_string()),
+        }),
     }
 }
 
@@ -235,12 +292,15 @@ impl Catalog for DirCatalog {
     async fn deregister(&self, reg: &Registration) -> Result<(), CatalogError> {
         self.invalidate();
         let path = self.instance_path(&reg.name, &reg.id);
-        match std::fs::remove_file(&path) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        let Some(dir) = self.service_dir(&reg.name, false)? else {
+            return Ok(());
+        };
+        let name = format!("{}.json", reg.id);
+        match nix::unistd::unlinkat(&dir, name.as_str(), nix::unistd::UnlinkatFlags::NoRemoveDir) {
+            Ok(()) | Err(nix::errno::Errno::ENOENT) => Ok(()),
             Err(e) => Err(CatalogError::Io {
                 path: path.display().to_string(),
-                source: e,
+                source: e.into(),
             }),
         }
     }
@@ -651,5 +711,68 @@ mod tests {
             cat.update_ttl(&reg, Status::Passing, "").await,
             Err(CatalogError::NotRegistered { .. })
         ));
+    }
+
+    fn registration(name: &str, id: &str) -> Registration {
+        Registration {
+            id: id.into(),
+            name: name.into(),
+            address: "10.0.0.9".into(),
+            port: 80,
+            tags: vec![],
+            meta: BTreeMap::new(),
+            ttl: Duration::from_secs(10),
+            deregister_after: Duration::from_secs(600),
+            status: Status::Passing,
+        }
+    }
+
+    #[tokio::test]
+    async fn records_are_never_written_or_removed_through_links_leading_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("catalog");
+        let victim = dir.path().join("victim");
+        std::fs::create_dir_all(root.join("services")).unwrap();
+        std::fs::create_dir_all(&victim).unwrap();
+        std::os::unix::fs::symlink(&victim, root.join("services/api")).unwrap();
+        std::fs::write(victim.join("api-1.json"), "theirs").unwrap();
+        let cat = DirCatalog::new(&root);
+
+        let err = cat
+            .register(&registration("api", "api-1"))
+            .await
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("leads out of the catalog"),
+            "{err}"
+        );
+        assert!(cat.deregister(&registration("api", "api-1")).await.is_err());
+        assert_eq!(
+            std::fs::read_to_string(victim.join("api-1.json")).unwrap(),
+            "theirs"
+        );
+        assert_eq!(
+            std::fs::read_dir(&victim).unwrap().count(),
+            1,
+            "nothing else written there"
+        );
+
+        // A link planted at the record's own name is replaced, not written through.
+        std::fs::create_dir_all(root.join("services/web")).unwrap();
+        let target = dir.path().join("passwd");
+        std::fs::write(&target, "root:x:0:0\n").unwrap();
+        std::os::unix::fs::symlink(&target, root.join("services/web/web-1.json")).unwrap();
+        cat.register(&registration("web", "web-1")).await.unwrap();
+        assert_eq!(std::fs::read_to_string(&target).unwrap(), "root:x:0:0\n");
+        let meta = std::fs::symlink_metadata(root.join("services/web/web-1.json")).unwrap();
+        assert!(meta.is_file());
+        cat.deregister(&registration("web", "web-1")).await.unwrap();
+        assert!(!root.join("services/web/web-1.json").exists());
+        assert!(target.exists());
+
+        // A missing catalog and service directory are made on the first registration.
+        let fresh = DirCatalog::new(dir.path().join("fresh"));
+        fresh.register(&registration("db", "db-1")).await.unwrap();
+        assert!(dir.path().join("fresh/services/db/db-1.json").is_file());
     }
 }
