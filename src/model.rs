@@ -389,14 +389,24 @@ pub struct Registration {
 /// nginx or haproxy config.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Invalid {
-    #[error("address {0:?} is neither an IP address nor a hostname")]
+    #[error("address {} is neither an IP address nor a hostname", shown(.0))]
     Address(String),
     #[error("port {0} is outside 1-65535")]
     Port(i64),
-    #[error("{0:?} may only hold letters, digits and - _ . : @ (and may not start with a dot)")]
+    #[error("{} may only hold letters, digits and - _ . : @ (and may not start with a dot)", shown(.0))]
     Name(String),
-    #[error("unknown status {0:?}: use passing, warning or critical")]
+    #[error("unknown status {}: use passing, warning or critical", shown(.0))]
     Status(String),
+}
+
+/// A value from the catalog as a log line or message shows it: quoted and escaped (a newline
+/// in it cannot start a forged log line) and cut after 64 characters.
+pub fn shown(value: &str) -> String {
+    const MAX: usize = 64;
+    match value.char_indices().nth(MAX) {
+        None => format!("{value:?}"),
+        Some((cut, _)) => format!("{:?}… ({} bytes)", &value[..cut], value.len()),
+    }
 }
 
 /// An IP address (v4 or v6) or an RFC 1123 hostname.
@@ -501,6 +511,18 @@ impl CatalogUrl {
 
 #[cfg(test)]
 mod tests {
+    use super::shown;
+
+    #[test]
+    fn catalog_values_are_shown_quoted_escaped_and_cut() {
+        assert_eq!(shown("web"), "\"web\"");
+        assert_eq!(shown("a\nINFO forged"), "\"a\\nINFO forged\"");
+        let long = "x".repeat(5000);
+        let s = shown(&long);
+        assert!(s.starts_with(&format!("\"{}\"…", "x".repeat(64))), "{s}");
+        assert!(s.ends_with("(5000 bytes)"), "{s}");
+    }
+
     use super::*;
 
     #[test]

@@ -23,6 +23,8 @@ pub enum RecordError {
     ServiceName(Invalid),
     #[error("instance id: {0}")]
     InstanceId(Invalid),
+    #[error("node name: {0}")]
+    NodeName(Invalid),
     #[error("expires_at {value:?} is not an RFC 3339 time: {source}")]
     Expiry {
         value: String,
@@ -94,6 +96,10 @@ impl Record {
         now: SystemTime,
     ) -> Result<Instance, RecordError> {
         check_name(service).map_err(RecordError::ServiceName)?;
+        // The node reaches templates (`s.node`) like the id: it may not carry config syntax.
+        if let Some(node) = &self.node {
+            check_name(node).map_err(RecordError::NodeName)?;
+        }
         check_address(&self.address)?;
         let port = check_port(self.port)?;
         let mut status = self.status;
@@ -165,6 +171,24 @@ mod tests {
         let i = r.into_instance("web", "w1", "host", now).unwrap();
         assert_eq!(i.status, Status::Passing);
         assert_eq!(i.node, "host");
+    }
+
+    #[test]
+    fn a_node_name_that_could_carry_config_syntax_is_refused() {
+        let r = Record {
+            address: "10.0.0.1".into(),
+            port: 80,
+            tags: vec![],
+            meta: BTreeMap::new(),
+            status: Status::Passing,
+            expires_at: None,
+            notes: None,
+            node: Some("n1;\n}".into()),
+        };
+        let e = r
+            .into_instance("web", "w1", "host", SystemTime::now())
+            .unwrap_err();
+        assert!(e.to_string().starts_with("node name: \"n1;\\n}\""), "{e}");
     }
 
     #[test]

@@ -37,6 +37,7 @@ pub(super) fn register(tera: &mut Tera) {
     tera.register_filter("by_tag", filter_by_tag);
     tera.register_filter("nginx_quote", filter_nginx_quote);
     tera.register_filter("haproxy_quote", filter_haproxy_quote);
+    tera.register_filter("config_name", filter_config_name);
     tera.register_filter("addr_port", filter_addr_port);
     tera.register_filter("json_encode", tera_contrib::json::json_encode);
     tera.register_filter("b64_encode", tera_contrib::base64::b64_encode);
@@ -571,6 +572,37 @@ fn filter_haproxy_quote(v: &str, _: Kwargs, _: &State) -> TeraResult<Value> {
         .map_err(|e| tera::Error::message(e.to_string()))
 }
 
+/// A catalog name as an nginx upstream or a HAProxy backend or server name: lowercase letters,
+/// digits, `-` and `.` stay as they are; everything else is escaped with `_` (`_` itself
+/// becomes `__`, an uppercase letter `_` and the letter in lowercase, `:` `_1`, `@` `_2`, any
+/// other character `_0`, its code point in hex and `_`).
+///
+/// Different names never give the same result, even for nginx, which compares upstream names
+/// without case. Replacing characters does not have that property (`my.svc` and `my_svc`,
+/// `Web` and `web` would collide), and one duplicate upstream or server name makes the whole
+/// file fail its check, so one odd registration would stop every update.
+pub fn config_name(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            'a'..='z' | '0'..='9' | '-' | '.' => out.push(c),
+            '_' => out.push_str("__"),
+            'A'..='Z' => {
+                out.push('_');
+                out.push(c.to_ascii_lowercase());
+            }
+            ':' => out.push_str("_1"),
+            '@' => out.push_str("_2"),
+            c => out.push_str(&format!("_0{:x}_", u32::from(c))),
+        }
+    }
+    out
+}
+
+fn filter_config_name(v: &str, _: Kwargs, _: &State) -> TeraResult<Value> {
+    Ok(Value::safe_string(&config_name(v)))
+}
+
 /// The text of a test's operand: a string, or a number written as one.
 fn operand(v: &Value) -> Option<String> {
     v.as_str()
@@ -772,6 +804,45 @@ mod tests {
             misspelt_arguments("{{ ڌ }}{% if é %}{{ service(nam=\"ڌ\") }}{% endif %}").len() == 1
         );
         assert!(consul_only_calls("{{ ڌ nodes() }}", "dir").len() == 1);
+    }
+
+    #[test]
+    fn config_names_keep_plain_names_and_never_collide() {
+        assert_eq!(config_name("web"), "web");
+        assert_eq!(config_name("my-svc.v2"), "my-svc.v2");
+        let names = [
+            "my_svc",
+            "my.svc",
+            "my-svc",
+            "Web",
+            "web",
+            "_web",
+            "x@1",
+            "x_1",
+            "x_21",
+            "x:1",
+            "x_11",
+            "a b",
+            "a_020_",
+            "é",
+            "vm:web-1",
+            "vm_1web-1",
+        ];
+        let mut seen = std::collections::BTreeSet::new();
+        for n in names {
+            let c = config_name(n);
+            assert!(
+                c.bytes().all(|b| b.is_ascii_lowercase()
+                    || b.is_ascii_digit()
+                    || matches!(b, b'-' | b'.' | b'_')),
+                "{n:?} -> {c:?}"
+            );
+            // Compared without case, as nginx compares upstream names.
+            assert!(
+                seen.insert(c.to_ascii_lowercase()),
+                "{n:?} -> {c:?} collides"
+            );
+        }
     }
 
     #[test]

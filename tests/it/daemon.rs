@@ -229,6 +229,14 @@ fn shipped_templates_pass_real_nginx_and_haproxy_checks() {
         );
     }
     p.instance("web", "a", "127.0.0.1", 18080)
+        // Names that a character replacement made equal (duplicate upstreams, backends or
+        // servers fail the check, and then every later update): nginx compares upstream
+        // names without case.
+        .instance("web", "x@1", "127.0.0.1", 18083)
+        .instance("web", "x_1", "127.0.0.1", 18084)
+        .instance("Web", "a", "127.0.0.1", 18085)
+        .instance("my.svc", "a", "127.0.0.1", 18086)
+        .instance("my_svc", "a", "127.0.0.1", 18087)
         // Consul lists itself (its server RPC port): the shipped templates leave it out.
         .instance("consul", "c", "127.0.0.1", 8300)
         .file("catalog/kv/nginx/listen", "127.0.0.1:18082")
@@ -251,6 +259,10 @@ fn shipped_templates_pass_real_nginx_and_haproxy_checks() {
         hap.contains("bind 127.0.0.1:18081") && hap.contains("127.0.0.1:18080 check"),
         "{hap}"
     );
+    for port in 18083..=18087 {
+        assert!(ngx.contains(&format!("server 127.0.0.1:{port};")), "{ngx}");
+        assert!(hap.contains(&format!("127.0.0.1:{port} check")), "{hap}");
+    }
     assert!(
         !ngx.contains("consul") && !hap.contains("consul"),
         "{ngx}\n{hap}"

@@ -554,7 +554,9 @@ fn rewire_run_updates_servers_at_runtime_and_reloads_for_the_rest() {
         r.log()
     );
     wait_for("the runtime change in rewire status", TIMEOUT, || {
-        status(&p).contains("last change by runtime: +be_web/web-2")
+        // Server names are <node>:<id> (Consul ids are unique per node only).
+        let s = status(&p);
+        s.contains("last change by runtime: +be_web/") && s.contains(":web-2")
     });
 
     // Gone again: a runtime update.
@@ -581,7 +583,7 @@ fn rewire_run_updates_servers_at_runtime_and_reloads_for_the_rest() {
     p.instance("web", "web-3", "127.0.0.1", b1.port);
     wait_for("web-3 in HAProxy", TIMEOUT, || {
         master_cli(&p.path("admin.sock"), "show servers state be_web")
-            .is_some_and(|s| s.contains(" web-3 "))
+            .is_some_and(|s| s.contains(":web-3 "))
     });
     assert_eq!(master_reloads(&p), Some(reloads + 1), "{}", r.log());
     assert!(!r.log().contains("reloading to repair"), "{}", r.log());
@@ -624,7 +626,7 @@ fn a_restarted_rewire_trusts_the_file_only_when_haproxy_agrees() {
     p.instance("web", "web-2", "127.0.0.1", b2.port);
     wait_for("web-2 in HAProxy", TIMEOUT, || {
         master_cli(&p.path("admin.sock"), "show servers state be_web")
-            .is_some_and(|s| s.contains(" web-2 "))
+            .is_some_and(|s| s.contains(":web-2 "))
     });
     assert_eq!(master_reloads(&p), Some(reloads), "{}", r.log());
     r.stop();
@@ -648,7 +650,7 @@ fn a_restarted_rewire_trusts_the_file_only_when_haproxy_agrees() {
     );
     wait_for("the stray server is gone", TIMEOUT, || {
         master_cli(&p.path("admin.sock"), "show servers state be_web")
-            .is_some_and(|s| !s.contains(" stray ") && s.contains(" web-2 "))
+            .is_some_and(|s| !s.contains(" stray ") && s.contains(":web-2 "))
     });
     r.stop();
     d.kill();

@@ -344,7 +344,9 @@ fn what_main_leaves_in_its_process_group_is_stopped_with_it() {
         q(script)
     ));
     let mut rw = Rewire::start(&p, &[]);
-    rw.wait_for("the wrapper's child running", || read_pid(&p.path("left.pid")).is_some());
+    rw.wait_for("the wrapper's child running", || {
+        read_pid(&p.path("left.pid")).is_some()
+    });
     let child = read_pid(&p.path("left.pid")).unwrap();
     rw.signal(SIGTERM);
     assert_eq!(rw.wait_exit().code(), Some(143), "{}", rw.log());

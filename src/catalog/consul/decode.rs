@@ -20,7 +20,7 @@ use tracing::warn;
 use crate::catalog::CatalogError;
 use crate::model::{
     Data, Instance, KeyValue, Node, Query, ServiceSummary, Status, check_address, check_name,
-    check_port,
+    check_port, shown,
 };
 
 pub const BACKEND: &str = "consul";
@@ -253,6 +253,8 @@ pub fn health_service(service: &str, body: &[u8]) -> Result<Vec<Arc<Instance>>, 
                 }
             })
             .and_then(|()| check_name(&s.id).map_err(|e| format!("instance id {e}")))
+            // `s.node` reaches templates like the id does: no config syntax may ride in on it.
+            .and_then(|()| check_name(&e.node.node).map_err(|e| format!("node name {e}")))
             .and_then(|()| check_address(&address).map_err(|e| e.to_string()))
             .and_then(|()| check_port(s.port).map_err(|e| e.to_string()));
         match checked {
@@ -272,7 +274,7 @@ pub fn health_service(service: &str, body: &[u8]) -> Result<Vec<Arc<Instance>>, 
                 }));
             }
             Err(error) => {
-                warn!(service = %service, id = %s.id, %error, "skipping a Consul instance with invalid data");
+                warn!(service = %service, id = %shown(&s.id), %error, "skipping a Consul instance with invalid data");
             }
         }
     }
@@ -286,7 +288,7 @@ pub fn catalog_services(body: &[u8]) -> Result<Vec<ServiceSummary>, Malformed> {
     let mut out = Vec::new();
     for (name, tags) in map.unwrap_or_default() {
         if let Err(error) = check_name(&name) {
-            warn!(service = %name, %error, "skipping a Consul service with an invalid name");
+            warn!(%error, "skipping a Consul service with an invalid name");
             continue;
         }
         out.push(ServiceSummary {
@@ -324,7 +326,7 @@ pub fn catalog_nodes(body: &[u8]) -> Result<Vec<Node>, Malformed> {
             .map_err(|e| format!("node name {e}"))
             .and_then(|()| check_address(&n.address).map_err(|e| e.to_string()));
         if let Err(error) = checked {
-            warn!(node = %n.node, %error, "skipping a Consul node with invalid data");
+            warn!(%error, "skipping a Consul node with invalid data");
             continue;
         }
         // Tagged addresses (lan, wan, ...) reach templates too: only valid ones are kept.
@@ -356,7 +358,7 @@ pub fn datacenters(body: &[u8]) -> Result<Vec<String>, Malformed> {
         .filter(|dc| match check_name(dc) {
             Ok(()) => true,
             Err(error) => {
-                warn!(datacenter = %dc, %error, "skipping a Consul datacenter with an invalid name");
+                warn!(datacenter = %shown(dc), %error, "skipping a Consul datacenter with an invalid name");
                 false
             }
         })
@@ -508,7 +510,8 @@ mod tests {
             {"Node":{"Node":"n","Address":"10.0.0.1"},"Service":{"ID":"noport","Service":"web","Port":0},"Checks":[]},
             {"Node":{"Node":"n","Address":"10.0.0.1"},"Service":{"ID":"evil","Service":"web","Address":"1.2.3.4; include /etc/passwd","Port":80},"Checks":[]},
             {"Node":{"Node":"n","Address":""},"Service":{"ID":"noaddr","Service":"web","Port":80},"Checks":[]},
-            {"Node":{"Node":"n","Address":"10.0.0.1"},"Service":{"ID":"bad id }","Service":"web","Port":80},"Checks":[]}
+            {"Node":{"Node":"n","Address":"10.0.0.1"},"Service":{"ID":"bad id }","Service":"web","Port":80},"Checks":[]},
+            {"Node":{"Node":"n1\n  server 10.7.0.9:80;\n}","Address":"10.0.0.1"},"Service":{"ID":"badnode","Service":"web","Port":80},"Checks":[]}
         ]"#;
         let list = health_service("web", body.as_bytes()).unwrap();
         let ids: Vec<_> = list.iter().map(|i| i.id.as_str()).collect();

@@ -252,7 +252,7 @@ impl Reader {
     fn refuse(&self, tree: &mut Tree, prev: Option<&Tree>, rel: &Path, why: String) {
         let known = prev.is_some_and(|p| p.refused.contains_key(rel));
         if !known {
-            warn!(file = %self.root.join(rel).display(), reason = %why, "catalog file skipped; fix or remove it");
+            warn!(file = ?self.root.join(rel), reason = %why, "catalog file skipped; fix or remove it");
         }
         tree.refused.insert(rel.to_path_buf(), why);
     }
@@ -487,9 +487,9 @@ impl Reader {
         if tree.refused.contains_key(rel) {
             debug!(file = %file.display(), reason = %why, "catalog file still unusable");
         } else if kept {
-            warn!(file = %file.display(), reason = %why, "catalog file unusable; keeping its last good content until it is fixed or removed");
+            warn!(file = ?file, reason = %why, "catalog file unusable; keeping its last good content until it is fixed or removed");
         } else {
-            warn!(file = %file.display(), reason = %why, "catalog file skipped; fix or remove it");
+            warn!(file = ?file, reason = %why, "catalog file skipped; fix or remove it");
         }
         tree.refused.insert(rel.to_path_buf(), why);
     }

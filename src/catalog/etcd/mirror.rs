@@ -15,7 +15,9 @@ use tracing::warn;
 
 use super::wire::{Event, EventKind, Kv};
 use crate::catalog::record::{Record, RecordError};
-use crate::model::{AddressOrder, Data, Instance, KeyValue, Query, ServiceSummary, check_name};
+use crate::model::{
+    AddressOrder, Data, Instance, KeyValue, Query, ServiceSummary, check_name, shown,
+};
 
 /// Where an instance sorts in a template: (address, port, id), IP addresses numerically.
 type Order = (AddressOrder<String>, u16, String);
@@ -230,9 +232,9 @@ impl Mirror {
                         .get(service)
                         .is_some_and(|s| s.get(id).is_some());
                     if kept {
-                        warn!(key = %key, error = %e, "invalid instance record; keeping the last good one until it is fixed or deleted");
+                        warn!(key = %shown(key), error = %e, "invalid instance record; keeping the last good one until it is fixed or deleted");
                     } else {
-                        warn!(key = %key, error = %e, "invalid instance skipped");
+                        warn!(key = %shown(key), error = %e, "invalid instance skipped");
                     }
                 }
             },
@@ -248,7 +250,7 @@ impl Mirror {
             Slot::Other => {
                 let rel = key.strip_prefix(self.base.as_str()).unwrap_or(key);
                 if rel.starts_with("services/") {
-                    warn!(key = %key, "ignored: an instance key is {}services/<service>/<id>", self.base);
+                    warn!(key = %shown(key), "ignored: an instance key is {}services/<service>/<id>", self.base);
                 }
             }
         }
