@@ -127,9 +127,15 @@ fn catalog(ctx: &mut Ctx, top: &Obj, plan: &mut Plan) {
     if let Some(n) = top.get("block_query_wait") {
         ctx.note(n, "block_query_wait", "rewire's [catalog] block_wait (60s by default) plays this part; set it by hand if needed");
     }
-    if present {
-        plan.catalog = Some(cat);
+    if !present {
+        // consul-template talks to Consul with no `consul` block too: the local agent, or
+        // CONSUL_HTTP_ADDR and CONSUL_HTTP_TOKEN, which rewire's Consul backend reads as well.
+        cat.origin = format!(
+            "from {}: no consul block, so Consul as consul-template would find it (CONSUL_HTTP_ADDR, else 127.0.0.1:8500)",
+            ctx.file.display()
+        );
     }
+    plan.catalog = Some(cat);
 }
 
 fn consul_block(ctx: &mut Ctx, c: &Obj, cat: &mut Catalog) {

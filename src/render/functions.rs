@@ -351,6 +351,18 @@ fn datacenter(kwargs: &Kwargs) -> TeraResult<Option<String>> {
 fn fn_service(kwargs: Kwargs, _: &State) -> TeraResult<Value> {
     only(&kwargs, "service")?;
     let name: String = kwargs.must_get("name")?;
+    // A name no catalog can hold would only ever render an empty list, silently.
+    if let Err(e) = crate::model::check_name(&name) {
+        let hint = match name.split_once('|') {
+            Some((svc, filter)) => format!(
+                " (consul-template's \"{svc}|{filter}\" is service(name=\"{svc}\", status=\"any\") here)"
+            ),
+            None => String::new(),
+        };
+        return Err(tera::Error::message(format!(
+            "service(name=...): the name {e}{hint}"
+        )));
+    }
     let tag: Option<String> = kwargs.get("tag")?;
     let status: Option<String> = kwargs.get("status")?;
     let statuses = parse_status_filter(status.as_deref().unwrap_or("passing"))?;

@@ -756,6 +756,16 @@ pub(crate) mod tests {
             panic!("{t} rendered")
         };
         assert!(error.contains("\"any\""), "{error}");
+        // So is a service name no catalog can hold, such as consul-template's "web|any".
+        let t = "{{ service(name=\"web|any\") | length }}";
+        let engine = engine_for(dir.path(), &[("u", t)]).unwrap();
+        let Rendered::Failed { error, .. } = engine.render("u", &store.snapshot()) else {
+            panic!("{t} rendered")
+        };
+        assert!(
+            error.contains("service(name=\"web\", status=\"any\")"),
+            "{error}"
+        );
     }
 
     #[test]

@@ -194,6 +194,27 @@ fn containerpilot_v3_jobs_become_jobs_and_main_waits_for_the_agent() {
 }
 
 #[test]
+fn a_consul_template_config_without_a_consul_block_still_means_consul() {
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::write(tmp.path().join("m.ctmpl"), "{{ key \"app/x\" }}\n").unwrap();
+    let hcl = tmp.path().join("c.hcl");
+    std::fs::write(
+        &hcl,
+        "template {\n  source = \"m.ctmpl\"\n  destination = \"/tmp/out.txt\"\n}\n",
+    )
+    .unwrap();
+    let out = tmp.path().join("rewire");
+    let o = import("consul-template", &hcl, &out);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let config = read(&out.join("rewire.toml"));
+    // No address: rewire's Consul backend finds the agent as consul-template does.
+    assert!(config.contains("backend = \"consul\""), "{config}");
+    assert!(config.contains("CONSUL_HTTP_ADDR"), "{config}");
+    assert!(!config.contains("address ="), "{config}");
+    check(&out, &[]);
+}
+
+#[test]
 fn consul_template_config_renders_the_bytes_consul_template_would() {
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("rewire");

@@ -43,9 +43,15 @@ pub struct Reply {
     pub data: Data,
 }
 
-/// What to tell a user whose token the agent refused.
-pub fn token_hint(token_set: bool) -> String {
-    if token_set {
+/// What to tell a user whose token the agent refused (`body`: the agent's answer, which tells
+/// a token it does not know from one whose policy lacks the rule).
+pub fn token_hint(token_set: bool, body: &[u8]) -> String {
+    if token_set && String::from_utf8_lossy(body).contains("Permission denied") {
+        "the ACL token is valid but its policy does not allow this request: give it read \
+         access (key_prefix, service_prefix, node_prefix) to what the templates use, and write \
+         access to the services rewire registers"
+            .to_string()
+    } else if token_set {
         "the agent rejected the ACL token (wrong, expired or deleted?): set a valid one in \
          [catalog] token / token_file or CONSUL_HTTP_TOKEN / CONSUL_HTTP_TOKEN_FILE"
             .to_string()
@@ -76,7 +82,7 @@ pub fn status_error(what: &str, status: u16, body: &[u8], token_set: bool) -> Ca
         401 | 403 => CatalogError::Denied {
             backend: BACKEND.into(),
             detail,
-            hint: token_hint(token_set),
+            hint: token_hint(token_set, body),
         },
         429 | 500..=599 => CatalogError::Unreachable {
             backend: BACKEND.into(),
@@ -516,6 +522,16 @@ mod tests {
         let list = health_service("web", body.as_bytes()).unwrap();
         let ids: Vec<_> = list.iter().map(|i| i.id.as_str()).collect();
         assert_eq!(ids, ["ok"]);
+    }
+
+    #[test]
+    fn a_token_without_the_rule_is_told_from_an_unknown_token() {
+        let hint = |body: &[u8]| match status_error("GET /v1/kv/app/x", 403, body, true) {
+            CatalogError::Denied { hint, .. } => hint,
+            other => panic!("{other:?}"),
+        };
+        assert!(hint(b"Permission denied").contains("policy does not allow"));
+        assert!(hint(b"ACL not found").contains("rejected the ACL token"));
     }
 
     #[test]

@@ -236,7 +236,11 @@ impl Outage {
             // Not an outage but something about this query (or the token): say so per query.
             warn!(%query, error = %err, "consul watch failing; keeping its last data and retrying");
         }
-        if failing.len() == 1 && store.set_health(Health::Unreachable(err.to_string())) {
+        // A refused token or request was said above; "unavailable" is for an outage only.
+        if failing.len() == 1
+            && store.set_health(Health::Unreachable(err.to_string()))
+            && matches!(err, CatalogError::Unreachable { .. })
+        {
             warn!(catalog = %self.catalog, error = %err, "consul unavailable; keeping the last data and retrying");
         }
     }

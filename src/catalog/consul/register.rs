@@ -70,7 +70,7 @@ pub(crate) fn preflight_verdict(
         return Err(CatalogError::Denied {
             backend: BACKEND.into(),
             detail: format!("{WHAT} answered {status}: {}", decode::snippet(body)),
-            hint: decode::token_hint(token_set),
+            hint: decode::token_hint(token_set, body),
         });
     }
     Err(decode::status_error(WHAT, status, body, token_set))
