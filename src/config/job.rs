@@ -78,14 +78,14 @@ impl Walker<'_> {
                     );
                 }
             }
-            let exec = self.command(&t, "exec", Duration::MAX).map(|c| c.program);
-            if t.map.get("exec").is_none() {
-                self.error(
-                    t.span.clone(),
-                    format!("{} needs `exec`", t.section()),
-                    "exec = [\"consul\", \"agent\", \"-config-dir\", \"/etc/consul\"]",
-                );
-            }
+            let exec = self
+                .required_command(
+                    &t,
+                    "exec",
+                    Duration::MAX,
+                    "[\"consul\", \"agent\", \"-config-dir\", \"/etc/consul\"]",
+                )
+                .map(|c| c.program);
             let restart = self.restart(&t);
             let restart_limit = self.restart_limit(&t);
             let stop_signal = self
@@ -101,7 +101,7 @@ impl Walker<'_> {
                 let span = t.key_span("interval").unwrap_or(t.span.clone());
                 self.error(span, "`interval` must be more than 0", "");
             }
-            let timeout = self.duration(&t, "timeout");
+            let timeout = self.positive_duration(&t, "timeout");
             let health = self.command(&t, "health", timeout.unwrap_or(interval)).map(
                 |mut check: CommandSpec| {
                     if let Some(timeout) = timeout {

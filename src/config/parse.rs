@@ -243,6 +243,44 @@ mod tests {
     }
 
     #[test]
+    fn an_empty_required_command_and_a_zero_timeout_are_errors() {
+        let errs = errors(
+            "[[job]]\nname = \"j\"\nexec = []\n\n[[watch]]\nservice = \"s\"\non_change = []\n\n\
+             [[task]]\nexec = [\"true\"]\nevery = \"1m\"\ntimeout = \"0s\"\n\n\
+             [main]\nexec = [\"sleep\", \"1\"]\npre_start = { exec = [\"true\"], timeout = \"0s\" }\n",
+        );
+        assert_eq!(errs.len(), 4, "{errs:#?}");
+        assert!(
+            errs[0].contains(":3:8: `exec` is an empty command"),
+            "{errs:#?}"
+        );
+        assert!(
+            errs[1].contains(":7:13: `on_change` is an empty command"),
+            "{errs:#?}"
+        );
+        assert!(
+            errs[2].contains(":12:1: `timeout` must be more than 0"),
+            "{errs:#?}"
+        );
+        assert!(errs[3].contains(":16:"), "{errs:#?}");
+        assert!(
+            errs[3].contains("`timeout` must be more than 0"),
+            "{errs:#?}"
+        );
+    }
+
+    #[test]
+    fn a_bare_number_for_a_duration_says_which_unit_to_write() {
+        let errs = errors("[main]\nexec = [\"x\"]\nstop_timeout = 10\n");
+        assert_eq!(errs.len(), 1, "{errs:#?}");
+        assert!(
+            errs[0].contains(":3:16: `stop_timeout` in [main] is a bare number"),
+            "{errs:#?}"
+        );
+        assert!(errs[0].contains("stop_timeout = \"10s\""), "{errs:#?}");
+    }
+
+    #[test]
     fn interpolation_inside_strings_and_numbers() {
         let c = parse(
             "[catalog]\nbackend = \"consul\"\ntoken = \"${TOKEN}\"\naddress = \"http://${HOST:-127.0.0.1}:8500\"\n[[service]]\nname = \"web\"\nport = \"${PORT}\"\n",

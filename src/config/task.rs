@@ -24,19 +24,13 @@ impl Walker<'_> {
                 let span = t.key_span("every").unwrap_or(t.span.clone());
                 self.error(span, "`every` must be more than 0", "");
             }
-            let timeout = self.duration(&t, "timeout");
-            let exec = self.command(
+            let timeout = self.positive_duration(&t, "timeout");
+            let exec = self.required_command(
                 &t,
                 "exec",
                 timeout.or(every).unwrap_or(Duration::from_secs(60)),
+                "[\"/usr/local/bin/backup\"]",
             );
-            if t.map.get("exec").is_none() {
-                self.error(
-                    t.span.clone(),
-                    format!("{} needs `exec`", t.section()),
-                    "exec = [\"/usr/local/bin/backup\"]",
-                );
-            }
             let name = self.string(&t, "name").map(Spanned::into_inner);
             let metric = self.string(&t, "metric").and_then(|m| {
                 if metrics.iter().any(|d| d.name == *m.get_ref()) {

@@ -157,6 +157,17 @@ pub fn parse_signal(s: &str) -> Result<Signal, UnknownSignal> {
 
 impl Walker<'_> {
     pub(super) fn duration(&mut self, t: &Tbl, key: &str) -> Option<Duration> {
+        if let Some(v) = t.get(key)
+            && let DeValue::Integer(n) = v.get_ref()
+        {
+            // `stop_timeout = 10`: say which unit to write rather than only "not a string".
+            self.error(
+                v.span(),
+                format!("`{key}` in {} is a bare number", t.section()),
+                format!("write it with a unit: {key} = \"{n}s\" (or \"{n}ms\", \"{n}m\")"),
+            );
+            return None;
+        }
         let s = self.string(t, key)?;
         match parse_duration(s.get_ref()) {
             Ok(d) => Some(d),
@@ -267,6 +278,49 @@ impl Walker<'_> {
         self.command_value(v, t, key, default_timeout)
     }
 
+    /// A command the section cannot do without: missing, or given as `[]`, is an error.
+    pub(super) fn required_command(
+        &mut self,
+        t: &Tbl,
+        key: &str,
+        default_timeout: Duration,
+        example: &str,
+    ) -> Option<CommandSpec> {
+        match t.get(key) {
+            None => {
+                self.error(
+                    t.span.clone(),
+                    format!("{} needs `{key}`", t.section()),
+                    format!("{key} = {example}"),
+                );
+                None
+            }
+            Some(v) if matches!(v.get_ref(), DeValue::Array(items) if items.is_empty()) => {
+                self.error(
+                    v.span(),
+                    format!(
+                        "`{key}` is an empty command; {} cannot do without it",
+                        t.section()
+                    ),
+                    format!("{key} = {example}"),
+                );
+                None
+            }
+            Some(v) => self.command_value(v, t, key, default_timeout),
+        }
+    }
+
+    /// A duration that must be more than zero (a timeout of 0 would fail every run).
+    pub(super) fn positive_duration(&mut self, t: &Tbl, key: &str) -> Option<Duration> {
+        let d = self.duration(t, key)?;
+        if d.is_zero() {
+            let span = t.key_span(key).unwrap_or(t.span.clone());
+            self.error(span, format!("`{key}` must be more than 0"), "");
+            return None;
+        }
+        Some(d)
+    }
+
     pub(super) fn command_value(
         &mut self,
         v: &Val,
@@ -287,7 +341,9 @@ impl Walker<'_> {
             }
             DeValue::Table(map) => {
                 let sub = Tbl::new(map, v.span(), &join(&t.name, key));
-                let timeout = self.duration(&sub, "timeout").unwrap_or(default_timeout);
+                let timeout = self
+                    .positive_duration(&sub, "timeout")
+                    .unwrap_or(default_timeout);
                 let exec = self.strings(&sub, "exec");
                 let shell = self.string(&sub, "shell");
                 self.finish(&sub, &["exec", "shell", "timeout"]);

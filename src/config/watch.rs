@@ -13,14 +13,12 @@ impl Walker<'_> {
         for (i, t) in self.tables(root, "watch").into_iter().enumerate() {
             let service = self.required_string(&t, "service", "service = \"sales\"");
             let tag = self.string(&t, "tag").map(Spanned::into_inner);
-            let on_change = self.command(&t, "on_change", Duration::from_secs(60));
-            if t.map.get("on_change").is_none() {
-                self.error(
-                    t.span.clone(),
-                    format!("{} needs `on_change`", t.section()),
-                    "on_change = [\"/usr/local/bin/refresh\"]",
-                );
-            }
+            let on_change = self.required_command(
+                &t,
+                "on_change",
+                Duration::from_secs(60),
+                "[\"/usr/local/bin/refresh\"]",
+            );
             let wait = self.wait(&t, "wait", default_wait);
             let when = self.when(&t, &format!("watch[{}]", i + 1), false);
             self.finish(&t, &["service", "tag", "on_change", "wait", "when"]);
