@@ -68,14 +68,20 @@ impl Walker<'_> {
         }
         for s in stop_signals.iter().chain(&forward_signals) {
             if matches!(s, Signal::SIGKILL | Signal::SIGSTOP | Signal::SIGCHLD) {
+                let key = if stop_signals.contains(s) {
+                    "stop_signals"
+                } else {
+                    "forward_signals"
+                };
                 self.error(
-                    t.span.clone(),
+                    t.key_span(key).unwrap_or(t.span.clone()),
                     format!("{s} cannot be caught or forwarded"),
                     "",
                 );
             }
         }
         let restart = self.restart(&t);
+        let restart_limit = self.restart_limit(&t);
         let when = self.when(&t, super::MAIN_JOB, true);
         let wait_for_templates = self
             .duration(&t, "wait_for_templates")
@@ -92,6 +98,7 @@ impl Walker<'_> {
             drain,
             forward_signals,
             restart,
+            restart_limit,
             wait_for_templates,
             when,
         })
@@ -108,6 +115,7 @@ const MAIN_KEYS: &[&str] = &[
     "stop_signal",
     "drain",
     "forward_signals",
+    "restart_limit",
     "restart",
     "wait_for_templates",
     "when",

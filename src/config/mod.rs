@@ -520,6 +520,8 @@ pub struct MainConfig {
     pub drain: Duration,
     pub forward_signals: Vec<Signal>,
     pub restart: Restart,
+    /// Restarts in a row after which main is given up on (None: no limit).
+    pub restart_limit: Option<u32>,
     pub wait_for_templates: Duration,
     /// Main (and its `pre_start`) waits for this event first.
     pub when: Option<When>,

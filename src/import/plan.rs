@@ -100,6 +100,14 @@ pub struct Service {
     pub origin: String,
 }
 
+/// A `[[metric]]`: a counter or gauge the app sets with `rewire metric NAME VALUE`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Metric {
+    pub name: String,
+    pub kind: &'static str,
+    pub help: Option<String>,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Watch {
     pub service: String,
@@ -126,6 +134,7 @@ pub struct Main {
     pub stop_timeout: Option<String>,
     pub stop_signal: Option<String>,
     pub restart: Option<&'static str>,
+    pub restart_limit: Option<u32>,
     /// `when = { after, is, timeout }`.
     pub when: Option<When>,
     pub origin: String,
@@ -174,6 +183,9 @@ pub struct Plan {
     pub header: Vec<String>,
     pub catalog: Option<Catalog>,
     pub control_socket: Option<String>,
+    /// `[telemetry] listen`.
+    pub telemetry_listen: Option<String>,
+    pub metrics: Vec<Metric>,
     pub default_wait: Option<Wait>,
     pub main: Main,
     pub templates: Vec<Template>,

@@ -137,6 +137,18 @@ pub fn render(plan: &Plan) -> String {
         s.put("socket", quote(socket));
         sections.push((s, None));
     }
+    if let Some(listen) = &plan.telemetry_listen {
+        let mut s = Section::new("[telemetry]", "");
+        s.put("listen", quote(listen));
+        sections.push((s, None));
+    }
+    for m in &plan.metrics {
+        let mut s = Section::new("[[metric]]", "");
+        s.put("name", quote(&m.name));
+        s.put("type", quote(m.kind));
+        s.opt("help", &m.help);
+        sections.push((s, None));
+    }
     if let Some(w) = &plan.default_wait {
         let mut s = Section::new("[defaults]", "");
         s.put("wait", wait(w));
@@ -205,6 +217,9 @@ fn main(m: &Main) -> Section {
     s.opt("stop_signal", &m.stop_signal);
     if let Some(r) = m.restart {
         s.put("restart", quote(r));
+    }
+    if let Some(n) = m.restart_limit {
+        s.put("restart_limit", n.to_string());
     }
     if let Some(w) = &m.when {
         s.put("when", when(w));

@@ -46,13 +46,11 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, error, info, info_span, warn};
 
+use super::jobs::restarts::{Next, Restarts};
 use super::jobs::{Bus, Jobs, MainTurn, bus};
 use super::registrar::{self, ServiceTask};
-use crate::backoff::Backoff;
 use crate::command::{self, RunStatus};
-use crate::config::{
-    CommandSpec, Config, Event, JobConfig, MAIN_JOB, MainConfig, Program, Restart,
-};
+use crate::config::{CommandSpec, Config, Event, JobConfig, MAIN_JOB, MainConfig, Program};
 use crate::status::{Board, MainStatus};
 
 /// Exit status when a hook or main could not be started at all (as a shell says it).
@@ -66,8 +64,6 @@ const KILL_GRACE: Duration = Duration::from_secs(5);
 const DEREGISTER_GRACE: Duration = Duration::from_secs(2);
 /// How long the stop sequence waits for its own tasks at the end.
 const TASKS_GRACE: Duration = Duration::from_secs(1);
-/// Main counts as having started fine after running this long: the restart backoff resets.
-const STABLE_RUN: Duration = Duration::from_secs(60);
 
 /// The exit status rewire uses for a finished command: its code, or 128+N for signal N.
 pub fn exit_code(status: RunStatus) -> u8 {
@@ -599,40 +595,43 @@ impl MainTask {
         if !self.wait_for_templates().await {
             return;
         }
-        let mut backoff =
-            Backoff::new(Duration::from_secs(1), Duration::from_secs(30)).expect("1s <= 30s");
-        let mut restarts = 0u32;
+        let mut restarts = Restarts::new(self.cfg.restart, self.cfg.restart_limit);
         loop {
             if self.stopping.is_cancelled() {
                 return;
             }
             let started = Instant::now();
             let code = self.run_once(&exec).await;
-            let again = !self.stopping.is_cancelled()
-                && match self.cfg.restart {
-                    Restart::Never => false,
-                    Restart::OnFailure => code != 0,
-                    Restart::Always => true,
-                };
-            if !again {
+            if self.stopping.is_cancelled() {
                 self.finish(code, "exited");
                 return;
             }
-            if started.elapsed() >= STABLE_RUN {
-                backoff.reset();
-            }
-            let delay = backoff.next_delay();
-            restarts += 1;
-            info!(status = code, delay = ?delay, restarts, "restarting main");
+            let delay = match restarts.after_exit(code == 0, started) {
+                Next::Restart(delay) => delay,
+                Next::Done => {
+                    self.finish(code, "exited");
+                    return;
+                }
+                Next::GaveUp(n) => {
+                    error!(
+                        status = code,
+                        "main failed {n} restarts in a row; giving up (restart_limit)"
+                    );
+                    self.finish(code, "gave up after restart_limit restarts");
+                    return;
+                }
+            };
+            let total = restarts.total;
+            info!(status = code, delay = ?delay, restarts = total, "restarting main");
             self.board.update(|r| {
                 if let Some(m) = r.main.as_mut() {
                     m.state = "restarting".into();
-                    m.restarts = restarts;
+                    m.restarts = total;
                 }
             });
             self.bus.update(MAIN_JOB, |s| {
                 s.state = "restarting".into();
-                s.restarts = restarts;
+                s.restarts = total;
             });
             tokio::select! {
                 _ = self.stopping.cancelled() => {

@@ -194,6 +194,47 @@ fn containerpilot_v3_jobs_become_jobs_and_main_waits_for_the_agent() {
 }
 
 #[test]
+fn containerpilot_telemetry_coprocesses_and_a_restart_count_are_mapped() {
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join("containerpilot.json");
+    std::fs::write(
+        &file,
+        r#"{
+  "consul": "localhost:8500",
+  "coprocesses": [{"name": "agent", "command": ["consul", "agent", "-dev"], "restarts": 3}],
+  "telemetry": {
+    "port": 9090,
+    "metrics": [
+      {"namespace": "app", "subsystem": "queue", "name": "depth", "help": "jobs waiting", "type": "gauge"},
+      {"namespace": "app", "name": "latency", "help": "request time", "type": "histogram"}
+    ]
+  }
+}"#,
+    )
+    .unwrap();
+    let out = tmp.path().join("rewire");
+    let o = import("containerpilot", &file, &out);
+    let err = stderr(&o);
+    // The histogram needs a person; everything else is mapped.
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.contains("histogram"), "{err}");
+    let config = read(&out.join("rewire.toml"));
+    for line in [
+        "[telemetry]",
+        "listen = \"0.0.0.0:9090\"",
+        "name = \"app_queue_depth\"",
+        "type = \"gauge\"",
+        "name = \"agent\"",
+        "exec = [\"consul\", \"agent\", \"-dev\"]",
+        "restart_limit = 3",
+    ] {
+        assert!(config.contains(line), "missing {line:?} in:\n{config}");
+    }
+    assert!(!config.contains("latency"), "{config}");
+    check(&out, &[]);
+}
+
+#[test]
 fn a_consul_template_config_without_a_consul_block_still_means_consul() {
     let tmp = tempfile::tempdir().unwrap();
     std::fs::write(tmp.path().join("m.ctmpl"), "{{ key \"app/x\" }}\n").unwrap();

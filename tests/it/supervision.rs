@@ -555,6 +555,27 @@ fn main_restarts_on_failure_until_it_succeeds() {
     );
 }
 
+#[test]
+fn main_is_given_up_on_after_restart_limit_restarts_in_a_row() {
+    let p = Project::new();
+    let count = p.path("count").display().to_string();
+    let script = format!("echo run >> {count}; exit 3");
+    p.config(&format!(
+        "{}[main]\nexec = [\"sh\", \"-c\", {}]\nrestart = \"always\"\nrestart_limit = 2\n",
+        preamble(&p),
+        q(script)
+    ));
+    let mut rw = Rewire::start(&p, &[]);
+    let status = rw.wait_exit();
+    assert_eq!(status.code(), Some(3), "{}", rw.log());
+    assert_eq!(lines(&p.path("count")).len(), 3, "one run and two restarts");
+    assert!(
+        rw.log().contains("giving up (restart_limit)"),
+        "{}",
+        rw.log()
+    );
+}
+
 /// Main for the signal tests: records HUP and USR1, exits 0 on TERM. `sleep & wait` so that
 /// traps run at once instead of after a foreground sleep.
 fn trapping_main(p: &Project) -> String {

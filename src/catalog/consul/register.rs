@@ -70,7 +70,8 @@ pub(crate) fn preflight_verdict(
         return Err(CatalogError::Denied {
             backend: BACKEND.into(),
             detail: format!("{WHAT} answered {status}: {}", decode::snippet(body)),
-            hint: decode::token_hint(token_set, body),
+            // Any valid token may read itself: a refusal here is about the token, not a rule.
+            hint: decode::token_hint(token_set, b""),
         });
     }
     Err(decode::status_error(WHAT, status, body, token_set))

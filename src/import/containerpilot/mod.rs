@@ -28,7 +28,7 @@ use super::argv;
 use super::consul_template::{self, Cli};
 use super::gotmpl::{self, Piece};
 use super::plan::{
-    Catalog, Command, Finding, Job as PlanJob, Location, Plan, Reload, Run, Service, Task,
+    Catalog, Command, Finding, Job as PlanJob, Location, Metric, Plan, Reload, Run, Service, Task,
     Template, Wait, Watch, When as PlanWhen,
 };
 use super::templates::{Source, Templates};
@@ -76,8 +76,8 @@ pub fn import(ctx: &mut Ctx, templates: &mut Templates, plan: &mut Plan) -> Resu
     if let Some(t) = ctx.duration(&top, "stopTimeout") {
         plan.main.stop_timeout = Some(t);
     }
-    if let Some(n) = top.get("telemetry") {
-        ctx.unmapped(n, "telemetry", "not supported yet ([telemetry] listen = \"ADDR:PORT\" is coming); metrics and sensors too");
+    if let Some(t) = top.get("telemetry").and_then(|n| Obj::new(n, "telemetry")) {
+        telemetry(ctx, &t, plan);
     }
     if let Some(s) = top.get("control").and_then(|n| Obj::new(n, "control")) {
         if let Some(sock) = ctx.string(&s, "socket") {
@@ -97,4 +97,91 @@ pub fn import(ctx: &mut Ctx, templates: &mut Templates, plan: &mut Plan) -> Resu
     }
     ctx.rest(&top, "not a ContainerPilot setting rewire knows");
     Ok(())
+}
+
+/// `telemetry`: the port becomes `[telemetry] listen`, counters and gauges `[[metric]]`s.
+fn telemetry(ctx: &mut Ctx, t: &Obj, plan: &mut Plan) {
+    if let Some(n) = t.get("port") {
+        match ctx.string(t, "port").and_then(|p| p.parse::<u16>().ok()) {
+            Some(port) if port > 0 => {
+                plan.telemetry_listen = Some(format!("0.0.0.0:{port}"));
+                ctx.note(
+                    n,
+                    "telemetry.port",
+                    "rewire serves /metrics, /health and /ready there on every interface; it does not register a `containerpilot` service in the catalog",
+                );
+            }
+            _ => ctx.unmapped(n, "telemetry.port", "expected a port number"),
+        }
+    }
+    if let Some(n) = t.get("interfaces") {
+        ctx.note(
+            n,
+            "telemetry.interfaces",
+            "rewire listens on the address in [telemetry] listen (0.0.0.0 here): narrow it by hand",
+        );
+    }
+    for (i, m) in t
+        .all("metrics")
+        .into_iter()
+        .flat_map(list_items)
+        .enumerate()
+    {
+        let path = format!("telemetry.metrics[{i}]");
+        let Some(o) = Obj::new(m, &path) else {
+            continue;
+        };
+        let parts: Vec<String> = ["namespace", "subsystem", "name"]
+            .iter()
+            .filter_map(|k| ctx.string(&o, k))
+            .filter(|s| !s.is_empty())
+            .collect();
+        let kind = match ctx.string(&o, "type").as_deref() {
+            Some("counter") => Some("counter"),
+            Some("gauge") => Some("gauge"),
+            other => {
+                ctx.unmapped(
+                    m,
+                    &path,
+                    format!(
+                        "a {} metric: rewire's [[metric]]s are counters and gauges",
+                        other.unwrap_or("typeless")
+                    ),
+                );
+                None
+            }
+        };
+        let help = ctx.string(&o, "help");
+        ctx.rest(&o, "not a metric setting rewire knows");
+        if let Some(kind) = kind
+            && !parts.is_empty()
+        {
+            ctx.note(
+                m,
+                &path,
+                "set it with `rewire metric NAME VALUE` (ContainerPilot's -putmetric)",
+            );
+            plan.metrics.push(Metric {
+                name: parts.join("_"),
+                kind,
+                help,
+            });
+        }
+    }
+    if let Some(n) = t.get("sensors") {
+        ctx.unmapped(
+            n,
+            "telemetry.sensors",
+            "no sensors in rewire: run the check as a [[task]] with `metric` (see docs/configuration.md)",
+        );
+    }
+    ctx.rest(t, "not a telemetry setting rewire knows");
+}
+
+/// The items of a list node (a lone value counts as one).
+fn list_items(n: &Node) -> Vec<&Node> {
+    match &n.value {
+        Value::List(items) => items.iter().collect(),
+        _ => vec![n],
+    }
 }

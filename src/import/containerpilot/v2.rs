@@ -26,12 +26,32 @@ pub(super) fn v2(ctx: &mut Ctx, top: &Obj, templates: &mut Templates, plan: &mut
     for (i, n) in top.all("backends").into_iter().enumerate() {
         backend(ctx, n, &format!("backends[{i}]"), templates, plan);
     }
+    // Co-processes run beside the app, restarted as `restarts` says: rewire's [[job]]s.
     for (i, n) in top.all("coprocesses").into_iter().enumerate() {
-        ctx.unmapped(
-            n,
-            &format!("coprocesses[{i}]"),
-            "v2 co-processes are not mapped: write a [[job]] (name, exec, restart) for each",
-        );
+        let path = format!("coprocesses[{i}]");
+        let Some(c) = Obj::new(n, &path) else {
+            ctx.unmapped(n, &path, "expected an object");
+            continue;
+        };
+        let name = ctx
+            .string(&c, "name")
+            .unwrap_or_else(|| format!("coprocess-{}", i + 1));
+        let exec = c
+            .get("command")
+            .and_then(|e| command(ctx, e, &c.child("command")));
+        let (restart, restart_limit) = super::v3::restarts(ctx, &c);
+        ctx.rest(&c, "not a co-process setting rewire knows");
+        match exec {
+            Some(exec) => plan.jobs.push(PlanJob {
+                name,
+                exec: Some(Command::Argv(exec)),
+                restart,
+                restart_limit,
+                origin: format!("from {}: {path}", ctx.file.display()),
+                ..PlanJob::default()
+            }),
+            None => ctx.unmapped(n, &path, "a co-process needs a command"),
+        }
     }
     for (i, n) in top.all("tasks").into_iter().enumerate() {
         let path = format!("tasks[{i}]");

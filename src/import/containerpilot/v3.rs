@@ -484,31 +484,7 @@ pub(super) fn main_job(ctx: &mut Ctx, job: &Job, jobs: &[Job], plan: &mut Plan) 
     if let Some(e) = j.get("exec") {
         plan.main.exec = command(ctx, e, &j.child("exec")).map(Command::Argv);
     }
-    if let Some(n) = j.get("restarts") {
-        plan.main.restart = match &n.value {
-            Value::Str(s) if s == "unlimited" => Some("always"),
-            Value::Str(s) if s == "never" => Some("never"),
-            Value::Num(s) if s == "0" => Some("never"),
-            Value::Num(s) => {
-                ctx.note(
-                    n,
-                    &j.child("restarts"),
-                    format!(
-                        "rewire has no restart count: restarts {s} became restart = \"always\""
-                    ),
-                );
-                Some("always")
-            }
-            _ => {
-                ctx.unmapped(
-                    n,
-                    &j.child("restarts"),
-                    "expected \"unlimited\", \"never\" or a number",
-                );
-                None
-            }
-        };
-    }
+    (plan.main.restart, plan.main.restart_limit) = restarts(ctx, j);
     if let Some(t) = ctx.duration(j, "stopTimeout") {
         plan.main.stop_timeout = Some(t);
     }

@@ -29,7 +29,7 @@
 //! and drain before it); a second stop signal kills every group at once.
 
 pub mod bus;
-mod restarts;
+pub(super) mod restarts;
 mod run;
 
 use std::collections::{BTreeMap, BTreeSet};
