@@ -168,7 +168,8 @@ fn a_failing_job_is_restarted_with_backoff_until_its_restart_limit() {
     let p = Project::new();
     let runs = p.path("runs");
     p.config(&format!(
-        "{}[[job]]\nname = \"flaky\"\nexec = {}\nrestart = \"on-failure\"\nrestart_limit = 2\n",
+        "{}[[job]]\nname = \"flaky\"\nexec = {}\nrestart = \"on-failure\"\nrestart_limit = 2\n\n\
+         [[job]]\nname = \"after\"\nexec = [\"true\"]\nwhen = {{ after = \"flaky\", is = \"succeeded\" }}\n",
         preamble(&p),
         shell(&format!("date +%s%N >> {}; exit 3", runs.display()))
     ));
@@ -190,6 +191,12 @@ fn a_failing_job_is_restarted_with_backoff_until_its_restart_limit() {
     assert_eq!(j["flaky"]["restarts"], 2, "{j:#}");
     assert_eq!(j["flaky"]["last_exit"], "exited with status 3", "{j:#}");
     assert_eq!(j["flaky"]["events"]["failed"], 3, "{j:#}");
+    // A job waiting for an event of the given-up job is told it will not come.
+    let log = p.path("rewire.log");
+    rw.wait_for("the waiter warned", || {
+        std::fs::read_to_string(&log)
+            .is_ok_and(|l| l.contains("has given up (restart_limit reached)"))
+    });
     // No [main]: a clean stop exits 0.
     rw.signal(SIGTERM);
     assert_eq!(rw.wait_exit().code(), Some(0), "{}", rw.log());

@@ -202,11 +202,25 @@ impl Candidate {
             _ = stop.cancelled() => return None,
             r = attempt => r,
         };
+        if result.as_ref().is_ok_and(|r| r.is_ok())
+            && self.status.detail.starts_with(CAMPAIGN_FAILED)
+        {
+            self.status.detail.clear();
+        }
         match result {
             Ok(Ok(Some(token))) => Some((Holder { value, token }, started)),
             Ok(Ok(None)) => None,
             Ok(Err(e)) => {
-                log_catalog_error("campaign", &e);
+                // Retried every few seconds: said once at warn (a file in the catalog that
+                // must be removed, say), and shown in `rewire status` until it passes.
+                let detail = format!("{CAMPAIGN_FAILED}: {e}");
+                if self.status.detail == detail {
+                    debug!(error = %e, "campaign failed again");
+                } else {
+                    warn!(error = %e, "cannot run for leader; retrying");
+                    self.status.detail = detail;
+                    self.show();
+                }
                 None
             }
             Err(_) => {
@@ -468,6 +482,9 @@ fn describe(h: &Holder) -> String {
         None => format!("{} ({a})", h.value.id),
     }
 }
+
+/// The start of `rewire status`'s detail while campaigns fail.
+const CAMPAIGN_FAILED: &str = "cannot run for leader";
 
 fn log_catalog_error(what: &str, e: &CatalogError) {
     if e.is_transient() {

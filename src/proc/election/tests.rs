@@ -14,7 +14,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::candidate::Candidate;
-use super::{Context, ValueSource, margin};
+use super::{Context, RETRY, ValueSource, margin};
 use crate::catalog::CatalogError;
 use crate::catalog::election::{Ballot, Sight};
 use crate::config::LeaderValueSpec;
@@ -32,6 +32,8 @@ struct Fake {
     seen: Mutex<Option<watch::Sender<Sight>>>,
     /// Renewals never answer (a partition).
     cut: AtomicBool,
+    /// Campaigns fail (a file in the catalog rewire refuses to use).
+    refuse: AtomicBool,
     resigned: AtomicU32,
 }
 
@@ -50,6 +52,12 @@ impl Fake {
 #[async_trait]
 impl Ballot for Fake {
     async fn campaign(&self, value: &LeaderValue) -> Result<Option<u64>, CatalogError> {
+        if self.refuse.load(Ordering::SeqCst) {
+            return Err(CatalogError::Io {
+                path: "elections/primary/token".into(),
+                source: std::io::Error::other("a symlink leads out of the catalog"),
+            });
+        }
         let won = {
             let mut h = self.holder.lock().unwrap();
             if h.is_some() {
@@ -107,6 +115,7 @@ fn election(gate: Option<Gate>) -> ElectionConfig {
 
 struct Harness {
     fake: Arc<Fake>,
+    board: Arc<Board>,
     store: Arc<Store>,
     health: health::Registry,
     stop: CancellationToken,
@@ -115,14 +124,19 @@ struct Harness {
 }
 
 fn start(cfg: ElectionConfig) -> Harness {
+    start_with(Fake::default(), cfg)
+}
+
+fn start_with(fake: Fake, cfg: ElectionConfig) -> Harness {
     let dir = tempfile::tempdir().unwrap();
-    let fake = Arc::new(Fake::default());
+    let fake = Arc::new(fake);
     let store = Arc::new(Store::new());
     let health = health::Registry::default();
+    let board = Arc::new(Board::new(1, "c".into(), "dir".into()));
     let ctx = Context {
         catalog: Arc::new(crate::catalog::dir::DirCatalog::new(dir.path())),
         store: store.clone(),
-        board: Arc::new(Board::new(1, "c".into(), "dir".into())),
+        board: board.clone(),
         env: BTreeMap::new(),
         health: health.clone(),
     };
@@ -138,6 +152,7 @@ fn start(cfg: ElectionConfig) -> Harness {
     let task = tokio::spawn(candidate.run(stop.clone()));
     Harness {
         fake,
+        board,
         store,
         health,
         stop,
@@ -262,6 +277,38 @@ async fn a_newer_term_seen_in_the_catalog_demotes_at_once() {
     let v = view(&h.store).unwrap();
     assert!(!v.is_leader);
     assert_eq!(v.holder.unwrap().value.id, "other");
+    h.stop.cancel();
+    h.task.await.unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_campaign_that_keeps_failing_is_shown_until_it_passes() {
+    let fake = Fake::default();
+    fake.refuse.store(true, Ordering::SeqCst);
+    let h = start_with(fake, election(None));
+    let detail = |h: &Harness| {
+        h.board
+            .report()
+            .elections
+            .get("primary")
+            .map(|e| e.detail.clone())
+            .unwrap_or_default()
+    };
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    assert!(!is_leader(&h.store));
+    assert!(
+        detail(&h).starts_with("cannot run for leader: ") && detail(&h).contains("symlink"),
+        "{}",
+        detail(&h)
+    );
+    h.fake.refuse.store(false, Ordering::SeqCst);
+    tokio::time::sleep(RETRY * 2).await;
+    assert!(is_leader(&h.store), "{:?}", view(&h.store));
+    assert!(
+        !detail(&h).starts_with("cannot run for leader"),
+        "{}",
+        detail(&h)
+    );
     h.stop.cancel();
     h.task.await.unwrap();
 }

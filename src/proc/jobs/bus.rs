@@ -77,18 +77,44 @@ impl Bus {
 
 /// Waits until `when`'s event has happened more than `seen` times; returns the new count.
 /// Pending forever when the bus is gone (the daemon is stopping: the caller's token decides).
+///
+/// A source that gave up for good (its `restart_limit` reached) before the event came is
+/// said once, at warn: the wait goes on (a SIGHUP with a fixed config starts it again), but
+/// nobody is left wondering why nothing starts.
 pub async fn occurred(rx: &mut watch::Receiver<Arc<Jobs>>, when: &When, seen: u64) -> u64 {
     let event = when.is.as_str();
     let count = |jobs: &Jobs| jobs.get(&when.after).map(|s| s.count(event)).unwrap_or(0);
-    let now = rx
-        .wait_for(|jobs| count(jobs) > seen)
+    let given_up = |jobs: &Jobs| {
+        jobs.get(&when.after)
+            .is_some_and(|s| s.state.starts_with(GAVE_UP))
+    };
+    let first = rx
+        .wait_for(|jobs| count(jobs) > seen || given_up(jobs))
         .await
-        .map(|j| count(&j));
+        .map(|j| (count(&j), given_up(&j)));
+    let now = match first {
+        Ok((n, _)) if n > seen => Ok(n),
+        Ok(_) => {
+            tracing::warn!(
+                "waiting for {:?} to be {}, but {:?} has given up (restart_limit reached): this waits until rewire's config is reloaded",
+                when.after,
+                when.is,
+                when.after
+            );
+            rx.wait_for(|jobs| count(jobs) > seen)
+                .await
+                .map(|j| count(&j))
+        }
+        Err(e) => Err(e),
+    };
     match now {
         Ok(n) => n,
         Err(_) => std::future::pending().await,
     }
 }
+
+/// The start of a job's state once it was given up on (its `restart_limit` reached).
+pub const GAVE_UP: &str = "failed: gave up";
 
 /// Holds a `[[task]]` or `[[watch]]` until `when`'s event happened once. False when `stop`
 /// fired first, or the wait timed out (logged, naming what it waited for: the task or handler

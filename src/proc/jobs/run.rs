@@ -134,7 +134,7 @@ impl JobTask {
                 Next::GaveUp(n) => {
                     error!(job = %name, restarts = n, "restart limit reached; giving up on the job");
                     self.bus.update(name, |s| {
-                        s.state = format!("failed: gave up after {n} restart(s) in a row");
+                        s.state = format!("{} after {n} restart(s) in a row", bus::GAVE_UP);
                     });
                     return Ok(());
                 }
