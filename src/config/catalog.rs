@@ -87,6 +87,24 @@ impl Walker<'_> {
             }
             "consul" => {
                 max_response = self.max_response(&t).unwrap_or(max_response);
+                if let (Some(_), Some(span)) = (t.get("token"), t.key_span("token_file")) {
+                    self.warn(
+                        span,
+                        "both `token` and `token_file` are set: `token` is used",
+                        "keep one of them",
+                    );
+                }
+                if let Some(file) = self.path(&t, "token_file")
+                    && !file.exists()
+                    && let Some(span) = t.key_span("token_file")
+                {
+                    // It may come later (a secret mounted or written by a sidecar).
+                    self.warn(
+                        span,
+                        format!("token_file {} does not exist (yet?)", file.display()),
+                        "rewire reads it when it starts, and cannot start without it",
+                    );
+                }
                 let settings = ConsulSettings {
                     address: self.string(&t, "address").map(Spanned::into_inner),
                     token: self

@@ -407,6 +407,24 @@ mod tests {
     }
 
     #[test]
+    fn token_and_token_file_together_or_a_missing_token_file_are_warned_about() {
+        let c = parse(
+            "[catalog]\nbackend = \"consul\"\ntoken = \"t\"\ntoken_file = \"/nonexistent/rewire-token\"\n",
+        )
+        .unwrap();
+        let w: Vec<String> = c.warnings.iter().map(ToString::to_string).collect();
+        assert_eq!(w.len(), 2, "{w:?}");
+        assert!(
+            w[0].contains(":4:1: both `token` and `token_file`"),
+            "{w:?}"
+        );
+        assert!(
+            w[1].contains("/nonexistent/rewire-token does not exist"),
+            "{w:?}"
+        );
+    }
+
+    #[test]
     fn a_zero_drain_beside_a_service_is_warned_about_with_its_location() {
         let c = parse(
             "[[service]]\nname = \"web\"\nport = 80\n[main]\nexec = [\"app\"]\ndrain = \"0s\"\n",

@@ -319,10 +319,36 @@ impl Engine {
             });
         }
         if errors.is_empty() {
-            Ok(Engine { tera, names })
-        } else {
-            Err(errors)
+            return Ok(Engine { tera, names });
         }
+        // A broken `*.tera` file beside the templates that none of them includes must not stop
+        // them all: without it, the rest must load (a template that includes it fails with
+        // "not found", and then the partial's own errors are what the user needs to see).
+        let configured: BTreeSet<&String> = names.values().collect();
+        let broken: BTreeSet<String> = errors
+            .iter()
+            .map(|e| e.source_path.display().to_string())
+            .collect();
+        if broken.iter().all(|b| !configured.contains(b))
+            && tera
+                .add_raw_templates(
+                    sources
+                        .iter()
+                        .filter(|(k, _)| !broken.contains(*k))
+                        .map(|(k, v)| (k.as_str(), v.as_str())),
+                )
+                .is_ok()
+        {
+            for e in &errors {
+                tracing::warn!(
+                    file = %e.source_path.display(),
+                    "a *.tera file beside the templates has errors; no template includes it, so it is left out: {}",
+                    e.message
+                );
+            }
+            return Ok(Engine { tera, names });
+        }
+        Err(errors)
     }
 
     /// Renders one template against a snapshot with the default limits (tests, benchmarks).
@@ -784,6 +810,31 @@ pub(crate) mod tests {
             "{a}"
         );
         assert!(a.contains(":2:"), "{a}");
+    }
+
+    #[test]
+    fn a_broken_partial_stops_only_the_templates_that_include_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = engine_for(
+            dir.path(),
+            &[("_broken.tera", "{% if %}"), ("main", "fine")],
+        )
+        .expect("main does not include the broken file");
+        let Rendered::Done { text, .. } = engine.render("main", &Store::new().snapshot()) else {
+            panic!()
+        };
+        assert_eq!(text, "fine");
+        let dir = tempfile::tempdir().unwrap();
+        let errs = engine_for(
+            dir.path(),
+            &[
+                ("_broken.tera", "{% if %}"),
+                ("main", "{% include \"_broken.tera\" %}"),
+            ],
+        )
+        .err()
+        .expect("main includes it");
+        assert!(errs[0].to_string().contains("_broken.tera:1:"), "{errs:?}");
     }
 
     #[test]

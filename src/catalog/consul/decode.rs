@@ -10,12 +10,12 @@
 //! warning naming its service and id.
 
 use std::borrow::Cow;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use base64::Engine;
 use serde::Deserialize;
-use tracing::warn;
+use tracing::{debug, warn};
 
 use crate::catalog::CatalogError;
 use crate::model::{
@@ -60,6 +60,22 @@ pub fn token_hint(token_set: bool, body: &[u8]) -> String {
          [catalog] token / token_file or CONSUL_HTTP_TOKEN / CONSUL_HTTP_TOKEN_FILE"
             .to_string()
     }
+}
+
+/// Whether a problem with Consul's data is new. An answer comes again with every change of
+/// its service, so one bad instance would be warned about on each (48 lines for eight bad
+/// instances and three health flaps of another): each distinct problem is a warning once,
+/// then debug. Forgets everything past 4096 problems, so memory stays bounded.
+fn first_time(parts: &[&str]) -> bool {
+    use std::hash::{Hash, Hasher};
+    static SEEN: std::sync::Mutex<BTreeSet<u64>> = std::sync::Mutex::new(BTreeSet::new());
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    parts.hash(&mut h);
+    let mut seen = crate::lock::lock(&SEEN);
+    if seen.len() >= 4096 {
+        seen.clear();
+    }
+    seen.insert(h.finish())
 }
 
 /// The start of a response body, fit for an error message.
@@ -280,7 +296,12 @@ pub fn health_service(service: &str, body: &[u8]) -> Result<Vec<Arc<Instance>>, 
                 }));
             }
             Err(error) => {
-                warn!(service = %service, id = %shown(&s.id), %error, "skipping a Consul instance with invalid data");
+                let id = shown(&s.id);
+                if first_time(&[service, &id, &error]) {
+                    warn!(service = %service, %id, %error, "skipping a Consul instance with invalid data");
+                } else {
+                    debug!(service = %service, %id, %error, "skipping a Consul instance with invalid data");
+                }
             }
         }
     }
@@ -294,7 +315,9 @@ pub fn catalog_services(body: &[u8]) -> Result<Vec<ServiceSummary>, Malformed> {
     let mut out = Vec::new();
     for (name, tags) in map.unwrap_or_default() {
         if let Err(error) = check_name(&name) {
-            warn!(%error, "skipping a Consul service with an invalid name");
+            if first_time(&[&error.to_string()]) {
+                warn!(%error, "skipping a Consul service with an invalid name");
+            }
             continue;
         }
         out.push(ServiceSummary {
@@ -332,7 +355,9 @@ pub fn catalog_nodes(body: &[u8]) -> Result<Vec<Node>, Malformed> {
             .map_err(|e| format!("node name {e}"))
             .and_then(|()| check_address(&n.address).map_err(|e| e.to_string()));
         if let Err(error) = checked {
-            warn!(%error, "skipping a Consul node with invalid data");
+            if first_time(&[&error]) {
+                warn!(%error, "skipping a Consul node with invalid data");
+            }
             continue;
         }
         // Tagged addresses (lan, wan, ...) reach templates too: only valid ones are kept.
@@ -532,6 +557,16 @@ mod tests {
         };
         assert!(hint(b"Permission denied").contains("policy does not allow"));
         assert!(hint(b"ACL not found").contains("rejected the ACL token"));
+    }
+
+    #[test]
+    fn each_problem_with_the_data_is_new_once() {
+        assert!(first_time(&["first-time-test", "id-1", "bad"]));
+        assert!(!first_time(&["first-time-test", "id-1", "bad"]));
+        assert!(first_time(&["first-time-test", "id-2", "bad"]));
+        // The parts are kept apart: ("a", "bc") is not ("ab", "c").
+        assert!(first_time(&["first-time-test-a", "bc"]));
+        assert!(first_time(&["first-time-test-ab", "c"]));
     }
 
     #[test]
