@@ -407,6 +407,27 @@ mod tests {
     }
 
     #[test]
+    fn a_zero_interval_is_named_and_a_health_timeout_past_the_ttl_is_warned_about() {
+        let errs = errors("[[service]]\nname = \"web\"\nport = 80\ninterval = \"0s\"\n");
+        assert_eq!(errs.len(), 1, "{errs:#?}");
+        assert!(
+            errs[0].contains(":4:1: `interval` must be more than 0"),
+            "{errs:#?}"
+        );
+        let c = parse(
+            "[[service]]\nname = \"web\"\nport = 80\nttl = \"25s\"\n\
+             health = { exec = [\"check\"], timeout = \"30s\" }\n",
+        )
+        .unwrap();
+        let w: Vec<String> = c.warnings.iter().map(ToString::to_string).collect();
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert!(
+            w[0].contains(":5:1: the health command's timeout (30s)"),
+            "{w:?}"
+        );
+    }
+
+    #[test]
     fn token_and_token_file_together_or_a_missing_token_file_are_warned_about() {
         let c = parse(
             "[catalog]\nbackend = \"consul\"\ntoken = \"t\"\ntoken_file = \"/nonexistent/rewire-token\"\n",

@@ -73,7 +73,7 @@ impl Walker<'_> {
             let tags = self.strings(&t, "tags").unwrap_or_default();
             let meta = self.string_map(&t, "meta").unwrap_or_default();
             let interval = self
-                .duration(&t, "interval")
+                .positive_duration(&t, "interval")
                 .unwrap_or(Duration::from_secs(10));
             let health = self.command(&t, "health", interval);
             let job = self.service_job(&t);
@@ -96,6 +96,19 @@ impl Walker<'_> {
                         humantime::format_duration(interval)
                     ),
                     "a pass must arrive before the TTL runs out: use ttl of about 2-3 x interval",
+                );
+            } else if let Some(h) = &health
+                && h.timeout > ttl
+                && let Some(span) = t.key_span("health")
+            {
+                self.warn(
+                    span,
+                    format!(
+                        "the health command's timeout ({}) is longer than `ttl` ({}): the instance turns critical while a slow check still runs",
+                        humantime::format_duration(h.timeout),
+                        humantime::format_duration(ttl)
+                    ),
+                    "give health a timeout under the ttl, e.g. health = { exec = [...], timeout = \"5s\" }",
                 );
             }
             let initial_status = match self.string(&t, "initial_status") {

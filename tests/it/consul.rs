@@ -700,6 +700,36 @@ async fn acl_token_is_required_checked_at_start_and_never_shown() {
     assert!(!msg.contains(WRONG), "{msg}");
     assert!(w.data(&key).is_none(), "nothing read with a refused token");
     w.stop().await;
+
+    // `rewire render` with a refused token says so at once instead of waiting its timeout.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("t.tera"), "{{ key(path=\"secret/k\") }}\n").unwrap();
+    std::fs::write(
+        dir.path().join("rewire.toml"),
+        format!(
+            "[catalog]\nbackend = \"consul\"\naddress = \"{}\"\ntoken = \"{WRONG}\"\n\n\
+             [[template]]\nsource = \"t.tera\"\ndestination = \"out\"\n",
+            consul.http_url()
+        ),
+    )
+    .unwrap();
+    let started = std::time::Instant::now();
+    let o = tokio::process::Command::new(env!("CARGO_BIN_EXE_rewire"))
+        .args(["render", "--timeout", "120s", "-c"])
+        .arg(dir.path().join("rewire.toml"))
+        .output()
+        .await
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_ne!(o.status.code(), Some(0), "{err}");
+    assert!(err.contains("CONSUL_HTTP_TOKEN"), "{err}");
+    assert!(!err.contains(WRONG), "{err}");
+    // Far under the 120 s timeout (a generous bound for a slow machine).
+    assert!(
+        started.elapsed() < Duration::from_secs(60),
+        "{:?}",
+        started.elapsed()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -60,7 +60,7 @@ fn shipped_fragments_pass_real_checks_in_context() {
         .file(
             "main/nginx.conf",
             &format!(
-                "pid {dir}/nginx.pid;\nevents {{}}\nhttp {{\n    include {dir}/out/upstreams.conf;\n    server {{ listen 127.0.0.1:18099; location /web/ {{ proxy_pass http://web/; }} location /api/ {{ proxy_pass http://api_v2/; }} }}\n}}\n",
+                "pid {dir}/nginx.pid;\nevents {{}}\nhttp {{\n    include {dir}/out/upstreams.conf;\n    server {{ listen 127.0.0.1:18099; location /web/ {{ proxy_pass http://web/; }} location /api/ {{ proxy_pass http://api.v2/; }} }}\n}}\n",
                 dir = p.root().display()
             ),
         )
@@ -78,12 +78,12 @@ fn shipped_fragments_pass_real_checks_in_context() {
     assert_eq!(project::code(&o), 0, "{}", project::stderr(&o));
     let (ups, bes) = (p.read("out/upstreams.conf"), p.read("out/backends.cfg"));
     assert!(
-        ups.contains("upstream api_v2 {") && ups.contains("keepalive 16;"),
+        ups.contains("upstream api.v2 {") && ups.contains("keepalive 16;"),
         "{ups}"
     );
     assert!(
         bes.contains("backend be_api.v2")
-            && bes.contains("server b_1 [::1]:18081 check")
+            && bes.contains(":b_21 [::1]:18081 check")
             && bes.contains("http-check send meth GET uri '/health'")
             && bes.contains("option redispatch")
             && bes.contains("retry-on conn-failure empty-response response-timeout"),
@@ -153,14 +153,14 @@ fn odd_service_names_and_ids_still_render_valid_configs() {
     assert_eq!(project::code(&o), 0, "{}", project::stderr(&o));
     let (ngx, hap) = (p.read("out/nginx.conf"), p.read("out/haproxy.cfg"));
     assert!(
-        ngx.contains("upstream team_corp {")
-            && ngx.contains("location \"/team@corp/\" { proxy_pass http://team_corp/; }"),
+        ngx.contains("upstream team_2corp {")
+            && ngx.contains("location \"/team@corp/\" { proxy_pass http://team_2corp/; }"),
         "{ngx}"
     );
     assert!(
         hap.contains("bind :18083")
-            && hap.contains("use_backend be_team_corp if { path_beg '/team@corp/' }")
-            && hap.contains("server x_y:1 127.0.0.1:18080 check"),
+            && hap.contains("use_backend be_team_2corp if { path_beg '/team@corp/' }")
+            && hap.contains(":x_2y_11 127.0.0.1:18080 check"),
         "{hap}"
     );
 }

@@ -151,14 +151,23 @@ pub async fn render_until_ready(
         let queries: Vec<Query> = to_fetch.into_iter().collect();
         progress.waiting_for(&queries, last_error.as_deref());
         let mut progressed = false;
+        let mut refused = false;
         for (q, r) in catalog.fetch_many(&queries).await {
             match r {
                 Ok(data) => {
                     progressed |= snap.get(&q).is_none();
                     store.update(q, data);
                 }
-                Err(e) => last_error = Some(e.to_string()),
+                Err(e) => {
+                    // A refused token or an unsupported query will not pass by waiting (as
+                    // `rewire run` stops at once): say so now, not at the deadline.
+                    refused |= !e.is_transient();
+                    last_error = Some(e.to_string());
+                }
             }
+        }
+        if refused {
+            return (results, last_error);
         }
         if !progressed || waiting_on_keys {
             let left = deadline.saturating_duration_since(Instant::now());

@@ -34,8 +34,15 @@ pub async fn run(
     pipeline::remove_leftovers(&config.templates);
     let env = &command::child_env(config);
     let store = Store::new();
+    let started = std::time::Instant::now();
     let (results, last_error) =
         render_until_ready(&engine, &templates, catalog.as_ref(), &store, args.timeout).await;
+    // Before the timeout only when the catalog refused outright (waiting would not help).
+    let waited = if started.elapsed() >= args.timeout {
+        format!(" after {}", humantime::format_duration(args.timeout))
+    } else {
+        String::new()
+    };
 
     let mut failures: Vec<(String, String)> = Vec::new();
     let mut written: Vec<Written> = Vec::new();
@@ -59,8 +66,7 @@ pub async fn run(
             } => failures.push((
                 t.name.clone(),
                 format!(
-                    "not written after {}: {}",
-                    humantime::format_duration(args.timeout),
+                    "not written{waited}: {}",
                     pending_reason(missing, waiting, last_error.as_deref())
                 ),
             )),

@@ -241,7 +241,11 @@ impl Outage {
             && store.set_health(Health::Unreachable(err.to_string()))
             && matches!(err, CatalogError::Unreachable { .. })
         {
-            warn!(catalog = %self.catalog, error = %err, "consul unavailable; keeping the last data and retrying");
+            if store.snapshot().get(query).is_some() {
+                warn!(catalog = %self.catalog, error = %err, "consul unavailable; keeping the last data and retrying");
+            } else {
+                warn!(catalog = %self.catalog, error = %err, "consul unavailable; nothing read yet: templates wait for it, retrying");
+            }
         }
     }
 

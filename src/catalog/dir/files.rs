@@ -245,6 +245,9 @@ impl Reader {
                 "a symlink leads out of the catalog directory {}; only links that stay inside are followed",
                 self.root.display()
             ),
+            Refused::Io(e) if e.kind() == std::io::ErrorKind::PermissionDenied => format!(
+                "{e}: rewire runs as a user that may not read it (make it readable, e.g. chmod o+r, or run rewire as its owner)"
+            ),
             other => other.to_string(),
         }
     }
