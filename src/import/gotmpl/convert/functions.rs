@@ -89,7 +89,12 @@ impl Conv<'_> {
                         Kind::Pairs,
                     ))
                 } else {
-                    Ok(Val::new(format!("keys({path})"), Prec::Atom, Kind::Pairs))
+                    // consul-template's tree skips the prefix's own key (empty relative path).
+                    Ok(Val::new(
+                        format!("[kv for kv in keys({path}) if kv.key]"),
+                        Prec::Atom,
+                        Kind::Pairs,
+                    ))
                 }
             }
             "env" => {
@@ -177,7 +182,17 @@ impl Conv<'_> {
             }
             "split" => {
                 want(2..=2)?;
-                Ok(a(1).filter(&format!("split(pat={})", a(0).s), Kind::Strings))
+                // consul-template trims the text first, and an empty text is an empty list
+                // (Tera's split would give one empty string).
+                let text = a(1).receiver();
+                Ok(Val::new(
+                    format!(
+                        "(({text} | trim | split(pat={})) if ({text} | trim) else [])",
+                        a(0).s
+                    ),
+                    Prec::Atom,
+                    Kind::Strings,
+                ))
             }
             "replaceAll" => {
                 want(3..=3)?;
@@ -523,7 +538,11 @@ mod tests {
             ),
             (
                 "{{ range tree \"app\" }}{{ .Key }}{{ end }}",
-                "{% for kv in keys(prefix=\"app\") %}{{ kv.key }}{% endfor %}",
+                "{% for kv in [kv for kv in keys(prefix=\"app\") if kv.key] %}{{ kv.key }}{% endfor %}",
+            ),
+            (
+                "{{ range split \",\" (keyOrDefault \"csv\" \"\") }}[{{ . }}]{{ end }}",
+                "{% for tag in ((key(path=\"csv\", default=\"\") | default(value=\"\", boolean=true) | trim | split(pat=\",\")) if (key(path=\"csv\", default=\"\") | default(value=\"\", boolean=true) | trim) else []) %}[{{ tag }}]{% endfor %}",
             ),
             (
                 "{{ printf \"%s:%d\" \"a\" 80 }}",
