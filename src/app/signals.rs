@@ -8,8 +8,10 @@
 //! registrations behind.
 //!
 //! Every other signal whose default action ends the process (USR1 and USR2 when not forwarded,
-//! ALRM, PWR, IO, ...) is caught and ignored with a warning: a stray `kill -USR1` from a log
-//! rotation, or one the PID 1 reaper passes on, must not end rewire without its stop sequence.
+//! ALRM, PWR, IO, the real-time signals, ...) is caught and ignored with a warning: a stray
+//! `kill -USR1` from a log rotation, or one the PID 1 reaper passes on, must not end rewire
+//! without its stop sequence. Faults (SEGV, BUS, ABRT, TRAP, SYS, ...) keep their default:
+//! sent by hand they are a request to dump core.
 
 use nix::sys::signal::Signal;
 use tokio::signal::unix::{SignalKind, signal};
@@ -24,6 +26,8 @@ pub enum Incoming {
     Forward(Signal),
     /// Caught only so that it does not kill rewire (see the module docs).
     Ignored(Signal),
+    /// A real-time signal (by number), caught for the same reason.
+    IgnoredRealtime(i32),
 }
 
 /// Signals that always stop rewire unless forwarded.
@@ -91,7 +95,8 @@ impl Plan {
 
 /// The signal streams, installed once at start (before anything is spawned).
 pub struct Signals {
-    streams: Vec<(Signal, tokio::signal::unix::Signal)>,
+    /// By number: the named signals of the plan, then the real-time ones.
+    streams: Vec<(i32, tokio::signal::unix::Signal)>,
     plan: Plan,
 }
 
@@ -100,26 +105,55 @@ impl Signals {
         let plan = Plan::new(main);
         let mut streams = Vec::new();
         for s in &plan.all {
-            streams.push((*s, signal(SignalKind::from_raw(*s as i32))?));
+            streams.push((*s as i32, signal(SignalKind::from_raw(*s as i32))?));
         }
+        // Real-time signals end a process by default too (`docker kill -s RTMIN` ...): caught
+        // and ignored like the others. Best effort: tokio has no slot for SIGRTMAX itself,
+        // which gets a handler that does nothing (a handler, unlike SIG_IGN, is not inherited
+        // by the programs rewire starts).
+        for n in libc::SIGRTMIN()..libc::SIGRTMAX() {
+            if let Ok(stream) = signal(SignalKind::from_raw(n)) {
+                streams.push((n, stream));
+            }
+        }
+        catch_and_drop(libc::SIGRTMAX());
         Ok(Signals { streams, plan })
     }
 
     /// Waits for the next signal. An ignored one is logged here.
     pub async fn next(&mut self) -> Incoming {
-        let futures = self.streams.iter_mut().map(|(sig, stream)| {
-            let sig = *sig;
+        let futures = self.streams.iter_mut().map(|(n, stream)| {
+            let n = *n;
             Box::pin(async move {
                 stream.recv().await;
-                sig
+                n
             })
         });
-        let (sig, _, _) = futures_util::future::select_all(futures).await;
+        let (n, _, _) = futures_util::future::select_all(futures).await;
+        let Ok(sig) = Signal::try_from(n) else {
+            let rt = n - libc::SIGRTMIN();
+            tracing::warn!(signal = %format!("SIGRTMIN+{rt}"), "ignored: rewire does not use real-time signals");
+            return Incoming::IgnoredRealtime(n);
+        };
         let meaning = self.plan.meaning(sig);
         if let Incoming::Ignored(s) = meaning {
             tracing::warn!(signal = %s, "ignored: it is neither a stop signal nor forwarded (see [main] stop_signals and forward_signals)");
         }
         meaning
+    }
+}
+
+/// Installs a handler that does nothing for signal `n`.
+fn catch_and_drop(n: i32) {
+    extern "C" fn nothing(_: libc::c_int) {}
+    // SAFETY: a zeroed sigaction with a handler that touches nothing (async-signal-safe) and an
+    // empty mask; sigaction only reads it.
+    unsafe {
+        let mut action: libc::sigaction = std::mem::zeroed();
+        action.sa_sigaction = nothing as extern "C" fn(libc::c_int) as usize;
+        action.sa_flags = libc::SA_RESTART;
+        libc::sigemptyset(&mut action.sa_mask);
+        libc::sigaction(n, &action, std::ptr::null_mut());
     }
 }
 

@@ -65,11 +65,26 @@ fn forwarded() -> SigSet {
     set
 }
 
-/// The signals the parent waits for: the forwarded ones and SIGCHLD.
+/// The signals the parent waits for: the forwarded ones, SIGCHLD, and the real-time ones,
+/// which it swallows (rewire uses none, and a reaper that is not PID 1 would die of one).
 fn waited() -> SigSet {
     let mut set = forwarded();
     set.add(Signal::SIGCHLD);
-    set
+    let mut raw = *set.as_ref();
+    for n in libc::SIGRTMIN()..=libc::SIGRTMAX() {
+        // SAFETY: adds a valid signal number to an initialized set.
+        unsafe { libc::sigaddset(&mut raw, n) };
+    }
+    // SAFETY: `raw` was made from a valid SigSet by sigaddset only.
+    unsafe { SigSet::from_sigset_t_unchecked(raw) }
+}
+
+/// `sigwait` on `set`, by number (nix's own wait cannot return a real-time signal).
+fn wait_number(set: &SigSet) -> Option<i32> {
+    let mut n: libc::c_int = 0;
+    // SAFETY: sigwait reads the set and writes one int.
+    let r = unsafe { libc::sigwait(set.as_ref(), &mut n) };
+    (r == 0).then_some(n)
 }
 
 /// Becomes a child subreaper when asked (PID 1 already is one), then forks the worker.
@@ -111,9 +126,9 @@ pub fn fork_worker(subreaper: bool) -> std::io::Result<Fork> {
 pub fn reap_and_forward(worker: Pid) -> u8 {
     let set = waited();
     loop {
-        let sig = match set.wait() {
-            Ok(s) => s,
-            Err(_) => continue,
+        // A real-time signal is swallowed (see `waited`).
+        let Some(Ok(sig)) = wait_number(&set).map(Signal::try_from) else {
+            continue;
         };
         if sig != Signal::SIGCHLD {
             // The worker may just have exited; ESRCH then, and SIGCHLD comes next.

@@ -354,8 +354,12 @@ fn fn_service(kwargs: Kwargs, _: &State) -> TeraResult<Value> {
     // A name no catalog can hold would only ever render an empty list, silently.
     if let Err(e) = crate::model::check_name(&name) {
         let hint = match name.split_once('|') {
+            // consul-template's "web|passing" is the default here.
+            Some((svc, "passing")) => {
+                format!(" (consul-template's \"{svc}|passing\" is service(name=\"{svc}\") here)")
+            }
             Some((svc, filter)) => format!(
-                " (consul-template's \"{svc}|{filter}\" is service(name=\"{svc}\", status=\"any\") here)"
+                " (consul-template's \"{svc}|{filter}\" is service(name=\"{svc}\", status=\"{filter}\") here)"
             ),
             None => String::new(),
         };

@@ -324,6 +324,14 @@ fn a_stray_signal_is_ignored_and_sigquit_runs_the_stop_sequence() {
             rw_log_has(&p, "ignored") && rw_log_has(&p, &name)
         });
     }
+    // Real-time signals too (`docker kill -s RTMIN+3`), SIGRTMAX included.
+    for n in [libc::SIGRTMIN() + 3, libc::SIGRTMAX()] {
+        // SAFETY: kill(2) with a pid and a signal number; nix has no name for these.
+        assert_eq!(unsafe { libc::kill(rw.pid(), n) }, 0);
+    }
+    rw.wait_for("a real-time signal ignored, with a warning", || {
+        rw_log_has(&p, "SIGRTMIN+3")
+    });
     assert!(rw.daemon.is_running(), "{}", rw.log());
     assert!(registration_is(&p, "passing"));
     // QUIT (the nginx image's STOPSIGNAL) stops like TERM: deregistered, main's status back.

@@ -404,7 +404,7 @@ impl Daemon {
                     }
                     Incoming::Reload => self.reload().await,
                     Incoming::Forward(s) => self.supervisor.forward(s),
-                    Incoming::Ignored(_) => {}
+                    Incoming::Ignored(_) | Incoming::IgnoredRealtime(_) => {}
                 },
                 Some(cmd) = self.control.recv() => match cmd {
                     Command::Maintenance(on) => {
