@@ -291,20 +291,35 @@ pub fn write_atomic_in(dir: &File, name: &str, bytes: &[u8], mode: u32) -> io::R
     ))
 }
 
-/// Truncates and rewrites the destination itself: for bind-mounted files, which cannot be
-/// renamed over. Not atomic: a reader may see a short file for a moment.
+/// Rewrites the destination itself: for bind-mounted files, which cannot be renamed over. Not
+/// atomic: a reader may see a mix of old and new bytes for a moment. But never a cut-off file
+/// for lack of space: the new length is allocated before any byte is overwritten, so a full
+/// disk fails the write with the old content whole.
 pub fn write_in_place(dest: &Path, bytes: &[u8], perms: Option<u32>) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::fs::FileExt;
     let dest = real_destination(dest);
-    if let Some(dir) = dest.parent() {
+    if let Some(dir) = dest.parent()
+        && !dir.exists()
+    {
         std::fs::create_dir_all(dir)?;
     }
-    let mut f = OpenOptions::new()
+    let f = OpenOptions::new()
         .write(true)
         .create(true)
-        .truncate(true)
+        .truncate(false)
         .mode(perms.unwrap_or(0o644))
         .open(&dest)?;
-    f.write_all(bytes)?;
+    if !bytes.is_empty() {
+        // SAFETY: posix_fallocate on a descriptor this `File` owns.
+        let r = unsafe { libc::posix_fallocate(f.as_raw_fd(), 0, bytes.len() as libc::off_t) };
+        // EOPNOTSUPP/EINVAL: a file system without it; the write below then takes its chance.
+        if r != 0 && r != libc::EOPNOTSUPP && r != libc::EINVAL {
+            return Err(io::Error::from_raw_os_error(r));
+        }
+    }
+    f.write_all_at(bytes, 0)?;
+    f.set_len(bytes.len() as u64)?;
     if let Some(p) = perms {
         f.set_permissions(std::fs::Permissions::from_mode(p))?;
     }
@@ -384,6 +399,34 @@ pub fn unified_diff(dest: &Path, old: Option<&[u8]>, new: &[u8], color: bool) ->
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_in_place_write_keeps_the_inode_and_fits_longer_and_shorter_bytes() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        let dest = dir.path().join("bound.conf");
+        std::fs::write(&dest, "a fairly long first version\n").unwrap();
+        let ino = std::fs::metadata(&dest).unwrap().ino();
+        write_in_place(&dest, b"short\n", None).unwrap();
+        assert_eq!(std::fs::read(&dest).unwrap(), b"short\n");
+        write_in_place(
+            &dest,
+            b"a much longer second version than the first one\n",
+            Some(0o600),
+        )
+        .unwrap();
+        assert_eq!(
+            std::fs::read(&dest).unwrap(),
+            b"a much longer second version than the first one\n"
+        );
+        let m = std::fs::metadata(&dest).unwrap();
+        assert_eq!(m.ino(), ino, "the same file, as a bind mount needs");
+        assert_eq!(m.permissions().mode() & 0o777, 0o600);
+        write_in_place(&dest, b"", None).unwrap();
+        assert_eq!(std::fs::read(&dest).unwrap(), b"");
+        // Nothing else was created beside it.
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
 
     #[test]
     fn atomic_write_keeps_mode_and_leaves_no_temp_files() {

@@ -9,6 +9,7 @@ use std::path::PathBuf;
 
 use nix::sys::signal::kill;
 use nix::unistd::Pid;
+use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use super::haproxy;
@@ -24,6 +25,9 @@ pub enum Applied {
     /// Written; `previous` is what was there before (None: the file did not exist), kept for
     /// a rollback if the reload fails.
     Written { previous: Option<Vec<u8>> },
+    /// The config was replaced (SIGHUP) while the check ran: nothing was put in place, and the
+    /// new config's runner writes the file.
+    Abandoned,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -81,10 +85,14 @@ fn indent_output(output: &str) -> String {
 
 /// Checks and writes one rendered template. Returns `Unchanged` without touching anything
 /// when the destination already holds `bytes`.
+///
+/// `replaced` is cancelled when a new config takes over: a check still running then does
+/// not lead to a write, so the old config's output can never land after the new one's.
 pub async fn apply(
     t: &TemplateConfig,
     bytes: &[u8],
     env: &BTreeMap<String, String>,
+    replaced: Option<&CancellationToken>,
 ) -> Result<Applied, ApplyError> {
     let dest = files::real_destination(&t.destination);
     let write_err = |source| ApplyError::Write {
@@ -98,10 +106,33 @@ pub async fn apply(
     if previous.as_deref() == Some(bytes) && perms_ok(t, &dest) {
         return Ok(Applied::Unchanged);
     }
-    let staged = files::stage(&dest, bytes, t.perms).map_err(write_err)?;
+    let in_place = t.write == WriteMode::InPlace;
+    let checked_on_temp = t.check.is_some() && t.check_mode == CheckMode::Temp;
+    // In-place writes exist for files that cannot be renamed over (bind mounts), often in a
+    // directory rewire may not write (a read-only root): a temp file only for a check, and
+    // in the system's temp directory when the destination's refuses it.
+    let staged = if !in_place {
+        Some(files::stage(&dest, bytes, t.perms).map_err(write_err)?)
+    } else if checked_on_temp {
+        Some(
+            files::stage(&dest, bytes, t.perms)
+                .or_else(|e| {
+                    let name = dest.file_name().unwrap_or(dest.as_os_str());
+                    files::stage(&std::env::temp_dir().join(name), bytes, t.perms).map_err(|_| e)
+                })
+                .map_err(write_err)?,
+        )
+    } else {
+        None
+    };
     match (t.check_mode, &t.check) {
         (CheckMode::Temp, Some(check)) => {
-            run_check(check, staged.path(), &t.destination, env).await?;
+            let temp = staged.as_ref().expect("staged for the check").path();
+            run_check(check, temp, &t.destination, env).await?;
+            if replaced.is_some_and(CancellationToken::is_cancelled) {
+                // Dropping `staged` removes the temp file; what is in place stays.
+                return Ok(Applied::Abandoned);
+            }
         }
         (CheckMode::Swap, Some(check)) => {
             // The check needs the file in place (a fragment checked as part of the real
@@ -145,12 +176,12 @@ fn perms_ok(t: &TemplateConfig, dest: &std::path::Path) -> bool {
 
 fn commit(
     t: &TemplateConfig,
-    staged: files::Staged,
+    staged: Option<files::Staged>,
     bytes: &[u8],
     dest: &std::path::Path,
 ) -> std::io::Result<()> {
     match t.write {
-        WriteMode::Atomic => staged.commit(),
+        WriteMode::Atomic => staged.expect("an atomic write is staged").commit(),
         WriteMode::InPlace => {
             drop(staged);
             files::write_in_place(dest, bytes, t.perms)

@@ -387,7 +387,11 @@ async fn render_round(
                     debug!(template = %t.name, "same bytes as the last rejected render; trying again later");
                     continue;
                 }
-                match pipeline::apply(t, text.as_bytes(), &shared.env).await {
+                match pipeline::apply(t, text.as_bytes(), &shared.env, Some(stop)).await {
+                    Ok(Applied::Abandoned) => {
+                        info!(template = %t.name, "the config was replaced during the check; not written (the new config writes it)");
+                        break;
+                    }
                     Ok(Applied::Unchanged) => {
                         if state.runtimes.has(&t.name) {
                             unchanged.push((&t.name, text));

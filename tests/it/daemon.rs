@@ -295,6 +295,40 @@ fn catalog_directory_deleted_and_recreated() {
     assert_eq!(r.stop(), Some(0));
 }
 
+/// A check still running when a new config takes over (past the daemon's 10 s grace) must not
+/// put the old config's output in place after the new config's.
+#[test]
+fn a_check_outliving_a_sighup_never_writes_over_the_new_configs_file() {
+    let started_mark = "check.started";
+    let done_mark = "check.done";
+    let check = format!(
+        "check = [\"sh\", \"-c\", \"touch {started_mark}; sleep 12; touch {done_mark}; test -s {{file}}\"]\n"
+    );
+    let p = Project::new();
+    p.file("web.tera", UPSTREAM).config(&config(&p, &check));
+    let mut r = p.run();
+    p.instance("web", "a", "10.0.0.1", 80);
+    wait_for("the slow check running", TIMEOUT, || {
+        p.path(started_mark).exists()
+    });
+    // The new config: no check, another template text.
+    p.file("web.tera", "new {{ service(name=\"web\") | length }}\n")
+        .config(&config(&p, ""));
+    r.signal(SIGHUP);
+    wait_for("the new config's file", Duration::from_secs(30), || {
+        p.read("out/web.conf") == "new 1\n"
+    });
+    wait_for("the old check done", Duration::from_secs(30), || {
+        p.path(done_mark).exists()
+    });
+    // Give the old runner time to do what it would do after its check.
+    wait_for("the old round over", TIMEOUT, || {
+        r.log().contains("the config was replaced during the check")
+    });
+    assert_eq!(p.read("out/web.conf"), "new 1\n", "{}", r.log());
+    assert_eq!(r.stop(), Some(0), "{}", r.log());
+}
+
 #[test]
 fn sighup_with_a_broken_config_keeps_the_old_one_running() {
     let (p, mut r) = web_daemon("");

@@ -48,19 +48,22 @@ pub async fn run(
     let mut written: Vec<Written> = Vec::new();
     for t in &templates {
         match &results[&t.name] {
-            Rendered::Done { text, .. } => match pipeline::apply(t, text.as_bytes(), env).await {
-                Ok(Applied::Unchanged) => {
-                    info!(template = %t.name, dest = %t.destination.display(), "unchanged");
+            Rendered::Done { text, .. } => {
+                match pipeline::apply(t, text.as_bytes(), env, None).await {
+                    // No config replaces this one's (the `None` above).
+                    Ok(Applied::Unchanged | Applied::Abandoned) => {
+                        info!(template = %t.name, dest = %t.destination.display(), "unchanged");
+                    }
+                    Ok(Applied::Written { previous }) => {
+                        info!(template = %t.name, dest = %t.destination.display(), bytes = text.len(), "written");
+                        written.push(Written {
+                            template: t,
+                            previous,
+                        });
+                    }
+                    Err(e) => failures.push((t.name.clone(), e.to_string())),
                 }
-                Ok(Applied::Written { previous }) => {
-                    info!(template = %t.name, dest = %t.destination.display(), bytes = text.len(), "written");
-                    written.push(Written {
-                        template: t,
-                        previous,
-                    });
-                }
-                Err(e) => failures.push((t.name.clone(), e.to_string())),
-            },
+            }
             Rendered::Pending {
                 missing, waiting, ..
             } => failures.push((
