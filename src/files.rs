@@ -147,7 +147,14 @@ pub fn real_destination(dest: &Path) -> PathBuf {
 fn resolve(dest: &Path) -> (PathBuf, Option<std::fs::Metadata>) {
     match std::fs::symlink_metadata(dest) {
         Ok(m) if m.file_type().is_symlink() => {
-            let real = std::fs::canonicalize(dest).unwrap_or_else(|_| dest.to_path_buf());
+            // A dangling link names the file to create (written through, the link kept).
+            let real =
+                std::fs::canonicalize(dest).unwrap_or_else(|_| match std::fs::read_link(dest) {
+                    Ok(target) => dest
+                        .parent()
+                        .map_or(target.clone(), |dir| dir.join(&target)),
+                    Err(_) => dest.to_path_buf(),
+                });
             let meta = std::fs::metadata(&real).ok();
             (real, meta)
         }
@@ -399,6 +406,25 @@ pub fn unified_diff(dest: &Path, old: Option<&[u8]>, new: &[u8], color: bool) ->
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_dangling_symlinked_destination_is_created_through_the_link() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("out")).unwrap();
+        let link = dir.path().join("out/dang.conf");
+        std::os::unix::fs::symlink("../real/nothere.conf", &link).unwrap();
+        write_atomic(&link, b"new\n", None).unwrap();
+        assert!(
+            std::fs::symlink_metadata(&link)
+                .unwrap()
+                .file_type()
+                .is_symlink()
+        );
+        assert_eq!(
+            std::fs::read(dir.path().join("real/nothere.conf")).unwrap(),
+            b"new\n"
+        );
+    }
 
     #[test]
     fn an_in_place_write_keeps_the_inode_and_fits_longer_and_shorter_bytes() {

@@ -29,12 +29,28 @@ impl DiskCheck {
     fn run(&self, file: &Path) -> Option<ConfigError> {
         match self {
             DiskCheck::TemplateSource { line, col, path } => {
-                (!path.is_file()).then(|| ConfigError {
+                let (what, hint) = match std::fs::metadata(path) {
+                    Ok(m) if m.is_file() => return None,
+                    Ok(m) if m.is_dir() => (
+                        "is a directory",
+                        "name the template file itself (its *.tera partials beside it load too)",
+                    ),
+                    Ok(_) => ("is not a regular file", "name a template file"),
+                    Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => (
+                        "cannot be read (permission denied)",
+                        "make it and its directory readable by rewire's user",
+                    ),
+                    Err(_) => (
+                        "does not exist",
+                        "paths are relative to the config file's directory",
+                    ),
+                };
+                Some(ConfigError {
                     file: file.to_path_buf(),
                     line: *line,
                     col: *col,
-                    what: format!("template source {} does not exist", path.display()),
-                    hint: "paths are relative to the config file's directory".into(),
+                    what: format!("template source {} {what}", path.display()),
+                    hint: hint.into(),
                 })
             }
         }
@@ -79,5 +95,9 @@ mod tests {
             errs.contains(":2:10: template source") && errs.contains("nope.tera does not exist"),
             "{errs}"
         );
+        // A directory is named as one.
+        std::fs::create_dir(dir.path().join("nope.tera")).unwrap();
+        let errs = load(&path).unwrap_err().to_string();
+        assert!(errs.contains("nope.tera is a directory"), "{errs}");
     }
 }

@@ -213,7 +213,7 @@ impl Mirror {
         };
         if kv.value.len() as u64 > self.max_value {
             warn!(
-                key = %key,
+                key = %shown(key),
                 bytes = kv.value.len(),
                 limit = self.max_value,
                 "etcd value over [catalog] max_file ignored; keeping what the key held before"

@@ -299,6 +299,7 @@ impl Transport {
             )));
         }
         Ok(LineStream {
+            skipping: false,
             resp,
             buf: Vec::new(),
             scanned: 0,
@@ -456,17 +457,36 @@ pub struct LineStream {
     /// How much of `buf` is known to hold no newline.
     scanned: usize,
     endpoint: String,
-    /// `[catalog] max_response`: a longer message is not etcd talking.
+    /// `[catalog] max_response`: a longer message is skipped (see [`LineStream::next_line`]).
     max_line: u64,
+    /// In the middle of a message over `max_line`: its bytes are dropped until its newline.
+    skipping: bool,
 }
 
 impl LineStream {
     /// The next non-empty line; `None` when the member closed the stream.
     ///
+    /// A message over `[catalog] max_response` (one huge value written anywhere under the
+    /// prefix) is dropped as it arrives, with a warning, and the stream goes on: failing the
+    /// watch instead resumed it at the same revision, the same message came again, and the
+    /// watch never got past it. The keys that message changed keep their last values.
+    ///
     /// Cancel safe: the only await is reading the next chunk, and what was read stays in `buf`.
     pub async fn next_line(&mut self) -> Result<Option<Vec<u8>>, EtcdError> {
         loop {
-            if let Some(pos) = self.buf[self.scanned..].iter().position(|&b| b == b'\n') {
+            if self.skipping {
+                match self.buf.iter().position(|&b| b == b'\n') {
+                    Some(pos) => {
+                        self.buf.drain(..=pos);
+                        self.skipping = false;
+                    }
+                    None => self.buf.clear(),
+                }
+                self.scanned = 0;
+            }
+            if !self.skipping
+                && let Some(pos) = self.buf[self.scanned..].iter().position(|&b| b == b'\n')
+            {
                 let end = self.scanned + pos;
                 let rest = self.buf.split_off(end + 1);
                 let mut line = std::mem::replace(&mut self.buf, rest);
@@ -480,17 +500,19 @@ impl LineStream {
             self.scanned = self.buf.len();
             match self.resp.chunk().await {
                 Ok(Some(chunk)) => {
-                    if (self.buf.len() + chunk.len()) as u64 > self.max_line {
-                        return Err(EtcdError::Malformed(format!(
-                            "{}: a watch message over the limit of {} ([catalog] max_response)",
-                            self.endpoint,
-                            crate::config::show_size(self.max_line)
-                        )));
+                    if !self.skipping && (self.buf.len() + chunk.len()) as u64 > self.max_line {
+                        tracing::warn!(
+                            endpoint = %self.endpoint,
+                            limit = %crate::config::show_size(self.max_line),
+                            "a watch message over [catalog] max_response skipped: the keys it changed keep their last values"
+                        );
+                        self.skipping = true;
+                        self.buf.clear();
                     }
                     self.buf.extend_from_slice(&chunk)
                 }
                 Ok(None) => {
-                    if self.buf.iter().all(u8::is_ascii_whitespace) {
+                    if self.skipping || self.buf.iter().all(u8::is_ascii_whitespace) {
                         return Ok(None);
                     }
                     // The last line without its newline.
