@@ -211,7 +211,7 @@ impl Candidate {
             Ok(Ok(Some(token))) => Some((Holder { value, token }, started)),
             Ok(Ok(None)) => None,
             Ok(Err(e)) => {
-                // Retried every few seconds: said once at warn (a file in the catalog that
+                // Retried every RETRY (250 ms): said once at warn (a file in the catalog that
                 // must be removed, say), and shown in `rewire status` until it passes.
                 let detail = format!("{CAMPAIGN_FAILED}: {e}");
                 if self.status.detail == detail {
