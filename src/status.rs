@@ -59,7 +59,7 @@ pub struct TemplateStatus {
     /// The destination has held a complete render at least once since start.
     pub ready: bool,
     /// How the last written change reached the program: `reload`, `reload: <why the
-    /// runtime API could not>`, or `runtime: <the server changes>`.
+    /// runtime API could not>`, `runtime: <the server changes>`, or `write` (no reload).
     #[serde(default)]
     pub last_path: String,
     /// Servers removed through a runtime API that wait for their connections to end.

@@ -218,7 +218,9 @@ impl Store {
         if current.health == health {
             return false;
         }
-        {
+        // A new message for the same outage keeps the time the outage began.
+        let same_kind = std::mem::discriminant(&current.health) == std::mem::discriminant(&health);
+        if !same_kind {
             let mut c = lock(&self.contact);
             c.health_since = Some(SystemTime::now());
             if health == Health::Healthy {
@@ -244,6 +246,21 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_new_error_for_the_same_outage_keeps_its_start() {
+        let store = Store::new();
+        assert!(store.set_health(Health::Unreachable("connection closed".into())));
+        let since = store.contact().health_since;
+        assert!(store.set_health(Health::Unreachable("connection refused".into())));
+        assert_eq!(
+            store.snapshot().health,
+            Health::Unreachable("connection refused".into())
+        );
+        assert_eq!(store.contact().health_since, since);
+        assert!(store.set_health(Health::Healthy));
+        assert_ne!(store.contact().health_since, since);
+    }
 
     #[test]
     fn equal_data_is_not_a_change() {

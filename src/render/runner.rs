@@ -571,7 +571,9 @@ async fn render_round(
                             .filter(|_| state.runtimes.has(&t.name));
                         match why {
                             Some(why) => format!("reload: {why}"),
-                            None => "reload".to_string(),
+                            None if group.reload.is_some() => "reload".to_string(),
+                            // No reload configured: the program reads the file itself.
+                            None => "write".to_string(),
                         }
                     }
                 };

@@ -370,6 +370,8 @@ fn sighup_with_a_broken_config_keeps_the_old_one_running() {
         .as_str()
         .unwrap_or("");
     assert!(dest.ends_with("out/moved.conf"), "{status}");
+    // No reload is configured: the change reached the program by the write alone.
+    assert_eq!(status["templates"]["web"]["last_path"], "write", "{status}");
     assert_eq!(r.stop(), Some(0));
 }
 

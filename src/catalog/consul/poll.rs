@@ -228,6 +228,8 @@ impl Outage {
         let mut failing = self.failing();
         if !failing.insert(query.clone()) {
             debug!(%query, error = %err, "consul watch still failing");
+            // `rewire status` shows the latest error (the outage's start time stays).
+            store.set_health(Health::Unreachable(err.to_string()));
             return;
         }
         if matches!(err, CatalogError::Unreachable { .. }) {
