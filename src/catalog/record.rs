@@ -154,19 +154,27 @@ mod tests {
         assert_eq!(i.status, Status::Critical);
     }
 
-    #[test]
-    fn unexpired_record_keeps_its_status() {
-        let now = SystemTime::now();
-        let later = humantime::format_rfc3339(now + Duration::from_secs(60)).to_string();
-        let r = Record {
+    /// A passing record of 10.0.0.1:80, nothing else set.
+    fn passing_record() -> Record {
+        Record {
             address: "10.0.0.1".into(),
             port: 80,
             tags: vec![],
             meta: BTreeMap::new(),
             status: Status::Passing,
-            expires_at: Some(later),
+            expires_at: None,
             notes: None,
             node: None,
+        }
+    }
+
+    #[test]
+    fn unexpired_record_keeps_its_status() {
+        let now = SystemTime::now();
+        let later = humantime::format_rfc3339(now + Duration::from_secs(60)).to_string();
+        let r = Record {
+            expires_at: Some(later),
+            ..passing_record()
         };
         let i = r.into_instance("web", "w1", "host", now).unwrap();
         assert_eq!(i.status, Status::Passing);
@@ -176,14 +184,9 @@ mod tests {
     #[test]
     fn a_node_name_that_could_carry_config_syntax_is_refused() {
         let r = Record {
-            address: "10.0.0.1".into(),
-            port: 80,
-            tags: vec![],
-            meta: BTreeMap::new(),
-            status: Status::Passing,
-            expires_at: None,
-            notes: None,
             node: Some("n1;\n}".into()),
+            expires_at: None,
+            ..passing_record()
         };
         let e = r
             .into_instance("web", "w1", "host", SystemTime::now())

@@ -679,17 +679,7 @@ mod tests {
         let now = Arc::new(std::sync::Mutex::new(SystemTime::now()));
         let n2 = now.clone();
         let cat = DirCatalog::with_clock(dir.path(), Arc::new(move || *n2.lock().unwrap()));
-        let reg = Registration {
-            id: "web-h-80".into(),
-            name: "web".into(),
-            address: "10.0.0.9".into(),
-            port: 80,
-            tags: vec![],
-            meta: BTreeMap::new(),
-            ttl: Duration::from_secs(10),
-            deregister_after: Duration::from_secs(600),
-            status: Status::Passing,
-        };
+        let reg = registration("web", "web-h-80");
         cat.register(&reg).await.unwrap();
         let q = Query::Service("web".into());
         let Data::Instances(l) = cat.fetch(&q).await.unwrap() else {
