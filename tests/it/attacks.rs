@@ -877,4 +877,12 @@ fn etcd_values_over_max_file_and_watch_messages_over_max_response_are_refused() 
     });
     assert!(!r.log().contains("etcd unreachable"), "{}", r.log());
     assert_eq!(r.stop(), Some(0), "{}", r.log());
+    // A one-shot that finds only a refused value does not render the key as missing: it
+    // waits for a usable one, says why, and leaves the file in place.
+    etcd.put("/rewire/kv/app/name", &"x".repeat(20 << 10));
+    let o = p.rewire(&["render", "--timeout", "2s"]);
+    let err = project::stderr(&o);
+    assert_eq!(project::code(&o), 1, "{err}");
+    assert!(err.contains("over [catalog] max_file"), "{err}");
+    assert_eq!(p.read("out/web.conf"), "11\n");
 }

@@ -149,6 +149,10 @@ pub struct Mirror {
     base: String,
     services: BTreeMap<String, Service>,
     kv: BTreeMap<String, String>,
+    /// KV paths whose only value was refused (over `max_file`), with the reason: such a key
+    /// has no answer, so a template waits (and the file in place stays) instead of rendering
+    /// the key's `default` as if the key did not exist.
+    refused: BTreeMap<String, String>,
     /// `[catalog] max_file`: a bigger value (record or KV) is refused.
     max_value: u64,
 }
@@ -158,6 +162,7 @@ impl Mirror {
         Mirror {
             base: base.to_string(),
             services: BTreeMap::new(),
+            refused: BTreeMap::new(),
             kv: BTreeMap::new(),
             max_value,
         }
@@ -212,13 +217,36 @@ impl Mirror {
             return;
         };
         if kv.value.len() as u64 > self.max_value {
-            warn!(
-                key = %shown(key),
-                bytes = kv.value.len(),
-                limit = self.max_value,
-                "etcd value over [catalog] max_file ignored; keeping what the key held before"
-            );
+            let had_value = match slot {
+                Slot::Kv(path) => self.kv.contains_key(path),
+                Slot::Instance { service, id } => self
+                    .services
+                    .get(service)
+                    .is_some_and(|s| s.get(id).is_some()),
+                Slot::Other => false,
+            };
+            if had_value {
+                warn!(key = %shown(key), bytes = kv.value.len(), limit = self.max_value, "etcd value over [catalog] max_file ignored; keeping what the key held before");
+            } else if matches!(slot, Slot::Kv(_)) {
+                warn!(key = %shown(key), bytes = kv.value.len(), limit = self.max_value, "etcd value over [catalog] max_file refused; templates that use it wait for a usable value");
+            } else {
+                warn!(key = %shown(key), bytes = kv.value.len(), limit = self.max_value, "etcd value over [catalog] max_file refused; the instance is left out");
+            }
+            if let Slot::Kv(path) = slot
+                && !had_value
+            {
+                let why = format!(
+                    "etcd key {} holds {} bytes, over [catalog] max_file ({} bytes): fix the value or raise max_file",
+                    shown(key),
+                    kv.value.len(),
+                    self.max_value
+                );
+                self.refused.insert(path.to_string(), why);
+            }
             return;
+        }
+        if let Slot::Kv(path) = slot {
+            self.refused.remove(path);
         }
         match slot {
             Slot::Instance { service, id } => match decode_instance(service, id, &kv.value) {
@@ -266,7 +294,8 @@ impl Mirror {
                 self.remove_instance(&service, &id, changes);
             }
             Slot::Kv(path) => {
-                if self.kv.remove(path).is_some() {
+                let refused = self.refused.remove(path).is_some();
+                if self.kv.remove(path).is_some() || refused {
                     changes.keys.insert(path.to_string());
                 }
             }
@@ -307,9 +336,15 @@ impl Mirror {
         }
     }
 
-    /// The answer to one query from what the mirror holds.
-    pub fn answer(&self, q: &Query) -> Data {
-        match q {
+    /// The answer to one query from what the mirror holds; `Err` with the reason for a key
+    /// whose only value was refused (see `refused`).
+    pub fn answer(&self, q: &Query) -> Result<Data, String> {
+        if let Query::Key(path) = q
+            && let Some(why) = self.refused.get(key_path(path))
+        {
+            return Err(why.clone());
+        }
+        Ok(match q {
             Query::Service(name) => Data::Instances(
                 self.services
                     .get(name)
@@ -344,7 +379,7 @@ impl Mirror {
             Query::Election(_) | Query::Nodes | Query::Datacenters | Query::InDatacenter(..) => {
                 Data::empty_for(q)
             }
-        }
+        })
     }
 
     /// Number of valid instances held (for logs).
@@ -438,18 +473,21 @@ mod tests {
     #[test]
     fn range_answers_every_query_kind() {
         let m = sample();
-        assert_eq!(ids(&m.answer(&Query::Service("web".into()))), ["w1", "w2"]);
-        let Data::Instances(web) = m.answer(&Query::Service("web".into())) else {
+        assert_eq!(
+            ids(&m.answer(&Query::Service("web".into())).unwrap()),
+            ["w1", "w2"]
+        );
+        let Data::Instances(web) = m.answer(&Query::Service("web".into())).unwrap() else {
             unreachable!()
         };
         assert_eq!(web[1].status, Status::Critical);
         assert_eq!(web[0].port, 80);
         assert_eq!(
-            m.answer(&Query::Service("nope".into())),
+            m.answer(&Query::Service("nope".into())).unwrap(),
             Data::Instances(vec![])
         );
         assert_eq!(
-            m.answer(&Query::Services),
+            m.answer(&Query::Services).unwrap(),
             Data::Services(vec![
                 ServiceSummary {
                     name: "db".into(),
@@ -462,16 +500,19 @@ mod tests {
             ])
         );
         assert_eq!(
-            m.answer(&Query::Key("app/name".into())),
+            m.answer(&Query::Key("app/name".into())).unwrap(),
             Data::Key(Some("shop".into()))
         );
         assert_eq!(
-            m.answer(&Query::Key("/app/name".into())),
+            m.answer(&Query::Key("/app/name".into())).unwrap(),
             Data::Key(Some("shop".into()))
         );
-        assert_eq!(m.answer(&Query::Key("app/none".into())), Data::Key(None));
         assert_eq!(
-            m.answer(&Query::Keys("app/".into())),
+            m.answer(&Query::Key("app/none".into())).unwrap(),
+            Data::Key(None)
+        );
+        assert_eq!(
+            m.answer(&Query::Keys("app/".into())).unwrap(),
             Data::Keys(vec![
                 KeyValue {
                     path: "app/name".into(),
@@ -484,7 +525,7 @@ mod tests {
             ])
         );
         assert_eq!(
-            m.answer(&Query::Keys("nothing/".into())),
+            m.answer(&Query::Keys("nothing/".into())).unwrap(),
             Data::Keys(vec![])
         );
         assert_eq!(m.key_count(), 3);
@@ -520,7 +561,10 @@ mod tests {
                 ),
             ],
         );
-        assert_eq!(ids(&m.answer(&Query::Service("web".into()))), ["ok"]);
+        assert_eq!(
+            ids(&m.answer(&Query::Service("web".into())).unwrap()),
+            ["ok"]
+        );
     }
 
     #[test]
@@ -539,7 +583,7 @@ mod tests {
         assert!(!c.affects(&Query::Services), "tags and names unchanged");
         assert!(!c.affects(&Query::Keys("".into())));
         assert_eq!(
-            ids(&m.answer(&Query::Service("web".into()))),
+            ids(&m.answer(&Query::Service("web".into())).unwrap()),
             ["w1", "w2", "w3"]
         );
 
@@ -570,7 +614,7 @@ mod tests {
         m.apply(delete("/rewire/services/db/d1"), &mut c);
         assert!(c.affects(&Query::Services), "db is gone");
         assert_eq!(
-            m.answer(&Query::Service("db".into())),
+            m.answer(&Query::Service("db".into())).unwrap(),
             Data::Instances(vec![])
         );
 
@@ -614,7 +658,7 @@ mod tests {
             &mut c,
         );
         assert!(c.affects(&Query::Services), "x gone, y new");
-        let Data::Services(list) = m.answer(&Query::Services) else {
+        let Data::Services(list) = m.answer(&Query::Services).unwrap() else {
             unreachable!()
         };
         assert_eq!(list[0].tags, ["y"]);
@@ -631,7 +675,7 @@ mod tests {
             ),
             &mut c,
         );
-        let d = m.answer(&Query::Service("web".into()));
+        let d = m.answer(&Query::Service("web".into())).unwrap();
         assert_eq!(ids(&d), ["w2", "w1"]);
         assert_eq!(d.clone().normalize(), d, "already normalized");
     }
@@ -652,7 +696,7 @@ mod tests {
             })
             .collect();
         let m = Mirror::from_kvs(BASE, u64::MAX, kvs);
-        let d = m.answer(&Query::Service("web".into()));
+        let d = m.answer(&Query::Service("web".into())).unwrap();
         let Data::Instances(list) = &d else {
             panic!("not instances: {d:?}")
         };
@@ -667,20 +711,40 @@ mod tests {
     #[test]
     fn an_invalid_or_oversized_update_keeps_the_last_good_value() {
         let mut m = sample();
-        let before = m.answer(&Query::Service("web".into()));
+        let before = m.answer(&Query::Service("web".into())).unwrap();
         let mut c = Changes::default();
         m.apply(put("/rewire/services/web/w1", "garbage"), &mut c);
         assert!(c.is_empty(), "{c:?}");
-        assert_eq!(m.answer(&Query::Service("web".into())), before);
+        assert_eq!(m.answer(&Query::Service("web".into())).unwrap(), before);
         let mut small = Mirror::from_kvs(BASE, 4, vec![kv("/rewire/kv/app/name", "shop")]);
         small.apply(put("/rewire/kv/app/name", "too long"), &mut c);
         assert!(c.is_empty(), "{c:?}");
         assert_eq!(
             small.answer(&Query::Key("app/name".into())),
-            Data::Key(Some("shop".into()))
+            Ok(Data::Key(Some("shop".into())))
         );
+        // A key whose only value is too big has no answer (not "absent": its default would
+        // render as if it did not exist), until it gets a usable value or is deleted.
+        let mut fresh = Mirror::from_kvs(BASE, 4, vec![kv("/rewire/kv/app/big", "too long")]);
+        let big = Query::Key("app/big".into());
+        let why = fresh.answer(&big).unwrap_err();
+        assert!(why.contains("over [catalog] max_file"), "{why}");
+        fresh.apply(put("/rewire/kv/app/big", "ok"), &mut c);
+        assert_eq!(fresh.answer(&big), Ok(Data::Key(Some("ok".into()))));
+        fresh.apply(put("/rewire/kv/app/big", "too long"), &mut c);
+        assert_eq!(
+            fresh.answer(&big),
+            Ok(Data::Key(Some("ok".into()))),
+            "the last good value stays"
+        );
+        let mut gone = Mirror::from_kvs(BASE, 4, vec![kv("/rewire/kv/app/big", "too long")]);
+        gone.apply(delete("/rewire/kv/app/big"), &mut c);
+        assert_eq!(gone.answer(&big), Ok(Data::Key(None)));
         m.apply(delete("/rewire/services/web/w1"), &mut c);
-        assert_eq!(ids(&m.answer(&Query::Service("web".into()))), ["w2"]);
+        assert_eq!(
+            ids(&m.answer(&Query::Service("web".into())).unwrap()),
+            ["w2"]
+        );
     }
 
     #[test]
@@ -701,7 +765,7 @@ mod tests {
         let mut m = Mirror::from_kvs(BASE, u64::MAX, kvs);
         let q = Query::Service("web".into());
         let store = crate::store::Store::new();
-        store.update(q.clone(), m.answer(&q));
+        store.update(q.clone(), m.answer(&q).unwrap());
         let start = std::time::Instant::now();
         let rounds = 100;
         for n in 0..rounds {
@@ -714,7 +778,7 @@ mod tests {
                 &mut c,
             );
             assert!(c.affects(&q) && !c.affects(&Query::Services));
-            assert!(store.update(q.clone(), m.answer(&q)));
+            assert!(store.update(q.clone(), m.answer(&q).unwrap()));
         }
         let each = start.elapsed() / u32::from(rounds);
         // Typically ~0.1 ms in a debug build; the bound only catches an O(all keys) regression

@@ -291,7 +291,7 @@ impl Catalog for EtcdCatalog {
             .read(&key, end.as_deref())
             .await
             .map_err(|e| e.to_catalog())?;
-        Ok(mirror.answer(query))
+        mirror.answer(query).map_err(refused)
     }
 
     /// One range read of the whole prefix answers every query.
@@ -303,7 +303,7 @@ impl Catalog for EtcdCatalog {
         match self.read(&self.base, Some(&end)).await {
             Ok(mirror) => queries
                 .iter()
-                .map(|q| (q.clone(), Ok(mirror.answer(q))))
+                .map(|q| (q.clone(), mirror.answer(q).map_err(refused)))
                 .collect(),
             Err(e) => queries
                 .iter()
@@ -544,6 +544,14 @@ fn resolve(
         user,
         tls,
     })
+}
+
+/// A key whose only value rewire refused: no answer yet (the template waits), said by name.
+fn refused(detail: String) -> CatalogError {
+    CatalogError::Malformed {
+        backend: "etcd".into(),
+        detail,
+    }
 }
 
 #[cfg(test)]

@@ -313,7 +313,8 @@ impl<'a> Watcher<'a> {
             self.current
                 .iter()
                 .filter(|q| changes.affects(q))
-                .map(|q| (q.clone(), mirror.answer(q))),
+                // A refused key stays unanswered: templates wait for a usable value.
+                .filter_map(|q| Some((q.clone(), mirror.answer(q).ok()?))),
         );
     }
 
@@ -323,7 +324,7 @@ impl<'a> Watcher<'a> {
         if let Some(mirror) = &self.mirror {
             self.store.update_many(
                 next.difference(&self.current)
-                    .map(|q| (q.clone(), mirror.answer(q))),
+                    .filter_map(|q| Some((q.clone(), mirror.answer(q).ok()?))),
             );
         }
         self.current = next;
