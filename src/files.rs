@@ -85,6 +85,12 @@ fn temp_prefix(dest: &Path) -> String {
     format!(".{name}.rewire-")
 }
 
+/// A fresh temp name for `prefix` (from [`temp_prefix`]): the prefix and six random hex digits.
+fn temp_name(prefix: &str, rng: &mut impl Rng) -> String {
+    let suffix: u32 = rng.random_range(0..0x100_0000);
+    format!("{prefix}{suffix:06x}")
+}
+
 fn is_temp_name(file_name: &str, prefix: &str) -> bool {
     file_name
         .strip_prefix(prefix)
@@ -190,8 +196,7 @@ pub fn stage(dest: &Path, bytes: &[u8], perms: Option<u32>) -> io::Result<Staged
     let mut rng = rand::rng();
     let mut created_dir = false;
     for _ in 0..16 {
-        let suffix: u32 = rng.random_range(0..0x100_0000);
-        let temp = dir.join(format!("{prefix}{suffix:06x}"));
+        let temp = dir.join(temp_name(&prefix, &mut rng));
         let file = OpenOptions::new()
             .write(true)
             .create_new(true)
@@ -267,10 +272,10 @@ pub fn write_atomic_in(dir: &File, name: &str, bytes: &[u8], mode: u32) -> io::R
     use nix::fcntl::{OFlag, openat, renameat};
     use nix::sys::stat::Mode;
     use nix::unistd::{UnlinkatFlags, unlinkat};
+    let prefix = temp_prefix(Path::new(name));
     let mut rng = rand::rng();
     for _ in 0..16 {
-        let suffix: u32 = rng.random_range(0..0x100_0000);
-        let temp = format!(".{name}.rewire-{suffix:06x}");
+        let temp = temp_name(&prefix, &mut rng);
         let flags =
             OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
         let mut file = match openat(dir, temp.as_str(), flags, Mode::from_bits_truncate(mode)) {
