@@ -593,6 +593,9 @@ fn files_renamed_into_place_and_away_are_followed() {
         p.read("out/web.conf").contains("10.0.0.4:80")
     });
     assert!(!p.read("out/web.conf").contains("10.0.0.3"));
+    // `b.json.new` and `a.json.bak` are a writer's versions of instance files, and gone by
+    // now: nothing to warn about.
+    assert!(!r.log().contains("not an instance file"), "{}", r.log());
     assert_eq!(r.stop(), Some(0), "{}", r.log());
 }
 

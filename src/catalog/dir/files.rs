@@ -63,14 +63,21 @@ impl Reader {
     }
 
     /// Warns (once per file) about a file in `services/<service>/` that is not read because
-    /// its name does not end in `.json`. Hidden files and backups (`~`) are silently skipped.
+    /// its name does not end in `.json`. Hidden files, backups (`~`) and other versions of an
+    /// instance file (`web-3.json.tmp`, `web-3.json.bak`: a writer's temp file on its way to
+    /// a rename) are silently skipped, and so is a name that is gone by now: the event was
+    /// its rename or removal. Only files that are there are remembered, and forgotten when
+    /// they go, so a writer using a new temp name each time grows nothing.
     pub(super) fn note_not_an_instance(&self, rel: &Path, name: &std::ffi::OsStr) {
         let n = name.to_string_lossy();
-        if hidden(name) || n.ends_with('~') || n.ends_with(".json") {
+        if hidden(name) || n.ends_with('~') || n.ends_with(".json") || n.contains(".json.") {
             return;
         }
+        let there = std::fs::symlink_metadata(self.root.join(rel)).is_ok();
         let mut ignored = crate::lock::lock(&self.ignored);
-        if ignored.insert(rel.to_path_buf()) {
+        if !there {
+            ignored.remove(rel);
+        } else if ignored.insert(rel.to_path_buf()) {
             tracing::warn!(
                 file = %self.root.join(rel).display(),
                 "not an instance file (instance files end in .json); ignored"
@@ -358,5 +365,34 @@ mod tests {
             decode_instance(body, "api", "api-2", "n"),
             Read::Good(_)
         ));
+    }
+
+    /// A writer that renames a new temp name into place each time must not grow the set of
+    /// files warned about, and a name that is gone is not warned about.
+    #[test]
+    fn only_non_instance_files_that_stay_are_remembered() {
+        let root = tempfile::tempdir().unwrap();
+        let web = root.path().join("services/web");
+        std::fs::create_dir_all(&web).unwrap();
+        let reader = Reader::new(root.path().to_path_buf(), "n".into(), 1 << 20);
+        let note = |name: &str| {
+            reader.note_not_an_instance(
+                &Path::new("services/web").join(name),
+                std::ffi::OsStr::new(name),
+            )
+        };
+        let remembered = || crate::lock::lock(&reader.ignored).len();
+        for i in 0..100 {
+            note(&format!("tmp{i}")); // created and renamed away before its event was read
+        }
+        assert_eq!(remembered(), 0);
+        std::fs::write(web.join("web-3"), "{}").unwrap();
+        note("web-3");
+        std::fs::write(web.join("web-4.json.tmp"), "{}").unwrap();
+        note("web-4.json.tmp");
+        assert_eq!(remembered(), 1, "only the typo is remembered");
+        std::fs::remove_file(web.join("web-3")).unwrap();
+        note("web-3");
+        assert_eq!(remembered(), 0, "forgotten once gone");
     }
 }
