@@ -2,13 +2,18 @@
 //!
 //! Bounded on purpose, since the port may face a network: GET and HEAD only (405 otherwise),
 //! request heads up to 8 KiB read within 5 s, bodies never read, each connection closed after
-//! 30 s, at most 64 connections at once (more wait in the kernel's backlog). It runs on its own
+//! 30 s, at most 64 connections at once. A new connection beyond that closes the oldest one
+//! rather than waiting for it: otherwise 64 clients that connect and send nothing (or a byte
+//! at a time) would hold every slot, and a liveness probe queued behind them in the kernel's
+//! backlog would time out and get the container restarted. A real request is answered within
+//! a millisecond of its head, long before 64 newer connections push it out. It runs on its own
 //! tasks and only reads shared state (the board, the store's snapshot, the metrics), so a
 //! render or a hanging check never delays a scrape.
 
+use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use http_body_util::Full;
@@ -17,7 +22,6 @@ use hyper::header::{ALLOW, CONTENT_TYPE, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
@@ -45,19 +49,12 @@ pub fn serve(
     tasks: &TaskTracker,
 ) {
     let connections = tasks.clone();
-    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let live = Arc::new(Mutex::new(Live::default()));
     if let Ok(addr) = listener.local_addr() {
         info!(%addr, "telemetry listening");
     }
     tasks.spawn(async move {
         loop {
-            let permit = tokio::select! {
-                _ = stop.cancelled() => break,
-                p = slots.clone().acquire_owned() => match p {
-                    Ok(p) => p,
-                    Err(_) => break,
-                },
-            };
             let (stream, peer) = tokio::select! {
                 _ = stop.cancelled() => break,
                 accepted = listener.accept() => match accepted {
@@ -69,9 +66,9 @@ pub fn serve(
                     }
                 },
             };
-            let (sources, stop) = (sources.clone(), stop.clone());
+            let (id, evicted) = crate::lock::lock(&live).admit();
+            let (sources, stop, live) = (sources.clone(), stop.clone(), live.clone());
             connections.spawn(async move {
-                let _permit = permit;
                 let service = hyper::service::service_fn(move |req| {
                     let sources = sources.clone();
                     async move { Ok::<_, Infallible>(answer(&req, &sources)) }
@@ -83,15 +80,44 @@ pub fn serve(
                     .serve_connection(TokioIo::new(stream), service);
                 tokio::select! {
                     _ = stop.cancelled() => {}
+                    _ = evicted.cancelled() => debug!(%peer, "telemetry connection closed for a newer one"),
                     r = tokio::time::timeout(CONNECTION_LIFETIME, conn) => match r {
                         Ok(Err(e)) => debug!(%peer, error = %e, "telemetry connection ended"),
                         Err(_) => debug!(%peer, "telemetry connection closed after its lifetime"),
                         Ok(Ok(())) => {}
                     },
                 }
+                crate::lock::lock(&live).leave(id);
             });
         }
     });
+}
+
+/// The open connections, oldest first, each with the token that closes it.
+#[derive(Default)]
+struct Live {
+    next: u64,
+    open: VecDeque<(u64, CancellationToken)>,
+}
+
+impl Live {
+    /// Takes in a new connection, closing the oldest when [`MAX_CONNECTIONS`] are open.
+    fn admit(&mut self) -> (u64, CancellationToken) {
+        if self.open.len() >= MAX_CONNECTIONS
+            && let Some((_, oldest)) = self.open.pop_front()
+        {
+            oldest.cancel();
+        }
+        let id = self.next;
+        self.next += 1;
+        let token = CancellationToken::new();
+        self.open.push_back((id, token.clone()));
+        (id, token)
+    }
+
+    fn leave(&mut self, id: u64) {
+        self.open.retain(|(i, _)| *i != id);
+    }
 }
 
 fn text(status: StatusCode, content_type: &'static str, body: String) -> Response<Full<Bytes>> {

@@ -331,6 +331,33 @@ fn listener_serves_only_get_and_head_on_known_paths() {
     assert_eq!(get(port, "/health").0, 200);
 }
 
+/// Clients that connect and send nothing must not keep a probe out: with every slot held by
+/// them (and the kernel's backlog full behind), /health used to wait for their 5 s head
+/// timeouts, one batch of 64 after another, past any probe's timeout.
+#[test]
+fn idle_connections_never_keep_a_probe_waiting() {
+    let port = free_port();
+    let p = checked_project(port, "");
+    let _run = start(&p, port);
+    let mut idle = Vec::new();
+    for _ in 0..300 {
+        match std::net::TcpStream::connect_timeout(
+            &addr(port).parse().unwrap(),
+            Duration::from_millis(500),
+        ) {
+            Ok(s) => idle.push(s),
+            Err(e) => panic!("connection {} was not accepted: {e}", idle.len() + 1),
+        }
+    }
+    // A slow client too: half a request head.
+    use std::io::Write;
+    idle[0].write_all(b"GET /metrics HTTP/1.1\r\n").unwrap();
+    let (status, body) = get(port, "/health");
+    assert_eq!((status, body.trim()), (200, r#"{"ok":true}"#));
+    assert_eq!(get(port, "/metrics").0, 200);
+    drop(idle);
+}
+
 #[test]
 fn status_is_served_when_asked_for() {
     let port = free_port();
