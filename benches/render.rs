@@ -71,7 +71,6 @@ fn store_with(list: Vec<Arc<Instance>>) -> Store {
     // Every other setting the template reads: absent, so its default applies.
     store.update_many(
         [
-            "nginx/pid",
             "nginx/worker_connections",
             "nginx/keepalive_timeout",
             "nginx/upstream_keepalive",

@@ -391,6 +391,8 @@ pub struct Registration {
 pub enum Invalid {
     #[error("address {} is neither an IP address nor a hostname", shown(.0))]
     Address(String),
+    #[error("address {} is refused: nginx would read `{}:PORT` as the path of a UNIX-domain socket", shown(.0), .0)]
+    UnixAddress(String),
     #[error("port {0} is outside 1-65535")]
     Port(i64),
     #[error("{} may only hold letters, digits and - _ . : @ (and may not start with a dot)", shown(.0))]
@@ -409,10 +411,34 @@ pub fn shown(value: &str) -> String {
     }
 }
 
-/// An IP address (v4 or v6) or an RFC 1123 hostname.
+/// A message that may hold catalog data, made fit for one log line: control characters
+/// escaped (`\n`, `\u{1}`: a newline cannot start a forged log line) and cut after `max`
+/// characters, saying how long it was.
+pub fn one_line(text: &str, max: usize) -> String {
+    let mut out = String::with_capacity(text.len().min(max + 16));
+    for (n, c) in text.chars().enumerate() {
+        if n == max {
+            out.push_str(&format!("… ({} bytes)", text.len()));
+            break;
+        }
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// An IP address (v4 or v6) or an RFC 1123 hostname, but never `unix` (any case): nginx reads
+/// `unix:PORT` in `server` and `listen` as the path of a UNIX-domain socket, so an instance
+/// at "host" `unix` would send traffic to (or listen on) a socket file named after the port.
 pub fn check_address(addr: &str) -> Result<(), Invalid> {
     if addr.parse::<IpAddr>().is_ok() {
         return Ok(());
+    }
+    if addr.eq_ignore_ascii_case("unix") {
+        return Err(Invalid::UnixAddress(addr.to_string()));
     }
     let ok = !addr.is_empty()
         && addr.len() <= 253
@@ -649,6 +675,18 @@ mod tests {
         assert!(check_address("evil; rm -rf /").is_err());
         assert!(check_address("a b").is_err());
         assert!(check_address("-x.y").is_err());
+        // nginx reads `unix:PORT` as a socket path.
+        assert!(check_address("unix").is_err());
+        assert!(check_address("UNIX").is_err());
+        assert!(check_address("unix.internal").is_ok());
+    }
+
+    #[test]
+    fn one_line_escapes_control_characters_and_cuts() {
+        assert_eq!(one_line("bad x\nFORGED\u{1}", 100), "bad x\\nFORGED\\u{1}");
+        let long = "a".repeat(5000);
+        assert_eq!(one_line(&long, 10), "aaaaaaaaaa… (5000 bytes)");
+        assert_eq!(one_line("é", 1), "é");
     }
 
     #[test]

@@ -569,15 +569,10 @@ impl<'a> Run<'a> {
                 kv("haproxy/listen", &listen)?;
                 kv("haproxy/check_path", "/health")?;
                 kv("haproxy/log_level", "notice")?;
-                kv(
-                    "haproxy/admin_socket",
-                    &front.join("admin.sock").display().to_string(),
-                )?;
                 ("haproxy.cfg.tera", front.join("haproxy.cfg"))
             }
             Mode::Nginx => {
                 kv("nginx/listen", &listen)?;
-                kv("nginx/pid", &front.join("nginx.pid").display().to_string())?;
                 if let Some(k) = &self.o.nginx_keepalive_timeout {
                     kv("nginx/keepalive_timeout", k)?;
                 }
@@ -852,9 +847,14 @@ fn spawn_rewire(
     log: &Path,
 ) -> anyhow::Result<u32> {
     let mut cmd = Command::new(&o.rewire);
+    // The shipped templates take the operator's paths from the environment: the front's
+    // pid file and admin socket live beside its rewire.toml.
+    let dir = toml.parent().unwrap_or(Path::new("."));
     cmd.args(["run", "-c"])
         .arg(toml)
         .env("REWIRE_LOG", "info")
+        .env("NGINX_PID", dir.join("nginx.pid"))
+        .env("HAPROXY_ADMIN_SOCKET", dir.join("admin.sock"))
         .env_remove("REWIRE_CONFIG");
     procs
         .spawn(name, cmd, log)

@@ -32,6 +32,7 @@ pub(super) fn register(tera: &mut Tera) {
     tera.register_function("nodes", fn_nodes);
     tera.register_function("datacenters", fn_datacenters);
     tera.register_function("env", fn_env);
+    tera.register_function("throw", fn_throw);
     tera.register_function("leader", fn_leader);
     tera.register_function("is_leader", fn_is_leader);
     tera.register_filter("by_tag", filter_by_tag);
@@ -82,6 +83,7 @@ pub(super) const ARGUMENTS: &[(&str, &[&str])] = &[
     ("nodes", &["dc"]),
     ("datacenters", &[]),
     ("env", &["name", "default"]),
+    ("throw", &["message"]),
     ("by_tag", &["tag"]),
     ("port", &[]),
     ("listen_address", &[]),
@@ -512,6 +514,21 @@ fn fn_env(kwargs: Kwargs, _: &State) -> TeraResult<Value> {
     }
 }
 
+/// The longest `throw` message kept, in characters.
+const THROW_MAX: usize = 300;
+
+/// `throw(message=...)`: Tera's own, but the message is made fit for one log line
+/// ([`crate::model::one_line`]): templates name the bad catalog value in it (the shipped ones
+/// do), and a value with a newline would otherwise forge lines in rewire's log, or a 1 MiB
+/// one write a megabyte per render into the log and `rewire status`.
+fn fn_throw(kwargs: Kwargs, _: &State) -> TeraResult<bool> {
+    only(&kwargs, "throw")?;
+    let message: String = kwargs.must_get("message")?;
+    Err(tera::Error::message(crate::model::one_line(
+        &message, THROW_MAX,
+    )))
+}
+
 fn filter_by_tag(list: Vec<Value>, kwargs: Kwargs, _: &State) -> TeraResult<Value> {
     only(&kwargs, "by_tag")?;
     let tag: String = kwargs.must_get("tag")?;
@@ -903,6 +920,8 @@ mod tests {
             "[::1]",
             "a b:80",
             "127.0.0.1:80 ssl",
+            "unix:8080",
+            "Unix:8080",
             "",
         ] {
             assert!(!is_listen_address(bad), "{bad:?}");

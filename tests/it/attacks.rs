@@ -173,7 +173,7 @@ fn rm_rf_of_the_catalog_keeps_the_last_good_config_until_it_is_back() {
     shipped(&p, "nginx.conf.tera");
     // The shipped template with the default wait, as in the issue.
     p.config(&shipped_config(&p, "nginx.conf.tera", &check, ""));
-    p.kv("nginx/pid", &p.path("nginx.pid").display().to_string());
+    p.env("NGINX_PID", &p.path("nginx.pid").display().to_string());
     for n in 0..40 {
         p.instance("web", &format!("w{n}"), &format!("10.0.1.{n}"), 8080);
     }
@@ -212,7 +212,6 @@ fn rm_rf_of_the_catalog_keeps_the_last_good_config_until_it_is_back() {
 
     // It comes back with whatever the catalog holds then.
     std::fs::create_dir_all(p.path("catalog/kv")).unwrap();
-    p.kv("nginx/pid", &p.path("nginx.pid").display().to_string());
     p.instance("web", "new", "10.0.3.1", 8080);
     wait_for("the catalog's return rendered", TIMEOUT, || {
         let c = p.read("out/conf");
@@ -276,7 +275,6 @@ fn an_instance_file_turned_invalid_keeps_its_last_good_content_until_deleted() {
 
 /// The issue's payloads, each with the message that names the setting.
 const NGINX_LISTEN: &str = "80; location /leak/ { alias /etc/; autoindex on; } #";
-const NGINX_PID: &str = "/run/nginx.pid;\nload_module /tmp/rewire-evil/evil.so";
 const HAPROXY_LISTEN: &str =
     ":80\n    http-request return status 200 content-type text/plain file /etc/shadow";
 
@@ -289,7 +287,6 @@ fn kv_injections_fail_the_render_and_the_last_good_config_stays() {
     // One-shot renders: exit 1, naming the setting, nothing written.
     for (template, check, key, value) in [
         ("nginx.conf.tera", &nginx, "nginx/listen", NGINX_LISTEN),
-        ("nginx.conf.tera", &nginx, "nginx/pid", NGINX_PID),
         (
             "haproxy.cfg.tera",
             &haproxy,
@@ -314,15 +311,52 @@ fn kv_injections_fail_the_render_and_the_last_good_config_stays() {
         assert_eq!(project::code(&o), 1, "{key}: {err}");
         assert!(err.contains(&format!("{key} must be")), "{key}: {err}");
         assert!(!q.path("out/conf").exists(), "{key}: written anyway");
+        // The message names the value escaped: its second line never becomes a line of its own.
+        if let Some((_, after)) = value.split_once('\n') {
+            assert!(
+                !err.lines()
+                    .any(|l| l.trim_start().starts_with(after.trim_start())),
+                "{key}: {err}"
+            );
+        }
     }
+
+    // nginx's pid file is the operator's (NGINX_PID): a catalog writer who could move it would
+    // stop every later reload by pidfile. A KV nginx/pid is not read.
+    let q = Project::new();
+    shipped(&q, "nginx.conf.tera");
+    q.config(&shipped_config(
+        &q,
+        "nginx.conf.tera",
+        &nginx.replace(
+            &p.root().display().to_string(),
+            &q.root().display().to_string(),
+        ),
+        "",
+    ));
+    let pid = q.path("nginx.pid").display().to_string();
+    q.env("NGINX_PID", &pid)
+        .instance("web", "a", "127.0.0.1", 18080)
+        .kv("nginx/pid", "/tmp/elsewhere.pid");
+    let o = q.rewire(&["render"]);
+    assert_eq!(project::code(&o), 0, "{}", project::stderr(&o));
+    let conf = q.read("out/conf");
+    assert!(conf.contains(&format!("pid \"{pid}\";")), "{conf}");
+    assert!(!conf.contains("elsewhere"), "{conf}");
 
     // The daemon: a good config first, then each payload: the template fails, the file stays.
     for (template, check, settings, payloads) in [
         (
             "nginx.conf.tera",
             &nginx,
-            vec![("nginx/pid", p.path("nginx.pid").display().to_string())],
-            vec![("nginx/listen", NGINX_LISTEN), ("nginx/pid", NGINX_PID)],
+            vec![("nginx/worker_connections", "512".to_string())],
+            vec![
+                ("nginx/listen", NGINX_LISTEN),
+                (
+                    "nginx/worker_connections",
+                    "512;\nload_module /tmp/rewire-evil/evil.so",
+                ),
+            ],
         ),
         (
             "haproxy.cfg.tera",
@@ -332,6 +366,7 @@ fn kv_injections_fail_the_render_and_the_last_good_config_stays() {
         ),
     ] {
         let q = Project::new();
+        q.env("NGINX_PID", &q.path("nginx.pid").display().to_string());
         let check = check.replace(
             &p.root().display().to_string(),
             &q.root().display().to_string(),

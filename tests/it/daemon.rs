@@ -240,7 +240,7 @@ fn shipped_templates_pass_real_nginx_and_haproxy_checks() {
         // Consul lists itself (its server RPC port): the shipped templates leave it out.
         .instance("consul", "c", "127.0.0.1", 8300)
         .file("catalog/kv/nginx/listen", "127.0.0.1:18082")
-        .file("catalog/kv/nginx/pid", &p.path("nginx.pid").display().to_string())
+        .env("NGINX_PID", &p.path("nginx.pid").display().to_string())
         .file("catalog/kv/haproxy/listen", "127.0.0.1:18081")
         .config(&format!(
             "[[template]]\nsource = \"nginx.conf.tera\"\ndestination = \"out/nginx.conf\"\ncheck = [\"{}\", \"-t\", \"-q\", \"-p\", \"{}\", \"-c\", \"{{file}}\"]\n\n[[template]]\nsource = \"haproxy.cfg.tera\"\ndestination = \"out/haproxy.cfg\"\ncheck = [\"{}\", \"-c\", \"-dW\", \"-f\", \"{{file}}\"]\n",

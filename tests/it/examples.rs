@@ -7,7 +7,7 @@ use std::time::Duration;
 use crate::project::{Project, code, stderr};
 use crate::support::{self, TIMEOUT, free_port, wait_for};
 
-/// The quickstart's pid path, as its rewire.toml and catalog/kv/nginx/pid write it.
+/// The quickstart's pid path, as its rewire.toml and its template's NGINX_PID default say.
 const QUICKSTART_PID: &str = "/tmp/rewire-quickstart-nginx.pid";
 
 /// Copies `examples/quickstart` (config, templates, catalog; not `out/`) into `p`.
@@ -77,8 +77,13 @@ fn quickstart_check_and_reload_lines_work_as_written_against_nginx() {
         .replace("# reload = ", "reload = ")
         .replace(QUICKSTART_PID, &pidfile.display().to_string());
     p.config(&config);
-    assert_eq!(p.read("catalog/kv/nginx/pid").trim(), QUICKSTART_PID);
-    p.kv("nginx/pid", &pidfile.display().to_string());
+    assert!(
+        p.read("templates/nginx.conf.tera").contains(&format!(
+            "env(name=\"NGINX_PID\", default=\"{QUICKSTART_PID}\")"
+        )),
+        "the quickstart's template no longer defaults to {QUICKSTART_PID}"
+    );
+    p.env("NGINX_PID", &pidfile.display().to_string());
     let port = free_port();
     p.kv("nginx/listen", &format!("127.0.0.1:{port}"));
 

@@ -477,8 +477,8 @@ fn daemon_project(listen: u16) -> Project {
     p.kv("haproxy/listen", &format!("127.0.0.1:{listen}"))
         .kv("haproxy/check_path", "/health")
         .kv("haproxy/log_level", "notice")
-        .kv(
-            "haproxy/admin_socket",
+        .env(
+            "HAPROXY_ADMIN_SOCKET",
             &p.path("admin.sock").display().to_string(),
         );
     p.config(&format!(

@@ -9,6 +9,8 @@ use crate::support::process;
 #[must_use]
 pub struct Project {
     pub dir: tempfile::TempDir,
+    /// Environment variables every rewire of this project gets (`Project::env`).
+    env: std::cell::RefCell<Vec<(String, String)>>,
 }
 
 impl Project {
@@ -16,7 +18,17 @@ impl Project {
         let dir = tempfile::tempdir().expect("temp dir");
         std::fs::create_dir_all(dir.path().join("catalog/services")).unwrap();
         std::fs::create_dir_all(dir.path().join("catalog/kv")).unwrap();
-        Project { dir }
+        Project {
+            dir,
+            env: Default::default(),
+        }
+    }
+
+    /// Sets an environment variable for every rewire this project runs (the shipped
+    /// templates take the operator's paths, such as NGINX_PID, from there).
+    pub fn env(&self, name: &str, value: &str) -> &Project {
+        self.env.borrow_mut().push((name.into(), value.into()));
+        self
     }
 
     pub fn path(&self, rel: &str) -> PathBuf {
@@ -83,6 +95,7 @@ impl Project {
             .current_dir(self.root())
             .env_remove("REWIRE_CONFIG")
             .env("REWIRE_LOG", "info");
+        c.envs(self.env.borrow().iter().map(|(k, v)| (k, v)));
         c
     }
 }

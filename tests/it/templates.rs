@@ -142,7 +142,7 @@ fn odd_service_names_and_ids_still_render_valid_configs() {
     p.instance("api.v2", "x@y:1", "127.0.0.1", 18080)
         .instance("team@corp", "b", "127.0.0.1", 18081)
         .kv("nginx/listen", "127.0.0.1:18082")
-        .kv("nginx/pid", &p.path("nginx.pid").display().to_string())
+        .env("NGINX_PID", &p.path("nginx.pid").display().to_string())
         .kv("haproxy/listen", "18083")
         .config(&format!(
             "[[template]]\nsource = \"nginx.conf.tera\"\ndestination = \"out/nginx.conf\"\n{}\n[[template]]\nsource = \"haproxy.cfg.tera\"\ndestination = \"out/haproxy.cfg\"\n{}",
@@ -302,7 +302,7 @@ fn nginx_template_pools_http11_upstream_connections_and_tries_the_next_backend()
     p.instance("web", "good", "127.0.0.1", good.port)
         .instance("web", "bad", "127.0.0.1", bad.port)
         .kv("nginx/listen", &format!("127.0.0.1:{port}"))
-        .kv("nginx/pid", &p.path("nginx.pid").display().to_string())
+        .env("NGINX_PID", &p.path("nginx.pid").display().to_string())
         .config(&format!(
             "[[template]]\nsource = \"nginx.conf.tera\"\ndestination = \"nginx.conf\"\n{}",
             nginx_check(&nginx, &p)
@@ -369,8 +369,8 @@ fn haproxy_template_retries_on_another_server_and_checks_the_configured_path() {
         .instance("web", "bad", "127.0.0.1", bad.port)
         .kv("haproxy/listen", &format!("127.0.0.1:{port}"))
         .kv("haproxy/check_path", "/health")
-        .kv(
-            "haproxy/admin_socket",
+        .env(
+            "HAPROXY_ADMIN_SOCKET",
             &p.path("admin.sock").display().to_string(),
         )
         .config(&format!(
