@@ -921,3 +921,47 @@ fn etcd_values_over_max_file_and_watch_messages_over_max_response_are_refused() 
     assert!(err.contains("over [catalog] max_file"), "{err}");
     assert_eq!(p.read("out/web.conf"), "11\n");
 }
+
+/// Found by attacking the dir catalog: the reaper re-read an expired instance confined, then
+/// removed it by path, so a writer flipping `services/x` between a directory inside the catalog
+/// and a link to one outside got `<id>.json` deleted there (rewire often runs as root). Now the
+/// file is removed inside the directory that was opened and read (`unlinkat`). The race runs
+/// for a few seconds; the reaper must have removed the file inside at least once meanwhile, so
+/// the test cannot pass without the race having been run.
+#[test]
+fn the_reaper_never_deletes_outside_the_catalog_through_a_swapped_link() {
+    let p = Project::new();
+    p.file("web.tera", UPSTREAM).config(&config(&p, ""));
+    p.instance("web", "a", "10.0.0.1", 80);
+    let outside = tempfile::tempdir().unwrap();
+    let victim = outside.path().join("precious.json");
+    std::fs::write(&victim, "{\"important\": true}\n").unwrap();
+    let stash = p.path("catalog/stash");
+    std::fs::create_dir_all(&stash).unwrap();
+    let expired = r#"{"address": "127.0.0.1", "port": 80, "expires_at": "2020-01-01T00:00:00Z"}"#;
+    let services = p.path("catalog/services");
+    let mut r = p.run();
+    wait_for("the first render", TIMEOUT, || {
+        p.read("out/web.conf").contains("10.0.0.1:80")
+    });
+    let (mut reaped_inside, started) = (0, Instant::now());
+    while started.elapsed() < Duration::from_secs(4) && victim.exists() {
+        if !stash.join("precious.json").exists() {
+            reaped_inside += 1;
+            std::fs::write(stash.join(".w"), expired).unwrap();
+            std::fs::rename(stash.join(".w"), stash.join("precious.json")).unwrap();
+        }
+        for target in [Path::new("../stash"), outside.path()] {
+            let _ = std::fs::remove_file(services.join(".l"));
+            symlink(target, services.join(".l")).unwrap();
+            std::fs::rename(services.join(".l"), services.join("x")).unwrap();
+        }
+    }
+    assert!(victim.exists(), "rewire deleted a file outside the catalog");
+    assert!(
+        reaped_inside > 0,
+        "the reaper never ran during the race: {}",
+        r.log()
+    );
+    assert_eq!(r.stop(), Some(0), "{}", r.log());
+}

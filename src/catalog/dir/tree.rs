@@ -513,21 +513,32 @@ impl Reader {
             return;
         };
         for (service, id) in due {
-            let rel = Path::new("services")
-                .join(service)
-                .join(format!("{id}.json"));
-            let Read::Good(fresh) = self.read_instance(&root, None, &rel, service, id) else {
+            // The service directory is opened beneath the root and the file removed inside
+            // that very directory (`unlinkat`), never by path: a writer who swaps
+            // `services/<service>` for a link leading out between the re-read and the removal
+            // must not get rewire (often root) to delete `<id>.json` anywhere else.
+            let Ok(Some(dir)) = self.open_dir(&root, &Path::new("services").join(service)) else {
+                continue;
+            };
+            let name = format!("{id}.json");
+            let rel = dir.rel.join(&name);
+            let Read::Good(fresh) = self.read_instance_in(&root, &dir, name.as_ref(), service, id)
+            else {
                 continue;
             };
             if fresh.expiry.is_none_or(|x| x + deregister_after > now) {
                 continue;
             }
             let path = self.root.join(&rel);
-            match std::fs::remove_file(&path) {
+            match nix::unistd::unlinkat(
+                &dir.file,
+                name.as_str(),
+                nix::unistd::UnlinkatFlags::NoRemoveDir,
+            ) {
                 Ok(()) => {
                     info!(file = %path.display(), "removed an instance expired for longer than deregister_after")
                 }
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(nix::errno::Errno::ENOENT) => {}
                 Err(e) => {
                     warn!(file = %path.display(), error = %e, "cannot remove expired instance")
                 }
