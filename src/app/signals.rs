@@ -8,9 +8,11 @@
 //! registrations behind.
 //!
 //! Every other signal whose default action ends the process (USR1 and USR2 when not forwarded,
-//! ALRM, PWR, IO, the real-time signals, ...) is caught and ignored with a warning: a stray
-//! `kill -USR1` from a log rotation, or one the PID 1 reaper passes on, must not end rewire
-//! without its stop sequence. Faults (SEGV, BUS, ABRT, TRAP, SYS, ...) keep their default:
+//! ALRM, PWR, IO, the real-time signals, ...) or stops it (TSTP, TTIN, TTOU) is caught and
+//! ignored with a warning: a stray `kill -USR1` from a log rotation, or one the PID 1 reaper
+//! passes on, must not end rewire without its stop sequence, and a stopped rewire supervises
+//! nothing and leaves a later SIGTERM pending (`docker stop` then ends in SIGKILL, without
+//! deregistering). A Ctrl-Z in `docker run -it` is one way to send TSTP. Faults (SEGV, BUS, ABRT, TRAP, SYS, ...) keep their default:
 //! sent by hand they are a request to dump core.
 
 use nix::sys::signal::Signal;
@@ -33,9 +35,9 @@ pub enum Incoming {
 /// Signals that always stop rewire unless forwarded.
 const ALWAYS_STOP: [Signal; 3] = [Signal::SIGTERM, Signal::SIGINT, Signal::SIGQUIT];
 
-/// Signals whose default action ends the process and that nothing in rewire raises itself
-/// (faults such as SEGV and ABRT keep their default: they mean rewire itself is broken).
-const WOULD_KILL: [Signal; 10] = [
+/// Signals whose default action ends or stops the process and that nothing in rewire raises
+/// itself (faults such as SEGV and ABRT keep their default: they mean rewire itself is broken).
+const WOULD_KILL: [Signal; 13] = [
     Signal::SIGUSR1,
     Signal::SIGUSR2,
     Signal::SIGALRM,
@@ -46,6 +48,9 @@ const WOULD_KILL: [Signal; 10] = [
     Signal::SIGXCPU,
     Signal::SIGXFSZ,
     Signal::SIGSTKFLT,
+    Signal::SIGTSTP,
+    Signal::SIGTTIN,
+    Signal::SIGTTOU,
 ];
 
 /// Which signals mean what, as configured (pure, so it is tested without signals).
@@ -199,6 +204,9 @@ mod tests {
             Signal::SIGUSR2,
             Signal::SIGALRM,
             Signal::SIGPWR,
+            Signal::SIGTSTP,
+            Signal::SIGTTIN,
+            Signal::SIGTTOU,
         ] {
             assert!(plan.all.contains(&s), "{s} is not caught");
             assert_eq!(plan.meaning(s), Incoming::Ignored(s));

@@ -311,12 +311,15 @@ fn a_stray_signal_is_ignored_and_sigquit_runs_the_stop_sequence() {
     ));
     let mut rw = Rewire::start(&p, &[]);
     rw.wait_for("registered", || registration_is(&p, "passing"));
-    // Their default action would end rewire at once, its registration left behind.
+    // Their default action would end rewire at once, its registration left behind; or, for
+    // TSTP and TTIN, stop it, and a later SIGTERM would wait for a SIGCONT.
     for sig in [
         Signal::SIGUSR1,
         Signal::SIGUSR2,
         Signal::SIGALRM,
         Signal::SIGPWR,
+        Signal::SIGTSTP,
+        Signal::SIGTTIN,
     ] {
         rw.signal(sig as i32);
         let name = sig.as_str().to_string();
