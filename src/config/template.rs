@@ -144,6 +144,20 @@ impl Walker<'_> {
                 limits,
             });
         }
+        // A template written over its own source (or another's) is gone after one render.
+        for (d, span) in &dests {
+            if let Some(t) = out.iter().find(|t| same_file(&t.source, d)) {
+                self.error(
+                    span.clone(),
+                    format!(
+                        "destination {} is the source of template {:?}: one render would replace the template with its output",
+                        d.display(),
+                        t.name
+                    ),
+                    "write the rendered file somewhere else",
+                );
+            }
+        }
         out
     }
 
@@ -246,3 +260,13 @@ const TEMPLATE_KEYS: &[&str] = &[
     "render_timeout",
     "max_output",
 ];
+
+/// Whether two paths name one file: equal, or (when both exist) the same inode.
+fn same_file(a: &std::path::Path, b: &std::path::Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    a == b
+        || match (std::fs::metadata(a), std::fs::metadata(b)) {
+            (Ok(x), Ok(y)) => x.dev() == y.dev() && x.ino() == y.ino(),
+            _ => false,
+        }
+}

@@ -575,3 +575,28 @@ fn check_warns_about_a_zero_drain_beside_a_service() {
     );
     assert!(err.contains("wait.max"), "{err}");
 }
+
+/// Found by a new user: a destination equal to the template's source passed `check`, and one
+/// render replaced the template with its output.
+#[test]
+fn a_destination_that_is_a_template_source_is_refused() {
+    let p = Project::new();
+    let template = "{% for s in service(name=\"web\") %}{{ s | addr_port }}\n{% endfor %}";
+    p.file("tpl/a.tera", template)
+        .instance("web", "a", "10.0.0.1", 80)
+        .config("[[template]]\nsource = \"tpl/a.tera\"\ndestination = \"tpl/a.tera\"\n");
+    for cmd in ["check", "render"] {
+        let o = p.rewire(&[cmd]);
+        assert_ne!(code(&o), 0, "{cmd}: {}", stderr(&o));
+        assert!(
+            stderr(&o).contains("is the source of template"),
+            "{cmd}: {}",
+            stderr(&o)
+        );
+    }
+    assert_eq!(
+        p.read("tpl/a.tera"),
+        template,
+        "the template was overwritten"
+    );
+}

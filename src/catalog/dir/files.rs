@@ -78,8 +78,10 @@ impl Reader {
         if !there {
             ignored.remove(rel);
         } else if ignored.insert(rel.to_path_buf()) {
+            // Quoted and escaped: the name is the catalog writer's (a newline in it would
+            // forge a log line).
             tracing::warn!(
-                file = %self.root.join(rel).display(),
+                file = ?self.root.join(rel),
                 "not an instance file (instance files end in .json); ignored"
             );
         }
