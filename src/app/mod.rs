@@ -200,8 +200,12 @@ async fn dispatch(cli: Cli) -> Result<Outcome, Failure> {
     };
     match &cli.command {
         Command::Check => Ok(commands::check::run(&config)),
-        Command::Render(args) => commands::render::run(&config, open_catalog(&config)?, args).await,
-        Command::Diff(args) => commands::diff::run(&config, open_catalog(&config)?, args).await,
+        Command::Render(args) => {
+            commands::render::run(&config, open_checked(&config).await?, args).await
+        }
+        Command::Diff(args) => {
+            commands::diff::run(&config, open_checked(&config).await?, args).await
+        }
         Command::Run(_) => daemon::run(config, Reloader::new(&cli)).await,
         Command::Import(args) => commands::import::run(args),
         Command::Completions(args) => commands::manual::completions(args.shell),
@@ -238,6 +242,19 @@ fn load_config(cli: &Cli) -> Result<Config, Failure> {
 
 fn open_catalog(config: &Config) -> Result<Arc<dyn Catalog>, Failure> {
     Ok(catalog::open(&config.catalog)?)
+}
+
+/// Opens the catalog for `render` or `diff` and asks it first whether it can be used, as
+/// `rewire run` does: a Consul agent with ACLs answers a health query without a usable token
+/// with an empty list, not an error, and the render would write every service empty over a
+/// good file. A refusal stops the command; an unreachable catalog is left to the command's
+/// own waiting.
+async fn open_checked(config: &Config) -> Result<Arc<dyn Catalog>, Failure> {
+    let catalog = open_catalog(config)?;
+    match catalog.preflight().await {
+        Err(e @ (CatalogError::Denied { .. } | CatalogError::Unsupported(_))) => Err(e.into()),
+        _ => Ok(catalog),
+    }
 }
 
 /// How to read the config again, as the command line gave it (SIGHUP reads it the same way).

@@ -730,6 +730,40 @@ async fn acl_token_is_required_checked_at_start_and_never_shown() {
         "{:?}",
         started.elapsed()
     );
+
+    // Without any token, a health query is answered 200 with an empty list (ACLs filter it):
+    // `render` must refuse at once, not write every service empty over a good file.
+    std::fs::write(
+        dir.path().join("t.tera"),
+        "{% for s in service(name=\"consul\") %}{{ s.address }}{% endfor %}\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("rewire.toml"),
+        format!(
+            "[catalog]\nbackend = \"consul\"\naddress = \"{}\"\n\n\
+             [[template]]\nsource = \"t.tera\"\ndestination = \"out\"\n",
+            consul.http_url()
+        ),
+    )
+    .unwrap();
+    std::fs::write(dir.path().join("out"), "good\n").unwrap();
+    for cmd in ["render", "diff"] {
+        let o = tokio::process::Command::new(env!("CARGO_BIN_EXE_rewire"))
+            .args([cmd, "-c"])
+            .arg(dir.path().join("rewire.toml"))
+            .env_remove("CONSUL_HTTP_TOKEN")
+            .output()
+            .await
+            .unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_ne!(o.status.code(), Some(0), "{cmd}: {err}");
+        assert!(err.contains("CONSUL_HTTP_TOKEN"), "{cmd}: {err}");
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join("out")).unwrap(),
+            "good\n"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
