@@ -80,6 +80,9 @@ impl Sources {
             health: &health,
             backend,
         }));
+        // A labelled family with no sample yet (no job has exited, none has a health check)
+        // makes the encoder stop with an error at that family, cutting off every one after it.
+        families.retain(|f| !f.get_metric().is_empty());
         families.sort_by(|a, b| a.name().cmp(b.name()));
         let mut buf = Vec::with_capacity(16 * 1024);
         if let Err(e) = TextEncoder::new().encode(&families, &mut buf) {

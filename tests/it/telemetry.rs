@@ -358,6 +358,25 @@ fn idle_connections_never_keep_a_probe_waiting() {
     drop(idle);
 }
 
+/// Found by testing as a ContainerPilot user: a `[[job]]` without a health check (or one that
+/// never exited) left a labelled family without samples, the encoder stopped there, and every
+/// family after `rewire_job_*` (main, services, templates, user metrics) was missing.
+#[test]
+fn every_family_is_served_while_a_job_has_no_health_and_never_exited() {
+    let port = free_port();
+    let p = checked_project(
+        port,
+        "[[job]]\nname = \"agent\"\nexec = [\"sleep\", \"1000\"]\n\n\
+         [[metric]]\nname = \"zz_queue_depth\"\ntype = \"gauge\"\nhelp = \"queue depth\"\n",
+    );
+    let _run = start(&p, port);
+    let (status, body) = get(port, "/metrics");
+    assert_eq!(status, 200);
+    for family in ["rewire_job_up", "rewire_template_", "zz_queue_depth"] {
+        assert!(body.contains(family), "{family} missing:\n{body}");
+    }
+}
+
 #[test]
 fn status_is_served_when_asked_for() {
     let port = free_port();
