@@ -456,7 +456,7 @@ async fn stop_main(m: &mut MainHandle, cfg: &MainConfig, hurry: &CancellationTok
         _ = hurry.cancelled() => false,
     };
     if exited {
-        stop_leftovers(pid, cfg, hurry, deadline).await;
+        stop_leftovers(pid, cfg.stop_signal, "main", hurry, deadline).await;
         return;
     }
     if hurry.is_cancelled() {
@@ -486,12 +486,14 @@ async fn stop_main(m: &mut MainHandle, cfg: &MainConfig, hurry: &CancellationTok
 /// announces it: its members are not rewire's children).
 const LEFTOVER_POLL: Duration = Duration::from_millis(50);
 
-/// After main exited on its stop signal: what it left in its process group (the children of
-/// a shell wrapper that died on the signal, workers) gets the same signal, and SIGKILL at the
-/// end of `stop_timeout`. Without this they would outlive rewire, reparented to init.
-async fn stop_leftovers(
+/// After main (or a job: `what`) exited on its stop signal: what it left in its process group
+/// (the children of a shell wrapper that died on the signal, workers) gets the same signal,
+/// and SIGKILL at the end of `stop_timeout`. Without this they would outlive rewire,
+/// reparented to init.
+pub(super) async fn stop_leftovers(
     pgid: Pid,
-    cfg: &MainConfig,
+    signal: Signal,
+    what: &str,
     hurry: &CancellationToken,
     deadline: tokio::time::Instant,
 ) {
@@ -499,11 +501,11 @@ async fn stop_leftovers(
     if empty() {
         return;
     }
-    info!(pgid = %pgid, signal = %cfg.stop_signal, "main exited; stopping what it left in its process group");
-    let _ = killpg(pgid, cfg.stop_signal);
+    info!(pgid = %pgid, %signal, "{what} exited; stopping what it left in its process group");
+    let _ = killpg(pgid, signal);
     while !empty() {
         if hurry.is_cancelled() || tokio::time::Instant::now() >= deadline {
-            warn!(pgid = %pgid, "main's process group did not empty in time; killing it");
+            warn!(pgid = %pgid, "{what}'s process group did not empty in time; killing it");
             let _ = killpg(pgid, Signal::SIGKILL);
             return;
         }

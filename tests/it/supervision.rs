@@ -368,6 +368,33 @@ fn what_main_leaves_in_its_process_group_is_stopped_with_it() {
     );
 }
 
+/// The same for a `[[job]]` (a ContainerPilot-style `sh -c "agent ...; ..."` wrapper), which
+/// used to leave its group running after rewire had exited.
+#[test]
+fn what_a_job_leaves_in_its_process_group_is_stopped_with_it() {
+    let p = Project::new();
+    let left = p.path("left.pid").display().to_string();
+    let script = format!("sleep 300 & echo $! > {left}; wait");
+    p.config(&format!(
+        "{}[[job]]\nname = \"agent\"\nexec = [\"sh\", \"-c\", {}]\nstop_timeout = \"10s\"\n\n\
+         [main]\nexec = [\"sleep\", \"300\"]\n",
+        preamble(&p),
+        q(script)
+    ));
+    let mut rw = Rewire::start(&p, &[]);
+    rw.wait_for("the wrapper's child running", || {
+        read_pid(&p.path("left.pid")).is_some()
+    });
+    let child = read_pid(&p.path("left.pid")).unwrap();
+    rw.signal(SIGTERM);
+    assert_eq!(rw.wait_exit().code(), Some(143), "{}", rw.log());
+    assert!(
+        support::poll_until(Duration::from_secs(5), || !alive(child)),
+        "the job's child outlived rewire\n{}",
+        rw.log()
+    );
+}
+
 #[test]
 fn post_stop_runs_only_after_a_main_that_ran() {
     let p = Project::new();

@@ -255,11 +255,21 @@ impl JobTask {
         if let Err(e) = kill(pid, self.cfg.stop_signal) {
             warn!(job = %name, pid = %pid, error = %e, "cannot signal the job");
         }
+        let deadline = tokio::time::Instant::now() + self.cfg.stop_timeout;
         let stopped = tokio::select! {
-            r = tokio::time::timeout(self.cfg.stop_timeout, child.wait()) => r.is_ok(),
+            r = tokio::time::timeout_at(deadline, child.wait()) => r.is_ok(),
             _ = self.hurry.cancelled() => false,
         };
         if stopped {
+            let what = format!("job {name}");
+            super::super::supervisor::stop_leftovers(
+                pid,
+                self.cfg.stop_signal,
+                &what,
+                &self.hurry,
+                deadline,
+            )
+            .await;
             return;
         }
         warn!(
