@@ -343,6 +343,27 @@ fn kv_injections_fail_the_render_and_the_last_good_config_stays() {
     let conf = q.read("out/conf");
     assert!(conf.contains(&format!("pid \"{pid}\";")), "{conf}");
     assert!(!conf.contains("elsewhere"), "{conf}");
+    // Nor may it choose the access log: a plain `.log` path in a directory the writer owns can
+    // be a link to any file, and nginx (root) appends to it. Only NGINX_ACCESS_LOG's file is.
+    let evil = q.path("catalog/kv/evil.log");
+    symlink(q.path("victim"), &evil).unwrap();
+    q.kv("nginx/access_log", &evil.display().to_string());
+    let o = q.rewire(&["render"]);
+    assert_eq!(project::code(&o), 1, "{}", project::stderr(&o));
+    assert!(
+        project::stderr(&o).contains("nginx/access_log must be off, /dev/stdout or /dev/stderr"),
+        "{}",
+        project::stderr(&o)
+    );
+    assert_eq!(q.read("out/conf"), conf, "the config changed");
+    let log = q.path("access.log").display().to_string();
+    q.env("NGINX_ACCESS_LOG", &log).kv("nginx/access_log", &log);
+    let o = q.rewire(&["render"]);
+    assert_eq!(project::code(&o), 0, "{}", project::stderr(&o));
+    assert!(
+        q.read("out/conf")
+            .contains(&format!("access_log \"{log}\";"))
+    );
 
     // The daemon: a good config first, then each payload: the template fails, the file stays.
     for (template, check, settings, payloads) in [
