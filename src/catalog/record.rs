@@ -78,7 +78,7 @@ impl Record {
     pub fn expiry(&self) -> Result<Option<SystemTime>, RecordError> {
         match &self.expires_at {
             None => Ok(None),
-            Some(s) => humantime::parse_rfc3339_weak(s)
+            Some(s) => parse_time(s)
                 .map(Some)
                 .map_err(|source| RecordError::Expiry {
                     value: s.clone(),
@@ -137,10 +137,51 @@ pub fn truncate_note(s: &str, max: usize) -> String {
     format!("{}…", &s[..end])
 }
 
+/// An RFC 3339 time: `Z` or a numeric offset (`+01:00`, as `date -Iseconds` writes outside
+/// UTC), or no zone at all, read as UTC (humantime's "weak" form: a space for the `T`, no
+/// fraction needed).
+fn parse_time(s: &str) -> Result<SystemTime, humantime::TimestampError> {
+    let b = s.as_bytes();
+    let n = b.len();
+    let offset = (n > 6
+        && matches!(b[n - 6], b'+' | b'-')
+        && b[n - 3] == b':'
+        && [1, 2, 4, 5].iter().all(|&i| b[n - 6 + i].is_ascii_digit()))
+    .then(|| {
+        let num = |i: usize| u64::from(b[n - 6 + i] - b'0');
+        let secs = (num(1) * 10 + num(2)) * 3600 + (num(4) * 10 + num(5)) * 60;
+        (b[n - 6] == b'+', std::time::Duration::from_secs(secs))
+    });
+    match offset {
+        None => humantime::parse_rfc3339_weak(s),
+        Some((east, by)) => {
+            let local = humantime::parse_rfc3339_weak(&s[..n - 6])?;
+            // 12:00+02:00 is 10:00 UTC.
+            Ok(if east { local - by } else { local + by })
+        }
+    }
+}
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::time::Duration;
+
+    /// Found by a new user: `date -Iseconds` outside UTC writes an offset, which was refused.
+    #[test]
+    fn expiry_times_take_z_a_numeric_offset_or_no_zone() {
+        let utc = parse_time("2026-12-04T10:00:00Z").unwrap();
+        assert_eq!(parse_time("2026-12-04T11:00:00+01:00").unwrap(), utc);
+        assert_eq!(parse_time("2026-12-04T05:30:00-04:30").unwrap(), utc);
+        assert_eq!(parse_time("2026-12-04T10:00:00.000+00:00").unwrap(), utc);
+        assert_eq!(parse_time("2026-12-04T10:00:00").unwrap(), utc);
+        for bad in [
+            "2026-12-04T10:00:00+1:00",
+            "tomorrow",
+            "2026-12-04T10:00:00+01:0x",
+        ] {
+            assert!(parse_time(bad).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn expired_record_is_critical() {

@@ -1,4 +1,7 @@
-//! `${VAR}` and `${VAR:-default}` inside string values of `rewire.toml`.
+//! `${VAR}`, `${VAR:-default}` and `${VAR-default}` inside string values of `rewire.toml`.
+//!
+//! As in the shell (and Docker Compose, and ContainerPilot's `default`): `:-` takes the
+//! default when the variable is unset or empty, `-` only when it is unset.
 //!
 //! Interpolation runs on each parsed string, never on the raw file, so line:col in errors stay
 //! right and a `$` inside a TOML comment means nothing. The variables come in as a parameter so
@@ -20,7 +23,7 @@ pub enum InterpolateError {
     Unset(String),
 }
 
-/// Expands `${VAR}`, `${VAR:-default}` and the escape `$${` (a literal `${`).
+/// Expands `${VAR}`, `${VAR:-default}`, `${VAR-default}` and the escape `$${` (a literal `${`).
 /// A `$` not followed by `{` is kept as it is.
 pub fn interpolate(
     input: &str,
@@ -45,9 +48,13 @@ pub fn interpolate(
             return Err(InterpolateError::Unclosed(input.to_string()));
         };
         let body = &body_start[..end];
-        let (name, default) = match body.split_once(":-") {
-            Some((n, d)) => (n, Some(d)),
-            None => (body, None),
+        // (name, default, whether an empty value takes the default too)
+        let (name, default, empty_too) = match body.split_once(":-") {
+            Some((n, d)) => (n, Some(d), true),
+            None => match body.split_once('-') {
+                Some((n, d)) => (n, Some(d), false),
+                None => (body, None, false),
+            },
         };
         if name.is_empty()
             || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
@@ -56,6 +63,7 @@ pub fn interpolate(
             return Err(InterpolateError::NotAName(body.to_string()));
         }
         match (env(name), default) {
+            (Some(v), Some(d)) if v.is_empty() && empty_too => out.push_str(d),
             (Some(v), _) => out.push_str(&v),
             (None, Some(d)) => out.push_str(d),
             (None, None) => {
@@ -87,7 +95,11 @@ mod tests {
             ("${HOME}/x", Ok("/home/u/x")),
             ("${MISSING:-d}", Ok("d")),
             ("${MISSING:-}", Ok("")),
-            ("${EMPTY:-d}", Ok("")),
+            ("${EMPTY:-d}", Ok("d")),
+            ("${EMPTY-d}", Ok("")),
+            ("${MISSING-d}", Ok("d")),
+            ("${HOME-d}", Ok("/home/u")),
+            ("${HOME:-d}", Ok("/home/u")),
             ("$${HOME}", Ok("${HOME}")),
             ("cost $5", Ok("cost $5")),
             ("a$", Ok("a$")),
