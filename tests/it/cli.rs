@@ -600,3 +600,31 @@ fn a_destination_that_is_a_template_source_is_refused() {
         "the template was overwritten"
     );
 }
+
+/// Found by a new user: `check` said ok for catalog settings that stop `run` at start.
+#[test]
+fn check_refuses_catalog_settings_that_run_would_refuse() {
+    let p = Project::new();
+    p.file("t.tera", "x\n");
+    for (catalog, says) in [
+        (
+            "backend = \"consul\"\naddress = \"http://127.0.0.1:99999\"",
+            "is not an address",
+        ),
+        (
+            "backend = \"consul\"\naddress = \"ftp://x:1\"",
+            "not supported",
+        ),
+        (
+            "backend = \"etcd\"\nendpoints = [\"not a url\"]",
+            "is not a URL",
+        ),
+    ] {
+        p.config(&format!(
+            "[catalog]\n{catalog}\n\n[[template]]\nsource = \"t.tera\"\ndestination = \"out\"\n"
+        ));
+        let o = p.rewire(&["check"]);
+        assert_eq!(code(&o), 1, "{catalog}: {}", stderr(&o));
+        assert!(stderr(&o).contains(says), "{catalog}: {}", stderr(&o));
+    }
+}

@@ -75,7 +75,17 @@ fn program_exists(program: &str) -> bool {
 /// `rewire check`: the config is already parsed (its problems are reported before this
 /// runs); check the templates' syntax and warn about what will not work here.
 pub fn run(config: &Config) -> Outcome {
+    // The catalog's settings as `run` would take them (an address that is no URL, a port out
+    // of range, a CA file that is not there), without contacting it: a config that passes
+    // `check` must not stop `run` at start.
+    let catalog = crate::catalog::open(&config.catalog)
+        .err()
+        .map(|e| format!("{}: [catalog]: {e}", config.path.display()));
     match Engine::load(&config.templates, config.catalog.backend.name()) {
+        Ok(_) if catalog.is_some() => Outcome::Findings(format!(
+            "{}\n1 problem in the catalog settings",
+            catalog.unwrap_or_default()
+        )),
         Ok(_) => {
             println!(
                 "{}: ok ({} template(s), {} service(s), {} watch(es), {} task(s){}{})",
@@ -120,7 +130,8 @@ pub fn run(config: &Config) -> Outcome {
             Outcome::Done
         }
         Err(errors) => {
-            let mut lines: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
+            let mut lines: Vec<String> = catalog.into_iter().collect();
+            lines.extend(errors.iter().map(|e| e.to_string()));
             lines.push(format!("{} problem(s) in the templates", errors.len()));
             Outcome::Findings(lines.join("\n"))
         }
