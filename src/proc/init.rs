@@ -17,6 +17,9 @@
 //!   subreaper (`run --subreaper`) only this makes it so.
 //! - the **child** (the worker) restores the signal mask and becomes the real rewire. It dies
 //!   with SIGTERM if the parent is killed, so it stops gracefully rather than run unsupervised.
+//!   It leads a process group of its own: a signal to the reaper's group (Ctrl-C in a
+//!   terminal, `kill -INT -PGID`) reached it twice, directly and forwarded, and the second
+//!   copy counted as a second stop signal (main SIGKILLed, pre_stop and post_stop skipped).
 //!
 //! Signals forwarded: everything catchable except SIGCHLD and the ones a fault raises (SIGSEGV,
 //! SIGBUS, SIGILL, SIGFPE, SIGTRAP, SIGSYS, SIGABRT): TERM, INT, HUP, QUIT, USR1, USR2, WINCH,
@@ -109,6 +112,9 @@ pub fn fork_worker(subreaper: bool) -> std::io::Result<Fork> {
         }
         Ok(ForkResult::Parent { child }) => Ok(Fork::Parent(child)),
         Ok(ForkResult::Child) => {
+            // Out of the reaper's process group before any signal can reach us (they are
+            // still blocked): group signals now come only through the reaper, once.
+            let _ = nix::unistd::setpgid(Pid::from_raw(0), Pid::from_raw(0));
             sigprocmask(SigmaskHow::SIG_SETMASK, Some(&old), None)?;
             // If the reaper dies (it can be SIGKILLed when it is not PID 1), stop gracefully.
             nix::sys::prctl::set_pdeathsig(Signal::SIGTERM)?;

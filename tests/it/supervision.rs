@@ -737,6 +737,45 @@ fn orphans_are_reaped_by_the_subreaper_and_its_exit_status_is_the_workers() {
     assert_eq!(rw.wait_exit().code(), Some(5), "{}", rw.log());
 }
 
+/// Found by testing as a ContainerPilot user: under the reaper, a signal to rewire's process
+/// group (Ctrl-C in a terminal) reached the worker directly and again forwarded, and when the
+/// copies did not merge the second counted as a second stop signal: main SIGKILLed (137), its
+/// hooks skipped. The worker now leads a group of its own, so a group signal reaches it only
+/// through the reaper; that is checked directly, since the race itself is a matter of
+/// microseconds.
+#[test]
+fn a_signal_to_the_reapers_process_group_is_one_stop_signal() {
+    let p = Project::new();
+    let pidfile = p.path("main.pid").display().to_string();
+    p.config(&format!(
+        "{}[main]\nexec = [\"sh\", \"-c\", {}]\n",
+        preamble(&p),
+        q(format!(
+            "trap 'exit 5' TERM; echo $$ > {pidfile}; while :; do sleep 0.05 & wait $!; done"
+        ))
+    ));
+    let mut rw = Rewire::start(&p, &["--subreaper"]);
+    rw.wait_for("main running", || read_pid(&p.path("main.pid")).is_some());
+    let pgid = |pid: i32| nix::unistd::getpgid(Some(nix::unistd::Pid::from_raw(pid))).unwrap();
+    let worker = std::fs::read_to_string(format!("/proc/{}/task/{}/children", rw.pid(), rw.pid()))
+        .unwrap()
+        .split_whitespace()
+        .filter_map(|c| c.parse::<i32>().ok())
+        .find(|&c| {
+            std::fs::read_to_string(format!("/proc/{c}/comm")).is_ok_and(|n| n.trim() == "rewire")
+        })
+        .expect("the worker under the reaper");
+    assert_ne!(
+        pgid(worker),
+        pgid(rw.pid()),
+        "the worker is in the reaper's group"
+    );
+    // The harness starts rewire as a process group leader: signal the whole group.
+    proc_::signal(-rw.pid(), libc::SIGINT).expect("signal the group");
+    assert_eq!(rw.wait_exit().code(), Some(5), "{}", rw.log());
+    assert!(!rw.log().contains("second stop signal"), "{}", rw.log());
+}
+
 #[test]
 fn orphans_are_reaped_when_rewire_is_pid_1_in_a_new_pid_namespace() {
     if !proc_::is_root() {
