@@ -485,3 +485,42 @@ fn unconvertible_template_parts_are_comments_and_listed() {
     );
     check(&out, &[]);
 }
+
+/// The autopilotpattern layout: the agent, a preStart that waits for the agent's health, and
+/// the app that waits for preStart's success. rewire's pre_start runs at once, so preStart
+/// stays a job with its `when` (it used to become pre_start while [main] still waited for a
+/// job named preStart that the file no longer had, and `rewire check` refused it).
+#[test]
+fn containerpilot_prestart_waiting_for_the_agent_stays_a_job_main_waits_for() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cp = tmp.path().join("containerpilot.json5");
+    std::fs::write(
+        &cp,
+        r#"{
+  consul: "localhost:8500",
+  jobs: [
+    { name: "consul-agent", exec: ["consul", "agent", "-data-dir=/data"], restarts: "unlimited",
+      health: { exec: "consul info", interval: 5, ttl: 10 } },
+    { name: "preStart", exec: "/usr/local/bin/prestart.sh",
+      when: { source: "consul-agent", once: "healthy" } },
+    { name: "app", port: 8080, exec: "/bin/app", restarts: "unlimited",
+      when: { source: "preStart", once: "exitSuccess" },
+      health: { exec: "/usr/bin/curl -fs localhost:8080/health", interval: 5, ttl: 10 } }
+  ]
+}
+"#,
+    )
+    .unwrap();
+    let out = tmp.path().join("out");
+    let o = import("containerpilot", &cp, &out);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let config = read(&out.join("rewire.toml"));
+    for line in [
+        "[[job]]\nname = \"preStart\"\nexec = [\"/usr/local/bin/prestart.sh\"]\nwhen = { after = \"consul-agent\", is = \"healthy\" }\n",
+        "when = { after = \"preStart\", is = \"succeeded\" }",
+    ] {
+        assert!(config.contains(line), "missing {line:?} in:\n{config}");
+    }
+    assert!(!config.contains("pre_start"), "{config}");
+    check(&out, &[]);
+}

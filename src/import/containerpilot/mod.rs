@@ -10,7 +10,8 @@
 //! v3's jobs are sorted by what they do: `when.interval` is a `[[task]]`, a job run on a
 //! watch's `changed` is a `[[watch]]` (or a `[[template]]` when it runs
 //! `consul-template -once`), `stopping`/`stopped` hooks of the app are `pre_stop`/`post_stop`,
-//! a job the app waits for with `exitSuccess` is `pre_start`, and the long-running app is
+//! a job the app waits for with `exitSuccess` is `pre_start` (a `[[job]]` that [main] waits
+//! for when it waits for an event itself), and the long-running app is
 //! `[main]` (its `when` on another job's event becomes `[main] when`). Everything else is a
 //! `[[job]]`: a co-process beside the app (a Consul agent), or a job started by another job's
 //! event (`when {source, once|each}` becomes `when`/`each`, `restarts` `restart`/

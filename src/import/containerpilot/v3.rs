@@ -192,12 +192,17 @@ pub(super) fn v3(ctx: &mut Ctx, top: &Obj, templates: &mut Templates, plan: &mut
             main_job(ctx, job, &jobs, plan);
         } else if setup.contains(&job.name) {
             let user = jobs.iter().find(|u| matches!(&u.when, When::Event { source, event, .. } if source == &job.name && event == "exitSuccess"));
-            if main_name.is_some() && user.map(|u| &u.name) == main_name.as_ref() {
+            if main_name.is_some()
+                && user.map(|u| &u.name) == main_name.as_ref()
+                && job.when != When::Startup
+            {
+                // The autopilotpattern layout: preStart waits for the Consul agent's health.
+                // rewire's pre_start runs at once, so it stays a job with its `when`, and
+                // [main] waits for its "succeeded" (main_job kept that `when`).
+                to_job(ctx, job, main_name.as_deref(), plan);
+            } else if main_name.is_some() && user.map(|u| &u.name) == main_name.as_ref() {
                 if let Some(e) = j.get("exec") {
                     plan.main.pre_start = hook(ctx, e, &j.child("exec"), templates, plan);
-                }
-                if job.when != When::Startup {
-                    ctx.unmapped(job.node, &j.child("when"), "a pre_start that waits for another event: not mapped (make it a [[job]] with that `when`, and [main] wait for its \"succeeded\")");
                 }
                 mark_timing(ctx, job);
             } else {
