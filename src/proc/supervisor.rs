@@ -58,6 +58,9 @@ pub const CANNOT_START: u8 = 127;
 /// Exit status when `pre_start` timed out (as timeout(1) says it).
 pub const TIMED_OUT: u8 = 124;
 
+/// Exit status when main never starts because the job its `when` waits for is done for good.
+pub const DEPENDENCY_GONE: u8 = 1;
+
 /// After SIGKILL, how long to wait for main to be gone before giving up on it.
 const KILL_GRACE: Duration = Duration::from_secs(5);
 /// How long the stop sequence waits for the catalog to confirm the deregistrations.
@@ -645,8 +648,11 @@ impl MainTask {
         }
     }
 
-    /// Waits for `[main] when`. False when main must not start: rewire is stopping, or the
-    /// wait timed out (main then finishes with [`TIMED_OUT`], naming what it waited for).
+    /// Waits for `[main] when`. False when main must not start: rewire is stopping, the wait
+    /// timed out (main then finishes with [`TIMED_OUT`], naming what it waited for), or the job
+    /// it waits for is done for good without the event (its `restart_limit` reached, its own
+    /// `when` timed out): main then finishes with [`DEPENDENCY_GONE`], so that the container
+    /// ends and its scheduler can start it again, rather than wait forever looking alive.
     async fn wait_for_when(&self) -> bool {
         let Some(when) = &self.cfg.when else {
             self.bus.update(MAIN_JOB, |s| s.state = "starting".into());
@@ -658,15 +664,15 @@ impl MainTask {
             s.waits_for = Some(when.to_string());
         });
         let mut rx = self.bus.subscribe();
+        // Some(true): fired; Some(false): the source is done for good; None: timed out.
         let wait = async {
+            let fired = bus::occurred_unless_dead(&mut rx, when, 0);
             match when.timeout {
-                Some(t) => tokio::time::timeout(t, bus::occurred(&mut rx, when, 0))
+                Some(t) => tokio::time::timeout(t, fired)
                     .await
-                    .is_ok(),
-                None => {
-                    bus::occurred(&mut rx, when, 0).await;
-                    true
-                }
+                    .ok()
+                    .map(|n| n.is_some()),
+                None => Some(fired.await.is_some()),
             }
         };
         let fired = tokio::select! {
@@ -674,9 +680,29 @@ impl MainTask {
             fired = wait => fired,
         };
         self.bus.update(MAIN_JOB, |s| s.waits_for = None);
-        if fired {
+        if fired == Some(true) {
             info!(after = %when.after, event = %when.is, "starting main: the event it waits for happened");
             return true;
+        }
+        if fired == Some(false) {
+            if self.stopping.is_cancelled() {
+                return false;
+            }
+            let state = self
+                .bus
+                .snapshot()
+                .get(&when.after)
+                .map(|s| s.state.clone())
+                .unwrap_or_default();
+            let why = format!("{:?} is done for good ({state})", when.after);
+            error!("main waits for {when}, but {why}; not starting main");
+            self.bus.update(MAIN_JOB, |s| {
+                s.state = format!("failed: {why}");
+                s.last_exit = Some(why.clone());
+            });
+            self.bus.emit(MAIN_JOB, Event::Failed);
+            self.finish(DEPENDENCY_GONE, &format!("failed: {why}"));
+            return false;
         }
         let why = bus::timed_out(when);
         error!("{why}; not starting main");

@@ -195,7 +195,7 @@ fn a_failing_job_is_restarted_with_backoff_until_its_restart_limit() {
     let log = p.path("rewire.log");
     rw.wait_for("the waiter warned", || {
         std::fs::read_to_string(&log)
-            .is_ok_and(|l| l.contains("has given up (restart_limit reached)"))
+            .is_ok_and(|l| l.contains("is done for good (failed: gave up after 2 restart(s)"))
     });
     // No [main]: a clean stop exits 0.
     rw.signal(SIGTERM);
@@ -300,6 +300,37 @@ fn a_when_that_times_out_fails_the_start_naming_what_it_waited_for() {
         "{}",
         rw.log()
     );
+}
+
+/// Found by testing as a ContainerPilot user: main waiting for a job that had given up (its
+/// restart_limit reached), or for a preStart job whose own `when` had timed out, waited
+/// forever while /health said 200. It now fails at once, naming why, so the container ends
+/// and its scheduler starts it again.
+#[test]
+fn main_fails_when_the_job_it_waits_for_is_done_for_good() {
+    for (jobs, why) in [
+        (
+            "[[job]]\nname = \"agent\"\nexec = [\"sh\", \"-c\", \"exit 1\"]\nhealth = [\"true\"]\n\
+             interval = \"50ms\"\nrestart = \"on-failure\"\nrestart_limit = 1\n\n\
+             [main]\nexec = [\"sleep\", \"300\"]\nwhen = { after = \"agent\", is = \"healthy\" }\n",
+            "\"agent\" is done for good (failed: gave up",
+        ),
+        (
+            "[[job]]\nname = \"agent\"\nexec = [\"sleep\", \"300\"]\nhealth = [\"false\"]\ninterval = \"50ms\"\n\n\
+             [[job]]\nname = \"preStart\"\nexec = [\"true\"]\n\
+             when = { after = \"agent\", is = \"healthy\", timeout = \"500ms\" }\n\n\
+             [main]\nexec = [\"sleep\", \"300\"]\nwhen = { after = \"preStart\", is = \"succeeded\" }\n",
+            "\"preStart\" is done for good (failed: never started",
+        ),
+    ] {
+        let p = Project::new();
+        p.config(&format!("{}{jobs}", preamble(&p)));
+        let mut rw = Rewire::start(&p);
+        let status = rw.wait_exit();
+        assert_eq!(status.code(), Some(1), "{}", rw.log());
+        assert!(rw.log().contains(why), "{why}:\n{}", rw.log());
+        assert!(rw.log().contains("not starting main"), "{}", rw.log());
+    }
 }
 
 #[test]

@@ -78,25 +78,24 @@ impl Bus {
 /// Waits until `when`'s event has happened more than `seen` times; returns the new count.
 /// Pending forever when the bus is gone (the daemon is stopping: the caller's token decides).
 ///
-/// A source that gave up for good (its `restart_limit` reached) before the event came is
-/// said once, at warn: the wait goes on (a SIGHUP with a fixed config starts it again), but
-/// nobody is left wondering why nothing starts.
+/// A source that is done for good before the event came ([`dead`]: its `restart_limit`
+/// reached, or its own `when` timed out) is said once, at warn: the wait goes on (only a
+/// restart of rewire starts that job again), but nobody is left wondering why nothing
+/// starts. [main] does not wait on: see [`occurred_unless_dead`].
 pub async fn occurred(rx: &mut watch::Receiver<Arc<Jobs>>, when: &When, seen: u64) -> u64 {
     let event = when.is.as_str();
     let count = |jobs: &Jobs| jobs.get(&when.after).map(|s| s.count(event)).unwrap_or(0);
-    let given_up = |jobs: &Jobs| {
-        jobs.get(&when.after)
-            .is_some_and(|s| s.state.starts_with(GAVE_UP))
+    let first = match occurred_unless_dead(rx, when, seen).await {
+        Some(n) => return n,
+        // The bus is gone: the daemon is stopping.
+        None if rx.has_changed().is_err() => None,
+        None => rx.borrow().get(&when.after).map(|s| s.state.clone()),
     };
-    let first = rx
-        .wait_for(|jobs| count(jobs) > seen || given_up(jobs))
-        .await
-        .map(|j| (count(&j), given_up(&j)));
     let now = match first {
-        Ok((n, _)) if n > seen => Ok(n),
-        Ok(_) => {
+        None => Err(()),
+        Some(state) => {
             tracing::warn!(
-                "waiting for {:?} to be {}, but {:?} has given up (restart_limit reached): this waits until rewire's config is reloaded",
+                "waiting for {:?} to be {}, but {:?} is done for good ({state}): this waits until rewire restarts",
                 when.after,
                 when.is,
                 when.after
@@ -104,8 +103,8 @@ pub async fn occurred(rx: &mut watch::Receiver<Arc<Jobs>>, when: &When, seen: u6
             rx.wait_for(|jobs| count(jobs) > seen)
                 .await
                 .map(|j| count(&j))
+                .map_err(|_| ())
         }
-        Err(e) => Err(e),
     };
     match now {
         Ok(n) => n,
@@ -113,8 +112,34 @@ pub async fn occurred(rx: &mut watch::Receiver<Arc<Jobs>>, when: &When, seen: u6
     }
 }
 
+/// Like [`occurred`], but `None` as soon as the source is [`dead`] without the event having
+/// happened (also when the bus is gone: the daemon is stopping).
+pub async fn occurred_unless_dead(
+    rx: &mut watch::Receiver<Arc<Jobs>>,
+    when: &When,
+    seen: u64,
+) -> Option<u64> {
+    let event = when.is.as_str();
+    let count = |jobs: &Jobs| jobs.get(&when.after).map(|s| s.count(event)).unwrap_or(0);
+    let is_dead = |jobs: &Jobs| jobs.get(&when.after).is_some_and(|s| dead(&s.state));
+    let jobs = rx
+        .wait_for(|jobs| count(jobs) > seen || is_dead(jobs))
+        .await
+        .ok()?;
+    let n = count(&jobs);
+    (n > seen).then_some(n)
+}
+
 /// The start of a job's state once it was given up on (its `restart_limit` reached).
 pub const GAVE_UP: &str = "failed: gave up";
+
+/// The start of a job's state when it never ran: its own `when` timed out.
+pub const NEVER_STARTED: &str = "failed: never started";
+
+/// Whether a job in `state` will never run again while rewire runs.
+pub fn dead(state: &str) -> bool {
+    state.starts_with(GAVE_UP) || state.starts_with(NEVER_STARTED)
+}
 
 /// Holds a `[[task]]` or `[[watch]]` until `when`'s event happened once. False when `stop`
 /// fired first, or the wait timed out (logged, naming what it waited for: the task or handler

@@ -90,7 +90,7 @@ impl JobTask {
                         let why = bus::timed_out(&when);
                         error!(job = %name, "{why}; the job is not started");
                         self.bus.update(&name, |s| {
-                            s.state = format!("failed: {why}");
+                            s.state = format!("{}: {why}", bus::NEVER_STARTED);
                             s.waits_for = None;
                         });
                         self.bus.emit(&name, Event::Failed);
