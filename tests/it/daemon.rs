@@ -372,6 +372,16 @@ fn sighup_with_a_broken_config_keeps_the_old_one_running() {
     assert!(dest.ends_with("out/moved.conf"), "{status}");
     // No reload is configured: the change reached the program by the write alone.
     assert_eq!(status["templates"]["web"]["last_path"], "write", "{status}");
+    // A new control socket applies only on restart: said, naming the socket still answering.
+    let moved = good.replace("out/web.conf", "out/moved.conf");
+    let old_socket = p.path("rewire.sock").display().to_string();
+    p.config(&moved.replace(&old_socket, &p.path("other.sock").display().to_string()));
+    r.signal(SIGHUP);
+    wait_for("the control change warned about", TIMEOUT, || {
+        r.log()
+            .contains("[control] changed: it applies when rewire restarts")
+    });
+    assert!(r.log().contains(&old_socket), "{}", r.log());
     assert_eq!(r.stop(), Some(0));
 }
 

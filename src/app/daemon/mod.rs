@@ -474,6 +474,12 @@ impl Daemon {
         {
             warn!("[telemetry] listen changed: it applies when rewire restarts");
         }
+        if new.control != self.config.control {
+            warn!(
+                socket = %self.config.control.socket.display(),
+                "[control] changed: it applies when rewire restarts; until then the daemon answers on this socket"
+            );
+        }
         self.parts.board.update(|r| {
             for name in &changes.dropped_templates {
                 r.templates.remove(name);
