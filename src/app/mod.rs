@@ -188,6 +188,29 @@ async fn dispatch(cli: Cli) -> Result<Outcome, Failure> {
                 _ => Err(Failure::Config(errors)),
             };
         }
+        // An invalid (but readable) config: `status` and `maintenance` still need only the
+        // socket, and during an incident the file may be half-edited. Ask the socket the file
+        // names (or the default), saying why the rest was not read.
+        Err(Failure::Config(errors))
+            if matches!(cli.command, Command::Status(_) | Command::Maintenance(_)) =>
+        {
+            let socket = socket_named_in(&cli.config).unwrap_or_else(config::default_socket);
+            eprintln!(
+                "rewire: {} has {} problem(s) (`rewire check` lists them); asking the daemon on {} anyway",
+                cli.config.display(),
+                errors.0.len(),
+                socket.display()
+            );
+            return match &cli.command {
+                Command::Status(args) => {
+                    Ok(control::client::status(&socket, None, args.json).await)
+                }
+                Command::Maintenance(args) => {
+                    Ok(control::client::maintenance(&socket, None, args.state == OnOff::On).await)
+                }
+                _ => Err(Failure::Config(errors)),
+            };
+        }
         // Finding problems is `check`'s job: an invalid (but readable) config is its answer.
         Err(Failure::Config(errors)) if matches!(cli.command, Command::Check) => {
             return if errors.unreadable() {
@@ -238,6 +261,17 @@ fn load_config(cli: &Cli) -> Result<Config, Failure> {
         LoadFailure::Config(errors) => Failure::Config(errors),
         LoadFailure::CatalogUrl { url, source } => Failure::CatalogUrl { url, source },
     })
+}
+
+/// `[control] socket` read from a config that does not validate as a whole: the raw TOML,
+/// `${VAR}` expanded, relative to the file's directory. `None` when even that fails.
+fn socket_named_in(path: &std::path::Path) -> Option<PathBuf> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let table: toml::Table = toml::from_str(&text).ok()?;
+    let raw = table.get("control")?.get("socket")?.as_str()?;
+    let socket = config::interpolate(raw, &|name| std::env::var(name).ok()).ok()?;
+    let dir = path.parent().unwrap_or(std::path::Path::new("."));
+    Some(dir.join(socket))
 }
 
 fn open_catalog(config: &Config) -> Result<Arc<dyn Catalog>, Failure> {

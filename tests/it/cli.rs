@@ -628,3 +628,31 @@ fn check_refuses_catalog_settings_that_run_would_refuse() {
         assert!(stderr(&o).contains(says), "{catalog}: {}", stderr(&o));
     }
 }
+
+/// Found by a new user: with an unrelated error in rewire.toml (a template source removed
+/// mid-edit), `status` and `maintenance` refused to ask the running daemon at all.
+#[test]
+fn status_reaches_the_daemon_through_a_config_with_an_unrelated_error() {
+    let p = basic();
+    let socket = p.path("ctl.sock").display().to_string();
+    let good = format!(
+        "[control]\nsocket = \"{socket}\"\n\n[catalog]\nbackend = \"dir\"\npath = \"catalog\"\n\n\
+         [[template]]\nsource = \"web.tera\"\ndestination = \"out/web.conf\"\n"
+    );
+    p.config(&good);
+    let mut run = p.run();
+    crate::support::wait_for("the daemon answers", crate::support::TIMEOUT, || {
+        code(&p.rewire(&["status"])) == 0
+    });
+    p.config(&good.replace("web.tera", "missing.tera"));
+    let o = p.rewire(&["status"]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("asking the daemon on"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(stdout(&o).contains("web"), "{}", stdout(&o));
+    p.config(&good);
+    assert_eq!(run.stop(), Some(0), "{}", run.log());
+}
