@@ -279,9 +279,9 @@ impl Supervisor {
 
     /// The stop sequence; returns the status rewire exits with. `exit` is main's status when
     /// main already exited on its own.
-    /// `hurry` (a second stop signal) cuts short what is left of the deregistration, the drain
-    /// and `pre_stop`, kills main's process group without waiting for `stop_timeout`, and skips
-    /// `post_stop`: the caller is told "get out now".
+    /// `hurry` (a second stop signal) cuts short the drain and `pre_stop`, kills main's process
+    /// group without waiting for `stop_timeout`, and skips `post_stop`: the caller is told "get
+    /// out now". The deregistration (bounded by DEREGISTER_GRACE) finishes all the same.
     pub async fn stop(mut self, exit: Option<u8>, hurry: CancellationToken) -> u8 {
         if let Some(m) = &self.main {
             m.stopping.cancel();
@@ -317,16 +317,15 @@ impl Supervisor {
             stopped.is_empty() || stopped.iter().any(|s| s.ever_registered)
         };
         // A deregistration that was not confirmed drains anyway: peers may still route here.
-        let drain_needed = tokio::select! {
-            r = tokio::time::timeout(DEREGISTER_GRACE, deregistration) => r.unwrap_or_else(|_| {
+        // A second stop signal does not cut it short: it is bounded by DEREGISTER_GRACE
+        // already, and without it peers keep routing to a container that is gone for up to a
+        // TTL (a passing check, refreshed a moment ago).
+        let drain_needed = tokio::time::timeout(DEREGISTER_GRACE, deregistration)
+            .await
+            .unwrap_or_else(|_| {
                 warn!(grace = ?DEREGISTER_GRACE, "the catalog did not confirm every deregistration in time; going on (the entries expire with their TTL)");
                 true
-            }),
-            _ = hurry.cancelled() => {
-                warn!("deregistration cut short (second stop signal)");
-                true
-            }
-        };
+            });
 
         let cfg = self.main_cfg.clone();
         // 2. Drain: peers notice the deregistration and finish their requests.
