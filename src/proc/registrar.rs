@@ -306,7 +306,17 @@ impl Registrar {
             }
             let (status, note) = match (&self.svc.health, &self.svc.job) {
                 (_, Some(job)) => job_health(&self.ctx.jobs.borrow(), job),
-                (None, None) => (Status::Passing, String::new()),
+                // No health command of its own: it is main's service when there is a main
+                // (passing while main runs: not before main started, nor while it waits for
+                // its `when` or crash-loops), else simply passing.
+                (None, None) => {
+                    let jobs = self.ctx.jobs.borrow();
+                    if jobs.contains_key(crate::config::MAIN_JOB) {
+                        job_health(&jobs, crate::config::MAIN_JOB)
+                    } else {
+                        (Status::Passing, String::new())
+                    }
+                }
                 (Some(spec), None) => {
                     let outcome = tokio::select! {
                         // Dropping the run kills the health command.
@@ -345,11 +355,13 @@ impl Registrar {
         }
     }
 
-    /// With `initial_status` (or without a health command), registers before any check.
+    /// With `initial_status` (or without a health command, a job and a main), registers
+    /// before any check.
     async fn register_initial(&mut self) {
+        let has_main = self.ctx.jobs.borrow().contains_key(crate::config::MAIN_JOB);
         let status = match (self.svc.initial_status, &self.svc.health) {
             (Some(s), _) => s,
-            (None, None) if self.svc.job.is_none() => Status::Passing,
+            (None, None) if self.svc.job.is_none() && !has_main => Status::Passing,
             (None, _) => return,
         };
         let Some(address) = self.address() else {

@@ -395,6 +395,49 @@ fn what_a_job_leaves_in_its_process_group_is_stopped_with_it() {
     );
 }
 
+/// Found by testing as a ContainerPilot user: a `[[service]]` without `health` was registered
+/// passing at once, before main started, and stayed so while main waited for its `when` and
+/// after rewire gave up on it. Without a health command of its own it is main's service now:
+/// passing while main runs.
+#[test]
+fn a_service_without_health_is_registered_only_while_main_runs() {
+    let p = Project::new();
+    let go = p.path("go");
+    p.config(&format!(
+        "{}[[job]]\nname = \"agent\"\nexec = [\"sleep\", \"300\"]\nhealth = [\"test\", \"-e\", {}]\n\
+         interval = \"100ms\"\n\n[main]\nexec = [\"sleep\", \"300\"]\n\
+         when = {{ after = \"agent\", is = \"healthy\" }}\n\n\
+         [[service]]\nname = \"web\"\nid = \"web-test\"\nport = 8080\naddress = \"127.0.0.1\"\n\
+         interval = \"100ms\"\nttl = \"10s\"\n",
+        preamble(&p),
+        q(go.display().to_string())
+    ));
+    let mut rw = Rewire::start(&p, &[]);
+    // A registrar round has run while main waits: it says why it does not register.
+    rw.wait_for("the service held back while main waits", || {
+        let o = p.rewire(&["status", "--json"]);
+        serde_json::from_slice::<serde_json::Value>(&o.stdout).is_ok_and(|s| {
+            let svc = &s["services"]["web-test"];
+            svc["registered"] == false
+                && svc["detail"]
+                    .as_str()
+                    .is_some_and(|d| d.contains("job \"main\""))
+        })
+    });
+    assert!(
+        !catalog_file(&p).exists(),
+        "registered before main started\n{}",
+        rw.log()
+    );
+    std::fs::write(&go, "").unwrap();
+    rw.wait_for("registered once main runs", || {
+        registration_is(&p, "passing")
+    });
+    rw.signal(SIGTERM);
+    rw.wait_exit();
+    assert!(!catalog_file(&p).exists());
+}
+
 #[test]
 fn post_stop_runs_only_after_a_main_that_ran() {
     let p = Project::new();
@@ -469,7 +512,7 @@ fn sighup_reconciles_registrations_and_leaves_main_alone() {
     assert!(entry("a").is_some());
     let registered = |log: &str, id: &str| {
         log.lines()
-            .filter(|l| l.contains(&format!("id={id}")) && l.contains(" registered "))
+            .filter(|l| l.contains(&format!("id={id}")) && l.contains("}: registered "))
             .count()
     };
     // The record is in the catalog a moment before the line about it is in the log.
