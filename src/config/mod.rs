@@ -567,6 +567,20 @@ impl Event {
     pub fn is_stop(self) -> bool {
         matches!(self, Event::Stopping | Event::Stopped)
     }
+
+    /// An event of a process ending: exited, succeeded, failed.
+    pub fn is_exit(self) -> bool {
+        matches!(self, Event::Exited | Event::Succeeded | Event::Failed)
+    }
+}
+
+impl When {
+    /// A job run when main ends (`after = "main"`, exited/succeeded/failed): when main ends on
+    /// its own, rewire's stop sequence begins at that very moment, so such a job is a stop
+    /// hook as well: it still starts, and the stop lets its run finish.
+    pub fn on_main_exit(&self) -> bool {
+        self.after == MAIN_JOB && self.is.is_exit()
+    }
 }
 
 impl fmt::Display for Event {

@@ -333,6 +333,33 @@ fn main_fails_when_the_job_it_waits_for_is_done_for_good() {
     }
 }
 
+/// Found by testing as a ContainerPilot user (`when: {source: "app", once: "exitFailed"}`, an
+/// alert or a cleanup): main ending on its own begins the stop sequence at that moment, and the
+/// job waiting for main's end was killed at once or never started. It now runs to its end,
+/// bounded by its stop_timeout, as a stop hook does.
+#[test]
+fn a_job_on_mains_end_runs_when_main_ends_on_its_own() {
+    let p = Project::new();
+    let mark = p.path("hook.mark");
+    p.config(&format!(
+        "{}[[job]]\nname = \"on-failure\"\nexec = {}\nstop_timeout = \"10s\"\n\
+         when = {{ after = \"main\", is = \"failed\" }}\n\n\
+         [main]\nexec = {}\n",
+        preamble(&p),
+        shell(&format!("sleep 0.5; echo ran > {}", mark.display())),
+        shell("sleep 0.3; exit 7"),
+    ));
+    let mut rw = Rewire::start(&p);
+    let status = rw.wait_exit();
+    assert_eq!(status.code(), Some(7), "{}", rw.log());
+    assert_eq!(
+        std::fs::read_to_string(&mark).unwrap_or_default().trim(),
+        "ran",
+        "{}",
+        rw.log()
+    );
+}
+
 #[test]
 fn cycles_and_unknown_names_are_config_errors_with_their_location() {
     let p = Project::new();

@@ -21,7 +21,9 @@
 //! `stopped`. A job that waits for another's `stopping` or `stopped` is a stop hook: it runs
 //! during the stop (never before): the job it waits for is signalled only once a `stopping`
 //! hook's run ended, and a `stopped` hook's run may finish before the hook's own turn; both
-//! bounded by the hook's `stop_timeout`.
+//! bounded by the hook's `stop_timeout`. A job waiting for main's end (`exited`, `succeeded`,
+//! `failed`) is one too when main ended on its own, which is what began the stop: it still
+//! starts, and the stop lets its run finish.
 //!
 //! Bound: a job's turn takes at most its `stop_timeout` + 5 s (the kill grace), plus its
 //! `stopping` hooks' `stop_timeout`s; turns along a chain add up, branches overlap. So the
@@ -210,8 +212,13 @@ impl Jobs {
                     Turn::Main(None) => {}
                     Turn::Job(r) => {
                         // A stop hook's event has happened (it stops after the job it
-                        // hooks): let its run finish, for up to its stop_timeout.
-                        if r.cfg.when.as_ref().is_some_and(|w| w.is.is_stop()) {
+                        // hooks), or main's end that a job waits for (main ended on its own
+                        // and so began the stop): let its run finish, for up to its
+                        // stop_timeout.
+                        let hooked = r.cfg.when.as_ref().is_some_and(|w| {
+                            w.is.is_stop() || (w.on_main_exit() && bus.count(MAIN_JOB, w.is) > 0)
+                        });
+                        if hooked {
                             wait_for_hook(&bus, &name, r.cfg.stop_timeout).await;
                         }
                         r.turn.cancel();

@@ -49,7 +49,11 @@ impl JobTask {
     pub async fn run(self) {
         let name = self.cfg.name.clone();
         let mut rx = self.bus.subscribe();
-        let hook = self.cfg.when.as_ref().is_some_and(|w| w.is.is_stop());
+        let hook = self
+            .cfg
+            .when
+            .as_ref()
+            .is_some_and(|w| w.is.is_stop() || w.on_main_exit());
         let mut seen = 0;
         let mut first = true;
         let mut restarts = Restarts::new(self.cfg.restart, self.cfg.restart_limit);
