@@ -65,18 +65,59 @@ pub fn token_hint(token_set: bool, body: &[u8]) -> String {
 /// Whether a problem with Consul's data is new. An answer comes again with every change of
 /// its service, so one bad instance would be warned about on each (48 lines for eight bad
 /// instances and three health flaps of another): each distinct problem is a warning once,
-/// then debug. Forgets everything past 4096 problems, so memory stays bounded.
+/// then debug. At most [`SEEN_MAX`] problems are remembered, so memory stays bounded; once
+/// that many are, further new ones go to debug too (said once) until an hour has passed since
+/// the memory was last emptied. Emptying it at once instead warned about all 4 300 invalid
+/// instances of one service again on every change of that service.
 fn first_time(parts: &[&str]) -> bool {
     use std::hash::{Hash, Hasher};
-    static SEEN: std::sync::Mutex<BTreeSet<u64>> = std::sync::Mutex::new(BTreeSet::new());
+    static SEEN: std::sync::Mutex<Seen> = std::sync::Mutex::new(Seen::new());
     let mut h = std::collections::hash_map::DefaultHasher::new();
     parts.hash(&mut h);
-    let mut seen = crate::lock::lock(&SEEN);
-    if seen.len() >= 4096 {
-        seen.clear();
+    let (new, full) = crate::lock::lock(&SEEN).note(h.finish(), std::time::Instant::now());
+    if full {
+        tracing::warn!(
+            "more than {SEEN_MAX} distinct problems with Consul's data: further ones are logged at debug level for the next hour"
+        );
     }
-    seen.insert(h.finish())
+    new
 }
+
+/// The problems [`first_time`] remembers.
+struct Seen {
+    set: BTreeSet<u64>,
+    /// When the memory was last emptied (or first used).
+    since: Option<std::time::Instant>,
+    said_full: bool,
+}
+
+impl Seen {
+    const fn new() -> Seen {
+        Seen {
+            set: BTreeSet::new(),
+            since: None,
+            said_full: false,
+        }
+    }
+
+    /// (whether `key` is new, whether to say now that the memory is full).
+    fn note(&mut self, key: u64, now: std::time::Instant) -> (bool, bool) {
+        let since = *self.since.get_or_insert(now);
+        if self.set.len() >= SEEN_MAX && !self.set.contains(&key) {
+            if now.duration_since(since) < SEEN_RESET {
+                return (false, !std::mem::replace(&mut self.said_full, true));
+            }
+            *self = Seen::new();
+            self.since = Some(now);
+        }
+        (self.set.insert(key), false)
+    }
+}
+
+/// How many distinct data problems [`first_time`] remembers.
+const SEEN_MAX: usize = 4096;
+/// How long a full memory of problems is kept before it is emptied.
+const SEEN_RESET: std::time::Duration = std::time::Duration::from_secs(3600);
 
 /// The start of a response body, fit for an error message.
 pub fn snippet(body: &[u8]) -> String {
@@ -561,6 +602,21 @@ mod tests {
 
     #[test]
     fn each_problem_with_the_data_is_new_once() {
+        // Full: new problems are quiet (said once) until the hour is over, never all again.
+        let mut seen = Seen::new();
+        let t0 = std::time::Instant::now();
+        for k in 0..SEEN_MAX as u64 {
+            assert_eq!(seen.note(k, t0), (true, false));
+        }
+        assert_eq!(seen.note(1, t0), (false, false), "known");
+        assert_eq!(seen.note(99_999, t0), (false, true), "full: said once");
+        assert_eq!(seen.note(99_998, t0), (false, false));
+        assert_eq!(
+            seen.note(99_997, t0 + SEEN_RESET),
+            (true, false),
+            "emptied after the hour"
+        );
+        assert_eq!(seen.note(1, t0 + SEEN_RESET), (true, false));
         assert!(first_time(&["first-time-test", "id-1", "bad"]));
         assert!(!first_time(&["first-time-test", "id-1", "bad"]));
         assert!(first_time(&["first-time-test", "id-2", "bad"]));

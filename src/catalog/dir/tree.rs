@@ -46,9 +46,41 @@ pub(super) struct Tree {
     /// The root directory read last, held open: while it is, its inode cannot be reused, so
     /// a root deleted and created again never passes for the same one.
     pub(super) root: Option<Arc<std::fs::File>>,
+    /// Files that turned unusable lately: when the window began, and how often since (see
+    /// [`Tree::flap`]).
+    flaps: BTreeMap<PathBuf, (std::time::Instant, u32)>,
 }
 
+/// A file may turn unusable this many times within [`FLAP_WINDOW`] and be warned about each
+/// time; past that, until the window is over, its turns are logged at debug. A writer
+/// alternating bad and good content wrote a warning and an info line per write (28 000 lines
+/// in 10 s).
+const FLAP_WARNINGS: u32 = 3;
+const FLAP_WINDOW: Duration = Duration::from_secs(60);
+
 impl Tree {
+    /// Counts one more turn to unusable of `rel`: (whether to warn about it, whether to say
+    /// now that its turns go to debug for a while).
+    fn flap(&mut self, rel: &Path, now: std::time::Instant) -> (bool, bool) {
+        if self.flaps.len() >= 4096 {
+            self.flaps
+                .retain(|_, (since, _)| now.duration_since(*since) < FLAP_WINDOW);
+        }
+        let (since, n) = self.flaps.entry(rel.to_path_buf()).or_insert((now, 0));
+        if now.duration_since(*since) >= FLAP_WINDOW {
+            (*since, *n) = (now, 0);
+        }
+        *n += 1;
+        (*n <= FLAP_WARNINGS, *n == FLAP_WARNINGS + 1)
+    }
+
+    /// Whether `rel`'s turns are logged at debug now (see [`Tree::flap`]).
+    fn flapping(&self, rel: &Path, now: std::time::Instant) -> bool {
+        self.flaps.get(rel).is_some_and(|(since, n)| {
+            *n > FLAP_WARNINGS && now.duration_since(*since) < FLAP_WINDOW
+        })
+    }
+
     /// Whether `path` is still the root directory this tree was read from.
     fn same_root(&self, path: &Path) -> bool {
         use std::os::unix::fs::MetadataExt;
@@ -77,6 +109,7 @@ impl Reader {
         let root = self.open_root().map_err(|e| self.root_error(e))?;
         let mut tree = Tree {
             root: root.handle(),
+            flaps: prev.map(|p| p.flaps.clone()).unwrap_or_default(),
             ..Tree::default()
         };
         let services_rel = Path::new("services");
@@ -484,8 +517,19 @@ impl Reader {
     /// A file turned unusable: warn once (until it is good again), keep what it held.
     fn note_refused(&self, tree: &mut Tree, rel: &Path, why: String, kept: bool) {
         let file = self.root.join(rel);
-        if tree.refused.contains_key(rel) {
-            debug!(file = %file.display(), reason = %why, "catalog file still unusable");
+        let new = !tree.refused.contains_key(rel);
+        let (loud, say) = if new {
+            tree.flap(rel, std::time::Instant::now())
+        } else {
+            (false, false)
+        };
+        if say {
+            warn!(file = ?file, "catalog file keeps turning unusable and usable again; its next turns are logged at debug level for a minute");
+        }
+        if !new {
+            debug!(file = ?file, reason = %why, "catalog file still unusable");
+        } else if !loud {
+            debug!(file = ?file, reason = %why, "catalog file unusable again");
         } else if kept {
             warn!(file = ?file, reason = %why, "catalog file unusable; keeping its last good content until it is fixed or removed");
         } else {
@@ -496,7 +540,12 @@ impl Reader {
 
     fn note_good(&self, tree: &mut Tree, rel: &Path) {
         if tree.refused.remove(rel).is_some() {
-            info!(file = %self.root.join(rel).display(), "catalog file is usable again");
+            let file = self.root.join(rel);
+            if tree.flapping(rel, std::time::Instant::now()) {
+                debug!(file = ?file, "catalog file is usable again");
+            } else {
+                info!(file = ?file, "catalog file is usable again");
+            }
         }
     }
 
@@ -657,4 +706,35 @@ pub(super) fn next_deadline(
         .flat_map(|x| [x, x + deregister_after])
         .filter(|t| *t > now)
         .min()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A writer alternating bad and good content: three turns a minute are warned about, the
+    /// fourth says the rest go to debug, and a minute later it is warned about again.
+    #[test]
+    fn a_flapping_file_is_warned_about_a_few_times_a_minute() {
+        let mut tree = Tree::default();
+        let rel = Path::new("services/web/flip.json");
+        let t0 = std::time::Instant::now();
+        let turns: Vec<(bool, bool)> = (0..6).map(|_| tree.flap(rel, t0)).collect();
+        assert_eq!(
+            turns,
+            [
+                (true, false),
+                (true, false),
+                (true, false),
+                (false, true),
+                (false, false),
+                (false, false)
+            ]
+        );
+        assert!(tree.flapping(rel, t0));
+        assert!(!tree.flapping(Path::new("services/web/other.json"), t0));
+        let later = t0 + FLAP_WINDOW;
+        assert!(!tree.flapping(rel, later));
+        assert_eq!(tree.flap(rel, later), (true, false));
+    }
 }
