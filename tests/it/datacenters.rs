@@ -2,7 +2,8 @@
 //! real binary against a real agent, and their refusal on catalogs that have neither.
 
 use crate::project::{self, Project};
-use crate::support::{Consul, TIMEOUT, wait_for};
+use crate::support::{self, Consul, TIMEOUT, wait_for};
+use std::time::Duration;
 
 /// Every Consul-only form once: a service, a key, a prefix and the service list of a named
 /// datacenter, the nodes of the agent's own and of a named one, and the datacenter list.
@@ -147,4 +148,49 @@ fn imported_go_templates_with_datacenters_render_what_consul_template_would() {
         std::fs::read_to_string(out.join("out/dc.conf")).unwrap(),
         "web1 10.0.0.3:80\nweb2 10.0.0.2:81\nnode rewire-test 127.0.0.1 dc1\ndc dc1\n42\n"
     );
+}
+
+/// Found by attacking with catalog writes: a few hundred services (a query each, through a
+/// template that walks `services()`) made rewire open a connection per blocking query, past
+/// Consul's 200 per client IP; the agent reset them, the template stalled for good and every
+/// other client on the address was refused too. Reads now take turns on at most 150
+/// connections, so everything renders and a later change is still followed.
+#[test]
+fn hundreds_of_services_render_and_are_followed_within_consuls_connection_limit() {
+    let Some(consul) = Consul::try_start() else {
+        return;
+    };
+    const N: usize = 260;
+    for i in 0..N {
+        consul.register_service(&format!(
+            r#"{{"ID":"s{i}","Name":"svc-{i}","Address":"10.1.{}.{}","Port":80}}"#,
+            i / 250,
+            i % 250 + 1
+        ));
+    }
+    let p = consul_project(
+        &consul,
+        "{% for s in services() %}{% for i in service(name=s.name) %}{{ i.id }} {{ i.port }}\n{% endfor %}{% endfor %}",
+    );
+    p.file(
+        "rewire.toml",
+        &p.read("rewire.toml").replace(
+            "[[template]]",
+            "[defaults]\nwait = { min = \"0s\" }\n\n[[template]]",
+        ),
+    );
+    let mut run = p.run();
+    let rendered = || {
+        let text = p.read("out/dc.conf");
+        (0..N).all(|i| text.contains(&format!("s{i} 80\n")))
+    };
+    support::wait_for("every service rendered", Duration::from_secs(90), rendered);
+    // A change to one of them is followed while they take turns.
+    consul.register_service(r#"{"ID":"s7","Name":"svc-7","Address":"10.1.0.8","Port":81}"#);
+    support::wait_for("the change followed", Duration::from_secs(60), || {
+        p.read("out/dc.conf").contains("s7 81\n")
+    });
+    // The agent still answers others on this address.
+    assert_eq!(consul.get("/v1/status/leader").status, 200);
+    assert_eq!(run.stop(), Some(0), "{}", run.log());
 }

@@ -51,6 +51,59 @@ pub(super) struct Agent {
     pub(super) max_response: u64,
     /// `[catalog] max_file`: the largest KV value accepted.
     pub(super) max_value: u64,
+    /// Bounds the reads in flight (see [`Reads`]).
+    pub(super) reads: Reads,
+}
+
+/// At most [`MAX_READS`] reads in flight at once, so that rewire never holds more connections
+/// to the agent than that: each blocking query holds one for up to `block_wait`, and Consul
+/// refuses a client IP past 200 (`limits.http_max_conns_per_client`), every other client on
+/// that address with it. A catalog writer registering a few hundred services made the
+/// shipped templates ask a query each, and the agent then reset rewire's connections: every
+/// template stalled, removed backends stayed in the configs. Past the bound, reads take
+/// turns: while any waits for a slot, blocking queries ask Consul to answer within
+/// [`SHARED_WAIT`] instead of `block_wait`, so each query is asked again every few seconds
+/// (changes are seen that much later, but they are seen). Registrations and TTL updates do
+/// not take a slot.
+#[derive(Debug)]
+pub(super) struct Reads {
+    slots: std::sync::Arc<tokio::sync::Semaphore>,
+    waiting: std::sync::atomic::AtomicUsize,
+}
+
+/// How many reads may be in flight at once (below Consul's 200 per client IP, leaving room
+/// for registrations, TTL updates and other clients on the same address).
+pub(super) const MAX_READS: usize = super::poll::MANY_QUERIES;
+
+/// The blocking wait asked for while reads take turns.
+pub(super) const SHARED_WAIT: Duration = Duration::from_secs(5);
+
+impl Default for Reads {
+    fn default() -> Reads {
+        Reads {
+            slots: std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_READS)),
+            waiting: Default::default(),
+        }
+    }
+}
+
+impl Reads {
+    /// Waits for a slot; the read holds it until the permit is dropped.
+    async fn slot(&self) -> tokio::sync::OwnedSemaphorePermit {
+        use std::sync::atomic::Ordering;
+        if let Ok(p) = self.slots.clone().try_acquire_owned() {
+            return p;
+        }
+        self.waiting.fetch_add(1, Ordering::Relaxed);
+        let permit = self.slots.clone().acquire_owned().await;
+        self.waiting.fetch_sub(1, Ordering::Relaxed);
+        permit.expect("the semaphore is never closed")
+    }
+
+    /// Whether reads are taking turns (one waits for a slot).
+    fn crowded(&self) -> bool {
+        self.waiting.load(std::sync::atomic::Ordering::Relaxed) > 0
+    }
 }
 
 impl Agent {
@@ -85,7 +138,13 @@ impl Agent {
 
     /// The URL of one read of `query`; `index` > 0 makes it a blocking query.
     /// A query's own datacenter (`service("web", dc="dc2")`) wins over `[catalog] datacenter`.
+    #[cfg(test)]
     pub(super) fn read_url(&self, query: &Query, index: u64) -> Url {
+        self.read_url_waiting(query, index, self.wait)
+    }
+
+    /// The URL of a read; `wait` is a blocking query's.
+    fn read_url_waiting(&self, query: &Query, index: u64, wait: Duration) -> Url {
         let (dc, query) = query.datacenter();
         let mut url = match query {
             Query::Service(name) => self.url(["health", "service", name.as_str()]),
@@ -98,7 +157,7 @@ impl Agent {
             // Never sent: elections are not catalog queries (`Query::is_catalog`), and
             // `Query::datacenter` has taken the datacenter off.
             Query::Election(name) => self.url(["kv", "rewire", "elections", name.as_str()]),
-            Query::InDatacenter(_, q) => return self.read_url(q, index),
+            Query::InDatacenter(_, q) => return self.read_url_waiting(q, index, wait),
         };
         {
             let mut q = url.query_pairs_mut();
@@ -116,7 +175,7 @@ impl Agent {
             }
             if index > 0 && query.blocks() {
                 q.append_pair("index", &index.to_string());
-                q.append_pair("wait", &go_duration(self.wait));
+                q.append_pair("wait", &go_duration(wait));
             }
         }
         if url.query() == Some("") {
@@ -189,10 +248,16 @@ impl Agent {
     }
 
     pub(super) async fn read_once(&self, query: &Query, index: u64) -> Result<Reply, CatalogError> {
-        let url = self.read_url(query, index);
+        let _slot = self.reads.slot().await;
+        let wait = if self.reads.crowded() {
+            self.wait.min(SHARED_WAIT)
+        } else {
+            self.wait
+        };
+        let url = self.read_url_waiting(query, index, wait);
         let what = format!("GET {}", url.path());
         let timeout = if index > 0 {
-            self.wait + self.wait / 16 + BLOCK_MARGIN
+            wait + wait / 16 + BLOCK_MARGIN
         } else {
             READ_TIMEOUT
         };

@@ -121,6 +121,7 @@ impl ConsulCatalog {
             wait,
             max_response: catalog.max_response,
             max_value: catalog.max_file,
+            reads: agent::Reads::default(),
         };
         Ok(ConsulCatalog {
             agent: Arc::new(agent),

@@ -380,8 +380,10 @@ pub async fn reconcile<S: Source>(
         if running.len() > MANY_QUERIES && !warned {
             warn!(
                 queries = running.len(),
-                "more than {MANY_QUERIES} distinct consul queries: each holds one HTTP connection \
-                 and Consul accepts 200 per client IP by default (limits.http_max_conns_per_client)"
+                "more than {MANY_QUERIES} distinct consul queries: they take turns on {MANY_QUERIES} \
+                 connections (Consul accepts 200 per client IP by default, \
+                 limits.http_max_conns_per_client), each asked again every few seconds, so \
+                 changes are seen a few seconds late"
             );
             warned = true;
         } else if running.len() <= MANY_QUERIES {
