@@ -196,6 +196,11 @@ fn parse_address(addr: &str, ssl: bool) -> Result<Url, String> {
     }
     // A base path (an agent behind a reverse proxy) is kept; requests append `/v1/...`.
     let path = url.path().trim_end_matches('/').to_string();
+    if path.ends_with("/v1") {
+        return Err(format!(
+            "{addr:?} ends in /v1, which rewire adds to every request itself; give the address without it"
+        ));
+    }
     url.set_path(&path);
     Ok(url)
 }
@@ -292,6 +297,8 @@ mod tests {
             "http://",
             "http://u:p@h:1",
             "h:1?x=y",
+            "http://127.0.0.1:8500/v1",
+            "http://proxy/consul/v1/",
         ] {
             assert!(parse_address(bad, false).is_err(), "{bad}");
         }
