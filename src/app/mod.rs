@@ -175,32 +175,21 @@ async fn dispatch(cli: Cli) -> Result<Outcome, Failure> {
     let config = match load_config(&cli) {
         Ok(c) => c,
         // `status` and `maintenance` need only the socket: without a readable config, ask the
-        // default one (the unreachable message names --socket and the path it tried).
-        Err(Failure::Config(errors)) if errors.unreadable() => {
-            let socket = config::default_socket();
-            return match &cli.command {
-                Command::Status(args) => {
-                    Ok(control::client::status(&socket, None, args.json).await)
-                }
-                Command::Maintenance(args) => {
-                    Ok(control::client::maintenance(&socket, None, args.state == OnOff::On).await)
-                }
-                _ => Err(Failure::Config(errors)),
-            };
-        }
-        // An invalid (but readable) config: `status` and `maintenance` still need only the
-        // socket, and during an incident the file may be half-edited. Ask the socket the file
-        // names (or the default), saying why the rest was not read.
+        // default one (the unreachable message names --socket and the path it tried). With an
+        // invalid but readable one (a half-done edit during an incident), ask the socket it
+        // names, saying why the rest was not read.
         Err(Failure::Config(errors))
             if matches!(cli.command, Command::Status(_) | Command::Maintenance(_)) =>
         {
             let socket = socket_named_in(&cli.config).unwrap_or_else(config::default_socket);
-            eprintln!(
-                "rewire: {} has {} problem(s) (`rewire check` lists them); asking the daemon on {} anyway",
-                cli.config.display(),
-                errors.0.len(),
-                socket.display()
-            );
+            if !errors.unreadable() {
+                eprintln!(
+                    "rewire: {} has {} problem(s) (`rewire check` lists them); asking the daemon on {} anyway",
+                    cli.config.display(),
+                    errors.0.len(),
+                    socket.display()
+                );
+            }
             return match &cli.command {
                 Command::Status(args) => {
                     Ok(control::client::status(&socket, None, args.json).await)

@@ -343,17 +343,18 @@ fn a_stray_signal_is_ignored_and_sigquit_runs_the_stop_sequence() {
     assert!(!catalog_file(&p).exists());
 }
 
-#[test]
-fn what_main_leaves_in_its_process_group_is_stopped_with_it() {
-    // A shell wrapper dies on SIGTERM and leaves its child behind in main's process group.
+/// Runs a `sh -c` wrapper that leaves a child in its process group, as `[main]` or as a
+/// `[[job]]` (`config` turns the exec line into the config's process section), stops rewire
+/// with SIGTERM, and checks that the child did not outlive it.
+fn wrappers_child_is_stopped_with_rewire(whose: &str, config: impl Fn(String) -> String) {
     let p = Project::new();
     let left = p.path("left.pid").display().to_string();
     let script = format!("sleep 300 & echo $! > {left}; wait");
-    p.config(&format!(
-        "{}[main]\nexec = [\"sh\", \"-c\", {}]\nstop_timeout = \"10s\"\n",
-        preamble(&p),
+    let exec = format!(
+        "exec = [\"sh\", \"-c\", {}]\nstop_timeout = \"10s\"\n",
         q(script)
-    ));
+    );
+    p.config(&format!("{}{}", preamble(&p), config(exec)));
     let mut rw = Rewire::start(&p, &[]);
     rw.wait_for("the wrapper's child running", || {
         read_pid(&p.path("left.pid")).is_some()
@@ -363,36 +364,24 @@ fn what_main_leaves_in_its_process_group_is_stopped_with_it() {
     assert_eq!(rw.wait_exit().code(), Some(143), "{}", rw.log());
     assert!(
         support::poll_until(Duration::from_secs(5), || !alive(child)),
-        "main's child outlived rewire\n{}",
+        "{whose} child outlived rewire\n{}",
         rw.log()
     );
+}
+
+#[test]
+fn what_main_leaves_in_its_process_group_is_stopped_with_it() {
+    // A shell wrapper dies on SIGTERM and leaves its child behind in main's process group.
+    wrappers_child_is_stopped_with_rewire("main's", |exec| format!("[main]\n{exec}"));
 }
 
 /// The same for a `[[job]]` (a ContainerPilot-style `sh -c "agent ...; ..."` wrapper), which
 /// used to leave its group running after rewire had exited.
 #[test]
 fn what_a_job_leaves_in_its_process_group_is_stopped_with_it() {
-    let p = Project::new();
-    let left = p.path("left.pid").display().to_string();
-    let script = format!("sleep 300 & echo $! > {left}; wait");
-    p.config(&format!(
-        "{}[[job]]\nname = \"agent\"\nexec = [\"sh\", \"-c\", {}]\nstop_timeout = \"10s\"\n\n\
-         [main]\nexec = [\"sleep\", \"300\"]\n",
-        preamble(&p),
-        q(script)
-    ));
-    let mut rw = Rewire::start(&p, &[]);
-    rw.wait_for("the wrapper's child running", || {
-        read_pid(&p.path("left.pid")).is_some()
+    wrappers_child_is_stopped_with_rewire("the job's", |exec| {
+        format!("[[job]]\nname = \"agent\"\n{exec}\n[main]\nexec = [\"sleep\", \"300\"]\n")
     });
-    let child = read_pid(&p.path("left.pid")).unwrap();
-    rw.signal(SIGTERM);
-    assert_eq!(rw.wait_exit().code(), Some(143), "{}", rw.log());
-    assert!(
-        support::poll_until(Duration::from_secs(5), || !alive(child)),
-        "the job's child outlived rewire\n{}",
-        rw.log()
-    );
 }
 
 /// Found by testing as a ContainerPilot user: a `[[service]]` without `health` was registered
