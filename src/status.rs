@@ -160,6 +160,11 @@ pub struct Report {
     pub catalog: String,
     pub catalog_health: String,
     pub maintenance: bool,
+    /// The last SIGHUP's config, when it was rejected: when, and the first problem (cleared by
+    /// the next one applied). An operator who just reloaded must not take the old config for
+    /// the new one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rejected_reload: Option<String>,
     pub templates: BTreeMap<String, TemplateStatus>,
     pub services: BTreeMap<String, ServiceStatus>,
     pub watches: Vec<String>,

@@ -339,6 +339,12 @@ fn sighup_with_a_broken_config_keeps_the_old_one_running() {
         r.log().contains("new config rejected")
     });
     assert!(r.log().contains("unknown key `bogus_key`"), "{}", r.log());
+    // `rewire status` says so until a config is applied: the operator who just reloaded must
+    // not take the old config for the new one.
+    let o = p.rewire(&["status"]);
+    let text = project::stdout(&o);
+    assert!(text.contains("last reload: rejected at "), "{text}");
+    assert!(text.contains("bogus_key"), "{text}");
     // The old config still runs.
     p.instance("web", "b", "10.0.0.2", 80);
     wait_for("still following", TIMEOUT, || {
@@ -358,6 +364,9 @@ fn sighup_with_a_broken_config_keeps_the_old_one_running() {
         p.read("out/web.conf") == "v2 2\n"
     });
     assert!(r.log().contains("new config applied"));
+    let o = p.rewire(&["status", "--json"]);
+    let status: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert!(status.get("rejected_reload").is_none(), "{status}");
     // The status report follows the running config: a moved destination shows its new path.
     p.config(&good.replace("out/web.conf", "out/moved.conf"));
     r.signal(SIGHUP);

@@ -20,6 +20,9 @@ pub fn status(r: &Report) -> String {
         "maintenance: {}",
         if r.maintenance { "on" } else { "off" }
     );
+    if let Some(rejected) = &r.rejected_reload {
+        let _ = writeln!(out, "last reload: rejected {rejected}");
+    }
 
     match &r.main {
         Some(m) => {

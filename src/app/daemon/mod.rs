@@ -425,6 +425,7 @@ impl Daemon {
             Ok(read) => read,
             Err(e) => {
                 error!("new config rejected, keeping the running one:\n{e}");
+                self.note_rejected(&e.to_string());
                 return;
             }
         };
@@ -448,6 +449,7 @@ impl Daemon {
                 }
                 Err(e) => {
                     error!(error = %e, "new config rejected, keeping the running one");
+                    self.note_rejected(&e.to_string());
                     return;
                 }
             }
@@ -486,7 +488,19 @@ impl Daemon {
             }
         });
         self.config = new;
+        self.parts.board.update(|r| r.rejected_reload = None);
         info!("new config applied");
+    }
+
+    /// Puts a rejected reload in the status report: when, and its first problem.
+    fn note_rejected(&self, error: &str) {
+        let first = error.lines().next().unwrap_or_default();
+        let note = format!(
+            "at {}, keeping the running config: {}",
+            humantime::format_rfc3339_seconds(std::time::SystemTime::now()),
+            crate::model::one_line(first, 300)
+        );
+        self.parts.board.update(|r| r.rejected_reload = Some(note));
     }
 
     /// The stop sequence; returns the status rewire exits with. `exit` is main's status when
