@@ -445,8 +445,19 @@ async fn main_turn(
 }
 
 async fn stop_main(m: &mut MainHandle, cfg: &MainConfig, hurry: &CancellationToken) {
-    let Some(pid) = *m.pid.borrow() else {
-        return;
+    // A stop signal may come while main is being started: the run loop checked `stopping`
+    // just before, and its pid is not published yet. Wait for that start to settle (the pid
+    // shows up, or main's task ends because it saw `stopping`); returning at once left the
+    // main it started a moment later unsignalled, and rewire exited 0 instead of main's 143.
+    let settle = tokio::time::Instant::now() + START_SETTLE;
+    let pid = loop {
+        if let Some(pid) = *m.pid.borrow() {
+            break pid;
+        }
+        if m.task.is_finished() || tokio::time::Instant::now() >= settle {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
     };
     info!(pid = %pid, signal = %cfg.stop_signal, "stopping main");
     if let Err(e) = kill(pid, cfg.stop_signal) {
@@ -483,6 +494,9 @@ async fn stop_main(m: &mut MainHandle, cfg: &MainConfig, hurry: &CancellationTok
         error!(pid = %pid, "main is still there after SIGKILL");
     }
 }
+
+/// How long the stop sequence waits for a start of main already under way (see `stop_main`).
+const START_SETTLE: Duration = Duration::from_secs(2);
 
 /// How often the stop sequence looks whether main's process group has emptied (nothing
 /// announces it: its members are not rewire's children).
