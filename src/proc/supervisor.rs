@@ -697,7 +697,7 @@ impl MainTask {
             info!(after = %when.after, event = %when.is, "starting main: the event it waits for happened");
             return true;
         }
-        if fired == Some(false) {
+        let (code, why) = if fired == Some(false) {
             if self.stopping.is_cancelled() {
                 return false;
             }
@@ -709,22 +709,18 @@ impl MainTask {
                 .unwrap_or_default();
             let why = format!("{:?} is done for good ({state})", when.after);
             error!("main waits for {when}, but {why}; not starting main");
-            self.bus.update(MAIN_JOB, |s| {
-                s.state = format!("failed: {why}");
-                s.last_exit = Some(why.clone());
-            });
-            self.bus.emit(MAIN_JOB, Event::Failed);
-            self.finish(DEPENDENCY_GONE, &format!("failed: {why}"));
-            return false;
-        }
-        let why = bus::timed_out(when);
-        error!("{why}; not starting main");
+            (DEPENDENCY_GONE, why)
+        } else {
+            let why = bus::timed_out(when);
+            error!("{why}; not starting main");
+            (TIMED_OUT, why)
+        };
         self.bus.update(MAIN_JOB, |s| {
             s.state = format!("failed: {why}");
             s.last_exit = Some(why.clone());
         });
         self.bus.emit(MAIN_JOB, Event::Failed);
-        self.finish(TIMED_OUT, &format!("failed: {why}"));
+        self.finish(code, &format!("failed: {why}"));
         false
     }
 
