@@ -107,8 +107,16 @@ impl Request {
     #[track_caller]
     pub fn send(self) -> Response {
         let what = self.what.clone();
-        self.try_send()
-            .unwrap_or_else(|e| panic!("HTTP {what} failed: {e}"))
+        self.try_send().unwrap_or_else(|e| {
+            // reqwest's own message hides the cause (refused, reset, timed out): name it.
+            let mut cause = e.to_string();
+            let mut source = std::error::Error::source(&e);
+            while let Some(s) = source {
+                cause.push_str(&format!(": {s}"));
+                source = s.source();
+            }
+            panic!("HTTP {what} failed: {cause}")
+        })
     }
 }
 
