@@ -114,6 +114,7 @@ impl Walker<'_> {
                     token_file: self.path(&t, "token_file"),
                     datacenter: self.string(&t, "datacenter").map(Spanned::into_inner),
                     stale: self.boolean(&t, "stale").unwrap_or(false),
+                    max_connections: self.max_connections(&t),
                     tls,
                 };
                 (Backend::Consul(settings), CONSUL_KEYS)
@@ -180,6 +181,34 @@ impl Walker<'_> {
     fn max_response(&mut self, t: &Tbl) -> Option<u64> {
         self.size(t, "max_response", 64 << 10..=4 << 30)
     }
+
+    /// `max_connections` (Consul): at least 1; above Consul's default limit only with a warning.
+    fn max_connections(&mut self, t: &Tbl) -> Option<usize> {
+        let n = self.integer(t, "max_connections")?;
+        let span = t.key_span("max_connections").unwrap_or(t.span.clone());
+        if !(1..=10_000).contains(n.get_ref()) {
+            self.error(
+                span,
+                "`max_connections` must be between 1 and 10000",
+                "the default, 90, keeps two rewire processes (one restarting) under Consul's 200 \
+                 connections per client IP",
+            );
+            return None;
+        }
+        if *n.get_ref() > 100 {
+            self.warn(
+                span,
+                format!(
+                    "max_connections = {}: Consul refuses a client IP past 200 connections by \
+                     default, and a restarted rewire's long polls stay counted until their wait ends",
+                    n.get_ref()
+                ),
+                "raise the agent's limits.http_max_conns_per_client to more than twice this \
+                 value, plus room for other clients on this address",
+            );
+        }
+        Some(*n.get_ref() as usize)
+    }
 }
 
 const DIR_KEYS: &[&str] = &[
@@ -197,6 +226,7 @@ const CONSUL_KEYS: &[&str] = &[
     "token_file",
     "datacenter",
     "stale",
+    "max_connections",
     "block_wait",
     "retry",
     "deregister_after",
@@ -225,6 +255,7 @@ const ALL_CATALOG_KEYS: &[&str] = &[
     "token_file",
     "datacenter",
     "stale",
+    "max_connections",
     "endpoints",
     "prefix",
     "username",

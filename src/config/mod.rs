@@ -146,6 +146,8 @@ pub struct ConsulSettings {
     pub datacenter: Option<String>,
     /// Allow any server to answer reads (`?stale`).
     pub stale: bool,
+    /// `max_connections`: reads in flight at once (None: the backend's default).
+    pub max_connections: Option<usize>,
     pub tls: TlsSettings,
 }
 

@@ -542,6 +542,28 @@ mod tests {
     }
 
     #[test]
+    fn consul_max_connections_is_bounded_and_warned_above_what_consul_takes_twice() {
+        let consul = |v: &str| format!("[catalog]\nbackend = \"consul\"\nmax_connections = {v}\n");
+        let c = parse(&consul("40")).unwrap();
+        match &c.catalog.backend {
+            crate::config::Backend::Consul(s) => assert_eq!(s.max_connections, Some(40)),
+            other => panic!("{other:?}"),
+        }
+        assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+        let c = parse(&consul("150")).unwrap();
+        let w: Vec<String> = c.warnings.iter().map(ToString::to_string).collect();
+        assert!(
+            w.len() == 1 && w[0].contains(":3:") && w[0].contains("http_max_conns_per_client"),
+            "{w:?}"
+        );
+        let errs = errors(&consul("0"));
+        assert!(errs[0].contains("between 1 and 10000"), "{errs:?}");
+        // Only Consul has it.
+        let errs = errors("[catalog]\nbackend = \"etcd\"\nmax_connections = 10\n");
+        assert!(errs[0].contains("max_connections"), "{errs:?}");
+    }
+
+    #[test]
     fn design_sketch_is_accepted() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir(dir.path().join("templates")).unwrap();

@@ -194,3 +194,45 @@ fn hundreds_of_services_render_and_are_followed_within_consuls_connection_limit(
     assert_eq!(consul.get("/v1/status/leader").status, 200);
     assert_eq!(run.stop(), Some(0), "{}", run.log());
 }
+
+/// Consul keeps a blocking query, and counts its connection against the client IP's 200, until
+/// its wait ends, even after the client is gone. With 150 reads in flight, a rewire restarted
+/// beside the 140 polls its predecessor left could open 60 connections for a minute (the
+/// default `block_wait`): its template waited, and other clients on the address were refused.
+#[test]
+fn a_restart_with_many_services_renders_at_once_beside_its_predecessors_polls() {
+    let Some(consul) = Consul::try_start() else {
+        return;
+    };
+    const N: usize = 140;
+    for i in 0..N {
+        consul.register_service(&format!(
+            r#"{{"ID":"s{i}","Name":"svc-{i}","Address":"10.2.0.{}","Port":80}}"#,
+            i + 1
+        ));
+    }
+    let p = consul_project(
+        &consul,
+        "{% for s in services() %}{% for i in service(name=s.name) %}{{ i.id }} {{ i.port }}\n{% endfor %}{% endfor %}",
+    );
+    let all_rendered = |port: u16| {
+        let text = p.read("out/dc.conf");
+        (0..N).all(|i| text.contains(&format!("s{i} {}\n", if i == 7 { port } else { 80 })))
+    };
+    let mut first = p.run();
+    support::wait_for("every service rendered", Duration::from_secs(60), || {
+        all_rendered(80)
+    });
+    assert_eq!(first.stop(), Some(0), "{}", first.log());
+
+    // The restart: its predecessor's polls are still held by Consul (for up to 60 s).
+    let mut second = p.run();
+    consul.register_service(r#"{"ID":"s7","Name":"svc-7","Address":"10.2.0.8","Port":81}"#);
+    support::wait_for(
+        "the restarted rewire renders the change (well before the old polls end)",
+        Duration::from_secs(30),
+        || all_rendered(81),
+    );
+    assert_eq!(consul.get("/v1/status/leader").status, 200);
+    assert_eq!(second.stop(), Some(0), "{}", second.log());
+}

@@ -55,39 +55,53 @@ pub(super) struct Agent {
     pub(super) reads: Reads,
 }
 
-/// At most [`MAX_READS`] reads in flight at once, so that rewire never holds more connections
-/// to the agent than that: each blocking query holds one for up to `block_wait`, and Consul
-/// refuses a client IP past 200 (`limits.http_max_conns_per_client`), every other client on
-/// that address with it. A catalog writer registering a few hundred services made the
-/// shipped templates ask a query each, and the agent then reset rewire's connections: every
-/// template stalled, removed backends stayed in the configs. Past the bound, reads take
-/// turns: while any waits for a slot, blocking queries ask Consul to answer within
-/// [`SHARED_WAIT`] instead of `block_wait`, so each query is asked again every few seconds
-/// (changes are seen that much later, but they are seen). Registrations and TTL updates do
-/// not take a slot.
+/// At most `max_connections` reads in flight at once (default [`DEFAULT_READS`]), so that
+/// rewire never holds more connections to the agent than that: each blocking query holds one
+/// for up to `block_wait`, and Consul refuses a client IP past 200
+/// (`limits.http_max_conns_per_client`), every other client on that address with it. A
+/// catalog writer registering a few hundred services made the shipped templates ask a query
+/// each, and the agent then reset rewire's connections: every template stalled, removed
+/// backends stayed in the configs. Past the bound, reads take turns: while any waits for a
+/// slot, blocking queries ask Consul to answer within [`SHARED_WAIT`] instead of `block_wait`,
+/// so each query is asked again every few seconds (changes are seen that much later, but they
+/// are seen). Registrations and TTL updates do not take a slot.
+///
+/// Consul 1.8 keeps a blocking query (and counts its connection) until its wait ends, even
+/// after the client went away. So a read given up early (its query no longer wanted) keeps its
+/// slot until Consul would have answered it (see [`Turn`]), and the default leaves room for a
+/// whole second set: a restarted rewire's reads beside the ones its predecessor left waiting,
+/// which Consul still counts for up to `block_wait`. With 150 slots, a restart with a few
+/// hundred services could read only 50 queries for a minute: templates waited, and every
+/// other client on the address was refused.
 #[derive(Debug)]
 pub(super) struct Reads {
     slots: std::sync::Arc<tokio::sync::Semaphore>,
+    max: usize,
     waiting: std::sync::atomic::AtomicUsize,
 }
 
-/// How many reads may be in flight at once (below Consul's 200 per client IP, leaving room
-/// for registrations, TTL updates and other clients on the same address).
-pub(super) const MAX_READS: usize = super::poll::MANY_QUERIES;
+/// Reads in flight at once unless `[catalog] max_connections` says otherwise: two sets of
+/// them stay under Consul's default of 200 per client IP, with 20 to spare for registrations,
+/// TTL updates, elections and other clients on the same address.
+pub const DEFAULT_READS: usize = 90;
+const _: () = assert!(2 * DEFAULT_READS + 20 <= 200);
 
 /// The blocking wait asked for while reads take turns.
 pub(super) const SHARED_WAIT: Duration = Duration::from_secs(5);
 
-impl Default for Reads {
-    fn default() -> Reads {
+/// Past a blocking read's `wait + wait/16` (Consul's jitter): by then Consul has answered it.
+const ANSWERED_BY: Duration = Duration::from_secs(1);
+
+impl Reads {
+    pub(super) fn new(max: usize) -> Reads {
+        let max = max.max(1);
         Reads {
-            slots: std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_READS)),
+            slots: std::sync::Arc::new(tokio::sync::Semaphore::new(max)),
+            max,
             waiting: Default::default(),
         }
     }
-}
 
-impl Reads {
     /// Waits for a slot; the read holds it until the permit is dropped.
     async fn slot(&self) -> tokio::sync::OwnedSemaphorePermit {
         use std::sync::atomic::Ordering;
@@ -103,6 +117,36 @@ impl Reads {
     /// Whether reads are taking turns (one waits for a slot).
     fn crowded(&self) -> bool {
         self.waiting.load(std::sync::atomic::Ordering::Relaxed) > 0
+    }
+}
+
+/// A read's slot while its request is out. Dropped before [`Turn::answered`] (the read was
+/// given up: its query is no longer wanted, or rewire is stopping), it is handed back only
+/// when Consul would have answered the request, since Consul keeps it (and counts its
+/// connection) until then.
+struct Turn {
+    permit: Option<tokio::sync::OwnedSemaphorePermit>,
+    /// When Consul answers a blocking read at the latest; `None` for a read answered at once.
+    answered_by: Option<tokio::time::Instant>,
+}
+
+impl Turn {
+    fn answered(mut self) {
+        self.answered_by = None;
+    }
+}
+
+impl Drop for Turn {
+    fn drop(&mut self) {
+        let (Some(permit), Some(until)) = (self.permit.take(), self.answered_by) else {
+            return;
+        };
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                tokio::time::sleep_until(until).await;
+                drop(permit);
+            });
+        }
     }
 }
 
@@ -248,7 +292,7 @@ impl Agent {
     }
 
     pub(super) async fn read_once(&self, query: &Query, index: u64) -> Result<Reply, CatalogError> {
-        let _slot = self.reads.slot().await;
+        let permit = self.reads.slot().await;
         let wait = if self.reads.crowded() {
             self.wait.min(SHARED_WAIT)
         } else {
@@ -256,13 +300,23 @@ impl Agent {
         };
         let url = self.read_url_waiting(query, index, wait);
         let what = format!("GET {}", url.path());
-        let timeout = if index > 0 {
+        let blocking = index > 0;
+        let timeout = if blocking {
             wait + wait / 16 + BLOCK_MARGIN
         } else {
             READ_TIMEOUT
         };
+        let turn = Turn {
+            permit: Some(permit),
+            answered_by: blocking
+                .then(|| tokio::time::Instant::now() + wait + wait / 16 + ANSWERED_BY),
+        };
         let req = self.request(Method::GET, url);
-        let (status, headers, body) = self.exchange(&what, req, timeout).await?;
+        let exchanged = self.exchange(&what, req, timeout).await;
+        // Answered, or failed (timed out past Consul's own deadline, or the connection is
+        // gone): either way Consul no longer holds it.
+        turn.answered();
+        let (status, headers, body) = exchanged?;
         timing::mark(stage::RECEIVED);
         let index = header(&headers, "x-consul-index").map(str::to_owned);
         let leader = header(&headers, "x-consul-knownleader").map(str::to_owned);
@@ -320,6 +374,10 @@ fn header<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
 impl Source for Agent {
     async fn read(&self, query: &Query, index: u64) -> Result<Reply, CatalogError> {
         self.read_once(query, index).await
+    }
+
+    fn connections(&self) -> usize {
+        self.reads.max
     }
 }
 
@@ -400,4 +458,48 @@ fn tls_hint(detail: &str) -> Option<&'static str> {
 /// A Go duration string, which is what Consul parses (`60000ms`).
 pub(super) fn go_duration(d: Duration) -> String {
     format!("{}ms", d.as_millis().max(1))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn free(reads: &Reads) -> bool {
+        reads.slots.clone().try_acquire_owned().is_ok()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_blocking_read_given_up_keeps_its_slot_until_consul_would_answer_it() {
+        let reads = Reads::new(1);
+        let until = tokio::time::Instant::now() + Duration::from_secs(10);
+        drop(Turn {
+            permit: Some(reads.slot().await),
+            answered_by: Some(until),
+        });
+        tokio::task::yield_now().await;
+        assert!(
+            !free(&reads),
+            "handed back while Consul still holds the request"
+        );
+        tokio::time::sleep_until(until - Duration::from_millis(1)).await;
+        assert!(!free(&reads));
+        tokio::time::sleep(Duration::from_millis(2)).await;
+        assert!(free(&reads), "never handed back");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_answered_read_or_one_answered_at_once_hands_its_slot_back_at_once() {
+        let reads = Reads::new(1);
+        Turn {
+            permit: Some(reads.slot().await),
+            answered_by: Some(tokio::time::Instant::now() + Duration::from_secs(10)),
+        }
+        .answered();
+        assert!(free(&reads));
+        drop(Turn {
+            permit: Some(reads.slot().await),
+            answered_by: None,
+        });
+        assert!(free(&reads));
+    }
 }

@@ -121,7 +121,7 @@ impl ConsulCatalog {
             wait,
             max_response: catalog.max_response,
             max_value: catalog.max_file,
-            reads: agent::Reads::default(),
+            reads: agent::Reads::new(settings.max_connections.unwrap_or(agent::DEFAULT_READS)),
         };
         Ok(ConsulCatalog {
             agent: Arc::new(agent),

@@ -54,11 +54,6 @@ pub const EARLY: Duration = Duration::from_secs(1);
 /// consul-template's interval for the same endpoint.
 pub const NON_BLOCKING_INTERVAL: Duration = Duration::from_secs(15);
 
-/// Above this many distinct queries, warn: each holds one HTTP connection during its long
-/// poll, and Consul allows 200 connections per client IP by default
-/// (`limits.http_max_conns_per_client`).
-pub const MANY_QUERIES: usize = 150;
-
 /// Something that answers one query, blocking when given an index above 0.
 pub trait Source: Send + Sync + 'static {
     /// Reads `query`; `index` 0 means "answer at once", anything else is a blocking query.
@@ -67,6 +62,12 @@ pub trait Source: Send + Sync + 'static {
         query: &Query,
         index: u64,
     ) -> impl Future<Output = Result<Reply, CatalogError>> + Send;
+
+    /// How many reads may be in flight at once; more queries than this take turns (and are
+    /// warned about: each holds one HTTP connection during its long poll).
+    fn connections(&self) -> usize {
+        usize::MAX
+    }
 }
 
 /// Timing settings of the watch loop.
@@ -377,16 +378,17 @@ pub async fn reconcile<S: Source>(
             running.insert(q, (token, task));
         }
 
-        if running.len() > MANY_QUERIES && !warned {
+        let connections = source.connections();
+        if running.len() > connections && !warned {
             warn!(
                 queries = running.len(),
-                "more than {MANY_QUERIES} distinct consul queries: they take turns on {MANY_QUERIES} \
-                 connections (Consul accepts 200 per client IP by default, \
-                 limits.http_max_conns_per_client), each asked again every few seconds, so \
-                 changes are seen a few seconds late"
+                "more than {connections} distinct consul queries: they take turns on \
+                 {connections} connections ([catalog] max_connections; Consul accepts 200 per \
+                 client IP by default, limits.http_max_conns_per_client), each asked again \
+                 every few seconds, so changes are seen a few seconds late"
             );
             warned = true;
-        } else if running.len() <= MANY_QUERIES {
+        } else if running.len() <= connections {
             warned = false;
         }
 
