@@ -223,23 +223,28 @@ fn exec(ctx: &mut Ctx, top: &Obj, plan: &mut Plan) -> Option<Reload> {
 
 /// A command: a string (run by a shell when `shell`, else split when it holds no shell
 /// syntax) or a list (argv).
+///
+/// consul-template never expanded `${...}` in its config: a `${f}` there is the shell's (a loop
+/// variable, `${HOME:-/root}`). rewire.toml expands `${VAR}` when it loads, so each `${` is
+/// written as `$${` (a literal `${`) and the shell still sees what it saw.
 fn command(ctx: &mut Ctx, n: &Node, path: &str, shell: bool) -> Option<Command> {
+    let literal = |s: &str| s.replace("${", "$${");
     match &n.value {
-        Value::Str(s) if shell => Some(Command::Shell(s.clone())),
-        Value::Str(s) => match argv::split(s) {
+        Value::Str(s) if shell => Some(Command::Shell(literal(s))),
+        Value::Str(s) => match argv::split(&literal(s)) {
             Ok(split) if !split.shell_syntax && !split.argv.is_empty() => {
                 Some(Command::Argv(split.argv))
             }
             _ => {
                 ctx.note(n, path, "has shell syntax, so it runs through /bin/sh -c as consul-template did; signals reach the shell, not the program");
-                Some(Command::Shell(s.clone()))
+                Some(Command::Shell(literal(s)))
             }
         },
         Value::List(items) => {
             let mut words = Vec::new();
             for i in items {
                 match &i.value {
-                    Value::Str(s) => words.push(s.clone()),
+                    Value::Str(s) => words.push(literal(s)),
                     _ => {
                         ctx.unmapped(i, path, "expected strings");
                         return None;
@@ -362,8 +367,22 @@ fn template(
         }
         ctx.rest(&e, "not a template exec setting rewire knows");
     }
-    if out.reload.is_none() {
-        out.reload = exec_reload.clone();
+    match (&out.reload, exec_reload) {
+        (None, _) => out.reload = exec_reload.clone(),
+        (Some(_), Some(Reload::SignalMain(signal))) => {
+            let at = t.get("command").unwrap_or(n);
+            ctx.unmapped(
+                at,
+                &t.child("command"),
+                format!(
+                    "consul-template also sent the exec child {signal} after this template's \
+                     command; a rewire template has one reload, so only the command runs: \
+                     signal the app from the command, or drop the command and use \
+                     reload = {{ signal = \"{signal}\", target = \"main\" }}"
+                ),
+            );
+        }
+        _ => {}
     }
     if let Some(n) = t.get("create_dest_dirs")
         && n.value == Value::Bool(false)
@@ -444,21 +463,30 @@ pub fn parse_cli(argv: &[String]) -> Option<Cli> {
             Some((f, v)) => (f, Some(v.to_string())),
             None => (arg, None),
         };
-        let takes_value = matches!(
+        // Go's flag package: every flag but a boolean one takes the next word as its value,
+        // and consul-template has no positional arguments. An unknown flag followed by
+        // another flag is taken for a boolean.
+        let boolean = matches!(
             flag,
-            "template"
-                | "consul"
-                | "consul-addr"
-                | "wait"
-                | "config"
-                | "log-level"
-                | "exec"
-                | "consul-token"
-                | "max-stale"
-                | "pid-file"
-                | "kill-signal"
-                | "reload-signal"
+            "once"
+                | "dry"
+                | "version"
+                | "v"
+                | "h"
+                | "help"
+                | "syslog"
+                | "dedup"
+                | "consul-ssl"
+                | "consul-ssl-verify"
+                | "consul-retry"
+                | "vault-ssl"
+                | "vault-ssl-verify"
+                | "vault-renew-token"
+                | "vault-retry"
+                | "vault-unwrap-token"
+                | "template-error-fatal"
         );
+        let takes_value = !boolean && argv.get(i + 1).is_some_and(|next| !next.starts_with('-'));
         let value = if takes_value && inline.is_none() {
             i += 1;
             argv.get(i).cloned()
@@ -524,5 +552,23 @@ mod tests {
         );
         assert_eq!(cli.unmapped, vec!["-dedup"]);
         assert!(parse_cli(&words("nginx -s reload")).is_none());
+    }
+
+    #[test]
+    fn flags_it_does_not_know_keep_their_values() {
+        let cli = parse_cli(&words(
+            "consul-template -vault-addr https://vault:8200 -vault-renew-token -exec-kill-signal SIGQUIT -unknown-bool -once",
+        ))
+        .unwrap();
+        assert_eq!(
+            cli.unmapped,
+            vec![
+                "-vault-addr https://vault:8200",
+                "-vault-renew-token",
+                "-exec-kill-signal SIGQUIT",
+                "-unknown-bool"
+            ]
+        );
+        assert!(cli.once);
     }
 }

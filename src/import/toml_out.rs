@@ -160,8 +160,22 @@ pub fn render(plan: &Plan) -> String {
     if !plan.main.is_empty() {
         sections.push((main(&plan.main), None));
     }
+    // rewire names a template after its source file; consul-template lets one source go to
+    // several destinations, so the second and later get a name of their own.
+    let mut names = std::collections::BTreeSet::new();
     for t in &plan.templates {
-        sections.push((template(t), t.disabled.clone()));
+        let stem = default_name(&t.source);
+        let mut name = stem.clone();
+        let mut n = 1;
+        while !names.insert(name.clone()) {
+            n += 1;
+            name = format!("{stem}-{n}");
+        }
+        let mut section = template(t);
+        if name != stem {
+            section.put("name", quote(&name));
+        }
+        sections.push((section, t.disabled.clone()));
     }
     for svc in &plan.services {
         sections.push((service(svc), None));
@@ -263,6 +277,12 @@ fn job(j: &Job) -> Section {
         s.put("each", "true".into());
     }
     s
+}
+
+/// The name rewire gives a template without `name`: its source's file name without `.tera`.
+fn default_name(source: &str) -> String {
+    let file = source.rsplit('/').next().unwrap_or(source);
+    file.strip_suffix(".tera").unwrap_or(file).to_string()
 }
 
 fn template(t: &Template) -> Section {

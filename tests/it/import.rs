@@ -524,3 +524,105 @@ fn containerpilot_prestart_waiting_for_the_agent_stays_a_job_main_waits_for() {
     assert!(!config.contains("pre_start"), "{config}");
     check(&out, &[]);
 }
+
+/// Found by testing as a migrating user: consul-template never expanded `${...}` in its
+/// config (a command's `${f}` is the shell's), one source may go to two destinations, and in
+/// exec mode the child was signalled after a template's command too.
+#[test]
+fn consul_template_commands_keep_shell_variables_and_what_rewire_cannot_do_is_listed() {
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::write(
+        tmp.path().join("a.ctmpl"),
+        "{{ key \"demo/a\" }}\n{{ scratch.Set \"k\" \"v\" }}{{ range service \"web\" }}{{ printf \"%v\" .Tags }}{{ end }}\n",
+    )
+    .unwrap();
+    std::fs::write(
+        tmp.path().join("config.hcl"),
+        r#"exec {
+  command = "python3 app.py"
+  reload_signal = "SIGUSR1"
+}
+template {
+  source = "a.ctmpl"
+  destination = "out/a.txt"
+  command = "for f in out/*.txt; do echo \"touched ${f} $${X}\" >> cmd.log; done"
+}
+template {
+  source = "a.ctmpl"
+  destination = "out/b.txt"
+}
+"#,
+    )
+    .unwrap();
+    let out = tmp.path().join("rewire");
+    let o = import("consul-template", &tmp.path().join("config.hcl"), &out);
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    let config = read(&out.join("rewire.toml"));
+    // The shell sees what it saw: `${f}`, and `$${X}` (its PID, then `{X}`).
+    assert!(
+        config.contains(r#"echo \"touched $${f} $$${X}\" >> cmd.log"#),
+        "{config}"
+    );
+    assert!(config.contains("name = \"a-2\""), "{config}");
+    assert!(
+        err.contains("config.hcl:8:13: not mapped: template[1].command: consul-template also sent the exec child SIGUSR1 after this template's command"),
+        "{err}"
+    );
+    // `scratch.Set` is one unconvertible action, not an unreadable template.
+    assert!(
+        err.contains(
+            "a.ctmpl:2:4: not mapped: not converted, left as a comment: scratch has no translation"
+        ),
+        "{err}"
+    );
+    let text = read(&out.join("templates/a.tera"));
+    assert!(text.starts_with("{{ key(path=\"demo/a\") }}\n"), "{text}");
+    // printf "%v" of a list prints it the way Go does.
+    assert!(
+        text.contains("(\"[\" ~ (s.tags | join(sep=\" \")) ~ \"]\")"),
+        "{text}"
+    );
+    check(&out, &[]);
+}
+
+/// Found by testing as a migrating user: a one-shot job waiting for the app's `healthy` (an
+/// announcer) was taken for the app; mysqld, with its port and health, became a plain job.
+#[test]
+fn containerpilot_the_app_is_the_service_not_a_job_waiting_for_its_health() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cp = tmp.path().join("containerpilot.json5");
+    std::fs::write(
+        &cp,
+        r#"{
+  consul: "localhost:8500",
+  jobs: [
+    { name: "preStart", exec: "/usr/local/bin/manage.py" },
+    {
+      name: "mysql",
+      exec: ["mysqld", "--console"],
+      port: 3306,
+      when: { source: "preStart", once: "exitSuccess" },
+      health: { exec: "/usr/local/bin/manage.py health", interval: 5, ttl: 25 },
+    },
+    { name: "announce", exec: "/usr/local/bin/announce.sh", when: { source: "mysql", once: "healthy" } },
+    { name: "preStop", exec: "/usr/local/bin/manage.py pre_stop", when: { source: "mysql", once: "stopping" } },
+  ],
+}
+"#,
+    )
+    .unwrap();
+    let out = tmp.path().join("rewire");
+    let o = import("containerpilot", &cp, &out);
+    let err = stderr(&o);
+    let config = read(&out.join("rewire.toml"));
+    assert!(
+        config.contains("[main]\npre_start = [\"/usr/local/bin/manage.py\"]\nexec = [\"mysqld\", \"--console\"]\npre_stop = [\"/usr/local/bin/manage.py\", \"pre_stop\"]"),
+        "{config}"
+    );
+    assert!(
+        err.contains("job \"announce\" runs on \"mysql\" healthy: not mapped (\"mysql\" became [main], and rewire's [main] has no health events"),
+        "{err}"
+    );
+    assert_eq!(o.status.code(), Some(1), "{err}");
+}

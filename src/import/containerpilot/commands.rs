@@ -55,7 +55,18 @@ pub(super) fn consul_template_call(
     plan: &mut Plan,
 ) {
     for flag in &cli.unmapped {
-        ctx.unmapped(n, path, format!("consul-template flag {flag} has no rewire equivalent (-config: import that file with `rewire import consul-template`)"));
+        let hint = if flag.starts_with("-config") {
+            ": import that file with `rewire import consul-template`"
+        } else if flag.starts_with("-vault") {
+            ": rewire does not read Vault, and will not"
+        } else {
+            ""
+        };
+        ctx.unmapped(
+            n,
+            path,
+            format!("consul-template flag {flag} has no rewire equivalent{hint}"),
+        );
     }
     if let Some(addr) = &cli.consul {
         match &mut plan.catalog {

@@ -115,16 +115,19 @@ pub(super) fn v3(ctx: &mut Ctx, top: &Obj, templates: &mut Templates, plan: &mut
         When::Event { source, .. } => candidates.iter().any(|c| &jobs[*c].name == source),
         _ => false,
     };
-    let main_idx = candidates
-        .iter()
-        .copied()
-        .find(|i| depends_on_candidate(i))
-        .or_else(|| {
-            candidates
-                .iter()
-                .copied()
-                .find(|i| jobs[*i].obj.has("port"))
-        })
+    let depends_on_setup = |i: &usize| match &jobs[*i].when {
+        When::Event { source, .. } => setup.contains(source),
+        _ => false,
+    };
+    let has_port = |i: &usize| jobs[*i].obj.has("port");
+    // The app: a service (it has a port) started after something (the agent's health, a
+    // preStart); else whatever waits for another long-running job; else a service; else the
+    // first. Not simply the first that waits for another candidate: a one-shot job waiting
+    // for the app's own `healthy` (an announcer) would then be taken for the app.
+    let first = |rule: &dyn Fn(&usize) -> bool| candidates.iter().copied().find(|i| rule(i));
+    let main_idx = first(&|i| has_port(i) && (depends_on_candidate(i) || depends_on_setup(i)))
+        .or_else(|| first(&depends_on_candidate))
+        .or_else(|| first(&has_port))
         .or_else(|| candidates.first().copied());
     let main_name = main_idx.map(|i| jobs[i].name.clone());
     let setup_for_main = |job: &Job| {
@@ -206,7 +209,7 @@ pub(super) fn v3(ctx: &mut Ctx, top: &Obj, templates: &mut Templates, plan: &mut
                 }
                 mark_timing(ctx, job);
             } else {
-                unsupported_job(ctx, job);
+                unsupported_job(ctx, job, main_name.as_deref());
             }
         } else {
             match &job.when {
@@ -281,7 +284,7 @@ pub(super) fn v3(ctx: &mut Ctx, top: &Obj, templates: &mut Templates, plan: &mut
                     }
                     mark_timing(ctx, job);
                 }
-                _ => unsupported_job(ctx, job),
+                _ => unsupported_job(ctx, job, main_name.as_deref()),
             }
         }
         for key in ["logging"] {
@@ -430,22 +433,35 @@ pub(super) fn restarts(ctx: &mut Ctx, j: &Obj) -> (Option<&'static str>, Option<
     }
 }
 
-pub(super) fn unsupported_job(ctx: &mut Ctx, job: &Job) {
+pub(super) fn unsupported_job(ctx: &mut Ctx, job: &Job, main: Option<&str>) {
     let j = &job.obj;
-    let what = match &job.when {
-        When::Startup => "runs beside the app".to_string(),
-        When::Event { source, event, .. } => format!("runs on {source:?} {event}"),
-        When::Interval(_) => "runs periodically".to_string(),
-        When::Invalid => "has a `when` rewire cannot read".to_string(),
+    let why = match &job.when {
+        When::Event { source, event, .. }
+            if Some(source.as_str()) == main
+                && matches!(event.as_str(), "healthy" | "unhealthy") =>
+        {
+            format!(
+                "job {:?} runs on {source:?} {event}: not mapped ({source:?} became [main], and \
+                 rewire's [main] has no health events: its [[service]]'s check registers it but \
+                 starts no job; wait for `after = \"main\", is = \"started\"` instead, with a \
+                 health check of the job's own if it must wait for the app to answer)",
+                job.name
+            )
+        }
+        when => {
+            let what = match when {
+                When::Startup => "runs beside the app".to_string(),
+                When::Event { source, event, .. } => format!("runs on {source:?} {event}"),
+                When::Interval(_) => "runs periodically".to_string(),
+                When::Invalid => "has a `when` rewire cannot read".to_string(),
+            };
+            format!(
+                "job {:?} {what}: not mapped (a [[job]] needs a name, and its `when` an event of another job: healthy, unhealthy, exitSuccess, exitFailed, stopping, stopped)",
+                job.name
+            )
+        }
     };
-    ctx.unmapped(
-        job.node,
-        &job.path,
-        format!(
-            "job {:?} {what}: not mapped (a [[job]] needs a name, and its `when` an event of another job: healthy, unhealthy, exitSuccess, exitFailed, stopping, stopped)",
-            job.name
-        ),
-    );
+    ctx.unmapped(job.node, &job.path, why);
     // One finding for the whole job: its fields go with it.
     for (k, _) in j.unused() {
         let _ = j.get(k);

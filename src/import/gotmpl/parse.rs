@@ -529,6 +529,25 @@ impl Parser<'_> {
                 ArgKind::Dot(fields) | ArgKind::Var(_, fields) | ArgKind::Sub(_, fields) => {
                     fields.push(f.clone());
                 }
+                // `scratch.Set`: a field of what the function returns (Go's chain node), read
+                // as `(scratch).Set` so the function is named as what cannot be converted.
+                ArgKind::Ident(name) if !matches!(name.as_str(), "true" | "false" | "nil") => {
+                    let span = start..toks[next - 1].span.end;
+                    let call = Arg {
+                        kind: ArgKind::Ident(name.clone()),
+                        span: span.clone(),
+                    };
+                    let pipe = Pipe {
+                        decl: Vec::new(),
+                        assign: false,
+                        cmds: vec![Cmd {
+                            args: vec![call],
+                            span: span.clone(),
+                        }],
+                        span,
+                    };
+                    kind = ArgKind::Sub(Box::new(pipe), vec![f.clone()]);
+                }
                 _ => {
                     return Err(self.err(
                         toks[next].span.start,

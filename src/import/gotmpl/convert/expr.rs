@@ -30,6 +30,10 @@ impl Conv<'_> {
             return self.call(name, args, first.span.start);
         }
         if cmd.args.len() > 1 || piped.is_some() {
+            // A method call (`scratch.Set "k" "v"`): what the receiver is decides the reason.
+            if let ArgKind::Sub(..) = &first.kind {
+                self.operand(first)?;
+            }
             return fail(
                 first.span.start,
                 "an argument given to a value that is not a function",

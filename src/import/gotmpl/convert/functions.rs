@@ -327,22 +327,27 @@ impl Conv<'_> {
                 "node: rewire has no node() function (one node's services); use nodes() or \
                  service() and filter by .node",
             ),
+            "secret" | "secrets" | "pkiCert" => fail(
+                at,
+                format!(
+                    "{name}: Vault is not supported by rewire, and will not be; keep a Vault \
+                     agent (or consul-template) for secrets beside rewire"
+                ),
+            ),
             "byTag" | "byKey" | "byMeta" | "explode" | "explodeMap" | "parseJSON" | "parseInt"
             | "parseBool" | "parseFloat" | "parseUint" | "timestamp" | "file" | "plugin"
-            | "secret" | "secrets" | "scratch" | "executeTemplate" | "connect" | "caRoots"
-            | "caLeaf" | "keyExists" | "containsAll" | "containsAny" | "containsNone"
-            | "containsNotAll" | "divide" | "minimum" | "maximum" | "sockaddr" | "writeToFile"
-            | "mergeMap" | "toYAML" | "toTOML" | "indent" | "trim" | "trimPrefix"
-            | "trimSuffix" | "spew_dump" | "spew_sdump" | "spew_printf" | "md5sum"
-            | "sha256Hex" | "html" | "js" | "urlquery" | "slice" | "call" | "pkiCert"
-            | "nomadService" | "nomadServices" | "nomadVar" | "nomadVarList" | "nomadVarExists" => {
-                fail(
-                    at,
-                    format!(
-                        "{name} has no translation to rewire's Tera functions yet; rewrite this part by hand"
-                    ),
-                )
-            }
+            | "scratch" | "executeTemplate" | "connect" | "caRoots" | "caLeaf" | "keyExists"
+            | "containsAll" | "containsAny" | "containsNone" | "containsNotAll" | "divide"
+            | "minimum" | "maximum" | "sockaddr" | "writeToFile" | "mergeMap" | "toYAML"
+            | "toTOML" | "indent" | "trim" | "trimPrefix" | "trimSuffix" | "spew_dump"
+            | "spew_sdump" | "spew_printf" | "md5sum" | "sha256Hex" | "html" | "js"
+            | "urlquery" | "slice" | "call" | "nomadService" | "nomadServices" | "nomadVar"
+            | "nomadVarList" | "nomadVarExists" => fail(
+                at,
+                format!(
+                    "{name} has no translation to rewire's Tera functions yet; rewrite this part by hand"
+                ),
+            ),
             other if other.starts_with("sprig_") => fail(
                 at,
                 format!(
@@ -461,7 +466,7 @@ impl Conv<'_> {
                         parts.push(tera_str(&literal));
                         literal.clear();
                     }
-                    parts.push(v.operand());
+                    parts.push(v.printed().or_else(|why| fail(at, why))?.operand());
                 }
                 Some(other) => {
                     return fail(
@@ -547,6 +552,11 @@ mod tests {
             (
                 "{{ printf \"%s:%d\" \"a\" 80 }}",
                 "{{ \"a\" ~ \":\" ~ 80 }}",
+            ),
+            // %v of a list prints it as Go does, like a bare {{ .Tags }}.
+            (
+                "{{ range service \"web\" }}{{ printf \"%v\" .Tags }}{{ printf \"t=%s;\" .Tags }}{{ end }}",
+                "{% for s in service(name=\"web\") | sort(attribute=\"id\") | sort(attribute=\"node\") %}{{ (\"[\" ~ (s.tags | join(sep=\" \")) ~ \"]\") ~ \"\" }}{{ \"t=\" ~ (\"[\" ~ (s.tags | join(sep=\" \")) ~ \"]\") ~ \";\" }}{% endfor %}",
             ),
             (
                 "{{ \"A b\" | toLower | trimSpace }}",

@@ -194,6 +194,22 @@ impl Val {
     fn filter(&self, f: &str, kind: Kind) -> Val {
         Val::new(format!("{} | {f}", self.receiver()), Prec::Filter, kind)
     }
+
+    /// What Go's fmt prints for it (an action, `%v`, `%s`): a list of strings as `[a b]`;
+    /// `Err` for a map or a list of records, whose Go form Tera has no equivalent for.
+    fn printed(&self) -> Result<Val, &'static str> {
+        match self.kind {
+            Kind::Strings => Ok(Val::new(
+                format!("\"[\" ~ ({} | join(sep=\" \")) ~ \"]\"", self.receiver()),
+                Prec::Op,
+                Kind::Str,
+            )),
+            Kind::Meta | Kind::Instances | Kind::Services | Kind::Nodes | Kind::Pairs => {
+                Err("printing a whole list or map: Go's formatting of it has no Tera equivalent")
+            }
+            _ => Ok(self.clone()),
+        }
+    }
 }
 
 #[derive(Debug, Default)]

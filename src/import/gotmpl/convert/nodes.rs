@@ -53,7 +53,7 @@ impl Conv<'_> {
                 let f = Fail {
                     at: span.start,
                     why: format!(
-                        "{what} have no Tera translation here; use {{% include %}} or a Tera macro"
+                        "{what} have no Tera translation here; move the shared part to its own file and {{% include %}} it"
                     ),
                 };
                 self.comment_out(*trim, span.clone(), f);
@@ -64,16 +64,9 @@ impl Conv<'_> {
     pub(super) fn action(&mut self, pipe: &Pipe, trim: Trim) -> Result<(), Fail> {
         let val = self.pipe(pipe)?;
         if pipe.decl.is_empty() {
-            let printed = match val.kind {
-                // Go prints a list as [a b].
-                Kind::Strings => format!("\"[\" ~ ({} | join(sep=\" \")) ~ \"]\"", val.receiver()),
-                Kind::Meta | Kind::Instances | Kind::Services | Kind::Nodes | Kind::Pairs => {
-                    return fail(
-                        pipe.span.start,
-                        "printing a whole list or map: Go's formatting of it has no Tera equivalent",
-                    );
-                }
-                _ => val.s.clone(),
+            let printed = match val.printed() {
+                Ok(v) => v.s,
+                Err(why) => return fail(pipe.span.start, why),
             };
             self.print(trim, &printed);
             return Ok(());
