@@ -171,7 +171,7 @@ fn containerpilot_v3_jobs_become_jobs_and_main_waits_for_the_agent() {
         "port = \"${PORT}\"",
         "deregister_after = \"10m\"",
         "health = { exec = [\"/usr/bin/curl\", \"--fail\", \"-s\", \"-o\", \"/dev/null\", \"http://localhost:${PORT}/health\"], timeout = \"2s\" }",
-        "reload = { shell = \"pkill -HUP -x app\" }",
+        "reload = { shell = \"pkill -HUP -x app\", timeout = \"30s\" }",
         "service = \"cache\"",
         "every = \"60m\"",
         "socket = \"/var/run/containerpilot.socket\"",
@@ -625,4 +625,42 @@ fn containerpilot_the_app_is_the_service_not_a_job_waiting_for_its_health() {
         "{err}"
     );
     assert_eq!(o.status.code(), Some(1), "{err}");
+}
+
+/// An onChange job running consul-template keeps its `timeout` on the reload it becomes.
+#[test]
+fn containerpilot_an_onchange_consul_template_job_keeps_its_timeout() {
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::write(
+        tmp.path().join("nginx.conf.ctmpl"),
+        "{{ range service \"backend\" }}server {{ .Address }};{{ end }}\n",
+    )
+    .unwrap();
+    let cp = tmp.path().join("containerpilot.json5");
+    std::fs::write(
+        &cp,
+        r#"{
+  consul: "localhost:8500",
+  jobs: [
+    { name: "nginx", exec: "nginx", port: 80 },
+    {
+      name: "onchange-backend",
+      exec: "consul-template -once -consul-addr localhost:8500 -template /etc/containerpilot/nginx.conf.ctmpl:/etc/nginx/nginx.conf:'nginx -s reload'",
+      when: { source: "watch.backend", each: "changed" },
+      timeout: "10s",
+    },
+  ],
+  watches: [{ name: "backend", interval: 3 }],
+}
+"#,
+    )
+    .unwrap();
+    let out = tmp.path().join("rewire");
+    let o = import("containerpilot", &cp, &out);
+    let config = read(&out.join("rewire.toml"));
+    assert!(
+        config.contains("reload = { shell = \"nginx -s reload\", timeout = \"10s\" }"),
+        "{config}\n{}",
+        stderr(&o)
+    );
 }

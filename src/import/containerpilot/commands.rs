@@ -46,11 +46,14 @@ pub(super) fn command(ctx: &mut Ctx, n: &Node, path: &str) -> Option<Vec<String>
 /// Turns the `-template` flags of a consul-template call into `[[template]]`s, merging
 /// calls that write the same destination (preStart renders once, onChange re-renders and
 /// reloads: one rewire template does both).
+/// `timeout` is the job's own (an onChange job's limit), kept on the reload it becomes.
+#[allow(clippy::too_many_arguments)]
 pub(super) fn consul_template_call(
     ctx: &mut Ctx,
     cli: &Cli,
     n: &Node,
     path: &str,
+    timeout: Option<String>,
     templates: &mut Templates,
     plan: &mut Plan,
 ) {
@@ -95,9 +98,12 @@ pub(super) fn consul_template_call(
             ctx.unmapped(n, path, format!("-template {src} has no destination"));
             continue;
         };
-        let reload = cmd
-            .as_ref()
-            .map(|c| Reload::Run(Run::new(Command::Shell(c.clone()))));
+        let reload = cmd.as_ref().map(|c| {
+            Reload::Run(Run {
+                timeout: timeout.clone(),
+                ..Run::new(Command::Shell(c.clone()))
+            })
+        });
         if let Some(existing) = plan.templates.iter_mut().find(|t| &t.destination == dst) {
             if existing.reload.is_none() {
                 existing.reload = reload;
@@ -143,7 +149,7 @@ pub(super) fn hook(
 ) -> Option<Command> {
     let argv = command(ctx, n, path)?;
     if let Some(cli) = consul_template::parse_cli(&argv) {
-        consul_template_call(ctx, &cli, n, path, templates, plan);
+        consul_template_call(ctx, &cli, n, path, None, templates, plan);
         ctx.note(
             n,
             path,

@@ -279,7 +279,7 @@ pub(super) fn v3(ctx: &mut Ctx, top: &Obj, templates: &mut Templates, plan: &mut
                         && let Some(argv) = command(ctx, e, &j.child("exec"))
                         && let Some(cli) = consul_template::parse_cli(&argv)
                     {
-                        consul_template_call(ctx, &cli, e, &j.child("exec"), templates, plan);
+                        consul_template_call(ctx, &cli, e, &j.child("exec"), None, templates, plan);
                         ctx.note(e, &j.child("exec"), "a long-running consul-template job: rewire's daemon renders these templates itself");
                     }
                     mark_timing(ctx, job);

@@ -49,7 +49,7 @@ pub(super) fn on_change(
                 "consul-template without -once: rewire renders on every change anyway",
             );
         }
-        consul_template_call(ctx, &cli, c, path, templates, plan);
+        consul_template_call(ctx, &cli, c, path, timeout, templates, plan);
         ctx.note(c, path, format!("renders templates: rewire re-renders when the services a template reads change, so no [[watch]] on {service:?} is needed"));
         return;
     }
