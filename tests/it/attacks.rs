@@ -273,6 +273,73 @@ fn an_instance_file_turned_invalid_keeps_its_last_good_content_until_deleted() {
     assert_eq!(r.stop(), Some(0), "{}", r.log());
 }
 
+/// inotify watches a process holds (every inotify descriptor's `wd` lines).
+fn inotify_watches(pid: u32) -> usize {
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fdinfo")) else {
+        return 0;
+    };
+    fds.flatten()
+        .map(|f| {
+            std::fs::read_to_string(f.path())
+                .unwrap_or_default()
+                .lines()
+                .filter(|l| l.starts_with("inotify wd:"))
+                .count()
+        })
+        .sum()
+}
+
+fn threads(pid: u32) -> u64 {
+    memory_kib(pid, "Threads")
+}
+
+/// Found by a hostile-writer hunt: 200 000 empty directories anywhere in the catalog took
+/// the user's whole inotify budget (root's, shared by every root daemon), pinned a core
+/// walking them again every second, and left a watcher thread behind per attempt (RSS 212 MB).
+/// Past 4 096 directories under services/ and kv/ rewire stops watching and keeps the last
+/// good config; directories it never reads are not watched at all.
+#[test]
+fn thousands_of_directories_in_the_catalog_neither_exhaust_inotify_nor_leak() {
+    let p = Project::new();
+    p.file("web.tera", UPSTREAM).config(&config(&p, ""));
+    p.instance("web", "a", "10.0.0.1", 80);
+    let mut r = p.run();
+    wait_for("first render", TIMEOUT, || {
+        p.read("out/web.conf").contains("10.0.0.1:80")
+    });
+    let pid = r.child.id();
+    let threads_before = threads(pid);
+    // Never read, so never watched.
+    for i in 0..3000 {
+        std::fs::create_dir_all(p.path(&format!("catalog/junk/{i}"))).unwrap();
+    }
+    // Read (key folders), past the bound.
+    for i in 0..5000 {
+        std::fs::create_dir_all(p.path(&format!("catalog/kv/junk/{i}"))).unwrap();
+    }
+    wait_for("the refusal to watch is logged", TIMEOUT, || {
+        r.log()
+            .contains("more than 4096 directories under services/ and kv/")
+    });
+    // Give the retries a few rounds: the watches stay bounded and no thread piles up.
+    for _ in 0..3 {
+        std::thread::sleep(Duration::from_secs(1));
+        let w = inotify_watches(pid);
+        assert!(w <= 4096 + 8, "{w} inotify watches");
+    }
+    assert_eq!(p.read("out/web.conf").matches("server ").count(), 1);
+    std::fs::remove_dir_all(p.path("catalog/kv/junk")).unwrap();
+    p.instance("web", "b", "10.0.0.2", 80);
+    wait_for("watching again once they are gone", TIMEOUT, || {
+        p.read("out/web.conf").contains("10.0.0.2:80")
+    });
+    assert!(inotify_watches(pid) < 16, "{}", inotify_watches(pid));
+    wait_for("no thread left behind", TIMEOUT, || {
+        threads(pid) <= threads_before + 1
+    });
+    assert_eq!(r.stop(), Some(0), "{}", r.log());
+}
+
 /// The payloads, each with the message that names the setting.
 const NGINX_LISTEN: &str = "80; location /leak/ { alias /etc/; autoindex on; } #";
 const HAPROXY_LISTEN: &str =

@@ -1,8 +1,13 @@
 //! Following the catalog directory with inotify (`notify`), and publishing what changed.
 //!
-//! The tree and its parent are watched (so a deleted and recreated catalog directory is
-//! noticed); each batch of events re-reads what it touched and republishes only the queries
-//! it affects. A timer fires exactly when an instance expires or becomes due for removal. A
+//! The catalog root and its parent are watched (so a deleted and recreated catalog directory
+//! is noticed), and `services/` and `kv/` with everything beneath them: only those are read.
+//! Each batch of events re-reads what it touched and republishes only the queries it affects.
+//! At most [`MAX_WATCHED_DIRS`] directories are watched: inotify watches are one budget for
+//! all of a user's processes (root's, for rewire as PID 1), and a catalog writer who made
+//! 200 000 directories used to take all of it, pin a core walking them again every second,
+//! and leave a thread behind per attempt. Past the bound rewire stops watching, keeps the last
+//! good data and says why, until the directories are gone. A timer fires exactly when an instance expires or becomes due for removal. A
 //! directory that vanishes, or a watch that fails (inotify limits), is retried every second
 //! while the store keeps the last good data.
 //!
@@ -34,6 +39,14 @@ use crate::catalog::{Catalog, CatalogError};
 use crate::model::{Data, Query};
 use crate::store::{Health, Store};
 use crate::timing::{self, stage};
+
+/// The most directories under `services/` and `kv/` rewire watches (see the module docs):
+/// a service is one, a key path's folders one each.
+pub(super) const MAX_WATCHED_DIRS: usize = 4096;
+
+/// The two directories beneath the root that rewire reads (and so watches).
+const SERVICES: &str = "services";
+const KV: &str = "kv";
 
 /// How long deletions wait for quiet before they are applied (see the module docs). `rm -rf`
 /// raises an event per file, microseconds apart, so its burst never goes quiet this long
@@ -113,6 +126,8 @@ impl DirCatalog {
         // Directories to read again, and when (see `Touched::new_dirs`).
         let mut reread: Vec<(Instant, PathBuf)> = Vec::new();
         let mut held = Held::default();
+        // Directories watched: counted at each start, and each one created since counts too.
+        let mut watched_dirs = 0usize;
         let mut retry = tokio::time::interval(Duration::from_secs(1));
         retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
@@ -120,9 +135,12 @@ impl DirCatalog {
             if watcher.is_none() || !loaded {
                 // (Re)start: watch the tree (and its parent, to see it come back), then load.
                 held.take();
+                // The old watcher goes first: its watches count against the same budget.
+                drop(watcher.take());
                 match self.start_watcher(tx.clone()) {
-                    Ok(w) => {
+                    Ok((w, dirs)) => {
                         watcher = Some(w);
+                        watched_dirs = dirs;
                         let reader = self.reader.clone();
                         let prev = std::mem::take(&mut tree);
                         let Some((read, prev)) = off_worker(&stop, move || {
@@ -246,7 +264,13 @@ impl DirCatalog {
                     while let Ok(more) = events.try_recv() {
                         batch.push(more);
                     }
-                    everything = self.sort_events(batch, &mut paths, &mut held);
+                    let (all, created) = self.sort_events(batch, &mut paths, &mut held);
+                    everything = all;
+                    watched_dirs += created;
+                    if watched_dirs > MAX_WATCHED_DIRS {
+                        // Counted again (and refused, while still too many) at the restart.
+                        everything = true;
+                    }
                 }
             }
             if !loaded {
@@ -324,18 +348,37 @@ impl DirCatalog {
     }
 
     /// Sorts a batch of events: paths to re-read now go to `paths`, deletions to `held`.
-    /// Returns whether the whole tree must be read again.
+    /// Returns whether the whole tree must be read again, and how many directories were
+    /// created (each is watched from now on).
     fn sort_events(
         &self,
         batch: Vec<notify::Result<notify::Event>>,
         paths: &mut Vec<PathBuf>,
         held: &mut Held,
-    ) -> bool {
+    ) -> (bool, usize) {
         let root = &self.reader.root;
         let mut everything = false;
+        let mut created = 0;
         for ev in batch {
             match ev {
                 Ok(ev) => {
+                    {
+                        use notify::event::{CreateKind, ModifyKind, RenameMode};
+                        match ev.kind {
+                            EventKind::Create(CreateKind::Folder) => created += ev.paths.len(),
+                            // A directory moved in brings everything beneath it.
+                            EventKind::Modify(ModifyKind::Name(
+                                RenameMode::To | RenameMode::Both,
+                            )) => {
+                                if let Some(p) = ev.paths.last()
+                                    && std::fs::symlink_metadata(p).is_ok_and(|m| m.is_dir())
+                                {
+                                    created += count_dirs(p, MAX_WATCHED_DIRS + 1);
+                                }
+                            }
+                            _ => {}
+                        }
+                    }
                     if !worth_reading(&ev) {
                         continue;
                     }
@@ -348,6 +391,12 @@ impl DirCatalog {
                             if p == *root || root.starts_with(&p) {
                                 everything = true;
                             }
+                            continue;
+                        }
+                        if p.parent() == Some(root.as_path()) && self.watched_top(&p) {
+                            // `services/` or `kv/` made, moved or removed: watch (or stop
+                            // watching) beneath it.
+                            everything = true;
                             continue;
                         }
                         if never_read(&p) {
@@ -369,18 +418,50 @@ impl DirCatalog {
                 }
             }
         }
-        everything
+        (everything, created)
     }
 
+    /// Whether `path` (a name in the root) is one of the directories watched beneath.
+    fn watched_top(&self, path: &std::path::Path) -> bool {
+        path.file_name()
+            .is_some_and(|n| n == std::ffi::OsStr::new(SERVICES) || n == std::ffi::OsStr::new(KV))
+    }
+
+    /// Watches the root, its parent, and `services/` and `kv/` with everything beneath them;
+    /// returns the watcher and how many directories it watches beneath them. Refused when
+    /// those are more than [`MAX_WATCHED_DIRS`] (counted before a single watch is added).
     fn start_watcher(
         &self,
         tx: mpsc::UnboundedSender<notify::Result<notify::Event>>,
-    ) -> Result<notify::RecommendedWatcher, CatalogError> {
+    ) -> Result<(notify::RecommendedWatcher, usize), CatalogError> {
         let root = &self.reader.root;
         let io = |e: notify::Error| CatalogError::Io {
             path: root.display().to_string(),
             source: std::io::Error::other(inotify_hint(e)),
         };
+        if !root.is_dir() {
+            return Err(self.missing_root());
+        }
+        // Real directories only: a symlinked one is not followed (see below).
+        let tops: Vec<PathBuf> = [SERVICES, KV]
+            .iter()
+            .map(|t| root.join(t))
+            .filter(|p| std::fs::symlink_metadata(p).is_ok_and(|m| m.is_dir()))
+            .collect();
+        let mut dirs = 0;
+        for top in &tops {
+            dirs += count_dirs(top, MAX_WATCHED_DIRS + 1 - dirs);
+        }
+        if dirs > MAX_WATCHED_DIRS {
+            return Err(CatalogError::Io {
+                path: root.display().to_string(),
+                source: std::io::Error::other(format!(
+                    "more than {MAX_WATCHED_DIRS} directories under services/ and kv/: rewire \
+                     watches at most that many (inotify watches are shared by every process of \
+                     this user); remove the directories that are not services or key folders"
+                )),
+            });
+        }
         // Symlinked directories are not followed: one could lead out of the catalog (files are
         // read only beneath it anyway), and inotify would watch wherever it points.
         let mut w = notify::RecommendedWatcher::new(
@@ -398,13 +479,34 @@ impl DirCatalog {
         if let Some(parent) = root.parent().filter(|p| p.is_dir()) {
             w.watch(parent, RecursiveMode::NonRecursive).map_err(io)?;
         }
-        if root.is_dir() {
-            w.watch(root, RecursiveMode::Recursive).map_err(io)?;
-        } else {
-            return Err(self.missing_root());
+        w.watch(root, RecursiveMode::NonRecursive).map_err(io)?;
+        for top in &tops {
+            w.watch(top, RecursiveMode::Recursive).map_err(io)?;
         }
-        Ok(w)
+        Ok((w, dirs))
     }
+}
+
+/// How many directories `top` and those beneath it are, counting up to `limit` (symlinks are
+/// not followed; an unreadable directory counts as itself).
+fn count_dirs(top: &std::path::Path, limit: usize) -> usize {
+    let mut count = 0;
+    let mut pending = vec![top.to_path_buf()];
+    while let Some(dir) = pending.pop() {
+        count += 1;
+        if count >= limit {
+            return count;
+        }
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                pending.push(e.path());
+            }
+        }
+    }
+    count
 }
 
 fn inotify_hint(e: notify::Error) -> String {
