@@ -1010,6 +1010,56 @@ fn etcd_values_over_max_file_and_watch_messages_over_max_response_are_refused() 
     assert_eq!(p.read("out/web.conf"), "11\n");
 }
 
+/// Found by a hostile-writer hunt: the whole prefix was read in one answer, so ~55 MB of junk
+/// values (each under max_file) anywhere under it put that answer over max_response and no new
+/// or restarted rewire (nor a running one after a compaction) ever got data again. It is read in
+/// pages now, halved while one is too big. Here 40 values of 12 KiB against a 64 KiB bound.
+#[test]
+fn etcd_junk_under_the_prefix_past_max_response_in_all_still_lets_rewire_start() {
+    let Some(etcd) = support::Etcd::try_start() else {
+        return;
+    };
+    let p = Project::new();
+    p.file("web.tera", UPSTREAM).config(&format!(
+        "{}[catalog]\nbackend = \"etcd\"\nendpoints = [\"{}\"]\nmax_file = \"16KiB\"\nmax_response = \"64KiB\"\nretry = {{ base = \"100ms\", max = \"1s\" }}\n\n[defaults]\nwait = {{ min = \"0s\", max = \"0s\" }}\n\n[[template]]\nsource = \"web.tera\"\ndestination = \"out/web.conf\"\n",
+        p.control(),
+        etcd.endpoints()[0]
+    ));
+    etcd.put(
+        "/rewire/services/web/a",
+        r#"{"address":"10.0.0.1","port":80}"#,
+    );
+    for i in 0..40 {
+        etcd.put(&format!("/rewire/kv/junk/{i:02}"), &"j".repeat(12 << 10));
+    }
+    etcd.put(
+        "/rewire/services/web/b",
+        r#"{"address":"10.0.0.2","port":80}"#,
+    );
+    // The one-shot, then the daemon: both read the whole prefix first.
+    let o = p.rewire(&["render", "--timeout", "20s"]);
+    assert_eq!(project::code(&o), 0, "{}", project::stderr(&o));
+    let text = p.read("out/web.conf");
+    assert!(
+        text.contains("10.0.0.1:80") && text.contains("10.0.0.2:80"),
+        "{text}"
+    );
+    std::fs::remove_file(p.path("out/web.conf")).unwrap();
+    let mut r = p.run();
+    wait_for("the daemon's first render", TIMEOUT, || {
+        p.read("out/web.conf").contains("10.0.0.2:80")
+    });
+    etcd.put(
+        "/rewire/services/web/c",
+        r#"{"address":"10.0.0.3","port":80}"#,
+    );
+    wait_for("a change after it", TIMEOUT, || {
+        p.read("out/web.conf").contains("10.0.0.3:80")
+    });
+    assert!(!r.log().contains("max_response"), "{}", r.log());
+    assert_eq!(r.stop(), Some(0), "{}", r.log());
+}
+
 /// Found by attacking the dir catalog: the reaper re-read an expired instance confined, then
 /// removed it by path, so a writer flipping `services/x` between a directory inside the catalog
 /// and a link to one outside got `<id>.json` deleted there (rewire often runs as root). Now the

@@ -146,11 +146,18 @@ impl EtcdCatalog {
 
     /// Reads `[key, end)` (or one key) and builds a mirror of it.
     async fn read(&self, key: &str, end: Option<&[u8]>) -> Result<Mirror, EtcdError> {
-        let bytes = self
-            .call("/v3/kv/range", &wire::range_request(key.as_bytes(), end))
-            .await?;
-        let range = wire::decode_range(&bytes).map_err(|m| EtcdError::Malformed(m.0))?;
-        Ok(Mirror::from_kvs(&self.base, self.max_value, range.kvs))
+        let kvs = match end {
+            Some(end) => self.transport.range_all(None, key.as_bytes(), end).await?.0,
+            None => {
+                let bytes = self
+                    .call("/v3/kv/range", &wire::range_request(key.as_bytes(), None))
+                    .await?;
+                wire::decode_range(&bytes)
+                    .map_err(|m| EtcdError::Malformed(m.0))?
+                    .kvs
+            }
+        };
+        Ok(Mirror::from_kvs(&self.base, self.max_value, kvs))
     }
 
     /// Grants a lease, puts the record under it and remembers it (revoking an older lease of

@@ -38,6 +38,10 @@ const TUNING: Tuning = Tuning {
 };
 
 /// Errors from one member, sorted by what the caller does next.
+/// Keys asked for per page of a range read (see [`Transport::range_all`]): a few thousand
+/// instances are read in a few round trips.
+const RANGE_PAGE: i64 = 1000;
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum EtcdError {
     /// Could not reach the member, or it cannot serve now: try another one.
@@ -48,14 +52,17 @@ pub enum EtcdError {
     Gateway(GatewayError),
     /// An answer rewire cannot read.
     Malformed(String),
+    /// An answer over `[catalog] max_response`.
+    TooBig(String),
 }
 
 impl std::fmt::Display for EtcdError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            EtcdError::Unreachable(d) | EtcdError::Denied(d) | EtcdError::Malformed(d) => {
-                f.write_str(d)
-            }
+            EtcdError::Unreachable(d)
+            | EtcdError::Denied(d)
+            | EtcdError::Malformed(d)
+            | EtcdError::TooBig(d) => f.write_str(d),
             EtcdError::Gateway(g) => write!(f, "{g}"),
         }
     }
@@ -96,7 +103,7 @@ impl EtcdError {
                 backend,
                 detail: g.to_string(),
             },
-            EtcdError::Malformed(detail) => CatalogError::Malformed {
+            EtcdError::Malformed(detail) | EtcdError::TooBig(detail) => CatalogError::Malformed {
                 backend,
                 detail: detail.clone(),
             },
@@ -229,6 +236,53 @@ impl Transport {
     }
 
     /// A unary call to one member, authenticating again once if the token went stale.
+    /// Reads every key in `[key, end)` as of one revision, in pages, so that what the range
+    /// holds in all (a writer can put 50 values of 1 MiB anywhere under the prefix) never
+    /// makes one answer go over `max_response`: a page that does is asked again with half as
+    /// many keys. `idx`: the member to ask (`None`: the preferred one, failing over). Returns
+    /// the keys and the revision they are as of.
+    pub async fn range_all(
+        &self,
+        idx: Option<usize>,
+        key: &[u8],
+        end: &[u8],
+    ) -> Result<(Vec<wire::Kv>, i64), EtcdError> {
+        let mut kvs = Vec::new();
+        let mut start = key.to_vec();
+        let mut revision = 0;
+        let mut limit = RANGE_PAGE;
+        loop {
+            let body = wire::range_page_request(&start, end, limit, revision);
+            let answer = match idx {
+                Some(i) => self.call_at(i, "/v3/kv/range", &body).await,
+                None => self.call("/v3/kv/range", &body).await,
+            };
+            let bytes = match answer {
+                Err(EtcdError::TooBig(_)) if limit > 1 => {
+                    limit /= 2;
+                    continue;
+                }
+                other => other?,
+            };
+            let page = wire::decode_range(&bytes).map_err(|m| EtcdError::Malformed(m.0))?;
+            if revision == 0 {
+                revision = page.header.revision;
+            }
+            let Some(last) = page.kvs.last() else {
+                break;
+            };
+            // The next page starts right after the last key.
+            start = last.key.clone();
+            start.push(0);
+            let more = page.more;
+            kvs.extend(page.kvs);
+            if !more {
+                break;
+            }
+        }
+        Ok((kvs, revision))
+    }
+
     pub async fn call_at(
         &self,
         idx: usize,
@@ -319,7 +373,7 @@ impl Transport {
             .await
             .map_err(|e| match e {
                 http::BodyError::Transport(e) => unreachable_err(ep, &e),
-                too_big => EtcdError::Malformed(format!("{}: {path}: {too_big}", ep.shown)),
+                too_big => EtcdError::TooBig(format!("{}: {path}: {too_big}", ep.shown)),
             })
     }
 

@@ -194,20 +194,22 @@ impl<'a> Watcher<'a> {
 
     /// Reads the whole prefix, replaces the mirror and publishes every wanted answer.
     async fn read_prefix(&mut self, idx: usize) -> Result<(), EtcdError> {
-        let body = wire::range_request(
-            self.base.as_bytes(),
-            Some(&wire::prefix_end(self.base.as_bytes())),
-        );
-        let bytes = self.transport.call_at(idx, "/v3/kv/range", &body).await?;
-        let range = wire::decode_range(&bytes).map_err(|m| EtcdError::Malformed(m.0))?;
-        let mirror = Mirror::from_kvs(self.base, self.max_value, range.kvs);
+        let (kvs, revision) = self
+            .transport
+            .range_all(
+                Some(idx),
+                self.base.as_bytes(),
+                &wire::prefix_end(self.base.as_bytes()),
+            )
+            .await?;
+        let mirror = Mirror::from_kvs(self.base, self.max_value, kvs);
         debug!(
-            revision = range.header.revision,
+            revision,
             instances = mirror.instance_count(),
             keys = mirror.key_count(),
             "read the etcd prefix"
         );
-        self.revision = range.header.revision;
+        self.revision = revision;
         self.mirror = Some(mirror);
         self.current = self.wanted.borrow_and_update().clone();
         self.publish(&Changes::everything());

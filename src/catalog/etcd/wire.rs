@@ -118,6 +118,20 @@ pub fn range_request(key: &[u8], end: Option<&[u8]>) -> Value {
     v
 }
 
+/// `/v3/kv/range` of at most `limit` keys of `[key, end)`, sorted by key, as of `revision`
+/// (0: the latest).
+pub fn range_page_request(key: &[u8], end: &[u8], limit: i64, revision: i64) -> Value {
+    let mut v = json!({
+        "key": b64(key),
+        "range_end": b64(end),
+        "limit": limit.to_string(),
+    });
+    if revision > 0 {
+        v["revision"] = json!(revision.to_string());
+    }
+    v
+}
+
 /// `/v3/kv/put`, attached to `lease` unless it is 0.
 pub fn put_request(key: &[u8], value: &[u8], lease: i64) -> Value {
     let mut v = json!({ "key": b64(key), "value": b64(value) });
@@ -260,6 +274,9 @@ pub struct RangeResponse {
     pub header: Header,
     #[serde(default)]
     pub kvs: Vec<Kv>,
+    /// More keys are in the range than `limit` let through.
+    #[serde(default)]
+    pub more: bool,
 }
 
 pub fn decode_range(body: &[u8]) -> Result<RangeResponse, Malformed> {
@@ -749,5 +766,10 @@ mod tests {
         assert_eq!(grant_request(5), json!({"TTL": "5"}));
         assert_eq!(lease_request(9), json!({"ID": "9"}));
         assert_eq!(range_request(b"k", None), json!({"key": "aw=="}));
+        assert_eq!(
+            range_page_request(b"k", b"l", 500, 0),
+            json!({"key": "aw==", "range_end": "bA==", "limit": "500"})
+        );
+        assert_eq!(range_page_request(b"k", b"l", 2, 9)["revision"], json!("9"));
     }
 }
