@@ -818,6 +818,16 @@ fn the_control_socket_is_0600_from_the_start_even_under_umask_000() {
     }
 }
 
+/// Kills the child when dropped.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 #[test]
 fn a_group_may_read_the_status_but_only_root_or_the_owner_may_switch_maintenance() {
     if !as_root() {
@@ -857,6 +867,49 @@ fn a_group_may_read_the_status_but_only_root_or_the_owner_may_switch_maintenance
         "{err}"
     );
     assert_eq!(status_json(&p).unwrap()["maintenance"], false);
+    // A group member flooding the socket: connections held open cost rewire at most
+    // MAX_READERS descriptors, its owner still gets answers, and the refusals are one warning.
+    let fds = || std::fs::read_dir(format!("/proc/{}/fd", r.child.id())).map_or(0, |d| d.count());
+    let fds_before = fds();
+    const FLOOD: &str = r#"
+import socket, sys, time
+for _ in range(50):
+    s = socket.socket(socket.AF_UNIX); s.connect(sys.argv[1])
+    s.sendall(b'{"command":"maintenance","on":true}\n'); s.recv(4096); s.close()
+held = []
+for _ in range(300):
+    s = socket.socket(socket.AF_UNIX); s.connect(sys.argv[1]); held.append(s)
+print('held', flush=True)
+time.sleep(30)
+"#;
+    let flood = Command::new("python3")
+        .args(["-c", FLOOD, &socket])
+        .uid(NOBODY)
+        .gid(NOBODY)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut flood = KillOnDrop(flood);
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(flood.0.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    assert_eq!(line.trim(), "held");
+    assert!(
+        fds() <= fds_before + 32 + 4,
+        "{} descriptors, {fds_before} before",
+        fds()
+    );
+    let o = p.rewire(&["status", "--socket", &socket]);
+    assert_eq!(project::code(&o), 0, "{}", project::stderr(&o));
+    drop(flood);
+    let log = r.log();
+    assert!(
+        log.matches("control socket:").count() <= 2,
+        "one warning per kind and minute:\n{log}"
+    );
     // Its owner may.
     let o = p.rewire(&["maintenance", "on", "--socket", &socket]);
     assert_eq!(project::code(&o), 0, "{}", project::stderr(&o));

@@ -31,6 +31,16 @@ use crate::telemetry::metrics::Metrics;
 /// Longest request line accepted.
 const MAX_REQUEST: usize = 4096;
 
+/// Connections of users who may only read the status, at most, at once. Past that a new one of
+/// theirs is closed at once: each costs a descriptor and ~12 KiB for up to 5 s, and a `[control]
+/// group` member holding thousands used up rewire's descriptors (the catalog watch then failed
+/// with "Too many open files"). Root's and the daemon's user's connections are never turned
+/// away.
+const MAX_READERS: usize = 32;
+
+/// A refused request or connection is logged at warn level at most once a minute.
+const REFUSAL_QUIET: Duration = Duration::from_secs(60);
+
 /// Why the control socket could not be set up.
 #[derive(Debug, thiserror::Error)]
 pub enum BindError {
@@ -71,19 +81,40 @@ pub fn start(
     let path = socket.to_path_buf();
     info!(socket = %path.display(), group = ?control.group, "control socket listening");
     let connections = tasks.clone();
+    let readers = Arc::new(tokio::sync::Semaphore::new(MAX_READERS));
+    let refusals = Arc::new(Refusals::default());
     tasks.spawn(async move {
         loop {
             tokio::select! {
                 _ = stop.cancelled() => break,
                 accepted = listener.accept() => match accepted {
                     Ok((stream, _)) => {
-                        let (board, metrics, tx, stop) =
-                            (board.clone(), metrics.clone(), tx.clone(), stop.clone());
+                        // Who connected: decides whether the request may change state.
+                        let peer = stream.peer_cred().ok().map(|c| c.uid());
+                        let slot = if peer.is_some_and(trust::trusted) {
+                            None
+                        } else {
+                            match readers.clone().try_acquire_owned() {
+                                Ok(p) => Some(p),
+                                Err(_) => {
+                                    refusals.note(peer, "closed a connection: too many at once from users who may only read the status");
+                                    continue;
+                                }
+                            }
+                        };
+                        let (board, metrics, tx, stop, refusals) = (
+                            board.clone(),
+                            metrics.clone(),
+                            tx.clone(),
+                            stop.clone(),
+                            refusals.clone(),
+                        );
                         connections.spawn(async move {
                             tokio::select! {
                                 _ = stop.cancelled() => {}
-                                _ = serve(stream, board, metrics, tx) => {}
+                                _ = serve(stream, peer, board, metrics, tx, &refusals) => {}
                             }
+                            drop(slot);
                         });
                     }
                     Err(e) => {
@@ -181,19 +212,39 @@ fn bind_private(
     Ok(listener)
 }
 
+/// Refusals logged at warn level once a minute, the rest at debug (a client can ask as fast as
+/// it likes: 20 000 refused requests wrote 2.3 MB of log in 7 s).
+#[derive(Default)]
+struct Refusals {
+    last_warned: std::sync::Mutex<Option<std::time::Instant>>,
+}
+
+impl Refusals {
+    fn note(&self, peer: Option<u32>, what: &str) {
+        let mut last = crate::lock::lock(&self.last_warned);
+        let now = std::time::Instant::now();
+        if last.is_none_or(|t| now.duration_since(t) >= REFUSAL_QUIET) {
+            *last = Some(now);
+            warn!(peer = ?peer, "control socket: {what} (more within a minute are logged at debug level)");
+        } else {
+            debug!(peer = ?peer, "control socket: {what}");
+        }
+    }
+}
+
 async fn serve(
     stream: UnixStream,
+    peer: Option<u32>,
     board: Arc<Board>,
     metrics: Arc<Metrics>,
     tx: mpsc::UnboundedSender<Command>,
+    refusals: &Refusals,
 ) {
-    // Who connected: decides whether the request may change state.
-    let peer = stream.peer_cred().ok().map(|c| c.uid());
     let (read, mut write) = stream.into_split();
     let mut line = String::new();
     let mut reader = BufReader::new(read).take(MAX_REQUEST as u64);
     let reply = match tokio::time::timeout(IO_TIMEOUT, reader.read_line(&mut line)).await {
-        Ok(Ok(_)) => answer(line.trim(), peer, &board, &metrics, &tx),
+        Ok(Ok(_)) => answer(line.trim(), peer, &board, &metrics, &tx, refusals),
         Ok(Err(e)) => Answer::refused(format!("cannot read the request: {e}")),
         Err(_) => Answer::refused("no request within 5s"),
     };
@@ -211,6 +262,7 @@ fn answer(
     board: &Board,
     metrics: &Metrics,
     tx: &mpsc::UnboundedSender<Command>,
+    refusals: &Refusals,
 ) -> Answer {
     match Request::parse(request) {
         Err(e) => Answer::refused(e.to_string()),
@@ -221,7 +273,7 @@ fn answer(
         },
         Ok(Request::Maintenance { .. }) if !peer.is_some_and(trust::trusted) => {
             let who = peer.map_or_else(|| "an unknown user".to_string(), |u| format!("uid {u}"));
-            warn!(peer = ?peer, "control socket: refused a maintenance request from another user");
+            refusals.note(peer, "refused a maintenance request from another user");
             Answer::refused(format!(
                 "maintenance may be switched only by root or the daemon's user (uid {}); {who} may read the status",
                 trust::me()
@@ -229,7 +281,7 @@ fn answer(
         }
         Ok(Request::Metric { .. }) if !peer.is_some_and(trust::trusted) => {
             let who = peer.map_or_else(|| "an unknown user".to_string(), |u| format!("uid {u}"));
-            warn!(peer = ?peer, "control socket: refused a metric from another user");
+            refusals.note(peer, "refused a metric from another user");
             Answer::refused(format!(
                 "metrics may be set only by root or the daemon's user (uid {}); {who} may read the status",
                 trust::me()
