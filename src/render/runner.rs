@@ -18,8 +18,9 @@
 //! Cancellation: the generation's token (SIGHUP, stop) abandons a render in flight (its thread
 //! ends on its own at its deadline, see [`worker`](super::worker)) but lets a write, check and
 //! reload in progress finish, so a file in place is never left without its reload. The daemon's
-//! token (`Shared::abort`, the stop sequence) drops the whole round at once: a check or reload
-//! in flight is killed with its process group.
+//! token (`Shared::abort`, cancelled by the stop sequence a grace period after the
+//! generation's) drops the whole round at once: a check or reload still in flight is killed
+//! with its process group.
 //!
 //! Failures are retried without waiting for new data, backing off (about 1 s doubling to
 //! 1 min): bytes a check or reload rejected, a write that failed (disk full, read-only file
@@ -65,6 +66,44 @@ pub struct Shared {
     pub writes_allowed: watch::Receiver<bool>,
     /// Cancelled when the daemon stops: a round in progress is dropped at once.
     pub abort: CancellationToken,
+    /// Rounds with a file in place and its reload not done yet.
+    pub in_place: InPlace,
+}
+
+/// How many rounds have put a file in place and not finished its reload. The stop sequence
+/// waits for none before it aborts the rounds (for a few seconds at most): a reload killed
+/// there left the new file unloaded, and a restarted rewire found the same bytes in place and
+/// reloaded nothing. A round still rendering or checking has nothing in place and is not
+/// waited for.
+#[derive(Clone)]
+pub struct InPlace(Arc<watch::Sender<usize>>);
+
+impl Default for InPlace {
+    fn default() -> InPlace {
+        InPlace(Arc::new(watch::channel(0).0))
+    }
+}
+
+impl InPlace {
+    fn enter(&self) -> InPlaceGuard {
+        self.0.send_modify(|n| *n += 1);
+        InPlaceGuard(self.0.clone())
+    }
+
+    /// Returns once no round has a file in place without its reload.
+    pub async fn settled(&self) {
+        let mut rx = self.0.subscribe();
+        let _ = rx.wait_for(|n| *n == 0).await;
+    }
+}
+
+/// Held by a round from its first write to its end (dropped with it when it is aborted).
+struct InPlaceGuard(Arc<watch::Sender<usize>>);
+
+impl Drop for InPlaceGuard {
+    fn drop(&mut self) {
+        self.0.send_modify(|n| *n -= 1);
+    }
 }
 
 /// How often a template that waits for data says so again.
@@ -363,6 +402,7 @@ async fn render_round(
 ) -> BTreeMap<Query, Option<u64>> {
     let mut seen = BTreeMap::new();
     let mut written: Vec<WrittenFile> = Vec::new();
+    let mut in_place = None;
     // Runtime templates whose file already held the render (what HAProxy may run).
     let mut unchanged: Vec<(&str, String)> = Vec::new();
     let mut any_pending = false;
@@ -408,6 +448,7 @@ async fn render_round(
                         debug!(template = %t.name, "unchanged");
                     }
                     Ok(Applied::Written { previous }) => {
+                        in_place.get_or_insert_with(|| shared.in_place.enter());
                         if t.check.is_some() {
                             shared.metrics.check(&t.name, CheckResult::Ok);
                         }

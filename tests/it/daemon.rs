@@ -111,6 +111,26 @@ fn failing_reload_restores_the_previous_file() {
     assert_eq!(r.stop(), Some(0));
 }
 
+/// Found by testing as an operator: a SIGTERM while a reload ran killed it, leaving the new
+/// file in place unloaded; the restarted rewire found the same bytes and reloaded nothing, so
+/// nginx kept its old upstreams until some other change came. The reload in progress now
+/// finishes first (for a few seconds at most).
+#[test]
+fn a_stop_during_a_reload_lets_the_reload_finish() {
+    let (p, mut r) = web_daemon(
+        "reload = [\"sh\", \"-c\", \"echo started >> reloads; sleep 1; echo done >> reloads\"]\n",
+    );
+    wait_for("first reload", TIMEOUT, || {
+        p.read("reloads").matches("done").count() == 1
+    });
+    p.instance("web", "b", "10.0.0.2", 80);
+    wait_for("the second reload running", TIMEOUT, || {
+        p.read("reloads").matches("started").count() == 2
+    });
+    assert_eq!(r.stop(), Some(0), "{}", r.log());
+    assert_eq!(p.read("reloads"), "started\ndone\nstarted\ndone\n");
+}
+
 #[test]
 fn a_failed_reload_is_tried_again_without_a_catalog_change() {
     let (p, mut r) = web_daemon(

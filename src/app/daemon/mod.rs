@@ -16,8 +16,9 @@
 //! Stop (SIGTERM/SIGINT, or the configured stop signals): every election steps down
 //! (on_demoted, release), then the supervisor runs its sequence
 //! (deregister, drain, pre_stop, stop main, post_stop) while the runners keep the files
-//! current; then the root token is cancelled (a round in progress is dropped, its check
-//! killed), every task is awaited for at most [`TAIL`], and the process exits with main's
+//! current; then a reload of files already in place gets [`STOP_GRACE`] to finish, the
+//! root token is cancelled (a round still in progress is dropped, its check killed), every
+//! task is awaited for at most [`TAIL`], and the process exits with main's
 //! status, or 0. A second stop signal cuts the sequence short (main's group is killed at once)
 //! and skips the wait. Nothing waits for a render thread, a command's output pipe or a blocking
 //! read: `app::run` gives the runtime half a second to shut down, then the process exits.
@@ -57,6 +58,8 @@ use crate::wanted::Wanted;
 /// How long a config generation's tasks get to finish after a SIGHUP (a write, check and
 /// reload in progress) before the new generation starts anyway.
 const GRACE: Duration = Duration::from_secs(10);
+/// At stop, how long a reload of files already in place gets to finish.
+const STOP_GRACE: Duration = Duration::from_secs(5);
 /// At the end of the stop sequence, how long the remaining tasks get after they were cancelled.
 const TAIL: Duration = Duration::from_millis(1500);
 
@@ -191,6 +194,8 @@ struct Parts {
     runs: Runs,
     /// The jobs' published state: `[[task]]`s and `[[watch]]`es with a `when` wait on it.
     jobs: watch::Receiver<Arc<JobsState>>,
+    /// Rounds with a file in place and its reload not done (the stop sequence waits).
+    in_place: runner::InPlace,
 }
 
 impl Parts {
@@ -207,6 +212,7 @@ impl Parts {
             main_pid: self.main_pid.clone(),
             writes_allowed: self.writes_allowed.clone(),
             abort: self.root.clone(),
+            in_place: self.in_place.clone(),
         };
         for group in group::groups(&config.templates) {
             generation.tracker.spawn(runner::run_group(
@@ -332,6 +338,7 @@ impl Daemon {
             main_pid,
             writes_allowed,
             jobs: jobs.subscribe(),
+            in_place: runner::InPlace::default(),
         };
         let generation = parts.spawn_generation(&config, engine);
         tasks.spawn(tell_systemd_when_ready(
@@ -529,10 +536,26 @@ impl Daemon {
                 }
             }
         };
-        // Everything else stops now. Runners drop a round in progress (a check in flight is
-        // killed with its process group; a render thread is left to end at its deadline),
-        // watches and handler runs end. Nothing in flight may hold the exit: the wait is
-        // bounded, and a stop signal (a second one, or one arriving now) cuts it.
+        // A reload of files already in place finishes first, for at most STOP_GRACE (a stop
+        // signal cuts it short): killed, it left the new file unloaded, and a restarted rewire
+        // found the same bytes there and reloaded nothing, so nginx kept its old config until
+        // some other change came. No new round starts meanwhile.
+        self.generation.stop.cancel();
+        if !hurry.is_cancelled() {
+            tokio::select! {
+                r = tokio::time::timeout(STOP_GRACE, self.parts.in_place.settled()) => if r.is_err() {
+                    warn!(grace = ?STOP_GRACE, "a reload still running after the grace period is killed; its files stay in place and are reloaded at the next change");
+                },
+                s = next_stop(signals) => {
+                    warn!(signal = %s, "stop signal: killing the reload in progress");
+                    hurry.cancel();
+                }
+            }
+        }
+        // Everything else stops now. Runners drop a round still in progress (a check in
+        // flight is killed with its process group; a render thread is left to end at its
+        // deadline), watches and handler runs end. Nothing in flight may hold the exit: the
+        // wait is bounded, and a stop signal (a second one, or one arriving now) cuts it.
         self.parts.root.cancel();
         self.generation.tracker.close();
         self.tasks.close();
