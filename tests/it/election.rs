@@ -622,3 +622,32 @@ fn sighup_keeps_the_term_unless_the_election_changed() {
         read("solo/view.txt") == leads(2)
     });
 }
+
+/// Found by a hostile-writer hunt: the Consul token was the key's LockIndex, which starts at 1
+/// again when the key is deleted and made anew, so a KV writer who deleted it gave later
+/// holders a token no higher than earlier ones. It is the key's ModifyIndex at the acquisition
+/// now (the Raft index: it only grows).
+#[test]
+fn consul_tokens_grow_even_when_the_key_is_deleted() {
+    let Some((cat, nodes)) = three(Kind::Consul) else {
+        return;
+    };
+    let log = cat.log();
+    let first = log
+        .wait_leader(&[], 0, Duration::from_secs(30))
+        .expect("a first holder");
+    let addr = cat.address().expect("consul's address");
+    for round in 0..2 {
+        let before = log.leader(&[]).expect("a holder").token;
+        let r = support::http::delete(&addr, "/v1/kv/rewire/elections/primary").send();
+        assert_eq!(r.status, 200);
+        let next = log.wait_leader(&[], before, Duration::from_secs(30));
+        assert!(
+            next.is_some(),
+            "round {round}: no holder with a token above {before} after the key was deleted:\n{}",
+            show(&log.intervals(&[]))
+        );
+    }
+    assert!(log.leader(&[]).unwrap().token > first.token);
+    drop(nodes);
+}

@@ -11,8 +11,13 @@
 //!   tagged with the election's name): a node-level check would turn every service on the node
 //!   critical with it, and a service check is removed with its service
 //!   (`DeregisterCriticalServiceAfter`, Consul's minimum of 1 minute, after a SIGKILL).
-//! - `Behavior = "release"`: "delete" would remove the key and reset its `LockIndex`, which is
-//!   the fencing token and must only grow. "No leader" is therefore a key without `Session`.
+//! - `Behavior = "release"`: "delete" would remove the key. "No leader" is therefore a key
+//!   without `Session`.
+//! - The fencing token is the key's `ModifyIndex` as the holder acquired it: the Raft index
+//!   of the acquisition, which only grows, across terms and across a deletion of the key.
+//!   (`LockIndex` starts again at 1 when the key is deleted and made again: a KV writer who
+//!   deleted it gave every later holder the token 1.) The holder writes the key only to take
+//!   it, so the index stays put for the term; a write by anyone else ends the term.
 //! - `LockDelay` (rewire's default 5 s; Consul's own 15 s) keeps the lock from being taken for
 //!   that long after an invalidation, so a holder cut off from Consul has stopped before a
 //!   successor starts. A release (resignation) has no delay: a SIGTERMed holder is replaced
@@ -56,7 +61,7 @@ struct State {
     /// The candidate's service and check are registered (as far as this process knows).
     registered: bool,
     session: Option<String>,
-    /// The LockIndex of the term this session holds.
+    /// The ModifyIndex of the key when this session took it: the term's fencing token.
     token: Option<u64>,
 }
 
@@ -73,8 +78,8 @@ pub struct ConsulBallot {
 /// One entry of `GET /v1/kv/<key>`.
 #[derive(Deserialize)]
 struct KvEntry {
-    #[serde(rename = "LockIndex", default)]
-    lock_index: u64,
+    #[serde(rename = "ModifyIndex", default)]
+    modify_index: u64,
     #[serde(rename = "Session", default)]
     session: Option<String>,
     #[serde(rename = "Value", default)]
@@ -186,7 +191,7 @@ impl ConsulBallot {
         Ok(created.id)
     }
 
-    /// Reads the key at once (consistent): `(LockIndex, Session)` or `None` when missing.
+    /// Reads the key at once (consistent): `(ModifyIndex, Session)` or `None` when missing.
     async fn read_key(&self) -> Result<Option<(u64, Option<String>)>, CatalogError> {
         let url = self.kv_url(&[("consistent", "")]);
         let req = self.agent.request(Method::GET, url);
@@ -206,7 +211,7 @@ impl ConsulBallot {
                 Ok(entries
                     .into_iter()
                     .next()
-                    .map(|e| (e.lock_index, e.session)))
+                    .map(|e| (e.modify_index, e.session)))
             }
             _ => Err(decode::status_error(
                 what,
@@ -242,7 +247,7 @@ fn sight_of(status: u16, body: &[u8]) -> Result<Sight, String> {
     let value = decode_value(&raw)?;
     Ok(Sight::Held(Holder {
         value,
-        token: e.lock_index,
+        token: e.modify_index,
     }))
 }
 
@@ -467,10 +472,10 @@ mod tests {
         let Sight::Held(h) = sight_of(200, held).unwrap() else {
             panic!()
         };
-        assert_eq!(h.token, 4);
+        assert_eq!(h.token, 21);
         assert_eq!(h.value.id, "a");
         assert_eq!(h.value.port, Some(6379));
-        let evil = br#"[{"LockIndex":1,"Session":"s","Value":"eyJpZCI6ImEiLCJhZGRyZXNzIjoiYTsgcm0ifQ=="}]"#;
+        let evil = br#"[{"ModifyIndex":1,"Session":"s","Value":"eyJpZCI6ImEiLCJhZGRyZXNzIjoiYTsgcm0ifQ=="}]"#;
         assert!(sight_of(200, evil).is_err());
     }
 }

@@ -64,6 +64,8 @@ pub struct DirBallot {
     /// `elections/<name>`, beneath `root`.
     rel: PathBuf,
     term: std::sync::Mutex<Option<Term>>,
+    /// The highest token this process has read or given.
+    highest: std::sync::atomic::AtomicU64,
 }
 
 /// The largest `token` or `leader.json` read: both are a line or two.
@@ -75,6 +77,7 @@ impl DirBallot {
             root: root.to_path_buf(),
             rel: Path::new("elections").join(&spec.name),
             term: std::sync::Mutex::new(None),
+            highest: Default::default(),
         }
     }
 
@@ -177,6 +180,8 @@ impl DirBallot {
             return Ok(Sight::Vacant);
         }
         let counter = self.read_token(&dir)?;
+        self.highest
+            .fetch_max(counter, std::sync::atomic::Ordering::Relaxed);
         Ok(match self.read_record(&dir) {
             Some(r) if r.token == counter => Sight::Held(Holder {
                 value: r.value,
@@ -217,7 +222,24 @@ impl Ballot for DirBallot {
             return Ok(None);
         }
         // Held from here until `file` is closed: bump the counter, then publish the record.
-        let token = self.read_token(&dir)? + 1;
+        // Never below a token this process has seen: the counter is a file a catalog writer
+        // could lower (or set to u64::MAX, which wrapped to 0).
+        let seen = self.highest.load(std::sync::atomic::Ordering::Relaxed);
+        let token = self
+            .read_token(&dir)?
+            .max(seen)
+            .checked_add(1)
+            .ok_or_else(|| {
+                self.io(
+                    "token",
+                    std::io::Error::other(
+                        "the counter is at its maximum; a catalog writer put it there: reset it \
+                         to the last real token",
+                    ),
+                )
+            })?;
+        self.highest
+            .fetch_max(token, std::sync::atomic::Ordering::Relaxed);
         self.write(&dir, "token", format!("{token}\n").as_bytes())?;
         let record = Record {
             value: value.clone(),
@@ -381,5 +403,23 @@ mod tests {
         assert!(err.to_string().contains("symlink"), "{err}");
         std::fs::remove_file(root.join("elections/primary/lock")).unwrap();
         assert_eq!(a.campaign(&value("a")).await.unwrap(), Some(1));
+    }
+
+    #[tokio::test]
+    async fn a_counter_lowered_or_maxed_by_a_writer_never_makes_the_token_go_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = DirBallot::new(dir.path(), &spec());
+        for want in 1..=3 {
+            assert_eq!(a.campaign(&value("a")).await.unwrap(), Some(want));
+            a.resign().await.unwrap();
+        }
+        let counter = dir.path().join("elections").join(spec().name).join("token");
+        std::fs::write(&counter, "1\n").unwrap();
+        assert_eq!(a.campaign(&value("a")).await.unwrap(), Some(4));
+        a.resign().await.unwrap();
+        std::fs::write(&counter, format!("{}\n", u64::MAX)).unwrap();
+        let err = a.campaign(&value("a")).await.unwrap_err().to_string();
+        assert!(err.contains("at its maximum"), "{err}");
+        assert_eq!(a.look().unwrap(), Sight::Vacant);
     }
 }
