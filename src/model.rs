@@ -265,7 +265,7 @@ impl LeaderValue {
     }
 }
 
-/// One term of an election: who holds it, and its fencing token (Consul's LockIndex, etcd's
+/// One term of an election: who holds it, and its fencing token (Consul's ModifyIndex, etcd's
 /// create_revision, the dir catalog's counter), which grows from one term to the next.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Holder {

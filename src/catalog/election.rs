@@ -8,7 +8,7 @@
 //!   record is written beside it.
 //! - **Consul** (`consul/election.rs`): a session bound to `serfHealth` and a TTL check that
 //!   rewire registers and passes every ttl/3, `Behavior = release`; `?acquire=` on a KV key;
-//!   the key's `LockIndex` is the token.
+//!   the key's `ModifyIndex` as the holder took it is the token.
 //! - **etcd** (`etcd/election.rs`): a lease kept alive every ttl/3 and a transaction that
 //!   creates the key only while its `create_revision` is 0; that revision is the token.
 //!
