@@ -101,6 +101,9 @@ impl Walker<'_> {
                 let span = t.key_span("interval").unwrap_or(t.span.clone());
                 self.error(span, "`interval` must be more than 0", "");
             }
+            if t.map.get("health").is_some() {
+                self.warn_frantic(&t, "interval", Some(interval));
+            }
             let timeout = self.positive_duration(&t, "timeout");
             let health = self.command(&t, "health", timeout.unwrap_or(interval)).map(
                 |mut check: CommandSpec| {

@@ -564,6 +564,25 @@ mod tests {
     }
 
     #[test]
+    fn a_period_in_milliseconds_for_minutes_is_warned_about() {
+        let c = parse(
+            "[[task]]\nevery = \"1ms\"\nexec = [\"true\"]\n\n[[job]]\nname = \"j\"\nexec = [\"sleep\", \"9\"]\nhealth = [\"true\"]\ninterval = \"50ms\"\n",
+        )
+        .unwrap();
+        let w: Vec<String> = c.warnings.iter().map(ToString::to_string).collect();
+        assert_eq!(w.len(), 2, "{w:?}");
+        assert!(
+            w[0].contains(":2:")
+                && w[0].contains("`every` = 1ms")
+                && w[0].contains("\"1m\" (minutes)"),
+            "{w:?}"
+        );
+        assert!(w[1].contains("`interval` = 50ms"), "{w:?}");
+        let c = parse("[[task]]\nevery = \"100ms\"\nexec = [\"true\"]\n").unwrap();
+        assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+    }
+
+    #[test]
     fn design_sketch_is_accepted() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir(dir.path().join("templates")).unwrap();

@@ -76,6 +76,9 @@ impl Walker<'_> {
                 .positive_duration(&t, "interval")
                 .unwrap_or(Duration::from_secs(10));
             let health = self.command(&t, "health", interval);
+            if health.is_some() {
+                self.warn_frantic(&t, "interval", Some(interval));
+            }
             let job = self.service_job(&t);
             if job.is_some() && health.is_some() {
                 let span = t.key_span("health").unwrap_or(t.span.clone());

@@ -24,6 +24,7 @@ impl Walker<'_> {
                 let span = t.key_span("every").unwrap_or(t.span.clone());
                 self.error(span, "`every` must be more than 0", "");
             }
+            self.warn_frantic(&t, "every", every);
             let timeout = self.positive_duration(&t, "timeout");
             let exec = self.required_command(
                 &t,

@@ -321,6 +321,25 @@ impl Walker<'_> {
         Some(d)
     }
 
+    /// Warns about a period that runs a command more than ten times a second: `every = "1ms"`
+    /// typed for "1m" forks hundreds of processes a second and floods the log.
+    pub(super) fn warn_frantic(&mut self, t: &Tbl, key: &str, every: Option<Duration>) {
+        let Some(d) = every.filter(|d| !d.is_zero() && *d < Duration::from_millis(100)) else {
+            return;
+        };
+        let span = t.key_span(key).unwrap_or(t.span.clone());
+        let shown = humantime::format_duration(d).to_string();
+        let hint = match shown.strip_suffix("ms") {
+            Some(n) => format!("did you mean \"{n}m\" (minutes)?"),
+            None => "a command run this often costs a process each time".to_string(),
+        };
+        self.warn(
+            span,
+            format!("`{key}` = {shown} runs the command more than ten times a second"),
+            hint,
+        );
+    }
+
     pub(super) fn command_value(
         &mut self,
         v: &Val,
