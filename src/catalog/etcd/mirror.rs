@@ -11,7 +11,7 @@ use std::ops::Bound;
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use tracing::warn;
+use tracing::{debug, warn};
 
 use super::wire::{Event, EventKind, Kv};
 use crate::catalog::record::{Record, RecordError};
@@ -155,6 +155,25 @@ pub struct Mirror {
     refused: BTreeMap<String, String>,
     /// `[catalog] max_file`: a bigger value (record or KV) is refused.
     max_value: u64,
+    /// Keys warned about, with the problem: the same problem again on the same key goes to
+    /// debug (a writer putting a bad record 500 times a second wrote 80 KB/s of warnings).
+    /// Forgotten when the key is fixed or deleted; past [`MAX_WARNED`] keys, new ones go to
+    /// debug too.
+    warned: BTreeMap<String, &'static str>,
+}
+
+/// The most keys [`Mirror::warned`] remembers.
+const MAX_WARNED: usize = 4096;
+
+/// `warn!` the first time, `debug!` after (see [`Mirror::warned`]).
+macro_rules! warn_once {
+    ($loud:expr, $($arg:tt)*) => {
+        if $loud {
+            warn!($($arg)*)
+        } else {
+            debug!($($arg)*)
+        }
+    };
 }
 
 impl Mirror {
@@ -165,6 +184,7 @@ impl Mirror {
             refused: BTreeMap::new(),
             kv: BTreeMap::new(),
             max_value,
+            warned: BTreeMap::new(),
         }
     }
 
@@ -210,6 +230,18 @@ impl Mirror {
         Some((slot, key))
     }
 
+    /// Whether `problem` on `key` is news (and remembers it).
+    fn first_time(&mut self, key: &str, problem: &'static str) -> bool {
+        if self.warned.get(key) == Some(&problem) {
+            return false;
+        }
+        if self.warned.len() >= MAX_WARNED && !self.warned.contains_key(key) {
+            return false;
+        }
+        self.warned.insert(key.to_string(), problem);
+        true
+    }
+
     /// A put: an invalid or oversized value keeps what the key held before (only a deletion,
     /// or the lease's expiry, removes an instance), with a warning naming the key.
     fn put(&mut self, kv: Kv, changes: &mut Changes) {
@@ -225,12 +257,13 @@ impl Mirror {
                     .is_some_and(|s| s.get(id).is_some()),
                 Slot::Other => false,
             };
+            let loud = self.first_time(key, "max_file");
             if had_value {
-                warn!(key = %shown(key), bytes = kv.value.len(), limit = self.max_value, "etcd value over [catalog] max_file ignored; keeping what the key held before");
+                warn_once!(loud, key = %shown(key), bytes = kv.value.len(), limit = self.max_value, "etcd value over [catalog] max_file ignored; keeping what the key held before");
             } else if matches!(slot, Slot::Kv(_)) {
-                warn!(key = %shown(key), bytes = kv.value.len(), limit = self.max_value, "etcd value over [catalog] max_file refused; templates that use it wait for a usable value");
+                warn_once!(loud, key = %shown(key), bytes = kv.value.len(), limit = self.max_value, "etcd value over [catalog] max_file refused; templates that use it wait for a usable value");
             } else {
-                warn!(key = %shown(key), bytes = kv.value.len(), limit = self.max_value, "etcd value over [catalog] max_file refused; the instance is left out");
+                warn_once!(loud, key = %shown(key), bytes = kv.value.len(), limit = self.max_value, "etcd value over [catalog] max_file refused; the instance is left out");
             }
             if let Slot::Kv(path) = slot
                 && !had_value
@@ -251,6 +284,7 @@ impl Mirror {
         match slot {
             Slot::Instance { service, id } => match decode_instance(service, id, &kv.value) {
                 Ok(instance) => {
+                    self.warned.remove(key);
                     let (service, id) = (service.to_string(), id.to_string());
                     self.put_instance(service, id, instance, changes);
                 }
@@ -259,14 +293,16 @@ impl Mirror {
                         .services
                         .get(service)
                         .is_some_and(|s| s.get(id).is_some());
+                    let loud = self.first_time(key, "invalid");
                     if kept {
-                        warn!(key = %shown(key), error = %e, "invalid instance record; keeping the last good one until it is fixed or deleted");
+                        warn_once!(loud, key = %shown(key), error = %e, "invalid instance record; keeping the last good one until it is fixed or deleted");
                     } else {
-                        warn!(key = %shown(key), error = %e, "invalid instance skipped");
+                        warn_once!(loud, key = %shown(key), error = %e, "invalid instance skipped");
                     }
                 }
             },
             Slot::Kv(path) => {
+                self.warned.remove(key);
                 let value = String::from_utf8_lossy(&kv.value);
                 if self.kv.get(path).is_some_and(|old| *old == value) {
                     return;
@@ -278,16 +314,18 @@ impl Mirror {
             Slot::Other => {
                 let rel = key.strip_prefix(self.base.as_str()).unwrap_or(key);
                 if rel.starts_with("services/") {
-                    warn!(key = %shown(key), "ignored: an instance key is {}services/<service>/<id>", self.base);
+                    let loud = self.first_time(key, "misplaced");
+                    warn_once!(loud, key = %shown(key), "ignored: an instance key is {}services/<service>/<id>", self.base);
                 }
             }
         }
     }
 
     fn delete(&mut self, key: &[u8], changes: &mut Changes) {
-        let Some((slot, _)) = self.slot(key) else {
+        let Some((slot, shown_key)) = self.slot(key) else {
             return;
         };
+        self.warned.remove(shown_key);
         match slot {
             Slot::Instance { service, id } => {
                 let (service, id) = (service.to_string(), id.to_string());
@@ -468,6 +506,33 @@ mod tests {
                 kv("/rewireX/kv/app/name", "outside the prefix"),
             ],
         )
+    }
+
+    #[test]
+    fn a_bad_record_put_again_is_warned_about_once_until_fixed() {
+        let mut m = Mirror::new(BASE, 1 << 20);
+        let key = "/rewire/services/web/a";
+        let mut changes = Changes::default();
+        m.apply(
+            put(key, r#"{"address":"not an address!","port":1}"#),
+            &mut changes,
+        );
+        assert_eq!(m.warned.get(key), Some(&"invalid"));
+        // The same problem again: not news.
+        assert!(!m.first_time(key, "invalid"));
+        m.apply(
+            put(key, r#"{"address":"10.0.0.1","port":80}"#),
+            &mut changes,
+        );
+        assert!(m.warned.is_empty());
+        m.apply(put(key, "{"), &mut changes);
+        m.apply(delete(key), &mut changes);
+        assert!(m.warned.is_empty());
+        // Bounded.
+        for i in 0..MAX_WARNED + 10 {
+            m.first_time(&format!("/rewire/services/web/{i}"), "invalid");
+        }
+        assert_eq!(m.warned.len(), MAX_WARNED);
     }
 
     #[test]
