@@ -708,9 +708,70 @@ pub(super) fn next_deadline(
         .min()
 }
 
+/// The services with an instance whose expiry (or removal time) falls in `(since, now]`: their
+/// answers change then (passing to critical, or gone), and no other's does.
+pub(super) fn services_due(
+    tree: &Tree,
+    since: SystemTime,
+    now: SystemTime,
+    deregister_after: Duration,
+) -> BTreeSet<String> {
+    tree.services
+        .iter()
+        .filter(|(_, l)| {
+            l.values()
+                .filter_map(|e| e.expiry)
+                .flat_map(|x| [x, x + deregister_after])
+                .any(|t| t > since && t <= now)
+        })
+        .map(|(name, _)| name.clone())
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_services_with_a_deadline_in_the_window_are_due() {
+        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let entry = |expiry: Option<SystemTime>| Entry {
+            instance: Arc::new(Instance {
+                id: "i".into(),
+                name: "s".into(),
+                node: "n".into(),
+                address: "10.0.0.1".into(),
+                port: 80,
+                tags: Vec::new(),
+                meta: BTreeMap::new(),
+                status: crate::model::Status::Passing,
+            }),
+            expiry,
+        };
+        let mut tree = Tree::default();
+        for (svc, at) in [("a", Some(5)), ("b", Some(50)), ("c", None)] {
+            tree.services
+                .entry(svc.into())
+                .or_default()
+                .insert("i".into(), entry(at.map(|s| t0 + Duration::from_secs(s))));
+        }
+        let gone_after = Duration::from_secs(100);
+        let due = |from: u64, to: u64| -> Vec<String> {
+            services_due(
+                &tree,
+                t0 + Duration::from_secs(from),
+                t0 + Duration::from_secs(to),
+                gone_after,
+            )
+            .into_iter()
+            .collect()
+        };
+        assert_eq!(due(0, 5), ["a"]);
+        assert_eq!(due(5, 49), Vec::<String>::new());
+        assert_eq!(due(40, 60), ["b"]);
+        // Its removal, deregister_after later.
+        assert_eq!(due(100, 105), ["a"]);
+    }
 
     /// A writer alternating bad and good content: three turns a minute are warned about, the
     /// fourth says the rest go to debug, and a minute later it is warned about again.
