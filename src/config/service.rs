@@ -72,6 +72,19 @@ impl Walker<'_> {
             };
             let tags = self.strings(&t, "tags").unwrap_or_default();
             let meta = self.string_map(&t, "meta").unwrap_or_default();
+            for (key, n, max) in [
+                ("tags", tags.len(), crate::catalog::record::MAX_TAGS),
+                ("meta", meta.len(), crate::catalog::record::MAX_META),
+            ] {
+                if n > max {
+                    let span = t.key_span(key).unwrap_or(t.span.clone());
+                    self.error(
+                        span,
+                        format!("`{key}` holds {n} entries; an instance may carry at most {max}"),
+                        "other rewires refuse a record with more (and Consul refuses more than 64 meta entries)",
+                    );
+                }
+            }
             let interval = self
                 .positive_duration(&t, "interval")
                 .unwrap_or(Duration::from_secs(10));
