@@ -129,6 +129,9 @@ impl DirCatalog {
         // Whether any read ever succeeded: before one there is no "last good data" to keep.
         let mut ever_loaded = false;
         let mut published: BTreeSet<Query> = BTreeSet::new();
+        // Every instance expiry (and removal time) up to this moment is in the published
+        // answers; the next wake-up handles the first one after it.
+        let mut expiries_done = std::time::SystemTime::UNIX_EPOCH;
         // Directories to read again, and when (see `Touched::new_dirs`).
         let mut reread: Vec<(Instant, PathBuf)> = Vec::new();
         let mut held = Held::default();
@@ -162,6 +165,8 @@ impl DirCatalog {
                                 tree = t;
                                 loaded = true;
                                 ever_loaded = true;
+                                // Everything is answered afresh below, as of a later clock.
+                                expiries_done = (self.clock)();
                                 published.clear();
                                 if store.set_health(Health::Healthy) {
                                     info!(catalog = %self.describe(), "catalog directory is readable");
@@ -212,18 +217,21 @@ impl DirCatalog {
                     }
                 }
             }
-            let since = now;
+            // (A clock set back is taken as it is.)
+            expiries_done = expiries_done.min(now);
             let deadline = if loaded {
-                next_deadline(&tree, now, deregister_after)
+                next_deadline(&tree, expiries_done, deregister_after)
             } else {
                 None
             };
             // Deadlines closer together than EXPIRY_BATCH are handled in one wake-up: a writer
             // spreading 10 000 expiries 3 ms apart kept the loop busy re-answering for the
-            // whole window.
+            // whole window. One already past (the loop was busy) is handled at once.
             let sleep_for = deadline
-                .and_then(|d| d.duration_since(now).ok())
-                .map(|d| d + EXPIRY_BATCH)
+                .map(|d| {
+                    d.duration_since(now)
+                        .map_or(Duration::ZERO, |d| d + EXPIRY_BATCH)
+                })
                 .unwrap_or(Duration::from_secs(3600));
 
             let next_reread = reread.iter().map(|(at, _)| *at).min();
@@ -257,12 +265,11 @@ impl DirCatalog {
                     continue;
                 }
                 _ = tokio::time::sleep(sleep_for), if loaded => {
-                    // An expiry passed: re-answer the services it touched (statuses depend on
-                    // the clock).
-                    // Every expiry up to `since` is in the answers already (the deadline was
-                    // the first one after it).
+                    // An expiry passed: re-answer the services with one since the last
+                    // wake-up (statuses depend on the clock).
                     let now = (self.clock)();
-                    let due = services_due(&tree, since, now, deregister_after);
+                    let due = services_due(&tree, expiries_done, now, deregister_after);
+                    expiries_done = now;
                     let updates: Vec<(Query, Data)> = published
                         .iter()
                         .filter(|q| matches!(q, Query::Service(name) if due.contains(name)))
