@@ -50,6 +50,9 @@ pub(super) const MAX_WATCHED_DIRS: usize = 4096;
 const SERVICES: &str = "services";
 const KV: &str = "kv";
 
+/// How long an expired instance whose file could not be removed waits for another try.
+const UNREMOVABLE_RETRY: Duration = Duration::from_secs(3600);
+
 /// Instance expiries are handled this long after they pass, together with every other one
 /// due by then (see the expiry arm of the watch loop).
 const EXPIRY_BATCH: Duration = Duration::from_millis(100);
@@ -132,6 +135,9 @@ impl DirCatalog {
         // Every instance expiry (and removal time) up to this moment is in the published
         // answers; the next wake-up handles the first one after it.
         let mut expiries_done = std::time::SystemTime::UNIX_EPOCH;
+        // Expired instances whose file could not be removed, and when to try again.
+        let mut unremovable: std::collections::HashMap<(String, String), Instant> =
+            std::collections::HashMap::new();
         // Directories to read again, and when (see `Touched::new_dirs`).
         let mut reread: Vec<(Instant, PathBuf)> = Vec::new();
         let mut held = Held::default();
@@ -206,14 +212,20 @@ impl DirCatalog {
                     store.update_many(fresh);
                 }
                 published = want;
-                let due = due_for_removal(&tree, now, deregister_after);
+                let mut due = due_for_removal(&tree, now, deregister_after);
+                let now_i = Instant::now();
+                unremovable.retain(|_, until| *until > now_i);
+                due.retain(|k| !unremovable.contains_key(k));
                 if !due.is_empty() {
                     let reader = self.reader.clone();
-                    if off_worker(&stop, move || reader.reap(&due, now, deregister_after))
-                        .await
-                        .is_none()
-                    {
+                    let Some(failed) =
+                        off_worker(&stop, move || reader.reap(&due, now, deregister_after)).await
+                    else {
                         return;
+                    };
+                    // Not tried (nor warned about) again at every event: once an hour.
+                    for k in failed {
+                        unremovable.insert(k, now_i + UNREMOVABLE_RETRY);
                     }
                 }
             }

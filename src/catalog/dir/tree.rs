@@ -552,14 +552,17 @@ impl Reader {
     /// Deletes instance files expired for longer than `deregister_after` (`due`, from
     /// [`due_for_removal`]). Re-reads each file first, so a registration refreshed a moment ago
     /// survives (and a file that does not read as an expired instance is left alone).
+    /// Returns the instances whose file could not be removed (a read-only catalog, another
+    /// user's directory).
     pub(super) fn reap(
         &self,
         due: &[(String, String)],
         now: SystemTime,
         deregister_after: Duration,
-    ) {
+    ) -> Vec<(String, String)> {
+        let mut failed = Vec::new();
         let Ok(root) = self.open_root() else {
-            return;
+            return failed;
         };
         for (service, id) in due {
             // The service directory is opened beneath the root and the file removed inside
@@ -589,10 +592,12 @@ impl Reader {
                 }
                 Err(nix::errno::Errno::ENOENT) => {}
                 Err(e) => {
-                    warn!(file = %path.display(), error = %e, "cannot remove expired instance")
+                    warn!(file = %path.display(), error = %e, "cannot remove expired instance; trying again in an hour");
+                    failed.push((service.clone(), id.clone()));
                 }
             }
         }
+        failed
     }
 }
 
