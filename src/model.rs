@@ -136,6 +136,13 @@ impl std::str::FromStr for Status {
     }
 }
 
+/// The most tags an instance may carry: a catalog record with more is refused, and a
+/// `[[service]]` with more is a config error (each tag is its own allocation: 133 000 tags in
+/// a 1 MiB file took 8 MB).
+pub const MAX_TAGS: usize = 256;
+/// The most `meta` entries an instance may carry (Consul's own limit is 64).
+pub const MAX_META: usize = 64;
+
 /// One running copy of a service.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Instance {

@@ -11,7 +11,8 @@ use std::time::SystemTime;
 use serde::{Deserialize, Serialize};
 
 use crate::model::{
-    Instance, Invalid, Registration, Status, check_address, check_name, check_port,
+    Instance, Invalid, MAX_META, MAX_TAGS, Registration, Status, check_address, check_name,
+    check_port,
 };
 
 /// Why a record is not a usable instance.
@@ -42,11 +43,6 @@ pub enum RecordError {
         max: usize,
     },
 }
-
-/// The most tags an instance record may carry.
-pub const MAX_TAGS: usize = 256;
-/// The most `meta` entries an instance record may carry (Consul's own limit is 64).
-pub const MAX_META: usize = 64;
 
 /// `PATH/services/<service>/<id>.json` (dir) and `PREFIX/services/<service>/<id>` (etcd).
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]

@@ -73,8 +73,8 @@ impl Walker<'_> {
             let tags = self.strings(&t, "tags").unwrap_or_default();
             let meta = self.string_map(&t, "meta").unwrap_or_default();
             for (key, n, max) in [
-                ("tags", tags.len(), crate::catalog::record::MAX_TAGS),
-                ("meta", meta.len(), crate::catalog::record::MAX_META),
+                ("tags", tags.len(), crate::model::MAX_TAGS),
+                ("meta", meta.len(), crate::model::MAX_META),
             ] {
                 if n > max {
                     let span = t.key_span(key).unwrap_or(t.span.clone());
