@@ -297,6 +297,9 @@ pub async fn watch_one<S: Source>(
                     Step::Apply => {
                         if store.update(query.clone(), reply.data) {
                             debug!(%query, index = reply.index, "consul data changed");
+                            // Let the woken runners go first: asking again can wait, the file
+                            // is what somebody is waiting for.
+                            tokio::task::yield_now().await;
                         }
                     }
                     Step::Reset => {
