@@ -639,16 +639,59 @@ fn huge_files_and_device_links_are_refused_and_memory_stays_flat() {
     );
     assert_eq!(r.stop(), Some(0), "{}", r.log());
 
-    // The one-shot render refuses them too, promptly, naming the file and the setting.
+    // The one-shot render refuses them too, promptly, naming the file and the setting. The
+    // key behind the /dev/zero link exists but cannot be read: not "absent", so its default
+    // is not written in its place (as on Consul), and the error names the file.
+    let before = p.read("out/web.conf");
     let started = Instant::now();
     let o = p.rewire(&["render", "--timeout", "5s"]);
     let err = project::stderr(&o);
-    assert_eq!(project::code(&o), 0, "{err}");
+    assert_eq!(project::code(&o), 1, "{err}");
     assert!(started.elapsed() < Duration::from_secs(20));
     assert!(
         err.contains("huge.json") && err.contains("max_file"),
         "{err}"
     );
+    assert!(err.contains("kv/app/name"), "{err}");
+    assert_eq!(p.read("out/web.conf"), before);
+}
+
+/// A key file that exists but is refused (over `max_file`) is not an absent key: neither the
+/// daemon nor the one-shot writes `key()`'s default in its place; a good value afterwards is.
+#[test]
+fn a_refused_key_file_is_not_rendered_as_its_default() {
+    let p = Project::new();
+    p.file("web.tera", &web_and_key("app/big"))
+        .config(&config(&p, "[catalog]\nmax_file = \"2KiB\"\n"));
+    p.instance("web", "a", "10.0.0.1", 80);
+    std::fs::create_dir_all(p.path("catalog/kv/app")).unwrap();
+    std::fs::write(p.path("catalog/kv/app/big"), "x".repeat(3000)).unwrap();
+
+    let o = p.rewire(&["render", "--timeout", "3s"]);
+    let err = project::stderr(&o);
+    assert_eq!(project::code(&o), 1, "{err}");
+    assert!(
+        err.contains("kv/app/big") && err.contains("max_file"),
+        "{err}"
+    );
+    assert!(!p.path("out/web.conf").exists(), "{err}");
+
+    let mut r = p.run();
+    p.instance("web", "b", "10.0.0.2", 80);
+    wait_for("the refusal logged", TIMEOUT, || {
+        r.log().contains("kv/app/big")
+    });
+    wait_for("the template reported waiting", TIMEOUT, || {
+        r.log().contains("not written yet")
+    });
+    assert!(!p.path("out/web.conf").exists(), "{}", r.log());
+
+    std::fs::write(p.path("catalog/kv/app/big"), "small").unwrap();
+    wait_for("the good value rendered", TIMEOUT, || {
+        p.read("out/web.conf").contains("value = small")
+    });
+    assert!(p.read("out/web.conf").contains("10.0.0.2:80"));
+    assert_eq!(r.stop(), Some(0), "{}", r.log());
 }
 
 /// A fake Consul agent: answers the ACL preflight as an agent without ACLs, and every other

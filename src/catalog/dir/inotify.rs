@@ -35,10 +35,10 @@ use tracing::{debug, info, warn};
 use super::DirCatalog;
 use super::files::hidden;
 use super::tree::{
-    KUBERNETES_DATA, Touched, Tree, answer, due_for_removal, next_deadline, services_due,
+    KUBERNETES_DATA, Touched, Tree, answers, due_for_removal, next_deadline, services_due,
 };
 use crate::catalog::{Catalog, CatalogError};
-use crate::model::{Data, Query};
+use crate::model::Query;
 use crate::store::{Health, Store};
 use crate::timing::{self, stage};
 
@@ -203,11 +203,7 @@ impl DirCatalog {
             if loaded {
                 // Publish queries that are new since the last round.
                 let want = wanted.borrow_and_update().clone();
-                let fresh: Vec<(Query, Data)> = want
-                    .iter()
-                    .filter(|q| !published.contains(*q))
-                    .map(|q| (q.clone(), answer(&tree, q, now)))
-                    .collect();
+                let fresh = answers(&tree, want.iter().filter(|q| !published.contains(*q)), now);
                 if !fresh.is_empty() {
                     store.update_many(fresh);
                 }
@@ -282,11 +278,13 @@ impl DirCatalog {
                     let now = (self.clock)();
                     let due = services_due(&tree, expiries_done, now, deregister_after);
                     expiries_done = now;
-                    let updates: Vec<(Query, Data)> = published
-                        .iter()
-                        .filter(|q| matches!(q, Query::Service(name) if due.contains(name)))
-                        .map(|q| (q.clone(), answer(&tree, q, now)))
-                        .collect();
+                    let updates = answers(
+                        &tree,
+                        published
+                            .iter()
+                            .filter(|q| matches!(q, Query::Service(name) if due.contains(name))),
+                        now,
+                    );
                     store.update_many(updates);
                     continue;
                 }
@@ -357,11 +355,7 @@ impl DirCatalog {
                 continue;
             }
             let now = (self.clock)();
-            let updates: Vec<(Query, Data)> = published
-                .iter()
-                .filter(|q| touched.affects(q))
-                .map(|q| (q.clone(), answer(&tree, q, now)))
-                .collect();
+            let updates = answers(&tree, published.iter().filter(|q| touched.affects(q)), now);
             store.update_many(updates);
         }
     }

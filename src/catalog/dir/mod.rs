@@ -36,7 +36,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use self::files::Reader;
-use self::tree::{Tree, answer};
+use self::tree::{Tree, answer, withheld};
 use super::record::{Record, truncate_note};
 use super::{Catalog, CatalogError};
 use crate::lock::lock;
@@ -269,7 +269,14 @@ impl Catalog for DirCatalog {
             .map(|q| {
                 let r = match &tree {
                     _ if q.needs_consul() => Err(super::consul_only(q, "dir")),
-                    Ok(t) => Ok(answer(t, q, now)),
+                    Ok(t) => match withheld(t, q) {
+                        // As Consul does for the same key: an error, not "absent".
+                        Some(why) => Err(CatalogError::Malformed {
+                            backend: "dir".into(),
+                            detail: format!("{q}: {why}"),
+                        }),
+                        None => Ok(answer(t, q, now)),
+                    },
                     Err(e) => Err(copy_error(e)),
                 };
                 (q.clone(), r)

@@ -654,6 +654,44 @@ impl Touched {
     }
 }
 
+/// The answers to `queries` the tree can give, leaving out the [`withheld`] ones: the store
+/// keeps what it had for them (nothing yet, on a fresh start).
+pub(super) fn answers<'q>(
+    tree: &Tree,
+    queries: impl IntoIterator<Item = &'q Query>,
+    now: SystemTime,
+) -> Vec<(Query, Data)> {
+    queries
+        .into_iter()
+        .filter(|q| withheld(tree, q).is_none())
+        .map(|q| (q.clone(), answer(tree, q, now)))
+        .collect()
+}
+
+/// Why `q` cannot be answered now, if it cannot: a key file it reads was refused (over
+/// `max_file`, a symlink leading out, unreadable) and no good copy of it is held. Answering
+/// "absent" would put a `key()` default in place of the real value; Consul refuses the same
+/// key with an error.
+pub(super) fn withheld(tree: &Tree, q: &Query) -> Option<String> {
+    let (asked, exact) = match q {
+        Query::Key(path) => (path.trim_matches('/'), true),
+        Query::Keys(prefix) => (prefix.trim_start_matches('/'), false),
+        _ => return None,
+    };
+    tree.refused.iter().find_map(|(rel, why)| {
+        let key = kv_key_of(rel)?;
+        // The key itself, or a directory of keys holding it; for a prefix, any key under it.
+        let under_refused_dir = asked.starts_with(&format!("{key}/"));
+        let hit = under_refused_dir
+            || if exact {
+                key == asked
+            } else {
+                key.starts_with(asked)
+            };
+        (hit && !tree.kv.contains_key(&key)).then(|| format!("{}: {why}", rel.display()))
+    })
+}
+
 pub(super) fn answer(tree: &Tree, q: &Query, now: SystemTime) -> Data {
     match q {
         Query::Service(name) => Data::Instances(
