@@ -45,7 +45,12 @@ pub enum RecordError {
 }
 
 /// `PATH/services/<service>/<id>.json` (dir) and `PREFIX/services/<service>/<id>` (etcd).
+///
+/// A field rewire does not know is refused ([`Record::parse`]): in a file written by hand,
+/// `"stauts": "critical"` would otherwise give a passing instance without a word. Records
+/// other tools write to etcd may carry fields of their own: [`Record::parse_lenient`].
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
 pub struct Record {
     pub address: String,
     pub port: i64,
@@ -64,6 +69,38 @@ pub struct Record {
     /// The node (host) the instance runs on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub node: Option<String>,
+}
+
+/// Every field of [`Record`], for [`Record::parse_lenient`].
+const FIELDS: [&str; 8] = [
+    "address",
+    "port",
+    "tags",
+    "meta",
+    "status",
+    "expires_at",
+    "notes",
+    "node",
+];
+
+impl Record {
+    /// A record as rewire writes it: an unknown field is an error that names it.
+    pub fn parse(bytes: &[u8]) -> Result<Record, serde_json::Error> {
+        serde_json::from_slice(bytes)
+    }
+
+    /// A record some other tool may have written: fields rewire does not know are ignored.
+    pub fn parse_lenient(bytes: &[u8]) -> Result<Record, serde_json::Error> {
+        match Record::parse(bytes) {
+            Err(e) if e.is_data() && e.to_string().starts_with("unknown field") => {
+                let mut fields: serde_json::Map<String, serde_json::Value> =
+                    serde_json::from_slice(bytes)?;
+                fields.retain(|k, _| FIELDS.contains(&k.as_str()));
+                serde_json::from_value(serde_json::Value::Object(fields))
+            }
+            other => other,
+        }
+    }
 }
 
 fn default_status() -> Status {
@@ -211,6 +248,25 @@ mod tests {
             .into_instance("web", "w1", "host", SystemTime::now())
             .unwrap();
         assert_eq!(i.status, Status::Critical);
+    }
+
+    #[test]
+    fn a_misspelt_field_is_refused_by_name_unless_read_leniently() {
+        let typo = br#"{"address":"10.0.0.1","port":80,"stauts":"critical"}"#;
+        let e = Record::parse(typo).unwrap_err().to_string();
+        assert!(
+            e.contains("unknown field `stauts`") && e.contains("status"),
+            "{e}"
+        );
+        let lenient = Record::parse_lenient(typo).unwrap();
+        assert_eq!(lenient, passing_record());
+        // A lenient read still refuses wrong types and bad JSON.
+        assert!(Record::parse_lenient(br#"{"address":"10.0.0.1","port":"80","x":1}"#).is_err());
+        assert!(Record::parse_lenient(b"{").is_err());
+        assert_eq!(
+            Record::parse(br#"{"address":"10.0.0.1","port":80}"#).unwrap(),
+            passing_record()
+        );
     }
 
     /// A passing record of 10.0.0.1:80, nothing else set.

@@ -271,7 +271,7 @@ pub(super) fn decode_instance(bytes: &[u8], service: &str, id: &str, node: &str)
             "invalid instance: instance id {e} (rename the file)"
         ));
     }
-    let record: Record = match serde_json::from_slice(bytes) {
+    let record = match Record::parse(bytes) {
         Ok(r) => r,
         Err(e) => {
             return Read::Refused(format!(

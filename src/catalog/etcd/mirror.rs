@@ -434,7 +434,7 @@ impl Mirror {
 /// machines, and records rewire writes always name their node.
 fn decode_instance(service: &str, id: &str, value: &[u8]) -> Result<Instance, RecordError> {
     check_name(id).map_err(RecordError::InstanceId)?;
-    let record: Record = serde_json::from_slice(value)?;
+    let record = Record::parse_lenient(value)?;
     // Expiry is etcd's job (the lease); `expires_at` is only honoured as written.
     record.into_instance(service, id, "", SystemTime::now())
 }
