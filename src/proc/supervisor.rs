@@ -282,7 +282,14 @@ impl Supervisor {
     /// `hurry` (a second stop signal) cuts short the drain and `pre_stop`, kills main's process
     /// group without waiting for `stop_timeout`, and skips `post_stop`: the caller is told "get
     /// out now". The deregistration (bounded by DEREGISTER_GRACE) finishes all the same.
-    pub async fn stop(mut self, exit: Option<u8>, hurry: CancellationToken) -> u8 {
+    /// `stepped_down` is cancelled once the elections have stepped down: main and the jobs
+    /// are not stopped before that (or before `hurry`).
+    pub async fn stop(
+        mut self,
+        exit: Option<u8>,
+        hurry: CancellationToken,
+        stepped_down: CancellationToken,
+    ) -> u8 {
         if let Some(m) = &self.main {
             m.stopping.cancel();
         }
@@ -341,6 +348,18 @@ impl Supervisor {
                     _ = tokio::time::sleep(cfg.drain) => {}
                     _ = hurry.cancelled() => {}
                 }
+            }
+        }
+
+        // The elections step down meanwhile (on_demoted may need main running): main and the
+        // jobs stop once that is done, or at a second stop signal.
+        if !stepped_down.is_cancelled() {
+            info!(
+                "waiting for the elections to step down (on_demoted, release) before stopping main"
+            );
+            tokio::select! {
+                _ = stepped_down.cancelled() => {}
+                _ = hurry.cancelled() => {}
             }
         }
 

@@ -161,7 +161,8 @@ fn failovers(kind: Kind) {
         stopped.wait_exit(Duration::from_secs(20)),
         "rewire did not exit"
     );
-    // The stop sequence: step down (on_demoted, release), then deregister, then stop main.
+    // The stop sequence: step down (on_demoted, release) beside the deregistration, then
+    // stop main.
     let tail = stopped.log_tail();
     // From the stop on (the start's warnings may mention deregistration too).
     let tail = &tail[tail.find("stopping signal=").unwrap_or(0)..];
@@ -171,7 +172,7 @@ fn failovers(kind: Kind) {
     };
     assert!(
         at("stepping down") < at("running hook=\"on_demoted\"")
-            && at("running hook=\"on_demoted\"") < at("deregistered")
+            && at("running hook=\"on_demoted\"") < at("stopping main")
             && at("deregistered") < at("stopping main"),
         "stop order:\n{tail}"
     );

@@ -1292,3 +1292,50 @@ fn a_starting_service_registers_soon_after_its_first_pass_not_an_interval_later(
         created.elapsed()
     );
 }
+
+/// Found by a supervision hunt: the elections used to step down before anything else, so a
+/// slow `on_demoted` (or a hung agent) kept the service registered and passing, main running
+/// and a second stop signal unread for as long as the hook took (25 s in the report). Now
+/// deregistration goes first while the election steps down beside it, main waits for the
+/// step-down, and a second stop signal ends the wait.
+#[test]
+fn a_slow_on_demoted_holds_neither_the_deregistration_nor_a_second_stop_signal() {
+    let p = Project::new();
+    let port = free_port();
+    p.config(&format!(
+        "{}{}[main]\nexec = {}\ndrain = \"0s\"\n\n[[election]]\nname = \"primary\"\nservice = \"web\"\nttl = \"2s\"\n\
+         on_demoted = [\"sh\", \"-c\", \"echo demoting > demoting; sleep 60\"]\n",
+        preamble(&p),
+        web_service(port),
+        server_exec(&p, port, &[])
+    ));
+    let mut rw = Rewire::start(&p, &[]);
+    rw.wait_for("a passing registration", || registration_is(&p, "passing"));
+    rw.wait_for("the election won", || rw_log_has(&p, "elected"));
+    let main = read_pid(&p.path("main.pid")).expect("main.pid");
+
+    rw.signal(SIGTERM);
+    rw.wait_for("on_demoted running", || p.path("demoting").exists());
+    rw.wait_for("the deregistration", || !catalog_file(&p).exists());
+    // The hook still runs (60 s), and main waits for it.
+    assert!(
+        alive(main),
+        "main was stopped before the step-down:\n{}",
+        rw.log()
+    );
+    assert!(rw.daemon.is_running());
+
+    let second = Instant::now();
+    rw.signal(SIGTERM);
+    rw.wait_exit();
+    assert!(
+        second.elapsed() < Duration::from_secs(10),
+        "a second stop signal took {:?} to end rewire:\n{}",
+        second.elapsed(),
+        rw.log()
+    );
+    assert!(
+        support::poll_until(Duration::from_secs(5), || !alive(main)),
+        "main outlived rewire"
+    );
+}

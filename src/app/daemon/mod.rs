@@ -514,19 +514,25 @@ impl Daemon {
     /// main already exited on its own.
     async fn stop(self, exit: Option<u8>, signals: &mut Signals) -> u8 {
         super::systemd::notify("STOPPING=1");
-        // Elections first (on_demoted, then release), so a successor is elected while this
-        // container still deregisters and drains.
-        self.elections.stop().await;
-        // The supervisor next (deregister, drain, pre_stop, main, post_stop), while the
-        // runners keep the files current. A second stop signal (an impatient Ctrl-C) cuts the
-        // drain and stop_timeout short.
+        // The elections step down (on_demoted, then release) while the supervisor deregisters
+        // and drains, so a successor is elected meanwhile; deregistration never waits for a
+        // slow hook or a hung agent. Main and the jobs stop once the step-down is done. The
+        // runners keep the files current all along. A second stop signal (an impatient
+        // Ctrl-C) cuts the drain, the wait for the step-down and stop_timeout short.
         let hurry = CancellationToken::new();
+        let stepped_down = CancellationToken::new();
         let status = {
-            let stopping = self.supervisor.stop(exit, hurry.clone());
+            let elections = self.elections;
+            let step_down = elections.stop();
+            let stopping = self
+                .supervisor
+                .stop(exit, hurry.clone(), stepped_down.clone());
             tokio::pin!(stopping);
+            tokio::pin!(step_down);
             loop {
                 tokio::select! {
                     status = &mut stopping => break status,
+                    () = &mut step_down, if !stepped_down.is_cancelled() => stepped_down.cancel(),
                     sig = signals.next(), if !hurry.is_cancelled() => {
                         if let Incoming::Stop(s) = sig {
                             warn!(signal = %s, "second stop signal: skipping the drain and killing main now");

@@ -142,7 +142,8 @@ impl Elections {
         for r in &self.running {
             r.stop.cancel();
         }
-        for r in self.running {
+        // All at once: one slow on_demoted does not hold up the others.
+        futures_util::future::join_all(self.running.into_iter().map(|r| async move {
             // The candidate bounds its own steps; this only guards against a stuck hook.
             if tokio::time::timeout(RESIGN_TIMEOUT * 8, r.task)
                 .await
@@ -150,7 +151,8 @@ impl Elections {
             {
                 warn!(election = %r.name, "the election did not stop in time");
             }
-        }
+        }))
+        .await;
     }
 }
 
