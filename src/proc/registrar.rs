@@ -270,6 +270,12 @@ impl Registrar {
         // the next tick (Delay) instead of causing a burst of catch-up checks.
         let mut ticker = tokio::time::interval(self.svc.interval);
         ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        // Without a health command the status follows a process (its job's, or main's): it
+        // is reported as soon as that process exits or starts, not at the next tick (a main
+        // crash-looping faster than `interval` stayed passing while down).
+        let mut jobs = self.ctx.jobs.clone();
+        let mut follows = self.svc.health.is_none();
+        let mut last: Option<Status> = None;
         loop {
             if in_maintenance {
                 self.enter_maintenance().await;
@@ -302,22 +308,21 @@ impl Registrar {
                     in_maintenance = *maintenance.borrow_and_update();
                     continue;
                 }
-                _ = ticker.tick() => {}
-            }
-            let (status, note) = match (&self.svc.health, &self.svc.job) {
-                (_, Some(job)) => job_health(&self.ctx.jobs.borrow(), job),
-                // No health command of its own: it is main's service when there is a main
-                // (passing while main runs: not before main started, nor while it waits for
-                // its `when` or crash-loops), else simply passing.
-                (None, None) => {
-                    let jobs = self.ctx.jobs.borrow();
-                    if jobs.contains_key(crate::config::MAIN_JOB) {
-                        job_health(&jobs, crate::config::MAIN_JOB)
-                    } else {
-                        (Status::Passing, String::new())
+                changed = jobs.changed(), if follows => {
+                    if changed.is_err() {
+                        follows = false;
+                        continue;
+                    }
+                    let (status, _) = self.followed_health(&jobs.borrow_and_update());
+                    if last == Some(status) {
+                        continue;
                     }
                 }
-                (Some(spec), None) => {
+                _ = ticker.tick() => {}
+            }
+            let (status, note) = match &self.svc.health {
+                None => self.followed_health(&self.ctx.jobs.borrow()),
+                Some(spec) => {
                     let outcome = tokio::select! {
                         // Dropping the run kills the health command.
                         _ = stop.cancelled() => break,
@@ -341,6 +346,7 @@ impl Registrar {
                 status == Status::Passing,
             );
             self.report(status, &note).await;
+            last = Some(status);
             if status != Status::Passing && self.registered.is_none() && !self.ever_registered {
                 // Still starting: look again soon rather than a whole interval later.
                 ticker.reset_after(first_pass_retry(self.svc.interval));
@@ -352,6 +358,19 @@ impl Registrar {
         Finished {
             registered: self.registered,
             ever: self.ever_registered,
+        }
+    }
+
+    /// The status of a service without a health command: its job's, or main's when there is
+    /// a main (passing while main runs: not before main started, nor while it waits for its
+    /// `when` or crash-loops), else simply passing.
+    fn followed_health(&self, jobs: &Jobs) -> (Status, String) {
+        match &self.svc.job {
+            Some(job) => job_health(jobs, job),
+            None if jobs.contains_key(crate::config::MAIN_JOB) => {
+                job_health(jobs, crate::config::MAIN_JOB)
+            }
+            None => (Status::Passing, String::new()),
         }
     }
 

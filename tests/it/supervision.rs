@@ -1339,3 +1339,44 @@ fn a_slow_on_demoted_holds_neither_the_deregistration_nor_a_second_stop_signal()
         "main outlived rewire"
     );
 }
+
+/// Found by a supervision hunt: a `[[service]]` without `health` follows main, but its status
+/// was only looked at every `interval`, so a main crash-looping faster than that stayed
+/// passing while down (and a restarted one critical while up). Main's exit and restart now
+/// report at once: here with an `interval` of a minute.
+#[test]
+fn a_service_without_health_follows_main_exiting_and_restarting_at_once() {
+    let p = Project::new();
+    let port = free_port();
+    p.config(&format!(
+        "{}[[service]]\nname = \"web\"\nid = \"web-test\"\nport = {port}\naddress = \"127.0.0.1\"\n\
+         interval = \"60s\"\nttl = \"120s\"\n\n[main]\n\
+         exec = [\"sh\", \"-c\", \"if [ -e crashed ]; then exec sleep 600; fi; touch crashed; \
+         while [ ! -e go ]; do sleep 0.05; done; exit 1\"]\nrestart = \"on-failure\"\n",
+        preamble(&p),
+    ));
+    let mut rw = Rewire::start(&p, &[]);
+    rw.wait_for("a passing registration", || registration_is(&p, "passing"));
+    rw.wait_for("main's first run waiting", || p.path("crashed").exists());
+
+    let crashed = Instant::now();
+    p.file("go", "");
+    // Main exits, and restarts after its backoff (about a second): critical in between.
+    rw.wait_for("critical while main restarts", || {
+        registration_is(&p, "critical")
+    });
+    assert!(
+        crashed.elapsed() < Duration::from_secs(20),
+        "critical {:?} after main exited (interval 60 s)",
+        crashed.elapsed()
+    );
+    rw.wait_for("main restarted", || rw_log_has(&p, "restarting"));
+    rw.wait_for("passing again once main runs", || {
+        registration_is(&p, "passing")
+    });
+    assert!(
+        crashed.elapsed() < Duration::from_secs(40),
+        "passing again only {:?} after the crash (interval 60 s)",
+        crashed.elapsed()
+    );
+}
