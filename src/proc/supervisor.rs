@@ -426,13 +426,19 @@ async fn main_turn(
     code: &mut Option<u8>,
 ) {
     if exit.is_none() {
-        // pre_stop, while main still runs.
+        // pre_stop, while main still runs; not when it never ran (stopped during `pre_start`
+        // or while waiting for its `when`): a hook meant for the running app ("nginx -s quit",
+        // "leave the cluster") has nothing to act on, as post_stop has nothing to clean up.
         if let Some(hook) = &cfg.pre_stop
             && !hurry.is_cancelled()
         {
-            tokio::select! {
-                _ = run_hook("pre_stop", hook, env) => {}
-                _ = hurry.cancelled() => warn!("pre_stop cut short"),
+            if !m.ran.load(Ordering::Acquire) {
+                info!("pre_stop skipped: main never started");
+            } else {
+                tokio::select! {
+                    _ = run_hook("pre_stop", hook, env) => {}
+                    _ = hurry.cancelled() => warn!("pre_stop cut short"),
+                }
             }
         }
         stop_main(&mut m, cfg, hurry).await;

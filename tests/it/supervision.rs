@@ -427,16 +427,20 @@ fn a_service_without_health_is_registered_only_while_main_runs() {
     assert!(!catalog_file(&p).exists());
 }
 
+/// pre_stop and post_stop act on a main that ran: stopped during `pre_start`, neither runs
+/// (pre_stop used to, found by a supervision hunt).
 #[test]
-fn post_stop_runs_only_after_a_main_that_ran() {
+fn stop_hooks_run_only_around_a_main_that_ran() {
     let p = Project::new();
     let mark = p.path("pre.mark").display().to_string();
+    let pre_stop = p.path("pre_stop.mark").display().to_string();
     let post = p.path("post.mark").display().to_string();
     p.config(&format!(
         "{}[main]\nexec = [\"sleep\", \"300\"]\npre_start = [\"sh\", \"-c\", {}]\n\
-         post_stop = [\"sh\", \"-c\", {}]\n",
+         pre_stop = [\"sh\", \"-c\", {}]\npost_stop = [\"sh\", \"-c\", {}]\n",
         preamble(&p),
         q(format!("echo started > {mark}; sleep 300")),
+        q(format!("echo pre_stop >> {pre_stop}")),
         q(format!("echo post >> {post}")),
     ));
     let mut rw = Rewire::start(&p, &[]);
@@ -444,7 +448,12 @@ fn post_stop_runs_only_after_a_main_that_ran() {
     rw.signal(SIGTERM);
     rw.wait_exit();
     assert!(rw_log_has(&p, "post_stop skipped"), "{}", rw.log());
+    assert!(rw_log_has(&p, "pre_stop skipped"), "{}", rw.log());
     assert!(!p.path("post.mark").exists(), "post_stop ran without main");
+    assert!(
+        !p.path("pre_stop.mark").exists(),
+        "pre_stop ran without main"
+    );
 }
 
 #[test]
