@@ -520,3 +520,38 @@ fn a_service_naming_a_job_reports_that_jobs_health() {
         status().as_deref() == Some("critical")
     });
 }
+
+/// Found by a supervision hunt: a stop hook (`when = { after = "main", is = "stopping" }`)
+/// that hangs held main, and rewire, until the hook ended (29 s after a second SIGTERM in the
+/// report), although a second stop signal kills every group at once.
+#[test]
+fn a_second_stop_signal_does_not_wait_for_a_hanging_stop_hook() {
+    let p = Project::new();
+    let hook_ran = p.path("hook.ran");
+    p.config(&format!(
+        "{}[[job]]\nname = \"hookish\"\nexec = {}\nwhen = {{ after = \"main\", is = \"stopping\" }}\n\
+         stop_timeout = \"60s\"\n\n[main]\nexec = {}\nstop_timeout = \"60s\"\n",
+        preamble(&p),
+        shell(&format!(
+            "trap '' TERM; echo ran > {}; sleep 120",
+            hook_ran.display()
+        )),
+        shell(&format!(
+            "trap '' TERM; touch {}; while :; do sleep 0.05; done",
+            p.path("main.up").display()
+        )),
+    ));
+    let mut rw = Rewire::start(&p);
+    rw.wait_for("main running", || p.path("main.up").exists());
+    rw.signal(SIGTERM);
+    rw.wait_for("the stop hook running", || hook_ran.exists());
+    let second = std::time::Instant::now();
+    rw.signal(SIGTERM);
+    rw.wait_exit();
+    assert!(
+        second.elapsed() < Duration::from_secs(10),
+        "rewire took {:?} after the second stop signal:\n{}",
+        second.elapsed(),
+        rw.log()
+    );
+}

@@ -186,6 +186,7 @@ impl Jobs {
                 .collect();
             let done = done_tx[name].clone();
             let bus = self.bus.clone();
+            let hurry = self.hurry.clone();
             let job = if name == MAIN_JOB {
                 Turn::Main(main_turn.take())
             } else {
@@ -205,7 +206,7 @@ impl Jobs {
                 bus.update(&name, |s| s.state = "stopping".into());
                 bus.emit(&name, Event::Stopping);
                 for (hook, grace) in hooks {
-                    wait_for_hook(&bus, &hook, grace + KILL_GRACE).await;
+                    wait_for_hook(&bus, &hook, grace + KILL_GRACE, &hurry).await;
                 }
                 match job {
                     Turn::Main(Some(turn)) => turn.await,
@@ -219,7 +220,7 @@ impl Jobs {
                             w.is.is_stop() || (w.on_main_exit() && bus.count(MAIN_JOB, w.is) > 0)
                         });
                         if hooked {
-                            wait_for_hook(&bus, &name, r.cfg.stop_timeout).await;
+                            wait_for_hook(&bus, &name, r.cfg.stop_timeout, &hurry).await;
                         }
                         r.turn.cancel();
                         let bound = r.cfg.stop_timeout + KILL_GRACE + KILL_GRACE;
@@ -250,7 +251,7 @@ enum Turn<'a> {
 }
 
 /// Waits until a stop hook, started by a `stopping` or `stopped` event, has run (bounded).
-async fn wait_for_hook(bus: &Bus, hook: &str, bound: Duration) {
+async fn wait_for_hook(bus: &Bus, hook: &str, bound: Duration, hurry: &CancellationToken) {
     let mut rx = bus.subscribe();
     let ran = |jobs: &crate::status::Jobs| {
         jobs.get(hook).is_some_and(|s| {
@@ -258,11 +259,13 @@ async fn wait_for_hook(bus: &Bus, hook: &str, bound: Duration) {
                 || (s.count(Event::Started.as_str()) > 0 && s.pid.is_none())
         })
     };
-    if tokio::time::timeout(bound, rx.wait_for(|j| ran(j)))
-        .await
-        .is_err()
-    {
-        warn!(hook, "stop hook still running; going on");
+    tokio::select! {
+        r = tokio::time::timeout(bound, rx.wait_for(|j| ran(j))) => if r.is_err() {
+            warn!(hook, "stop hook still running; going on");
+        },
+        // A second stop signal: nobody waits for hooks any more (the hook itself is
+        // stopped at its own turn, at once).
+        _ = hurry.cancelled() => {}
     }
 }
 
