@@ -69,6 +69,20 @@ pub fn resolve(
         (None, None) => (DEFAULT_ADDRESS.to_string(), "the default address"),
     };
     let address = parse_address(&raw_address, ssl).map_err(|e| invalid(format!("{from}: {e}")))?;
+    let t = &settings.tls;
+    let tls_table = t.ca.is_some()
+        || t.cert.is_some()
+        || t.key.is_some()
+        || t.server_name.is_some()
+        || t.verify.is_some();
+    if tls_table && address.scheme() == "http" {
+        // Consul's CLI ignores TLS files beside a plain http address; a user who wrote
+        // [catalog.tls] expects TLS, so plaintext must not follow silently.
+        return Err(invalid(format!(
+            "[catalog.tls] is set, but {from} {raw_address:?} is plain http, which would ignore it: \
+             write the address as https://HOST:PORT (or set CONSUL_HTTP_SSL=true), or remove [catalog.tls]"
+        )));
+    }
 
     let token = if let Some(t) = &settings.token {
         non_empty(t.clone())
@@ -336,7 +350,7 @@ mod tests {
     #[test]
     fn config_wins_over_env() {
         let settings = ConsulSettings {
-            address: Some("http://cfg:1".into()),
+            address: Some("https://cfg:1".into()),
             token: Some(Secret::new("cfg-token")),
             datacenter: Some("dc2".into()),
             stale: true,
@@ -358,7 +372,7 @@ mod tests {
                 ("CONSUL_TLS_SERVER_NAME", "env.name"),
             ],
         );
-        assert_eq!(r.address.as_str(), "http://cfg:1/");
+        assert_eq!(r.address.as_str(), "https://cfg:1/");
         assert_eq!(r.token.as_ref().map(Secret::expose), Some("cfg-token"));
         assert_eq!(r.datacenter.as_deref(), Some("dc2"));
         assert!(r.stale);
@@ -439,6 +453,34 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(err.contains("both a cert and a key"), "{err}");
+    }
+
+    #[test]
+    fn a_tls_table_beside_a_plain_http_address_is_an_error() {
+        let settings = ConsulSettings {
+            address: Some("127.0.0.1:8500".into()),
+            tls: TlsSettings {
+                ca: Some("/etc/consul/ca.pem".into()),
+                ..TlsSettings::default()
+            },
+            ..ConsulSettings::default()
+        };
+        let err = resolve(&settings, &env_of(&[])).unwrap_err().to_string();
+        assert!(err.contains("[catalog.tls]") && err.contains("https://"), "{err}");
+        // https (written, or by CONSUL_HTTP_SSL) takes it; the CA env var alone does not.
+        assert!(resolve(&settings, &env_of(&[("CONSUL_HTTP_SSL", "true")])).is_ok());
+        let https = ConsulSettings {
+            address: Some("https://127.0.0.1:8501".into()),
+            ..settings
+        };
+        assert!(resolve(&https, &env_of(&[])).is_ok());
+        assert!(
+            resolve(
+                &ConsulSettings::default(),
+                &env_of(&[("CONSUL_CACERT", "/etc/consul/ca.pem")])
+            )
+            .is_ok()
+        );
     }
 
     #[test]
