@@ -28,7 +28,7 @@ pub struct Cli {
     pub catalog: Option<String>,
 
     /// Log level or filter (error, warn, info, debug, trace; or e.g. "rewire=debug").
-    #[arg(long, global = true, env = "REWIRE_LOG", default_value = "info")]
+    #[arg(long, global = true, env = "REWIRE_LOG", default_value = "info", value_parser = super::logging::check_level)]
     pub log_level: String,
 
     /// Log format.

@@ -30,6 +30,12 @@ pub fn init(level: &str, format: LogFormat) {
     };
 }
 
+/// `--log-level`'s value parser: a bad level is a usage error (exit 2), like every other bad
+/// flag value, not a warning followed by info-level logs.
+pub fn check_level(spec: &str) -> Result<String, String> {
+    parse_filter(spec).map(|_| spec.to_string())
+}
+
 /// Parses `--log-level`. A word without `=` must be a level: `Targets` would take any other
 /// word as a target name and show only that target's events, so a typo such as `warning`
 /// would silence every log line.

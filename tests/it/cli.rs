@@ -96,20 +96,28 @@ fn malformed_catalog_file_is_skipped_with_a_warning_naming_it() {
     assert!(err.contains("evil.json"), "{err}");
 }
 
-/// A misspelt level is named and replaced by info, not taken for a target name (which would
-/// show only that target's events: no log at all); `target=level` directives still filter.
+/// A misspelt level is a usage error naming it (exit 2, as every bad flag value), not taken
+/// for a target name (which would show only that target's events: no log at all), nor
+/// replaced quietly; `target=level` directives still filter.
 #[test]
 fn log_level_typo_is_named_and_directives_filter_by_target() {
     let p = basic();
     p.instance_json("web", "broken", "{\"address\": \"10.0.0.9\", ");
-    let o = p.rewire(&["--log-level", "warning", "render"]);
-    assert_eq!(code(&o), 0, "{}", stderr(&o));
-    let err = stderr(&o);
-    assert!(err.contains("invalid --log-level \"warning\""), "{err}");
-    assert!(
-        err.contains("broken.json"),
-        "the fallback level hid warnings: {err}"
-    );
+    for o in [
+        p.rewire(&["--log-level", "warning", "render"]),
+        p.command(&["render"])
+            .env("REWIRE_LOG", "warning")
+            .output()
+            .unwrap(),
+    ] {
+        assert_eq!(code(&o), 2, "{}", stderr(&o));
+        let err = stderr(&o);
+        assert!(
+            err.contains("'warning'") && err.contains("--log-level"),
+            "{err}"
+        );
+        assert!(!p.path("out").exists(), "rendered despite the usage error");
+    }
 
     let o = p.rewire(&["--log-level", "error,rewire=warn", "render"]);
     assert!(stderr(&o).contains("broken.json"), "{}", stderr(&o));

@@ -466,7 +466,10 @@ mod tests {
             ..ConsulSettings::default()
         };
         let err = resolve(&settings, &env_of(&[])).unwrap_err().to_string();
-        assert!(err.contains("[catalog.tls]") && err.contains("https://"), "{err}");
+        assert!(
+            err.contains("[catalog.tls]") && err.contains("https://"),
+            "{err}"
+        );
         // https (written, or by CONSUL_HTTP_SSL) takes it; the CA env var alone does not.
         assert!(resolve(&settings, &env_of(&[("CONSUL_HTTP_SSL", "true")])).is_ok());
         let https = ConsulSettings {
