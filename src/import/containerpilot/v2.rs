@@ -76,17 +76,14 @@ pub(super) fn v2(ctx: &mut Ctx, top: &Obj, templates: &mut Templates, plan: &mut
             _ => ctx.unmapped(n, &path, "a task needs frequency and command"),
         }
     }
-    if plan.main.pre_start.is_some()
-        || plan.main.pre_stop.is_some()
-        || plan.main.post_stop.is_some()
-    {
-        let n = top
-            .get("preStart")
-            .or_else(|| top.get("preStop"))
-            .or_else(|| top.get("postStop"));
-        if let Some(n) = n {
-            ctx.note(n, "", "ContainerPilot v2 ran the command given on its own command line: add it as [main] exec = [...]");
-        }
+    // The app itself is not in the file: v2 ran what followed it on its own command line
+    // (the container's CMD). Without it the imported config starts no app, so this needs a
+    // person (exit 1), not a note.
+    let n = ["preStart", "preStop", "postStop", "services", "backends", "consul"]
+        .into_iter()
+        .find_map(|k| top.get(k));
+    if let Some(n) = n {
+        ctx.unmapped(n, "", "ContainerPilot v2 ran the app given on its own command line (the container's CMD), which is not in this file: add it as [main] exec = [...]");
     }
 }
 
