@@ -26,6 +26,13 @@ pub enum AddressError {
     Interfaces(nix::Error),
     #[error("interface {0:?} has no IP address (yet)")]
     NoAddress(String),
+    #[error("there is no interface {0:?} here (yet): see `ip link` for the names this machine has")]
+    NoInterface(String),
+}
+
+/// Whether this machine has a network interface of that name (with or without an address).
+pub fn interface_exists(name: &str) -> bool {
+    !name.contains('/') && std::path::Path::new("/sys/class/net").join(name).exists()
 }
 
 /// Resolves where peers should connect: the literal, the interface's first IPv4 (else its
@@ -46,7 +53,15 @@ pub fn resolve_address(spec: &AddressSpec) -> Result<String, AddressError> {
                 .or_else(|| mine.iter().find(|ip| !is_link_local(ip)))
                 .or(mine.first())
                 .map(|ip| ip.to_string())
-                .ok_or_else(|| AddressError::NoAddress(name.clone()))
+                .ok_or_else(|| {
+                    // /sys may be missing (some sandboxes): then say only what is known.
+                    let sys = std::path::Path::new("/sys/class/net").is_dir();
+                    if sys && !interface_exists(name) {
+                        AddressError::NoInterface(name.clone())
+                    } else {
+                        AddressError::NoAddress(name.clone())
+                    }
+                })
         }
         AddressSpec::Auto => {
             let addrs = interface_addresses().map_err(AddressError::Interfaces)?;

@@ -251,6 +251,43 @@ fn check_warns_about_programs_it_cannot_find() {
     assert!(!err.contains("\"sh\""), "{err}");
 }
 
+/// Settings that pass the parser but break `run` elsewhere or lose a feature are warned about
+/// (found by a docs walk-through): a relative program (found from the working directory, so
+/// not under systemd's /), a control group that does not exist, an interface this machine
+/// does not have.
+#[test]
+fn check_warns_about_relative_programs_missing_groups_and_interfaces() {
+    let p = Project::new();
+    p.file("web.tera", UPSTREAM)
+        .file("chk.sh", "#!/bin/sh\nexit 0\n");
+    std::fs::set_permissions(
+        p.path("chk.sh"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    p.config(&format!(
+        "[control]\nsocket = {:?}\ngroup = \"rewire-no-such-group\"\n\n\
+         [[service]]\nname = \"web\"\nport = 8080\ninterface = \"nosuchif9\"\n\n\
+         [[template]]\nsource = \"web.tera\"\ndestination = \"out/web.conf\"\ncheck = [\"./chk.sh\", \"{{file}}\"]\n",
+        p.path("ctl.sock").display().to_string()
+    ));
+    let o = p.rewire(&["check"]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let err = stderr(&o);
+    assert!(
+        err.contains("\"./chk.sh\" is a relative path") && err.contains("working directory"),
+        "{err}"
+    );
+    assert!(
+        err.contains("group \"rewire-no-such-group\" does not exist"),
+        "{err}"
+    );
+    assert!(
+        err.contains("interface \"nosuchif9\" does not exist"),
+        "{err}"
+    );
+}
+
 #[test]
 fn unreadable_config_is_exit_2() {
     let p = Project::new();

@@ -125,6 +125,33 @@ pub fn run(config: &Config) -> Outcome {
                         "{what}: {program:?} is not found here (not in PATH, or not executable); \
                          it must exist where rewire runs"
                     );
+                } else if program.contains('/') && !program.starts_with('/') {
+                    warn!(
+                        "{what}: {program:?} is a relative path: commands are found and run from \
+                         rewire's working directory, not the config's (under systemd that is / \
+                         unless WorkingDirectory= is set); an absolute path works from anywhere"
+                    );
+                }
+            }
+            if let Some(group) = &config.control.group
+                && matches!(nix::unistd::Group::from_name(group), Ok(None))
+            {
+                warn!(
+                    "[control] group {group:?} does not exist here: rewire run will not open its \
+                     control socket (status, maintenance) until it does; create it (groupadd) or \
+                     name another"
+                );
+            }
+            for s in &config.services {
+                if let crate::config::AddressSpec::Interface(name) = &s.address
+                    && std::path::Path::new("/sys/class/net").is_dir()
+                    && !crate::host::interface_exists(name)
+                {
+                    warn!(
+                        service = %s.name,
+                        "interface {name:?} does not exist here (see `ip link`): the service \
+                         registers only where it does"
+                    );
                 }
             }
             Outcome::Done

@@ -79,9 +79,11 @@ pub(super) fn v2(ctx: &mut Ctx, top: &Obj, templates: &mut Templates, plan: &mut
     // The app itself is not in the file: v2 ran what followed it on its own command line
     // (the container's CMD). Without it the imported config starts no app, so this needs a
     // person (exit 1), not a note.
-    let n = ["preStart", "preStop", "postStop", "services", "backends", "consul"]
-        .into_iter()
-        .find_map(|k| top.get(k));
+    let n = [
+        "preStart", "preStop", "postStop", "services", "backends", "consul",
+    ]
+    .into_iter()
+    .find_map(|k| top.get(k));
     if let Some(n) = n {
         ctx.unmapped(n, "", "ContainerPilot v2 ran the app given on its own command line (the container's CMD), which is not in this file: add it as [main] exec = [...]");
     }
