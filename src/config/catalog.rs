@@ -35,7 +35,11 @@ impl Walker<'_> {
         let retry = match self.table(&t, "retry") {
             Some(r) => {
                 let base = self.duration(&r, "base").unwrap_or(default.retry.base);
-                let max = self.duration(&r, "max").unwrap_or(default.retry.max);
+                // Without a `max`, the default cap (30s) is raised to a larger `base`: the
+                // user wrote no cap to be in conflict with.
+                let max = self
+                    .duration(&r, "max")
+                    .unwrap_or(default.retry.max.max(base));
                 if let Err(e) = Backoff::new(base, max) {
                     self.error(
                         r.span.clone(),

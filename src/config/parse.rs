@@ -583,6 +583,31 @@ mod tests {
     }
 
     #[test]
+    fn a_stop_signal_leaves_the_default_forward_list_but_both_lists_may_not_share_one() {
+        let m = parse("[main]\nexec = [\"app\"]\nstop_signals = [\"USR1\"]\n")
+            .unwrap()
+            .main
+            .unwrap();
+        assert_eq!(m.stop_signals, vec![Signal::SIGUSR1]);
+        assert_eq!(m.forward_signals, vec![Signal::SIGUSR2]);
+        let e = errors(
+            "[main]\nexec = [\"app\"]\nstop_signals = [\"USR1\"]\nforward_signals = [\"USR1\"]\n",
+        );
+        assert!(
+            e.iter().any(|e| e.contains("both forwarded and a stop signal")),
+            "{e:?}"
+        );
+    }
+
+    #[test]
+    fn a_retry_base_over_the_default_cap_raises_it_unless_a_max_is_written() {
+        let c = parse("[catalog]\nretry = { base = \"1m\" }\n").unwrap();
+        assert_eq!(c.catalog.retry.max, Duration::from_secs(60));
+        let e = errors("[catalog]\nretry = { base = \"1m\", max = \"30s\" }\n");
+        assert!(e.iter().any(|e| e.contains("less than base")), "{e:?}");
+    }
+
+    #[test]
     fn design_sketch_is_accepted() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir(dir.path().join("templates")).unwrap();
