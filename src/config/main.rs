@@ -55,14 +55,12 @@ impl Walker<'_> {
         };
         // The default forwards USR1 and USR2, less those made stop signals: `stop_signals =
         // ["USR1"]` alone is no conflict (only both lists written out are).
-        let forward_signals = self
-            .signals(&t, "forward_signals")
-            .unwrap_or_else(|| {
-                [Signal::SIGUSR1, Signal::SIGUSR2]
-                    .into_iter()
-                    .filter(|s| !stop_signals.contains(s))
-                    .collect()
-            });
+        let forward_signals = self.signals(&t, "forward_signals").unwrap_or_else(|| {
+            [Signal::SIGUSR1, Signal::SIGUSR2]
+                .into_iter()
+                .filter(|s| !stop_signals.contains(s))
+                .collect()
+        });
         for s in &forward_signals {
             if stop_signals.contains(s) {
                 let span = t.key_span("forward_signals").unwrap_or(t.span.clone());

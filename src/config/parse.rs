@@ -594,7 +594,8 @@ mod tests {
             "[main]\nexec = [\"app\"]\nstop_signals = [\"USR1\"]\nforward_signals = [\"USR1\"]\n",
         );
         assert!(
-            e.iter().any(|e| e.contains("both forwarded and a stop signal")),
+            e.iter()
+                .any(|e| e.contains("both forwarded and a stop signal")),
             "{e:?}"
         );
     }

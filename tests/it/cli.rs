@@ -192,7 +192,10 @@ fn check_lists_every_problem_with_its_location() {
     ] {
         assert!(err.contains(&want), "missing {want:?} in:\n{err}");
     }
-    assert!(err.contains("5 problems in the config"), "{err}");
+    assert!(
+        err.contains("5 problems in the config (templates are checked once it has none)"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -207,6 +210,14 @@ fn check_reports_template_syntax_errors_with_file_and_line() {
         err.contains(&format!("{}:2:", p.path("t.tera").display())),
         "{err}"
     );
+    // Several problems in one file are counted one by one (the engine reports them as one
+    // error: the count said 2 for these 4).
+    p.file(
+        "t.tera",
+        "{{ service(nam=\"web\") }}\n{{ x | nofilter }}\n{{ nofunc() }}\n{% if x is notest %}{% endif %}\n",
+    );
+    let err = stderr(&p.rewire(&["check"]));
+    assert!(err.contains("4 problem(s) in the templates"), "{err}");
     p.file("t.tera", "fine {{ service(name=\"web\") | length }}");
     let o = p.rewire(&["check"]);
     assert_eq!(code(&o), 0, "{}", stderr(&o));

@@ -159,7 +159,18 @@ pub fn run(config: &Config) -> Outcome {
         Err(errors) => {
             let mut lines: Vec<String> = catalog.into_iter().collect();
             lines.extend(errors.iter().map(|e| e.to_string()));
-            lines.push(format!("{} problem(s) in the templates", errors.len()));
+            // One error from the engine may hold several problems, each with its position.
+            let problems: usize = errors
+                .iter()
+                .map(|e| {
+                    e.to_string()
+                        .lines()
+                        .filter(|l| l.trim_start().starts_with("--> "))
+                        .count()
+                        .max(1)
+                })
+                .sum();
+            lines.push(format!("{problems} problem(s) in the templates"));
             Outcome::Findings(lines.join("\n"))
         }
     }
