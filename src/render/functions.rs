@@ -89,6 +89,10 @@ pub(super) const ARGUMENTS: &[(&str, &[&str])] = &[
     ("listen_address", &[]),
     ("file_path", &["suffix"]),
     ("addr_port", &["port"]),
+    ("leader", &["name"]),
+    ("is_leader", &["name"]),
+    ("matching", &["pat"]),
+    ("regex_replace", &["pattern", "rep"]),
 ];
 
 fn arguments_of(function: &str) -> &'static [&'static str] {
@@ -475,7 +479,7 @@ fn fn_keys(kwargs: Kwargs, _: &State) -> TeraResult<Value> {
 /// The view of one `[[election]]` of this config. Until the election has seen the catalog's
 /// answer, the template waits (unknown is never rendered as "no leader").
 fn election_view(kwargs: &Kwargs, function: &str) -> TeraResult<Option<ElectionView>> {
-    only_these(kwargs, function, &["name"])?;
+    only(kwargs, function)?;
     let name: String = kwargs.must_get("name")?;
     Ok(
         lookup(Query::Election(name), true).and_then(|e| match &e.data {
@@ -743,6 +747,19 @@ mod tests {
 
     #[test]
     fn misspelt_arguments_of_rewires_functions_are_found_in_the_text() {
+        let more = "{{ leader(nme=\"x\") }}{{ is_leader(name=\"x\") }}{% if \"a\" is matching(pattern=\"a\") %}{% endif %}{{ \"a\" | regex_replace(patern=\"a\", rep=\"\") }}{{ \"a\" | regex_replace(pattern=\"a\", rep=\"\") }}";
+        let found: Vec<(String, &str)> = misspelt_arguments(more)
+            .into_iter()
+            .map(|m| (m.argument, m.function))
+            .collect();
+        assert_eq!(
+            found,
+            [
+                ("nme".to_string(), "leader"),
+                ("pattern".to_string(), "matching"),
+                ("patern".to_string(), "regex_replace"),
+            ]
+        );
         let text = "{{ service(nam=\"web\") }}\n{% for s in service(name=\"a\", stauts=\"any\") | by_tag(tga=\"x\") %}{% endfor %}\n";
         let found: Vec<(String, &str)> = misspelt_arguments(text)
             .into_iter()
