@@ -18,8 +18,8 @@ use crate::status::Report;
 pub enum ClientError {
     #[error(
         "no rewire daemon answers on {socket}: {source}\n  hint: is `rewire run` running? Give its socket with --socket PATH \
-         (or REWIRE_SOCKET), or its config with -c FILE ([control] socket); without either, rewire asks \
-         the default socket (`rewire status --help` and docs/configuration.md, [control], say which)"
+         (or REWIRE_SOCKET), or its config with -c FILE ([control] socket); without either, rewire reads \
+         ./rewire.toml (or REWIRE_CONFIG), and without one of those asks the default socket, the one above"
     )]
     Unreachable {
         socket: PathBuf,
