@@ -35,7 +35,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::time::Duration;
 
 use nix::sys::signal::{Signal, kill, killpg};
@@ -113,6 +113,9 @@ struct MainHandle {
     exit: watch::Receiver<Option<u8>>,
     /// Set once main was started (`post_stop` runs only after a main that ran).
     ran: Arc<AtomicBool>,
+    /// The pid of main's last start (0 before the first): its process group's id, for what
+    /// main leaves there when it exits on its own.
+    last_pid: Arc<AtomicI32>,
     task: JoinHandle<()>,
 }
 
@@ -145,6 +148,7 @@ impl Supervisor {
             let pid = main_pid.subscribe();
             let (exit_tx, exit) = watch::channel(None);
             let ran = Arc::new(AtomicBool::new(false));
+            let last_pid = Arc::new(AtomicI32::new(0));
             let templates: Vec<String> = config.templates.iter().map(|t| t.name.clone()).collect();
             let task = ctx.tasks.spawn(
                 MainTask {
@@ -155,6 +159,7 @@ impl Supervisor {
                     pid: main_pid,
                     exit: exit_tx,
                     ran: ran.clone(),
+                    last_pid: last_pid.clone(),
                     stopping: stopping.clone(),
                     writes_allowed,
                     bus: jobs.bus().clone(),
@@ -167,6 +172,7 @@ impl Supervisor {
                 pid,
                 exit,
                 ran,
+                last_pid,
                 task,
             }
         });
@@ -442,6 +448,22 @@ async fn main_turn(
             }
         }
         stop_main(&mut m, cfg, hurry).await;
+    } else {
+        // Main exited on its own, and rewire stops with it: what main left in its process
+        // group (a shell wrapper's background children) goes too, as after a stop signal;
+        // without PID 1 or --subreaper nothing else would stop it.
+        let pgid = m.last_pid.load(Ordering::Acquire);
+        if pgid > 0 {
+            let deadline = tokio::time::Instant::now() + cfg.stop_timeout;
+            stop_leftovers(
+                Pid::from_raw(pgid),
+                cfg.stop_signal,
+                "main",
+                hurry,
+                deadline,
+            )
+            .await;
+        }
     }
     // Main is gone (or never started): wait for its task, e.g. a pre_start being killed.
     if let Some(c) = *m.exit.borrow() {
@@ -592,6 +614,7 @@ struct MainTask {
     pid: watch::Sender<Option<Pid>>,
     exit: watch::Sender<Option<u8>>,
     ran: Arc<AtomicBool>,
+    last_pid: Arc<AtomicI32>,
     stopping: CancellationToken,
     /// Set once `pre_start` has exited successfully (at once when there is none).
     writes_allowed: watch::Sender<bool>,
@@ -776,6 +799,9 @@ impl MainTask {
         let pid_num = pid.map(Pid::as_raw).unwrap_or_default();
         info!(pid = pid_num, program = %exec, "main started");
         self.ran.store(true, Ordering::Release);
+        if let Some(pid) = pid {
+            self.last_pid.store(pid.as_raw(), Ordering::Release);
+        }
         self.pid.send_replace(pid);
         self.state("running", pid);
         self.bus.update(MAIN_JOB, |s| {

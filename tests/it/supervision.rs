@@ -1389,3 +1389,37 @@ fn a_service_without_health_follows_main_exiting_and_restarting_at_once() {
         crashed.elapsed()
     );
 }
+
+/// Found by a supervision hunt: what main left in its process group when it exited on its
+/// own (a wrapper's background child) outlived rewire, without PID 1 or `--subreaper`; only a
+/// main stopped by its stop signal had its leftovers stopped.
+#[test]
+fn a_main_exiting_on_its_own_takes_what_it_left_in_its_group_along() {
+    let p = Project::new();
+    let bg = p.path("bg.pid");
+    p.config(&format!(
+        "{}[main]\nexec = [\"sh\", \"-c\", {}]\nstop_timeout = \"5s\"\n",
+        preamble(&p),
+        q(format!(
+            "sleep 300 & echo $! > {}; while [ ! -e {} ]; do sleep 0.05; done; exit 0",
+            bg.display(),
+            p.path("go").display()
+        )),
+    ));
+    let mut rw = Rewire::start(&p, &[]);
+    rw.wait_for("the background child", || read_pid(&bg).is_some());
+    let child = read_pid(&bg).unwrap();
+    assert!(alive(child));
+    p.file("go", "");
+    let status = rw.wait_exit();
+    assert_eq!(status.code(), Some(0), "{}", rw.log());
+    let gone = support::poll_until(Duration::from_secs(10), || !alive(child));
+    if !gone {
+        let _ = proc_::signal(child, SIGKILL);
+    }
+    assert!(
+        gone,
+        "main's background child outlived rewire:\n{}",
+        rw.log()
+    );
+}
