@@ -87,7 +87,10 @@ fn a_fifo_in_the_catalog_never_blocks_render_run_or_stop() {
         .config(&config(&p, ""));
     p.instance("web", "a", "10.0.0.1", 80);
     // The two shapes: a FIFO under kv/ at start, and an instance file linked to a FIFO.
-    mkfifo(&p.path("catalog/kv/app/name"));
+    // (The FIFO is beside the key the template reads: a key that is a FIFO is refused, and a
+    // template reading it waits rather than render its default; see
+    // a_refused_key_file_is_not_rendered_as_its_default.)
+    mkfifo(&p.path("catalog/kv/app/fifo"));
     mkfifo(&p.path("pipe"));
     symlink(p.path("pipe"), p.path("catalog/services/web/x.json")).unwrap();
 
@@ -554,11 +557,20 @@ fn links_out_of_the_catalog_and_partials_out_of_the_template_dir_are_refused() {
     p.kv("app/real", "inside");
     symlink(&shadow, p.path("catalog/kv/app/secret")).unwrap();
     symlink("real", p.path("catalog/kv/app/alias")).unwrap();
+    // The key behind a link leading out is refused: not read, and not "absent" either (its
+    // default is not rendered in its place); the template is not written.
+    let o = p.rewire(&["render", "--timeout", "5s"]);
+    let err = project::stderr(&o);
+    assert_eq!(project::code(&o), 1, "{err}");
+    assert!(err.contains("leads out of the catalog directory"), "{err}");
+    assert!(!err.contains("secret-hash"), "{err}");
+    assert!(!p.path("out/web.conf").exists());
+    // A link that stays inside is followed.
+    p.file("web.tera", "alias = {{ key(path=\"app/alias\") }}\n");
     let o = p.rewire(&["render", "--timeout", "5s"]);
     let err = project::stderr(&o);
     assert_eq!(project::code(&o), 0, "{err}");
-    assert_eq!(p.read("out/web.conf"), "secret = refused\nalias = inside\n");
-    assert!(err.contains("leads out of the catalog directory"), "{err}");
+    assert_eq!(p.read("out/web.conf"), "alias = inside\n");
 
     // A partial linked to the same file: `check` and `render` refuse it by name.
     symlink(&shadow, p.path("evil.tera")).unwrap();
