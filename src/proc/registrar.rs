@@ -100,6 +100,8 @@ struct Finished {
     registered: Option<Registration>,
     /// It registered at least once: peers may have routed here.
     ever: bool,
+    /// When `rewire maintenance on` took it out of the catalog, if it is still out.
+    out_since: Option<tokio::time::Instant>,
 }
 
 /// What a stopped registrar says: the registration to remove, and whether the service was
@@ -107,6 +109,8 @@ struct Finished {
 pub struct Stopped {
     pub registration: Registration,
     pub ever_registered: bool,
+    /// Out of the catalog since then (maintenance): peers have been draining since.
+    pub out_since: Option<tokio::time::Instant>,
 }
 
 /// What a registrar task needs from the daemon.
@@ -171,11 +175,13 @@ impl ServiceTask {
         let unknown = |registration| Stopped {
             registration,
             ever_registered: true,
+            out_since: None,
         };
         match tokio::time::timeout(CATALOG_CALL_TIMEOUT, &mut handle).await {
             Ok(Ok(f)) => Stopped {
                 registration: f.registered.unwrap_or(fallback),
                 ever_registered: f.ever,
+                out_since: f.out_since,
             },
             Ok(Err(e)) => {
                 warn!(service = %self.config.name, error = %e, "registrar task failed");
@@ -239,6 +245,8 @@ struct Registrar {
     register_failing: bool,
     /// Registered at least once.
     ever_registered: bool,
+    /// When maintenance deregistered it (cleared when it registers again).
+    out_since: Option<tokio::time::Instant>,
 }
 
 impl Registrar {
@@ -252,6 +260,7 @@ impl Registrar {
             warned_loopback: false,
             register_failing: false,
             ever_registered: false,
+            out_since: None,
         }
     }
 
@@ -358,6 +367,7 @@ impl Registrar {
         Finished {
             registered: self.registered,
             ever: self.ever_registered,
+            out_since: self.out_since,
         }
     }
 
@@ -397,6 +407,7 @@ impl Registrar {
         if let Some(reg) = self.registered.take() {
             info!("maintenance on: deregistering; health checks paused");
             deregister(self.ctx.catalog.as_ref(), &self.ctx.board, &reg).await;
+            self.out_since = Some(tokio::time::Instant::now());
         }
         self.last_status = None;
         self.board(|s| {
@@ -453,6 +464,7 @@ impl Registrar {
                     Ok(()) => {
                         debug!(status = status.as_str(), "TTL updated");
                         self.registered = Some(reg.clone());
+                        self.out_since = None;
                         self.board_registered(&reg, note);
                     }
                     Err(e) => {
@@ -487,6 +499,7 @@ impl Registrar {
                 self.ever_registered = true;
                 info!(address = %reg.address, port = reg.port, status = reg.status.as_str(), "registered");
                 self.registered = Some(reg.clone());
+                self.out_since = None;
                 self.board_registered(&reg, note);
             }
             Err(e) => {

@@ -327,17 +327,26 @@ impl Supervisor {
             }
             // No peer routes to services that were never registered: nothing to drain.
             // (Without any [[service]] the drain is the user's own pause and stays.)
-            stopped.is_empty() || stopped.iter().any(|s| s.ever_registered)
+            let needed = stopped.is_empty() || stopped.iter().any(|s| s.ever_registered);
+            // Every service that was registered is out since `rewire maintenance on`: peers
+            // have been draining since the last of them went.
+            let routed = stopped.iter().filter(|s| s.ever_registered);
+            let out_since = if routed.clone().all(|s| s.out_since.is_some()) {
+                routed.filter_map(|s| s.out_since).max()
+            } else {
+                None
+            };
+            (needed, out_since)
         };
         // A deregistration that was not confirmed drains anyway: peers may still route here.
         // A second stop signal does not cut it short: it is bounded by DEREGISTER_GRACE
         // already, and without it peers keep routing to a container that is gone for up to a
         // TTL (a passing check, refreshed a moment ago).
-        let drain_needed = tokio::time::timeout(DEREGISTER_GRACE, deregistration)
+        let (drain_needed, out_since) = tokio::time::timeout(DEREGISTER_GRACE, deregistration)
             .await
             .unwrap_or_else(|_| {
                 warn!(grace = ?DEREGISTER_GRACE, "the catalog did not confirm every deregistration in time; going on (the entries expire with their TTL)");
-                true
+                (true, None)
             });
 
         let cfg = self.main_cfg.clone();
@@ -346,12 +355,21 @@ impl Supervisor {
             && let Some(cfg) = &cfg
             && !cfg.drain.is_zero()
         {
+            // Whole milliseconds: the log line says "2s 345ms", not nanoseconds.
+            let left = out_since.map_or(cfg.drain, |t| {
+                let left = cfg.drain.saturating_sub(t.elapsed());
+                Duration::from_millis(left.as_millis() as u64)
+            });
             if !drain_needed {
                 info!("no service was ever registered: skipping the drain");
+            } else if left.is_zero() {
+                info!(
+                    "every service has been out of the catalog (maintenance) for longer than the drain: skipping it"
+                );
             } else {
-                info!(drain = %humantime::format_duration(cfg.drain), "draining");
+                info!(drain = %humantime::format_duration(left), "draining");
                 tokio::select! {
-                    _ = tokio::time::sleep(cfg.drain) => {}
+                    _ = tokio::time::sleep(left) => {}
                     _ = hurry.cancelled() => {}
                 }
             }

@@ -1423,3 +1423,28 @@ fn a_main_exiting_on_its_own_takes_what_it_left_in_its_group_along() {
         rw.log()
     );
 }
+
+/// Found by a supervision hunt: a stop after `rewire maintenance on` drained in full,
+/// although peers had stopped routing here since the deregistration. The drain now counts
+/// from then: out for longer than `drain`, the stop skips it; out for less, only the rest.
+#[test]
+fn a_stop_in_maintenance_drains_only_what_is_left_of_the_drain() {
+    let p = Project::new();
+    let port = free_port();
+    p.config(&web_app(&p, port, &[], "drain = \"1s\"\n"));
+    let mut rw = Rewire::start(&p, &[]);
+    rw.wait_for("registered", || registration_is(&p, "passing"));
+    let o = p.rewire(&["maintenance", "on"]);
+    assert_eq!(project::code(&o), 0, "{}", project::stderr(&o));
+    rw.wait_for("the registration removed", || !catalog_file(&p).exists());
+    // The scenario itself: out of the catalog for longer than the drain.
+    std::thread::sleep(Duration::from_millis(1500));
+    rw.signal(SIGTERM);
+    rw.wait_exit();
+    let log = rw.log();
+    assert!(
+        log.contains("for longer than the drain: skipping it"),
+        "{log}"
+    );
+    assert!(!log.contains("draining"), "{log}");
+}
