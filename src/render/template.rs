@@ -310,12 +310,19 @@ impl Engine {
             && let Err(e) =
                 tera.add_raw_templates(sources.iter().map(|(k, v)| (k.as_str(), v.as_str())))
         {
+            let mut message = tera_error_text(&e);
+            if message.contains("Unknown template") {
+                message.push_str(
+                    "\n  hint: an include names a `*.tera` file in the template's own directory, \
+                     by file name ({% include \"_upstreams.tera\" %}); subdirectories are not read",
+                );
+            }
             errors.push(LoadError {
                 source_path: templates
                     .first()
                     .map(|t| t.source.clone())
                     .unwrap_or_default(),
-                message: tera_error_text(&e),
+                message,
             });
         }
         if errors.is_empty() {
@@ -854,6 +861,20 @@ pub(crate) mod tests {
             panic!()
         };
         assert_eq!(text, "[d]");
+    }
+
+    #[test]
+    fn an_include_of_a_subdirectory_gets_a_hint() {
+        let dir = tempfile::tempdir().unwrap();
+        let Err(errors) = engine_for(dir.path(), &[("main", "{% include \"sub/p.tera\" %}")])
+        else {
+            panic!("an unknown include loaded")
+        };
+        let text: String = errors.iter().map(|e| e.message.clone()).collect();
+        assert!(
+            text.contains("Unknown template") && text.contains("subdirectories are not read"),
+            "{text}"
+        );
     }
 
     #[test]
