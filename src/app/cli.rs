@@ -27,9 +27,9 @@ pub struct Cli {
     #[arg(long, global = true, value_name = "URL")]
     pub catalog: Option<String>,
 
-    /// Log level or filter (error, warn, info, debug, trace; or e.g. "rewire=debug").
-    #[arg(long, global = true, env = "REWIRE_LOG", default_value = "info", value_parser = super::logging::check_level)]
-    pub log_level: String,
+    /// Log level or filter (error, warn, info, debug, trace; or e.g. "rewire=debug") [default: $REWIRE_LOG, else info].
+    #[arg(long, global = true, value_parser = super::logging::check_level)]
+    pub log_level: Option<String>,
 
     /// Log format.
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]

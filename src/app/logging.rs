@@ -13,11 +13,26 @@ use tracing_subscriber::prelude::*;
 
 use super::cli::LogFormat;
 
-pub fn init(level: &str, format: LogFormat) {
-    let filter = parse_filter(level).unwrap_or_else(|e| {
-        eprintln!("rewire: invalid --log-level {level:?} ({e}); using info");
-        Targets::new().with_default(LevelFilter::INFO)
-    });
+/// `flag`: `--log-level`, already checked (a bad one is a usage error). Without it,
+/// `REWIRE_LOG` from the environment: set by a deployment for every command, so an empty
+/// value counts as unset and a bad one is warned about and replaced by info rather than stop
+/// every command, `rewire status` health checks included.
+pub fn init(flag: Option<&str>, format: LogFormat) {
+    let from_env = std::env::var("REWIRE_LOG")
+        .ok()
+        .filter(|v| !v.trim().is_empty());
+    let level = flag.map(str::to_owned).or(from_env);
+    let filter = match level.as_deref().map(parse_filter) {
+        None => Targets::new().with_default(LevelFilter::INFO),
+        Some(Ok(f)) => f,
+        Some(Err(e)) => {
+            eprintln!(
+                "rewire: invalid REWIRE_LOG {:?} ({e}); using info",
+                level.unwrap_or_default()
+            );
+            Targets::new().with_default(LevelFilter::INFO)
+        }
+    };
     let layer = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_target(false);

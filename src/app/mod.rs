@@ -134,7 +134,7 @@ pub fn report(result: &Result<Outcome, Failure>) -> Option<String> {
 /// (a read that never returns). The process exits after that whatever remains; render threads
 /// are detached and end with it.
 pub fn run(cli: Cli) -> Result<Outcome, Failure> {
-    logging::init(&cli.log_level, cli.log_format);
+    logging::init(cli.log_level.as_deref(), cli.log_format);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

@@ -96,28 +96,40 @@ fn malformed_catalog_file_is_skipped_with_a_warning_naming_it() {
     assert!(err.contains("evil.json"), "{err}");
 }
 
-/// A misspelt level is a usage error naming it (exit 2, as every bad flag value), not taken
-/// for a target name (which would show only that target's events: no log at all), nor
-/// replaced quietly; `target=level` directives still filter.
+/// A misspelt `--log-level` is a usage error naming it (exit 2, as every bad flag value), not
+/// taken for a target name (which would show only that target's events: no log at all). A bad
+/// `REWIRE_LOG`, set by a deployment for every command (`rewire status` health checks
+/// included), is named and replaced by info; an empty one is unset; the flag wins over it.
+/// `target=level` directives still filter.
 #[test]
 fn log_level_typo_is_named_and_directives_filter_by_target() {
     let p = basic();
     p.instance_json("web", "broken", "{\"address\": \"10.0.0.9\", ");
-    for o in [
-        p.rewire(&["--log-level", "warning", "render"]),
-        p.command(&["render"])
-            .env("REWIRE_LOG", "warning")
-            .output()
-            .unwrap(),
-    ] {
-        assert_eq!(code(&o), 2, "{}", stderr(&o));
-        let err = stderr(&o);
-        assert!(
-            err.contains("'warning'") && err.contains("--log-level"),
-            "{err}"
-        );
-        assert!(!p.path("out").exists(), "rendered despite the usage error");
-    }
+    let o = p.rewire(&["--log-level", "warning", "render"]);
+    assert_eq!(code(&o), 2, "{}", stderr(&o));
+    let err = stderr(&o);
+    assert!(
+        err.contains("'warning'") && err.contains("--log-level"),
+        "{err}"
+    );
+    assert!(!p.path("out").exists(), "rendered despite the usage error");
+
+    let env =
+        |value: &str, args: &[&str]| p.command(args).env("REWIRE_LOG", value).output().unwrap();
+    let o = env("warning", &["render"]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let err = stderr(&o);
+    assert!(err.contains("invalid REWIRE_LOG \"warning\""), "{err}");
+    assert!(
+        err.contains("broken.json"),
+        "the fallback level hid warnings: {err}"
+    );
+    let o = env("", &["render"]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert!(!stderr(&o).contains("invalid"), "{}", stderr(&o));
+    let o = env("warning", &["--log-level", "warn", "render"]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert!(!stderr(&o).contains("invalid"), "{}", stderr(&o));
 
     let o = p.rewire(&["--log-level", "error,rewire=warn", "render"]);
     assert!(stderr(&o).contains("broken.json"), "{}", stderr(&o));
