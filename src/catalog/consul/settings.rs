@@ -66,7 +66,11 @@ pub fn resolve(
     let (raw_address, from) = match (&settings.address, env("CONSUL_HTTP_ADDR")) {
         (Some(a), _) => (a.clone(), "[catalog] address"),
         (None, Some(a)) => (a, "CONSUL_HTTP_ADDR"),
-        (None, None) => (DEFAULT_ADDRESS.to_string(), "the default address"),
+        // Without a scheme, so CONSUL_HTTP_SSL=true makes it https, as in Consul's CLI.
+        (None, None) => (
+            DEFAULT_ADDRESS.trim_start_matches("http://").to_string(),
+            "the default address",
+        ),
     };
     let address = parse_address(&raw_address, ssl).map_err(|e| invalid(format!("{from}: {e}")))?;
     let t = &settings.tls;
@@ -78,9 +82,15 @@ pub fn resolve(
     if tls_table && address.scheme() == "http" {
         // Consul's CLI ignores TLS files beside a plain http address; a user who wrote
         // [catalog.tls] expects TLS, so plaintext must not follow silently.
+        // CONSUL_HTTP_SSL only applies to an address without a scheme.
+        let fix = if raw_address.contains("://") {
+            "write the address as https://HOST:PORT"
+        } else {
+            "write the address as https://HOST:PORT (or set CONSUL_HTTP_SSL=true)"
+        };
         return Err(invalid(format!(
             "[catalog.tls] is set, but {from} {raw_address:?} is plain http, which would ignore it: \
-             write the address as https://HOST:PORT (or set CONSUL_HTTP_SSL=true), or remove [catalog.tls]"
+             {fix}, or remove [catalog.tls]"
         )));
     }
 
@@ -472,6 +482,22 @@ mod tests {
         );
         // https (written, or by CONSUL_HTTP_SSL) takes it; the CA env var alone does not.
         assert!(resolve(&settings, &env_of(&[("CONSUL_HTTP_SSL", "true")])).is_ok());
+        // Also with the default address (no scheme, so CONSUL_HTTP_SSL applies to it).
+        let default_address = ConsulSettings {
+            address: None,
+            ..settings.clone()
+        };
+        let r = resolve(&default_address, &env_of(&[("CONSUL_HTTP_SSL", "true")])).unwrap();
+        assert_eq!(r.address.as_str(), "https://127.0.0.1:8500/");
+        // An explicit http:// is not changed by CONSUL_HTTP_SSL: the hint does not offer it.
+        let explicit = ConsulSettings {
+            address: Some("http://127.0.0.1:8500".into()),
+            ..settings.clone()
+        };
+        let err = resolve(&explicit, &env_of(&[("CONSUL_HTTP_SSL", "true")]))
+            .unwrap_err()
+            .to_string();
+        assert!(!err.contains("CONSUL_HTTP_SSL"), "{err}");
         let https = ConsulSettings {
             address: Some("https://127.0.0.1:8501".into()),
             ..settings
