@@ -652,3 +652,84 @@ fn consul_tokens_grow_even_when_the_key_is_deleted() {
     assert!(log.leader(&[]).unwrap().token > first.token);
     drop(nodes);
 }
+
+/// Found by a regression hunt: on etcd and Consul the renewals stopped when a SIGTERMed holder
+/// began to step down, so its term expired during a slow `on_demoted` and a successor ran
+/// `on_elected` seconds before the old holder's `on_demoted` ended (6 s of two leaders). The
+/// term is now renewed until `on_demoted` is done, then released.
+fn a_slow_on_demoted_keeps_the_term_until_it_ends(kind: Kind) {
+    let Some(cat) = Catalog::try_start(kind) else {
+        return;
+    };
+    let log = cat.root().join("hooks.log");
+    let config = |name: &str, port: u16| {
+        let dir = cat.root().join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("rewire.toml");
+        std::fs::write(
+            &path,
+            format!(
+                r#"{catalog}
+[control]
+socket = {sock:?}
+
+[[election]]
+name = "primary"
+ttl = "1s"
+lock_delay = "0s"
+value = {{ id = "{name}", address = "127.0.0.1", port = {port} }}
+on_elected = {{ shell = "echo elected {name} $(date +%s%N) >> {log}" }}
+on_demoted = {{ shell = "sleep 3; echo demoted {name} $(date +%s%N) >> {log}", timeout = "30s" }}
+
+[main]
+exec = ["sleep", "600"]
+drain = "0s"
+"#,
+                catalog = cat.section(None),
+                sock = dir.join("ctl.sock").display().to_string(),
+                log = log.display(),
+            ),
+        )
+        .unwrap();
+        path
+    };
+    let at = |what: &str| -> Option<u128> {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .lines()
+            .find(|l| l.starts_with(what))
+            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+    };
+    let mut a = spawn_rewire(&config("a", 7001));
+    assert!(
+        support::poll_until(FIRST, || at("elected a").is_some()),
+        "a was not elected:\n{}",
+        a.report("a")
+    );
+    let mut b = spawn_rewire(&config("b", 7002));
+    a.signal(support::process::SIGTERM).unwrap();
+    assert!(
+        support::poll_until(FIRST, || at("elected b").is_some()),
+        "b was not elected after a's stop:\n{}",
+        b.report("b")
+    );
+    // Read after b's election: a's on_demoted line must already be there, and older.
+    let elected = at("elected b").unwrap();
+    let demoted = at("demoted a");
+    assert!(
+        demoted.is_some_and(|d| d <= elected),
+        "{}: b was elected while a's on_demoted still ran (ended at {demoted:?}, b elected at {elected})",
+        kind.name()
+    );
+    b.kill();
+}
+
+#[test]
+fn etcd_a_slow_on_demoted_keeps_the_term_until_it_ends() {
+    a_slow_on_demoted_keeps_the_term_until_it_ends(Kind::Etcd);
+}
+
+#[test]
+fn consul_a_slow_on_demoted_keeps_the_term_until_it_ends() {
+    a_slow_on_demoted_keeps_the_term_until_it_ends(Kind::Consul);
+}

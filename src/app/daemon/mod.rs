@@ -523,6 +523,7 @@ impl Daemon {
         let stepped_down = CancellationToken::new();
         let status = {
             let elections = self.elections;
+            elections.begin_stop();
             let step_down = elections.stop();
             let stopping = self
                 .supervisor

@@ -273,8 +273,22 @@ impl Candidate {
             End::Stop => info!(token, "stepping down"),
             other => warn!(token, reason = %other.describe(), "demoted"),
         }
+        self.status.role = "stepping down".into();
+        self.show();
         if let Some(spec) = &self.cfg.on_demoted {
-            run_hook("on_demoted", spec, &self.hook_env(Some(&term.holder))).await;
+            let env = self.hook_env(Some(&term.holder));
+            let hook = run_hook("on_demoted", spec, &env);
+            // on_demoted runs before the release, so the term is kept (renewed) while it runs:
+            // left to expire, a successor was elected seconds into a slow on_demoted on etcd
+            // and Consul. Not when the term is already gone (lost, or no renewal got through).
+            if matches!(end, End::Lost(_) | End::Deadline) {
+                hook.await;
+            } else {
+                tokio::select! {
+                    _ = hook => {}
+                    () = renew_while_demoting(self.ballot.clone(), self.cfg.ttl) => {}
+                }
+            }
         }
         match tokio::time::timeout(RESIGN_TIMEOUT, self.ballot.resign()).await {
             Ok(Ok(())) => debug!(token, "released"),
@@ -492,4 +506,31 @@ fn log_catalog_error(what: &str, e: &CatalogError) {
     } else {
         warn!(error = %e, "{what} failed");
     }
+}
+
+/// Renews the term every third of `ttl` while `on_demoted` runs; never returns. A renewal
+/// that fails ends the renewing (the catalog expires the term), not the hook.
+async fn renew_while_demoting(ballot: Arc<dyn Ballot>, ttl: Duration) {
+    let every = ttl / 3;
+    let mut tick = tokio::time::interval(every);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        match tokio::time::timeout(every, ballot.renew()).await {
+            Ok(Ok(true)) => {}
+            Ok(Ok(false)) => {
+                debug!("the term ended while on_demoted ran");
+                break;
+            }
+            Ok(Err(e)) => {
+                debug!(error = %e, "renewal during on_demoted failed; the catalog expires the term");
+                break;
+            }
+            Err(_) => {
+                debug!("renewal during on_demoted timed out; the catalog expires the term");
+                break;
+            }
+        }
+    }
+    std::future::pending::<()>().await
 }

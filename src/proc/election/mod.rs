@@ -137,11 +137,18 @@ impl Elections {
         *self = Elections::start(config, ctx);
     }
 
-    /// Steps down everywhere (on_demoted, then release) and leaves; returns when done.
-    pub async fn stop(self) {
+    /// Tells every candidate to step down, at once (see [`Elections::stop`]): called before
+    /// the rest of the stop sequence starts, so a candidate sees its stop before the health
+    /// changes the deregistration brings, and steps down for that reason.
+    pub fn begin_stop(&self) {
         for r in &self.running {
             r.stop.cancel();
         }
+    }
+
+    /// Steps down everywhere (on_demoted, then release) and leaves; returns when done.
+    pub async fn stop(self) {
+        self.begin_stop();
         // All at once: one slow on_demoted does not hold up the others.
         futures_util::future::join_all(self.running.into_iter().map(|r| async move {
             // The candidate bounds its own steps; this only guards against a stuck hook.
