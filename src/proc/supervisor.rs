@@ -466,22 +466,22 @@ async fn main_turn(
             }
         }
         stop_main(&mut m, cfg, hurry).await;
-    } else {
-        // Main exited on its own, and rewire stops with it: what main left in its process
-        // group (a shell wrapper's background children) goes too, as after a stop signal;
-        // without PID 1 or --subreaper nothing else would stop it.
-        let pgid = m.last_pid.load(Ordering::Acquire);
-        if pgid > 0 {
-            let deadline = tokio::time::Instant::now() + cfg.stop_timeout;
-            stop_leftovers(
-                Pid::from_raw(pgid),
-                cfg.stop_signal,
-                "main",
-                hurry,
-                deadline,
-            )
-            .await;
-        }
+    }
+    // What main's last run left in its process group (a shell wrapper's background children)
+    // goes too, as after a stop signal: also when main exited on its own (ending rewire), or
+    // rewire stops while main waits to restart. Without PID 1 or --subreaper nothing else
+    // would stop it. (Nothing to do when the group is empty, the usual case.)
+    let pgid = m.last_pid.load(Ordering::Acquire);
+    if pgid > 0 {
+        let deadline = tokio::time::Instant::now() + cfg.stop_timeout;
+        stop_leftovers(
+            Pid::from_raw(pgid),
+            cfg.stop_signal,
+            "main",
+            hurry,
+            deadline,
+        )
+        .await;
     }
     // Main is gone (or never started): wait for its task, e.g. a pre_start being killed.
     if let Some(c) = *m.exit.borrow() {
@@ -705,6 +705,21 @@ impl MainTask {
                     return;
                 }
             };
+            // What the run that ended left in its group goes first: a worker still holding
+            // the port would make every restart fail ("address in use"), and would outlive
+            // rewire.
+            let pgid = self.last_pid.load(Ordering::Acquire);
+            if pgid > 0 {
+                let deadline = tokio::time::Instant::now() + self.cfg.stop_timeout;
+                stop_leftovers(
+                    Pid::from_raw(pgid),
+                    self.cfg.stop_signal,
+                    "main",
+                    &self.stopping,
+                    deadline,
+                )
+                .await;
+            }
             let total = restarts.total;
             info!(status = code, delay = ?delay, restarts = total, "restarting main");
             self.board.update(|r| {

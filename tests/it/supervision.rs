@@ -1448,3 +1448,49 @@ fn a_stop_in_maintenance_drains_only_what_is_left_of_the_drain() {
     );
     assert!(!log.contains("draining"), "{log}");
 }
+
+/// Found by a regression hunt: the cleanup above ran only after main's last run; a main (or
+/// job) that exited and was restarted left each earlier run's children running, past rewire.
+/// Each run's leftovers now go before the restart.
+#[test]
+fn leftovers_of_a_main_and_a_job_that_restart_go_before_each_restart() {
+    let p = Project::new();
+    let script = |name: &str| {
+        q(format!(
+            "sleep 300 & echo $! >> {dir}/{name}.pids; if [ -e {dir}/{name}.second ]; then exec sleep 600; fi; \
+             touch {dir}/{name}.second; exit 1",
+            dir = p.root().display()
+        ))
+    };
+    p.config(&format!(
+        "{}[[job]]\nname = \"side\"\nexec = [\"sh\", \"-c\", {}]\nrestart = \"on-failure\"\nstop_timeout = \"5s\"\n\n\
+         [main]\nexec = [\"sh\", \"-c\", {}]\nrestart = \"on-failure\"\nstop_timeout = \"5s\"\n",
+        preamble(&p),
+        script("side"),
+        script("main"),
+    ));
+    let pids = |name: &str| -> Vec<i32> {
+        lines(&p.path(&format!("{name}.pids")))
+            .iter()
+            .filter_map(|l| l.trim().parse().ok())
+            .collect()
+    };
+    let mut rw = Rewire::start(&p, &[]);
+    for name in ["main", "side"] {
+        rw.wait_for("a second run", || pids(name).len() >= 2);
+        let first = pids(name)[0];
+        rw.wait_for("the first run's child stopped before the restart", || {
+            !alive(first)
+        });
+    }
+    let seconds: Vec<i32> = ["main", "side"].iter().map(|n| pids(n)[1]).collect();
+    rw.signal(SIGTERM);
+    rw.wait_exit();
+    for pid in seconds {
+        let gone = support::poll_until(Duration::from_secs(10), || !alive(pid));
+        if !gone {
+            let _ = proc_::signal(pid, SIGKILL);
+        }
+        assert!(gone, "a second run's child outlived rewire:\n{}", rw.log());
+    }
+}

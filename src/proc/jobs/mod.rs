@@ -101,6 +101,7 @@ impl Jobs {
                         turn: turn.clone(),
                         hurry: hurry.clone(),
                         health: health.clone(),
+                        last_pid: Default::default(),
                     }
                     .run()
                     .instrument(info_span!("job", name = %cfg.name)),

@@ -37,6 +37,9 @@ pub(super) struct JobTask {
     pub hurry: CancellationToken,
     /// Where the health command's results also go (an `[[election]]` may gate on them).
     pub health: health::Registry,
+    /// The pid of the last start (0 before the first): its process group's id, for what a
+    /// run that exited left there.
+    pub last_pid: std::sync::atomic::AtomicI32,
 }
 
 /// Why a job's loop ended early.
@@ -143,6 +146,9 @@ impl JobTask {
                     return Ok(());
                 }
                 Next::Restart(delay) => {
+                    // What the run that ended left in its group goes first (a worker holding
+                    // its port would fail every restart, and outlive rewire).
+                    self.stop_leftovers_of_last_run(&self.halt).await;
                     let total = restarts.total;
                     info!(job = %name, delay = ?delay, restarts = total, "restarting");
                     self.bus.update(name, |s| {
@@ -150,7 +156,12 @@ impl JobTask {
                         s.restarts = total;
                     });
                     tokio::select! {
-                        _ = self.turn.cancelled() => return Err(Stop::Stopping),
+                        _ = self.turn.cancelled() => {
+                            // Stopped while waiting to restart: the last run is gone, but
+                            // not necessarily all it left.
+                            self.stop_leftovers_of_last_run(&self.hurry).await;
+                            return Err(Stop::Stopping);
+                        }
                         _ = self.halt.cancelled() => return Ok(()),
                         _ = tokio::time::sleep(delay) => {}
                     }
@@ -178,6 +189,10 @@ impl JobTask {
             }
         };
         let pid = child.id().map(|p| Pid::from_raw(p as i32));
+        if let Some(pid) = pid {
+            self.last_pid
+                .store(pid.as_raw(), std::sync::atomic::Ordering::Release);
+        }
         info!(job = %name, pid = pid.map(Pid::as_raw).unwrap_or_default(), program = %self.cfg.exec, "job started");
         self.bus.update(name, |s| {
             s.state = "running".into();
@@ -249,6 +264,24 @@ impl JobTask {
             },
         );
         success
+    }
+
+    /// What the last run (exited) left in its process group: `stop_signal`, then SIGKILL at
+    /// `stop_timeout` (at once when `cut` is cancelled).
+    async fn stop_leftovers_of_last_run(&self, cut: &CancellationToken) {
+        let pgid = self.last_pid.load(std::sync::atomic::Ordering::Acquire);
+        if pgid > 0 {
+            let deadline = tokio::time::Instant::now() + self.cfg.stop_timeout;
+            let what = format!("job {}", self.cfg.name);
+            super::super::supervisor::stop_leftovers(
+                Pid::from_raw(pgid),
+                self.cfg.stop_signal,
+                &what,
+                cut,
+                deadline,
+            )
+            .await;
+        }
     }
 
     /// `stop_signal`, then SIGKILL to the group after `stop_timeout` (at once on `hurry`).
