@@ -309,6 +309,24 @@ fn check_warns_about_relative_programs_missing_groups_and_interfaces() {
         err.contains("interface \"nosuchif9\" does not exist"),
         "{err}"
     );
+
+    // The same warnings beside a template error (they were left out then), and an election
+    // hook's program is looked at like every other command's.
+    p.file("web.tera", "{{ nofunc() }}");
+    p.config(&format!(
+        "{}\n[[election]]\nname = \"e\"\nvalue = {{ id = \"a\", address = \"127.0.0.1\", port = 1 }}\n\
+         on_elected = [\"rewire-no-such-hook\"]\n",
+        std::fs::read_to_string(p.path("rewire.toml")).unwrap()
+    ));
+    let o = p.rewire(&["check"]);
+    assert_eq!(code(&o), 1, "{}", stderr(&o));
+    let err = stderr(&o);
+    assert!(err.contains("Unknown function"), "{err}");
+    assert!(err.contains("\"./chk.sh\" is a relative path"), "{err}");
+    assert!(
+        err.contains("election e on_elected: \"rewire-no-such-hook\" is not found here"),
+        "{err}"
+    );
 }
 
 #[test]

@@ -55,6 +55,20 @@ fn programs(config: &Config) -> Vec<(String, String)> {
         add("main pre_stop".into(), spec(m.pre_stop.as_ref()));
         add("main post_stop".into(), spec(m.post_stop.as_ref()));
     }
+    for e in &config.elections {
+        add(
+            format!("election {} on_elected", e.name),
+            spec(e.on_elected.as_ref()),
+        );
+        add(
+            format!("election {} on_demoted", e.name),
+            spec(e.on_demoted.as_ref()),
+        );
+        add(
+            format!("election {} on_change", e.name),
+            spec(e.on_change.as_ref()),
+        );
+    }
     out
 }
 
@@ -100,63 +114,12 @@ pub fn run(config: &Config) -> Outcome {
                 },
                 if config.main.is_some() { ", main" } else { "" }
             );
-            for w in &config.warnings {
-                warn!("{w}");
-            }
-            for t in &config.templates {
-                if let Some(dir) = t.destination.parent()
-                    && !dir.exists()
-                {
-                    warn!(template = %t.name, dir = %dir.display(), "the destination directory does not exist yet; it will be created");
-                }
-            }
-            if let crate::config::Backend::Dir(d) = &config.catalog.backend
-                && !d.path.is_dir()
-            {
-                warn!(
-                    path = %d.path.display(),
-                    "the dir catalog's directory does not exist: render and run will wait for it \
-                     (create it with services/ and kv/ inside, or set [catalog] path)"
-                );
-            }
-            for (what, program) in programs(config) {
-                if !program_exists(&program) {
-                    warn!(
-                        "{what}: {program:?} is not found here (not in PATH, or not executable); \
-                         it must exist where rewire runs"
-                    );
-                } else if program.contains('/') && !program.starts_with('/') {
-                    warn!(
-                        "{what}: {program:?} is a relative path: commands are found and run from \
-                         rewire's working directory, not the config's (under systemd that is / \
-                         unless WorkingDirectory= is set); an absolute path works from anywhere"
-                    );
-                }
-            }
-            if let Some(group) = &config.control.group
-                && matches!(nix::unistd::Group::from_name(group), Ok(None))
-            {
-                warn!(
-                    "[control] group {group:?} does not exist here: rewire run will not open its \
-                     control socket (status, maintenance) until it does; create it (groupadd) or \
-                     name another"
-                );
-            }
-            for s in &config.services {
-                if let crate::config::AddressSpec::Interface(name) = &s.address
-                    && std::path::Path::new("/sys/class/net").is_dir()
-                    && !crate::host::interface_exists(name)
-                {
-                    warn!(
-                        service = %s.name,
-                        "interface {name:?} does not exist here (see `ip link`): the service \
-                         registers only where it does"
-                    );
-                }
-            }
+            warn_about(config);
             Outcome::Done
         }
         Err(errors) => {
+            // What will not work here is said whatever the templates' state.
+            warn_about(config);
             let mut lines: Vec<String> = catalog.into_iter().collect();
             lines.extend(errors.iter().map(|e| e.to_string()));
             // One error from the engine may hold several problems, each with its position.
@@ -172,6 +135,66 @@ pub fn run(config: &Config) -> Outcome {
                 .sum();
             lines.push(format!("{problems} problem(s) in the templates"));
             Outcome::Findings(lines.join("\n"))
+        }
+    }
+}
+
+/// Warnings about what is allowed but will not work here (or probably not as meant): the
+/// config's own warnings, directories that do not exist yet, programs not found, a relative
+/// program, a control group or an interface this machine does not have.
+fn warn_about(config: &Config) {
+    for w in &config.warnings {
+        warn!("{w}");
+    }
+    for t in &config.templates {
+        if let Some(dir) = t.destination.parent()
+            && !dir.exists()
+        {
+            warn!(template = %t.name, dir = %dir.display(), "the destination directory does not exist yet; it will be created");
+        }
+    }
+    if let crate::config::Backend::Dir(d) = &config.catalog.backend
+        && !d.path.is_dir()
+    {
+        warn!(
+            path = %d.path.display(),
+            "the dir catalog's directory does not exist: render and run will wait for it \
+             (create it with services/ and kv/ inside, or set [catalog] path)"
+        );
+    }
+    for (what, program) in programs(config) {
+        if !program_exists(&program) {
+            warn!(
+                "{what}: {program:?} is not found here (not in PATH, or not executable); \
+                 it must exist where rewire runs"
+            );
+        } else if program.contains('/') && !program.starts_with('/') {
+            warn!(
+                "{what}: {program:?} is a relative path: commands are found and run from \
+                 rewire's working directory, not the config's (under systemd that is / \
+                 unless WorkingDirectory= is set); an absolute path works from anywhere"
+            );
+        }
+    }
+    if let Some(group) = &config.control.group
+        && matches!(nix::unistd::Group::from_name(group), Ok(None))
+    {
+        warn!(
+            "[control] group {group:?} does not exist here: rewire run will not open its \
+             control socket (status, maintenance) until it does; create it (groupadd) or \
+             name another"
+        );
+    }
+    for s in &config.services {
+        if let crate::config::AddressSpec::Interface(name) = &s.address
+            && std::path::Path::new("/sys/class/net").is_dir()
+            && !crate::host::interface_exists(name)
+        {
+            warn!(
+                service = %s.name,
+                "interface {name:?} does not exist here (see `ip link`): the service \
+                 registers only where it does"
+            );
         }
     }
 }
