@@ -693,6 +693,10 @@ fn a_refused_key_file_is_not_rendered_as_its_default() {
     wait_for("the refusal logged", TIMEOUT, || {
         r.log().contains("kv/app/big")
     });
+    // The query it holds back is named too (a keys() prefix would look up to date otherwise).
+    wait_for("the held query named", TIMEOUT, || {
+        r.log().contains("not updated while kv/app/big")
+    });
     wait_for("the template reported waiting", TIMEOUT, || {
         r.log().contains("not written yet")
     });
@@ -703,6 +707,7 @@ fn a_refused_key_file_is_not_rendered_as_its_default() {
         p.read("out/web.conf").contains("value = small")
     });
     assert!(p.read("out/web.conf").contains("10.0.0.2:80"));
+    assert!(r.log().contains("updated again"), "{}", r.log());
     assert_eq!(r.stop(), Some(0), "{}", r.log());
 }
 

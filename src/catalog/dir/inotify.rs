@@ -132,6 +132,8 @@ impl DirCatalog {
         // Whether any read ever succeeded: before one there is no "last good data" to keep.
         let mut ever_loaded = false;
         let mut published: BTreeSet<Query> = BTreeSet::new();
+        // Queries not updated because a key file they read is refused (warned once each).
+        let mut held_back: BTreeSet<Query> = BTreeSet::new();
         // Every instance expiry (and removal time) up to this moment is in the published
         // answers; the next wake-up handles the first one after it.
         let mut expiries_done = std::time::SystemTime::UNIX_EPOCH;
@@ -203,7 +205,12 @@ impl DirCatalog {
             if loaded {
                 // Publish queries that are new since the last round.
                 let want = wanted.borrow_and_update().clone();
-                let fresh = answers(&tree, want.iter().filter(|q| !published.contains(*q)), now);
+                let fresh = answers(
+                    &tree,
+                    want.iter().filter(|q| !published.contains(*q)),
+                    now,
+                    &mut held_back,
+                );
                 if !fresh.is_empty() {
                     store.update_many(fresh);
                 }
@@ -284,6 +291,7 @@ impl DirCatalog {
                             .iter()
                             .filter(|q| matches!(q, Query::Service(name) if due.contains(name))),
                         now,
+                        &mut held_back,
                     );
                     store.update_many(updates);
                     continue;
@@ -355,7 +363,12 @@ impl DirCatalog {
                 continue;
             }
             let now = (self.clock)();
-            let updates = answers(&tree, published.iter().filter(|q| touched.affects(q)), now);
+            let updates = answers(
+                &tree,
+                published.iter().filter(|q| touched.affects(q)),
+                now,
+                &mut held_back,
+            );
             store.update_many(updates);
         }
     }

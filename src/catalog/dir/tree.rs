@@ -655,17 +655,32 @@ impl Touched {
 }
 
 /// The answers to `queries` the tree can give, leaving out the [`withheld`] ones: the store
-/// keeps what it had for them (nothing yet, on a fresh start).
+/// keeps what it had for them (nothing yet, on a fresh start). `held` remembers those, so each
+/// is warned about once while it stays held (a good change to another key of a held `keys()`
+/// prefix does not show either, and templates look "ok" meanwhile).
 pub(super) fn answers<'q>(
     tree: &Tree,
     queries: impl IntoIterator<Item = &'q Query>,
     now: SystemTime,
+    held: &mut BTreeSet<Query>,
 ) -> Vec<(Query, Data)> {
-    queries
-        .into_iter()
-        .filter(|q| withheld(tree, q).is_none())
-        .map(|q| (q.clone(), answer(tree, q, now)))
-        .collect()
+    let mut out = Vec::new();
+    for q in queries {
+        match withheld(tree, q) {
+            Some(why) => {
+                if held.insert(q.clone()) {
+                    warn!(query = %q, "not updated while {why}: templates using it keep its last answer (or wait for a first one); fix or remove the file");
+                }
+            }
+            None => {
+                if held.remove(q) {
+                    info!(query = %q, "updated again: the refused file is fixed or gone");
+                }
+                out.push((q.clone(), answer(tree, q, now)));
+            }
+        }
+    }
+    out
 }
 
 /// Why `q` cannot be answered now, if it cannot: a key file it reads was refused (over
