@@ -128,6 +128,9 @@ pub struct Context {
     pub health: super::health::Registry,
     /// The jobs' published state: a service with `job` reports that job's health.
     pub jobs: watch::Receiver<Arc<Jobs>>,
+    /// `[main]` runs a process (`exec`): a service without `health` follows it. A `[main]`
+    /// without `exec` (a sidecar: only hooks and the stop sequence) runs none to follow.
+    pub main_runs: bool,
 }
 
 impl ServiceTask {
@@ -377,7 +380,7 @@ impl Registrar {
     fn followed_health(&self, jobs: &Jobs) -> (Status, String) {
         match &self.svc.job {
             Some(job) => job_health(jobs, job),
-            None if jobs.contains_key(crate::config::MAIN_JOB) => {
+            None if self.ctx.main_runs && jobs.contains_key(crate::config::MAIN_JOB) => {
                 job_health(jobs, crate::config::MAIN_JOB)
             }
             None => (Status::Passing, String::new()),
@@ -387,10 +390,9 @@ impl Registrar {
     /// With `initial_status` (or without a health command, a job and a main), registers
     /// before any check.
     async fn register_initial(&mut self) {
-        let has_main = self.ctx.jobs.borrow().contains_key(crate::config::MAIN_JOB);
         let status = match (self.svc.initial_status, &self.svc.health) {
             (Some(s), _) => s,
-            (None, None) if self.svc.job.is_none() && !has_main => Status::Passing,
+            (None, None) if self.svc.job.is_none() && !self.ctx.main_runs => Status::Passing,
             (None, _) => return,
         };
         let Some(address) = self.address() else {

@@ -1494,3 +1494,22 @@ fn leftovers_of_a_main_and_a_job_that_restart_go_before_each_restart() {
         assert!(gone, "a second run's child outlived rewire:\n{}", rw.log());
     }
 }
+
+/// Found by a container user's hunt: the sidecar form (`[main]` without `exec`, as in the
+/// Kubernetes example) with a `[[service]]` without `health` never registered: the service
+/// followed a main that never runs ("job main is starting"). There is no process to follow:
+/// it registers passing and is kept alive, as without a `[main]`.
+#[test]
+fn a_service_without_health_beside_a_main_without_exec_registers() {
+    let p = Project::new();
+    p.config(&format!(
+        "{}[[service]]\nname = \"web\"\nid = \"web-test\"\nport = 8080\naddress = \"127.0.0.1\"\n\
+         interval = \"200ms\"\nttl = \"5s\"\n\n[main]\ndrain = \"0s\"\n",
+        preamble(&p),
+    ));
+    let mut rw = Rewire::start(&p, &[]);
+    rw.wait_for("a passing registration", || registration_is(&p, "passing"));
+    rw.signal(SIGTERM);
+    rw.wait_exit();
+    assert!(!catalog_file(&p).exists(), "{}", rw.log());
+}

@@ -366,6 +366,7 @@ impl Daemon {
                 metrics: parts.metrics.clone(),
                 health: health.clone(),
                 jobs: jobs.subscribe(),
+                main_runs: config.main.as_ref().is_some_and(|m| m.exec.is_some()),
             },
             Published {
                 jobs,
