@@ -1251,3 +1251,66 @@ fn the_reaper_never_deletes_outside_the_catalog_through_a_swapped_link() {
     );
     assert_eq!(r.stop(), Some(0), "{}", r.log());
 }
+
+/// What kubelet does to a projected ConfigMap or Secret volume: each version in a hidden
+/// `..<timestamp>` directory, `..data` linking to the current one, every entry a link through
+/// `..data`, and an update swapped in by renaming a new `..data` link over the old one.
+fn kubelet_publish(volume: &Path, version: &str, files: &[(&str, &str)]) {
+    for (rel, text) in files {
+        let path = volume.join(version).join(rel);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, text).unwrap();
+    }
+    let tmp = volume.join("..data_tmp");
+    symlink(version, &tmp).unwrap();
+    std::fs::rename(&tmp, volume.join("..data")).unwrap();
+    for (rel, _) in files {
+        let top = rel.split('/').next().unwrap();
+        let link = volume.join(top);
+        if std::fs::symlink_metadata(&link).is_err() {
+            symlink(format!("..data/{top}"), &link).unwrap();
+        }
+    }
+}
+
+/// Found by a container user's hunt: a volume with `items[].path` subdirectories (mounted at
+/// `services/`, `web -> ..data/web`; or at `kv/`) was read once and never again: the `..data`
+/// swap marked every answer as touched but re-read nothing, so the old backends stayed in the
+/// config for good, and kubelet's version directory was warned about as a service.
+#[test]
+fn a_kubernetes_volume_with_subdirectories_is_read_again_when_kubelet_swaps_it() {
+    let p = Project::new();
+    p.file(
+        "web.tera",
+        &format!("{UPSTREAM}listen = {{{{ key(path=\"nginx/listen\", default=\"80\") }}}}\n"),
+    )
+    .config(&config(&p, ""));
+    let services = p.path("catalog/services");
+    let kv = p.path("catalog/kv");
+    kubelet_publish(
+        &services,
+        "..2026_12_04_01",
+        &[("web/web-1.json", r#"{"address": "10.0.0.1", "port": 8080}"#)],
+    );
+    kubelet_publish(&kv, "..2026_12_04_01", &[("nginx/listen", "8081")]);
+    let mut r = p.run();
+    wait_for("the first version rendered", TIMEOUT, || {
+        let out = p.read("out/web.conf");
+        out.contains("10.0.0.1:8080") && out.contains("listen = 8081")
+    });
+
+    kubelet_publish(
+        &services,
+        "..2026_12_04_02",
+        &[("web/web-2.json", r#"{"address": "10.0.0.2", "port": 8080}"#)],
+    );
+    std::fs::remove_dir_all(services.join("..2026_12_04_01")).unwrap();
+    kubelet_publish(&kv, "..2026_12_04_02", &[("nginx/listen", "9999")]);
+    std::fs::remove_dir_all(kv.join("..2026_12_04_01")).unwrap();
+    wait_for("the second version rendered", TIMEOUT, || {
+        let out = p.read("out/web.conf");
+        out.contains("10.0.0.2:8080") && !out.contains("10.0.0.1") && out.contains("listen = 9999")
+    });
+    assert!(!r.log().contains("not an instance file"), "{}", r.log());
+    assert_eq!(r.stop(), Some(0), "{}", r.log());
+}

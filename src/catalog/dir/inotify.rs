@@ -338,6 +338,11 @@ impl DirCatalog {
                 };
                 timing::mark(stage::DECODED);
                 match applied {
+                    // A whole `services/` or `kv/` (or the root) to read again: Kubernetes
+                    // swapped the `..data` link of a volume mounted there, whose entries are
+                    // links into it. Read it all, as at a start: nothing else would (the
+                    // touched answers alone were published again, from the old tree).
+                    Ok(t) if t.everything => everything = true,
                     Ok(t) => touched = t,
                     Err(e) => {
                         debug!(error = %e, "cannot open the catalog directory; re-reading it");
@@ -439,7 +444,7 @@ impl DirCatalog {
                             everything = true;
                             continue;
                         }
-                        if never_read(&p) {
+                        if never_read(&p) || under_hidden(root, &p) {
                             continue;
                         }
                         // Gone now: a deletion (or one side of a rename), held until the
@@ -608,6 +613,17 @@ fn never_completes(kind: &EventKind) -> bool {
 fn never_read(path: &std::path::Path) -> bool {
     path.file_name()
         .is_some_and(|n| hidden(n) && n != KUBERNETES_DATA)
+}
+
+/// Whether a path lies inside a hidden directory below the catalog root (Kubernetes'
+/// timestamped `..2026_..` version directories, which its `..data` link points into): read
+/// through the link, never as a path of its own (it is not a service named `..2026_..`).
+fn under_hidden(root: &std::path::Path, path: &std::path::Path) -> bool {
+    let Ok(rel) = path.strip_prefix(root) else {
+        return false;
+    };
+    let mut parents = rel.components().rev().skip(1);
+    parents.any(|c| hidden(c.as_os_str()))
 }
 
 /// How many of an event's paths (from the first) name something the kernel has just
