@@ -144,7 +144,7 @@ impl ServiceTask {
     ) -> ServiceTask {
         let stop = parent.child_token();
         let id = service_id(&svc);
-        let span = info_span!("service", name = %svc.name, id = %id);
+        let span = info_span!("service", service = %svc.name, id = %id);
         let tasks = ctx.tasks.clone();
         let handle = tasks.spawn(
             {

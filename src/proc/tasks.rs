@@ -64,7 +64,7 @@ pub fn spawn_all(
         }
     });
     for t in &config.tasks {
-        let span = info_span!("task", name = %t.name);
+        let span = info_span!("task", task = %t.name);
         tracker.spawn(
             run_task(
                 t.clone(),

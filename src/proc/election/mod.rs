@@ -200,7 +200,7 @@ fn start_one(e: &ElectionConfig, services: &[ServiceConfig], ctx: &Context) -> O
         },
         published: None,
     };
-    let span = info_span!("election", name = %e.name);
+    let span = info_span!("election", election = %e.name);
     let task = tokio::spawn(candidate.run(stop.clone()).instrument(span));
     Some(Running {
         name: e.name.clone(),

@@ -104,7 +104,7 @@ impl Jobs {
                         last_pid: Default::default(),
                     }
                     .run()
-                    .instrument(info_span!("job", name = %cfg.name)),
+                    .instrument(info_span!("job", job = %cfg.name)),
                 );
                 Running {
                     cfg: cfg.clone(),
