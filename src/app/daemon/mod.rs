@@ -524,6 +524,10 @@ impl Daemon {
         let stepped_down = CancellationToken::new();
         let status = {
             let elections = self.elections;
+            if elections.is_empty() {
+                // Nothing to wait for (and nothing to say about it).
+                stepped_down.cancel();
+            }
             elections.begin_stop();
             let step_down = elections.stop();
             let stopping = self

@@ -137,6 +137,11 @@ impl Elections {
         *self = Elections::start(config, ctx);
     }
 
+    /// Whether no election runs (none configured, or none could start).
+    pub fn is_empty(&self) -> bool {
+        self.running.is_empty()
+    }
+
     /// Tells every candidate to step down, at once (see [`Elections::stop`]): called before
     /// the rest of the stop sequence starts, so a candidate sees its stop before the health
     /// changes the deregistration brings, and steps down for that reason.
