@@ -814,7 +814,7 @@ impl MainTask {
         let mut child = match command::spawn(cmd, self.cfg.stop_signal).await {
             Ok(c) => c,
             Err(e) => {
-                error!(program = %exec, error = %e, "cannot start main");
+                error!(program = %exec.name(), error = %e, "cannot start main");
                 self.bus.update(MAIN_JOB, |s| {
                     s.state = "failed".into();
                     s.last_exit = Some(format!("cannot start: {e}"));
@@ -830,7 +830,7 @@ impl MainTask {
         };
         let pid = child.id().map(|p| Pid::from_raw(p as i32));
         let pid_num = pid.map(Pid::as_raw).unwrap_or_default();
-        info!(pid = pid_num, program = %exec, "main started");
+        info!(pid = pid_num, program = %exec.name(), "main started");
         self.ran.store(true, Ordering::Release);
         if let Some(pid) = pid {
             self.last_pid.store(pid.as_raw(), Ordering::Release);

@@ -179,7 +179,7 @@ impl JobTask {
         let mut child = match command::spawn(cmd, self.cfg.stop_signal).await {
             Ok(c) => c,
             Err(e) => {
-                error!(job = %name, program = %self.cfg.exec, error = %e, "cannot start the job");
+                error!(job = %name, program = %self.cfg.exec.name(), error = %e, "cannot start the job");
                 self.bus.update(name, |s| {
                     s.state = "failed".into();
                     s.last_exit = Some(format!("cannot start: {e}"));
@@ -193,7 +193,7 @@ impl JobTask {
             self.last_pid
                 .store(pid.as_raw(), std::sync::atomic::Ordering::Release);
         }
-        info!(job = %name, pid = pid.map(Pid::as_raw).unwrap_or_default(), program = %self.cfg.exec, "job started");
+        info!(job = %name, pid = pid.map(Pid::as_raw).unwrap_or_default(), program = %self.cfg.exec.name(), "job started");
         self.bus.update(name, |s| {
             s.state = "running".into();
             s.pid = pid.map(Pid::as_raw);
