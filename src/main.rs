@@ -53,6 +53,7 @@ fn main() -> ExitCode {
         ALLOC.use_region(rewire::alloc::ONE_SHOT_REGION);
         grow_heaps_in_big_steps();
     }
+    let json_logs = matches!(cli.log_format, rewire::app::cli::LogFormat::Json);
     let result = match &cli.command {
         // As PID 1 (or with `run --subreaper`), fork the reaper before any thread exists: the
         // runtime is built inside `app::run`, in the worker.
@@ -66,7 +67,18 @@ fn main() -> ExitCode {
         _ => app::run(cli),
     };
     if let Some(report) = app::report(&result) {
-        eprintln!("{report}");
+        if json_logs && result.is_err() {
+            // The error that ends the command, as one more log record: a log shipper reading
+            // JSON lines would drop (or split) a plain multi-line text.
+            let record = serde_json::json!({
+                "timestamp": humantime::format_rfc3339_micros(std::time::SystemTime::now()).to_string(),
+                "level": "ERROR",
+                "message": report,
+            });
+            eprintln!("{record}");
+        } else {
+            eprintln!("{report}");
+        }
     }
     app::exit_status(&result)
 }

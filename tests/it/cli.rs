@@ -742,3 +742,26 @@ fn status_reaches_the_daemon_through_a_config_with_an_unrelated_error() {
     p.config(&good);
     assert_eq!(run.stop(), Some(0), "{}", run.log());
 }
+
+/// Found by a container user's hunt: with `--log-format json` the error that ends the command
+/// (a config error, a refused token) was plain multi-line text, which a log shipper reading
+/// JSON lines drops or splits. It is one JSON record now.
+#[test]
+fn with_json_logs_the_error_that_ends_a_command_is_a_json_record() {
+    let p = Project::new();
+    p.config("[defaults]\nwiat = \"1s\"\n");
+    let o = p.rewire(&["--log-format", "json", "run"]);
+    assert_eq!(code(&o), 2, "{}", stderr(&o));
+    let err = stderr(&o);
+    let records: Vec<serde_json::Value> = err
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    assert!(
+        records.iter().any(|r| r["level"] == "ERROR"
+            && r["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("unknown key `wiat`"))),
+        "{err}"
+    );
+}
