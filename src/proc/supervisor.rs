@@ -192,8 +192,8 @@ impl Supervisor {
     pub fn forward(&mut self, sig: Signal) {
         match self.main_pid() {
             Some(pid) => match kill(pid, sig) {
-                Ok(()) => info!(signal = %sig, pid = %pid, "forwarded to main"),
-                Err(e) => warn!(signal = %sig, pid = %pid, error = %e, "cannot forward to main"),
+                Ok(()) => info!(signal = %sig, pid = pid.as_raw(), "forwarded to main"),
+                Err(e) => warn!(signal = %sig, pid = pid.as_raw(), error = %e, "cannot forward to main"),
             },
             None => info!(signal = %sig, "main is not running; signal dropped"),
         }
@@ -524,9 +524,9 @@ async fn stop_main(m: &mut MainHandle, cfg: &MainConfig, hurry: &CancellationTok
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
     };
-    info!(pid = %pid, signal = %cfg.stop_signal, "stopping main");
+    info!(pid = pid.as_raw(), signal = %cfg.stop_signal, "stopping main");
     if let Err(e) = kill(pid, cfg.stop_signal) {
-        warn!(pid = %pid, error = %e, "cannot signal main");
+        warn!(pid = pid.as_raw(), error = %e, "cannot signal main");
     }
     let deadline = tokio::time::Instant::now() + cfg.stop_timeout;
     let exited = tokio::select! {
@@ -538,10 +538,10 @@ async fn stop_main(m: &mut MainHandle, cfg: &MainConfig, hurry: &CancellationTok
         return;
     }
     if hurry.is_cancelled() {
-        warn!(pid = %pid, "killing main's process group now (second stop signal)");
+        warn!(pid = pid.as_raw(), "killing main's process group now (second stop signal)");
     } else {
         warn!(
-            pid = %pid,
+            pid = pid.as_raw(),
             stop_timeout = %humantime::format_duration(cfg.stop_timeout),
             "main did not stop in time; killing its process group"
         );
@@ -556,7 +556,7 @@ async fn stop_main(m: &mut MainHandle, cfg: &MainConfig, hurry: &CancellationTok
         .await
         .is_err()
     {
-        error!(pid = %pid, "main is still there after SIGKILL");
+        error!(pid = pid.as_raw(), "main is still there after SIGKILL");
     }
 }
 
@@ -582,11 +582,11 @@ pub(super) async fn stop_leftovers(
     if empty() {
         return;
     }
-    info!(pgid = %pgid, %signal, "{what} exited; stopping what it left in its process group");
+    info!(pgid = pgid.as_raw(), %signal, "{what} exited; stopping what it left in its process group");
     let _ = killpg(pgid, signal);
     while !empty() {
         if hurry.is_cancelled() || tokio::time::Instant::now() >= deadline {
-            warn!(pgid = %pgid, "{what}'s process group did not empty in time; killing it");
+            warn!(pgid = pgid.as_raw(), "{what}'s process group did not empty in time; killing it");
             let _ = killpg(pgid, Signal::SIGKILL);
             return;
         }

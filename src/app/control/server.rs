@@ -79,7 +79,7 @@ pub fn start(
     let identity = std::fs::metadata(socket).map(|m| (m.dev(), m.ino())).ok();
     let (tx, rx) = mpsc::unbounded_channel();
     let path = socket.to_path_buf();
-    info!(socket = %path.display(), group = ?control.group, "control socket listening");
+    info!(socket = %path.display(), group = control.group.as_deref().unwrap_or(""), "control socket listening");
     let connections = tasks.clone();
     let readers = Arc::new(tokio::sync::Semaphore::new(MAX_READERS));
     let refusals = Arc::new(Refusals::default());

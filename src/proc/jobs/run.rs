@@ -288,9 +288,9 @@ impl JobTask {
     async fn stop_process(&self, child: &mut Child, pid: Option<Pid>) {
         let name = &self.cfg.name;
         let Some(pid) = pid else { return };
-        info!(job = %name, pid = %pid, signal = %self.cfg.stop_signal, "stopping job");
+        info!(job = %name, pid = pid.as_raw(), signal = %self.cfg.stop_signal, "stopping job");
         if let Err(e) = kill(pid, self.cfg.stop_signal) {
-            warn!(job = %name, pid = %pid, error = %e, "cannot signal the job");
+            warn!(job = %name, pid = pid.as_raw(), error = %e, "cannot signal the job");
         }
         let deadline = tokio::time::Instant::now() + self.cfg.stop_timeout;
         let stopped = tokio::select! {
@@ -311,7 +311,7 @@ impl JobTask {
         }
         warn!(
             job = %name,
-            pid = %pid,
+            pid = pid.as_raw(),
             stop_timeout = %humantime::format_duration(self.cfg.stop_timeout),
             "job did not stop in time; killing its process group"
         );
@@ -324,7 +324,7 @@ impl JobTask {
             .await
             .is_err()
         {
-            error!(job = %name, pid = %pid, "job is still there after SIGKILL");
+            error!(job = %name, pid = pid.as_raw(), "job is still there after SIGKILL");
         }
     }
 
