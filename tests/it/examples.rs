@@ -45,8 +45,11 @@ impl DaemonizedNginx {
 impl Drop for DaemonizedNginx {
     fn drop(&mut self) {
         if let Some(pid) = self.pid() {
+            // Workers outlive a SIGKILLed master (each full test run left four, holding their
+            // port): the daemonized master leads its own session and process group, so the
+            // group goes, workers included.
+            let _ = support::process::signal(-pid, 9);
             let _ = support::process::signal(pid, 9);
-            // Its workers follow the master's death (they watch the parent); nothing else holds the port.
         }
     }
 }
