@@ -193,7 +193,9 @@ impl Supervisor {
         match self.main_pid() {
             Some(pid) => match kill(pid, sig) {
                 Ok(()) => info!(signal = %sig, pid = pid.as_raw(), "forwarded to main"),
-                Err(e) => warn!(signal = %sig, pid = pid.as_raw(), error = %e, "cannot forward to main"),
+                Err(e) => {
+                    warn!(signal = %sig, pid = pid.as_raw(), error = %e, "cannot forward to main")
+                }
             },
             None => info!(signal = %sig, "main is not running; signal dropped"),
         }
@@ -538,7 +540,10 @@ async fn stop_main(m: &mut MainHandle, cfg: &MainConfig, hurry: &CancellationTok
         return;
     }
     if hurry.is_cancelled() {
-        warn!(pid = pid.as_raw(), "killing main's process group now (second stop signal)");
+        warn!(
+            pid = pid.as_raw(),
+            "killing main's process group now (second stop signal)"
+        );
     } else {
         warn!(
             pid = pid.as_raw(),
@@ -586,7 +591,10 @@ pub(super) async fn stop_leftovers(
     let _ = killpg(pgid, signal);
     while !empty() {
         if hurry.is_cancelled() || tokio::time::Instant::now() >= deadline {
-            warn!(pgid = pgid.as_raw(), "{what}'s process group did not empty in time; killing it");
+            warn!(
+                pgid = pgid.as_raw(),
+                "{what}'s process group did not empty in time; killing it"
+            );
             let _ = killpg(pgid, Signal::SIGKILL);
             return;
         }
