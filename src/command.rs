@@ -121,8 +121,30 @@ pub fn build(program: &Program, env: &BTreeMap<String, String>) -> Command {
 type SpawnRequest = (
     Command,
     tokio::runtime::Handle,
-    tokio::sync::oneshot::Sender<io::Result<Child>>,
+    tokio::sync::oneshot::Sender<io::Result<Delivery>>,
 );
+
+/// A child on its way from the spawner thread to its caller. Dropped undelivered (the caller
+/// stopped waiting: a round dropped at a stop signal, say), its process group is killed:
+/// nobody else holds it, and only the child itself would die with rewire (its death signal),
+/// not the `sleep` its `sh -c` started.
+struct Delivery(Option<Child>);
+
+impl Delivery {
+    fn take(mut self) -> Child {
+        self.0.take().expect("a child is delivered once")
+    }
+}
+
+impl Drop for Delivery {
+    fn drop(&mut self) {
+        if let Some(id) = self.0.as_ref().and_then(Child::id) {
+            let pid = Pid::from_raw(id as i32);
+            let _ = killpg(pid, Signal::SIGKILL);
+            let _ = nix::sys::signal::kill(pid, Signal::SIGKILL);
+        }
+    }
+}
 
 /// The spawner thread's queue. Process-wide on purpose: `PR_SET_PDEATHSIG` is about the thread
 /// that forks, so there must be one that lives as long as the process (see the module docs).
@@ -144,7 +166,8 @@ fn spawner() -> io::Result<&'static mpsc::Sender<SpawnRequest>> {
                         .unwrap_or_else(|_| Err(io::Error::other("spawning panicked")));
                 // Our copies of the child's pipe ends close before anyone reads from them.
                 drop(cmd);
-                let _ = reply.send(spawned);
+                // Not received (the caller is gone): dropping it kills the child's group.
+                let _ = reply.send(spawned.map(|c| Delivery(Some(c))));
             }
         })?;
     // Another caller may have won the race: its thread serves everyone, and ours ends when
@@ -173,7 +196,7 @@ pub async fn spawn(mut cmd: Command, death_signal: Signal) -> io::Result<Child> 
     spawner()?
         .send((cmd, tokio::runtime::Handle::current(), reply))
         .map_err(|_| gone())?;
-    answer.await.map_err(|_| gone())?
+    answer.await.map_err(|_| gone())?.map(Delivery::take)
 }
 
 /// Kills a command's process group when dropped, unless disarmed: a run that is abandoned (the
@@ -371,6 +394,56 @@ mod tests {
         CommandSpec {
             program: Program::Argv(argv.iter().map(|s| s.to_string()).collect()),
             timeout: Duration::from_millis(timeout_ms),
+        }
+    }
+
+    /// A caller that stops waiting for its child (the future dropped once the spawner has
+    /// started it) leaves nothing running: the `sleep` its shell started is killed with the
+    /// group. It outlived rewire before (a check started just as a stop signal came).
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_child_whose_caller_stopped_waiting_is_killed_with_its_group() {
+        let dir = tempfile::tempdir().unwrap();
+        let pidfile = dir.path().join("sleep.pid");
+        let mut cmd = build(
+            &Program::Argv(vec![
+                "sh".into(),
+                "-c".into(),
+                format!("sleep 300 & echo $! > {}; wait", pidfile.display()),
+            ]),
+            &BTreeMap::new(),
+        );
+        cmd.stdin(Stdio::null());
+        let mut spawning = Box::pin(spawn(cmd, Signal::SIGKILL));
+        // One poll sends the request; the future is never polled again.
+        assert!(futures_util::poll!(&mut spawning).is_pending());
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let sleep: i32 = loop {
+            if let Some(pid) = std::fs::read_to_string(&pidfile)
+                .ok()
+                .and_then(|t| t.trim().parse().ok())
+            {
+                break pid;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the child did not start"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        drop(spawning);
+        let alive = |pid: i32| {
+            std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+                s.rsplit_once(')')
+                    .is_some_and(|(_, r)| !r.trim_start().starts_with('Z'))
+            })
+        };
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while alive(sleep) {
+            if std::time::Instant::now() > deadline {
+                let _ = nix::sys::signal::kill(Pid::from_raw(sleep), Signal::SIGKILL);
+                panic!("the sleep of an abandoned child is still running");
+            }
+            std::thread::sleep(Duration::from_millis(10));
         }
     }
 
