@@ -473,18 +473,14 @@ async fn main_turn(
     // goes too, as after a stop signal: also when main exited on its own (ending rewire), or
     // rewire stops while main waits to restart. Without PID 1 or --subreaper nothing else
     // would stop it. (Nothing to do when the group is empty, the usual case.)
-    let pgid = m.last_pid.load(Ordering::Acquire);
-    if pgid > 0 {
-        let deadline = tokio::time::Instant::now() + cfg.stop_timeout;
-        stop_leftovers(
-            Pid::from_raw(pgid),
-            cfg.stop_signal,
-            "main",
-            hurry,
-            deadline,
-        )
-        .await;
-    }
+    stop_last_run_leftovers(
+        &m.last_pid,
+        cfg.stop_signal,
+        "main",
+        hurry,
+        cfg.stop_timeout,
+    )
+    .await;
     // Main is gone (or never started): wait for its task, e.g. a pre_start being killed.
     if let Some(c) = *m.exit.borrow() {
         *code = Some(c);
@@ -605,6 +601,23 @@ pub(super) async fn stop_leftovers(
     }
 }
 
+/// [`stop_leftovers`] for the group of the last run started as `last_pid` (0: none yet),
+/// with `stop_timeout` from now: after a run that ended on its own, before a restart or at
+/// the stop.
+pub(super) async fn stop_last_run_leftovers(
+    last_pid: &AtomicI32,
+    signal: Signal,
+    what: &str,
+    cut: &CancellationToken,
+    stop_timeout: Duration,
+) {
+    let pgid = last_pid.load(Ordering::Acquire);
+    if pgid > 0 {
+        let deadline = tokio::time::Instant::now() + stop_timeout;
+        stop_leftovers(Pid::from_raw(pgid), signal, what, cut, deadline).await;
+    }
+}
+
 /// Runs a hook to completion, its output going to the log under its name.
 pub(super) async fn run_hook(
     what: &str,
@@ -716,18 +729,14 @@ impl MainTask {
             // What the run that ended left in its group goes first: a worker still holding
             // the port would make every restart fail ("address in use"), and would outlive
             // rewire.
-            let pgid = self.last_pid.load(Ordering::Acquire);
-            if pgid > 0 {
-                let deadline = tokio::time::Instant::now() + self.cfg.stop_timeout;
-                stop_leftovers(
-                    Pid::from_raw(pgid),
-                    self.cfg.stop_signal,
-                    "main",
-                    &self.stopping,
-                    deadline,
-                )
-                .await;
-            }
+            stop_last_run_leftovers(
+                &self.last_pid,
+                self.cfg.stop_signal,
+                "main",
+                &self.stopping,
+                self.cfg.stop_timeout,
+            )
+            .await;
             let total = restarts.total;
             info!(status = code, delay = ?delay, restarts = total, "restarting main");
             self.board.update(|r| {

@@ -269,19 +269,15 @@ impl JobTask {
     /// What the last run (exited) left in its process group: `stop_signal`, then SIGKILL at
     /// `stop_timeout` (at once when `cut` is cancelled).
     async fn stop_leftovers_of_last_run(&self, cut: &CancellationToken) {
-        let pgid = self.last_pid.load(std::sync::atomic::Ordering::Acquire);
-        if pgid > 0 {
-            let deadline = tokio::time::Instant::now() + self.cfg.stop_timeout;
-            let what = format!("job {}", self.cfg.name);
-            super::super::supervisor::stop_leftovers(
-                Pid::from_raw(pgid),
-                self.cfg.stop_signal,
-                &what,
-                cut,
-                deadline,
-            )
-            .await;
-        }
+        let what = format!("job {}", self.cfg.name);
+        super::super::supervisor::stop_last_run_leftovers(
+            &self.last_pid,
+            self.cfg.stop_signal,
+            &what,
+            cut,
+            self.cfg.stop_timeout,
+        )
+        .await;
     }
 
     /// `stop_signal`, then SIGKILL to the group after `stop_timeout` (at once on `hurry`).
