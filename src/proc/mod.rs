@@ -15,6 +15,7 @@ pub mod election;
 pub mod health;
 pub mod init;
 pub mod jobs;
+mod leftovers;
 pub mod registrar;
 pub mod supervisor;
 pub mod tasks;

@@ -48,6 +48,7 @@ use tracing::{Instrument, debug, error, info, info_span, warn};
 
 use super::jobs::restarts::{Next, Restarts};
 use super::jobs::{Bus, Jobs, MainTurn, bus};
+use super::leftovers;
 use super::registrar::{self, ServiceTask};
 use crate::command::{self, RunStatus};
 use crate::config::{CommandSpec, Config, Event, JobConfig, MAIN_JOB, MainConfig, Program};
@@ -473,7 +474,7 @@ async fn main_turn(
     // goes too, as after a stop signal: also when main exited on its own (ending rewire), or
     // rewire stops while main waits to restart. Without PID 1 or --subreaper nothing else
     // would stop it. (Nothing to do when the group is empty, the usual case.)
-    stop_last_run_leftovers(
+    leftovers::stop_last_run(
         &m.last_pid,
         cfg.stop_signal,
         "main",
@@ -532,7 +533,7 @@ async fn stop_main(m: &mut MainHandle, cfg: &MainConfig, hurry: &CancellationTok
         _ = hurry.cancelled() => false,
     };
     if exited {
-        stop_leftovers(pid, cfg.stop_signal, "main", hurry, deadline).await;
+        leftovers::stop(pid, cfg.stop_signal, "main", hurry, deadline).await;
         return;
     }
     if hurry.is_cancelled() {
@@ -563,60 +564,6 @@ async fn stop_main(m: &mut MainHandle, cfg: &MainConfig, hurry: &CancellationTok
 
 /// How long the stop sequence waits for a start of main already under way (see `stop_main`).
 const START_SETTLE: Duration = Duration::from_secs(2);
-
-/// How often the stop sequence looks whether main's process group has emptied (nothing
-/// announces it: its members are not rewire's children).
-const LEFTOVER_POLL: Duration = Duration::from_millis(50);
-
-/// After main (or a job: `what`) exited on its stop signal: what it left in its process group
-/// (the children of a shell wrapper that died on the signal, workers) gets the same signal,
-/// and SIGKILL at the end of `stop_timeout`. Without this they would outlive rewire,
-/// reparented to init.
-pub(super) async fn stop_leftovers(
-    pgid: Pid,
-    signal: Signal,
-    what: &str,
-    hurry: &CancellationToken,
-    deadline: tokio::time::Instant,
-) {
-    let empty = || killpg(pgid, None).is_err();
-    if empty() {
-        return;
-    }
-    info!(pgid = pgid.as_raw(), %signal, "{what} exited; stopping what it left in its process group");
-    let _ = killpg(pgid, signal);
-    while !empty() {
-        if hurry.is_cancelled() || tokio::time::Instant::now() >= deadline {
-            warn!(
-                pgid = pgid.as_raw(),
-                "{what}'s process group did not empty in time; killing it"
-            );
-            let _ = killpg(pgid, Signal::SIGKILL);
-            return;
-        }
-        tokio::select! {
-            _ = tokio::time::sleep(LEFTOVER_POLL) => {}
-            _ = hurry.cancelled() => {}
-        }
-    }
-}
-
-/// [`stop_leftovers`] for the group of the last run started as `last_pid` (0: none yet),
-/// with `stop_timeout` from now: after a run that ended on its own, before a restart or at
-/// the stop.
-pub(super) async fn stop_last_run_leftovers(
-    last_pid: &AtomicI32,
-    signal: Signal,
-    what: &str,
-    cut: &CancellationToken,
-    stop_timeout: Duration,
-) {
-    let pgid = last_pid.load(Ordering::Acquire);
-    if pgid > 0 {
-        let deadline = tokio::time::Instant::now() + stop_timeout;
-        stop_leftovers(Pid::from_raw(pgid), signal, what, cut, deadline).await;
-    }
-}
 
 /// Runs a hook to completion, its output going to the log under its name.
 pub(super) async fn run_hook(
@@ -729,7 +676,7 @@ impl MainTask {
             // What the run that ended left in its group goes first: a worker still holding
             // the port would make every restart fail ("address in use"), and would outlive
             // rewire.
-            stop_last_run_leftovers(
+            leftovers::stop_last_run(
                 &self.last_pid,
                 self.cfg.stop_signal,
                 "main",

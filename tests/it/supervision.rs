@@ -1495,6 +1495,43 @@ fn leftovers_of_a_main_and_a_job_that_restart_go_before_each_restart() {
     }
 }
 
+/// Left alone in session 10, done now: a job that exited on its own, with no restart after
+/// it, kept what it left in its process group past rewire (only main's and restarted runs'
+/// leftovers were stopped). A daemonizing command keeps its process while rewire runs, and
+/// the process goes at the job's turn in the stop sequence.
+#[test]
+fn what_a_finished_job_left_runs_while_rewire_does_and_stops_with_it() {
+    let p = Project::new();
+    let bg = p.path("bg.pid");
+    p.config(&format!(
+        "{}[[job]]\nname = \"daemonizes\"\nexec = [\"sh\", \"-c\", {}]\nstop_timeout = \"5s\"\n\n\
+         [main]\nexec = [\"sleep\", \"300\"]\n",
+        preamble(&p),
+        q(format!("sleep 300 & echo $! > {}; exit 0", bg.display())),
+    ));
+    let mut rw = Rewire::start(&p, &[]);
+    let log = p.path("rewire.log");
+    rw.wait_for("the job's run to end, leaving its child", || {
+        std::fs::read_to_string(&log).is_ok_and(|l| l.contains("job exited with status 0"))
+    });
+    let child = read_pid(&bg).expect("the job wrote its child's pid");
+    assert!(
+        alive(child),
+        "the job's child was stopped while rewire runs"
+    );
+    rw.signal(SIGTERM);
+    assert_eq!(rw.wait_exit().code(), Some(143), "{}", rw.log());
+    let gone = support::poll_until(Duration::from_secs(10), || !alive(child));
+    if !gone {
+        let _ = proc_::signal(child, SIGKILL);
+    }
+    assert!(
+        gone,
+        "the finished job's child outlived rewire:\n{}",
+        rw.log()
+    );
+}
+
 /// Found by a container user's hunt: the sidecar form (`[main]` without `exec`, as in the
 /// Kubernetes example) with a `[[service]]` without `health` never registered: the service
 /// followed a main that never runs ("job main is starting"). There is no process to follow:

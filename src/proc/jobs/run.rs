@@ -5,10 +5,11 @@
 //! A job's process inherits rewire's stdout and stderr, as main does (a Consul agent logs
 //! there), gets `/dev/null` as stdin and leads its own process group.
 
-use crate::proc::health;
+use crate::proc::{health, leftovers};
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use futures_util::future::join_all;
 use nix::sys::signal::{Signal, kill, killpg};
 use nix::unistd::Pid;
 use tokio::process::Child;
@@ -50,7 +51,29 @@ enum Stop {
 
 impl JobTask {
     pub async fn run(self) {
+        let left = self.runs().await;
+        if left.is_empty() {
+            return;
+        }
+        // What the runs that ended on their own left keeps running (a command may daemonize
+        // on purpose) until the job's turn in the stop sequence.
+        self.turn.cancelled().await;
+        let deadline = Instant::now() + self.cfg.stop_timeout;
+        let what = format!("job {}", self.cfg.name);
+        join_all(
+            left.iter().filter(|l| l.still_there()).map(|l| {
+                leftovers::stop(l.pgid, self.cfg.stop_signal, &what, &self.hurry, deadline)
+            }),
+        )
+        .await;
+    }
+
+    /// Waits for `when` and runs the process (again for `each`) until rewire stops. Returns
+    /// the process groups that runs which ended on their own, and were not restarted, left
+    /// processes in.
+    async fn runs(&self) -> Vec<leftovers::Left> {
         let name = self.cfg.name.clone();
+        let mut left = Vec::new();
         let mut rx = self.bus.subscribe();
         let hook = self
             .cfg
@@ -85,7 +108,10 @@ impl JobTask {
                     }
                 };
                 let fired = tokio::select! {
-                    _ = not_now => return self.idle("not started (rewire is stopping)"),
+                    _ = not_now => {
+                        self.idle("not started (rewire is stopping)");
+                        return left;
+                    }
                     f = gate => f,
                 };
                 match fired {
@@ -101,21 +127,36 @@ impl JobTask {
                             s.waits_for = None;
                         });
                         self.bus.emit(&name, Event::Failed);
-                        return;
+                        return left;
                     }
                 }
                 self.bus.update(&name, |s| s.waits_for = None);
             } else if self.halt.is_cancelled() {
-                return self.idle("not started (rewire is stopping)");
+                self.idle("not started (rewire is stopping)");
+                return left;
             }
             first = false;
             if let Err(Stop::Stopping) = self.supervise(&mut restarts).await {
-                return;
+                return left;
             }
+            left.extend(self.left_by_last_run());
             if !self.cfg.each || self.halt.is_cancelled() {
-                return;
+                return left;
             }
         }
+    }
+
+    /// The last run's process group, if the run (ended on its own) left processes there.
+    fn left_by_last_run(&self) -> Option<leftovers::Left> {
+        let pgid = self.last_pid.load(std::sync::atomic::Ordering::Acquire);
+        let (left, pids) = leftovers::Left::snapshot(Pid::from_raw(pgid)).filter(|_| pgid > 0)?;
+        info!(
+            job = %self.cfg.name,
+            pgid,
+            pids = ?pids,
+            "the job's run ended, and left processes in its group: they run until rewire stops"
+        );
+        Some(left)
     }
 
     fn idle(&self, state: &str) {
@@ -270,7 +311,7 @@ impl JobTask {
     /// `stop_timeout` (at once when `cut` is cancelled).
     async fn stop_leftovers_of_last_run(&self, cut: &CancellationToken) {
         let what = format!("job {}", self.cfg.name);
-        super::super::supervisor::stop_last_run_leftovers(
+        leftovers::stop_last_run(
             &self.last_pid,
             self.cfg.stop_signal,
             &what,
@@ -295,14 +336,7 @@ impl JobTask {
         };
         if stopped {
             let what = format!("job {name}");
-            super::super::supervisor::stop_leftovers(
-                pid,
-                self.cfg.stop_signal,
-                &what,
-                &self.hurry,
-                deadline,
-            )
-            .await;
+            leftovers::stop(pid, self.cfg.stop_signal, &what, &self.hurry, deadline).await;
             return;
         }
         warn!(
