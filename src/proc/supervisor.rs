@@ -381,9 +381,12 @@ impl Supervisor {
         // The elections step down meanwhile (on_demoted may need main running): main and the
         // jobs stop once that is done, or at a second stop signal.
         if !stepped_down.is_cancelled() {
-            info!(
-                "waiting for the elections to step down (on_demoted, release) before stopping main"
-            );
+            let before = if self.main.is_some() {
+                " before stopping main"
+            } else {
+                ""
+            };
+            info!("waiting for the elections to step down (on_demoted, release){before}");
             tokio::select! {
                 _ = stepped_down.cancelled() => {}
                 _ = hurry.cancelled() => {}

@@ -1349,6 +1349,56 @@ fn a_slow_on_demoted_holds_neither_the_deregistration_nor_a_second_stop_signal()
     );
 }
 
+/// Found by a regression hunt: the same wait on the SIGHUP path. A reload that changed an
+/// `[[election]]` stepped down inline, without reading signals, so a SIGTERM during its slow
+/// `on_demoted` left the service registered and passing until the hook ended, and a second
+/// SIGTERM was lost. The stop now begins at once, and the step-down goes on beside it.
+#[test]
+fn a_stop_during_a_reload_whose_election_steps_down_begins_at_once() {
+    let p = Project::new();
+    let port = free_port();
+    let config = |ttl: &str| {
+        format!(
+            "{}{}[main]\nexec = {}\ndrain = \"0s\"\n\n[[election]]\nname = \"primary\"\nservice = \"web\"\nttl = \"{ttl}\"\n\
+             on_demoted = [\"sh\", \"-c\", \"echo demoting > demoting; sleep 60\"]\n",
+            preamble(&p),
+            web_service(port),
+            server_exec(&p, port, &[])
+        )
+    };
+    p.config(&config("2s"));
+    let mut rw = Rewire::start(&p, &[]);
+    rw.wait_for("a passing registration", || registration_is(&p, "passing"));
+    rw.wait_for("the election won", || rw_log_has(&p, "elected"));
+    let main = read_pid(&p.path("main.pid")).expect("main.pid");
+
+    p.config(&config("3s"));
+    rw.signal(SIGHUP);
+    rw.wait_for("on_demoted running", || p.path("demoting").exists());
+    rw.signal(SIGTERM);
+    let deregistered = support::poll_until(Duration::from_secs(10), || !catalog_file(&p).exists());
+    assert!(
+        deregistered,
+        "still registered 10 s after the stop signal:\n{}",
+        rw.log()
+    );
+    assert!(alive(main), "main was stopped before the step-down");
+
+    let second = Instant::now();
+    rw.signal(SIGTERM);
+    rw.wait_exit();
+    assert!(
+        second.elapsed() < Duration::from_secs(10),
+        "a second stop signal took {:?} to end rewire:\n{}",
+        second.elapsed(),
+        rw.log()
+    );
+    assert!(
+        support::poll_until(Duration::from_secs(5), || !alive(main)),
+        "main outlived rewire"
+    );
+}
+
 /// Found by a supervision hunt: a `[[service]]` without `health` follows main, but its status
 /// was only looked at every `interval`, so a main crash-looping faster than that stayed
 /// passing while down (and a restarted one critical while up). Main's exit and restart now

@@ -270,6 +270,16 @@ struct Daemon {
     telemetry: watch::Sender<Settings>,
 }
 
+/// How a SIGHUP's reload ended.
+enum Reloaded {
+    /// Applied, or rejected (the running config stays).
+    Done,
+    /// Done, and another SIGHUP came meanwhile.
+    Again,
+    /// A stop signal came while elections stepped down.
+    Stop(nix::sys::signal::Signal),
+}
+
 impl Daemon {
     fn start(
         config: Config,
@@ -410,7 +420,16 @@ impl Daemon {
                         info!(signal = %s, "stopping");
                         return None;
                     }
-                    Incoming::Reload => self.reload().await,
+                    Incoming::Reload => loop {
+                        match self.reload(signals).await {
+                            Reloaded::Done => break,
+                            Reloaded::Again => info!("applying the SIGHUP that came meanwhile"),
+                            Reloaded::Stop(s) => {
+                                info!(signal = %s, "stopping (the reload is abandoned)");
+                                return None;
+                            }
+                        }
+                    },
                     Incoming::Forward(s) => self.supervisor.forward(s),
                     Incoming::Ignored(_) | Incoming::IgnoredRealtime(_) => {}
                 },
@@ -427,14 +446,17 @@ impl Daemon {
     }
 
     /// SIGHUP: applies a new config by difference, or keeps the running one (see [`reload`]).
-    async fn reload(&mut self) {
+    /// Signals are answered while elections step down (on_demoted may take long): a stop
+    /// signal abandons the reload and the stop begins at once (the step-down goes on beside
+    /// it); another SIGHUP is applied after this one.
+    async fn reload(&mut self, signals: &mut Signals) -> Reloaded {
         info!("SIGHUP: re-reading the config");
         let (new, engine) = match reload::read(&self.reloader) {
             Ok(read) => read,
             Err(e) => {
                 error!("new config rejected, keeping the running one:\n{e}");
                 self.note_rejected(&e.to_string());
-                return;
+                return Reloaded::Done;
             }
         };
         crate::render::pipeline::remove_leftovers(&new.templates);
@@ -458,7 +480,7 @@ impl Daemon {
                 Err(e) => {
                     error!(error = %e, "new config rejected, keeping the running one");
                     self.note_rejected(&e.to_string());
-                    return;
+                    return Reloaded::Done;
                 }
             }
         }
@@ -469,14 +491,30 @@ impl Daemon {
         self.generation = self.parts.spawn_generation(&new, engine);
         self.supervisor.reconfigure(&new);
         self.election_ctx.env = crate::command::child_env(&new);
-        if changes.catalog {
-            self.election_ctx.catalog = self.catalog.catalog.clone();
-            // A new catalog: the terms held in the old one end.
-            std::mem::replace(&mut self.elections, Elections::none())
-                .stop()
-                .await;
+        let mut again = false;
+        {
+            let elections = async {
+                if changes.catalog {
+                    self.election_ctx.catalog = self.catalog.catalog.clone();
+                    // A new catalog: the terms held in the old one end.
+                    self.elections.step_down().await;
+                }
+                self.elections.reconfigure(&new, &self.election_ctx).await;
+            };
+            // Stepping down takes on_demoted's time: signals are still answered meanwhile.
+            tokio::pin!(elections);
+            loop {
+                tokio::select! {
+                    () = &mut elections => break,
+                    sig = signals.next() => match sig {
+                        Incoming::Stop(s) => return Reloaded::Stop(s),
+                        Incoming::Forward(s) => self.supervisor.forward(s),
+                        Incoming::Reload => again = true,
+                        Incoming::Ignored(_) | Incoming::IgnoredRealtime(_) => {}
+                    },
+                }
+            }
         }
-        self.elections.reconfigure(&new, &self.election_ctx).await;
         self.parts.metrics.declare(&new.metrics);
         self.telemetry.send_replace(Settings::from_config(&new));
         if new.telemetry.as_ref().map(|t| t.listen)
@@ -498,6 +536,11 @@ impl Daemon {
         self.config = new;
         self.parts.board.update(|r| r.rejected_reload = None);
         info!("new config applied");
+        if again {
+            Reloaded::Again
+        } else {
+            Reloaded::Done
+        }
     }
 
     /// Puts a rejected reload in the status report: when, and its first problem.

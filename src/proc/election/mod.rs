@@ -17,9 +17,9 @@
 //!   gone.
 //!
 //! A term ends in this order: `is_leader` turns false (templates re-render), `on_demoted` runs,
-//! then the ballot resigns (the catalog releases the lock for a successor). On SIGTERM the
-//! daemon calls [`Elections::stop`] before deregistering anything, so the order of the issue
-//! holds: on_demoted -> release -> deregister -> drain -> stop.
+//! then the ballot resigns (the catalog releases the lock for a successor); the term is
+//! renewed until on_demoted ends. On SIGTERM the daemon calls [`Elections::stop`] beside the
+//! deregistration and drain (a slow hook holds neither), and main stops once it returned.
 //!
 //! Everyone publishes the election into the store as `Query::Election(name)` (the holder and
 //! whether this process is it), so `leader()` and `is_leader()` are dependencies like
@@ -73,6 +73,10 @@ pub fn margin(ttl: Duration) -> Duration {
 /// The elections of this process.
 pub struct Elections {
     running: Vec<Running>,
+    /// Candidates told to step down whose task has not ended yet (a SIGHUP that changed the
+    /// elections was interrupted by a stop signal while they stepped down): the stop waits
+    /// for them too.
+    leaving: Vec<Running>,
     configs: Vec<ElectionConfig>,
 }
 
@@ -80,6 +84,9 @@ struct Running {
     name: String,
     stop: CancellationToken,
     task: JoinHandle<()>,
+    /// How long its step-down may take at most: `on_demoted`'s timeout, then resigning and
+    /// leaving. The candidate bounds each step itself; this guards against a stuck task.
+    bound: Duration,
 }
 
 /// What every candidate needs from the daemon.
@@ -103,6 +110,7 @@ impl Elections {
             .collect();
         Elections {
             running,
+            leaving: Vec::new(),
             configs: config.elections.clone(),
         }
     }
@@ -111,19 +119,22 @@ impl Elections {
     pub fn none() -> Elections {
         Elections {
             running: Vec::new(),
+            leaving: Vec::new(),
             configs: Vec::new(),
         }
     }
 
     /// SIGHUP: an unchanged set of elections keeps running (a holder stays the holder);
-    /// otherwise every candidate steps down and the new ones start.
+    /// otherwise every candidate steps down and the new ones start. Dropped half-way (a stop
+    /// signal came), the candidates still stepping down are waited for by [`Elections::stop`],
+    /// and the new ones do not start.
     pub async fn reconfigure(&mut self, config: &Config, ctx: &Context) {
         if config.elections == self.configs {
             return;
         }
         info!("[[election]] sections changed; stepping down and running again");
         let old_names: Vec<String> = self.configs.iter().map(|e| e.name.clone()).collect();
-        std::mem::replace(self, Elections::none()).stop().await;
+        self.step_down().await;
         let names: Vec<String> = config.elections.iter().map(|e| e.name.clone()).collect();
         ctx.board
             .update(|r| r.elections.retain(|n, _| names.contains(n)));
@@ -137,9 +148,23 @@ impl Elections {
         *self = Elections::start(config, ctx);
     }
 
-    /// Whether no election runs (none configured, or none could start).
+    /// Every candidate steps down (on_demoted, then release) and leaves; returns when all
+    /// have, and nothing runs any more. Cancel-safe: what is still stepping down stays in
+    /// `leaving`.
+    pub async fn step_down(&mut self) {
+        self.begin_stop();
+        self.leaving.append(&mut self.running);
+        self.configs.clear();
+        while let Some(r) = self.leaving.last_mut() {
+            finish(r).await;
+            self.leaving.pop();
+        }
+    }
+
+    /// Whether no election runs (none configured, or none could start) and none is still
+    /// stepping down.
     pub fn is_empty(&self) -> bool {
-        self.running.is_empty()
+        self.running.is_empty() && self.leaving.is_empty()
     }
 
     /// Tells every candidate to step down, at once (see [`Elections::stop`]): called before
@@ -152,20 +177,27 @@ impl Elections {
     }
 
     /// Steps down everywhere (on_demoted, then release) and leaves; returns when done.
-    pub async fn stop(self) {
+    pub async fn stop(mut self) {
         self.begin_stop();
         // All at once: one slow on_demoted does not hold up the others.
-        futures_util::future::join_all(self.running.into_iter().map(|r| async move {
-            // The candidate bounds its own steps; this only guards against a stuck hook.
-            if tokio::time::timeout(RESIGN_TIMEOUT * 8, r.task)
-                .await
-                .is_err()
-            {
-                warn!(election = %r.name, "the election did not stop in time");
-            }
-        }))
-        .await;
+        let all = self.running.iter_mut().chain(self.leaving.iter_mut());
+        futures_util::future::join_all(all.map(finish)).await;
     }
+}
+
+/// Waits for a candidate told to stop to end, for at most its bound.
+async fn finish(r: &mut Running) {
+    if tokio::time::timeout(r.bound, &mut r.task).await.is_err() {
+        warn!(election = %r.name, bound = ?r.bound, "the election did not stop in time");
+        r.task.abort();
+    }
+}
+
+/// How long a candidate's step-down may take at most (see [`Running::bound`]): `on_demoted`'s
+/// timeout, resigning and leaving ([`RESIGN_TIMEOUT`] each), and as much again as a margin.
+fn step_down_bound(e: &ElectionConfig) -> Duration {
+    let hook = e.on_demoted.as_ref().map_or(Duration::ZERO, |h| h.timeout);
+    hook + RESIGN_TIMEOUT * 4
 }
 
 fn start_one(e: &ElectionConfig, services: &[ServiceConfig], ctx: &Context) -> Option<Running> {
@@ -211,6 +243,7 @@ fn start_one(e: &ElectionConfig, services: &[ServiceConfig], ctx: &Context) -> O
         name: e.name.clone(),
         stop,
         task,
+        bound: step_down_bound(e),
     })
 }
 
