@@ -22,14 +22,15 @@ pub fn init(flag: Option<&str>, format: LogFormat) {
         .ok()
         .filter(|v| !v.trim().is_empty());
     let level = flag.map(str::to_owned).or(from_env);
+    let mut bad_level = None;
     let filter = match level.as_deref().map(parse_filter) {
         None => Targets::new().with_default(LevelFilter::INFO),
         Some(Ok(f)) => f,
         Some(Err(e)) => {
-            eprintln!(
-                "rewire: invalid REWIRE_LOG {:?} ({e}); using info",
+            bad_level = Some(format!(
+                "invalid REWIRE_LOG {:?} ({e}); using info",
                 level.unwrap_or_default()
-            );
+            ));
             Targets::new().with_default(LevelFilter::INFO)
         }
     };
@@ -43,6 +44,10 @@ pub fn init(flag: Option<&str>, format: LogFormat) {
             .try_init(),
         LogFormat::Json => registry.with(layer.json().flatten_event(true)).try_init(),
     };
+    // Said through the subscriber, so that JSON logs stay JSON lines.
+    if let Some(w) = bad_level {
+        tracing::warn!("{w}");
+    }
 }
 
 /// `--log-level`'s value parser: a bad level is a usage error (exit 2), like every other bad

@@ -34,12 +34,16 @@ impl Walker<'_> {
         }
         let retry = match self.table(&t, "retry") {
             Some(r) => {
-                let base = self.duration(&r, "base").unwrap_or(default.retry.base);
-                // Without a `max`, the default cap (30s) is raised to a larger `base`: the
-                // user wrote no cap to be in conflict with.
-                let max = self
-                    .duration(&r, "max")
-                    .unwrap_or(default.retry.max.max(base));
+                // A default never conflicts with what the user wrote: without a `base`, the
+                // default (250ms) is lowered to a smaller `max`; without a `max`, the default
+                // cap (30s) is raised to a larger `base`.
+                let written_base = self.duration(&r, "base");
+                let written_max = self.duration(&r, "max");
+                let base = written_base.unwrap_or(match written_max {
+                    Some(m) => default.retry.base.min(m),
+                    None => default.retry.base,
+                });
+                let max = written_max.unwrap_or(default.retry.max.max(base));
                 if let Err(e) = Backoff::new(base, max) {
                     self.error(
                         r.span.clone(),

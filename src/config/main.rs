@@ -31,9 +31,16 @@ impl Walker<'_> {
         let stop_timeout = self
             .duration(&t, "stop_timeout")
             .unwrap_or(Duration::from_secs(10));
-        let stop_signals = self
-            .signals(&t, "stop_signals")
-            .unwrap_or_else(|| vec![Signal::SIGTERM, Signal::SIGINT]);
+        // Each list's default leaves out what the other one names when written: only both
+        // written out can conflict (`forward_signals = ["INT"]` alone makes INT forwarded).
+        let written_stop = self.signals(&t, "stop_signals");
+        let written_forward = self.signals(&t, "forward_signals");
+        let stop_signals = written_stop.unwrap_or_else(|| {
+            [Signal::SIGTERM, Signal::SIGINT]
+                .into_iter()
+                .filter(|s| !written_forward.as_ref().is_some_and(|f| f.contains(s)))
+                .collect()
+        });
         let stop_signal = self.signal(&t, "stop_signal").unwrap_or(Signal::SIGTERM);
         let registers = root.map.get("service").is_some();
         let drain = match self.duration(&t, "drain") {
@@ -53,9 +60,8 @@ impl Walker<'_> {
             None if registers => SERVICE_DRAIN,
             None => Duration::ZERO,
         };
-        // The default forwards USR1 and USR2, less those made stop signals: `stop_signals =
-        // ["USR1"]` alone is no conflict (only both lists written out are).
-        let forward_signals = self.signals(&t, "forward_signals").unwrap_or_else(|| {
+        // The default forwards USR1 and USR2, less those made stop signals.
+        let forward_signals = written_forward.unwrap_or_else(|| {
             [Signal::SIGUSR1, Signal::SIGUSR2]
                 .into_iter()
                 .filter(|s| !stop_signals.contains(s))

@@ -600,6 +600,27 @@ mod tests {
         );
     }
 
+    /// Found by a regression hunt: the fix above went one way only; a forwarded TERM or INT
+    /// alone conflicted with the default stop list.
+    #[test]
+    fn a_forwarded_signal_leaves_the_default_stop_list() {
+        let m = parse("[main]\nexec = [\"app\"]\nforward_signals = [\"INT\"]\n")
+            .unwrap()
+            .main
+            .unwrap();
+        assert_eq!(m.stop_signals, vec![Signal::SIGTERM]);
+        assert_eq!(m.forward_signals, vec![Signal::SIGINT]);
+    }
+
+    #[test]
+    fn a_retry_max_under_the_default_base_lowers_it_unless_a_base_is_written() {
+        let c = parse("[catalog]\nretry = { max = \"100ms\" }\n").unwrap();
+        assert_eq!(c.catalog.retry.base, Duration::from_millis(100));
+        assert_eq!(c.catalog.retry.max, Duration::from_millis(100));
+        let e = errors("[catalog]\nretry = { base = \"250ms\", max = \"100ms\" }\n");
+        assert!(e.iter().any(|e| e.contains("less than base")), "{e:?}");
+    }
+
     #[test]
     fn a_retry_base_over_the_default_cap_raises_it_unless_a_max_is_written() {
         let c = parse("[catalog]\nretry = { base = \"1m\" }\n").unwrap();

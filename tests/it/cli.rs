@@ -124,6 +124,15 @@ fn log_level_typo_is_named_and_directives_filter_by_target() {
         err.contains("broken.json"),
         "the fallback level hid warnings: {err}"
     );
+    // With JSON logs, the warning is a JSON record like every other line.
+    let o = env("warning", &["--log-format", "json", "render"]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let err = stderr(&o);
+    let first = err.lines().next().unwrap_or_default();
+    assert!(
+        first.starts_with('{') && first.contains("invalid REWIRE_LOG"),
+        "{err}"
+    );
     let o = env("", &["render"]);
     assert_eq!(code(&o), 0, "{}", stderr(&o));
     assert!(!stderr(&o).contains("invalid"), "{}", stderr(&o));
