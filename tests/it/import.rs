@@ -526,6 +526,55 @@ fn containerpilot_prestart_waiting_for_the_agent_stays_a_job_main_waits_for() {
     check(&out, &[]);
 }
 
+/// Found by a migration hunt: the same layout with preStart running `consul-template -once`
+/// kept that command as the job's exec ("everything mapped"), in an image that no longer has
+/// consul-template: preStart failed and the app never started. The templates are converted
+/// and the job runs `rewire render`, as a pre_start without `when` does.
+#[test]
+fn containerpilot_a_prestart_job_running_consul_template_renders_with_rewire() {
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::write(
+        tmp.path().join("n.ctmpl"),
+        "{{ range service \"web\" }}{{ .Address }}\n{{ end }}",
+    )
+    .unwrap();
+    let cp = tmp.path().join("containerpilot.json5");
+    std::fs::write(
+        &cp,
+        format!(
+            r#"{{
+  consul: "localhost:8500",
+  jobs: [
+    {{ name: "consul-agent", exec: ["consul", "agent", "-data-dir=/data"], restarts: "unlimited",
+      health: {{ exec: "consul info", interval: 5, ttl: 10 }} }},
+    {{ name: "preStart",
+      exec: "consul-template -once -consul-addr localhost:8500 -template {dir}/n.ctmpl:{dir}/n.conf",
+      when: {{ source: "consul-agent", once: "healthy" }} }},
+    {{ name: "app", port: 8080, exec: "/bin/app", restarts: "unlimited",
+      when: {{ source: "preStart", once: "exitSuccess" }},
+      health: {{ exec: "/usr/bin/curl -fs localhost:8080/health", interval: 5, ttl: 10 }} }}
+  ]
+}}
+"#,
+            dir = tmp.path().display()
+        ),
+    )
+    .unwrap();
+    let out = tmp.path().join("out");
+    let o = import("containerpilot", &cp, &out);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let config = read(&out.join("rewire.toml"));
+    for line in [
+        "[[job]]\nname = \"preStart\"\nexec = [\"rewire\", \"render\"]\nwhen = { after = \"consul-agent\", is = \"healthy\" }\n",
+        "when = { after = \"preStart\", is = \"succeeded\" }",
+        "[[template]]",
+    ] {
+        assert!(config.contains(line), "missing {line:?} in:\n{config}");
+    }
+    assert!(!config.contains("consul-template"), "{config}");
+    check(&out, &[]);
+}
+
 /// Found by testing as a migrating user: consul-template never expanded `${...}` in its
 /// config (a command's `${f}` is the shell's), one source may go to two destinations, and in
 /// exec mode the child was signalled after a template's command too.

@@ -190,7 +190,7 @@ pub(super) fn v3(ctx: &mut Ctx, top: &Obj, templates: &mut Templates, plan: &mut
             }
         }
         if as_job {
-            to_job(ctx, job, main_name.as_deref(), plan);
+            to_job(ctx, job, main_name.as_deref(), templates, plan);
         } else if Some(i) == main_idx {
             main_job(ctx, job, &jobs, plan);
         } else if setup.contains(&job.name) {
@@ -202,7 +202,7 @@ pub(super) fn v3(ctx: &mut Ctx, top: &Obj, templates: &mut Templates, plan: &mut
                 // The autopilotpattern layout: preStart waits for the Consul agent's health.
                 // rewire's pre_start runs at once, so it stays a job with its `when`, and
                 // [main] waits for its "succeeded" (main_job kept that `when`).
-                to_job(ctx, job, main_name.as_deref(), plan);
+                to_job(ctx, job, main_name.as_deref(), templates, plan);
             } else if main_name.is_some() && user.map(|u| &u.name) == main_name.as_ref() {
                 if let Some(e) = j.get("exec") {
                     plan.main.pre_start = hook(ctx, e, &j.child("exec"), templates, plan);
@@ -359,7 +359,13 @@ pub(super) fn mark_timing(ctx: &mut Ctx, job: &Job) {
 }
 
 /// A v3 job as a `[[job]]`: exec, restarts, stopTimeout, health, when.
-pub(super) fn to_job(ctx: &mut Ctx, job: &Job, main_name: Option<&str>, plan: &mut Plan) {
+pub(super) fn to_job(
+    ctx: &mut Ctx,
+    job: &Job,
+    main_name: Option<&str>,
+    templates: &mut Templates,
+    plan: &mut Plan,
+) {
     let j = &job.obj;
     let mut out = PlanJob {
         name: job.name.clone(),
@@ -367,7 +373,10 @@ pub(super) fn to_job(ctx: &mut Ctx, job: &Job, main_name: Option<&str>, plan: &m
         ..PlanJob::default()
     };
     if let Some(e) = j.get("exec") {
-        out.exec = command(ctx, e, &j.child("exec")).map(Command::Argv);
+        // A consul-template call (the autopilotpattern preStart waiting for the agent's
+        // health) becomes templates and `rewire render`, as a pre_start does: the image has
+        // no consul-template any more.
+        out.exec = hook(ctx, e, &j.child("exec"), templates, plan);
     }
     (out.restart, out.restart_limit) = restarts(ctx, j);
     out.stop_timeout = ctx.duration(j, "stopTimeout");
