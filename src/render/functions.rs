@@ -76,7 +76,7 @@ fn parse_status_filter(s: &str) -> TeraResult<Option<Vec<Status>>> {
 /// The arguments each of rewire's functions, filters and tests takes: what `only` enforces at
 /// render time and what [`misspelt_arguments`] checks at load time.
 pub(super) const ARGUMENTS: &[(&str, &[&str])] = &[
-    ("service", &["name", "tag", "status", "dc"]),
+    ("service", &["name", "tag", "status", "dc", "query"]),
     ("services", &["dc"]),
     ("key", &["path", "default", "dc"]),
     ("keys", &["prefix", "dc"]),
@@ -354,9 +354,65 @@ fn datacenter(kwargs: &Kwargs) -> TeraResult<Option<String>> {
     Ok(dc.filter(|d| !d.is_empty()))
 }
 
+/// consul-template's service query, `[TAG.]NAME[@DC][|STATUS,...]`, read the way
+/// consul-template reads it: the name is what follows the last dot (a service name with a dot
+/// cannot be asked for this way there either).
+#[derive(Debug, PartialEq)]
+struct CtQuery<'a> {
+    name: &'a str,
+    tag: Option<&'a str>,
+    dc: Option<&'a str>,
+    status: Option<&'a str>,
+}
+
+fn parse_ct_query(q: &str) -> TeraResult<CtQuery<'_>> {
+    let (rest, status) = match q.split_once('|') {
+        Some((r, f)) => (r, Some(f)),
+        None => (q, None),
+    };
+    if rest.contains('~') {
+        return Err(tera::Error::message(format!(
+            "service(query={q:?}): `~node` (nearness ordering) has no rewire equivalent"
+        )));
+    }
+    let (rest, dc) = match rest.split_once('@') {
+        Some((r, dc)) => (r, Some(dc).filter(|d| !d.is_empty())),
+        None => (rest, None),
+    };
+    let (tag, name) = match rest.rsplit_once('.') {
+        Some((t, n)) => (Some(t).filter(|t| !t.is_empty()), n),
+        None => (None, rest),
+    };
+    Ok(CtQuery {
+        name,
+        tag,
+        dc,
+        status,
+    })
+}
+
 fn fn_service(kwargs: Kwargs, _: &State) -> TeraResult<Value> {
     only(&kwargs, "service")?;
-    let name: String = kwargs.must_get("name")?;
+    // `query`: a consul-template query string built at render time (what `rewire import`
+    // writes for `service (printf "web@%s" .)`); it holds the tag, dc and status too.
+    let ct: Option<String> = kwargs.get("query")?;
+    let parsed = match &ct {
+        Some(q) => {
+            for other in ["name", "tag", "status", "dc"] {
+                if kwargs.get::<Value>(other)?.is_some() {
+                    return Err(tera::Error::message(format!(
+                        "service(): `query` holds the name, tag, dc and status; give `{other}` there, or use `name` instead of `query`"
+                    )));
+                }
+            }
+            Some(parse_ct_query(q)?)
+        }
+        None => None,
+    };
+    let name: String = match &parsed {
+        Some(p) => p.name.to_string(),
+        None => kwargs.must_get("name")?,
+    };
     // A name no catalog can hold would only ever render an empty list, silently.
     if let Err(e) = crate::model::check_name(&name) {
         let hint = match name.split_once('|') {
@@ -369,14 +425,28 @@ fn fn_service(kwargs: Kwargs, _: &State) -> TeraResult<Value> {
             ),
             None => String::new(),
         };
+        let arg = match &ct {
+            Some(q) => format!("query={q:?}"),
+            None => "name=...".to_string(),
+        };
         return Err(tera::Error::message(format!(
-            "service(name=...): the name {e}{hint}"
+            "service({arg}): the name {e}{hint}"
         )));
     }
-    let tag: Option<String> = kwargs.get("tag")?;
-    let status: Option<String> = kwargs.get("status")?;
+    let (tag, status, dc) = match &parsed {
+        Some(p) => (
+            p.tag.map(str::to_string),
+            p.status.map(str::to_string),
+            p.dc.map(str::to_string),
+        ),
+        None => (
+            kwargs.get("tag")?,
+            kwargs.get("status")?,
+            datacenter(&kwargs)?,
+        ),
+    };
     let statuses = parse_status_filter(status.as_deref().unwrap_or("passing"))?;
-    let query = Query::Service(name).in_datacenter(datacenter(&kwargs)?);
+    let query = Query::Service(name).in_datacenter(dc);
     let Some(entry) = lookup(query, true) else {
         return Ok(Value::from(Vec::<Value>::new()));
     };
@@ -777,12 +847,29 @@ mod tests {
         assert_eq!(&text[m.offset..m.offset + 3], "nam");
         assert_eq!(
             m.message(),
-            "service() has no argument `nam`; did you mean `name`? (it takes name, tag, status, dc)"
+            "service() has no argument `nam`; did you mean `name`? (it takes name, tag, status, dc, query)"
         );
     }
 
     /// At render time too (arguments the text scan cannot see, such as those of a function
     /// called from an included file): a wrong name is refused, none or a known one passes.
+    #[test]
+    fn a_consul_template_query_is_split_as_consul_template_splits_it() {
+        let q = parse_ct_query("v1.2.web@dc2|passing,warning").unwrap();
+        assert_eq!(
+            q,
+            CtQuery {
+                name: "web",
+                tag: Some("v1.2"),
+                dc: Some("dc2"),
+                status: Some("passing,warning"),
+            }
+        );
+        let q = parse_ct_query("web").unwrap();
+        assert_eq!((q.name, q.tag, q.dc, q.status), ("web", None, None, None));
+        assert!(parse_ct_query("web~node1").is_err());
+    }
+
     #[test]
     fn only_refuses_arguments_a_function_does_not_take() {
         assert!(only(&Kwargs::default(), "addr_port").is_ok());

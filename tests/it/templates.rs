@@ -131,6 +131,55 @@ fn bad_kv_settings_fail_the_render_and_name_the_key() {
     }
 }
 
+/// Found by a migration hunt: `service (printf "%s.web" $tag)` and other queries built at run
+/// time became `service(name=...)` with the whole string as the name: an empty list, no
+/// error. `rewire import` writes `service(query=...)` for them now, read as consul-template
+/// reads it: the tag before the last dot, the dc after `@`, the status after `|`.
+#[test]
+fn a_consul_template_query_built_at_render_time_is_read_as_consul_template_reads_it() {
+    let p = Project::new();
+    p.file(
+        "q.tera",
+        "{% set t = \"v2\" %}tagged:{% for s in service(query=t ~ \".web\") %} {{ s.id }}{% endfor %}\n\
+         any:{% for s in service(query=\"web\" ~ \"|any\") %} {{ s.id }}{% endfor %}\n\
+         plain:{% for s in service(query=\"web\") %} {{ s.id }}{% endfor %}\n",
+    )
+    .instance_json(
+        "web",
+        "a",
+        r#"{"address": "10.0.0.1", "port": 80, "tags": ["v1"]}"#,
+    )
+    .instance_json(
+        "web",
+        "b",
+        r#"{"address": "10.0.0.2", "port": 80, "tags": ["v2"]}"#,
+    )
+    .instance_json(
+        "web",
+        "c",
+        r#"{"address": "10.0.0.3", "port": 80, "tags": ["v2"], "status": "critical"}"#,
+    )
+    .config("[[template]]\nsource = \"q.tera\"\ndestination = \"out/q\"\n");
+    let o = p.rewire(&["render"]);
+    assert_eq!(project::code(&o), 0, "{}", project::stderr(&o));
+    assert_eq!(
+        std::fs::read_to_string(p.path("out/q")).unwrap(),
+        "tagged: b\nany: a b c\nplain: a b\n"
+    );
+    // A query given beside its parts is refused rather than guessed at.
+    p.file(
+        "q.tera",
+        "{{ service(query=\"web\", tag=\"v2\") | length }}",
+    );
+    let o = p.rewire(&["render"]);
+    assert_eq!(project::code(&o), 1);
+    assert!(
+        project::stderr(&o).contains("`query` holds the name, tag, dc and status"),
+        "{}",
+        project::stderr(&o)
+    );
+}
+
 #[test]
 fn odd_service_names_and_ids_still_render_valid_configs() {
     let Some((nginx, haproxy)) = binaries() else {

@@ -423,8 +423,8 @@ impl Conv<'_> {
                     kwargs.push(format!("dc={}", tera_str(dc)));
                 }
             }
-            // A computed name, such as `.Name` inside `range services`.
-            None => {
+            // A service's `.Name` inside `range services`: a name.
+            None if query.prec == Prec::Atom && query.s.ends_with(".name") => {
                 kwargs.push(format!("name={}", query.s));
                 match status_arg {
                     None => {}
@@ -432,6 +432,19 @@ impl Conv<'_> {
                     Some(Some(s)) => kwargs.push(format!("status={}", tera_str(&s))),
                     Some(None) => return fail(at, "a computed status filter"),
                 }
+            }
+            // Any other computed query, such as `printf "web@%s" $dc` or `env "SVC"`:
+            // consul-template reads its tag, dc and status at run time, and so does `query`.
+            None => {
+                let q = match status_arg {
+                    None => query.s.clone(),
+                    Some(Some(s)) if s == "passing" => query.s.clone(),
+                    Some(Some(s)) => {
+                        format!("{} ~ {}", query.operand(), tera_str(&format!("|{s}")))
+                    }
+                    Some(None) => return fail(at, "a computed status filter"),
+                };
+                kwargs.push(format!("query={q}"));
             }
         }
         Ok(Val::new(
@@ -527,6 +540,18 @@ mod tests {
                 "{{ range services }}{{ range service .Name \"any\" }}{{ .Node }}{{ end }}{{ end }}"
             ),
             "{% for svc in services() %}{% for s in service(name=svc.name, status=\"any\") | sort(attribute=\"id\") | sort(attribute=\"node\") %}{{ s.node }}{% endfor %}{% endfor %}"
+        );
+        // A query built at run time keeps consul-template's reading of it (found by a
+        // migration hunt: it used to be taken as a plain name, and rendered nothing).
+        assert_eq!(
+            text(
+                "{{ range datacenters }}{{ range service (printf \"web@%s\" .) }}{{ .ID }}{{ end }}{{ end }}"
+            ),
+            "{% for tag in datacenters() %}{% for s in service(query=\"web@\" ~ tag) | sort(attribute=\"id\") | sort(attribute=\"node\") %}{{ s.id }}{% endfor %}{% endfor %}"
+        );
+        assert_eq!(
+            text("{{ range service (env \"SVC\") \"any\" }}{{ .ID }}{{ end }}"),
+            "{% for s in service(query=env(name=\"SVC\", default=\"\") ~ \"|any\") | sort(attribute=\"id\") | sort(attribute=\"node\") %}{{ s.id }}{% endfor %}"
         );
     }
 
