@@ -94,9 +94,14 @@ impl Walker<'_> {
         let restart = self.restart(&t);
         let restart_limit = self.restart_limit(&t);
         let when = self.when(&t, super::MAIN_JOB, true);
-        let wait_for_templates = self
-            .duration(&t, "wait_for_templates")
-            .unwrap_or(Duration::from_secs(60));
+        // "forever": main never starts before every template was written (consul-template's
+        // exec mode).
+        let wait_for_templates = match t.get("wait_for_templates").map(|v| v.get_ref()) {
+            Some(toml::de::DeValue::String(s)) if s == "forever" => Duration::MAX,
+            _ => self
+                .duration(&t, "wait_for_templates")
+                .unwrap_or(Duration::from_secs(60)),
+        };
         self.finish(&t, MAIN_KEYS);
         Some(MainConfig {
             pre_start,

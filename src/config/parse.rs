@@ -600,6 +600,17 @@ mod tests {
         );
     }
 
+    #[test]
+    fn main_may_wait_for_its_templates_forever() {
+        let m = parse("[main]\nexec = [\"app\"]\nwait_for_templates = \"forever\"\n")
+            .unwrap()
+            .main
+            .unwrap();
+        assert_eq!(m.wait_for_templates, Duration::MAX);
+        let e = errors("[main]\nexec = [\"app\"]\nwait_for_templates = \"never\"\n");
+        assert!(e.iter().any(|e| e.contains("wait_for_templates")), "{e:?}");
+    }
+
     /// Found by a regression hunt: the fix above went one way only; a forwarded TERM or INT
     /// alone conflicted with the default stop list.
     #[test]

@@ -181,6 +181,9 @@ fn exec(ctx: &mut Ctx, top: &Obj, plan: &mut Plan) -> Option<Reload> {
     plan.main.origin = format!("from {}: exec", ctx.file.display());
     if let Some(c) = e.get("command") {
         plan.main.exec = command(ctx, c, "exec.command", false);
+        // consul-template starts the child only once every template rendered, however long
+        // that takes; rewire's default gives up waiting after a minute.
+        plan.main.wait_for_templates = Some("forever".into());
     }
     if let Some(s) = ctx.string(&e, "kill_signal") {
         plan.main.stop_signal = Some(s);

@@ -135,6 +135,8 @@ pub struct Main {
     pub stop_signal: Option<String>,
     pub restart: Option<&'static str>,
     pub restart_limit: Option<u32>,
+    /// `wait_for_templates`, as written ("forever", "60s").
+    pub wait_for_templates: Option<String>,
     /// `when = { after, is, timeout }`.
     pub when: Option<When>,
     pub origin: String,

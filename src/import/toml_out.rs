@@ -235,6 +235,7 @@ fn main(m: &Main) -> Section {
     if let Some(n) = m.restart_limit {
         s.put("restart_limit", n.to_string());
     }
+    s.opt("wait_for_templates", &m.wait_for_templates);
     if let Some(w) = &m.when {
         s.put("when", when(w));
     }

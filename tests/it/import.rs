@@ -615,6 +615,12 @@ template {
         "{config}"
     );
     assert!(config.contains("name = \"a-2\""), "{config}");
+    // The child starts only once every template rendered, however long that takes, as in
+    // consul-template (found by a migration hunt: it started after rewire's default minute).
+    assert!(
+        config.contains("wait_for_templates = \"forever\""),
+        "{config}"
+    );
     assert!(
         err.contains("config.hcl:8:13: not mapped: template[1].command: consul-template also sent the exec child SIGUSR1 after this template's command"),
         "{err}"
