@@ -5,8 +5,10 @@
 //! the catalog's watch set, so a service used by a template and a watch is watched once.
 //!
 //! `on_change` runs:
-//! - once when the first answer arrives, even an empty one, so the handler starts from the
-//!   catalog's state (ContainerPilot fires `changed` on first sight too);
+//! - once when the first answer arrives with instances, so the handler starts from the
+//!   catalog's state; an empty first answer is no change (ContainerPilot compares with an
+//!   empty list too: a handler such as `pkill -HUP app` would otherwise signal an app not
+//!   started yet);
 //! - then whenever the set of healthy instances changes, compared on address, port, tags and
 //!   meta (a refreshed TTL, a new health note or a critical instance coming and going change
 //!   nothing). Changes are coalesced with the watch's `wait` (the template quiescence rules:
@@ -163,6 +165,10 @@ async fn run_watch(
     let mut running: Option<JoinHandle<()>> = None;
     update_board(&shared.board, index, &w, &slot, latest.as_deref());
     loop {
+        if latest.as_ref().is_some_and(Vec::is_empty) {
+            // Nothing to start from is no change: later ones compare with it.
+            lock(&slot.fired).get_or_insert_with(Vec::new);
+        }
         let fired = lock(&slot.fired).clone();
         let dirty = match (&latest, &fired) {
             (None, _) => false,

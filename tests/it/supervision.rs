@@ -919,9 +919,14 @@ fn on_change_fires_once_per_coalesced_change_and_never_overlaps() {
     // catalog bug reported separately, not what this test is about.)
     std::fs::create_dir_all(p.path("catalog/services/sales")).unwrap();
     let mut rw = Rewire::start(&p, &[]);
-    // First sight fires at once, even with no instances.
-    rw.wait_for("the first call", || call(1).is_some());
-    assert_eq!(call(1).unwrap(), serde_json::json!([]));
+    // An empty first answer is no change (as in ContainerPilot; found by a migration hunt:
+    // an imported `pkill -HUP nginx` handler signalled nginx before it had started).
+    rw.wait_for("the first answer", || {
+        let o = p.rewire(&["status", "--json"]);
+        serde_json::from_slice::<serde_json::Value>(&o.stdout)
+            .is_ok_and(|v| v["watches"].to_string().contains("sales: 0 healthy"))
+    });
+    assert_eq!(calls(), 0, "on_change ran for an empty first answer");
 
     // A burst of three registrations (plus one critical instance, which is not healthy)
     // is one change.
@@ -933,19 +938,24 @@ fn on_change_fires_once_per_coalesced_change_and_never_overlaps() {
             r#"{"address": "10.0.0.9", "port": 80, "status": "critical"}"#,
         )
         .instance("sales", "s3", "10.0.0.3", 80);
-    rw.wait_for("the second call", || call(2).is_some());
+    rw.wait_for("the first call", || call(1).is_some());
     assert_eq!(
-        addrs(&call(2).unwrap()),
+        addrs(&call(1).unwrap()),
         ["10.0.0.1:80", "10.0.0.2:80", "10.0.0.3:80"],
         "{}",
         rw.log()
     );
     // A change while the handler still runs waits for it (no overlap), then fires once.
     p.remove_instance("sales", "s2");
+    rw.wait_for("the second call", || call(2).is_some());
+    assert_eq!(addrs(&call(2).unwrap()), ["10.0.0.1:80", "10.0.0.3:80"]);
+    // Back to none is a change.
+    p.remove_instance("sales", "s1")
+        .remove_instance("sales", "s3");
     rw.wait_for("the third call", || call(3).is_some());
-    assert_eq!(addrs(&call(3).unwrap()), ["10.0.0.1:80", "10.0.0.3:80"]);
+    assert_eq!(call(3).unwrap(), serde_json::json!([]));
     assert_eq!(calls(), 3, "{}", rw.log());
-    let first = &call(3).unwrap()[0];
+    let first = &call(2).unwrap()[0];
     assert_eq!(first["name"], "sales");
     assert_eq!(first["status"], "passing");
     assert_eq!(lines(&p.path("names")), ["sales", "sales", "sales"]);
