@@ -24,10 +24,16 @@ pub fn hostname() -> String {
 pub enum AddressError {
     #[error("cannot list interfaces: {0}")]
     Interfaces(nix::Error),
-    #[error("interface {0:?} has no IP address (yet)")]
-    NoAddress(String),
-    #[error("there is no interface {0:?} here (yet): see `ip link` for the names this machine has")]
-    NoInterface(String),
+    #[error("{} (yet)", match .0.as_slice() {
+        [one] => format!("interface {one:?} has no IP address"),
+        many => format!("none of the interfaces {many:?} has an IP address"),
+    })]
+    NoAddress(Vec<String>),
+    #[error("{} here (yet): see `ip link` for the names this machine has", match .0.as_slice() {
+        [one] => format!("there is no interface {one:?}"),
+        many => format!("none of the interfaces {many:?} exists"),
+    })]
+    NoInterface(Vec<String>),
 }
 
 /// Whether this machine has a network interface of that name (with or without an address).
@@ -35,33 +41,35 @@ pub fn interface_exists(name: &str) -> bool {
     !name.contains('/') && std::path::Path::new("/sys/class/net").join(name).exists()
 }
 
-/// Resolves where peers should connect: the literal, the interface's first IPv4 (else its
-/// first IPv6), or the first non-loopback IPv4 of the machine (`127.0.0.1` when there is none,
-/// with a warning from the caller).
+/// Resolves where peers should connect: the literal, the first listed interface's first IPv4
+/// (else its first IPv6) trying each in order, or the first non-loopback IPv4 of the machine
+/// (`127.0.0.1` when there is none, with a warning from the caller).
 pub fn resolve_address(spec: &AddressSpec) -> Result<String, AddressError> {
     match spec {
         AddressSpec::Literal(a) => Ok(a.clone()),
-        AddressSpec::Interface(name) => {
+        AddressSpec::Interface(names) => {
             let addrs = interface_addresses().map_err(AddressError::Interfaces)?;
-            let mine: Vec<IpAddr> = addrs
-                .iter()
-                .filter(|(n, _, _)| n == name)
-                .map(|(_, ip, _)| *ip)
-                .collect();
-            mine.iter()
-                .find(|ip| ip.is_ipv4())
-                .or_else(|| mine.iter().find(|ip| !is_link_local(ip)))
-                .or(mine.first())
-                .map(|ip| ip.to_string())
-                .ok_or_else(|| {
-                    // /sys may be missing (some sandboxes): then say only what is known.
-                    let sys = std::path::Path::new("/sys/class/net").is_dir();
-                    if sys && !interface_exists(name) {
-                        AddressError::NoInterface(name.clone())
-                    } else {
-                        AddressError::NoAddress(name.clone())
-                    }
-                })
+            let first_of = |name: &String| {
+                let mine: Vec<IpAddr> = addrs
+                    .iter()
+                    .filter(|(n, _, _)| n == name)
+                    .map(|(_, ip, _)| *ip)
+                    .collect();
+                mine.iter()
+                    .find(|ip| ip.is_ipv4())
+                    .or_else(|| mine.iter().find(|ip| !is_link_local(ip)))
+                    .or(mine.first())
+                    .map(|ip| ip.to_string())
+            };
+            names.iter().find_map(first_of).ok_or_else(|| {
+                // /sys may be missing (some sandboxes): then say only what is known.
+                let sys = std::path::Path::new("/sys/class/net").is_dir();
+                if sys && !names.iter().any(|n| interface_exists(n)) {
+                    AddressError::NoInterface(names.clone())
+                } else {
+                    AddressError::NoAddress(names.clone())
+                }
+            })
         }
         AddressSpec::Auto => {
             let addrs = interface_addresses().map_err(AddressError::Interfaces)?;
@@ -173,9 +181,21 @@ mod tests {
     #[test]
     fn loopback_interface_resolves_to_127_0_0_1() {
         assert_eq!(
-            resolve_address(&AddressSpec::Interface("lo".into())).unwrap(),
+            resolve_address(&AddressSpec::Interface(vec!["lo".into()])).unwrap(),
             "127.0.0.1"
         );
-        assert!(resolve_address(&AddressSpec::Interface("nope0".into())).is_err());
+        assert!(resolve_address(&AddressSpec::Interface(vec!["nope0".into()])).is_err());
+        // A fallback list: the first that has an address.
+        assert_eq!(
+            resolve_address(&AddressSpec::Interface(vec!["nope0".into(), "lo".into()])).unwrap(),
+            "127.0.0.1"
+        );
+        let e = resolve_address(&AddressSpec::Interface(vec![
+            "nope0".into(),
+            "nope1".into(),
+        ]))
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("interfaces [\"nope0\", \"nope1\"]"), "{e}");
     }
 }

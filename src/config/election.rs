@@ -163,7 +163,7 @@ impl Walker<'_> {
             }
         }
         let address = self.string(&v, "address");
-        let interface = self.string(&v, "interface");
+        let interface = self.interfaces(&v, "interface");
         spec.address = match (address, interface) {
             (Some(a), None) => match check_address(a.get_ref()) {
                 Ok(()) => Some(AddressSpec::Literal(a.into_inner())),
@@ -172,7 +172,7 @@ impl Walker<'_> {
                     None
                 }
             },
-            (None, Some(i)) => Some(AddressSpec::Interface(i.into_inner())),
+            (None, Some(i)) => Some(AddressSpec::Interface(i)),
             (None, None) => None,
             (Some(a), Some(_)) => {
                 self.error(a.span(), "`address` and `interface` both given", "keep one");

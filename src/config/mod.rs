@@ -395,8 +395,8 @@ impl RuntimeApi {
 pub enum AddressSpec {
     /// The first non-loopback IPv4 address of this machine.
     Auto,
-    /// An interface name such as `eth0`.
-    Interface(String),
+    /// Interface names such as `eth0`, tried in order: the first with an address wins.
+    Interface(Vec<String>),
     /// An IP address or hostname written in the config.
     Literal(String),
 }

@@ -601,6 +601,21 @@ mod tests {
     }
 
     #[test]
+    fn an_interface_may_be_a_list_tried_in_order() {
+        let c = parse("[[service]]\nname = \"web\"\nport = 80\ninterface = [\"eth1\", \"eth0\"]\n")
+            .unwrap();
+        assert_eq!(
+            c.services[0].address,
+            crate::config::AddressSpec::Interface(vec!["eth1".into(), "eth0".into()])
+        );
+        let e = errors("[[service]]\nname = \"web\"\nport = 80\ninterface = []\n");
+        assert!(
+            e.iter().any(|e| e.contains("`interface` is an empty list")),
+            "{e:?}"
+        );
+    }
+
+    #[test]
     fn main_may_wait_for_its_templates_forever() {
         let m = parse("[main]\nexec = [\"app\"]\nwait_for_templates = \"forever\"\n")
             .unwrap()

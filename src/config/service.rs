@@ -55,7 +55,7 @@ impl Walker<'_> {
                 self.error(i.span(), format!("service id {e}"), "");
             }
             let address = self.string(&t, "address");
-            let interface = self.string(&t, "interface");
+            let interface = self.interfaces(&t, "interface");
             let address = match (address, interface) {
                 (Some(a), None) => {
                     if let Err(e) = check_address(a.get_ref()) {
@@ -63,7 +63,7 @@ impl Walker<'_> {
                     }
                     AddressSpec::Literal(a.into_inner())
                 }
-                (None, Some(i)) => AddressSpec::Interface(i.into_inner()),
+                (None, Some(i)) => AddressSpec::Interface(i),
                 (None, None) => AddressSpec::Auto,
                 (Some(a), Some(_)) => {
                     self.error(a.span(), "`address` and `interface` both given", "keep one");

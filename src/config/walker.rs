@@ -234,6 +234,24 @@ impl Walker<'_> {
         self.string(t, key)
     }
 
+    /// `interface`: one name, or names to try in order (ContainerPilot's fallback lists).
+    pub(super) fn interfaces(&mut self, t: &Tbl, key: &str) -> Option<Vec<String>> {
+        let v = t.get(key)?;
+        let names = match v.get_ref() {
+            DeValue::Array(items) => self.string_items(items, t, key)?,
+            _ => vec![self.string_value(v, t, key)?.into_inner()],
+        };
+        if names.is_empty() {
+            self.error(
+                v.span(),
+                format!("`{key}` is an empty list"),
+                "name an interface, such as \"eth0\", or several to try in order: [\"eth1\", \"eth0\"]",
+            );
+            return None;
+        }
+        Some(names)
+    }
+
     pub(super) fn strings(&mut self, t: &Tbl, key: &str) -> Option<Vec<String>> {
         let v = t.get(key)?;
         let DeValue::Array(items) = v.get_ref() else {

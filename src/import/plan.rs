@@ -89,7 +89,8 @@ pub struct Service {
     /// A number, or `${VAR}` text for a port taken from the environment.
     pub port: String,
     pub tags: Vec<String>,
-    pub interface: Option<String>,
+    /// Interface names, tried in order.
+    pub interface: Vec<String>,
     pub address: Option<String>,
     pub health: Option<Run>,
     pub interval: Option<String>,

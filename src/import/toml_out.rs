@@ -318,7 +318,11 @@ fn service(v: &Service) -> Section {
     if !v.tags.is_empty() {
         s.put("tags", list(&v.tags));
     }
-    s.opt("interface", &v.interface);
+    match v.interface.as_slice() {
+        [] => {}
+        [one] => s.put("interface", quote(one)),
+        many => s.put("interface", list(many)),
+    }
     s.opt("address", &v.address);
     if let Some(h) = &v.health {
         s.put("health", run(h));

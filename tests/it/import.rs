@@ -194,6 +194,41 @@ fn containerpilot_v3_jobs_become_jobs_and_main_waits_for_the_agent() {
     check(&out, &[("PORT", "8080"), ("CONSUL", "consul")]);
 }
 
+/// Found by a migration hunt: `interfaces: ["eth1", "eth0"]` (one image for Triton and plain
+/// Docker) became `interface = "eth1"` with a note, so on a host without eth1 the service
+/// never registered. rewire tries a list in order too; a fallback it cannot express is not
+/// mapped.
+#[test]
+fn containerpilot_interface_fallback_lists_are_kept() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cp = tmp.path().join("containerpilot.json5");
+    let job = |interfaces: &str| {
+        format!(
+            r#"{{ consul: "localhost:8500", jobs: [ {{ name: "app", exec: "/bin/app", port: 8080, interfaces: {interfaces},
+              health: {{ exec: "/bin/true", interval: 2, ttl: 10 }} }} ] }}"#
+        )
+    };
+    std::fs::write(&cp, job(r#"["eth1", "eth0:inet"]"#)).unwrap();
+    let out = tmp.path().join("a");
+    let o = import("containerpilot", &cp, &out);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let config = read(&out.join("rewire.toml"));
+    assert!(
+        config.contains("interface = [\"eth1\", \"eth0\"]"),
+        "{config}"
+    );
+    check(&out, &[]);
+
+    std::fs::write(&cp, job(r#"["eth1", "static:10.0.0.1"]"#)).unwrap();
+    let o = import("containerpilot", &cp, &tmp.path().join("b"));
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("jobs[0].interfaces: not mapped"),
+        "{}",
+        stderr(&o)
+    );
+}
+
 #[test]
 fn containerpilot_telemetry_coprocesses_and_a_restart_count_are_mapped() {
     let tmp = tempfile::tempdir().unwrap();

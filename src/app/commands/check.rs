@@ -186,14 +186,17 @@ fn warn_about(config: &Config) {
         );
     }
     for s in &config.services {
-        if let crate::config::AddressSpec::Interface(name) = &s.address
+        if let crate::config::AddressSpec::Interface(names) = &s.address
             && std::path::Path::new("/sys/class/net").is_dir()
-            && !crate::host::interface_exists(name)
+            && !names.iter().any(|n| crate::host::interface_exists(n))
         {
+            let which = match names.as_slice() {
+                [one] => format!("interface {one:?} does not exist"),
+                _ => format!("none of the interfaces {names:?} exists"),
+            };
             warn!(
                 service = %s.name,
-                "interface {name:?} does not exist here (see `ip link`): the service \
-                 registers only where it does"
+                "{which} here (see `ip link`): the service registers only where one does"
             );
         }
     }

@@ -54,27 +54,38 @@ pub(super) fn interfaces(ctx: &mut Ctx, obj: &Obj, svc: &mut Service) {
     let Some(list) = ctx.strings(obj, "interfaces") else {
         return;
     };
-    let Some(first) = list.first() else {
-        return;
+    // An interface name (`eth0`, `eth0:inet`): rewire takes its first IPv4 address.
+    let name = |e: &str| {
+        let iface = e.strip_suffix(":inet").unwrap_or(e);
+        (!iface.is_empty()
+            && !iface.contains(['[', '/', ':'])
+            && iface != "inet"
+            && iface != "inet6")
+            .then(|| iface.to_string())
     };
-    if list.len() > 1 {
-        ctx.note(
-            n,
-            &path,
-            format!("rewire takes one interface; used the first, {first:?}"),
-        );
-    }
-    if let Some(addr) = first.strip_prefix("static:") {
-        svc.address = Some(addr.to_string());
-    } else if first == "inet" {
-        // rewire's default: the first non-loopback IPv4 address.
-    } else if let Some(iface) = first.strip_suffix(":inet").or(Some(first.as_str()))
-        && !iface.contains(['[', '/', ':'])
-        && iface != "inet6"
-    {
-        svc.interface = Some(iface.to_string());
-    } else {
-        ctx.unmapped(n, &path, format!("{first:?}: rewire takes an interface name (eth0, its first IPv4 address), static:ADDRESS or inet; IPv6, CIDR and index forms are not supported"));
+    match list.as_slice() {
+        [] => {}
+        [only] => {
+            if let Some(addr) = only.strip_prefix("static:") {
+                svc.address = Some(addr.to_string());
+            } else if only == "inet" {
+                // rewire's default: the first non-loopback IPv4 address.
+            } else if let Some(iface) = name(only) {
+                svc.interface = vec![iface];
+            } else {
+                ctx.unmapped(n, &path, format!("{only:?}: rewire takes an interface name (eth0, its first IPv4 address), static:ADDRESS or inet; IPv6, CIDR and index forms are not supported"));
+            }
+        }
+        // A fallback list (["eth1", "eth0"]: the same image on Triton and on plain Docker):
+        // rewire tries names in order too.
+        many => match many.iter().map(|e| name(e)).collect::<Option<Vec<String>>>() {
+            Some(names) => svc.interface = names,
+            None => ctx.unmapped(
+                n,
+                &path,
+                format!("{many:?}: rewire tries a list of interface names in order; static:, inet, IPv6, CIDR and index entries can only be given alone"),
+            ),
+        },
     }
 }
 
