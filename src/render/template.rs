@@ -296,7 +296,14 @@ impl Engine {
             let mut probe = Tera::default();
             functions::register(&mut probe);
             if let Err(e) = probe.add_raw_template(name, text) {
-                let message = tera_error_text(&e);
+                let mut message = tera_error_text(&e);
+                if looks_like_go_template(text) {
+                    message.push_str(
+                        "\n  hint: this looks like a consul-template (Go) template; `rewire import \
+                         consul-template` converts one, and docs/migrating.md gives each \
+                         function's Tera form",
+                    );
+                }
                 // Missing includes are fine alone; the full set below decides.
                 if !message.contains("not found") && !message.contains("Unknown template") {
                     errors.push(LoadError {
@@ -519,6 +526,34 @@ pub(super) fn wait_for(reason: String) {
             ctx.waiting.push(reason);
         }
     });
+}
+
+/// Whether a template that Tera refused holds Go template actions (`{{ range ... }}`,
+/// `{{ end }}`, `{{ .Address }}`, `{{ keyOrDefault ... }}`): someone migrating from
+/// consul-template then needs a pointer to the converter more than Tera's parse error.
+fn looks_like_go_template(text: &str) -> bool {
+    const GO: [&str; 12] = [
+        "range ",
+        "end",
+        "with ",
+        "else",
+        ".",
+        "key ",
+        "keyOrDefault ",
+        "service ",
+        "printf ",
+        "ls ",
+        "tree ",
+        "env ",
+    ];
+    text.match_indices("{{").any(|(i, _)| {
+        let action = text[i + 2..].trim_start_matches('-').trim_start();
+        GO.iter().any(|g| {
+            action.starts_with(g)
+                && (!matches!(*g, "end" | "else")
+                    || action[g.len()..].trim_start().starts_with(['}', '-']))
+        })
+    })
 }
 
 #[cfg(test)]
@@ -861,6 +896,25 @@ pub(crate) mod tests {
             panic!()
         };
         assert_eq!(text, "[d]");
+    }
+
+    #[test]
+    fn go_template_actions_are_recognised() {
+        for go in [
+            "{{ range service \"web\" }}x{{ end }}",
+            "{{- .Address }}",
+            "{{ keyOrDefault \"a\" \"b\" }}",
+            "{{ if x }}{{ else }}{{ end }}",
+        ] {
+            assert!(looks_like_go_template(go), "{go}");
+        }
+        for tera in [
+            "{{ service(name=\"web\") | length }}",
+            "{% for s in x %}{{ s.address }}{% endfor %}",
+            "{{ endpoint }}{{ elsewhere }}",
+        ] {
+            assert!(!looks_like_go_template(tera), "{tera}");
+        }
     }
 
     #[test]
