@@ -86,6 +86,7 @@ pub mod model;
 pub mod parallel;
 pub mod prefix_sort;
 pub mod proc;
+pub mod procfs;
 pub mod render;
 pub mod status;
 pub mod store;

@@ -311,6 +311,10 @@ pub enum Reload {
     Signal {
         signal: Signal,
         target: SignalTarget,
+        /// `confirm = "new_child"`: the reload counts as done only once the process has a
+        /// child it did not have before the signal (nginx starts new workers when it applied
+        /// the new config, and keeps the old ones when it could not).
+        confirm: bool,
     },
     /// `reload` on HAProxy's master CLI (`haproxy -W -S <socket>`), confirmed by the master's
     /// reload counter: a master still busy with the previous reload ignores a SIGUSR2, while
@@ -325,7 +329,11 @@ impl Reload {
     pub fn key(&self) -> String {
         match self {
             Reload::Command(c) => format!("cmd:{}", c.program),
-            Reload::Signal { signal, target } => format!("sig:{signal}:{target:?}"),
+            Reload::Signal {
+                signal,
+                target,
+                confirm,
+            } => format!("sig:{signal}:{target:?}:{confirm}"),
             Reload::HaproxyMaster { socket } => format!("haproxy-master:{}", socket.display()),
         }
     }

@@ -363,7 +363,8 @@ mod tests {
             c.templates[0].reload,
             Some(Reload::Signal {
                 signal: Signal::SIGHUP,
-                target: SignalTarget::Pidfile("/run/nginx.pid".into())
+                target: SignalTarget::Pidfile("/run/nginx.pid".into()),
+                confirm: false,
             })
         );
         let e = parse_str(&cfg("\"nginx -s reload\""), &path, &env).unwrap_err();

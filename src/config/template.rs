@@ -209,7 +209,19 @@ impl Walker<'_> {
             let signal = self.signal(&sub, "signal");
             let pidfile = self.path(&sub, "pidfile");
             let target = self.string(&sub, "target");
-            self.finish(&sub, &["signal", "pidfile", "target"]);
+            let confirm = match self.string(&sub, "confirm") {
+                None => false,
+                Some(c) if c.get_ref() == "new_child" => true,
+                Some(c) => {
+                    self.error(
+                        c.span(),
+                        format!("unknown reload confirmation {:?}", c.get_ref()),
+                        "use confirm = \"new_child\" (the process starts a new child when it applied the config, as nginx does), or leave it out",
+                    );
+                    false
+                }
+            };
+            self.finish(&sub, &["signal", "pidfile", "target", "confirm"]);
             let target = match (pidfile, target) {
                 (Some(p), None) => SignalTarget::Pidfile(p),
                 (None, Some(tg)) if tg.get_ref() == "main" => {
@@ -238,6 +250,7 @@ impl Walker<'_> {
             return Some(Reload::Signal {
                 signal: signal?,
                 target,
+                confirm,
             });
         }
         self.command_value(v, t, "reload", Duration::from_secs(30))

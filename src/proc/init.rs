@@ -173,25 +173,10 @@ fn kill_orphans() {
     }
 }
 
-/// The processes whose parent is `parent`, from /proc (zombies excluded: they are reaped).
+/// The processes whose parent is `parent` (zombies excluded: they are reaped).
 fn children_of(parent: Pid) -> Vec<Pid> {
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
-        .filter(|pid| {
-            let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-                return false;
-            };
-            // "pid (comm) state ppid ...": comm may hold spaces and parentheses.
-            let Some((_, rest)) = stat.rsplit_once(')') else {
-                return false;
-            };
-            let mut fields = rest.split_whitespace();
-            let state = fields.next();
-            let ppid = fields.next().and_then(|p| p.parse::<i32>().ok());
-            state != Some("Z") && ppid == Some(parent.as_raw())
-        })
+    crate::procfs::children(parent.as_raw())
+        .into_iter()
         .map(Pid::from_raw)
         .collect()
 }

@@ -95,40 +95,17 @@ impl Left {
     }
 }
 
-/// The live members of process group `pgid`, from /proc: (pid, start time in clock ticks).
+/// The live members of process group `pgid`: (pid, start time in clock ticks).
 fn members(pgid: Pid) -> Vec<(i32, u64)> {
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
-        .filter_map(|pid| {
-            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-            let (state, pgrp, start) = parse_stat(&stat)?;
-            (state != "Z" && pgrp == pgid.as_raw()).then_some((pid, start))
-        })
+    crate::procfs::all()
+        .filter(|s| s.live() && s.pgrp == pgid.as_raw())
+        .map(|s| (s.pid, s.start))
         .collect()
-}
-
-/// State, process group and start time from a /proc/PID/stat line: "pid (comm) state ppid
-/// pgrp ..." with the start time the 22nd field; comm may hold spaces and parentheses.
-fn parse_stat(stat: &str) -> Option<(&str, i32, u64)> {
-    let (_, rest) = stat.rsplit_once(')')?;
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let state = *fields.first()?;
-    let pgrp = fields.get(2)?.parse().ok()?;
-    let start = fields.get(19)?.parse().ok()?;
-    Some((state, pgrp, start))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn parses_a_stat_line_whose_name_holds_parentheses_and_spaces() {
-        let line = "4242 (a (b) c) S 1 4240 4240 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 987654 1000 200 18446744073709551615";
-        assert_eq!(parse_stat(line), Some(("S", 4240, 987654)));
-    }
 
     #[test]
     fn a_group_is_seen_while_a_member_lives_and_not_after() {

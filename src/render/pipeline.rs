@@ -61,6 +61,15 @@ pub enum ReloadError {
     Spawn(#[from] command::SpawnError),
     #[error("cannot signal {what}: {detail}")]
     Signal { what: String, detail: String },
+    #[error(
+        "{what} (pid {pid}) started no new child within {}s after {signal}: it kept its previous config (its error log says why)",
+        CONFIRM_TIMEOUT.as_secs()
+    )]
+    NoNewChild {
+        what: String,
+        pid: i32,
+        signal: nix::sys::signal::Signal,
+    },
     #[error("reload through {}: {source}", socket.display())]
     HaproxyMaster {
         socket: PathBuf,
@@ -313,7 +322,11 @@ pub async fn reload(
                 })
             }
         }
-        Reload::Signal { signal, target } => {
+        Reload::Signal {
+            signal,
+            target,
+            confirm,
+        } => {
             let (pid, what) = match target {
                 SignalTarget::Pidfile(path) => match read_pidfile(path)? {
                     Some(pid) => (pid, format!("the process in {}", path.display())),
@@ -334,7 +347,13 @@ pub async fn reload(
                     Some(pid) => (pid, "the main process".to_string()),
                 },
             };
+            let before = if *confirm {
+                crate::procfs::children(pid.as_raw())
+            } else {
+                Vec::new()
+            };
             match kill(pid, *signal) {
+                Ok(()) if *confirm => confirm_new_child(pid, &before, *signal, what).await,
                 Ok(()) => Ok(Reloaded::Done),
                 Err(nix::errno::Errno::ESRCH) => {
                     Ok(Reloaded::NotRunning(format!("{what} (pid {pid}) is gone")))
@@ -345,6 +364,40 @@ pub async fn reload(
                 }),
             }
         }
+    }
+}
+
+/// How long a `confirm = "new_child"` reload waits for the new child.
+pub const CONFIRM_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// After the signal: waits for `pid` to have a child not in `before` (nginx's new workers).
+/// None by [`CONFIRM_TIMEOUT`] is a failed reload: the program kept its previous config, so
+/// the previous files go back and the reload is tried again, as for a failed command.
+async fn confirm_new_child(
+    pid: Pid,
+    before: &[i32],
+    signal: nix::sys::signal::Signal,
+    what: String,
+) -> Result<Reloaded, ReloadError> {
+    let deadline = tokio::time::Instant::now() + CONFIRM_TIMEOUT;
+    loop {
+        if crate::procfs::children(pid.as_raw())
+            .iter()
+            .any(|c| !before.contains(c))
+        {
+            return Ok(Reloaded::Done);
+        }
+        if kill(pid, None) == Err(nix::errno::Errno::ESRCH) {
+            return Ok(Reloaded::NotRunning(format!("{what} (pid {pid}) is gone")));
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(ReloadError::NoNewChild {
+                what,
+                pid: pid.as_raw(),
+                signal,
+            });
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
 }
 

@@ -68,7 +68,7 @@ fn quickstart_check_and_reload_lines_work_as_written_against_nginx() {
     let config = p.read("rewire.toml");
     for line in [
         "# check = [\"nginx\", \"-t\", \"-q\", \"-c\", \"{file}\"]",
-        "# reload = { signal = \"HUP\", pidfile = \"/tmp/rewire-quickstart-nginx.pid\" }",
+        "# reload = { signal = \"HUP\", pidfile = \"/tmp/rewire-quickstart-nginx.pid\", confirm = \"new_child\" }",
     ] {
         assert!(
             config.contains(line),

@@ -338,6 +338,70 @@ fn ten_requests_all_answered_by_good(addr: &str, front: &Daemon, bad: &Backend) 
     );
 }
 
+/// Found by a load hunt: `nginx -t` does not bind, so a config whose listen port is taken
+/// passes the check and then fails nginx's own reload: nginx keeps its old config (and
+/// refuses every later reload), while rewire logged "reloaded" and status said ok. With
+/// `confirm = "new_child"` the reload counts only once nginx started new workers: here it
+/// fails, the previous file goes back, and status says why.
+#[test]
+fn an_nginx_reload_that_nginx_refuses_is_a_failed_reload_with_confirm() {
+    let Some((nginx, _)) = binaries() else {
+        return;
+    };
+    let taken = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+    let taken_port = taken.local_addr().unwrap().port();
+    let port = free_port();
+    let p = Project::new();
+    shipped(&p, "nginx.conf.tera");
+    p.instance("web", "a", "127.0.0.1", 18080)
+        .kv("nginx/listen", &format!("127.0.0.1:{port}"))
+        .env("NGINX_PID", &p.path("nginx.pid").display().to_string())
+        .config(&format!(
+            "[defaults]\nwait = {{ min = \"0s\" }}\n\n[control]\nsocket = \"ctl.sock\"\n\n\
+             [[template]]\nsource = \"nginx.conf.tera\"\ndestination = \"nginx.conf\"\n{}\
+             reload = {{ signal = \"HUP\", target = \"main\", confirm = \"new_child\" }}\n\n\
+             [main]\nexec = [\"{}\", \"-p\", \"{}/\", \"-e\", \"stderr\", \"-c\", \"{}\", \"-g\", \"daemon off;\"]\n",
+            nginx_check(&nginx, &p),
+            nginx.display(),
+            p.root().display(),
+            p.path("nginx.conf").display(),
+        ));
+    let daemon = Daemon::spawn("rewire", p.command(&["run"]), &p.path("rewire.log")).unwrap();
+    let status = || {
+        let o = p.rewire(&["status", "--json"]);
+        serde_json::from_slice::<serde_json::Value>(&o.stdout).unwrap_or_default()
+    };
+    wait_for("nginx serving", TIMEOUT, || {
+        TcpStream::connect(("127.0.0.1", port)).is_ok()
+    });
+    // A change nginx applies: confirmed.
+    p.instance("web", "b", "127.0.0.1", 18081);
+    wait_for("the second backend reloaded", TIMEOUT, || {
+        std::fs::read_to_string(p.path("rewire.log")).is_ok_and(|l| l.contains("reloaded"))
+            && std::fs::read_to_string(p.path("nginx.conf")).is_ok_and(|c| c.contains(":18081"))
+    });
+    // A listen port another process holds: `nginx -t` passes, nginx's reload does not.
+    p.kv("nginx/listen", &format!("127.0.0.1:{taken_port}"));
+    let failed = support::poll_until(Duration::from_secs(30), || {
+        status()["templates"]["nginx.conf"]["detail"]
+            .as_str()
+            .is_some_and(|e| e.contains("started no new child"))
+    });
+    assert!(
+        failed,
+        "no failed reload in status {}:\n{}",
+        status(),
+        std::fs::read_to_string(p.path("rewire.log")).unwrap_or_default()
+    );
+    let conf = std::fs::read_to_string(p.path("nginx.conf")).unwrap();
+    assert!(
+        conf.contains(&format!(":{port}")) && !conf.contains(&format!(":{taken_port}")),
+        "the file nginx refused stayed in place:\n{conf}"
+    );
+    drop(taken);
+    drop(daemon);
+}
+
 #[test]
 fn nginx_template_pools_http11_upstream_connections_and_tries_the_next_backend() {
     let Some((nginx, _)) = binaries() else {
