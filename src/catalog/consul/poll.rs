@@ -383,12 +383,17 @@ pub async fn reconcile<S: Source>(
 
         let connections = source.connections();
         if running.len() > connections && !warned {
+            // Each slot turns over every SHARED_WAIT at most: a query's turn comes back after
+            // about queries / connections of those.
+            let late =
+                super::agent::SHARED_WAIT.as_secs() as usize * running.len().div_ceil(connections);
             warn!(
                 queries = running.len(),
                 "more than {connections} distinct consul queries: they take turns on \
                  {connections} connections ([catalog] max_connections; Consul accepts 200 per \
-                 client IP by default, limits.http_max_conns_per_client), each asked again \
-                 every few seconds, so changes are seen a few seconds late"
+                 client IP by default, limits.http_max_conns_per_client), so a change is seen \
+                 up to ~{late}s late: backends must drain for longer than that before they \
+                 stop, or raise both limits"
             );
             warned = true;
         } else if running.len() <= connections {
