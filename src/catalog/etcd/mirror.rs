@@ -246,6 +246,12 @@ impl Mirror {
     /// or the lease's expiry, removes an instance), with a warning naming the key.
     fn put(&mut self, kv: Kv, changes: &mut Changes) {
         let Some((slot, key)) = self.slot(&kv.key) else {
+            // A key that is not UTF-8 under the prefix names nothing rewire can show; say so
+            // rather than leave an instance out without a word (found by a hostile-data hunt).
+            let lossy = String::from_utf8_lossy(&kv.key).into_owned();
+            if lossy.starts_with(self.base.as_str()) && self.first_time(&lossy, "not utf-8") {
+                warn!(key = %shown(&lossy), "etcd key is not UTF-8: ignored");
+            }
             return;
         };
         if kv.value.len() as u64 > self.max_value {
@@ -533,6 +539,26 @@ mod tests {
             m.first_time(&format!("/rewire/services/web/{i}"), "invalid");
         }
         assert_eq!(m.warned.len(), MAX_WARNED);
+    }
+
+    #[test]
+    fn a_key_that_is_not_utf8_is_warned_about_once() {
+        let mut m = Mirror::new(BASE, 1 << 20);
+        let mut changes = Changes::default();
+        let mut bad = put(
+            "/rewire/services/api",
+            r#"{"address":"10.0.0.1","port":80}"#,
+        );
+        bad.kv.key.extend_from_slice(b"\xff/x10");
+        m.apply(bad, &mut changes);
+        assert!(m.services.is_empty());
+        assert_eq!(m.warned.len(), 1, "{:?}", m.warned);
+        assert!(m.warned.values().all(|p| *p == "not utf-8"));
+        // Outside the prefix: not rewire's business.
+        let mut other = put("/elsewhere/", "x");
+        other.kv.key.push(0xff);
+        m.apply(other, &mut changes);
+        assert_eq!(m.warned.len(), 1);
     }
 
     #[test]
