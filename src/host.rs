@@ -50,6 +50,9 @@ pub fn resolve_address(spec: &AddressSpec) -> Result<String, AddressError> {
         AddressSpec::Interface(names) => {
             let addrs = interface_addresses().map_err(AddressError::Interfaces)?;
             let first_of = |name: &String| {
+                if name == ANY_IPV4 {
+                    return Some(first_ipv4(&addrs));
+                }
                 let mine: Vec<IpAddr> = addrs
                     .iter()
                     .filter(|(n, _, _)| n == name)
@@ -73,13 +76,22 @@ pub fn resolve_address(spec: &AddressSpec) -> Result<String, AddressError> {
         }
         AddressSpec::Auto => {
             let addrs = interface_addresses().map_err(AddressError::Interfaces)?;
-            Ok(addrs
-                .iter()
-                .find(|(_, ip, up)| *up && ip.is_ipv4() && !ip.is_loopback())
-                .map(|(_, ip, _)| ip.to_string())
-                .unwrap_or_else(|| "127.0.0.1".to_string()))
+            Ok(first_ipv4(&addrs))
         }
     }
+}
+
+/// In an `interface` list, the machine's first non-loopback IPv4 address (ContainerPilot's
+/// `inet`, the usual last fallback: `["eth1", "inet"]`).
+pub const ANY_IPV4: &str = "inet";
+
+/// The first non-loopback IPv4 address of an interface that is up; `127.0.0.1` without one.
+fn first_ipv4(addrs: &[(String, IpAddr, bool)]) -> String {
+    addrs
+        .iter()
+        .find(|(_, ip, up)| *up && ip.is_ipv4() && !ip.is_loopback())
+        .map(|(_, ip, _)| ip.to_string())
+        .unwrap_or_else(|| "127.0.0.1".to_string())
 }
 
 fn is_link_local(ip: &IpAddr) -> bool {
@@ -185,7 +197,10 @@ mod tests {
             "127.0.0.1"
         );
         assert!(resolve_address(&AddressSpec::Interface(vec!["nope0".into()])).is_err());
-        // A fallback list: the first that has an address.
+        // A fallback list: the first that has an address; `inet` is any IPv4.
+        assert!(
+            resolve_address(&AddressSpec::Interface(vec!["nope0".into(), "inet".into()])).is_ok()
+        );
         assert_eq!(
             resolve_address(&AddressSpec::Interface(vec!["nope0".into(), "lo".into()])).unwrap(),
             "127.0.0.1"

@@ -188,7 +188,9 @@ fn warn_about(config: &Config) {
     for s in &config.services {
         if let crate::config::AddressSpec::Interface(names) = &s.address
             && std::path::Path::new("/sys/class/net").is_dir()
-            && !names.iter().any(|n| crate::host::interface_exists(n))
+            && !names
+                .iter()
+                .any(|n| n == crate::host::ANY_IPV4 || crate::host::interface_exists(n))
         {
             let which = match names.as_slice() {
                 [one] => format!("interface {one:?} does not exist"),

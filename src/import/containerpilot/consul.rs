@@ -78,12 +78,19 @@ pub(super) fn interfaces(ctx: &mut Ctx, obj: &Obj, svc: &mut Service) {
         }
         // A fallback list (["eth1", "eth0"]: the same image on Triton and on plain Docker):
         // rewire tries names in order too.
-        many => match many.iter().map(|e| name(e)).collect::<Option<Vec<String>>>() {
+        many => match many
+            .iter()
+            .map(|e| match e.as_str() {
+                "inet" => Some(crate::host::ANY_IPV4.to_string()),
+                e => name(e),
+            })
+            .collect::<Option<Vec<String>>>()
+        {
             Some(names) => svc.interface = names,
             None => ctx.unmapped(
                 n,
                 &path,
-                format!("{many:?}: rewire tries a list of interface names in order; static:, inet, IPv6, CIDR and index entries can only be given alone"),
+                format!("{many:?}: rewire tries a list of interface names (and inet, any IPv4) in order; static:, IPv6, CIDR and index entries can only be given alone"),
             ),
         },
     }
