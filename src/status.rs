@@ -160,6 +160,9 @@ pub struct Report {
     pub catalog: String,
     pub catalog_health: String,
     pub maintenance: bool,
+    /// The stop sequence has begun (services deregistered, draining): `/ready` says no.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub stopping: bool,
     /// The last SIGHUP's config, when it was rejected: when, and the first problem (cleared by
     /// the next one applied). An operator who just reloaded must not take the old config for
     /// the new one.

@@ -676,6 +676,13 @@ impl MainTask {
                     return;
                 }
             };
+            // A restart is decided: say so before the cleanup below, which may take up to
+            // stop_timeout (/health fails only for a main that ended for good).
+            self.board.update(|r| {
+                if let Some(m) = r.main.as_mut() {
+                    m.state = "restarting".into();
+                }
+            });
             // What the run that ended left in its group goes first: a worker still holding
             // the port would make every restart fail ("address in use"), and would outlive
             // rewire.

@@ -131,8 +131,8 @@ pub fn health(report: &Report) -> Probe {
     }
 }
 
-/// Readiness: every template written at least once, and the catalog reachable or away for
-/// less than `catalog_grace`.
+/// Readiness: not stopping, every template written at least once, and the catalog reachable
+/// or away for less than `catalog_grace`.
 pub fn ready(
     report: &Report,
     contact: &Contact,
@@ -142,6 +142,9 @@ pub fn ready(
     now: SystemTime,
 ) -> Probe {
     let mut problems = Vec::new();
+    if report.stopping {
+        problems.push("stopping: the services are deregistered and draining".to_string());
+    }
     for name in &settings.templates {
         match report.templates.get(name) {
             Some(t) if t.ready => {}

@@ -410,6 +410,80 @@ fn status_is_served_when_asked_for() {
     assert_eq!(v["catalog_health"], "healthy");
 }
 
+/// Found by an operator hunt: /ready said 200 through the whole stop sequence, so a balancer
+/// checking it kept sending traffic during the drain meant to move it away. It says 503 from
+/// the stop signal on, while /health stays 200.
+#[test]
+fn ready_says_no_from_the_stop_signal_on() {
+    let port = free_port();
+    let p = Project::new();
+    p.file("up.tera", UPSTREAM)
+        .instance("web", "w1", "10.0.0.1", 8080)
+        .config(&format!(
+            "{}[catalog]\nbackend = \"dir\"\npath = \"catalog\"\n\
+             [telemetry]\nlisten = \"127.0.0.1:${{TPORT}}\"\n\
+             [[template]]\nsource = \"up.tera\"\ndestination = \"out/up.conf\"\n\n\
+             [[service]]\nname = \"api\"\nport = 9000\naddress = \"127.0.0.1\"\ninterval = \"200ms\"\nttl = \"5s\"\n\n\
+             [main]\nexec = [\"sleep\", \"300\"]\ndrain = \"5s\"\n",
+            p.control()
+        ));
+    let log = p.path("rewire.log");
+    let f = std::fs::File::create(&log).unwrap();
+    let child = p
+        .command(&["run"])
+        .env("TPORT", port.to_string())
+        .stdout(f.try_clone().unwrap())
+        .stderr(f)
+        .spawn()
+        .unwrap();
+    let pid = child.id() as i32;
+    let _run = Running { child, log };
+    wait_for("/ready", TIMEOUT, || get(port, "/ready").0 == 200);
+    crate::support::process::signal(pid, crate::support::process::SIGTERM).unwrap();
+    wait_for("/ready saying 503 while draining", TIMEOUT, || {
+        let (status, body) = get(port, "/ready");
+        status == 503 && body.contains("stopping")
+    });
+    assert_eq!(get(port, "/health").0, 200, "draining is not dead");
+}
+
+/// Found by an operator hunt: /health failed for up to `stop_timeout` after each crash of a
+/// main that restarts, while what the crashed run left in its group was stopped: the board
+/// said "exited" although the restart was decided.
+#[test]
+fn health_stays_up_while_a_restarting_main_s_leftovers_are_stopped() {
+    let port = free_port();
+    let p = Project::new();
+    p.config(&format!(
+        "{}[catalog]\nbackend = \"dir\"\npath = \"catalog\"\n\
+         [telemetry]\nlisten = \"127.0.0.1:${{TPORT}}\"\n\n\
+         [main]\nexec = [\"sh\", \"-c\", \"(trap '' TERM; exec sleep 300) & sleep 0.5; exit 3\"]\n\
+         restart = \"on-failure\"\nstop_timeout = \"8s\"\n",
+        p.control()
+    ));
+    std::fs::create_dir_all(p.path("catalog/services")).unwrap();
+    let log = p.path("rewire.log");
+    let f = std::fs::File::create(&log).unwrap();
+    let child = p
+        .command(&["run"])
+        .env("TPORT", port.to_string())
+        .stdout(f.try_clone().unwrap())
+        .stderr(f)
+        .spawn()
+        .unwrap();
+    let _run = Running {
+        child,
+        log: log.clone(),
+    };
+    // The leftover ignores its stop signal: the cleanup lasts its whole stop_timeout.
+    wait_for("the crashed run's leftovers being stopped", TIMEOUT, || {
+        std::fs::read_to_string(&log)
+            .is_ok_and(|l| l.contains("stopping what it left in its process group"))
+    });
+    let (status, body) = get(port, "/health");
+    assert_eq!(status, 200, "{body}");
+}
+
 #[test]
 fn ready_fails_after_catalog_grace_while_health_stays_up() {
     let Some(etcd) = Etcd::try_start() else {

@@ -558,6 +558,9 @@ impl Daemon {
     /// main already exited on its own.
     async fn stop(self, exit: Option<u8>, signals: &mut Signals) -> u8 {
         super::systemd::notify("STOPPING=1");
+        // Readiness goes first: a balancer that checks /ready stops sending here while the
+        // services are deregistered and drained, which is what the drain is for.
+        self.parts.board.update(|r| r.stopping = true);
         // The elections step down (on_demoted, then release) while the supervisor deregisters
         // and drains, so a successor is elected meanwhile; deregistration never waits for a
         // slow hook or a hung agent. Main and the jobs stop once the step-down is done. The
