@@ -484,6 +484,44 @@ fn health_stays_up_while_a_restarting_main_s_leftovers_are_stopped() {
     assert_eq!(status, 200, "{body}");
 }
 
+/// Found by an operator hunt: the listener was bound before the catalog preflight but served
+/// only after it, up to 30 s with a `[[job]]` (the in-container agent starting): probes
+/// connected and timed out, `rewire status` found no daemon, and a liveness probe restarted a
+/// container that was only waiting. It answers at once now: alive, not ready.
+#[test]
+fn probes_and_status_answer_while_the_catalog_is_awaited() {
+    let port = free_port();
+    let nobody = free_port();
+    let p = Project::new();
+    p.file("up.tera", UPSTREAM).config(&format!(
+        "{}[catalog]\nbackend = \"consul\"\naddress = \"127.0.0.1:{nobody}\"\n\
+         [telemetry]\nlisten = \"127.0.0.1:${{TPORT}}\"\n\
+         [[template]]\nsource = \"up.tera\"\ndestination = \"out/up.conf\"\n\n\
+         [[job]]\nname = \"agent\"\nexec = [\"sleep\", \"300\"]\n",
+        p.control()
+    ));
+    let log = p.path("rewire.log");
+    let f = std::fs::File::create(&log).unwrap();
+    let child = p
+        .command(&["run"])
+        .env("TPORT", port.to_string())
+        .stdout(f.try_clone().unwrap())
+        .stderr(f)
+        .spawn()
+        .unwrap();
+    let _run = Running { child, log };
+    let alive =
+        crate::support::poll_until(Duration::from_secs(5), || get(port, "/health").0 == 200);
+    assert!(
+        alive,
+        "/health did not answer while the catalog was awaited"
+    );
+    let (status, body) = get(port, "/ready");
+    assert_eq!(status, 503, "{body}");
+    let o = p.rewire(&["status"]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+}
+
 #[test]
 fn ready_fails_after_catalog_grace_while_health_stays_up() {
     let Some(etcd) = Etcd::try_start() else {

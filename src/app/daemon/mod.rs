@@ -1,9 +1,10 @@
 //! `rewire run`: wires the tasks together and owns the stop sequence.
 //!
-//! Start: config (already valid) → catalog preflight → templates parsed → signal handlers →
-//! then, and only then, the tasks: catalog watch, control socket, one runner per template
-//! group, handlers and tasks, supervisor (registrations, main). Everything is validated
-//! before anything binds or spawns.
+//! Start: config (already valid) → templates parsed → signal handlers → `[telemetry]`
+//! listener, jobs, and what operators look at (status board, control socket, probes: they
+//! answer while the catalog is awaited) → catalog preflight → then the tasks: catalog watch,
+//! one runner per template group, handlers and tasks, supervisor (registrations, main).
+//! Everything is validated before anything binds or spawns.
 //!
 //! Tasks, by lifetime: the daemon's own (`Daemon::tasks`: catalog watch, wanted-set
 //! collector, catalog health on the board, control socket, handler and task runs in flight),
@@ -86,21 +87,27 @@ pub async fn run(config: Config, reloader: Reloader) -> Result<Outcome, Failure>
     // them runs. Templates and registrations start after it, as without jobs.
     let health = health::Registry::default();
     let jobs = Jobs::start(&config, crate::command::child_env(&config), health.clone());
+    // What operators look at answers from now on, not only once the catalog did (a probe
+    // that cannot connect for the 30 s a slow agent takes restarts the container).
+    let early = Early::start(&config, &catalog, &jobs, listener);
     let catalog = tokio::select! {
         checked = preflight(catalog, !config.jobs.is_empty()) => match checked {
             Ok(c) => c,
             Err(e) => {
                 jobs.stop(None).await;
+                early.shut(&config);
                 return Err(e.into());
             }
         },
         s = next_stop(&mut signals) => {
             info!(signal = %s, "stopping before the catalog answered");
+            early.board.update(|r| r.stopping = true);
             jobs.stop(None).await;
+            early.shut(&config);
             return Ok(Outcome::Relayed(0));
         }
     };
-    let mut daemon = Daemon::start(config, catalog, engine, reloader, jobs, health, listener);
+    let mut daemon = Daemon::start(config, catalog, engine, reloader, jobs, health, early);
     let exit = daemon.serve(&mut signals).await;
     let status = daemon.stop(exit, &mut signals).await;
     Ok(Outcome::Relayed(status))
@@ -142,6 +149,78 @@ async fn preflight(
                 return Ok(catalog);
             }
         }
+    }
+}
+
+/// What is up before the catalog preflight: the status board, the metrics, `[telemetry]`'s
+/// listener and the control socket, so that probes and `rewire status` answer while rewire
+/// waits for its catalog (/health 200, /ready 503 with the templates not written yet).
+struct Early {
+    root: CancellationToken,
+    tasks: TaskTracker,
+    metrics: Arc<Metrics>,
+    store: Arc<Store>,
+    board: Arc<Board>,
+    telemetry: watch::Sender<Settings>,
+    control: mpsc::UnboundedReceiver<Command>,
+}
+
+impl Early {
+    fn start(
+        config: &Config,
+        catalog: &Arc<dyn Catalog>,
+        jobs: &Jobs,
+        listener: Option<tokio::net::TcpListener>,
+    ) -> Early {
+        let root = CancellationToken::new();
+        let metrics = Arc::new(Metrics::new());
+        metrics.declare(&config.metrics);
+        let tasks = TaskTracker::new();
+        let store = Arc::new(Store::new());
+        let board = Arc::new(Board::new(
+            std::process::id(),
+            config.path.display().to_string(),
+            catalog.describe(),
+        ));
+        board.attach_jobs(jobs.subscribe());
+        let (telemetry, settings) = watch::channel(Settings::from_config(config));
+        if let Some(listener) = listener {
+            let sources = Sources {
+                metrics: metrics.clone(),
+                board: board.clone(),
+                store: store.clone(),
+                settings,
+                started: std::time::SystemTime::now(),
+            };
+            telemetry::http::serve(listener, sources, root.clone(), &tasks);
+        }
+        let control = control::server::start(
+            &config.control,
+            board.clone(),
+            metrics.clone(),
+            root.clone(),
+            &tasks,
+        )
+        .unwrap_or_else(|e| {
+            warn!(socket = %config.control.socket.display(), error = %e, "control socket unavailable; `rewire status` will not reach this process");
+            mpsc::unbounded_channel().1
+        });
+        Early {
+            root,
+            tasks,
+            metrics,
+            store,
+            board,
+            telemetry,
+            control,
+        }
+    }
+
+    /// rewire ends before the catalog answered: the listener stops and the socket goes.
+    fn shut(self, config: &Config) {
+        self.root.cancel();
+        self.tasks.close();
+        control::server::cleanup(&config.control.socket);
     }
 }
 
@@ -288,19 +367,17 @@ impl Daemon {
         reloader: Reloader,
         jobs: Jobs,
         health: health::Registry,
-        listener: Option<tokio::net::TcpListener>,
+        early: Early,
     ) -> Daemon {
-        let root = CancellationToken::new();
-        let metrics = Arc::new(Metrics::new());
-        metrics.declare(&config.metrics);
-        let tasks = TaskTracker::new();
-        let store = Arc::new(Store::new());
-        let board = Arc::new(Board::new(
-            std::process::id(),
-            config.path.display().to_string(),
-            catalog.describe(),
-        ));
-        board.attach_jobs(jobs.subscribe());
+        let Early {
+            root,
+            tasks,
+            metrics,
+            store,
+            board,
+            telemetry,
+            control,
+        } = early;
         let (wanted_tx, wanted_rx) = watch::channel(BTreeSet::new());
         tasks.spawn(show_catalog_health(
             board.clone(),
@@ -312,29 +389,7 @@ impl Daemon {
         tasks.spawn(collector.run(root.clone()));
         let catalog = start_catalog(&tasks, catalog, wanted_rx.clone(), store.clone(), &root);
         let (main_pid_tx, main_pid) = watch::channel::<Option<Pid>>(None);
-        let (telemetry, settings) = watch::channel(Settings::from_config(&config));
-        if let Some(listener) = listener {
-            let sources = Sources {
-                metrics: metrics.clone(),
-                board: board.clone(),
-                store: store.clone(),
-                settings,
-                started: std::time::SystemTime::now(),
-            };
-            telemetry::http::serve(listener, sources, root.clone(), &tasks);
-        }
         let (writes_tx, writes_allowed) = watch::channel(false);
-        let control = control::server::start(
-            &config.control,
-            board.clone(),
-            metrics.clone(),
-            root.clone(),
-            &tasks,
-        )
-        .unwrap_or_else(|e| {
-            warn!(socket = %config.control.socket.display(), error = %e, "control socket unavailable; `rewire status` will not reach this process");
-            mpsc::unbounded_channel().1
-        });
         let (maintenance, maintenance_rx) = watch::channel(false);
         let parts = Parts {
             runs: Runs::new(tasks.clone(), root.clone()),
