@@ -83,7 +83,10 @@ impl Walker<'_> {
             }
             let name = name.into_inner();
             out.push(MetricConfig {
-                help: help.unwrap_or_else(|| format!("{name} (set by the user)")),
+                // An empty help is what the exposition format cannot hold: the default then.
+                help: help
+                    .filter(|h| !h.trim().is_empty())
+                    .unwrap_or_else(|| format!("{name} (set by the user)")),
                 name,
                 kind,
             });

@@ -237,6 +237,24 @@ impl Metrics {
         families
     }
 
+    /// Creates each template's failure series at 0 (at start and after SIGHUP): a counter
+    /// series born at its first failure with the value 1 shows no `increase()`, so an alert on
+    /// it would miss a single failed reload.
+    pub fn declare_templates(&self, templates: &[crate::config::TemplateConfig]) {
+        for t in templates {
+            let name = t.name.as_str();
+            self.renders.with_label_values(&[name, "error"]);
+            self.rollbacks.with_label_values(&[name]);
+            if t.check.is_some() {
+                self.checks.with_label_values(&[name, "rejected"]);
+                self.checks.with_label_values(&[name, "error"]);
+            }
+            if t.reload.is_some() {
+                self.reloads.with_label_values(&[name, "failed"]);
+            }
+        }
+    }
+
     pub fn render(&self, template: &str, result: RenderResult, took: Duration) {
         let label = match result {
             RenderResult::Ok => "ok",
@@ -363,6 +381,12 @@ impl Metrics {
                 name: name.to_string(),
                 value,
             }),
+            // A sum that overflows to infinity would stick there (and make rate() NaN).
+            Some((_, UserMetric::Counter(c))) if !(c.get() + value).is_finite() => {
+                Err(MetricError::NotFinite {
+                    value: c.get() + value,
+                })
+            }
             Some((_, UserMetric::Counter(c))) => {
                 c.inc_by(value);
                 Ok(())
@@ -374,6 +398,17 @@ impl Metrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_counter_never_adds_up_to_infinity() {
+        let m = Metrics::new();
+        m.declare(&[declared("big_total", MetricKind::Counter)]);
+        m.set_user("big_total", 1e308).unwrap();
+        assert!(matches!(
+            m.set_user("big_total", 1e308),
+            Err(MetricError::NotFinite { .. })
+        ));
+    }
 
     fn declared(name: &str, kind: MetricKind) -> MetricConfig {
         MetricConfig {

@@ -187,6 +187,11 @@ fn promtool_accepts_the_metrics_and_prometheus_sees_renders_a_failed_check_and_a
         "process_start_time_seconds",
         "rewire_catalog_connected{backend=\"dir\"} 1",
         "rewire_template_ready{template=\"up\"} 1",
+        // Failure series exist at 0 before any failure, so increase() sees the first one
+        // (found by an operator hunt: the README's alert missed a single failed reload).
+        "rewire_template_reloads_total{result=\"failed\",template=\"up\"} 0",
+        "rewire_template_checks_total{result=\"rejected\",template=\"up\"} 0",
+        "rewire_template_rollbacks_total{template=\"up\"} 0",
     ] {
         assert!(text.contains(name), "{name} missing from /metrics:\n{text}");
     }

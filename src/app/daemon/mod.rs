@@ -175,6 +175,7 @@ impl Early {
         let root = CancellationToken::new();
         let metrics = Arc::new(Metrics::new());
         metrics.declare(&config.metrics);
+        metrics.declare_templates(&config.templates);
         let tasks = TaskTracker::new();
         let store = Arc::new(Store::new());
         let board = Arc::new(Board::new(
@@ -571,6 +572,7 @@ impl Daemon {
             }
         }
         self.parts.metrics.declare(&new.metrics);
+        self.parts.metrics.declare_templates(&new.templates);
         self.telemetry.send_replace(Settings::from_config(&new));
         if new.telemetry.as_ref().map(|t| t.listen)
             != self.config.telemetry.as_ref().map(|t| t.listen)
