@@ -51,12 +51,17 @@ pub fn families(view: &View) -> Vec<MetricFamily> {
 
     let connected = gauges(
         "rewire_catalog_connected",
-        "1 while the catalog answers, 0 while it is unreachable or not reached yet.",
+        "1 while the catalog answers, 0 while it is unreachable or not reached yet; absent while nothing reads it (registration only: see rewire_service_registered).",
         &["backend"],
     );
-    connected
-        .with_label_values(&[b])
-        .set(flag(*view.health == Health::Healthy));
+    // Registration alone never reads the catalog, so there is no answer to be connected by:
+    // a 0 there made the documented disconnected alert fire for the life of every
+    // registration-only rewire (found by an operator hunt).
+    if !view.report.catalog_health.starts_with("not read") {
+        connected
+            .with_label_values(&[b])
+            .set(flag(*view.health == Health::Healthy));
+    }
     out.extend(connected.collect());
 
     let requests = counters(
@@ -342,5 +347,34 @@ mod tests {
         ] {
             assert!(text.lines().any(|l| l == line), "no {line:?} in:\n{text}");
         }
+    }
+
+    #[test]
+    fn connected_is_absent_while_nothing_reads_the_catalog() {
+        let text = |catalog_health: &str, health: Health| {
+            let report = Report {
+                catalog_health: catalog_health.into(),
+                ..Report::default()
+            };
+            let mut families = families(&View {
+                report: &report,
+                contact: &Contact::default(),
+                health: &health,
+                backend: "consul",
+            });
+            // As /metrics does: a family without samples is left out.
+            families.retain(|f| !f.get_metric().is_empty());
+            prometheus::TextEncoder::new()
+                .encode_to_string(&families)
+                .unwrap()
+        };
+        assert!(
+            !text("not read (no template or watch uses it)", Health::Unknown)
+                .contains("rewire_catalog_connected")
+        );
+        assert!(
+            text("unreachable", Health::Unknown)
+                .contains("rewire_catalog_connected{backend=\"consul\"} 0")
+        );
     }
 }
