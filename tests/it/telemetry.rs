@@ -397,16 +397,9 @@ fn status_is_served_when_asked_for() {
              [[template]]\nsource = \"up.tera\"\ndestination = \"out/up.conf\"\n",
             p.control()
         ));
-    let log = p.path("rewire.log");
-    let f = std::fs::File::create(&log).unwrap();
-    let child = p
-        .command(&["run"])
-        .env("TPORT", port.to_string())
-        .stdout(f.try_clone().unwrap())
-        .stderr(f)
-        .spawn()
-        .unwrap();
-    let _run = Running { child, log };
+    p.env("TPORT", &port.to_string());
+    let run = p.run();
+    let _run = run;
     wait_for("/ready", TIMEOUT, || get(port, "/ready").0 == 200);
     let (status, body) = get(port, "/status");
     assert_eq!(status, 200);
@@ -432,17 +425,9 @@ fn ready_says_no_from_the_stop_signal_on() {
              [main]\nexec = [\"sleep\", \"300\"]\ndrain = \"5s\"\n",
             p.control()
         ));
-    let log = p.path("rewire.log");
-    let f = std::fs::File::create(&log).unwrap();
-    let child = p
-        .command(&["run"])
-        .env("TPORT", port.to_string())
-        .stdout(f.try_clone().unwrap())
-        .stderr(f)
-        .spawn()
-        .unwrap();
-    let pid = child.id() as i32;
-    let _run = Running { child, log };
+    p.env("TPORT", &port.to_string());
+    let run = p.run();
+    let pid = run.child.id() as i32;
     wait_for("/ready", TIMEOUT, || get(port, "/ready").0 == 200);
     crate::support::process::signal(pid, crate::support::process::SIGTERM).unwrap();
     wait_for("/ready saying 503 while draining", TIMEOUT, || {
@@ -467,19 +452,9 @@ fn health_stays_up_while_a_restarting_main_s_leftovers_are_stopped() {
         p.control()
     ));
     std::fs::create_dir_all(p.path("catalog/services")).unwrap();
-    let log = p.path("rewire.log");
-    let f = std::fs::File::create(&log).unwrap();
-    let child = p
-        .command(&["run"])
-        .env("TPORT", port.to_string())
-        .stdout(f.try_clone().unwrap())
-        .stderr(f)
-        .spawn()
-        .unwrap();
-    let _run = Running {
-        child,
-        log: log.clone(),
-    };
+    p.env("TPORT", &port.to_string());
+    let run = p.run();
+    let log = run.log.clone();
     // The leftover ignores its stop signal: the cleanup lasts its whole stop_timeout.
     wait_for("the crashed run's leftovers being stopped", TIMEOUT, || {
         std::fs::read_to_string(&log)
@@ -505,16 +480,9 @@ fn probes_and_status_answer_while_the_catalog_is_awaited() {
          [[job]]\nname = \"agent\"\nexec = [\"sleep\", \"300\"]\n",
         p.control()
     ));
-    let log = p.path("rewire.log");
-    let f = std::fs::File::create(&log).unwrap();
-    let child = p
-        .command(&["run"])
-        .env("TPORT", port.to_string())
-        .stdout(f.try_clone().unwrap())
-        .stderr(f)
-        .spawn()
-        .unwrap();
-    let _run = Running { child, log };
+    p.env("TPORT", &port.to_string());
+    let run = p.run();
+    let _run = run;
     let alive =
         crate::support::poll_until(Duration::from_secs(5), || get(port, "/health").0 == 200);
     assert!(
