@@ -137,7 +137,11 @@ async fn run_task_once(
     let started = Instant::now();
     let failure = match command::run(&t.exec, env, None).await {
         Ok(o) if o.success() => {
-            if !o.output.is_empty() {
+            // Output that feeds a metric is the metric's value, not news for the log (a task
+            // run every second would write a line a second).
+            if !o.output.is_empty() && t.metric.is_some() {
+                debug!(command = %name, output = %o.output, "task output");
+            } else if !o.output.is_empty() {
                 info!(command = %name, output = %o.output, "task output");
             }
             match &t.metric {

@@ -77,6 +77,16 @@ pub fn families(view: &View) -> Vec<MetricFamily> {
         .inc_by(view.contact.failures);
     out.extend(requests.collect());
 
+    let rejected = gauges(
+        "rewire_config_reload_rejected",
+        "1 while the last SIGHUP's config was rejected (the running config stays), 0 once one is applied.",
+        &[],
+    );
+    rejected
+        .with_label_values(&[] as &[&str])
+        .set(flag(view.report.rejected_reload.is_some()));
+    out.extend(rejected.collect());
+
     let events = counters(
         "rewire_catalog_watch_events_total",
         "Catalog answers that changed data some template or watch uses.",
@@ -375,6 +385,32 @@ mod tests {
         assert!(
             text("unreachable", Health::Unknown)
                 .contains("rewire_catalog_connected{backend=\"consul\"} 0")
+        );
+    }
+
+    /// Found by an operator hunt: a rejected SIGHUP showed only in `rewire status`, so a bad
+    /// config pushed to a fleet could not be alerted on.
+    #[test]
+    fn a_rejected_reload_is_a_gauge() {
+        let text = |rejected: Option<&str>| {
+            let report = Report {
+                rejected_reload: rejected.map(str::to_string),
+                ..Report::default()
+            };
+            let families = families(&View {
+                report: &report,
+                contact: &Contact::default(),
+                health: &Health::Healthy,
+                backend: "dir",
+            });
+            prometheus::TextEncoder::new()
+                .encode_to_string(&families)
+                .unwrap()
+        };
+        assert!(text(None).contains("\nrewire_config_reload_rejected 0\n"));
+        assert!(
+            text(Some("at ..., keeping the running config: x"))
+                .contains("\nrewire_config_reload_rejected 1\n")
         );
     }
 }
