@@ -356,24 +356,23 @@ fn datacenter(kwargs: &Kwargs) -> TeraResult<Option<String>> {
 
 /// consul-template's service query, `[TAG.]NAME[@DC][|STATUS,...]`, read the way
 /// consul-template reads it: the name is what follows the last dot (a service name with a dot
-/// cannot be asked for this way there either).
+/// cannot be asked for this way there either). `service(query=...)` reads it at render time,
+/// and `rewire import` splits a literal one the same way.
 #[derive(Debug, PartialEq)]
-struct CtQuery<'a> {
-    name: &'a str,
-    tag: Option<&'a str>,
-    dc: Option<&'a str>,
-    status: Option<&'a str>,
+pub(crate) struct CtQuery<'a> {
+    pub name: &'a str,
+    pub tag: Option<&'a str>,
+    pub dc: Option<&'a str>,
+    pub status: Option<&'a str>,
 }
 
-fn parse_ct_query(q: &str) -> TeraResult<CtQuery<'_>> {
+pub(crate) fn parse_ct_query(q: &str) -> Result<CtQuery<'_>, String> {
     let (rest, status) = match q.split_once('|') {
         Some((r, f)) => (r, Some(f)),
         None => (q, None),
     };
     if rest.contains('~') {
-        return Err(tera::Error::message(format!(
-            "service(query={q:?}): `~node` (nearness ordering) has no rewire equivalent"
-        )));
+        return Err("`~node` (nearness ordering) has no rewire equivalent".into());
     }
     let (rest, dc) = match rest.split_once('@') {
         Some((r, dc)) => (r, Some(dc).filter(|d| !d.is_empty())),
@@ -405,7 +404,10 @@ fn fn_service(kwargs: Kwargs, _: &State) -> TeraResult<Value> {
                     )));
                 }
             }
-            Some(parse_ct_query(q)?)
+            Some(
+                parse_ct_query(q)
+                    .map_err(|e| tera::Error::message(format!("service(query={q:?}): {e}")))?,
+            )
         }
         None => None,
     };

@@ -398,8 +398,7 @@ fn status_is_served_when_asked_for() {
             p.control()
         ));
     p.env("TPORT", &port.to_string());
-    let run = p.run();
-    let _run = run;
+    let _run = p.run();
     wait_for("/ready", TIMEOUT, || get(port, "/ready").0 == 200);
     let (status, body) = get(port, "/status");
     assert_eq!(status, 200);
@@ -481,8 +480,7 @@ fn probes_and_status_answer_while_the_catalog_is_awaited() {
         p.control()
     ));
     p.env("TPORT", &port.to_string());
-    let run = p.run();
-    let _run = run;
+    let _run = p.run();
     let alive =
         crate::support::poll_until(Duration::from_secs(5), || get(port, "/health").0 == 200);
     assert!(

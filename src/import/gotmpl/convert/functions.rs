@@ -367,11 +367,8 @@ impl Conv<'_> {
         let status_arg = args.get(1).map(|(v, _)| v.lit.clone());
         match &query.lit {
             Some(q) => {
-                let (rest, filter) = match q.split_once('|') {
-                    Some((r, f)) => (r, Some(f.to_string())),
-                    None => (q.as_str(), None),
-                };
-                let filter = match (filter, status_arg) {
+                let ct = crate::render::functions::parse_ct_query(q).or_else(|e| fail(at, e))?;
+                let filter = match (ct.status.map(str::to_string), status_arg) {
                     (f, None) => f,
                     (None, Some(Some(s))) => Some(s),
                     (Some(_), Some(_)) => {
@@ -379,22 +376,11 @@ impl Conv<'_> {
                     }
                     (None, Some(None)) => return fail(at, "a computed status filter"),
                 };
-                if rest.contains('~') {
-                    return fail(at, "`~node` (nearness ordering) has no rewire equivalent");
-                }
-                let (rest, dc) = match rest.split_once('@') {
-                    Some((r, dc)) => (r, Some(dc)),
-                    None => (rest, None),
-                };
-                let (tag, name) = match rest.rsplit_once('.') {
-                    Some((t, n)) => (Some(t), n),
-                    None => (None, rest),
-                };
-                if name.is_empty() {
+                if ct.name.is_empty() {
                     return fail(at, format!("service query {q:?} has no service name"));
                 }
-                kwargs.push(format!("name={}", tera_str(name)));
-                if let Some(t) = tag {
+                kwargs.push(format!("name={}", tera_str(ct.name)));
+                if let Some(t) = ct.tag {
                     kwargs.push(format!("tag={}", tera_str(t)));
                 }
                 if let Some(f) = filter {
@@ -419,7 +405,7 @@ impl Conv<'_> {
                         kwargs.push(format!("status={}", tera_str(&states.join(","))));
                     }
                 }
-                if let Some(dc) = dc {
+                if let Some(dc) = ct.dc {
                     kwargs.push(format!("dc={}", tera_str(dc)));
                 }
             }
